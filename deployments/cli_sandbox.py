@@ -1,0 +1,81 @@
+"""`shipyard sandbox up|down|status`: the local cloud on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sandbox.manager import read_info, save_info, start_sandbox, stop_sandbox
+from sandbox.registry import RegistryBinaryMissing
+from sandbox.scenario import ScenarioError
+
+console = Console()
+sandbox_app = typer.Typer(
+    help="The sandbox: a real OCI registry and a Google Cloud API emulator on loopback.",
+    no_args_is_help=True,
+)
+
+
+@sandbox_app.command("up")
+def up(
+    scenario: str = typer.Option(
+        None,
+        "--scenario",
+        "-s",
+        help="Scenario file, or a name from sandbox/scenarios/ (default: healthy).",
+    ),
+    registry_url: str = typer.Option(
+        None,
+        "--registry-url",
+        help="Use this existing registry instead of starting docker-registry.",
+    ),
+) -> None:
+    """Start the sandbox and print the environment that points Shipyard at it."""
+    existing = read_info()
+    if existing and any(existing.alive().values()):
+        console.print(
+            f"[yellow]a sandbox already runs[/] at {existing.emulator_url}: `shipyard sandbox down` first"
+        )
+        raise typer.Exit(1)
+    try:
+        info = start_sandbox(scenario=scenario, registry_url=registry_url)
+    except (RegistryBinaryMissing, ScenarioError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    path = save_info(info)
+    console.print(f"sandbox up in {info.startup_s:.2f} s (state in {path})")
+    console.print(f"  emulator  {info.emulator_url}")
+    console.print(f"  registry  {info.registry_url}")
+    console.print("point Shipyard at it:")
+    for key, value in info.env().items():
+        console.print(f"  export {key}={value}")
+
+
+@sandbox_app.command("down")
+def down() -> None:
+    """Stop everything `sandbox up` started, by PID."""
+    stopped = stop_sandbox()
+    console.print("stopped: " + ", ".join(stopped) if stopped else "no sandbox was running")
+
+
+@sandbox_app.command("status")
+def status() -> None:
+    """Show what runs and where."""
+    info = read_info()
+    if info is None:
+        console.print("no sandbox (start one with `shipyard sandbox up`)")
+        raise typer.Exit(1)
+    table = Table("part", "pid", "running", "url")
+    alive = info.alive()
+    urls = {"registry": info.registry_url, "emulator": info.emulator_url}
+    for name, pid in info.pids.items():
+        table.add_row(name, str(pid), "yes" if alive[name] else "NO", urls.get(name, ""))
+    console.print(table)
+    console.print(f"scenario: {Path(info.scenario).stem if info.scenario else 'healthy'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sandbox_app, name="sandbox")

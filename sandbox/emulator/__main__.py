@@ -1,0 +1,26 @@
+"""Run the emulator: python -m sandbox.emulator --port P [--scenario FILE] [--registry-url URL]."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from sandbox.emulator.app import create_app
+from sandbox.scenario import load_scenario
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--scenario", default=None)
+    parser.add_argument("--registry-url", default=None)
+    args = parser.parse_args()
+    app = create_app(load_scenario(args.scenario), registry_url=args.registry_url)
+    app.state.sandbox.base_url = f"http://{args.host}:{args.port}"
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Shared state of the emulator: scenario, long-running operations, logs, call counts, errors.
+
+Each API module (run.py, quotas.py, build.py, logging_api.py) registers a router on the
+app and keeps its own resources in `state.stores[<api>]`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from sandbox.scenario import Scenario
+
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    412: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+# google.rpc.Code numbers, for an operation's `error`.
+RPC_CODES = {
+    "INVALID_ARGUMENT": 3,
+    "DEADLINE_EXCEEDED": 4,
+    "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6,
+    "PERMISSION_DENIED": 7,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+}
+
+
+class ApiError(Exception):
+    """Raised by handlers; answered as Google's error envelope."""
+
+    def __init__(
+        self, code: int, message: str, status: str | None = None, details: list | None = None
+    ):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status or STATUS_NAMES.get(code, "UNKNOWN")
+        self.details = details or []
+
+    def envelope(self) -> dict:
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "status": self.status,
+                "details": self.details,
+            }
+        }
+
+    def as_operation_error(self) -> dict:
+        return {
+            "code": RPC_CODES.get(self.status, 2),
+            "message": self.message,
+            "details": self.details,
+        }
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.envelope(), status_code=exc.code)
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Operation:
+    """A long-running operation. `finish` runs once, when the operation becomes done.
+
+    `finish` returns the `response` dict (with its `@type`) or raises ApiError, which
+    becomes the operation's `error`.
+    """
+
+    name: str
+    finish: Callable[[], dict]
+    polls_left: int = 0
+    metadata: dict | None = None
+    done: bool = False
+    response: dict | None = None
+    error: dict | None = None
+
+    def complete(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.response = self.finish()
+        except ApiError as exc:
+            self.error = exc.as_operation_error()
+
+    def poll(self) -> dict:
+        if not self.done:
+            if self.polls_left > 0:
+                self.polls_left -= 1
+            else:
+                self.complete()
+        return self.to_json()
+
+    def to_json(self) -> dict:
+        body: dict[str, Any] = {"name": self.name, "done": self.done}
+        if self.metadata is not None:
+            body["metadata"] = self.metadata
+        if self.done:
+            if self.error is not None:
+                body["error"] = self.error
+            else:
+                body["response"] = self.response
+        return body
+
+
+@dataclass
+class SandboxState:
+    scenario: Scenario
+    base_url: str = "http://127.0.0.1:0"
+    registry_url: str | None = None
+    operations: dict[str, Operation] = field(default_factory=dict)
+    log_entries: list[dict] = field(default_factory=list)
+    calls: Counter = field(default_factory=Counter)
+    api_requests: Counter = field(default_factory=Counter)
+    stores: dict[str, Any] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.rng.seed(self.scenario.seed)
+
+    def reset(self, scenario: Scenario | None = None) -> None:
+        """Forget every resource; optionally switch scenario (tests share one emulator)."""
+        if scenario is not None:
+            self.scenario = scenario
+        self.operations.clear()
+        self.log_entries.clear()
+        self.calls.clear()
+        self.api_requests.clear()
+        for store in self.stores.values():
+            if hasattr(store, "reset"):
+                store.reset()
+        self.rng.seed(self.scenario.seed)
+
+    def new_id(self) -> str:
+        return uuid.uuid4().hex[:12]
+
+    def start_operation(
+        self,
+        name: str,
+        finish: Callable[[], dict],
+        metadata: dict | None = None,
+        polls: int | None = None,
+    ) -> Operation:
+        """Register an operation; with zero polls configured it completes at once."""
+        polls = self.scenario.operations.polls_before_done if polls is None else polls
+        op = Operation(name=name, finish=finish, polls_left=polls, metadata=metadata)
+        self.operations[name] = op
+        if polls == 0:
+            op.complete()
+        return op
+
+    def write_log(
+        self,
+        text: str | None = None,
+        *,
+        severity: str = "DEFAULT",
+        resource: dict,
+        log_name: str,
+        json_payload: dict | None = None,
+        labels: dict | None = None,
+        timestamp: str | None = None,
+    ) -> dict:
+        """Store one LogEntry (what revisions and builds write, and entries:write)."""
+        entry: dict[str, Any] = {
+            "logName": log_name,
+            "resource": resource,
+            "timestamp": timestamp or now_rfc3339(),
+            "receiveTimestamp": now_rfc3339(),
+            "severity": severity,
+            "insertId": f"{next(self._ids):012d}",
+        }
+        if labels:
+            entry["labels"] = labels
+        if json_payload is not None:
+            entry["jsonPayload"] = json_payload
+        else:
+            entry["textPayload"] = text or ""
+        self.log_entries.append(entry)
+        return entry
+
+
+def get_state(request: Request) -> SandboxState:
+    return request.app.state.sandbox

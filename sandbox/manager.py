@@ -1,0 +1,134 @@
+"""Start, stop and inspect the sandbox: the real registry plus the Google API emulator.
+
+The running sandbox is described in $SHIPYARD_HOME/sandbox.json (default ~/.shipyard),
+so `down` and `status` from another shell find what `up` started, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from sandbox.procs import free_port, pid_alive, spawn, stop_pid, wait_for_port
+from sandbox.registry import start_registry
+from sandbox.scenario import load_scenario, resolve_scenario_path
+
+ENDPOINT_ENV = "SHIPYARD_GOOGLE_ENDPOINT"
+REGISTRY_ENV = "SHIPYARD_REGISTRY_URL"
+
+
+def shipyard_home() -> Path:
+    return Path(os.environ.get("SHIPYARD_HOME", Path.home() / ".shipyard"))
+
+
+@dataclass
+class SandboxInfo:
+    emulator_url: str
+    registry_url: str
+    registry_host: str
+    scenario: str | None
+    root: str
+    pids: dict[str, int] = field(default_factory=dict)
+    started_at: float = 0.0
+    startup_s: float = 0.0
+
+    def env(self) -> dict[str, str]:
+        """What a shell (or a test) sets to point Shipyard at this sandbox."""
+        return {ENDPOINT_ENV: self.emulator_url, REGISTRY_ENV: self.registry_url}
+
+    def alive(self) -> dict[str, bool]:
+        return {name: pid_alive(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> list[str]:
+        stopped = []
+        for name, pid in self.pids.items():
+            if stop_pid(pid):
+                stopped.append(f"{name} (pid {pid})")
+        return stopped
+
+
+def state_file(home: Path | None = None) -> Path:
+    return (home or shipyard_home()) / "sandbox.json"
+
+
+def read_info(home: Path | None = None) -> SandboxInfo | None:
+    path = state_file(home)
+    if not path.exists():
+        return None
+    return SandboxInfo(**json.loads(path.read_text()))
+
+
+def start_sandbox(
+    scenario: str | None = None,
+    registry_url: str | None = None,
+    root: Path | None = None,
+    timeout: float = 10.0,
+) -> SandboxInfo:
+    """Start the registry (unless a URL is given) and the emulator on free loopback ports."""
+    started = time.monotonic()
+    if scenario is not None:
+        # Validate here, so a bad file fails in the caller with the file/key message.
+        scenario = str(resolve_scenario_path(scenario))
+        load_scenario(scenario)
+    root = root or (shipyard_home() / "sandbox")
+    root.mkdir(parents=True, exist_ok=True)
+    pids: dict[str, int] = {}
+    if registry_url is None:
+        registry = start_registry(root / "registry", timeout=timeout)
+        pids["registry"] = registry.pid
+        registry_url = registry.url
+    registry_host = httpx.URL(registry_url).netloc.decode()
+
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "sandbox.emulator",
+        "--port",
+        str(port),
+        "--registry-url",
+        registry_url,
+    ]
+    if scenario:
+        args += ["--scenario", scenario]
+    proc = spawn(args, root / "emulator.log")
+    pids["emulator"] = proc.pid
+    try:
+        wait_for_port("127.0.0.1", port, timeout, proc)
+    except RuntimeError as exc:
+        for pid in pids.values():
+            stop_pid(pid)
+        log = (root / "emulator.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"the emulator did not start: {exc}\n{log}") from None
+    return SandboxInfo(
+        emulator_url=f"http://127.0.0.1:{port}",
+        registry_url=registry_url,
+        registry_host=registry_host,
+        scenario=scenario,
+        root=str(root),
+        pids=pids,
+        started_at=time.time(),
+        startup_s=round(time.monotonic() - started, 3),
+    )
+
+
+def save_info(info: SandboxInfo, home: Path | None = None) -> Path:
+    path = state_file(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(info), indent=2))
+    return path
+
+
+def stop_sandbox(home: Path | None = None) -> list[str]:
+    info = read_info(home)
+    if info is None:
+        return []
+    stopped = info.stop()
+    state_file(home).unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,175 @@
+"""Sandbox scenarios: what the local cloud does, as a data file (YAML or TOML).
+
+A scenario says, per region, how much GPU/CPU/memory quota there is, whether a quota
+preference gets granted (and after how many polls), which deploy errors happen and
+where Google reports them; which faults revisions show; and how each emulated API
+behaves (latency, transient errors). Every key is optional: the defaults are a
+healthy cloud with GPU quota 1 everywhere.
+
+A bad file fails with a message naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
+
+GPU_QUOTA_MESSAGE = "Quota exceeded for total allowable count of GPUs per project per region"
+GPU_ZONAL_MESSAGE = "You do not have quota for using GPUs without zonal redundancy."
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used; the message names file, key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PreferencePolicy(_Strict):
+    """What happens to a QuotaPreference filed in this region."""
+
+    decision: Literal["grant", "deny", "never"] = "deny"
+    after_polls: int = Field(default=1, ge=0, description="GETs that still answer reconciling")
+    granted_value: int | None = Field(
+        default=None, ge=0, description="default: the preferred value"
+    )
+
+
+class DeployError(_Strict):
+    """A deploy in this region fails although quota may say otherwise."""
+
+    message: str = GPU_QUOTA_MESSAGE
+    where: Literal["api", "operation", "revision"] = "operation"
+    gpu_only: bool = True
+    times: int = Field(default=0, ge=0, description="0 = every deploy; N = the first N deploys")
+
+
+class RegionScenario(_Strict):
+    gpu: int = Field(default=1, ge=0, description="NvidiaL4GpuAllocPerProjectRegion")
+    gpu_no_zonal_redundancy: int = Field(
+        default=1, ge=0, description="NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion"
+    )
+    cpu: int = Field(default=200, ge=0, description="vCPU, CpuAllocPerProjectRegion")
+    memory_gib: int = Field(default=400, ge=0, description="GiB, MemAllocPerProjectRegion")
+    preference: PreferencePolicy = PreferencePolicy()
+    deploy_error: DeployError | None = None
+    never_ready: bool = False
+
+
+class RevisionFault(_Strict):
+    """A fault shown by revisions that match."""
+
+    fault: Literal["silent_cpu_fallback", "oom", "http_503", "never_ready", "unicode_header"]
+    accelerator: Literal["gpu", "cpu", "any"] = "gpu"
+    region: str = "*"
+    image_contains: str = ""
+    requests: int = Field(
+        default=0, ge=0, description="http_503: the first N requests fail; 0 = all"
+    )
+
+
+class ApiBehaviour(_Strict):
+    latency_ms: int = Field(default=0, ge=0)
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    error_codes: list[Literal[429, 500, 503]] = [503]
+    every_nth: int = Field(default=0, ge=0, description="fail every Nth request (deterministic)")
+
+
+class Apis(_Strict):
+    run: ApiBehaviour = ApiBehaviour()
+    build: ApiBehaviour = ApiBehaviour()
+    quotas: ApiBehaviour = ApiBehaviour()
+    logging: ApiBehaviour = ApiBehaviour()
+
+
+class ServingSpeed(_Strict):
+    """How long the sample page service takes per page, by accelerator."""
+
+    gpu_ms: int = Field(default=40, ge=0)
+    cpu_ms: int = Field(default=400, ge=0)
+
+
+class Operations(_Strict):
+    polls_before_done: int = Field(
+        default=0, ge=0, description="operation GETs answering done=false"
+    )
+
+
+class Scenario(_Strict):
+    name: str = "healthy"
+    description: str = ""
+    seed: int = 0
+    default_region: RegionScenario = RegionScenario()
+    regions: dict[str, RegionScenario] = {}
+    revision_faults: list[RevisionFault] = []
+    serving: ServingSpeed = ServingSpeed()
+    apis: Apis = Apis()
+    operations: Operations = Operations()
+    # Areas that grow later (builds) keep their own section; unknown top-level keys are refused.
+    builds: dict = {}
+
+    def region(self, name: str) -> RegionScenario:
+        return self.regions.get(name, self.default_region)
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"key '{key}' is not allowed here"
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"key '{key}': value {err.get('input')!r} is not allowed; allowed: {allowed}"
+    return f"key '{key}': {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(
+            f"{source}: a scenario must be a mapping of keys, got {type(data).__name__}"
+        )
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        allowed = ", ".join(Scenario.model_fields)
+        raise ScenarioError(f"{source}: {problems}. Top-level keys allowed: {allowed}") from None
+
+
+def resolve_scenario_path(name_or_path: str | Path) -> Path:
+    """A path, or the name of a file in sandbox/scenarios/ (with or without extension)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    for ext in ("", ".yaml", ".yml", ".toml"):
+        candidate = SCENARIO_DIR / f"{name_or_path}{ext}"
+        if candidate.exists():
+            return candidate
+    known = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.*")))
+    raise ScenarioError(
+        f"scenario {str(name_or_path)!r} not found: give a file path or one of: {known}"
+    )
+
+
+def load_scenario(name_or_path: str | Path | None) -> Scenario:
+    if name_or_path is None:
+        return Scenario()
+    path = resolve_scenario_path(name_or_path)
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(
+            f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {exc}"
+        ) from None
+    return parse_scenario(data, str(path))

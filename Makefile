@@ -1,0 +1,39 @@
+# Two commands that work on a fresh Debian machine as root:
+#   make demo   the full release on the sandbox (local cloud on loopback)
+#   make test   the test suite
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+APT_PKGS := docker-registry skopeo git
+
+.PHONY: setup system-packages demo test lint bench clean
+
+system-packages:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(BIN)/shipyard: pyproject.toml
+	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install -q uv
+	@[ -x $(BIN)/python ] || uv venv -q --python $(PY) $(VENV)
+	uv pip install -q --python $(BIN)/python -e '.[dev]'
+	@touch $(BIN)/shipyard
+
+setup: system-packages $(BIN)/shipyard
+
+demo: setup
+	$(BIN)/shipyard demo
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b --json; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

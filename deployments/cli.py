@@ -20,6 +20,7 @@ app = typer.Typer(
 # Each module exposes register(app). Order decides the order in --help.
 _COMMAND_MODULES = [
     "deployments.cli_sandbox",
+    "deployments.cli_mirror",
 ]
 
 for _name in _COMMAND_MODULES:

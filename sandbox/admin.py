@@ -34,6 +34,13 @@ class SandboxAdmin:
     def logs(self) -> list[dict]:
         return self._http.get("/_sandbox/logs").raise_for_status().json()["entries"]
 
+    def traffic_history(self, service: str | None = None) -> list[dict]:
+        """Every traffic state of a Cloud Run service (short or full name; None: all), in
+        time order: see sandbox/invariants.py for the entry shape and the checks."""
+        params = {"service": service} if service else {}
+        response = self._http.get("/_sandbox/traffic-history", params=params)
+        return response.raise_for_status().json()["history"]
+
     def get(self, path: str) -> Any:
         return self._http.get(path).raise_for_status().json()
 

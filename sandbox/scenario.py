@@ -61,6 +61,10 @@ class RegionScenario(_Strict):
     preference: PreferencePolicy = PreferencePolicy()
     deploy_error: DeployError | None = None
     never_ready: bool = False
+    quota_where: Literal["api", "operation", "revision"] = Field(
+        default="api",
+        description="where a deploy over this region's GPU/CPU/memory quota is reported",
+    )
 
 
 class RevisionFault(_Strict):
@@ -112,6 +116,9 @@ class Scenario(_Strict):
     serving: ServingSpeed = ServingSpeed()
     apis: Apis = Apis()
     operations: Operations = Operations()
+    # Secret Manager stand-in: secret name (short or "projects/P/secrets/NAME") -> value, used to
+    # resolve a container env `valueSource.secretKeyRef`; an unknown secret fails the revision.
+    secrets: dict[str, str] = {}
     # Areas that grow later (builds) keep their own section; unknown top-level keys are refused.
     builds: dict = {}
 

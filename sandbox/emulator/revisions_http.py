@@ -1,0 +1,147 @@
+"""Revisions that serve real HTTP, path-routed through the emulator (no DNS on loopback).
+
+    {base_url}/run/{service}-{hash}-{region}.a.run.app/PATH          -> by the traffic split
+    {base_url}/run/{tag}---{service}-{hash}-{region}.a.run.app/PATH  -> the tagged revision
+
+Each revision gets its own instance of the sample page service (examples/page-service/app/
+main.py, loaded by file path: it is the customer's code, not a package of ours), configured
+from the revision's spec (GPU when it asks for nvidia.com/gpu and an accelerator), the
+scenario's serving speed and matching revision faults, with a `log` that writes to the
+emulator's Cloud Logging store. Requests are handed to it in-process over ASGI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
+
+from sandbox.emulator.core import SandboxState
+from sandbox.emulator.run_store import Revision, RunStore, write_revision_log
+
+PAGE_APP = Path(__file__).resolve().parents[2] / "examples" / "page-service" / "app" / "main.py"
+_HOP_HEADERS = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive"}
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+_module: ModuleType | None = None
+
+NOT_FOUND_PAGE = (
+    "<!DOCTYPE html><html lang=en><title>Error 404 (Not Found)!!1</title>"
+    "<p><b>404.</b> <ins>That's an error.</ins><p>The requested URL was not found on this "
+    "server. <ins>That's all we know.</ins></html>"
+)
+UNAVAILABLE_PAGE = (
+    "<html><head><title>503 Service Unavailable</title></head><body><h1>Service Unavailable"
+    "</h1><p>The service you requested is not available yet. Please try again in 30 seconds."
+    "</p></body></html>"
+)
+
+
+def page_app_module() -> ModuleType:
+    """The sample page service module, loaded once from its file."""
+    global _module
+    if _module is None:
+        spec = importlib.util.spec_from_file_location("shipyard_page_service", PAGE_APP)
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"cannot load the sample page service from {PAGE_APP}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+        spec.loader.exec_module(module)
+        _module = module
+    return _module
+
+
+def _instance(state: SandboxState, store: RunStore, rev: Revision) -> httpx.AsyncClient:
+    """The revision's running instance (started on its first request)."""
+    client = store.instances.get(rev.name)
+    if client is None:
+        module = page_app_module()
+        serving = state.scenario.serving
+
+        def log(severity: str, text: str) -> None:
+            write_revision_log(state, rev, severity, text)
+
+        settings = module.Settings(
+            internal_token=rev.env.get("INTERNAL_TOKEN") or None,
+            device=rev.device,
+            gpu_ms=serving.gpu_ms,
+            cpu_ms=serving.cpu_ms,
+            service=rev.service.rsplit("/", 1)[-1],
+            revision=rev.short,
+            faults={f.fault: f.requests for f in rev.faults if f.fault != "never_ready"},
+            log=log,
+        )
+        app = module.create_app(settings)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        client = httpx.AsyncClient(transport=transport, base_url="http://revision")
+        store.instances[rev.name] = client
+        state.calls["run.instance_started"] += 1
+    return client
+
+
+def register(app: FastAPI, state: SandboxState, store: RunStore) -> None:
+    @app.api_route("/run/{host}", methods=_METHODS)
+    @app.api_route("/run/{host}/{path:path}", methods=_METHODS)
+    async def serve(host: str, request: Request, path: str = "") -> Response:
+        routed = store.route(host)
+        if routed is None:
+            return HTMLResponse(NOT_FOUND_PAGE, status_code=404)
+        _svc, rev = routed
+        started = time.perf_counter()
+        if rev is None or not rev.ready:
+            response: Response = HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
+        else:
+            response = await _forward(state, store, rev, host, path, request)
+        if rev is not None:
+            _request_log(state, rev, request, response, time.perf_counter() - started)
+        return response
+
+
+async def _forward(
+    state: SandboxState, store: RunStore, rev: Revision, host: str, path: str, request: Request
+) -> Response:
+    client = _instance(state, store, rev)
+    headers = [(k, v) for k, v in request.headers.raw if k.lower() not in (b"host", *_HOP_HEADERS)]
+    headers.append((b"host", host.encode()))
+    upstream = await client.request(
+        request.method,
+        "/" + path,
+        params=request.url.query,
+        headers=headers,
+        content=await request.body(),
+    )
+    response = Response(content=upstream.content, status_code=upstream.status_code)
+    response.raw_headers = [
+        (k, v) for k, v in upstream.headers.raw if k.lower() not in _HOP_HEADERS
+    ] + [(b"content-length", str(len(upstream.content)).encode())]
+    return response
+
+
+def _request_log(
+    state: SandboxState, rev: Revision, request: Request, response: Response, seconds: float
+) -> None:
+    """The platform's request log line (run.googleapis.com/requests), with httpRequest."""
+    status = response.status_code
+    severity = "ERROR" if status >= 500 else "WARNING" if status >= 400 else "INFO"
+    entry = write_revision_log(
+        state,
+        rev,
+        severity,
+        f"{request.method} {status} {request.url.path}",
+        stream="requests",
+    )
+    entry["httpRequest"] = {
+        "requestMethod": request.method,
+        "requestUrl": str(request.url),
+        "status": status,
+        "responseSize": response.headers.get("content-length", "0"),
+        "userAgent": request.headers.get("user-agent", ""),
+        "remoteIp": request.client.host if request.client else "",
+        "latency": f"{seconds:.6f}s",
+        "protocol": "HTTP/1.1",
+    }

@@ -1,0 +1,328 @@
+"""Where and how a GPU inference service is released: the `ReleaseTarget` and `CanaryPolicy` blocks.
+
+Defaults come from seed 003 (the Cloud Run L4 spec that worked, the canary that caught a
+silent CPU fallback): 1 `nvidia-l4`, 4 CPU, 16Gi, concurrency 1, timeout 900 s, max 1
+instance, no CPU throttling, GPU zonal redundancy disabled; CPU baseline 4 CPU / 8Gi;
+canary 3 runs of a real page with `X-Internal-Token`, HTTP 200, `x-fallback-used: 0`,
+at least 30% faster than the CPU baseline.
+
+Nothing here knows whether the project is on Google or in the sandbox: the `GoogleCloud`
+block (endpoint switch) is the only place that does.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from blocks.cloud import GoogleCloud, default_cloud
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SAMPLE_IMAGE = "examples/sample-pages/page.png"
+DEFAULT_TOKEN_SECRET = "shipyard-internal-token"  # noqa: S105 - a block *name*, not a secret
+
+GPU_QUOTA_IDS = {
+    # (gpu type, zonal redundancy) -> Cloud Quotas quota id on run.googleapis.com
+    ("nvidia-l4", True): "NvidiaL4GpuAllocPerProjectRegion",
+    ("nvidia-l4", False): "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion",
+}
+CPU_QUOTA_ID = "CpuAllocPerProjectRegion"
+MEMORY_QUOTA_ID = "MemAllocPerProjectRegion"
+
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]$")
+_SERVICE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SecretEnv(_Model):
+    """An environment variable filled by Cloud Run from Secret Manager (never a literal value)."""
+
+    secret: str = Field(description="Secret Manager secret name, e.g. manga-internal-token")
+    version: str = Field(default="latest")
+
+
+class RevisionSpec(_Model):
+    """What one revision runs on: resources, scaling and environment."""
+
+    cpu: str = Field(default="4", description="vCPU limit, e.g. '4'")
+    memory: str = Field(
+        default="16Gi", description="memory limit, e.g. '16Gi' (seed 003: 2-4Gi OOM)"
+    )
+    gpu: int = Field(default=1, ge=0, description="GPUs per instance (0: a CPU revision)")
+    concurrency: int = Field(default=1, ge=1, description="max concurrent requests per instance")
+    timeout_s: int = Field(default=900, ge=1, le=3600)
+    min_instances: int = Field(default=0, ge=0)
+    max_instances: int = Field(default=1, ge=1)
+    cpu_throttling: bool = Field(
+        default=False, description="False = instance-based billing (cpu_idle=false), needed by GPU"
+    )
+    startup_cpu_boost: bool = True
+    port: int = Field(default=8080, ge=1, le=65535)
+    env: dict[str, str] = Field(default_factory=dict)
+    secret_env: dict[str, SecretEnv] = Field(
+        default_factory=lambda: {
+            "MANGA_INTERNAL_API_TOKEN": SecretEnv(secret="manga-internal-token")
+        },
+        description="env name -> Secret Manager reference (seed 003: tokens never in images)",
+    )
+    service_account: str | None = None
+    image: str | None = Field(
+        default=None, description="Pin an image for this template; default: the release image"
+    )
+
+    def memory_gib(self) -> float:
+        """'16Gi' -> 16.0, '512Mi' -> 0.5, '8G' -> 7.45 (decimal units converted)."""
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)(Gi|Mi|G|M)", self.memory)
+        if not match:
+            raise ValueError(
+                f"memory={self.memory!r} is not a Cloud Run quantity: use e.g. '16Gi' or '512Mi'"
+            )
+        value, unit = float(match.group(1)), match.group(2)
+        factor = {"Gi": 1.0, "Mi": 1 / 1024, "G": 1e9 / 2**30, "M": 1e6 / 2**30}[unit]
+        return value * factor
+
+    def cpu_count(self) -> float:
+        text = self.cpu
+        if text.endswith("m"):
+            return float(text[:-1]) / 1000
+        return float(text)
+
+
+def default_gpu_template() -> RevisionSpec:
+    return RevisionSpec()
+
+
+def default_cpu_template() -> RevisionSpec:
+    """Seed 003's CPU baseline: 4 CPU, 8Gi (2Gi and 4Gi OOM on real pages), maxScale 2."""
+    return RevisionSpec(gpu=0, memory="8Gi", max_instances=2, cpu_throttling=True)
+
+
+class QuotaPolicy(_Model):
+    """Whether to ask for GPU quota when no region has it, and how long to wait for a decision."""
+
+    request: bool = Field(default=True, description="file QuotaPreferences when no region fits")
+    preferred_value: int = Field(default=1, ge=1)
+    budget_s: float = Field(default=600.0, ge=0, description="total time to wait for decisions")
+    poll_initial_s: float = Field(default=5.0, gt=0)
+    poll_max_s: float = Field(default=60.0, gt=0)
+    justification: str = "Cloud Run GPU inference service (Shipyard release)"
+    contact_email: str | None = None
+
+
+class CanaryPolicy(Block):
+    """How a canary revision is judged before it gets any traffic."""
+
+    _block_type_name = "Shipyard Canary Policy"
+    _block_type_slug = "shipyard-canary-policy"
+    _description = "Smoke test of a canary revision on a real sample page (seed 003)."
+
+    sample_image: str = Field(
+        default=DEFAULT_SAMPLE_IMAGE,
+        description="Path of the sample page (relative paths: from the repository root)",
+    )
+    health_path: str | None = Field(
+        default="/health",
+        description="GET first (seed 000: verify /health after deploy; also starts the instance)",
+    )
+    method: Literal["POST", "PUT"] = "POST"
+    path: str = "/internal/translate/page"
+    content_type: str | None = Field(default=None, description="default: from the file suffix")
+    auth_header: str = "X-Internal-Token"
+    token_secret: str | None = Field(
+        default=DEFAULT_TOKEN_SECRET,
+        description="Name of the Prefect Secret block holding the internal token (None: no header)",
+    )
+    runs: int = Field(default=3, ge=1, le=50)
+    expected_status: int = 200
+    required_headers: dict[str, str] = Field(default_factory=lambda: {"x-fallback-used": "0"})
+    p95_limit_ms: float = Field(default=90_000, gt=0, description="seed 003: single_page_p95 90 s")
+    min_speedup: float = Field(
+        default=0.30,
+        ge=0,
+        lt=1,
+        description="1 - canary median / CPU baseline must reach this (seed 003: >= 30%)",
+    )
+    check_image: bool = Field(
+        default=True, description="response decodes as an image of the input's size"
+    )
+    log_signatures: list[str] = Field(
+        default_factory=lambda: [
+            "Failed to create CUDAExecutionProvider",
+            "undefined symbol",
+            "Memory limit exceeded",
+            "UnicodeEncodeError",
+        ]
+    )
+    log_settle_s: float = Field(
+        default=10.0, ge=0, description="wait for log ingestion before reading the canary window"
+    )
+    request_timeout_s: float = Field(default=900.0, gt=0)
+    retry_statuses: list[int] = Field(
+        default_factory=lambda: [429, 502, 503, 504],
+        description="answers retried as transient (a 500 is the app failing: not retried)",
+    )
+    retries: int = Field(default=3, ge=0, le=20)
+    retry_delay_s: float = Field(default=1.0, ge=0)
+
+    def sample_path(self) -> Path:
+        path = Path(self.sample_image)
+        return path if path.is_absolute() else REPO_ROOT / path
+
+
+class ReleaseTarget(Block):
+    """One service to release: project, candidate regions, templates, quota and canary policies."""
+
+    _block_type_name = "Shipyard Release Target"
+    _block_type_slug = "shipyard-release-target"
+    _description = (
+        "A Cloud Run GPU inference service: candidate regions in order, GPU and CPU baseline "
+        "templates, quota policy and canary policy."
+    )
+
+    service: str = Field(default="manga-translator-compute", description="Cloud Run service name")
+    project: str | None = Field(default=None, description="default: the GoogleCloud block's")
+    cloud: GoogleCloud | None = Field(default=None, description="default: from the environment")
+    regions: list[str] = Field(
+        default_factory=lambda: ["europe-west1", "us-central1"],
+        description="candidate regions in order; the first is the primary",
+    )
+    gpu_type: str = "nvidia-l4"
+    gpu_zonal_redundancy: bool = Field(
+        default=False, description="seed 003: disabled (the no-zonal-redundancy quota)"
+    )
+    gpu_template: RevisionSpec = Field(default_factory=default_gpu_template)
+    cpu_template: RevisionSpec = Field(default_factory=default_cpu_template)
+    public: bool = Field(default=False, description="seed 003: keep the invoker private")
+    quota: QuotaPolicy = Field(default_factory=QuotaPolicy)
+    canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
+    rollback_to_cpu: bool = Field(
+        default=False,
+        description="on a failed canary, go to the CPU baseline even if a last good exists",
+    )
+    image_repository: str | None = Field(
+        default=None, description="where the build pushes; default: the build's own default"
+    )
+    base_image: str | None = Field(
+        default=None, description="mirrored base image repository whose pin the build uses"
+    )
+    ready_timeout_s: float = Field(default=600.0, gt=0, description="wait for a revision's Ready")
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="first Ready/operation poll delay"
+    )
+    retries: int = Field(
+        default=3, ge=0, le=20, description="retries of a step on transient errors"
+    )
+    retry_delay_s: float = Field(
+        default=2.0, ge=0, description="first retry delay; doubles, +jitter"
+    )
+    lock_timeout_s: float = Field(
+        default=30.0, ge=0, description="wait this long for another release of the service"
+    )
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("regions is empty: give at least one region, e.g. ['europe-west1']")
+        for region in value:
+            if not _REGION.match(region):
+                raise ValueError(
+                    f"regions: {region!r} is not a Cloud Run region name (e.g. 'us-central1')"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError(f"regions: {value} lists a region twice; list each once, in order")
+        return value
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, value: str) -> str:
+        if not _SERVICE.match(value):
+            raise ValueError(
+                f"service={value!r} is not a Cloud Run service name: lowercase letters, digits "
+                "and '-', starting with a letter, at most 49 characters"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _templates(self) -> ReleaseTarget:
+        if self.gpu_template.gpu < 1:
+            raise ValueError("gpu_template.gpu=0: the GPU template needs gpu >= 1")
+        if self.cpu_template.gpu != 0:
+            raise ValueError(
+                f"cpu_template.gpu={self.cpu_template.gpu}: the CPU baseline must have gpu=0"
+            )
+        if (self.gpu_type, self.gpu_zonal_redundancy) not in GPU_QUOTA_IDS:
+            known = sorted({t for t, _ in GPU_QUOTA_IDS})
+            raise ValueError(f"gpu_type={self.gpu_type!r} is not known; use one of {known}")
+        self.gpu_template.memory_gib()
+        self.cpu_template.memory_gib()
+        return self
+
+    # ---------------------------------------------------------------- derived
+
+    @property
+    def primary_region(self) -> str:
+        return self.regions[0]
+
+    def google(self) -> GoogleCloud:
+        return self.cloud or default_cloud()
+
+    def resolved_project(self) -> str:
+        return self.project or self.google().resolved_project()
+
+    def gpu_quota_id(self) -> str:
+        return GPU_QUOTA_IDS[(self.gpu_type, self.gpu_zonal_redundancy)]
+
+    def quota_preference_id(self, region: str) -> str:
+        """Deterministic, so a re-run finds the preference it filed instead of filing twice."""
+        kind = "zr" if self.gpu_zonal_redundancy else "nozr"
+        gpu = self.gpu_type.removeprefix("nvidia-")
+        return sanitize_name(f"shipyard-{self.service}-{region}-{gpu}-{kind}", 63)
+
+    def retry_delays(self) -> list[float]:
+        """Prefect retry_delay_seconds: exponential from retry_delay_s (jitter added by Prefect)."""
+        return [self.retry_delay_s * 2**attempt for attempt in range(self.retries)]
+
+
+def _slug(text: str) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower())
+    return re.sub(r"-{2,}", "-", name).strip("-")
+
+
+def sanitize_name(text: str, limit: int = 63) -> str:
+    """Lowercase [a-z0-9-], starting with a letter, no double/trailing dash, at most `limit`."""
+    name = _slug(text)
+    if not name or not name[0].isalpha():
+        name = f"r-{name}".rstrip("-")
+    return name[:limit].rstrip("-")
+
+
+def revision_name(service: str, git_tag: str, suffix: str = "") -> str:
+    """`{service}-v1-2-3[-suffix]`: the same tag gives the same name (re-runs converge).
+
+    Cloud Run revision names are at most 63 characters; when too long, the tag part is cut
+    and a short hash of the full tag keeps different tags apart.
+    """
+    import hashlib
+
+    tag = _slug(git_tag)
+    if not tag:
+        raise ValueError(f"git_tag={git_tag!r} has no letters or digits: use a tag like 'v1.2.3'")
+    tail = f"-{suffix}" if suffix else ""
+    name = sanitize_name(f"{service}-{tag}{tail}", 1000)
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(git_tag.encode()).hexdigest()[:6]
+    room = 63 - len(service) - len(tail) - len(digest) - 2
+    if room < 1:
+        raise ValueError(
+            f"service={service!r} is too long to name revisions: keep it under {63 - 10} characters"
+        )
+    return sanitize_name(f"{service}-{tag[:room]}-{digest}{tail}", 63)

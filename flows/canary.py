@@ -1,0 +1,488 @@
+"""The canary: a real page, sent to the canary's tag URL, judged before any traffic moves.
+
+Seed 003: three runs of `POST /internal/translate/page` with `X-Internal-Token`, each must
+answer 200 with `x-fallback-used: 0`; the GPU must beat the CPU baseline by at least 30%;
+and the revision's own logs must not say `Failed to create CUDAExecutionProvider` (the GPU
+image that silently ran on CPU), `undefined symbol`, `Memory limit exceeded` or
+`UnicodeEncodeError`. The response must decode as an image of the input's size.
+
+The CPU baseline latency comes from the last recorded release (a Prefect Variable per
+service); when none is recorded it is measured once on a CPU baseline revision of the region
+(tagged `baseline` for the measurement only) and recorded with the release.
+
+A transient answer (503, 429, a dropped connection) is retried with backoff; a 500 is the
+application failing and is judged, not retried. The token is read from a Prefect Secret
+block and only ever placed in the request header.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any, Literal
+
+import httpx
+import pandas as pd
+from prefect import flow, task
+from prefect.blocks.system import Secret
+from prefect.cache_policies import NO_CACHE
+from prefect.variables import Variable
+from pydantic import BaseModel, SecretStr
+
+from blocks.release_target import CanaryPolicy, ReleaseTarget, sanitize_name
+from flows.deploy import (
+    BASELINE_TAG,
+    ConfigurationError,
+    RunContext,
+    cpu_template,
+    deploy_revision,
+    pinned_traffic,
+)
+from flows.release_steps import StepLog, note_attempt
+from tasks import cloud_run as cr
+from tasks.canary_probe import ProbeResult, SampleImage, health, load_sample, probe
+from tasks.errors import TransientError
+from tasks.reports import publish_table
+
+RUN_COLUMNS = ["run", "status", "ms", "remote_ms", "fallback_used", "image", "attempts", "error"]
+
+
+class CanaryRun(BaseModel):
+    run: int
+    status: int | None = None
+    ms: float | None = None
+    remote_ms: float | None = None
+    fallback_used: str | None = None
+    image: str = ""
+    attempts: int = 1
+    error: str | None = None
+    headers: dict[str, str] = {}
+
+
+class CanaryReport(BaseModel):
+    passed: bool
+    reasons: list[str]
+    region: str
+    revision: str
+    url: str
+    runs: list[CanaryRun]
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    baseline_ms: float | None = None
+    baseline_source: Literal["recorded", "measured", "unavailable"] = "unavailable"
+    speedup: float | None = None
+    fallback_used: bool = False
+    log_hits: list[str] = []
+    window_start: str = ""
+    window_end: str = ""
+    judged_at: str = ""
+
+
+class TransientAnswer(TransientError):
+    """A retryable answer; carries the probe (never the request headers)."""
+
+    def __init__(self, result: ProbeResult):
+        super().__init__(f"{result.url}: {result.status or result.error}")
+        self.result = result
+
+
+# ---------------------------------------------------------------- release record
+
+
+def release_variable(service: str) -> str:
+    """Prefect Variable with the last recorded release of a service (JSON)."""
+    return sanitize_name(f"shipyard-release-{service}", 255)
+
+
+def recorded_release(service: str) -> dict[str, Any] | None:
+    value = Variable.get(release_variable(service), default=None)
+    return value if isinstance(value, dict) else None
+
+
+# ---------------------------------------------------------------- probing
+
+
+def load_token(policy: CanaryPolicy) -> SecretStr | None:
+    if not policy.token_secret:
+        return None
+    try:
+        value = Secret.load(policy.token_secret).get()
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"CanaryPolicy.token_secret={policy.token_secret!r}: no Prefect Secret block of that "
+            "name could be loaded; create it (prefect.blocks.system.Secret(value=...).save(name)) "
+            "or set token_secret=None for a service without an internal token"
+        ) from exc
+    return SecretStr(str(value))
+
+
+def _headers(policy: CanaryPolicy, token: SecretStr | None, bearer: str | None) -> dict[str, str]:
+    headers = {}
+    if token is not None:
+        headers[policy.auth_header] = token.get_secret_value()
+    if bearer:
+        headers["authorization"] = f"Bearer {bearer}"
+    return headers
+
+
+def invoker_token(ctx: RunContext, audience: str) -> str | None:
+    """An ID token for a private Cloud Run URL; None with anonymous credentials."""
+    from google.auth.credentials import AnonymousCredentials
+
+    if isinstance(ctx.cloud.credentials(), AnonymousCredentials):
+        return None
+    import google.auth.transport.requests
+    import google.oauth2.id_token
+
+    return google.oauth2.id_token.fetch_id_token(google.auth.transport.requests.Request(), audience)
+
+
+@task(name="canary-request", cache_policy=NO_CACHE, persist_result=False)
+def request_step(
+    url: str,
+    sample: SampleImage,
+    policy: CanaryPolicy,
+    token: SecretStr | None,
+    bearer: str | None,
+) -> ProbeResult:
+    note_attempt()
+    with httpx.Client(follow_redirects=False) as client:
+        result = probe(
+            client,
+            url.rstrip("/") + policy.path,
+            sample,
+            method=policy.method,
+            headers=_headers(policy, token, bearer),
+            timeout=policy.request_timeout_s,
+            decode_image=policy.check_image,
+            keep_headers=[h.lower() for h in policy.required_headers],
+        )
+    if result.error is not None or result.status in policy.retry_statuses:
+        raise TransientAnswer(result)
+    return result
+
+
+@task(name="canary-health", cache_policy=NO_CACHE, persist_result=False)
+def health_step(url: str, policy: CanaryPolicy, bearer: str | None) -> int | None:
+    """GET the health path; a transient answer is retried, anything else returned."""
+    note_attempt()
+    headers = {"authorization": f"Bearer {bearer}"} if bearer else {}
+    with httpx.Client(follow_redirects=False) as client:
+        status, _ = health(
+            client, url.rstrip("/") + (policy.health_path or "/"), headers, policy.request_timeout_s
+        )
+    if status is None or status in policy.retry_statuses:
+        raise TransientError(f"health of {url}: {status or 'unreachable'}")
+    return status
+
+
+def check_health(
+    steps: StepLog, name: str, url: str, policy: CanaryPolicy, bearer: str | None
+) -> str | None:
+    """None when healthy (or no health path), else the reason."""
+    if not policy.health_path:
+        return None
+    delays = [policy.retry_delay_s * 2**i for i in range(policy.retries)]
+    try:
+        status = steps.run_with(name, policy.retries, delays, health_step, url, policy, bearer)
+    except TransientError as exc:
+        return f"GET {policy.health_path}: {exc}"
+    if status != 200:
+        return f"GET {policy.health_path}: status {status}, expected 200"
+    return None
+
+
+def _probe_runs(
+    steps: StepLog,
+    name: str,
+    url: str,
+    sample: SampleImage,
+    policy: CanaryPolicy,
+    token: SecretStr | None,
+    bearer: str | None,
+    runs: int,
+) -> list[CanaryRun]:
+    out = []
+    delays = [policy.retry_delay_s * 2**i for i in range(policy.retries)]
+    for i in range(1, runs + 1):
+        step = f"{name}-{i}" if runs > 1 else name
+        try:
+            result = steps.run_with(
+                step, policy.retries, delays, request_step, url, sample, policy, token, bearer
+            )
+        except TransientAnswer as exc:
+            result = exc.result
+        attempts = steps.steps[-1].attempts
+        out.append(_as_run(i, result, sample, attempts))
+    return out
+
+
+def _as_run(i: int, result: ProbeResult, sample: SampleImage, attempts: int) -> CanaryRun:
+    remote = result.headers.get("x-remote-elapsed-ms")
+    if result.image_size is not None:
+        w, h = result.image_size
+        image = f"{w}x{h}" + ("" if result.image_size == sample.size else " (size differs)")
+    else:
+        image = result.image_error or ""
+    return CanaryRun(
+        run=i,
+        status=result.status,
+        ms=round(result.elapsed_ms, 1),
+        remote_ms=float(remote) if remote and remote.replace(".", "", 1).isdigit() else None,
+        fallback_used=result.headers.get("x-fallback-used"),
+        image=image,
+        attempts=attempts,
+        error=result.error,
+        headers=result.headers,
+    )
+
+
+# ---------------------------------------------------------------- logs
+
+
+def revision_log_hits(
+    ctx: RunContext,
+    region: str,
+    revision: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    signatures: list[str],
+) -> list[str]:
+    """Adapter over google-cloud-logging: the revision's entries in [start, end] whose text
+    contains a signature -> 'signature (severity): first line'."""
+    if not signatures:
+        return []
+    client = ctx.cloud.logging_client()
+    stamp = lambda t: t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")  # noqa: E731
+    query = " AND ".join(
+        [
+            'resource.type="cloud_run_revision"',
+            f'resource.labels.service_name="{ctx.target.service}"',
+            f'resource.labels.revision_name="{revision}"',
+            f'resource.labels.location="{region}"',
+            f'timestamp>="{stamp(start)}"',
+            f'timestamp<="{stamp(end)}"',
+        ]
+    )
+    hits = []
+    for entry in client.list_entries(
+        resource_names=[f"projects/{ctx.project}"], filter_=query, page_size=1000
+    ):
+        payload = entry.payload
+        if isinstance(payload, dict):
+            text = str(payload.get("message") or payload)
+        else:
+            text = str(payload or "")
+        for signature in signatures:
+            if signature.lower() in text.lower():
+                line = text.strip().splitlines()[0][:160] if text.strip() else ""
+                hits.append(f"{signature} ({entry.severity or 'DEFAULT'}): {line}")
+    return hits
+
+
+@task(name="canary-logs", cache_policy=NO_CACHE, persist_result=False)
+def logs_step(
+    ctx: RunContext,
+    region: str,
+    revision: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    settle_s: float,
+) -> list[str]:
+    note_attempt()
+    if settle_s:
+        time.sleep(settle_s)  # log ingestion lag on Google; 0 in the sandbox
+    return revision_log_hits(ctx, region, revision, start, end, ctx.target.canary.log_signatures)
+
+
+# ---------------------------------------------------------------- baseline
+
+
+@task(name="cpu-baseline-url", cache_policy=NO_CACHE, persist_result=False)
+def baseline_url_step(ctx: RunContext, region: str) -> tuple[str, str | None]:
+    """A URL reaching a Ready CPU revision of the region -> (url, tag to remove after)."""
+    note_attempt()
+    service = cr.get_service(ctx.services, ctx.service_name(region))
+    if service is None:
+        raise ConfigurationError(f"no service {ctx.target.service} in {region} to measure")
+    cpu_ready = [
+        r
+        for r in cr.list_revisions(ctx.revisions, service.name)
+        if "nvidia.com/gpu" not in (r.containers[0].resources.limits if r.containers else {})
+        and cr.ready_state(r)[0] == "succeeded"
+    ]
+    names = {cr.short_name(r.name) for r in cpu_ready}
+    serving = [t for t in pinned_traffic(service) if t.percent > 0]
+    if serving and all(t.revision in names for t in serving):
+        return service.uri, None  # the service URL reaches only CPU revisions
+    if names:
+        chosen = ctx.cpu_revision if ctx.cpu_revision in names else sorted(names)[-1]
+        traffic = [t for t in pinned_traffic(service) if t.tag != BASELINE_TAG]
+        traffic.append(cr.Traffic(revision=chosen, percent=0, tag=BASELINE_TAG))
+        service = cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+        return cr.tag_uri(service, BASELINE_TAG) or service.uri, BASELINE_TAG
+    deployed = deploy_revision(ctx, region, cpu_template(ctx), BASELINE_TAG)
+    return deployed.tag_uri or deployed.service_uri, BASELINE_TAG
+
+
+@task(name="cpu-baseline-untag", cache_policy=NO_CACHE, persist_result=False)
+def untag_step(ctx: RunContext, region: str, tag: str) -> None:
+    note_attempt()
+    service = cr.get_service(ctx.services, ctx.service_name(region))
+    if service is None or cr.tag_uri(service, tag) is None:
+        return
+    traffic = [t for t in pinned_traffic(service) if t.tag != tag]
+    cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+
+
+def baseline_latency(
+    ctx: RunContext,
+    steps: StepLog,
+    region: str,
+    sample: SampleImage,
+    token: SecretStr | None,
+) -> tuple[float | None, str]:
+    """(ms, 'recorded' | 'measured' | 'unavailable')."""
+    record = recorded_release(ctx.target.service) or {}
+    if record.get("cpu_baseline_ms"):
+        return float(record["cpu_baseline_ms"]), "recorded"
+    url, tag = steps.run("cpu-baseline", baseline_url_step, ctx, region)
+    bearer = invoker_token(ctx, url)
+    try:
+        check_health(steps, "cpu-baseline-health", url, ctx.target.canary, bearer)
+        runs = _probe_runs(
+            steps,
+            "cpu-baseline-run",
+            url,
+            sample,
+            ctx.target.canary,
+            token,
+            bearer,
+            1,
+        )
+    finally:
+        if tag:
+            steps.run("cpu-baseline-untag", untag_step, ctx, region, tag)
+    ok = [r.ms for r in runs if r.status == ctx.target.canary.expected_status and r.ms]
+    return (min(ok), "measured") if ok else (None, "unavailable")
+
+
+# ---------------------------------------------------------------- verdict
+
+
+def judge(
+    policy: CanaryPolicy,
+    runs: list[CanaryRun],
+    sample: SampleImage,
+    baseline_ms: float | None,
+    log_hits: list[str],
+) -> tuple[list[str], dict[str, float | None]]:
+    reasons: list[str] = []
+    for r in runs:
+        if r.status != policy.expected_status:
+            what = f"status {r.status}" if r.status is not None else (r.error or "no answer")
+            reasons.append(f"run {r.run}: {what}, expected {policy.expected_status}")
+            continue
+        for header, want in policy.required_headers.items():
+            got = r.headers.get(header.lower())
+            if got != want:
+                reasons.append(f"run {r.run}: {header}: {got!r}, expected {want!r}")
+        if policy.check_image and not r.image.startswith(f"{sample.size[0]}x{sample.size[1]}"):
+            reasons.append(
+                f"run {r.run}: response image {r.image or '?'} is not a "
+                f"{sample.size[0]}x{sample.size[1]} image like the input"
+            )
+        elif policy.check_image and "differs" in r.image:
+            reasons.append(f"run {r.run}: response image {r.image}")
+    times = pd.Series([r.ms for r in runs if r.status == policy.expected_status and r.ms])
+    figures: dict[str, float | None] = {"p50_ms": None, "p95_ms": None, "speedup": None}
+    if not times.empty:
+        figures["p50_ms"] = round(float(times.median()), 1)
+        figures["p95_ms"] = round(float(times.quantile(0.95)), 1)
+        if figures["p95_ms"] > policy.p95_limit_ms:
+            reasons.append(f"p95 {figures['p95_ms']:.0f} ms > limit {policy.p95_limit_ms:.0f} ms")
+        if baseline_ms:
+            speedup = 1 - float(times.median()) / baseline_ms
+            figures["speedup"] = round(speedup, 3)
+            if speedup < policy.min_speedup:
+                reasons.append(
+                    f"speed-up {speedup:.0%} over the CPU baseline ({baseline_ms:.0f} ms) "
+                    f"< {policy.min_speedup:.0%}"
+                )
+    for hit in log_hits:
+        reasons.append(f"log: {hit}")
+    return reasons, figures
+
+
+def run_canary(
+    ctx: RunContext,
+    steps: StepLog,
+    region: str,
+    revision: str,
+    tag_url: str,
+) -> CanaryReport:
+    """Probe the tag URL `runs` times, read the revision's logs for the window, judge."""
+    policy = ctx.target.canary
+    try:
+        sample = load_sample(policy.sample_path(), policy.content_type)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from None
+    token = load_token(policy)
+    bearer = invoker_token(ctx, tag_url)
+    baseline_ms, source = baseline_latency(ctx, steps, region, sample, token)
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    unhealthy = check_health(steps, "canary-health", tag_url, policy, bearer)
+    runs = _probe_runs_full(steps, tag_url, sample, policy, token, bearer)
+    end = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    hits = steps.run(
+        "canary-logs", logs_step, ctx, region, revision, start, end, policy.log_settle_s
+    )
+    reasons, figures = judge(policy, runs, sample, baseline_ms, hits)
+    if unhealthy:
+        reasons.insert(0, unhealthy)
+    report = CanaryReport(
+        passed=not reasons,
+        reasons=reasons,
+        region=region,
+        revision=revision,
+        url=tag_url,
+        runs=runs,
+        baseline_ms=baseline_ms,
+        baseline_source=source,
+        fallback_used=any(r.fallback_used not in (None, "0") for r in runs),
+        log_hits=hits,
+        window_start=start.isoformat(),
+        window_end=end.isoformat(),
+        judged_at=dt.datetime.now(dt.UTC).isoformat(),
+        **figures,
+    )
+    verdict = "PASSED" if report.passed else "FAILED: " + "; ".join(reasons)
+    publish_table(
+        [r.model_dump(exclude={"headers"}) for r in runs],
+        key=f"canary-{ctx.target.service}",
+        description=(
+            f"Canary of {revision} in {region} ({policy.runs} runs of {sample.name}, "
+            f"p95 {report.p95_ms} ms, CPU baseline {baseline_ms} ms ({source})): {verdict}"
+        ),
+        columns=RUN_COLUMNS,
+    )
+    return report
+
+
+def _probe_runs_full(steps, url, sample, policy, token, bearer) -> list[CanaryRun]:
+    return _probe_runs(steps, "canary-run", url, sample, policy, token, bearer, policy.runs)
+
+
+# ---------------------------------------------------------------- standalone flow
+
+
+@flow(name="canary")
+def canary_flow(git_tag: str, region: str, target: ReleaseTarget) -> CanaryReport:
+    """Judge the tag's canary revision in `region` (tag URL `canary`)."""
+    ctx = RunContext(target, git_tag, None)
+    steps = StepLog(target.retries, target.retry_delays())
+    service = cr.get_service(ctx.services, ctx.service_name(region))
+    url = cr.tag_uri(service, "canary") if service else None
+    if not url:
+        raise ConfigurationError(f"no canary tag on {target.service} in {region}")
+    return run_canary(ctx, steps, region, ctx.gpu_revision, url)

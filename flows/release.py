@@ -1,0 +1,611 @@
+"""The release: base-image pin -> build -> GPU deploy -> canary -> cutover | rollback.
+
+`release(git_tag, target, dry_run=False)` is one Prefect flow; every step is a Prefect task
+inside it, retried on transient errors only (tasks/errors.py decides), timed, and its
+attempts counted into the typed `ReleaseResult`. Only one release of a service runs at a
+time: the flow holds the global concurrency slot `shipyard-release-{service}` (limit 1).
+
+Outcomes:
+- `released`: the GPU canary passed and has 100% (`noop=True` when the tag was already
+  serving: nothing was built, deployed or requested again);
+- `rolled_back`: the canary (or the GPU deploy) failed; traffic stays on / returns to the
+  last good revision or the CPU baseline;
+- `cpu_fallback`: no region could get a GPU; 100% on a Ready CPU revision in the primary region;
+- `planned`: a dry run, nothing changed (regions and quotas it would use, image, revision).
+
+A configuration error (bad template, missing secret block, a build failure) fails the flow
+after writing the summary artifact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
+from prefect.events import emit_event
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.variables import Variable
+from pydantic import BaseModel
+
+from blocks.release_target import ReleaseTarget, sanitize_name
+from flows.canary import CanaryReport, recorded_release, release_variable, run_canary
+from flows.deploy import (
+    ConfigurationError,
+    DeployFailed,
+    ExistingRevision,
+    QuotaDenied,
+    RevisionDeploy,
+    RunContext,
+    clear_failed_step,
+    decide_regions,
+    deploy_gpu_step,
+    find_existing_step,
+    quota_preferences_step,
+)
+from flows.quota_adapter import PreferenceState, RegionQuota
+from flows.release_steps import Step, StepLog, note_attempt
+from flows.traffic import (
+    TrafficResult,
+    cpu_path_step,
+    cutover_step,
+    publish_url_step,
+    rollback_step,
+    serving_url_variable,
+)
+from tasks.errors import PermanentError
+from tasks.reports import markdown_table, publish_markdown
+
+Outcome = Literal["released", "rolled_back", "cpu_fallback", "planned"]
+
+
+class ReleaseError(PermanentError):
+    """The release stopped (configuration, build, or another release holds the service)."""
+
+
+class CanaryFigures(BaseModel):
+    runs: int
+    passed: bool
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    fallback_used: bool = False
+    speedup: float | None = None
+    baseline_ms: float | None = None
+    baseline_source: str = ""
+    reasons: list[str] = []
+    judged_at: str = ""
+
+    @classmethod
+    def of(cls, report: CanaryReport) -> CanaryFigures:
+        return cls(
+            runs=len(report.runs),
+            passed=report.passed,
+            p50_ms=report.p50_ms,
+            p95_ms=report.p95_ms,
+            fallback_used=report.fallback_used,
+            speedup=report.speedup,
+            baseline_ms=report.baseline_ms,
+            baseline_source=report.baseline_source,
+            reasons=report.reasons,
+            judged_at=report.judged_at,
+        )
+
+
+class ReleasePlan(BaseModel):
+    image: str
+    revision: str
+    cpu_revision: str
+    quotas: list[RegionQuota] = []
+    candidates: list[str] = []
+    quota_preferences: list[str] = []
+    existing: list[ExistingRevision] = []
+    note: str = ""
+
+
+class ReleaseResult(BaseModel):
+    git_tag: str
+    service: str
+    outcome: Outcome
+    noop: bool = False
+    dry_run: bool = False
+    region: str | None = None
+    primary_region: str
+    outside_primary: bool = False
+    revision: str | None = None
+    url: str | None = None
+    image: str | None = None
+    canary: CanaryFigures | None = None
+    reasons: list[str] = []
+    regions_tried: dict[str, str] = {}
+    preferences: list[PreferenceState] = []
+    plan: ReleasePlan | None = None
+    serving_url_variable: str | None = None
+    steps: list[Step] = []
+    started_at: str = ""
+    seconds: float = 0.0
+    flow_run_id: str | None = None
+
+
+# ---------------------------------------------------------------- one release per service
+
+
+def slot_name(service: str) -> str:
+    return sanitize_name(f"shipyard-release-{service}", 255)
+
+
+def ensure_slot(name: str) -> None:
+    """The global concurrency limit (1 slot) for a service; created once."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+            except ObjectAlreadyExists:
+                pass
+
+
+@contextmanager
+def release_slot(service: str, timeout_s: float) -> Iterator[None]:
+    name = slot_name(service)
+    ensure_slot(name)
+    acquired = False
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
+            acquired = True
+            yield
+    except TimeoutError as exc:
+        if acquired:
+            raise
+        raise ReleaseError(
+            f"another release of service {service!r} holds the slot {name!r} "
+            f"(waited {timeout_s:.0f} s): one release per service at a time"
+        ) from exc
+
+
+# ---------------------------------------------------------------- build adapter
+
+
+@task(name="base-image-pin", cache_policy=NO_CACHE, persist_result=False)
+def pin_step(base_image: str) -> dict[str, Any]:
+    note_attempt()
+    from flows.mirror import read_base_pin
+
+    pin = read_base_pin(base_image)
+    if not pin:
+        raise ConfigurationError(
+            f"ReleaseTarget.base_image={base_image!r} has no recorded pin: run the mirror "
+            "flow for it first (shipyard mirror ...), or leave base_image empty"
+        )
+    return pin
+
+
+def build_image(ctx: RunContext, git_tag: str, commit: str | None, pin: dict | None) -> str:
+    """Adapter over flows/build.py's `build_release_image` (called with the arguments its
+    signature accepts). A build failure stops the release before any deploy."""
+    try:
+        from flows.build import build_release_image
+    except ImportError as exc:
+        raise ReleaseError(
+            "no image given and no build available (flows/build.py): pass image=..."
+        ) from exc
+    params = inspect.signature(build_release_image).parameters
+    offered: dict[str, Any] = {
+        "git_tag": git_tag,
+        "commit": commit,
+        "repository": ctx.target.image_repository,
+        "image_repository": ctx.target.image_repository,
+        "base_image": (pin or {}).get("image"),
+        "base_pin": pin,
+        "cloud": ctx.cloud,
+    }
+    kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
+    try:
+        built = build_release_image(**kwargs)
+    except Exception as exc:
+        raise ReleaseError(f"build of {git_tag} failed: {type(exc).__name__}: {exc}") from exc
+    for attr in ("image", "reference", "image_ref"):
+        value = getattr(built, attr, None) or (built.get(attr) if isinstance(built, dict) else None)
+        if value:
+            return str(value)
+    if isinstance(built, str):
+        return built
+    raise ReleaseError(f"the build of {git_tag} returned no image reference: {built!r}")
+
+
+# ---------------------------------------------------------------- the flow
+
+
+def resolve_target(target: ReleaseTarget | str) -> ReleaseTarget:
+    if isinstance(target, ReleaseTarget):
+        return target
+    try:
+        return ReleaseTarget.load(target)
+    except ValueError as exc:
+        raise ReleaseError(
+            f"target={target!r}: no ReleaseTarget block of that name; save one "
+            "(ReleaseTarget(...).save(name)) or pass the block"
+        ) from exc
+
+
+@flow(name="release", flow_run_name="release-{git_tag}", log_prints=False)
+def release(
+    git_tag: str,
+    target: ReleaseTarget | str = "default",
+    dry_run: bool = False,
+    image: str | None = None,
+    commit: str | None = None,
+) -> ReleaseResult:
+    """Release `git_tag` of the target service (see the module docstring for outcomes)."""
+    resolved = resolve_target(target)
+    if dry_run:
+        return Release(resolved, git_tag, image, commit).run(dry_run=True)
+    with release_slot(resolved.service, resolved.lock_timeout_s):
+        return Release(resolved, git_tag, image, commit).run(dry_run=False)
+
+
+class Release:
+    """One run of the release flow: its decisions, in order."""
+
+    def __init__(self, target: ReleaseTarget, git_tag: str, image: str | None, commit: str | None):
+        self.target = target
+        self.git_tag = git_tag
+        self.commit = commit
+        self.ctx = RunContext(target, git_tag, image)
+        self.steps = StepLog(target.retries, target.retry_delays())
+        self.started = time.perf_counter()
+        self.result = ReleaseResult(
+            git_tag=git_tag,
+            service=target.service,
+            outcome="planned",
+            primary_region=target.primary_region,
+            image=image,
+            started_at=dt.datetime.now(dt.UTC).isoformat(),
+        )
+        run = FlowRunContext.get()
+        if run is not None and run.flow_run is not None:
+            self.result.flow_run_id = str(run.flow_run.id)
+
+    # ---- driver
+
+    def run(self, *, dry_run: bool) -> ReleaseResult:
+        self.result.dry_run = dry_run
+        logger = get_run_logger()
+        try:
+            self._run(dry_run)
+        except BaseException as exc:
+            self.result.reasons.append(f"{type(exc).__name__}: {exc}")
+            self._finish(failed=True)
+            raise
+        self._finish(failed=False)
+        logger.info(
+            "release %s of %s: %s (region %s, revision %s)",
+            self.git_tag,
+            self.target.service,
+            self.result.outcome,
+            self.result.region,
+            self.result.revision,
+        )
+        return self.result
+
+    def _run(self, dry_run: bool) -> None:
+        ctx, steps, result = self.ctx, self.steps, self.result
+        existing = steps.run("find-release", find_existing_step, ctx)
+        serving = [e for e in existing if e.state == "succeeded" and e.percent == 100]
+        if serving:
+            found = serving[0]
+            result.outcome = "planned" if dry_run else "released"
+            result.noop = True
+            result.region, result.revision, result.url = (
+                found.region,
+                ctx.gpu_revision,
+                found.uri,
+            )
+            result.outside_primary = found.region != self.target.primary_region
+            result.reasons.append(f"{ctx.gpu_revision} already serves 100% in {found.region}")
+            steps.skip("build", "the tag's revision already serves")
+            if dry_run:
+                result.plan = ReleasePlan(
+                    image=ctx.image or "(already deployed)",
+                    revision=ctx.gpu_revision,
+                    cpu_revision=ctx.cpu_revision,
+                    existing=existing,
+                    note="nothing to do: the tag already serves",
+                )
+            return
+
+        if dry_run:
+            self._plan(existing)
+            return
+
+        self._ensure_image()
+        resumable = [e for e in existing if e.state == "succeeded"]
+        failed_regions = {e.region for e in existing if e.state == "failed"}
+        deployed = None
+        if resumable:
+            region = resumable[0].region
+            result.regions_tried[region] = "resumed the tag's existing revision"
+            deployed = self._deploy(region)
+        if deployed is None:
+            try:
+                deployed = self._deploy_somewhere(skip=failed_regions)
+            except _Stop:
+                return
+        if deployed is None:
+            self._cpu_path()
+            return
+        self._canary_and_traffic(deployed)
+
+    # ---- steps
+
+    def _ensure_image(self) -> None:
+        ctx = self.ctx
+        if ctx.image:
+            self.steps.skip("base-image-pin", "image given")
+            self.steps.skip("build", "image given")
+            return
+        pin = None
+        if self.target.base_image:
+            pin = self.steps.run("base-image-pin", pin_step, self.target.base_image)
+        else:
+            self.steps.skip("base-image-pin", "no base_image on the target")
+        with self.steps.inline("build") as info:
+            ctx.image = build_image(ctx, self.git_tag, self.commit, pin)
+            info["detail"] = ctx.image
+        self.result.image = ctx.image
+
+    def _plan(self, existing: list[ExistingRevision]) -> None:
+        ctx = self.ctx
+        decision = decide_regions(ctx, self.steps, allow_requests=False)
+        prefs = []
+        if not decision.candidates and self.target.quota.request:
+            prefs = [
+                self.target.quota_preference_id(q.region)
+                for q in decision.quotas
+                if q.why.startswith("GPU quota")
+            ]
+        self.result.plan = ReleasePlan(
+            image=ctx.image or f"(built from {self.git_tag} at release time)",
+            revision=ctx.gpu_revision,
+            cpu_revision=ctx.cpu_revision,
+            quotas=decision.quotas,
+            candidates=decision.candidates,
+            quota_preferences=prefs,
+            existing=existing,
+            note=decision.reason
+            or f"would deploy {ctx.gpu_revision} to {decision.candidates[0]} as a 0% canary",
+        )
+        self.result.region = decision.candidates[0] if decision.candidates else None
+        self.result.revision = ctx.gpu_revision
+        self.result.outcome = "planned"
+
+    def _deploy(self, region: str) -> RevisionDeploy | None:
+        """Deploy to one region; None when the region refused for lack of quota."""
+        try:
+            deployed = self.steps.run(f"deploy:{region}", deploy_gpu_step, self.ctx, region)
+        except QuotaDenied as exc:
+            self.result.regions_tried[region] = f"quota: {exc.message}"
+            self.steps.run(
+                f"clear:{region}", clear_failed_step, self.ctx, region, self.ctx.gpu_revision
+            )
+            return None
+        self.result.regions_tried[region] = "deployed" + (" (reused)" if deployed.reused else "")
+        return deployed
+
+    def _deploy_somewhere(self, skip: set[str]) -> RevisionDeploy | None:
+        ctx, result = self.ctx, self.result
+        for region in skip:
+            result.regions_tried[region] = "the tag's revision failed here before"
+        decision = decide_regions(ctx, self.steps, allow_requests=True)
+        result.preferences = decision.preferences
+        if decision.reason:
+            result.reasons.append(decision.reason)
+        tried = set(skip)
+        candidates = decision.candidates
+        while True:
+            for region in candidates:
+                if region in tried:
+                    continue
+                tried.add(region)
+                try:
+                    deployed = self._deploy(region)
+                except DeployFailed as exc:
+                    # Not a quota problem: the image or the template. Clean up and stop.
+                    result.regions_tried[region] = f"failed: {exc.message}"
+                    self._after_failed_deploy(region, exc)
+                    raise _Stop() from exc
+                if deployed is not None:
+                    return deployed
+            if decision.requested or not self.target.quota.request:
+                return None
+            untried = [r for r in self.target.regions if r not in tried]
+            if not untried:
+                return None
+            prefs = self.steps.run("quota-preferences", quota_preferences_step, ctx, untried)
+            decision.requested = True
+            result.preferences = prefs
+            candidates = [p.region for p in prefs if p.granted]
+            if not candidates:
+                result.reasons.append("no quota preference was granted within the budget")
+                return None
+
+    def _after_failed_deploy(self, region: str, exc: DeployFailed) -> None:
+        self.steps.run(f"clear:{region}", clear_failed_step, self.ctx, region, exc.revision)
+        outcome = self.steps.run("rollback", rollback_step, self.ctx, region, exc.revision)
+        self._serving(outcome)
+        self.result.outcome = "rolled_back"
+        self.result.reasons.append(f"GPU deploy failed in {region}: {exc.message}")
+
+    def _cpu_path(self) -> None:
+        region = self.target.primary_region
+        outcome = self.steps.run("cpu-path", cpu_path_step, self.ctx, region)
+        self._serving(outcome)
+        self.result.outcome = "cpu_fallback"
+        self.result.reasons.append(
+            f"no region could run the GPU revision; {outcome.revision} serves 100% in {region}"
+        )
+
+    def _canary_and_traffic(self, deployed: RevisionDeploy) -> None:
+        ctx, result = self.ctx, self.result
+        region = deployed.region
+        if not deployed.tag_uri:
+            raise ConfigurationError(f"Cloud Run published no canary URL in {region}")
+        try:
+            report = run_canary(ctx, self.steps, region, deployed.revision, deployed.tag_uri)
+        except BaseException:
+            # The canary could not be judged: no traffic for it, no stale canary tag.
+            self.steps.run(f"clear:{region}", clear_failed_step, ctx, region, deployed.revision)
+            raise
+        result.canary = CanaryFigures.of(report)
+        self._baseline_ms = report.baseline_ms
+        if report.passed:
+            outcome = self.steps.run("cutover", cutover_step, ctx, region, deployed.revision)
+            self._serving(outcome)
+            result.outcome = "released"
+            result.outside_primary = region != self.target.primary_region
+            if result.outside_primary or self._published_elsewhere(outcome.url):
+                result.serving_url_variable = self.steps.run(
+                    "publish-url",
+                    publish_url_step,
+                    self.target,
+                    region,
+                    outcome.revision,
+                    outcome.url,
+                    self.git_tag,
+                )
+        else:
+            self.steps.run(f"clear:{region}", clear_failed_step, ctx, region, deployed.revision)
+            outcome = self.steps.run("rollback", rollback_step, ctx, region, deployed.revision)
+            self._serving(outcome)
+            result.outcome = "rolled_back"
+            result.reasons.extend(f"canary: {r}" for r in report.reasons)
+
+    def _published_elsewhere(self, url: str) -> bool:
+        current = Variable.get(serving_url_variable(self.target.service), default=None)
+        return current is not None and current != url
+
+    def _serving(self, outcome: TrafficResult) -> None:
+        self.result.region = outcome.region
+        self.result.revision = outcome.revision
+        self.result.url = outcome.url
+
+    # ---- record and report
+
+    def _finish(self, *, failed: bool) -> None:
+        result = self.result
+        result.steps = self.steps.steps
+        result.seconds = round(time.perf_counter() - self.started, 3)
+        if not result.dry_run and not failed:
+            self._record()
+            emit_event(
+                event=f"shipyard.release.{result.outcome.replace('_', '-')}",
+                resource={
+                    "prefect.resource.id": f"shipyard.cloud-run.service.{result.service}",
+                    "prefect.resource.name": result.service,
+                },
+                payload={
+                    "git_tag": result.git_tag,
+                    "outcome": result.outcome,
+                    "region": result.region,
+                    "revision": result.revision,
+                    "url": result.url,
+                    "noop": result.noop,
+                },
+            )
+        try:
+            publish_markdown(
+                summary_markdown(result, failed),
+                key=f"release-{result.service}",
+                description=f"Release {result.git_tag} of {result.service}: "
+                + ("failed" if failed else result.outcome),
+            )
+        except Exception:  # noqa: BLE001 - a report must not hide the release's own error
+            if not failed:
+                raise
+
+    def _record(self) -> None:
+        result = self.result
+        previous = recorded_release(result.service) or {}
+        baseline = getattr(self, "_baseline_ms", None) or previous.get("cpu_baseline_ms")
+        record = {
+            "git_tag": result.git_tag,
+            "outcome": result.outcome,
+            "region": result.region,
+            "revision": result.revision,
+            "url": result.url,
+            "image": result.image,
+            "cpu_baseline_ms": baseline,
+            "canary_p95_ms": result.canary.p95_ms if result.canary else None,
+            "recorded_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        if result.noop and previous:
+            record = {**previous, "recorded_at": record["recorded_at"]}
+        Variable.set(release_variable(result.service), record, overwrite=True)
+
+
+class _Stop(Exception):
+    """Internal: the GPU deploy failed and was rolled back; the release ends there."""
+
+
+def summary_markdown(result: ReleaseResult, failed: bool) -> str:
+    title = "FAILED" if failed else result.outcome.replace("_", " ")
+    lines = [
+        f"# Release {result.git_tag} of `{result.service}`: **{title}**",
+        "",
+        f"- region: `{result.region or '-'}` (primary `{result.primary_region}`)"
+        + (" — **GPU outside the primary region**" if result.outside_primary else ""),
+        f"- revision: `{result.revision or '-'}`",
+        f"- URL: {result.url or '-'}",
+        f"- image: `{result.image or '-'}`",
+        f"- took {result.seconds:.1f} s"
+        + (" (dry run: nothing changed)" if result.dry_run else ""),
+    ]
+    if result.noop:
+        lines.append("- the tag already served: nothing built, deployed or requested")
+    if result.serving_url_variable:
+        lines.append(f"- serving URL published as Variable `{result.serving_url_variable}`")
+    if result.canary:
+        c = result.canary
+        lines += [
+            "",
+            "## Canary",
+            f"{c.runs} runs, p50 {c.p50_ms} ms, p95 {c.p95_ms} ms, fallback used: "
+            f"{c.fallback_used}, speed-up {c.speedup if c.speedup is not None else '-'} over "
+            f"CPU baseline {c.baseline_ms} ms ({c.baseline_source}): "
+            + ("passed" if c.passed else "failed"),
+        ]
+    if result.reasons:
+        lines += ["", "## Reasons", *[f"- {r}" for r in result.reasons]]
+    if result.regions_tried:
+        lines += ["", "## Regions", *[f"- `{r}`: {w}" for r, w in result.regions_tried.items()]]
+    if result.plan:
+        lines += [
+            "",
+            "## Plan",
+            f"- revision `{result.plan.revision}`, image `{result.plan.image}`",
+            f"- candidates: {', '.join(result.plan.candidates) or 'none'}",
+            f"- quota preferences it would file: {', '.join(result.plan.quota_preferences) or 'none'}",
+            f"- {result.plan.note}",
+            "",
+            markdown_table([q.model_dump() for q in result.plan.quotas]),
+        ]
+    lines += [
+        "",
+        "## Steps",
+        markdown_table(
+            [s.model_dump() for s in result.steps],
+            ["name", "state", "seconds", "attempts", "detail"],
+        ),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Steps of a release: Prefect tasks with retries on transient errors, timed, attempts counted.
+
+Every step of the release is a Prefect task called inside the one release flow (a task costs
+~5 ms, a subflow ~1 s). `StepLog.run` calls a step task with the target's retry settings
+(exponential backoff from `retry_delay_s`, Prefect's jitter) and records its name, state,
+seconds and attempts for the typed result. Attempts come from the task run's `run_count`,
+noted by the task itself (`note_attempt()`), so no API round trip is needed to learn them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, TypeVar
+from uuid import UUID
+
+from prefect.context import TaskRunContext
+from prefect.tasks import Task
+from pydantic import BaseModel
+
+from tasks.errors import is_transient
+
+T = TypeVar("T")
+
+_ATTEMPTS: dict[UUID, int] = {}
+
+
+class Step(BaseModel):
+    name: str
+    state: Literal["completed", "failed", "skipped"]
+    seconds: float
+    attempts: int = 1
+    detail: str = ""
+
+
+def note_attempt() -> None:
+    """Call first thing in a step task: remembers which attempt this run is."""
+    ctx = TaskRunContext.get()
+    if ctx is not None:
+        _ATTEMPTS[ctx.task_run.id] = ctx.task_run.run_count
+
+
+def retry_if_transient(task: Task, task_run: Any, state: Any) -> bool:
+    """Prefect retry_condition_fn: retry only errors tasks/errors.py calls transient.
+
+    Adapter: tasks/errors.py classifies exceptions (`is_transient`); Prefect wants a
+    `(task, task_run, state) -> bool` callable, which that module does not offer (yet).
+    """
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as exc:  # noqa: BLE001 - we only classify it
+        return is_transient(exc)
+    return False
+
+
+class StepLog:
+    """The ordered record of a release's steps."""
+
+    def __init__(self, retries: int = 0, retry_delays: list[float] | None = None):
+        self.steps: list[Step] = []
+        self.retries = retries
+        self.retry_delays = retry_delays or []
+
+    def run(self, name: str, step: Task[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a step task with retries on transient errors; record it; return or raise."""
+        return self.run_with(name, self.retries, self.retry_delays, step, *args, **kwargs)
+
+    def run_with(
+        self,
+        name: str,
+        retries: int,
+        delays: list[float],
+        step: Task[..., T],
+        *args: Any,
+        **kwargs: Any,
+    ) -> T:
+        """`run` with its own retry count and delays (e.g. the canary policy's)."""
+        configured = step.with_options(
+            name=step.name,
+            task_run_name=name,
+            retries=retries,
+            retry_delay_seconds=delays or 0,
+            retry_jitter_factor=0.5 if retries else None,
+            retry_condition_fn=retry_if_transient,
+        )
+        started = time.perf_counter()
+        state = configured(*args, return_state=True, **kwargs)
+        attempts = _ATTEMPTS.pop(state.state_details.task_run_id, 1)
+        seconds = round(time.perf_counter() - started, 3)
+        if state.is_completed():
+            self.steps.append(
+                Step(name=name, state="completed", seconds=seconds, attempts=attempts)
+            )
+            return state.result()
+        try:
+            return state.result()  # raises the task's exception
+        except BaseException as exc:
+            self.steps.append(
+                Step(
+                    name=name,
+                    state="failed",
+                    seconds=seconds,
+                    attempts=attempts,
+                    detail=_short(exc),
+                )
+            )
+            raise
+
+    @contextmanager
+    def inline(self, name: str) -> Iterator[dict[str, Any]]:
+        """Time a step done in the flow itself (no retries): `with log.inline("x") as s:`."""
+        info: dict[str, Any] = {"detail": ""}
+        started = time.perf_counter()
+        try:
+            yield info
+        except BaseException as exc:
+            self.steps.append(
+                Step(
+                    name=name,
+                    state="failed",
+                    seconds=round(time.perf_counter() - started, 3),
+                    detail=_short(exc),
+                )
+            )
+            raise
+        self.steps.append(
+            Step(
+                name=name,
+                state="completed",
+                seconds=round(time.perf_counter() - started, 3),
+                detail=str(info.get("detail", "")),
+            )
+        )
+
+    def skip(self, name: str, detail: str = "") -> None:
+        self.steps.append(Step(name=name, state="skipped", seconds=0.0, attempts=0, detail=detail))
+
+    def note(self, name: str, detail: str) -> None:
+        """Attach a detail to the last step with this name."""
+        for step in reversed(self.steps):
+            if step.name == name:
+                step.detail = detail
+                return
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+Runner = Callable[..., Any]

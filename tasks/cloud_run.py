@@ -1,0 +1,266 @@
+"""Cloud Run Admin v2, thinly: get/create/update a service, wait for a revision's Ready, set traffic.
+
+Plain typed functions over the official `run_v2` clients (REST). They know nothing of releases:
+callers pass the clients, names and templates, and decide what an error means. Transient API
+errors are raised as the client raises them (google.api_core exceptions) for the caller's retry
+policy; built-in client retries are switched off (`retry=None`) so one policy applies.
+
+Long-running operations are polled here, from `poll_s` with a x1.5 backoff (google-api-core's
+own polling starts at 1 s and grows to 20 s, far too slow for a local sandbox and too coarse to
+report a Ready condition promptly).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from google.api_core import exceptions as gexc
+from google.cloud import run_v2
+from google.protobuf import duration_pb2, field_mask_pb2
+
+__all__ = [
+    "ReadyTimeout",
+    "RevisionFailed",
+    "Traffic",
+    "create_service",
+    "get_revision",
+    "get_service",
+    "list_revisions",
+    "ready_state",
+    "revision_path",
+    "service_path",
+    "set_traffic",
+    "tag_uri",
+    "traffic_of",
+    "update_service",
+    "wait_operation",
+    "wait_revision_ready",
+]
+
+READY = "Ready"
+SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
+FAILED = run_v2.Condition.State.CONDITION_FAILED
+LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
+BY_REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+
+
+class RevisionFailed(Exception):
+    """A revision's Ready condition ended in CONDITION_FAILED; `message` is Cloud Run's."""
+
+    def __init__(self, revision: str, message: str, reason: str = ""):
+        super().__init__(f"revision {revision} failed to become Ready: {message}")
+        self.revision = revision
+        self.message = message
+        self.reason = reason
+
+
+class ReadyTimeout(TimeoutError):
+    """A revision (or operation) did not finish within the timeout."""
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """One traffic target. `revision=None` with `latest=True` means LATEST."""
+
+    revision: str | None
+    percent: int = 0
+    tag: str | None = None
+    latest: bool = False
+
+    def to_proto(self) -> run_v2.TrafficTarget:
+        target = run_v2.TrafficTarget(
+            type_=LATEST if self.latest else BY_REVISION, percent=self.percent
+        )
+        if self.revision and not self.latest:
+            target.revision = self.revision
+        if self.tag:
+            target.tag = self.tag
+        return target
+
+
+# ---------------------------------------------------------------- names
+
+
+def service_path(project: str, region: str, service: str) -> str:
+    return f"projects/{project}/locations/{region}/services/{service}"
+
+
+def revision_path(project: str, region: str, service: str, revision: str) -> str:
+    return f"{service_path(project, region, service)}/revisions/{revision}"
+
+
+def short_name(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+# ---------------------------------------------------------------- reading
+
+
+def get_service(client: run_v2.ServicesClient, name: str) -> run_v2.Service | None:
+    """The service, or None when it does not exist."""
+    try:
+        return client.get_service(name=name, retry=None)
+    except gexc.NotFound:
+        return None
+
+
+def get_revision(client: run_v2.RevisionsClient, name: str) -> run_v2.Revision | None:
+    try:
+        return client.get_revision(name=name, retry=None)
+    except gexc.NotFound:
+        return None
+
+
+def list_revisions(client: run_v2.RevisionsClient, service_name: str) -> list[run_v2.Revision]:
+    return list(client.list_revisions(parent=service_name, retry=None))
+
+
+def ready_state(resource: run_v2.Revision | run_v2.Service) -> tuple[str, str]:
+    """('succeeded' | 'failed' | 'reconciling', message) of the Ready condition."""
+    conditions: Iterable[run_v2.Condition] = list(resource.conditions)
+    terminal = getattr(resource, "terminal_condition", None)
+    if terminal is not None and terminal.type_:
+        conditions = [terminal, *conditions]
+    for condition in conditions:
+        if condition.type_ == READY:
+            if condition.state == SUCCEEDED:
+                return "succeeded", condition.message
+            if condition.state == FAILED:
+                return "failed", condition.message
+            return "reconciling", condition.message
+    return "reconciling", ""
+
+
+def traffic_of(service: run_v2.Service) -> list[Traffic]:
+    """The service's traffic spec as plain values."""
+    return [
+        Traffic(
+            revision=t.revision or None,
+            percent=t.percent,
+            tag=t.tag or None,
+            latest=t.type_ == LATEST,
+        )
+        for t in service.traffic
+    ]
+
+
+def tag_uri(service: run_v2.Service, tag: str) -> str | None:
+    """The URL Cloud Run published for a traffic tag (from trafficStatuses)."""
+    for status in service.traffic_statuses:
+        if status.tag == tag and status.uri:
+            return status.uri
+    return None
+
+
+# ---------------------------------------------------------------- operations
+
+
+def wait_operation(operation, *, timeout: float, poll_s: float = 0.05, max_poll_s: float = 5.0):
+    """Poll a google.api_core Operation until done; return its result or raise its error."""
+    deadline = time.monotonic() + timeout
+    delay = poll_s
+    while not operation.done(retry=None):
+        if time.monotonic() >= deadline:
+            raise ReadyTimeout(
+                f"operation {operation.operation.name} not done after {timeout:.0f} s"
+            )
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, max_poll_s)
+    return operation.result(timeout=0)
+
+
+def create_service(
+    client: run_v2.ServicesClient,
+    project: str,
+    region: str,
+    service: run_v2.Service,
+    service_id: str,
+    *,
+    timeout: float = 600,
+    poll_s: float = 0.05,
+) -> run_v2.Service:
+    """Create a service and wait for the operation (not for readiness of its revision)."""
+    operation = client.create_service(
+        parent=f"projects/{project}/locations/{region}",
+        service=service,
+        service_id=service_id,
+        retry=None,
+    )
+    return wait_operation(operation, timeout=timeout, poll_s=poll_s)
+
+
+def update_service(
+    client: run_v2.ServicesClient,
+    service: run_v2.Service,
+    *,
+    timeout: float = 600,
+    poll_s: float = 0.05,
+    update_mask: list[str] | None = None,
+) -> run_v2.Service:
+    """PATCH a service (its `name` set) and wait for the operation."""
+    request = run_v2.UpdateServiceRequest(service=service)
+    if update_mask:
+        request.update_mask = field_mask_pb2.FieldMask(paths=update_mask)
+    operation = client.update_service(request=request, retry=None)
+    return wait_operation(operation, timeout=timeout, poll_s=poll_s)
+
+
+def set_traffic(
+    client: run_v2.ServicesClient,
+    service: run_v2.Service,
+    traffic: list[Traffic],
+    *,
+    timeout: float = 600,
+    poll_s: float = 0.05,
+) -> run_v2.Service:
+    """Replace the service's traffic split, leaving its template as it is."""
+    total = sum(t.percent for t in traffic)
+    if total != 100:
+        raise ValueError(f"traffic percentages add up to {total}, not 100: {traffic}")
+    updated = run_v2.Service(name=service.name, etag=service.etag)
+    updated.template = service.template
+    updated.traffic = [t.to_proto() for t in traffic]
+    return update_service(client, updated, timeout=timeout, poll_s=poll_s)
+
+
+# ---------------------------------------------------------------- readiness
+
+
+def wait_revision_ready(
+    client: run_v2.RevisionsClient,
+    name: str,
+    *,
+    timeout: float,
+    poll_s: float = 0.05,
+    max_poll_s: float = 5.0,
+) -> run_v2.Revision:
+    """Poll a revision until its Ready condition succeeds (returned) or fails (RevisionFailed).
+
+    A revision that does not exist yet is waited for as well: Cloud Run creates it shortly
+    after the service update that names it.
+    """
+    deadline = time.monotonic() + timeout
+    delay = poll_s
+    last = "not created yet"
+    while True:
+        revision = get_revision(client, name)
+        if revision is not None:
+            state, message = ready_state(revision)
+            if state == "succeeded":
+                return revision
+            if state == "failed":
+                reason = next((str(c.reason) for c in revision.conditions if c.type_ == READY), "")
+                raise RevisionFailed(short_name(name), message or "no message", reason)
+            last = message or "reconciling"
+        if time.monotonic() >= deadline:
+            raise ReadyTimeout(
+                f"revision {short_name(name)} not Ready after {timeout:.0f} s (last: {last})"
+            )
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, max_poll_s)
+
+
+def seconds(value: float) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=int(value), nanos=int((value % 1) * 1e9))

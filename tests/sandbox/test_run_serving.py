@@ -1,0 +1,138 @@
+"""Revisions serve the sample page service for real: speed by device, faults, token, logs."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from google.cloud import run_v2
+from PIL import Image
+from run_testkit import FAILED, create, page_png, parent, template
+
+TOKEN = "s3cret-token-for-tests"
+SERVING = {
+    "name": "serving",
+    "serving": {"gpu_ms": 5, "cpu_ms": 150},
+    "secrets": {"page-token": TOKEN},
+    "revision_faults": [
+        {"fault": "silent_cpu_fallback", "accelerator": "gpu", "image_contains": "fallback"},
+        {"fault": "oom", "accelerator": "any", "image_contains": "oom"},
+        {"fault": "http_503", "accelerator": "any", "image_contains": "flaky", "requests": 2},
+        {"fault": "unicode_header", "accelerator": "any", "image_contains": "unicode"},
+    ],
+}
+PAGE = "/internal/translate/page"
+
+
+@pytest.fixture
+def http():
+    with httpx.Client(timeout=20) as client:
+        yield client
+
+
+def _post_page(http: httpx.Client, uri: str, **headers: str) -> httpx.Response:
+    return http.post(
+        uri + PAGE, content=page_png(), headers={"content-type": "image/png", **headers}
+    )
+
+
+def _logs_of(admin, service: str) -> list[dict]:
+    return [e for e in admin.logs() if e["resource"]["labels"].get("service_name") == service]
+
+
+def test_gpu_revision_is_fast_and_cpu_slow(sandbox_admin, cloud, http):
+    sandbox_admin.reset(scenario_data=SERVING)
+    gpu = create(cloud, "fast", template(gpu=True))
+    cpu = create(cloud, "slow", template())
+    answers = {}
+    for name, svc in (("gpu", gpu), ("cpu", cpu)):
+        response = _post_page(http, svc.uri)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-fallback-used"] == "0"
+        image = Image.open(io.BytesIO(response.content))
+        assert (image.format, image.size) == ("PNG", (120, 80))
+        answers[name] = int(response.headers["x-remote-elapsed-ms"])
+        assert http.get(svc.uri + "/health").json()["device"] == name
+    assert answers["cpu"] >= 150 > answers["gpu"]
+    # A multipart upload works as well.
+    multipart = http.post(gpu.uri + PAGE, files={"file": ("page.png", page_png(), "image/png")})
+    assert multipart.status_code == 200 and multipart.content[:4] == b"\x89PNG"
+
+    requests_log = [
+        e for e in _logs_of(sandbox_admin, "fast") if e["logName"].endswith("%2Frequests")
+    ]
+    assert {e["httpRequest"]["status"] for e in requests_log} == {200}
+    assert requests_log[0]["resource"]["type"] == "cloud_run_revision"
+
+
+def test_silent_cpu_fallback_is_visible_in_header_and_log(sandbox_admin, cloud, http):
+    sandbox_admin.reset(scenario_data=SERVING)
+    svc = create(cloud, "sneaky", template("registry.local/pages:fallback", gpu=True))
+    response = _post_page(http, svc.uri)
+    assert response.status_code == 200
+    assert response.headers["x-fallback-used"] == "1"
+    assert int(response.headers["x-remote-elapsed-ms"]) >= 150  # CPU speed
+    texts = [e["textPayload"] for e in _logs_of(sandbox_admin, "sneaky")]
+    assert any("Failed to create CUDAExecutionProvider" in t for t in texts)
+    assert any("libcudnn_cnn.so.9: undefined symbol" in t for t in texts)
+    # The same fault on a CPU revision does not apply (accelerator: gpu).
+    plain = create(cloud, "plain", template("registry.local/pages:fallback"))
+    assert _post_page(http, plain.uri).headers["x-fallback-used"] == "0"
+
+
+def test_oom_503_and_unicode_faults(sandbox_admin, cloud, http):
+    sandbox_admin.reset(scenario_data=SERVING)
+    oom = create(cloud, "hungry", template("registry.local/pages:oom"))
+    assert _post_page(http, oom.uri).status_code == 500
+    errors = [e for e in _logs_of(sandbox_admin, "hungry") if e["severity"] == "ERROR"]
+    assert any("Memory limit exceeded" in e.get("textPayload", "") for e in errors)
+    assert any(e["logName"].endswith("run.googleapis.com%2Fstderr") for e in errors)
+
+    flaky = create(cloud, "flaky", template("registry.local/pages:flaky"))
+    assert [_post_page(http, flaky.uri).status_code for _ in range(3)] == [503, 503, 200]
+
+    uni = create(cloud, "unicode", template("registry.local/pages:unicode"))
+    assert _post_page(http, uni.uri).status_code == 500
+    texts = [e["textPayload"] for e in _logs_of(sandbox_admin, "unicode") if "textPayload" in e]
+    assert any("UnicodeEncodeError" in t for t in texts)
+
+
+def test_internal_token_required_and_never_logged(sandbox_admin, cloud, http):
+    sandbox_admin.reset(scenario_data=SERVING)
+    tpl = template()
+    tpl.containers[0].env = [
+        run_v2.EnvVar(
+            name="INTERNAL_TOKEN",
+            value_source=run_v2.EnvVarSource(
+                secret_key_ref=run_v2.SecretKeySelector(secret="page-token", version="latest")
+            ),
+        )
+    ]
+    svc = create(cloud, "private", tpl)
+    assert _post_page(http, svc.uri).status_code == 401
+    assert _post_page(http, svc.uri, **{"x-internal-token": "wrong"}).status_code == 401
+    assert _post_page(http, svc.uri, **{"X-Internal-Token": TOKEN}).status_code == 200
+    assert http.get(svc.uri + "/health").status_code == 200
+    assert TOKEN not in str(sandbox_admin.logs())
+    assert TOKEN not in str(cloud.services_client().get_service(name=svc.name))
+
+    # A secret that Secret Manager does not have: the revision fails, like on Google.
+    missing = template()
+    missing.containers[0].env = [
+        run_v2.EnvVar(
+            name="INTERNAL_TOKEN",
+            value_source=run_v2.EnvVarSource(
+                secret_key_ref=run_v2.SecretKeySelector(secret="nope", version="1")
+            ),
+        )
+    ]
+    op = cloud.services_client().create_service(
+        parent=parent(cloud), service=run_v2.Service(template=missing), service_id="nosecret"
+    )
+    assert op.exception(timeout=10) is not None
+    rev = next(
+        iter(cloud.revisions_client().list_revisions(parent=f"{parent(cloud)}/services/nosecret"))
+    )
+    assert rev.conditions[0].state == FAILED
+    assert "secrets/nope/versions/1 was not found" in rev.conditions[0].message

@@ -1,0 +1,299 @@
+"""Cloud Quotas v1 in the sandbox, through the official client and the tasks/quotas.py wrappers."""
+
+from __future__ import annotations
+
+import pytest
+from google.api_core import exceptions as gexc
+from google.cloud import cloudquotas_v1
+from google.protobuf import field_mask_pb2
+
+from tasks.errors import is_transient
+from tasks.quotas import (
+    CPU,
+    GPU_L4,
+    GPU_L4_NO_ZONAL_REDUNDANCY,
+    MEMORY,
+    file_quota_preference,
+    preference_id_for,
+    read_region_capacity,
+    wait_quota_decision,
+)
+
+EMAIL = "release@example.com"
+FAST = {"first_delay_s": 0.02, "max_delay_s": 0.05}
+
+
+def _parent(cloud) -> str:
+    return f"projects/{cloud.resolved_project()}/locations/global"
+
+
+def _info_values(info) -> dict[str, int]:
+    return {d.dimensions["region"]: d.details.value for d in info.dimensions_infos}
+
+
+def test_quota_infos_per_region_follow_the_scenario(sandbox_admin, cloud):
+    sandbox_admin.reset(
+        scenario_data={
+            "default_region": {"gpu": 0, "gpu_no_zonal_redundancy": 0, "cpu": 100},
+            "regions": {
+                "europe-west1": {"gpu": 3, "gpu_no_zonal_redundancy": 2, "memory_gib": 64},
+                "me-west1": {"gpu": 1},
+            },
+        }
+    )
+    client = cloud.quotas_client()
+    parent = f"{_parent(cloud)}/services/run.googleapis.com"
+    infos = {i.quota_id: i for i in client.list_quota_infos(parent=parent)}
+    assert set(infos) == {GPU_L4, GPU_L4_NO_ZONAL_REDUNDANCY, CPU, MEMORY}
+
+    gpu = _info_values(infos[GPU_L4])
+    assert gpu["europe-west1"] == 3 and gpu["me-west1"] == 1  # scenario regions
+    assert gpu["us-central1"] == 0 and gpu["asia-southeast1"] == 0  # common regions: default
+    assert {"europe-west4", "us-east4", "asia-east1"} <= set(gpu)
+    assert _info_values(infos[GPU_L4_NO_ZONAL_REDUNDANCY])["europe-west1"] == 2
+    cpu = infos[CPU]
+    assert cpu.metric == "run.googleapis.com/cpu_allocation" and cpu.metric_unit == "milli-vCPU"
+    assert _info_values(cpu)["us-central1"] == 100_000
+    mem = infos[MEMORY]
+    assert mem.metric_unit == "By" and _info_values(mem)["europe-west1"] == 64 * 1024**3
+    dim = next(d for d in infos[GPU_L4].dimensions_infos if d.dimensions["region"] == "me-west1")
+    assert list(dim.applicable_locations) == ["me-west1"]
+
+    one = client.get_quota_info(name=f"{parent}/quotaInfos/{GPU_L4}")
+    assert (
+        one.quota_id == GPU_L4
+        and one.container_type == cloudquotas_v1.QuotaInfo.ContainerType.PROJECT
+    )
+    with pytest.raises(gexc.NotFound, match="NoSuchQuota"):
+        client.get_quota_info(name=f"{parent}/quotaInfos/NoSuchQuota")
+    calls = sandbox_admin.calls()
+    assert calls["quotas.list_quota_infos"] == 1 and calls["quotas.get_quota_info"] == 2
+
+
+def test_capacity_of_six_regions_in_one_round(sandbox_admin, cloud):
+    sandbox_admin.reset(
+        scenario_data={
+            "default_region": {"gpu": 0, "gpu_no_zonal_redundancy": 0},
+            "regions": {"us-central1": {"gpu": 2, "gpu_no_zonal_redundancy": 1, "cpu": 8}},
+        }
+    )
+    regions = [
+        "europe-west1",
+        "europe-west4",
+        "us-central1",
+        "us-east4",
+        "asia-southeast1",
+        "asia-east1",
+    ]
+    capacity = read_region_capacity(cloud, regions)
+    assert list(capacity) == regions
+    us = capacity["us-central1"]
+    assert (us.gpu_l4, us.gpu_l4_no_zonal_redundancy, us.cpu_vcpu, us.memory_gib) == (
+        2,
+        1,
+        8.0,
+        400.0,
+    )
+    assert capacity["europe-west1"].gpus(zonal_redundancy_disabled=True) == 0
+    assert us.shortfalls(gpus=1, vcpu=4, memory_gib=16, zonal_redundancy_disabled=True) == []
+    assert us.shortfalls(gpus=2, vcpu=12, memory_gib=16, zonal_redundancy_disabled=True) == [
+        GPU_L4_NO_ZONAL_REDUNDANCY,
+        CPU,
+    ]
+    calls = sandbox_admin.calls()
+    assert calls["quotas.list_quota_infos"] == 1
+    assert calls.get("quotas.get_quota_info", 0) == 0
+
+
+def test_capacity_read_retries_transient_errors(sandbox_admin, cloud):
+    sandbox_admin.reset(scenario_data={"apis": {"quotas": {"every_nth": 1, "error_codes": [503]}}})
+    # every request fails: the task retries (Prefect, retry_condition_fn) and then gives up
+    with pytest.raises(gexc.ServiceUnavailable):
+        read_region_capacity.with_options(retry_delay_seconds=0)(cloud, ["us-central1"])
+    assert sandbox_admin.calls()["fault.quotas"] == 4  # 1 try + 3 retries
+
+    sandbox_admin.reset(scenario_data={"apis": {"quotas": {"every_nth": 2, "error_codes": [429]}}})
+    read_region_capacity.with_options(retry_delay_seconds=0)(cloud, ["us-central1"])  # 1st ok
+    capacity = read_region_capacity.with_options(retry_delay_seconds=0)(cloud, ["us-central1"])
+    assert capacity["us-central1"].gpu_l4 == 1
+    assert sandbox_admin.calls()["fault.quotas"] == 1
+
+
+def test_allocation_quota_errors_are_permanent_rate_limits_transient():
+    gpu = gexc.ResourceExhausted(
+        "Quota exceeded for total allowable count of GPUs per project per region"
+    )
+    rate = gexc.TooManyRequests(
+        "Quota exceeded for quota metric 'Read requests' and limit 'Read requests per minute'"
+    )
+    assert not is_transient(gpu)
+    assert is_transient(rate)
+    assert is_transient(gexc.TooManyRequests("sandbox: injected transient 429 on quotas"))
+    assert not is_transient(gexc.ResourceExhausted("You do not have quota for using GPUs"))
+
+
+def test_preference_granted_after_polls_raises_the_quota(sandbox_admin, cloud):
+    sandbox_admin.reset(
+        scenario_data={
+            "regions": {
+                "us-central1": {
+                    "gpu": 0,
+                    "gpu_no_zonal_redundancy": 0,
+                    "preference": {"decision": "grant", "after_polls": 2},
+                }
+            }
+        }
+    )
+    filed = file_quota_preference(
+        cloud,
+        quota_id=GPU_L4_NO_ZONAL_REDUNDANCY,
+        region="us-central1",
+        preferred_value=1,
+        contact_email=EMAIL,
+        justification="L4 inference canary",
+    )
+    assert filed.created and filed.reconciling and filed.preferred_value == 1
+    assert filed.granted_value == 0
+    assert filed.name.endswith(
+        "/quotaPreferences/" + preference_id_for(GPU_L4_NO_ZONAL_REDUNDANCY, "us-central1")
+    )
+
+    decision = wait_quota_decision(cloud, filed.name, budget_s=10, **FAST)
+    assert decision.status == "granted" and decision.granted_value == 1
+    assert decision.polls == 3  # two GETs still reconciling, the third decided
+
+    capacity = read_region_capacity(cloud, ["us-central1"])["us-central1"]
+    assert capacity.gpu_l4_no_zonal_redundancy == 1 and capacity.gpu_l4 == 0
+    # A later read shows the decision without polling again into a new state.
+    again = cloud.quotas_client().get_quota_preference(name=filed.name)
+    assert not again.reconciling and again.quota_config.granted_value == 1
+
+
+def test_preference_denied_keeps_the_quota(sandbox_admin, cloud):
+    sandbox_admin.reset(scenario="default")  # europe-west1: no L4 quota, preference denied
+    filed = file_quota_preference(
+        cloud, quota_id=GPU_L4, region="europe-west1", preferred_value=1, contact_email=EMAIL
+    )
+    decision = wait_quota_decision(cloud, filed.name, budget_s=10, **FAST)
+    assert decision.status == "denied"
+    assert (decision.preferred_value, decision.granted_value) == (1, 0)
+    assert "Denied" in decision.state_detail and "europe-west1" in decision.state_detail
+    assert read_region_capacity(cloud, ["europe-west1"])["europe-west1"].gpu_l4 == 0
+
+
+def test_undecided_preference_is_pending_when_the_budget_runs_out(sandbox_admin, cloud):
+    sandbox_admin.reset(
+        scenario_data={"default_region": {"gpu": 0, "preference": {"decision": "never"}}}
+    )
+    filed = file_quota_preference(
+        cloud, quota_id=GPU_L4, region="us-east4", preferred_value=1, contact_email=EMAIL
+    )
+    decision = wait_quota_decision(cloud, filed.name, budget_s=0.3, **FAST)
+    assert decision.status == "pending" and decision.polls >= 2
+
+
+def test_create_is_idempotent(sandbox_admin, cloud):
+    sandbox_admin.reset(scenario="default")
+    client = cloud.quotas_client()
+    pref = cloudquotas_v1.QuotaPreference(
+        service="run.googleapis.com",
+        quota_id=GPU_L4,
+        dimensions={"region": "us-central1"},
+        quota_config=cloudquotas_v1.QuotaConfig(preferred_value=1),
+        contact_email=EMAIL,
+    )
+    first = client.create_quota_preference(
+        parent=_parent(cloud), quota_preference=pref, quota_preference_id="manual-1"
+    )
+    assert first.reconciling
+    with pytest.raises(gexc.Conflict, match="already exists") as again:
+        client.create_quota_preference(
+            parent=_parent(cloud), quota_preference=pref, quota_preference_id="manual-1"
+        )
+    assert again.value.response.json()["error"]["status"] == "ALREADY_EXISTS"
+    found = file_quota_preference(
+        cloud,
+        quota_id=GPU_L4,
+        region="us-central1",
+        preferred_value=1,
+        contact_email=EMAIL,
+        preference_id="manual-1",
+    )
+    assert not found.created and found.name == first.name
+    # The task with its deterministic id, twice (a re-run of the same release).
+    runs = [
+        file_quota_preference(
+            cloud, quota_id=GPU_L4, region="europe-west1", preferred_value=1, contact_email=EMAIL
+        )
+        for _ in range(2)
+    ]
+    assert [r.created for r in runs] == [True, False] and runs[0].name == runs[1].name
+    calls = sandbox_admin.calls()
+    assert calls["quotas.create_preference"] == 2  # manual-1 and the task's, each once
+    assert calls["quotas.create_preference_conflict"] == 1
+
+
+def test_patch_list_filter_and_validation(sandbox_admin, cloud):
+    sandbox_admin.reset(scenario="default")
+    client = cloud.quotas_client()
+    a = file_quota_preference(
+        cloud, quota_id=GPU_L4, region="us-central1", preferred_value=1, contact_email=EMAIL
+    )
+    file_quota_preference(
+        cloud, quota_id=CPU, region="europe-west1", preferred_value=300_000, contact_email=EMAIL
+    )
+    # Asking for more through the task patches the same preference (no second filing).
+    raised = file_quota_preference(
+        cloud, quota_id=GPU_L4, region="us-central1", preferred_value=2, contact_email=EMAIL
+    )
+    assert raised.name == a.name and not raised.created and raised.preferred_value == 2
+    assert raised.reconciling
+    assert sandbox_admin.calls()["quotas.update_preference"] == 1
+
+    listed = list(client.list_quota_preferences(parent=_parent(cloud)))
+    assert len(listed) == 2
+    only = list(
+        client.list_quota_preferences(
+            request={
+                "parent": _parent(cloud),
+                "filter": 'region="us-central1" AND quotaId=' + GPU_L4,
+            }
+        )
+    )
+    assert [p.name for p in only] == [a.name]
+    with pytest.raises(gexc.BadRequest, match="not supported"):
+        list(client.list_quota_preferences(request={"parent": _parent(cloud), "filter": "x>1"}))
+
+    # allow_missing creates; enums (ignore_safety_checks) arrive as integers and are accepted.
+    missing = cloudquotas_v1.QuotaPreference(
+        name=f"{_parent(cloud)}/quotaPreferences/via-patch",
+        service="run.googleapis.com",
+        quota_id=MEMORY,
+        dimensions={"region": "us-east4"},
+        quota_config=cloudquotas_v1.QuotaConfig(preferred_value=1024**3),
+    )
+    made = client.update_quota_preference(
+        request=cloudquotas_v1.UpdateQuotaPreferenceRequest(
+            quota_preference=missing,
+            allow_missing=True,
+            update_mask=field_mask_pb2.FieldMask(paths=["quota_config.preferred_value"]),
+            ignore_safety_checks=[cloudquotas_v1.QuotaSafetyCheck.QUOTA_DECREASE_BELOW_USAGE],
+        )
+    )
+    assert made.reconciling and made.quota_config.preferred_value == 1024**3
+    with pytest.raises(gexc.NotFound):
+        missing.name = f"{_parent(cloud)}/quotaPreferences/nope"
+        client.update_quota_preference(quota_preference=missing)
+
+    with pytest.raises(gexc.BadRequest, match="contact_email"):
+        file_quota_preference(
+            cloud, quota_id=GPU_L4, region="asia-east1", preferred_value=4, contact_email=""
+        )
+    with pytest.raises(gexc.BadRequest, match="quota_id"):
+        file_quota_preference(
+            cloud,
+            quota_id="NoSuchQuota",
+            region="asia-east1",
+            preferred_value=1,
+            contact_email=EMAIL,
+        )

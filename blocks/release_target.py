@@ -143,11 +143,12 @@ class CanaryPolicy(Block):
     expected_status: int = 200
     required_headers: dict[str, str] = Field(default_factory=lambda: {"x-fallback-used": "0"})
     p95_limit_ms: float = Field(default=90_000, gt=0, description="seed 003: single_page_p95 90 s")
-    min_speedup: float = Field(
+    min_speedup: float | None = Field(
         default=0.30,
         ge=0,
         lt=1,
-        description="1 - canary median / CPU baseline must reach this (seed 003: >= 30%)",
+        description="1 - canary median / CPU baseline must reach this (seed 003: >= 30%); "
+        "None: not checked",
     )
     check_image: bool = Field(
         default=True, description="response decodes as an image of the input's size"
@@ -206,8 +207,11 @@ class ReleaseTarget(Block):
         default=False,
         description="on a failed canary, go to the CPU baseline even if a last good exists",
     )
-    image_repository: str | None = Field(
-        default=None, description="where the build pushes; default: the build's own default"
+    build_settings_block: str | None = Field(
+        default=None, description="build settings block name for flows/build.py (its default)"
+    )
+    build_tiers_block: str | None = Field(
+        default=None, description="cache tiers block name for flows/build.py (its default)"
     )
     base_image: str | None = Field(
         default=None, description="mirrored base image repository whose pin the build uses"

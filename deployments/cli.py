@@ -21,6 +21,7 @@ app = typer.Typer(
 _COMMAND_MODULES = [
     "deployments.cli_sandbox",
     "deployments.cli_mirror",
+    "deployments.cli_release",
 ]
 
 for _name in _COMMAND_MODULES:

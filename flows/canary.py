@@ -41,6 +41,7 @@ from flows.deploy import (
 from flows.release_steps import StepLog, note_attempt
 from tasks import cloud_run as cr
 from tasks.canary_probe import ProbeResult, SampleImage, health, load_sample, probe
+from tasks.cloud_logging import find_revision_entries
 from tasks.errors import TransientError
 from tasks.reports import publish_table
 
@@ -69,7 +70,7 @@ class CanaryReport(BaseModel):
     p50_ms: float | None = None
     p95_ms: float | None = None
     baseline_ms: float | None = None
-    baseline_source: Literal["recorded", "measured", "unavailable"] = "unavailable"
+    baseline_source: Literal["recorded", "measured", "unavailable", "skipped"] = "unavailable"
     speedup: float | None = None
     fallback_used: bool = False
     log_hits: list[str] = []
@@ -248,35 +249,23 @@ def revision_log_hits(
     end: dt.datetime,
     signatures: list[str],
 ) -> list[str]:
-    """Adapter over google-cloud-logging: the revision's entries in [start, end] whose text
-    contains a signature -> 'signature (severity): first line'."""
+    """The revision's entries in [start, end) with a signature -> 'signature (severity): line'
+    (tasks/cloud_logging.find_revision_entries; its plain function, the step retries)."""
     if not signatures:
         return []
-    client = ctx.cloud.logging_client()
-    stamp = lambda t: t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")  # noqa: E731
-    query = " AND ".join(
-        [
-            'resource.type="cloud_run_revision"',
-            f'resource.labels.service_name="{ctx.target.service}"',
-            f'resource.labels.revision_name="{revision}"',
-            f'resource.labels.location="{region}"',
-            f'timestamp>="{stamp(start)}"',
-            f'timestamp<="{stamp(end)}"',
-        ]
+    matches = find_revision_entries.fn(
+        ctx.cloud,
+        service=ctx.target.service,
+        revision=revision,
+        signatures=signatures,
+        start=start,
+        end=end,
+        region=region,
     )
     hits = []
-    for entry in client.list_entries(
-        resource_names=[f"projects/{ctx.project}"], filter_=query, page_size=1000
-    ):
-        payload = entry.payload
-        if isinstance(payload, dict):
-            text = str(payload.get("message") or payload)
-        else:
-            text = str(payload or "")
-        for signature in signatures:
-            if signature.lower() in text.lower():
-                line = text.strip().splitlines()[0][:160] if text.strip() else ""
-                hits.append(f"{signature} ({entry.severity or 'DEFAULT'}): {line}")
+    for match in matches:
+        line = match.text.strip().splitlines()[0][:160] if match.text.strip() else ""
+        hits.append(f"{match.signature} ({match.severity}): {line}")
     return hits
 
 
@@ -343,6 +332,8 @@ def baseline_latency(
     token: SecretStr | None,
 ) -> tuple[float | None, str]:
     """(ms, 'recorded' | 'measured' | 'unavailable')."""
+    if ctx.target.canary.min_speedup is None:
+        return None, "skipped"  # no speed-up check: nothing to measure
     record = recorded_release(ctx.target.service) or {}
     if record.get("cpu_baseline_ms"):
         return float(record["cpu_baseline_ms"]), "recorded"
@@ -404,7 +395,7 @@ def judge(
         if baseline_ms:
             speedup = 1 - float(times.median()) / baseline_ms
             figures["speedup"] = round(speedup, 3)
-            if speedup < policy.min_speedup:
+            if policy.min_speedup is not None and speedup < policy.min_speedup:
                 reasons.append(
                     f"speed-up {speedup:.0%} over the CPU baseline ({baseline_ms:.0f} ms) "
                     f"< {policy.min_speedup:.0%}"

@@ -41,7 +41,7 @@ from flows.quota_adapter import (
 )
 from flows.release_steps import StepLog, note_attempt
 from tasks import cloud_run as cr
-from tasks.errors import PermanentError, is_transient
+from tasks.errors import PermanentError, is_quota_error, is_transient
 
 CANARY_TAG = "canary"
 PRIOR_TAG = "prior"
@@ -53,7 +53,6 @@ QUOTA_MESSAGES = (
     "Quota exceeded for total allowable count of GPUs per project per region",
     "You do not have quota for using GPUs without zonal redundancy.",
 )
-_QUOTA_PATTERN = re.compile(r"quota", re.IGNORECASE)
 
 
 class QuotaDenied(PermanentError):
@@ -199,18 +198,23 @@ def cpu_template(ctx: RunContext) -> run_v2.RevisionTemplate:
 # ---------------------------------------------------------------- error classification
 
 
+_REST_PREFIX = re.compile(r"^(GET|POST|PATCH|PUT|DELETE) \S+: ")
+
+
 def error_message(exc: BaseException) -> str:
+    """Google's own message (REST errors arrive prefixed with 'PATCH <url>: ')."""
     if isinstance(exc, gexc.GoogleAPICallError):
-        return exc.message or str(exc)
+        return _REST_PREFIX.sub("", exc.message or str(exc))
     if isinstance(exc, cr.RevisionFailed):
         return exc.message
     return str(exc)
 
 
-def is_quota_error(message: str) -> bool:
-    """Google's GPU quota messages (seed 003), or any 'quota' refusal (CPU, memory)."""
-    return any(m.lower() in message.lower() for m in QUOTA_MESSAGES) or bool(
-        _QUOTA_PATTERN.search(message)
+def is_quota_message(message: str) -> bool:
+    """Google's GPU quota messages (seed 003), or an allocation-quota refusal (CPU, memory)
+    as tasks/errors.py recognises it (rate-limit quotas are not: they are transient)."""
+    return any(m.lower() in message.lower() for m in QUOTA_MESSAGES) or is_quota_error(
+        Exception(message)
     )
 
 
@@ -221,7 +225,7 @@ def classify(exc: BaseException, region: str, revision: str) -> BaseException:
     if isinstance(exc, PermanentError):
         return exc
     message = error_message(exc)
-    if is_quota_error(message):
+    if is_quota_message(message):
         return QuotaDenied(region, message)
     if isinstance(exc, cr.RevisionFailed | cr.ReadyTimeout):
         return DeployFailed(region, revision, message)
@@ -459,7 +463,9 @@ def fits(q: RegionQuota, target: ReleaseTarget) -> tuple[bool, str]:
 def read_quotas_step(ctx: RunContext) -> list[RegionQuota]:
     note_attempt()
     t = ctx.target
-    return read_region_quotas(ctx.cloud, ctx.project, t.regions, t.gpu_quota_id())
+    return read_region_quotas(
+        ctx.cloud, ctx.project, t.regions, zonal_redundancy=t.gpu_zonal_redundancy
+    )
 
 
 @task(name="quota-preferences", cache_policy=NO_CACHE, persist_result=False)
@@ -486,7 +492,6 @@ def quota_preferences_step(ctx: RunContext, regions: list[str]) -> list[Preferen
         ctx.cloud,
         ctx.project,
         ids,
-        needed=t.gpu_template.gpu * t.gpu_template.max_instances,
         budget_s=t.quota.budget_s,
         initial_s=t.quota.poll_initial_s,
         max_s=t.quota.poll_max_s,

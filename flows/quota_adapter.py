@@ -1,29 +1,29 @@
-"""Adapter: the quota reads and quota preferences the deploy decision needs.
+"""Adapter between tasks/quotas.py and the release's region decision.
 
-Shape the release wants: the GPU/CPU/memory quota of N regions from ONE parallel round of
-Cloud Quotas reads (each QuotaInfo lists every region in `dimensionsInfos`, so one read per
-quota id covers all regions), idempotent QuotaPreference filing, and polling with backoff
-within a budget that stops as soon as the order of regions is decided.
+tasks/quotas.py reads every region's Cloud Run quota in one `list_quota_infos` round, files a
+QuotaPreference once under a deterministic id, and polls one preference until decided. The
+release wants: the figures of the GPU variant it deploys (plus CPU and memory) per region as
+pydantic values for its typed result; all candidate regions' preferences filed and polled at
+the same time (threads), not one region after another.
 
-This lives in flows/ because it is glue for the release's decision; the API calls are the
-official cloudquotas_v1 client's.
+The wrapped functions are Prefect tasks; their plain functions (`.fn`) are called here, from
+inside the release's own step tasks, so that retries, their delays and the attempt count live
+in one place (the release target's retry settings).
 """
 
 from __future__ import annotations
 
-import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-from google.api_core import exceptions as gexc
-from google.cloud import cloudquotas_v1
 from pydantic import BaseModel
 
 from blocks.cloud import GoogleCloud
-from blocks.release_target import CPU_QUOTA_ID, MEMORY_QUOTA_ID
-
-SERVICE = "run.googleapis.com"
+from tasks.quotas import (
+    file_quota_preference,
+    read_region_capacity,
+    wait_quota_decision,
+)
 
 
 class RegionQuota(BaseModel):
@@ -39,7 +39,7 @@ class RegionQuota(BaseModel):
 class PreferenceState(BaseModel):
     region: str
     preference_id: str
-    state: Literal["granted", "denied", "reconciling", "error"]
+    state: Literal["granted", "denied", "reconciling"]
     granted_value: int | None = None
     polls: int = 0
     created: bool = False
@@ -50,45 +50,24 @@ class PreferenceState(BaseModel):
         return self.state == "granted"
 
 
-def _info_name(project: str, quota_id: str) -> str:
-    return f"projects/{project}/locations/global/services/{SERVICE}/quotaInfos/{quota_id}"
-
-
-def _values(info: cloudquotas_v1.QuotaInfo) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for dim in info.dimensions_infos:
-        region = dim.dimensions.get("region")
-        if region:
-            out[region] = float(dim.details.value)
-        else:
-            for location in dim.applicable_locations:
-                out.setdefault(location, float(dim.details.value))
-    return out
-
-
 def read_region_quotas(
-    cloud: GoogleCloud, project: str, regions: list[str], gpu_quota_id: str
+    cloud: GoogleCloud,
+    project: str,
+    regions: list[str],
+    *,
+    zonal_redundancy: bool,
 ) -> list[RegionQuota]:
-    """One parallel round: the three QuotaInfos at once. A 404 quota means 'not limited'."""
-    client = cloud.quotas_client()
-    ids = {"gpu": gpu_quota_id, "cpu": CPU_QUOTA_ID, "memory_gib": MEMORY_QUOTA_ID}
-
-    def read(quota_id: str) -> dict[str, float] | None:
-        try:
-            return _values(client.get_quota_info(name=_info_name(project, quota_id), retry=None))
-        except gexc.NotFound:
-            return None
-
-    with ThreadPoolExecutor(max_workers=len(ids)) as pool:
-        results = dict(zip(ids, pool.map(read, ids.values()), strict=True))
-    quotas = []
-    for region in regions:
-        fields: dict[str, float | None] = {}
-        for key, values in results.items():
-            # A region missing from a QuotaInfo's dimensionsInfos has no quota there: 0.
-            fields[key] = None if values is None else values.get(region, 0.0)
-        quotas.append(RegionQuota(region=region, **fields))
-    return quotas
+    """One round of Cloud Quotas reads for every region (tasks/quotas.read_region_capacity)."""
+    capacity = read_region_capacity.fn(cloud, regions, project=project)
+    return [
+        RegionQuota(
+            region=region,
+            gpu=capacity[region].gpus(zonal_redundancy_disabled=not zonal_redundancy),
+            cpu=capacity[region].cpu_vcpu,
+            memory_gib=capacity[region].memory_gib,
+        )
+        for region in regions
+    ]
 
 
 def file_preferences(
@@ -99,45 +78,25 @@ def file_preferences(
     quota_id: str,
     preferred_value: int,
     justification: str,
-    contact_email: str | None,
+    contact_email: str,
 ) -> dict[str, bool]:
-    """Create one preference per region (in parallel); an existing id is not filed again.
+    """File one preference per region, in parallel; region -> True when this call filed it."""
 
-    Returns region -> True when this call created it.
-    """
-    client = cloud.quotas_client()
-    parent = f"projects/{project}/locations/global"
-
-    def create(item: tuple[str, str]) -> bool:
-        region, pref_id = item
-        try:
-            client.get_quota_preference(name=f"{parent}/quotaPreferences/{pref_id}", retry=None)
-            return False
-        except gexc.NotFound:
-            pass
-        preference = cloudquotas_v1.QuotaPreference(
-            dimensions={"region": region},
-            quota_config=cloudquotas_v1.QuotaConfig(preferred_value=preferred_value),
-            service=SERVICE,
+    def one(region: str) -> bool:
+        request = file_quota_preference.fn(
+            cloud,
             quota_id=quota_id,
+            region=region,
+            preferred_value=preferred_value,
+            contact_email=contact_email,
             justification=justification,
+            preference_id=ids[region],
+            project=project,
         )
-        if contact_email:
-            preference.contact_email = contact_email
-        try:
-            client.create_quota_preference(
-                parent=parent,
-                quota_preference=preference,
-                quota_preference_id=pref_id,
-                retry=None,
-            )
-            return True
-        except gexc.AlreadyExists:
-            return False
+        return request.created
 
     with ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
-        created = list(pool.map(create, ids.items()))
-    return dict(zip(ids, created, strict=True))
+        return dict(zip(ids, pool.map(one, ids), strict=True))
 
 
 def poll_preferences(
@@ -145,54 +104,29 @@ def poll_preferences(
     project: str,
     ids: dict[str, str],
     *,
-    needed: int,
     budget_s: float,
     initial_s: float,
     max_s: float,
 ) -> list[PreferenceState]:
-    """Poll all preferences in parallel rounds with backoff (+jitter) until the first region
-    in order is known to be usable (granted, every earlier one denied), all are decided, or
-    the budget is spent. Order of the result = order of `ids`."""
-    client = cloud.quotas_client()
-    parent = f"projects/{project}/locations/global"
-    states = {
-        r: PreferenceState(region=r, preference_id=p, state="reconciling") for r, p in ids.items()
-    }
-    deadline = time.monotonic() + budget_s
-    delay = initial_s
+    """Wait for every preference's decision at the same time, within one budget."""
+    parent = f"projects/{project}/locations/global/quotaPreferences"
 
-    def poll(region: str) -> None:
-        state = states[region]
-        if state.state in ("granted", "denied"):
-            return
-        pref = client.get_quota_preference(
-            name=f"{parent}/quotaPreferences/{state.preference_id}", retry=None
+    def one(region: str) -> PreferenceState:
+        decision = wait_quota_decision.fn(
+            cloud,
+            f"{parent}/{ids[region]}",
+            budget_s=budget_s,
+            first_delay_s=initial_s,
+            max_delay_s=max_s,
         )
-        state.polls += 1
-        if pref.reconciling:
-            return
-        granted = int(pref.quota_config.granted_value)
-        state.granted_value = granted
-        state.state = "granted" if granted >= needed else "denied"
-        state.message = pref.quota_config.state_detail
+        return PreferenceState(
+            region=region,
+            preference_id=ids[region],
+            state="reconciling" if decision.status == "pending" else decision.status,
+            granted_value=decision.granted_value,
+            polls=decision.polls,
+            message=decision.state_detail,
+        )
 
     with ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
-        while True:
-            list(pool.map(poll, ids))
-            if _decided(list(states.values())):
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            time.sleep(min(remaining, delay / 2 + random.uniform(0, delay / 2)))
-            delay = min(delay * 2, max_s)
-    return list(states.values())
-
-
-def _decided(states: list[PreferenceState]) -> bool:
-    for state in states:
-        if state.state == "granted":
-            return True
-        if state.state == "reconciling":
-            return False
-    return True
+        return list(pool.map(one, ids))

@@ -192,8 +192,10 @@ def pin_step(base_image: str) -> dict[str, Any]:
 
 
 def build_image(ctx: RunContext, git_tag: str, commit: str | None, pin: dict | None) -> str:
-    """Adapter over flows/build.py's `build_release_image` (called with the arguments its
-    signature accepts). A build failure stops the release before any deploy."""
+    """Adapter over flows/build.py's `build_release_image` (a subflow: it reuses an image that
+    already holds the commit, so a re-run does not build twice). `commit` defaults to the git
+    tag, which the build resolves to a sha. A build failure stops the release before any deploy.
+    """
     try:
         from flows.build import build_release_image
     except ImportError as exc:
@@ -203,25 +205,20 @@ def build_image(ctx: RunContext, git_tag: str, commit: str | None, pin: dict | N
     params = inspect.signature(build_release_image).parameters
     offered: dict[str, Any] = {
         "git_tag": git_tag,
-        "commit": commit,
-        "repository": ctx.target.image_repository,
-        "image_repository": ctx.target.image_repository,
+        "commit": commit or git_tag,
         "base_image": (pin or {}).get("image"),
-        "base_pin": pin,
-        "cloud": ctx.cloud,
+        "settings_block": ctx.target.build_settings_block,
+        "tiers_block": ctx.target.build_tiers_block,
     }
     kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
     try:
         built = build_release_image(**kwargs)
     except Exception as exc:
         raise ReleaseError(f"build of {git_tag} failed: {type(exc).__name__}: {exc}") from exc
-    for attr in ("image", "reference", "image_ref"):
-        value = getattr(built, attr, None) or (built.get(attr) if isinstance(built, dict) else None)
-        if value:
-            return str(value)
-    if isinstance(built, str):
-        return built
-    raise ReleaseError(f"the build of {git_tag} returned no image reference: {built!r}")
+    image = getattr(built, "image", None) or (built if isinstance(built, str) else None)
+    if not image:
+        raise ReleaseError(f"the build of {git_tag} returned no image reference: {built!r}")
+    return str(image)
 
 
 # ---------------------------------------------------------------- the flow

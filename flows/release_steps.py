@@ -19,7 +19,7 @@ from prefect.context import TaskRunContext
 from prefect.tasks import Task
 from pydantic import BaseModel
 
-from tasks.errors import is_transient
+from tasks.errors import retry_condition_fn
 
 T = TypeVar("T")
 
@@ -39,19 +39,6 @@ def note_attempt() -> None:
     ctx = TaskRunContext.get()
     if ctx is not None:
         _ATTEMPTS[ctx.task_run.id] = ctx.task_run.run_count
-
-
-def retry_if_transient(task: Task, task_run: Any, state: Any) -> bool:
-    """Prefect retry_condition_fn: retry only errors tasks/errors.py calls transient.
-
-    Adapter: tasks/errors.py classifies exceptions (`is_transient`); Prefect wants a
-    `(task, task_run, state) -> bool` callable, which that module does not offer (yet).
-    """
-    try:
-        state.result(raise_on_failure=True)
-    except BaseException as exc:  # noqa: BLE001 - we only classify it
-        return is_transient(exc)
-    return False
 
 
 class StepLog:
@@ -82,7 +69,7 @@ class StepLog:
             retries=retries,
             retry_delay_seconds=delays or 0,
             retry_jitter_factor=0.5 if retries else None,
-            retry_condition_fn=retry_if_transient,
+            retry_condition_fn=retry_condition_fn,
         )
         started = time.perf_counter()
         state = configured(*args, return_state=True, **kwargs)

@@ -1,0 +1,116 @@
+"""Checks of DESIGN.md's invariants 1-3 over a traffic history (the sandbox records one).
+
+Pure functions over the history entries of sandbox/invariants.py (`traffic`, `revisions`,
+`time`, `seq`, `event`, `name`) and the release results; used by the tests, the demo
+(`invariants_ok`) and the bench.
+
+1. at every moment, 100% of a service's traffic is on Ready revisions (sandbox/invariants.py);
+2. a new revision gets traffic only after its canary passed: every revision with traffic in
+   any history entry is either a CPU baseline revision (`*-cpu`, the known-good template the
+   design falls back to) or a revision whose canary passed *before* that entry (the entry's
+   time is not earlier than the verdict, and the revision was seen at 0% with the `canary`
+   tag in an earlier entry);
+3. after a failed canary or GPU deploy, the final state has the failed revision at 0% and
+   untagged, 100% on Ready revisions that are the last good or a CPU baseline, and no `canary`
+   tag anywhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sandbox.invariants import traffic_violations
+
+
+def _when(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def passed_canaries(results) -> dict[str, dt.datetime]:
+    """revision -> when its canary passed, from ReleaseResults."""
+    out = {}
+    for r in results:
+        if r.canary is not None and r.canary.passed and r.outcome == "released" and not r.noop:
+            out[r.revision] = _when(r.canary.judged_at)
+    return out
+
+
+def invariant_violations(history: list[dict], results) -> list[str]:
+    problems = list(traffic_violations(history))
+    passed = passed_canaries(results)
+    canaried: set[tuple[str, str]] = set()
+    for entry in history:
+        service = entry["name"]
+        for t in entry["traffic"]:
+            rev = t["revision"]
+            if t.get("tag") == "canary" and t["percent"] == 0:
+                canaried.add((service, rev))
+            if t["percent"] == 0 or rev.endswith("-cpu"):
+                continue
+            where = f"#{entry['seq']} {entry['event']} of {service}"
+            if rev not in passed:
+                problems.append(f"{where}: {t['percent']}% on {rev}, whose canary never passed")
+            elif _when(entry["time"]) < passed[rev]:
+                problems.append(f"{where}: {t['percent']}% on {rev} before its canary passed")
+            elif (service, rev) not in canaried:
+                problems.append(f"{where}: {rev} got traffic without being a 0% canary first")
+    return problems
+
+
+def final_states(history: list[dict]) -> dict[str, dict]:
+    """service full name -> its last history entry."""
+    last: dict[str, dict] = {}
+    for entry in history:
+        last[entry["name"]] = entry
+    return last
+
+
+def stale_canary_tags(history: list[dict]) -> list[str]:
+    return [
+        f"{name}: canary tag on {t['revision']}"
+        for name, entry in final_states(history).items()
+        for t in entry["traffic"]
+        if t.get("tag") == "canary"
+    ]
+
+
+def failed_revision_problems(history: list[dict], failed: str, allowed: set[str]) -> list[str]:
+    """Invariant 3 for `failed`: 0%, untagged; 100% on Ready revisions in `allowed`."""
+    problems = stale_canary_tags(history)
+    for name, entry in final_states(history).items():
+        for t in entry["traffic"]:
+            if t["revision"] == failed and (t["percent"] or t.get("tag")):
+                problems.append(f"{name}: failed {failed} still has {t['percent']}% / {t['tag']}")
+        serving = {t["revision"] for t in entry["traffic"] if t["percent"] > 0}
+        if failed in {t["revision"] for t in entry["traffic"]} or failed in entry["revisions"]:
+            if not serving <= allowed:
+                problems.append(f"{name}: serves {serving}, expected within {allowed}")
+    return problems
+
+
+def all_violations(history: list[dict], results) -> list[str]:
+    """Invariants 1 and 2 over the whole history, and no stale canary tag at the end; plus
+    invariant 3 for every rolled-back release (its GPU revision at 0%, untagged)."""
+    problems = invariant_violations(history, results) + stale_canary_tags(history)
+    for r in results:
+        if r.outcome == "rolled_back" and r.canary is not None:
+            failed = _gpu_revision(r)
+            for name, entry in final_states(history).items():
+                for t in entry["traffic"]:
+                    if t["revision"] == failed and (t["percent"] or t.get("tag")):
+                        problems.append(f"{name}: failed {failed} keeps {t['percent']}%/{t['tag']}")
+    return problems
+
+
+def _gpu_revision(result) -> str:
+    from blocks.release_target import revision_name
+
+    return revision_name(result.service, result.git_tag)
+
+
+def serving(history: list[dict], region: str) -> dict[str, int]:
+    """revision -> percent in the final state of the service in `region`."""
+    for name, entry in final_states(history).items():
+        if f"/locations/{region}/" in name:
+            return {t["revision"]: t["percent"] for t in entry["traffic"] if t["percent"]}
+    return {}

@@ -1,0 +1,223 @@
+"""The release flow on the sandbox, one story per test (issue 5's "Done when").
+
+Each test stages a scenario, runs the real `release` flow (real Prefect server, official Google
+clients over HTTP to the emulator, revisions answering real HTTP), and asserts the outcome AND
+the invariants over the whole traffic history of the service(s).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.release import release
+from flows.release_invariants import (
+    failed_revision_problems,
+    invariant_violations,
+    serving,
+    stale_canary_tags,
+)
+
+pytestmark = pytest.mark.slow
+
+IMAGE = "registry.sandbox.local/pages/page-service"
+
+
+def history_of(admin, target):
+    return admin.traffic_history(target.service)
+
+
+def assert_invariants(admin, target, *results):
+    history = history_of(admin, target)
+    assert history, "the release changed nothing in the sandbox"
+    assert invariant_violations(history, results) == []
+    assert stale_canary_tags(history) == []
+    return history
+
+
+def test_fallback_to_second_region(stage, make_target, sandbox_admin):
+    from prefect.variables import Variable
+
+    from flows.traffic import serving_url_variable
+
+    stage(regions={"europe-west1": {"gpu": 0, "gpu_no_zonal_redundancy": 0}})
+    target = make_target()
+
+    result = release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
+
+    assert result.outcome == "released"
+    assert result.region == "us-central1"
+    assert result.outside_primary is True
+    assert result.revision == f"{target.service}-v1-0-0"
+    assert result.regions_tried == {"us-central1": "deployed"}  # europe never attempted
+    assert result.canary and result.canary.passed and result.canary.runs == 3
+    assert result.canary.fallback_used is False
+    assert Variable.get(serving_url_variable(target.service)) == result.url
+    assert "us-central1" in result.url
+    calls = sandbox_admin.calls()
+    assert calls.get("quotas.create_preference", 0) == 0  # quota was there: nothing requested
+    history = assert_invariants(sandbox_admin, target, result)
+    assert serving(history, "us-central1") == {result.revision: 100}
+
+
+def test_quota_granted_after_polling(stage, make_target, sandbox_admin):
+    stage("default")  # europe-west1: 0 and denied; us-central1: 0, granted after two polls
+    target = make_target()
+
+    result = release("v2.0.0", target, image=f"{IMAGE}:v2.0.0")
+
+    assert result.outcome == "released", result.reasons
+    assert result.region == "us-central1"
+    states = {p.region: p for p in result.preferences}
+    assert states["europe-west1"].state == "denied"
+    assert states["us-central1"].state == "granted"
+    assert states["us-central1"].polls >= 2
+    assert states["us-central1"].preference_id == (f"shipyard-{target.service}-us-central1-l4-nozr")
+    assert sandbox_admin.calls()["quotas.create_preference"] == 2
+    assert_invariants(sandbox_admin, target, result)
+
+
+def test_no_gpu_anywhere_keeps_cpu_baseline(stage, make_target, sandbox_admin):
+    deny = {"gpu": 0, "gpu_no_zonal_redundancy": 0, "preference": {"decision": "deny"}}
+    stage(default_region=deny, regions={"europe-west1": deny, "us-central1": deny})
+    target = make_target()
+
+    result = release("v3.0.0", target, image=f"{IMAGE}:v3.0.0")
+
+    assert result.outcome == "cpu_fallback"
+    assert result.region == "europe-west1"  # the primary
+    assert result.revision == f"{target.service}-v3-0-0-cpu"
+    assert result.canary is None
+    history = assert_invariants(sandbox_admin, target, result)
+    assert serving(history, "europe-west1") == {result.revision: 100}
+    # No GPU revision was ever created: the quota said no, the preferences were denied.
+    assert sandbox_admin.calls()["run.revision_created"] == 1
+
+
+def test_silent_cpu_fallback_rolls_back_to_last_good(stage, make_target, sandbox_admin):
+    stage(revision_faults=[{"fault": "silent_cpu_fallback", "image_contains": ":v5"}])
+    target = make_target()
+    good = release("v4.0.0", target, image=f"{IMAGE}:v4.0.0")
+    assert good.outcome == "released"
+
+    bad = release("v5.0.0", target, image=f"{IMAGE}:v5.0.0")
+
+    assert bad.outcome == "rolled_back"
+    assert bad.revision == good.revision  # 100% stays on the last good GPU revision
+    assert bad.canary is not None and not bad.canary.passed
+    assert bad.canary.fallback_used is True
+    assert bad.canary.baseline_source == "recorded"  # from the v4 release's record
+    reasons = " | ".join(bad.reasons)
+    assert "x-fallback-used: '1', expected '0'" in reasons
+    assert "Failed to create CUDAExecutionProvider" in reasons
+    assert "speed-up" in reasons
+    history = assert_invariants(sandbox_admin, target, good, bad)
+    failed = f"{target.service}-v5-0-0"
+    assert failed_revision_problems(history, failed, {good.revision}) == []
+
+
+def test_oom_in_canary_rolls_back(stage, make_target, sandbox_admin):
+    stage(revision_faults=[{"fault": "oom"}])
+    target = make_target()
+
+    result = release("v6.0.0", target, image=f"{IMAGE}:v6.0.0")
+
+    assert result.outcome == "rolled_back"
+    assert result.revision == f"{target.service}-v6-0-0-cpu"  # nothing else ever served
+    reasons = " | ".join(result.reasons)
+    assert "status 500, expected 200" in reasons
+    assert "Memory limit exceeded" in reasons
+    history = assert_invariants(sandbox_admin, target, result)
+    assert failed_revision_problems(history, f"{target.service}-v6-0-0", {result.revision}) == []
+
+
+def test_transient_canary_503_is_retried_and_passes(stage, make_target, sandbox_admin):
+    stage(revision_faults=[{"fault": "http_503", "requests": 2}])
+    target = make_target()
+
+    result = release("v7.0.0", target, image=f"{IMAGE}:v7.0.0")
+
+    assert result.outcome == "released", result.reasons
+    first = next(s for s in result.steps if s.name == "canary-run-1")
+    assert first.attempts == 3  # 503, 503, 200
+    assert all(s.attempts == 1 for s in result.steps if s.name in ("canary-run-2", "canary-run-3"))
+    assert_invariants(sandbox_admin, target, result)
+
+
+@pytest.mark.parametrize("where", ["api", "operation", "revision"])
+def test_quota_message_at_deploy_moves_to_next_region(where, stage, make_target, sandbox_admin):
+    # QuotaInfo says 1 GPU in europe-west1, yet the deploy is refused with Google's message.
+    stage(regions={"europe-west1": {"deploy_error": {"where": where}}})
+    target = make_target()
+
+    result = release("v8.0.0", target, image=f"{IMAGE}:v8.0.0")
+
+    assert result.outcome == "released", result.reasons
+    assert result.region == "us-central1"
+    assert result.regions_tried["europe-west1"].startswith("quota: Quota exceeded")
+    assert sandbox_admin.calls()[f"run.deploy_error.{where}"] >= 1
+    deploy_eu = next(s for s in result.steps if s.name == "deploy:europe-west1")
+    assert deploy_eu.attempts == 1  # a quota refusal is not retried as a 429
+    history = assert_invariants(sandbox_admin, target, result)
+    # europe-west1 keeps its CPU baseline at 100%, no canary tag on the refused revision.
+    assert serving(history, "europe-west1") == {f"{target.service}-v8-0-0-cpu": 100}
+    assert (
+        failed_revision_problems(
+            [h for h in history if "europe-west1" in h["name"]],
+            result.revision,
+            {f"{target.service}-v8-0-0-cpu"},
+        )
+        == []
+    )
+
+
+def test_same_tag_twice_converges(stage, make_target, sandbox_admin):
+    stage("default")
+    target = make_target()
+    first = release("v9.0.0", target, image=f"{IMAGE}:v9.0.0")
+    assert first.outcome == "released"
+    before = sandbox_admin.calls()
+
+    again = release("v9.0.0", target, image=f"{IMAGE}:v9.0.0")
+
+    after = sandbox_admin.calls()
+    assert again.outcome == "released" and again.noop is True
+    assert (again.region, again.revision, again.url) == (first.region, first.revision, first.url)
+    assert after["run.revision_created"] == before["run.revision_created"]
+    assert after["quotas.create_preference"] == before["quotas.create_preference"] == 2
+    assert after.get("build.create", 0) == before.get("build.create", 0)
+    assert after.get("run.update_service", 0) == before.get("run.update_service", 0)
+    assert {s.name: s.state for s in again.steps}["build"] == "skipped"
+    assert_invariants(sandbox_admin, target, first, again)
+
+
+def test_dry_run_changes_nothing(stage, make_target, sandbox_admin):
+    stage("default")
+    target = make_target()
+
+    result = release("v10.0.0", target, dry_run=True, image=f"{IMAGE}:v10.0.0")
+
+    assert result.outcome == "planned" and result.dry_run
+    assert result.plan is not None
+    assert result.plan.revision == f"{target.service}-v10-0-0"
+    assert result.plan.candidates == []
+    assert result.plan.quota_preferences == [
+        f"shipyard-{target.service}-europe-west1-l4-nozr",
+        f"shipyard-{target.service}-us-central1-l4-nozr",
+    ]
+    assert [q.region for q in result.plan.quotas] == ["europe-west1", "us-central1"]
+    calls = sandbox_admin.calls()
+    changing = [k for k in calls if k.split(".")[-1].startswith(("create", "update", "delete"))]
+    assert changing == [], calls
+    assert sandbox_admin.traffic_history(target.service) == []
+
+
+def test_transient_cloud_run_errors_are_retried(stage, make_target, sandbox_admin):
+    stage(apis={"run": {"every_nth": 4, "error_codes": [503]}})
+    target = make_target()
+
+    result = release("v11.0.0", target, image=f"{IMAGE}:v11.0.0")
+
+    assert result.outcome == "released", result.reasons
+    assert sandbox_admin.calls()["fault.run"] >= 1
+    assert any(s.attempts > 1 for s in result.steps)
+    assert_invariants(sandbox_admin, target, result)

@@ -21,6 +21,8 @@ app = typer.Typer(
 _COMMAND_MODULES = [
     "deployments.cli_sandbox",
     "deployments.cli_mirror",
+    "deployments.cli_build",
+    "deployments.cli_triggers",
     "deployments.cli_release",
 ]
 

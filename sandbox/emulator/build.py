@@ -1,11 +1,562 @@
-"""Emulated API module (to be filled): register(app, state) adds its routes."""
+"""Cloud Build v1 over REST, as `cloudbuild_v1.CloudBuildClient(transport="rest")` calls it.
+
+Routes: create (`POST /v1/projects/{p}/builds`, also under `locations/{l}`), get, list (newest
+first, `pageSize`/`pageToken`, a `filter` on status/id/tags), cancel (`…/builds/{id}:cancel`),
+and the build's long-running operation `operations/build/{p}/{base64 id}` (GET and :cancel).
+
+A build really runs, asynchronously, in the emulator's event loop: QUEUED (scenario
+`builds.queue_ms`) → WORKING (source fetched with git: `gitSource` url + revision, `dir`;
+steps run in order) → SUCCESS | FAILURE | TIMEOUT | CANCELLED | INTERNAL_ERROR. The operation
+is done once the build is terminal: `response` is the Build (with its `@type`) on SUCCESS, else
+`error` as Cloud Build reports it ("Build failed; check build logs for details", code 2).
+
+Steps the executor understands: `gcr.io/cloud-builders/docker` with `buildx create|use|version|
+ls|inspect` (a no-op: the sandbox's builder is always there) and `buildx build …`
+(sandbox/buildkit.py). Anything else fails the build at that step, with `failureInfo`
+(USER_BUILD_STEP) and a `statusDetail` naming the step and the problem, as Google fails a broken
+step. Every log line goes to the Cloud Logging store: resource type "build", labels build_id and
+project_id, log `projects/{p}/logs/cloudbuild`, entry label `build_step` ("Step #1").
+
+Validation at create (answered 400 INVALID_ARGUMENT like Google): at least one step with a name,
+a source (gitSource url or storageSource), `options.diskSizeGb` ≤ 4000, timeout ≤ 24 h; scenario
+`builds.reject_message` rejects every create with that message. Counted as `build.create`.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import asyncio
+import base64
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
 
-from sandbox.emulator.core import SandboxState
+from fastapi import FastAPI, Request
+
+from sandbox.build_scenario import BuildScenario, parse_build_scenario
+from sandbox.buildkit import Builder, BuildFailed, BuildPolicy, parse_buildx_build
+from sandbox.emulator.core import ApiError, Operation, SandboxState, now_rfc3339
+from sandbox.oci import SandboxRegistry
+
+BUILD_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.Build"
+METADATA_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.BuildOperationMetadata"
+TERMINAL = {"SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
+DOCKER_BUILDER = "gcr.io/cloud-builders/docker"
+MAX_DISK_GB = 4000
+MAX_TIMEOUT_S = 24 * 3600
+DEFAULT_TIMEOUT_S = 600
+# How Cloud Build ends the operation of a build that did not succeed (google.rpc code, message).
+OPERATION_ERRORS = {
+    "FAILURE": (2, "Build failed; check build logs for details"),
+    "INTERNAL_ERROR": (13, "Build failed due to an internal error"),
+    "TIMEOUT": (4, "Build timed out"),
+    "CANCELLED": (1, "Build was cancelled"),
+    "EXPIRED": (4, "Build expired"),
+}
+
+
+class StepFailure(Exception):
+    """A Cloud Build step failed: `detail` is what statusDetail and failureInfo say."""
+
+    def __init__(self, detail: str, kind: str = "USER_BUILD_STEP") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.kind = kind
+
+
+class BuildStore:
+    def __init__(self) -> None:
+        self.builds: dict[str, dict[str, Any]] = {}
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.history: dict[str, list[str]] = {}
+
+    def reset(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        self.tasks.clear()
+        self.builds.clear()
+        self.history.clear()
+
+    def set_status(self, build: dict[str, Any], status: str) -> None:
+        build["status"] = status
+        self.history.setdefault(build["id"], []).append(status)
+
+
+class BuildOperation(Operation):
+    """The operation of one build: done exactly when the build is terminal."""
+
+    def __init__(self, name: str, store: BuildStore, build_id: str) -> None:
+        super().__init__(name=name, finish=dict)
+        self.store = store
+        self.build_id = build_id
+
+    def poll(self) -> dict:
+        return self.to_json()
+
+    def to_json(self) -> dict:
+        build = self.store.builds[self.build_id]
+        body: dict[str, Any] = {
+            "name": self.name,
+            "metadata": {"@type": METADATA_TYPE, "build": public(build)},
+            "done": build["status"] in TERMINAL,
+        }
+        if body["done"]:
+            if build["status"] == "SUCCESS":
+                body["response"] = {"@type": BUILD_TYPE, **public(build)}
+            else:
+                code, message = OPERATION_ERRORS[build["status"]]
+                body["error"] = {"code": code, "message": message}
+        return body
+
+
+def public(build: dict[str, Any]) -> dict[str, Any]:
+    """The Build as the API shows it (without the sandbox's own `_` fields)."""
+    out = {k: v for k, v in build.items() if not k.startswith("_")}
+    out["steps"] = [{k: v for k, v in s.items() if not k.startswith("_")} for s in build["steps"]]
+    return out
+
+
+def _duration_s(value: Any, default: int) -> float:
+    if not value:
+        return default
+    text = str(value)
+    try:
+        return float(text[:-1]) if text.endswith("s") else float(text)
+    except ValueError:
+        raise ApiError(
+            400, f"invalid build: timeout {value!r} is not a duration like '600s'"
+        ) from None
+
+
+# Build fields a request may carry (the Build proto); anything else is refused as Google does.
+BUILD_FIELDS = frozenset(
+    "name id projectId status statusDetail source steps results createTime startTime finishTime "
+    "timeout images queueTtl artifacts logsBucket sourceProvenance buildTriggerId options logUrl "
+    "substitutions tags secrets timing approval serviceAccount availableSecrets warnings "
+    "gitConfig failureInfo dependencies".split()
+)
+# Enums arrive as integers (the clients send `enum-encoding=int`): answer with names.
+MACHINE_TYPES = [
+    "UNSPECIFIED",
+    "N1_HIGHCPU_8",
+    "N1_HIGHCPU_32",
+    "E2_HIGHCPU_8",
+    "E2_HIGHCPU_32",
+    "E2_MEDIUM",
+    "E2_STANDARD_2",
+]
+LOGGING_MODES = [
+    "LOGGING_UNSPECIFIED",
+    "LEGACY",
+    "GCS_ONLY",
+    "STACKDRIVER_ONLY",
+    "CLOUD_LOGGING_ONLY",
+    "NONE",
+]
+
+
+def _normalise(body: dict[str, Any]) -> dict[str, Any]:
+    """Refuse unknown fields; enum integers become names; output-only fields are dropped.
+
+    (Kept free of the google-cloud-build protos: importing them costs the emulator seconds.)
+    """
+    unknown = sorted(set(body) - BUILD_FIELDS)
+    if unknown:
+        raise ApiError(
+            400,
+            f"Invalid JSON payload received. Unknown name \"{unknown[0]}\" at 'build': "
+            "Cannot find field.",
+        )
+    build = {
+        k: v
+        for k, v in body.items()
+        if k not in ("id", "status", "results", "createTime", "startTime", "finishTime", "timing")
+    }
+    options = dict(build.get("options") or {})
+    for key, names in (("machineType", MACHINE_TYPES), ("logging", LOGGING_MODES)):
+        value = options.get(key)
+        if isinstance(value, int):
+            if not 0 <= value < len(names):
+                raise ApiError(400, f"Invalid value at 'build.options.{key}' ({value})")
+            options[key] = names[value]
+        if options.get(key) in ("UNSPECIFIED", "LOGGING_UNSPECIFIED", 0):
+            options.pop(key, None)
+    if options:
+        build["options"] = options
+    if not isinstance(build.get("steps", []), list):
+        raise ApiError(400, "Invalid value at 'build.steps': expected a list")
+    build["steps"] = [
+        {k: v for k, v in step.items() if k not in ("status", "timing", "pullTiming")}
+        for step in build.get("steps") or []
+        if isinstance(step, dict)
+    ]
+    return build
+
+
+def _validate(build: dict[str, Any], scenario: BuildScenario) -> None:
+    if scenario.reject_message:
+        raise ApiError(400, scenario.reject_message)
+    steps = build.get("steps") or []
+    if not steps:
+        raise ApiError(400, "invalid build: steps: at least one build step is required")
+    for i, step in enumerate(steps):
+        if not step.get("name"):
+            raise ApiError(
+                400, f"invalid build: steps[{i}].name: a build step needs a builder image"
+            )
+    source = build.get("source") or {}
+    git = source.get("gitSource") or {}
+    if not (git.get("url") or source.get("storageSource")):
+        raise ApiError(
+            400,
+            "invalid build: source: give source.gitSource {url, revision, dir} or "
+            "source.storageSource {bucket, object}",
+        )
+    disk = int((build.get("options") or {}).get("diskSizeGb") or 0)
+    if disk > MAX_DISK_GB:
+        raise ApiError(
+            400,
+            f"invalid build: options.diskSizeGb {disk} is over the maximum of {MAX_DISK_GB} GB",
+        )
+    if _duration_s(build.get("timeout"), DEFAULT_TIMEOUT_S) > MAX_TIMEOUT_S:
+        raise ApiError(400, f"invalid build: timeout {build['timeout']} is over 24 hours")
 
 
 def register(app: FastAPI, state: SandboxState) -> None:
-    """Add this API's routes to the app."""
+    """Add Cloud Build v1: builds (create/get/list/cancel) as long-running operations."""
+    store = BuildStore()
+    state.stores["build"] = store
+
+    def scenario() -> BuildScenario:
+        try:
+            return parse_build_scenario(state.scenario.builds)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    def find(project: str, build_id: str) -> dict[str, Any]:
+        build = store.builds.get(build_id)
+        if build is None or build["projectId"] != project:
+            raise ApiError(404, f"Build {build_id!r} not found in project {project!r}")
+        return build
+
+    def log(build: dict[str, Any], text: str, step: int | None = None, severity: str = "INFO"):
+        state.write_log(
+            text,
+            severity=severity,
+            resource={
+                "type": "build",
+                "labels": {"build_id": build["id"], "project_id": build["projectId"]},
+            },
+            log_name=f"projects/{build['projectId']}/logs/cloudbuild",
+            labels={"build_step": f"Step #{step}"} if step is not None else None,
+        )
+
+    async def create(project: str, request: Request, location: str = "global") -> dict:
+        state.calls["build.create"] += 1
+        raw = await request.body()
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            raise ApiError(400, "Invalid JSON payload received.") from None
+        build = _normalise(body)
+        policy = scenario()
+        _validate(build, policy)
+        build_id = str(uuid.uuid4())
+        build.update(
+            id=build_id,
+            projectId=project,
+            name=f"projects/{project}/locations/{location}/builds/{build_id}",
+            createTime=now_rfc3339(),
+            logUrl=f"https://console.cloud.google.com/cloud-build/builds/{build_id}?project={project}",
+            timeout=build.get("timeout") or f"{DEFAULT_TIMEOUT_S}s",
+        )
+        for step in build["steps"]:
+            step["status"] = "QUEUED"
+        store.builds[build_id] = build
+        store.set_status(build, "QUEUED")
+        op_id = base64.b64encode(build_id.encode()).decode().rstrip("=")
+        op_name = f"operations/build/{project}/{op_id}"
+        op = BuildOperation(op_name, store, build_id)
+        state.operations[op_name] = op
+        build["_operation"] = op_name
+        store.tasks[build_id] = asyncio.get_running_loop().create_task(
+            execute(build, policy), name=f"build-{build_id}"
+        )
+        return op.to_json()
+
+    async def execute(build: dict[str, Any], policy: BuildScenario) -> None:
+        workspace = Path(tempfile.mkdtemp(prefix=f"shipyard-build-{build['id']}-"))
+        started = time.monotonic()
+        try:
+            await asyncio.sleep(policy.queue_ms / 1000)
+            store.set_status(build, "WORKING")
+            build["startTime"] = now_rfc3339()
+            timeout = _duration_s(build.get("timeout"), DEFAULT_TIMEOUT_S)
+            async with asyncio.timeout(timeout):
+                await run_build(build, workspace, policy)
+            store.set_status(build, "SUCCESS")
+            log(build, "DONE")
+        except asyncio.CancelledError:
+            mark_steps(build, "CANCELLED")
+            store.set_status(build, "CANCELLED")
+            build["statusDetail"] = "Build was cancelled"
+            log(build, "CANCELLED", severity="WARNING")
+        except TimeoutError:
+            mark_steps(build, "TIMEOUT")
+            store.set_status(build, "TIMEOUT")
+            build["statusDetail"] = f"Build timed out after {build['timeout']}"
+            log(build, "TIMEOUT", severity="ERROR")
+        except StepFailure as exc:
+            store.set_status(build, "FAILURE")
+            build["statusDetail"] = exc.detail
+            build["failureInfo"] = {"type": exc.kind, "detail": exc.detail}
+            log(build, f"ERROR: {exc.detail}", severity="ERROR")
+        except Exception as exc:  # a bug here must not kill the event loop
+            store.set_status(build, "INTERNAL_ERROR")
+            build["statusDetail"] = f"internal error: {type(exc).__name__}: {exc}"
+            log(build, build["statusDetail"], severity="ERROR")
+        finally:
+            build["finishTime"] = now_rfc3339()
+            build.setdefault("timing", {})["BUILD"] = {
+                "startTime": build.get("startTime", build["createTime"]),
+                "endTime": build["finishTime"],
+            }
+            build["_seconds"] = round(time.monotonic() - started, 3)
+            store.tasks.pop(build["id"], None)
+            await asyncio.to_thread(shutil.rmtree, workspace, True)
+
+    def mark_steps(build: dict[str, Any], status: str) -> None:
+        for step in build["steps"]:
+            if step.get("status") in ("QUEUED", "WORKING"):
+                step["status"] = status if step["status"] == "WORKING" else "CANCELLED"
+
+    async def fetch_source(build: dict[str, Any], workspace: Path) -> Path:
+        source = build["source"]
+        if "storageSource" in source:
+            raise StepFailure(
+                "fetching source: storageSource is not available in the sandbox (no Cloud Storage "
+                "emulator); use source.gitSource",
+                "FETCH_SOURCE_FAILED",
+            )
+        git = source["gitSource"]
+        url, revision = git["url"], git.get("revision") or "HEAD"
+        log(build, f"Fetching {url} {revision}")
+        commands = [
+            ["git", "init", "-q", str(workspace)],
+            ["git", "-C", str(workspace), "fetch", "-q", "--depth", "1", url, revision],
+            ["git", "-C", str(workspace), "checkout", "-q", "FETCH_HEAD"],
+        ]
+        for args in commands:
+            proc = await asyncio.create_subprocess_exec(
+                *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+            out, _ = await proc.communicate()
+            if proc.returncode != 0:
+                text = out.decode(errors="replace").strip()
+                raise StepFailure(
+                    f"fetching source: git {args[3] if len(args) > 3 else args[1]} of {url} at "
+                    f"{revision} failed: {text[-500:]}",
+                    "FETCH_SOURCE_FAILED",
+                )
+        sha = await asyncio.create_subprocess_exec(
+            "git", "-C", str(workspace), "rev-parse", "HEAD", stdout=asyncio.subprocess.PIPE
+        )
+        commit = (await sha.communicate())[0].decode().strip()
+        build.setdefault("sourceProvenance", {})["resolvedGitSource"] = {**git, "revision": commit}
+        log(build, f"HEAD is now at {commit[:7]}")
+        root = (workspace / git.get("dir", "")).resolve()
+        if not root.is_dir() or workspace.resolve() not in (root, *root.parents):
+            raise StepFailure(
+                f"fetching source: source.gitSource.dir {git.get('dir')!r} is not a directory of "
+                f"{url} at {revision}",
+                "FETCH_SOURCE_FAILED",
+            )
+        return root
+
+    async def run_build(build: dict[str, Any], workspace: Path, policy: BuildScenario) -> None:
+        log(build, f'starting build "{build["id"]}"')
+        log(build, "")
+        log(build, "FETCHSOURCE")
+        root = await fetch_source(build, workspace)
+        log(build, "BUILD")
+        images: list[dict[str, str]] = []
+        for i, step in enumerate(build["steps"]):
+            step["status"] = "WORKING"
+            step["timing"] = {"startTime": now_rfc3339()}
+            log(build, f"Starting Step #{i}", i)
+            try:
+                images += await run_step(build, i, step, root, policy)
+            except StepFailure:
+                step["status"] = "FAILURE"
+                step["exitCode"] = policy.exit_code
+                raise
+            finally:
+                step["timing"]["endTime"] = now_rfc3339()
+            step["status"] = "SUCCESS"
+            log(build, f"Finished Step #{i}", i)
+        log(build, "PUSH")
+        if images:
+            build["results"] = {
+                "images": images,
+                "buildStepImages": [""] * len(build["steps"]),
+            }
+
+    async def run_step(
+        build: dict[str, Any], i: int, step: dict[str, Any], root: Path, policy: BuildScenario
+    ) -> list[dict[str, str]]:
+        name = step["name"]
+        args = list(step.get("args") or [])
+
+        def refuse(problem: str) -> StepFailure:
+            log(build, f"ERROR: {problem}", i, "ERROR")
+            return StepFailure(f'Build step failure: build step {i} "{name}" failed: {problem}')
+
+        if name.split("@")[0].split(":")[0] != DOCKER_BUILDER:
+            raise refuse(
+                f"the sandbox's Cloud Build runs only {DOCKER_BUILDER} steps with `buildx` "
+                "arguments"
+            )
+        if step.get("entrypoint") and step["entrypoint"] != "docker":
+            raise refuse(f"entrypoint {step['entrypoint']!r} is not supported by the sandbox")
+        if args[:1] != ["buildx"] or len(args) < 2:
+            raise refuse(
+                f"`docker {' '.join(args[:2])}` is not supported by the sandbox: use "
+                "`docker buildx build …`"
+            )
+        if args[1] in ("create", "use", "version", "ls", "inspect", "rm"):
+            log(build, "shipyard", i)
+            return []
+        if args[1] != "build":
+            raise refuse(f"`docker buildx {args[1]}` is not supported by the sandbox")
+        cwd = (root / step.get("dir", "")).resolve()
+
+        def emit(line: str) -> None:
+            log(build, line, i)
+
+        try:
+            buildx = parse_buildx_build(args[2:])
+        except BuildFailed as exc:
+            raise refuse(exc.message) from None
+        if not state.registry_url:
+            raise refuse(
+                "the sandbox runs without a registry (start it with `shipyard sandbox up`)"
+            )
+        registry = SandboxRegistry(state.registry_url)
+        bk_policy = BuildPolicy(
+            fail_step=policy.fail_step,
+            message=policy.message,
+            exit_code=policy.exit_code,
+            step_delay_s=policy.step_delay_ms / 1000,
+        )
+        try:
+            output = await Builder(registry, cwd, buildx, emit, bk_policy).run()
+        except BuildFailed:
+            raise StepFailure(
+                f'Build step failure: build step {i} "{name}" failed: step exited with non-zero '
+                f"status: {policy.exit_code}"
+            ) from None
+        finally:
+            await registry.aclose()
+        step["_steps"] = output.steps
+        return output.images
+
+    @app.post("/v1/projects/{project}/builds")
+    async def create_build(project: str, request: Request) -> dict:
+        return await create(project, request)
+
+    @app.post("/v1/projects/{project}/locations/{location}/builds")
+    async def create_build_loc(project: str, location: str, request: Request) -> dict:
+        return await create(project, request, location)
+
+    @app.get("/v1/projects/{project}/builds/{build_id}")
+    async def get_build(project: str, build_id: str) -> dict:
+        return public(find(project, build_id))
+
+    @app.get("/v1/projects/{project}/locations/{location}/builds/{build_id}")
+    async def get_build_loc(project: str, location: str, build_id: str) -> dict:
+        return public(find(project, build_id))
+
+    async def cancel(project: str, build_id: str) -> dict:
+        build = find(project, build_id)
+        state.calls["build.cancel"] += 1
+        task = store.tasks.get(build_id)
+        if build["status"] in TERMINAL or task is None:
+            return public(build)
+        task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=5)
+        except (asyncio.CancelledError, TimeoutError):
+            pass
+        return public(build)
+
+    @app.post("/v1/projects/{project}/builds/{build_id}:cancel")
+    async def cancel_build(project: str, build_id: str) -> dict:
+        return await cancel(project, build_id)
+
+    @app.post("/v1/projects/{project}/locations/{location}/builds/{build_id}:cancel")
+    async def cancel_build_loc(project: str, location: str, build_id: str) -> dict:
+        return await cancel(project, build_id)
+
+    def list_for(project: str, request: Request) -> dict:
+        params = request.query_params
+        builds = [b for b in store.builds.values() if b["projectId"] == project]
+        builds.sort(key=lambda b: b["createTime"], reverse=True)
+        text = (params.get("filter") or "").strip()
+        if text:
+            field, sep, value = text.partition("=")
+            field, value = field.strip(), value.strip().strip('"')
+            if not sep or field not in ("status", "id", "tags"):
+                raise ApiError(
+                    400, f'filter {text!r} is not supported: use status="…", id="…" or tags="…"'
+                )
+            if field == "tags":
+                builds = [b for b in builds if value in (b.get("tags") or [])]
+            else:
+                builds = [b for b in builds if b.get(field) == value]
+        size = int(params.get("pageSize") or 50)
+        start = int(params.get("pageToken") or 0)
+        page = builds[start : start + size]
+        body: dict[str, Any] = {"builds": [public(b) for b in page]}
+        if start + size < len(builds):
+            body["nextPageToken"] = str(start + size)
+        return body
+
+    @app.get("/v1/projects/{project}/builds")
+    async def list_builds(project: str, request: Request) -> dict:
+        return list_for(project, request)
+
+    @app.get("/v1/projects/{project}/locations/{location}/builds")
+    async def list_builds_loc(project: str, location: str, request: Request) -> dict:
+        return list_for(project, request)
+
+    def operation(name: str) -> BuildOperation:
+        op = state.operations.get(name)
+        if not isinstance(op, BuildOperation):
+            raise ApiError(404, f"Operation {name!r} not found")
+        return op
+
+    @app.get("/v1/operations/build/{project}/{op_id}")
+    async def get_operation(project: str, op_id: str) -> dict:
+        return operation(f"operations/build/{project}/{op_id}").poll()
+
+    @app.post("/v1/operations/build/{project}/{op_id}:cancel")
+    async def cancel_operation(project: str, op_id: str) -> dict:
+        op = operation(f"operations/build/{project}/{op_id}")
+        await cancel(project, op.build_id)
+        return {}
+
+    @app.get("/_sandbox/builds")
+    async def sandbox_builds() -> dict:
+        """Every build's status history and executed BuildKit steps (for tests and the demo)."""
+        return {
+            build_id: {
+                "status": b["status"],
+                "history": store.history.get(build_id, []),
+                "steps": [s.get("_steps", []) for s in b["steps"]],
+                "seconds": b.get("_seconds"),
+            }
+            for build_id, b in store.builds.items()
+        }

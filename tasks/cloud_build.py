@@ -1,0 +1,117 @@
+"""Cloud Build v1, thinly: submit a build, follow it to the end, cancel it, fetch its log.
+
+Plain typed functions over the official `cloudbuild_v1.CloudBuildClient` (REST) and
+google-cloud-logging's client; they know nothing of releases or cache tiers. Built-in client
+retries are off (`retry=None`): the caller's policy (tasks/errors.py) decides.
+
+Following a build polls `get_build` from `poll_s` with a x1.5 backoff up to `max_poll_s`
+(google-api-core's LRO polling starts at 1 s and grows to 60 s: too coarse for minute-long
+builds and for the sandbox). The log is read from Cloud Logging (resource type "build", label
+build_id), which is where `options.logging: CLOUD_LOGGING_ONLY` sends it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from google.cloud.devtools import cloudbuild_v1
+
+__all__ = [
+    "TERMINAL",
+    "BuildTimeout",
+    "cancel_build",
+    "fetch_build_log",
+    "get_build",
+    "submit_build",
+    "wait_build",
+]
+
+Status = cloudbuild_v1.Build.Status
+TERMINAL = frozenset(
+    {
+        Status.SUCCESS,
+        Status.FAILURE,
+        Status.INTERNAL_ERROR,
+        Status.TIMEOUT,
+        Status.CANCELLED,
+        Status.EXPIRED,
+    }
+)
+
+
+class BuildTimeout(TimeoutError):
+    """The build did not reach a terminal status within the caller's deadline."""
+
+
+def submit_build(
+    client: cloudbuild_v1.CloudBuildClient, project: str, build: cloudbuild_v1.Build
+) -> cloudbuild_v1.Build:
+    """Create the build; returns the Build from the operation's metadata (id, status QUEUED)."""
+    operation = client.create_build(project_id=project, build=build, retry=None)
+    return operation.metadata.build
+
+
+def get_build(
+    client: cloudbuild_v1.CloudBuildClient, project: str, build_id: str
+) -> cloudbuild_v1.Build:
+    return client.get_build(project_id=project, id=build_id, retry=None)
+
+
+def cancel_build(
+    client: cloudbuild_v1.CloudBuildClient, project: str, build_id: str
+) -> cloudbuild_v1.Build:
+    return client.cancel_build(project_id=project, id=build_id, retry=None)
+
+
+def wait_build(
+    client: cloudbuild_v1.CloudBuildClient,
+    project: str,
+    build_id: str,
+    *,
+    timeout_s: float,
+    poll_s: float = 0.2,
+    max_poll_s: float = 5.0,
+    on_change: Callable[[cloudbuild_v1.Build], None] | None = None,
+    get: Callable[[str], cloudbuild_v1.Build] | None = None,
+) -> cloudbuild_v1.Build:
+    """Poll until the build is terminal; `on_change` sees each new status. `get` overrides the
+    read (e.g. a retried one)."""
+    read = get or (lambda bid: get_build(client, project, bid))
+    deadline = time.monotonic() + timeout_s
+    delay, last = poll_s, None
+    while True:
+        build = read(build_id)
+        if build.status != last:
+            last = build.status
+            if on_change is not None:
+                on_change(build)
+        if build.status in TERMINAL:
+            return build
+        if time.monotonic() > deadline:
+            raise BuildTimeout(
+                f"build {build_id} still {build.status.name} after {timeout_s:.0f}s; it keeps "
+                "running on Cloud Build (cancel it there or raise the timeout)"
+            )
+        time.sleep(delay)
+        delay = min(max_poll_s, delay * 1.5)
+
+
+def fetch_build_log(logging_client, project: str, build_id: str) -> list[str]:
+    """The build's log lines, oldest first (text payloads of its Cloud Logging entries)."""
+    from google.cloud import logging_v2
+
+    entries = logging_client.list_entries(
+        resource_names=[f"projects/{project}"],
+        filter_=f'resource.type="build" AND resource.labels.build_id="{build_id}"',
+        order_by=logging_v2.ASCENDING,
+        page_size=1000,
+    )
+    lines = []
+    for entry in entries:
+        payload = entry.payload
+        if isinstance(payload, str):
+            lines.append(payload)
+        elif isinstance(payload, dict) and "message" in payload:
+            lines.append(str(payload["message"]))
+    return lines

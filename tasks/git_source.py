@@ -1,0 +1,58 @@
+"""Git, thinly: resolve a ref of a remote to a commit, and check out one commit into a directory.
+
+Works with any URL git understands (https://, ssh, file://, a local path). The checkout is a
+shallow fetch of exactly one commit (`git fetch --depth 1 URL REV`), which is also what Cloud
+Build does with a `gitSource`.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tasks.errors import PermanentError, TransientError
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+class GitError(PermanentError):
+    """git refused (unknown ref, no such repository)."""
+
+
+def _git(*args: str, cwd: Path | None = None, timeout: float = 120) -> str:
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise TransientError(f"git {args[0]} timed out after {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        raise GitError(f"git {' '.join(args[:2])} failed: {proc.stderr.strip()[-400:]}")
+    return proc.stdout
+
+
+def resolve_revision(url: str, ref: str) -> str:
+    """A full commit sha for `ref` (a sha, a tag — annotated tags peeled — or a branch)."""
+    if _SHA.match(ref):
+        return ref
+    out = _git("ls-remote", url, ref, f"{ref}^{{}}", f"refs/tags/{ref}^{{}}")
+    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    peeled = [sha for sha, name in rows if name.endswith("^{}")]
+    if peeled:
+        return peeled[0]
+    if rows:
+        return rows[0][0]
+    raise GitError(
+        f"git ref {ref!r} was not found in {url}: give an existing tag, branch or a full commit sha"
+    )
+
+
+def checkout(url: str, revision: str, into: Path | None = None) -> tuple[Path, str]:
+    """Fetch one commit into a new directory; returns (directory, commit sha)."""
+    root = into or Path(tempfile.mkdtemp(prefix="shipyard-src-"))
+    _git("init", "-q", str(root))
+    _git("fetch", "-q", "--depth", "1", url, revision, cwd=root)
+    _git("checkout", "-q", "FETCH_HEAD", cwd=root)
+    return root, _git("rev-parse", "HEAD", cwd=root).strip()

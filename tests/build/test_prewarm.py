@@ -6,9 +6,14 @@ import asyncio
 import datetime as dt
 import uuid
 
+import pytest
+
 from flows.build_steps import FINGERPRINT_LABEL
 from flows.prewarm import prewarm_cache_tiers
 from tasks import image_lookup as il
+
+# Each test runs several flows and Cloud Builds (10-15 s each on a loaded machine).
+pytestmark = pytest.mark.slow
 
 
 def _facts(repo: str, ref: str):

@@ -10,6 +10,9 @@ from flows.build import build_release_image
 from flows.build_steps import BuildFailedError
 from flows.prewarm import prewarm_cache_tiers
 
+# Each test runs several flows and Cloud Builds (10-15 s each on a loaded machine).
+pytestmark = pytest.mark.slow
+
 TIER_STAGES = {"base", "python-deps", "node-deps"}
 APP_STAGES = {"builder", "runtime"}
 

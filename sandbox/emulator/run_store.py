@@ -27,9 +27,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.cloud import run_v2
-from google.protobuf import json_format
-
 from sandbox.emulator.core import ApiError, SandboxState, now_rfc3339
 from sandbox.scenario import GPU_QUOTA_MESSAGE, GPU_ZONAL_MESSAGE, DeployError, RevisionFault
 
@@ -72,14 +69,81 @@ _OUTPUT_ONLY = {
 _TAG = re.compile(r"^[a-z]([-a-z0-9]{0,44}[a-z0-9])?$")
 
 
-def canonical(message_cls: Any, data: dict, what: str) -> dict:
-    """Client JSON (enums possibly as integers, int64 as strings) -> proto3 JSON with enum names."""
-    pb = message_cls.pb()()
-    try:
-        json_format.ParseDict(data, pb, ignore_unknown_fields=True)
-    except json_format.ParseError as exc:
-        raise ApiError(400, f"Invalid {what}: {exc}") from None
-    return json_format.MessageToDict(pb)
+# Enum fields of a Service (JSON paths; "[]" = every list item) -> names by number. The
+# clients send `$alt=json;enum-encoding=int`: enums arrive as numbers, we store and answer
+# names. (Kept as data rather than importing google.cloud.run_v2: that import costs seconds
+# of emulator start-up on a busy machine.)
+_ENUM_FIELDS: dict[tuple[str, ...], list[str] | dict[int, str]] = {
+    ("ingress",): [
+        "INGRESS_TRAFFIC_UNSPECIFIED",
+        "INGRESS_TRAFFIC_ALL",
+        "INGRESS_TRAFFIC_INTERNAL_ONLY",
+        "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER",
+        "INGRESS_TRAFFIC_NONE",
+    ],
+    ("launchStage",): {
+        0: "LAUNCH_STAGE_UNSPECIFIED",
+        1: "EARLY_ACCESS",
+        2: "ALPHA",
+        3: "BETA",
+        4: "GA",
+        5: "DEPRECATED",
+        6: "UNIMPLEMENTED",
+        7: "PRELAUNCH",
+    },
+    ("traffic", "[]", "type"): [
+        "TRAFFIC_TARGET_ALLOCATION_TYPE_UNSPECIFIED",
+        "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST",
+        "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION",
+    ],
+    ("scaling", "scalingMode"): ["SCALING_MODE_UNSPECIFIED", "AUTOMATIC", "MANUAL"],
+    ("template", "executionEnvironment"): [
+        "EXECUTION_ENVIRONMENT_UNSPECIFIED",
+        "EXECUTION_ENVIRONMENT_GEN1",
+        "EXECUTION_ENVIRONMENT_GEN2",
+    ],
+    ("template", "encryptionKeyRevocationAction"): [
+        "ENCRYPTION_KEY_REVOCATION_ACTION_UNSPECIFIED",
+        "PREVENT_NEW",
+        "SHUTDOWN",
+    ],
+    ("template", "vpcAccess", "egress"): [
+        "VPC_EGRESS_UNSPECIFIED",
+        "ALL_TRAFFIC",
+        "PRIVATE_RANGES_ONLY",
+    ],
+}
+
+
+def canonical_service(data: dict) -> dict:
+    """A Service as the client sent it (proto3 JSON, camelCase), with enum numbers as names."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "Invalid service: expected a JSON object.")
+    body = copy.deepcopy(data)
+    for path, names in _ENUM_FIELDS.items():
+        _name_enums(body, path, names)
+    return body
+
+
+def _name_enums(node: Any, path: tuple[str, ...], names: list[str] | dict[int, str]) -> None:
+    if not path or not isinstance(node, dict | list):
+        return
+    head, rest = path[0], path[1:]
+    if head == "[]":
+        for item in node if isinstance(node, list) else []:
+            _name_enums(item, rest, names)
+        return
+    if not isinstance(node, dict) or head not in node:
+        return
+    if rest:
+        _name_enums(node[head], rest, names)
+        return
+    value = node[head]
+    if isinstance(value, int) and not isinstance(value, bool):
+        table = dict(enumerate(names)) if isinstance(names, list) else names
+        if value not in table:
+            raise ApiError(400, f"Invalid value at 'service.{'.'.join(path)}' ({value}).")
+        node[head] = table[value]
 
 
 def url_hash(project: str) -> str:
@@ -348,7 +412,7 @@ class RunStore:
             raise ApiError(409, f"Resource '{short}' already exists.")
         if not creating and existing is None and not allow_missing:
             self.get_service(name)  # raises NOT_FOUND
-        incoming = {k: v for k, v in canonical(run_v2.Service, body, "service").items()}
+        incoming = canonical_service(body)
         etag = incoming.get("etag", "")
         if existing is not None and etag and etag != existing.etag:
             raise ApiError(

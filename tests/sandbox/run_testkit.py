@@ -15,6 +15,7 @@ REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REV
 LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
 READY = run_v2.Condition.State.CONDITION_SUCCEEDED
 FAILED = run_v2.Condition.State.CONDITION_FAILED
+RECONCILING = run_v2.Condition.State.CONDITION_RECONCILING
 
 
 def template(

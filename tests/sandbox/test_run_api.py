@@ -8,7 +8,7 @@ import httpx
 import pytest
 from google.api_core import exceptions
 from google.cloud import run_v2
-from run_testkit import FAST, LATEST, READY, create, parent, short, target, template
+from run_testkit import FAST, LATEST, READY, RECONCILING, create, parent, short, target, template
 
 
 def test_service_lifecycle_revisions_and_tag_urls(sandbox_admin, cloud):
@@ -21,6 +21,8 @@ def test_service_lifecycle_revisions_and_tag_urls(sandbox_admin, cloud):
         service_id="pages",
     )
     assert op.done() is False  # the first poll answers done=false
+    pending = services.get_service(name=f"{parent(cloud)}/services/pages")
+    assert pending.reconciling and pending.terminal_condition.state == RECONCILING
     svc = op.result(polling=FAST)
     assert sandbox_admin.calls()["run.get_operation"] >= 3  # really polled
     assert svc.terminal_condition.state == READY and not svc.reconciling

@@ -13,7 +13,7 @@ from run_testkit import FAILED, create, page_png, parent, template
 TOKEN = "s3cret-token-for-tests"
 SERVING = {
     "name": "serving",
-    "serving": {"gpu_ms": 5, "cpu_ms": 150},
+    "serving": {"gpu_ms": 5, "cpu_ms": 300},
     "secrets": {"page-token": TOKEN},
     "revision_faults": [
         {"fault": "silent_cpu_fallback", "accelerator": "gpu", "image_contains": "fallback"},
@@ -54,7 +54,7 @@ def test_gpu_revision_is_fast_and_cpu_slow(sandbox_admin, cloud, http):
         assert (image.format, image.size) == ("PNG", (120, 80))
         answers[name] = int(response.headers["x-remote-elapsed-ms"])
         assert http.get(svc.uri + "/health").json()["device"] == name
-    assert answers["cpu"] >= 150 > answers["gpu"]
+    assert answers["cpu"] >= 300 and answers["gpu"] < answers["cpu"]
     # A multipart upload works as well.
     multipart = http.post(gpu.uri + PAGE, files={"file": ("page.png", page_png(), "image/png")})
     assert multipart.status_code == 200 and multipart.content[:4] == b"\x89PNG"
@@ -72,7 +72,7 @@ def test_silent_cpu_fallback_is_visible_in_header_and_log(sandbox_admin, cloud, 
     response = _post_page(http, svc.uri)
     assert response.status_code == 200
     assert response.headers["x-fallback-used"] == "1"
-    assert int(response.headers["x-remote-elapsed-ms"]) >= 150  # CPU speed
+    assert int(response.headers["x-remote-elapsed-ms"]) >= 300  # CPU speed
     texts = [e["textPayload"] for e in _logs_of(sandbox_admin, "sneaky")]
     assert any("Failed to create CUDAExecutionProvider" in t for t in texts)
     assert any("libcudnn_cnn.so.9: undefined symbol" in t for t in texts)

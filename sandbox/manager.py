@@ -68,7 +68,7 @@ def start_sandbox(
     scenario: str | None = None,
     registry_url: str | None = None,
     root: Path | None = None,
-    timeout: float = 10.0,
+    timeout: float = 60.0,
 ) -> SandboxInfo:
     """Start the registry (unless a URL is given) and the emulator on free loopback ports."""
     started = time.monotonic()

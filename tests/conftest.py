@@ -19,7 +19,7 @@ def prefect_server():
     """A real Prefect server (temporary database) shared by the whole session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 

@@ -50,6 +50,7 @@ from tasks.registry import (
     ImagePlan,
     ImageRef,
     NotFound,
+    PlatformNotFound,
     RegistryClient,
     RegistryCredentials,
     config_env,
@@ -59,6 +60,7 @@ from tasks.registry import (
     credentials_from_gcp_block,
     parse_reference,
     plan_image,
+    platform_matches,
     platform_of_config,
     tag_image,
 )
@@ -367,6 +369,12 @@ async def mirror_base_image(
             return result
 
         configs = await read_configs(src, plan)
+        if platforms and not plan.platforms:  # a single image: its config says what it is
+            have = next(iter(configs))
+            if not any(platform_matches(p, have) for p in platforms):
+                raise PlatformNotFound(
+                    f"{src_ref} is a single {have} image, not {', '.join(platforms)}: nothing copied"
+                )
         cudnn = check_cudnn(configs, expect, str(src_ref))
         cuda = next((v for v in map(cuda_version, configs.values()) if v), None)
         logger.info("cuDNN %s, CUDA %s on %s", cudnn, cuda, ", ".join(configs))

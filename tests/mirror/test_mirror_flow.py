@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from deployments.cli_mirror import register
 from flows.mirror import CudnnMismatch, mirror_base_image, pin_variable_name, read_base_pin
-from tasks.registry import NotFound, RegistryAuthError
+from tasks.registry import NotFound, PlatformNotFound, RegistryAuthError
 
 
 async def _artifacts_and_logs(flow_run_id):
@@ -114,6 +114,12 @@ def test_one_platform_of_a_manifest_list(src, dst):
     assert read_base_pin(destination)["source_digest"] == index.digest
     all_result = run(mirror_base_image(index.ref, f"{dst.host}/all/cuda"))
     assert all_result["digest"] == index.digest and len(all_result["platforms"]) == 2
+    with pytest.raises(PlatformNotFound, match="index has linux/amd64, linux/arm64/v8"):
+        run(mirror_base_image(index.ref, f"{dst.host}/s390x/cuda", platforms=["linux/s390x"]))
+    single = _push(src, "nvidia/cuda", "amd64-only")
+    with pytest.raises(PlatformNotFound, match="single linux/amd64 image, not linux/arm64"):
+        run(mirror_base_image(single.ref, f"{dst.host}/single/cuda", platforms=["linux/arm64"]))
+    assert httpx.get(f"{dst.url}/v2/_catalog").json()["repositories"] == ["all/cuda", "base/cuda"]
 
 
 def test_drift_keeps_the_pin_unless_accepted_and_upstream_gone_keeps_serving(src, dst):

@@ -18,6 +18,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sandbox.build_scenario import BuildScenario
+
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
 GPU_QUOTA_MESSAGE = "Quota exceeded for total allowable count of GPUs per project per region"
@@ -119,8 +121,7 @@ class Scenario(_Strict):
     # Secret Manager stand-in: secret name (short or "projects/P/secrets/NAME") -> value, used to
     # resolve a container env `valueSource.secretKeyRef`; an unknown secret fails the revision.
     secrets: dict[str, str] = {}
-    # Areas that grow later (builds) keep their own section; unknown top-level keys are refused.
-    builds: dict = {}
+    builds: BuildScenario = BuildScenario()
 
     def region(self, name: str) -> RegionScenario:
         return self.regions.get(name, self.default_region)

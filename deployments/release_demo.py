@@ -59,7 +59,7 @@ def _drain_workers() -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogHandler
 
-    APILogHandler.flush()
+    APILogHandler().flush()
     EventsWorker.drain_all(timeout=10)
 
 

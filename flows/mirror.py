@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 import time
 from datetime import UTC, datetime
@@ -158,8 +159,6 @@ async def resolve_source(
 @task(name="read-image-configs", retries=0, cache_policy=NO_CACHE)
 async def read_configs(client: RegistryClient, plan: ImagePlan) -> dict[str, dict[str, Any]]:
     """The image configs (a few KB each), without pulling any layer."""
-    import json
-
     blobs = await asyncio.gather(
         *(client.read_blob(plan.source.repository, m.config()) for m in plan.images)
     )
@@ -275,6 +274,20 @@ def _markdown(result: dict[str, Any]) -> str:
     return f"## Base image mirror\n\n| | |\n| --- | --- |\n{table}{note}"
 
 
+async def _keep_pin(result: dict[str, Any], pin: dict[str, Any], status: str, message: str) -> dict:
+    """End a run that leaves the pin as it is (drift not accepted, upstream gone): say so."""
+    result.update(status=status, message=message, digest=pin["digest"])
+    result.update({k: pin.get(k) for k in ("cudnn", "cuda", "size", "platforms")})
+    result.update(
+        pinned_source_digest=pin.get("source_digest"),
+        tags=[t for t in (pin.get("tag"), pin.get("dated_tag")) if t],
+    )
+    await acreate_markdown_artifact(
+        _markdown(result), key=_artifact_key("mirror", result["destination"])
+    )
+    return result
+
+
 @flow(name="mirror_base_image")
 async def mirror_base_image(
     source: str,
@@ -336,17 +349,7 @@ async def mirror_base_image(
                 f"{pin['image']} ({'still served' if served else 'MISSING at the destination!'})."
             )
             (logger.warning if served else logger.error)(message)
-            result.update(
-                status="upstream-gone",
-                digest=pin["digest"],
-                message=message,
-                tags=[pin.get("tag"), pin.get("dated_tag")],
-            )
-            result.update(cudnn=pin.get("cudnn"), cuda=pin.get("cuda"), size=pin.get("size"))
-            await acreate_markdown_artifact(
-                _markdown(result), key=_artifact_key("mirror", dst_ref.repo_name)
-            )
-            return result
+            return await _keep_pin(result, pin, "upstream-gone", message)
 
         result["upstream_digest"] = plan.upstream_digest
         if pin and pin.get("source_digest") != plan.upstream_digest and not accept_drift:
@@ -356,17 +359,7 @@ async def mirror_base_image(
                 "--accept-drift (accept_drift=True) to mirror and pin the new digest."
             )
             logger.warning(message)
-            result.update(
-                status="drift",
-                digest=pin["digest"],
-                message=message,
-                pinned_source_digest=pin.get("source_digest"),
-            )
-            result.update(cudnn=pin.get("cudnn"), cuda=pin.get("cuda"), size=pin.get("size"))
-            await acreate_markdown_artifact(
-                _markdown(result), key=_artifact_key("mirror", dst_ref.repo_name)
-            )
-            return result
+            return await _keep_pin(result, pin, "drift", message)
 
         configs = await read_configs(src, plan)
         if platforms and not plan.platforms:  # a single image: its config says what it is

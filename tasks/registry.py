@@ -244,6 +244,11 @@ class RegistryCredentials:
             object.__setattr__(self, "password", Secret(self.password))
 
 
+def _who(credentials: RegistryCredentials | None) -> str:
+    """Where the credentials came from, for error messages (never the secret itself)."""
+    return credentials.source if credentials else "no credentials (anonymous)"
+
+
 async def credentials_from_docker_block(block_name: str) -> RegistryCredentials:
     """Load prefect-docker's DockerRegistryCredentials block `block_name`."""
     from prefect_docker import DockerRegistryCredentials
@@ -383,7 +388,7 @@ class RegistryAuth(httpx.Auth):
                 raise RegistryAuthError(
                     f"the token service {httpx.URL(realm).host} of registry {self.registry} refused "
                     f"a token for {' '.join(scopes) or 'the registry'} (HTTP {resp.status_code}) "
-                    f"with {self._who()}. Fix: check the username/password (or token) there."
+                    f"with {_who(self.credentials)}. Fix: check the username/password (or token) there."
                 )
             if resp.status_code == 429 or resp.status_code >= 500:
                 if attempt < 4:
@@ -402,9 +407,6 @@ class RegistryAuth(httpx.Auth):
                 )
             return token
         raise AssertionError("unreachable")
-
-    def _who(self) -> str:
-        return self.credentials.source if self.credentials else "no credentials (anonymous)"
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -642,9 +644,6 @@ class RegistryClient:
 
     # -- requests --------------------------------------------------------------------------
 
-    def _who(self) -> str:
-        return self.credentials.source if self.credentials else "no credentials (anonymous)"
-
     async def _error(self, resp: httpx.Response, what: str) -> RegistryError:
         """Turn a refusal into a clear error. Bodies are read capped; no header is echoed."""
         text = b""
@@ -665,7 +664,7 @@ class RegistryClient:
             detail += f": {'; '.join(messages)}"
         if status in (401, 403):
             return RegistryAuthError(
-                f"registry {self.registry} refused {what} ({detail}) using {self._who()}. Fix: give "
+                f"registry {self.registry} refused {what} ({detail}) using {_who(self.credentials)}. Fix: give "
                 "credentials with access to that repository (a DockerRegistryCredentials block; "
                 "for Artifact Registry a GcpCredentials block, user oauth2accesstoken); not retried."
             )

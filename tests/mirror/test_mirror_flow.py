@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
@@ -238,4 +237,3 @@ def test_cli_mirror_command(src, dst):
         malformed.exit_code == 1
         and "source 'nvidia/CUDA:1' is not a valid image reference" in malformed.output
     )
-    assert asyncio.iscoroutinefunction(mirror_base_image.fn)

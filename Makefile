@@ -6,6 +6,10 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 APT_PKGS := docker-registry skopeo git
 
+# Some machines set PYTHONDONTWRITEBYTECODE=1: every Python process (each Prefect server,
+# emulator, CLI call) would then recompile all its imports, costing seconds each time.
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: setup system-packages demo test lint bench clean
 
 system-packages:

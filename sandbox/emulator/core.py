@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import random
 import uuid
 from collections import Counter
@@ -80,6 +81,25 @@ class ApiError(Exception):
 
 def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.envelope(), status_code=exc.code)
+
+
+async def json_body(request: Request) -> dict:
+    """The request's JSON object ({} when empty), or Google's 400 for anything else."""
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "Invalid JSON payload received.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Invalid JSON payload received: expected an object.")
+    return body
+
+
+def query_flag(request: Request, name: str) -> bool:
+    """A boolean query parameter such as validateOnly or allowMissing."""
+    return request.query_params.get(name, "false").lower() in ("true", "1")
 
 
 def now_rfc3339() -> str:

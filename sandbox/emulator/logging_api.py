@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from sandbox.emulator.core import ApiError, SandboxState
+from sandbox.emulator.core import ApiError, SandboxState, json_body
 from sandbox.emulator.logging_filter import (
     SEVERITIES,
     SEVERITY_BY_NUMBER,
@@ -43,19 +43,6 @@ _EXTRA_FIELDS = (
 )
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-
-
-async def _json(request: Request) -> dict:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "Invalid JSON payload received.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Invalid JSON payload received: expected an object.")
-    return body
 
 
 def _severity(value: Any, where: str) -> str:
@@ -157,7 +144,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
     @app.post("/v2/entries:write")
     async def write_entries(request: Request) -> dict:
         state.calls["logging.write_entries"] += 1
-        body = await _json(request)
+        body = await json_body(request)
         entries = body.get("entries")
         if not isinstance(entries, list) or not entries:
             raise ApiError(400, "entries: at least one LogEntry is required.")
@@ -178,7 +165,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
     @app.post("/v2/entries:list")
     async def list_entries(request: Request) -> dict:
         state.calls["logging.list_entries"] += 1
-        body = await _json(request)
+        body = await json_body(request)
         names = list(body.get("resourceNames") or [])
         names += [f"projects/{p}" for p in body.get("projectIds") or []]
         if not names:

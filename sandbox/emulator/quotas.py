@@ -22,7 +22,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from sandbox.emulator.core import ApiError, SandboxState, now_rfc3339
+from sandbox.emulator.core import ApiError, SandboxState, json_body, now_rfc3339, query_flag
 
 RUN_SERVICE = "run.googleapis.com"
 V1 = "/v1/projects/{project}/locations/global"
@@ -316,23 +316,6 @@ def preference_filter(text: str):
     return keep
 
 
-async def _json(request: Request) -> dict:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "Invalid JSON payload received.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Invalid JSON payload received: expected an object.")
-    return body
-
-
-def _flag(request: Request, name: str) -> bool:
-    return request.query_params.get(name, "false").lower() in ("true", "1")
-
-
 def _page(items: list, request: Request) -> tuple[list, str | None]:
     try:
         size = int(request.query_params.get("pageSize") or 0)
@@ -389,14 +372,14 @@ def register(app: FastAPI, state: SandboxState) -> None:
                 f"quota_preference_id: {pref_id!r} is not valid; use 1-63 lowercase letters, "
                 "digits, '-' or '_', starting with a letter or digit.",
             )
-        body = await _json(request)
+        body = await json_body(request)
         quota_id, region, preferred = store.validate(body)
         name = pref_name(project, pref_id)
         if name in store.preferences:
             state.calls["quotas.create_preference_conflict"] += 1
             raise ApiError(409, f"QuotaPreference {name!r} already exists.")
         store.check_contact(body, project, quota_id, region, preferred)
-        if _flag(request, "validateOnly"):
+        if query_flag(request, "validateOnly"):
             return {**body, "name": name, "reconciling": True}
         state.calls["quotas.create_preference"] += 1
         now = now_rfc3339()
@@ -433,7 +416,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
     @app.patch(V1 + "/quotaPreferences/{pref_id}")
     async def update_preference(project: str, pref_id: str, request: Request) -> dict:
         state.calls["quotas.update_preference"] += 1
-        body = await _json(request)
+        body = await json_body(request)
         name = pref_name(project, pref_id)
         if body.get("name") and body["name"] != name:
             raise ApiError(
@@ -441,13 +424,13 @@ def register(app: FastAPI, state: SandboxState) -> None:
             )
         pref = store.preferences.get(name)
         if pref is None:
-            if not _flag(request, "allowMissing"):
+            if not query_flag(request, "allowMissing"):
                 raise ApiError(
                     404, f"QuotaPreference {name!r} was not found (set allow_missing to create)."
                 )
             quota_id, region, preferred = store.validate(body)
             store.check_contact(body, project, quota_id, region, preferred)
-            if _flag(request, "validateOnly"):
+            if query_flag(request, "validateOnly"):
                 return {**body, "name": name, "reconciling": True}
             state.calls["quotas.create_preference"] += 1
             kept = {k: v for k, v in body.items() if k not in ("etag", "reconciling")}
@@ -489,7 +472,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
         if quota_id != pref.body["quotaId"] or region != pref.body["dimensions"]["region"]:
             raise ApiError(400, "quota_preference: quota_id and region cannot change.")
         store.check_contact(merged, project, quota_id, region, preferred)
-        if _flag(request, "validateOnly"):
+        if query_flag(request, "validateOnly"):
             return {**current, **{k: v for k, v in merged.items() if k != "contactEmail"}}
         old_preferred = int(pref.body["quotaConfig"]["preferredValue"])
         pref.body = merged

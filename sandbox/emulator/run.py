@@ -13,28 +13,11 @@ import re
 from fastapi import FastAPI, Request
 
 from sandbox.emulator import revisions_http
-from sandbox.emulator.core import ApiError, Operation, SandboxState
+from sandbox.emulator.core import ApiError, Operation, SandboxState, json_body, query_flag
 from sandbox.emulator.run_store import TYPE_PREFIX, RunStore, Service
 
 _SERVICE_ID = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
 V2 = "/v2/projects/{project}/locations/{region}"
-
-
-def _flag(request: Request, name: str) -> bool:
-    return request.query_params.get(name, "false").lower() in ("true", "1")
-
-
-async def _json(request: Request) -> dict:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "Invalid JSON payload received.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Invalid JSON payload received: expected an object.")
-    return body
 
 
 def register(app: FastAPI, state: SandboxState) -> None:
@@ -74,9 +57,9 @@ def register(app: FastAPI, state: SandboxState) -> None:
         name = f"projects/{project}/locations/{region}/services/{service_id}"
         svc, error = store.apply(
             name,
-            await _json(request),
+            await json_body(request),
             creating=True,
-            validate_only=_flag(request, "validateOnly"),
+            validate_only=query_flag(request, "validateOnly"),
         )
         return service_op(svc, error, stored=store.services.get(name) is svc)
 
@@ -107,11 +90,11 @@ def register(app: FastAPI, state: SandboxState) -> None:
         mask = [p for p in mask_text.split(",") if p] or None
         svc, error = store.apply(
             name,
-            await _json(request),
+            await json_body(request),
             creating=False,
             update_mask=mask,
-            allow_missing=_flag(request, "allowMissing"),
-            validate_only=_flag(request, "validateOnly"),
+            allow_missing=query_flag(request, "allowMissing"),
+            validate_only=query_flag(request, "validateOnly"),
         )
         return service_op(svc, error, stored=store.services.get(name) is svc)
 
@@ -120,7 +103,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
         state.calls["run.delete_service"] += 1
         name = f"projects/{project}/locations/{region}/services/{service}"
         etag = request.query_params.get("etag", "")
-        if _flag(request, "validateOnly"):
+        if query_flag(request, "validateOnly"):
             rendered = store.render_service(store.get_service(name))
         else:
             rendered = store.delete_service(name, etag=etag)
@@ -156,7 +139,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
     ) -> dict:
         state.calls["run.delete_revision"] += 1
         name = f"projects/{project}/locations/{region}/services/{service}/revisions/{revision}"
-        if _flag(request, "validateOnly"):
+        if query_flag(request, "validateOnly"):
             rev = store.get_revision(name)
         else:
             rev = store.delete_revision(name)

@@ -57,8 +57,10 @@ def demo_command(
     from deployments.release_demo import run_demo
     from sandbox.scenario import ScenarioError
 
+    prefect_logger = logging.getLogger("prefect")
+    level = prefect_logger.level
     if not verbose:
-        logging.getLogger("prefect").setLevel(logging.ERROR)
+        prefect_logger.setLevel(logging.ERROR)
     try:
         if not as_json:
             console.print(f"starting a fresh sandbox (scenario [bold]{scenario}[/]) …")
@@ -66,6 +68,8 @@ def demo_command(
     except ScenarioError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
+    finally:
+        prefect_logger.setLevel(level)
     if as_json:
         data.pop("traffic_history", None)
         typer.echo(json.dumps(data, indent=2))

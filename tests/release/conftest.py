@@ -8,6 +8,9 @@ from __future__ import annotations
 import copy
 import re
 import secrets
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +96,95 @@ def make_target(request, sandbox):
         return ReleaseTarget(**fields)
 
     return _make
+
+
+# ---------------------------------------------------------------- the build, for real
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "page-service"
+_GIT = ["git", "-c", "user.email=tests@shipyard.invalid", "-c", "user.name=shipyard tests"]
+
+
+@pytest.fixture(scope="session")
+def pinned_base(sandbox) -> str:
+    """A tiny NVIDIA-like base image in the sandbox registry, with its pin recorded the way
+    flows/mirror.py records one; returns the repository (what ReleaseTarget.base_image names)."""
+    import asyncio
+    import json
+
+    from prefect.variables import Variable
+
+    from flows.mirror import pin_variable_name
+    from sandbox.oci import OCI_CONFIG, OCI_MANIFEST, SandboxRegistry, make_layer
+
+    repo = "release-tests/cuda"
+
+    async def push() -> str:
+        reg = SandboxRegistry(sandbox.registry_url)
+        try:
+            layer = make_layer({"/usr/local/cuda/version.json": (b'{"cuda": "12.1.1"}', 0o644)})
+            await reg.put_blob(repo, layer.data)
+            config = json.dumps(
+                {
+                    "architecture": "amd64",
+                    "os": "linux",
+                    "config": {
+                        "Env": ["CUDA_VERSION=12.1.1", "NV_CUDNN_VERSION=8.9.0.131"],
+                        "Labels": {"com.nvidia.cudnn.version": "8.9.0.131"},
+                    },
+                    "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+                }
+            ).encode()
+            config_digest = await reg.put_blob(repo, config)
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+                "layers": [
+                    {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+                ],
+            }
+            return await reg.put_manifest(repo, "12.1.1-cudnn8-runtime-ubuntu22.04", manifest)
+        finally:
+            await reg.aclose()
+
+    digest = asyncio.run(push())
+    destination = f"{sandbox.registry_host}/{repo}"
+    Variable.set(
+        pin_variable_name(destination),
+        {"destination": destination, "digest": digest, "image": f"{destination}@{digest}"},
+        overwrite=True,
+    )
+    return destination
+
+
+class AppRepo:
+    """A throwaway git repository with a copy of examples/page-service (what the build fetches)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        shutil.copytree(
+            EXAMPLE, root / "page-service", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+        subprocess.run([*_GIT, "init", "-q", "-b", "main", str(root)], check=True)
+        subprocess.run([*_GIT, "-C", str(root), "add", "-A"], check=True)
+        subprocess.run([*_GIT, "-C", str(root), "commit", "-q", "-m", "page service"], check=True)
+
+    def tag(self, name: str) -> None:
+        subprocess.run([*_GIT, "-C", str(self.root), "tag", name], check=True)
+
+
+@pytest.fixture
+def app_build(sandbox, tmp_path, request) -> tuple[str, AppRepo]:
+    """(BuildSettings block name, the git repository it builds from), fresh per test."""
+    from blocks.build_settings import BuildSettings
+
+    repo = AppRepo(tmp_path / "app-repo")
+    name = "rel-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    BuildSettings(
+        image_repository=f"{sandbox.registry_host}/{name}/page-service",
+        git_url=f"file://{repo.root}",
+        source_dir="page-service",
+        poll_s=0.05,
+        timeout_s=300,
+    ).save(name, overwrite=True)
+    return name, repo

@@ -173,24 +173,50 @@ def test_quota_message_at_deploy_moves_to_next_region(where, stage, make_target,
     )
 
 
-def test_same_tag_twice_converges(stage, make_target, sandbox_admin):
+def test_same_tag_twice_converges(stage, make_target, sandbox_admin, app_build, pinned_base):
+    """Base-image pin -> real build -> deploy -> canary -> cutover; then the same tag again."""
     stage("default")
-    target = make_target()
-    first = release("v9.0.0", target, image=f"{IMAGE}:v9.0.0")
-    assert first.outcome == "released"
+    settings_block, repo = app_build
+    repo.tag("v9.0.0")
+    target = make_target(base_image=pinned_base, build_settings_block=settings_block)
+    first = release("v9.0.0", target)  # no image: the flow builds it
+    assert first.outcome == "released", first.reasons
+    assert first.image and "@sha256:" in first.image
+    assert {s.name: s.state for s in first.steps}["build"] == "completed"
     before = sandbox_admin.calls()
+    assert before["build.create"] == 1
 
-    again = release("v9.0.0", target, image=f"{IMAGE}:v9.0.0")
+    again = release("v9.0.0", target)
 
     after = sandbox_admin.calls()
     assert again.outcome == "released" and again.noop is True
     assert (again.region, again.revision, again.url) == (first.region, first.revision, first.url)
     assert after["run.revision_created"] == before["run.revision_created"]
     assert after["quotas.create_preference"] == before["quotas.create_preference"] == 2
-    assert after.get("build.create", 0) == before.get("build.create", 0)
+    assert after["build.create"] == 1  # no second build
     assert after.get("run.update_service", 0) == before.get("run.update_service", 0)
     assert {s.name: s.state for s in again.steps}["build"] == "skipped"
     assert_invariants(sandbox_admin, target, first, again)
+
+
+def test_build_failure_stops_before_any_deploy(
+    stage, make_target, sandbox_admin, app_build, pinned_base
+):
+    from flows.release import ReleaseError
+
+    stage(builds={"fail_step": "[builder", "message": "No space left on device"})
+    settings_block, repo = app_build
+    repo.tag("v9.1.0")
+    target = make_target(base_image=pinned_base, build_settings_block=settings_block)
+
+    with pytest.raises(ReleaseError, match="build of v9.1.0 failed.*No space left on device"):
+        release("v9.1.0", target)
+
+    calls = sandbox_admin.calls()
+    assert calls["build.create"] == 1
+    deploys = [k for k in calls if k.startswith(("run.create", "run.update", "run.revision"))]
+    assert deploys == []  # Cloud Run was only read (is the tag already serving?)
+    assert sandbox_admin.traffic_history(target.service) == []
 
 
 def test_dry_run_changes_nothing(stage, make_target, sandbox_admin):

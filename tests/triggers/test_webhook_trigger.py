@@ -1,0 +1,290 @@
+"""Real HTTP to `shipyard webhook serve`, real events, the real `release` deployment trigger.
+
+A run created by the trigger stays Scheduled (no worker): the tests assert on the runs and
+their parameters, never on a release outcome. Events are consumed in order by the server,
+so "no run for a bad request" is checked by sending a valid sentinel afterwards and waiting
+for its run: anything the bad requests had emitted would have been turned into runs first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import uuid
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from trigger_hooks import (
+    REPOSITORY,
+    Delivery,
+    github_create,
+    github_push,
+    gitlab_tag_push,
+    runs_of,
+    sha,
+    wait_for_runs,
+)
+
+pytestmark = pytest.mark.slow  # with test_deployments: ~40 s beyond the session server
+
+_major = random.randint(100, 999)
+_minor = itertools.count(1)
+
+
+def new_tag() -> str:
+    return f"v{_major}.{next(_minor)}.0"
+
+
+def tag_is(tag: str):
+    return lambda run: run.parameters.get("git_tag") == tag
+
+
+async def _runs_for(deployment, tag: str, count: int = 1):
+    async with get_client() as client:
+        return await wait_for_runs(client, deployment.id, tag_is(tag), count)
+
+
+async def _settle_with_sentinel(receiver, deployment, secret: str) -> None:
+    """Send one more valid tag and wait for its run: everything emitted before is a run now."""
+    tag = new_tag()
+    assert receiver.send(Delivery(github_push(tag), secret=secret)).status_code == 202
+    assert len(await _runs_for(deployment, tag)) == 1, f"sentinel {tag} made no run"
+
+
+def test_signed_tag_push_creates_one_release_run(receiver, deployed, webhook_secret):
+    release = deployed["release"]
+    tag, commit = new_tag(), sha()
+    delivery = Delivery(github_push(tag, commit=commit), secret=webhook_secret)
+
+    response = receiver.send(delivery)
+
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "accepted"
+    assert body["tag"] == tag and body["commit"] == commit
+    assert uuid.UUID(body["event_id"])
+    assert webhook_secret not in response.text
+
+    async def check():
+        runs = await _runs_for(release, tag)
+        assert len(runs) == 1, f"expected one release run for {tag}, got {len(runs)}"
+        await _settle_with_sentinel(receiver, release, webhook_secret)
+        async with get_client() as client:
+            runs = await runs_of(client, release.id, tag_is(tag))
+            event = await _event(client, body["event_id"])
+        return runs, event
+
+    runs, event = asyncio.run(check())
+    assert len(runs) == 1, f"{tag} made {len(runs)} runs"
+    run = runs[0]
+    assert run.parameters["git_tag"] == tag
+    assert run.parameters["commit"] == commit
+    assert run.parameters["target"] == "default"
+    assert run.parameters["dry_run"] is False
+    assert run.state.type.value == "SCHEDULED"
+    assert run.created_by is not None and run.created_by.type == "AUTOMATION"
+    # The one event, as the receiver emitted it.
+    assert event["event"] == "shipyard.git.tag.pushed"
+    assert event["resource"]["prefect.resource.id"] == f"shipyard.repo.{REPOSITORY}"
+    assert event["payload"] == {
+        "tag": tag,
+        "commit": commit,
+        "repository": REPOSITORY,
+        "delivery_id": delivery.delivery_id,
+        "provider": "github",
+        "ref": f"refs/tags/{tag}",
+    }
+    assert webhook_secret not in json.dumps(event)
+
+
+async def _event(client, event_id: str, timeout: float = 30.0) -> dict:
+    """The persisted event (the persister writes in batches: poll with a deadline)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = await client.request(
+            "POST", "/events/filter", json={"filter": {"id": {"id": [event_id]}}, "limit": 5}
+        )
+        events = response.json().get("events", [])
+        if events:
+            assert len(events) == 1
+            return events[0]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"event {event_id} was never persisted")
+
+
+def _oversized(secret: str) -> Delivery:
+    payload = github_push(new_tag())
+    payload["padding"] = "x" * (1024 * 1024)
+    return Delivery(payload, secret=secret)
+
+
+BAD_REQUESTS = {
+    # name: (builder(secret) -> Delivery, expected status)
+    "missing signature": (lambda s: Delivery(github_push(new_tag()), secret=None), 401),
+    "wrong signature": (lambda s: Delivery(github_push(new_tag()), secret=s + "-not"), 401),
+    "gitlab wrong token": (
+        lambda s: Delivery(gitlab_tag_push(new_tag()), "Tag Push Hook", "gitlab", secret="x"),
+        401,
+    ),
+    "branch push": (lambda s: Delivery(github_push(branch="main"), secret=s), 202),
+    "tag deletion": (lambda s: Delivery(github_push(new_tag(), deleted=True), secret=s), 202),
+    "gitlab branch push": (
+        lambda s: Delivery(
+            {"object_kind": "push", "ref": "refs/heads/main"}, "Push Hook", "gitlab", secret=s
+        ),
+        202,
+    ),
+    "tag not semver": (lambda s: Delivery(github_push("nightly-2024"), secret=s), 422),
+    "tag without patch": (lambda s: Delivery(github_push("v1.2"), secret=s), 422),
+    "body above 1 MiB": (_oversized, 413),
+    "form content type": (
+        lambda s: Delivery(
+            github_push(new_tag()), secret=s, content_type="application/x-www-form-urlencoded"
+        ),
+        415,
+    ),
+    "malformed json": (lambda s: Delivery(None, secret=s, body=b'{"ref": "refs/tags/v1.'), 400),
+    "json not an object": (lambda s: Delivery(["refs/tags/v1.2.3"], secret=s), 400),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_bad_request_gets_its_status(receiver, webhook_secret, name):
+    build, expected = BAD_REQUESTS[name]
+    response = receiver.send(build(webhook_secret))
+    assert response.status_code == expected, f"{name}: {response.status_code} {response.text}"
+    body = response.json()
+    assert body["status"] in {"rejected", "ignored"}, body
+    assert body.get("detail"), body
+    assert "event_id" not in body
+    assert webhook_secret not in response.text
+
+
+def test_streamed_body_above_limit_is_413_without_content_length(receiver, webhook_secret):
+    """A chunked upload states no Content-Length: the receiver counts what it reads."""
+    delivery = _oversized(webhook_secret)
+    body, headers = delivery.request()
+
+    def chunks():
+        for i in range(0, len(body), 64 * 1024):
+            yield body[i : i + 64 * 1024]
+
+    response = httpx.post(receiver.url, content=chunks(), headers=headers, timeout=30)
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    assert response.status_code == 413, response.text
+
+
+def test_bad_requests_create_no_run(receiver, deployed, webhook_secret):
+    release = deployed["release"]
+
+    async def count() -> int:
+        async with get_client() as client:
+            return len(await runs_of(client, release.id))
+
+    before = asyncio.run(count())
+    statuses = {
+        name: receiver.send(build(webhook_secret)).status_code
+        for name, (build, _) in BAD_REQUESTS.items()
+    }
+    assert statuses == {name: expected for name, (_, expected) in BAD_REQUESTS.items()}
+    asyncio.run(_settle_with_sentinel(receiver, release, webhook_secret))
+    assert asyncio.run(count()) == before + 1, "a bad request created a release run"
+
+
+def test_redelivery_is_409_on_any_receiver_and_runs_once(
+    receiver, block_receiver, deployed, webhook_secret
+):
+    """The seen delivery lives in Prefect: a second receiver (its secret from the Secret
+    block) knows it too, as would a restarted one."""
+    release = deployed["release"]
+    tag = new_tag()
+    delivery = Delivery(github_push(tag), secret=webhook_secret)
+    first = receiver.send(delivery)
+    again = block_receiver.send(delivery)
+    same_place = receiver.send(delivery)
+
+    assert first.status_code == 202, first.text
+    assert again.status_code == 409, again.text
+    assert same_place.status_code == 409
+    assert first.json()["event_id"] in again.json()["detail"]
+
+    async def check():
+        assert len(await _runs_for(release, tag)) == 1
+        await _settle_with_sentinel(block_receiver, release, webhook_secret)
+        async with get_client() as client:
+            return await runs_of(client, release.id, tag_is(tag))
+
+    assert len(asyncio.run(check())) == 1
+
+
+def test_github_create_and_push_of_one_tag_make_one_run(receiver, deployed, webhook_secret):
+    """GitHub sends both `create` and `push` for a new tag when both events are subscribed."""
+    release = deployed["release"]
+    tag, commit = new_tag(), sha()
+    pushed = receiver.send(Delivery(github_push(tag, commit=commit), secret=webhook_secret))
+    created = receiver.send(Delivery(github_create(tag), "create", secret=webhook_secret))
+    assert pushed.status_code == 202 and pushed.json()["status"] == "accepted"
+    assert created.status_code == 202 and created.json()["status"] == "duplicate"
+    assert created.json()["event_id"] == pushed.json()["event_id"]
+
+    async def check():
+        await _runs_for(release, tag)
+        await _settle_with_sentinel(receiver, release, webhook_secret)
+        async with get_client() as client:
+            return await runs_of(client, release.id, tag_is(tag))
+
+    runs = asyncio.run(check())
+    assert [r.parameters["commit"] for r in runs] == [commit]
+
+
+def test_deleted_then_repushed_tag_releases_again(receiver, deployed, webhook_secret):
+    release = deployed["release"]
+    tag, first_commit, second_commit = new_tag(), sha(), sha()
+    send = receiver.send
+    assert (
+        send(Delivery(github_push(tag, commit=first_commit), secret=webhook_secret)).json()[
+            "status"
+        ]
+        == "accepted"
+    )
+    deleted = send(Delivery(github_push(tag, deleted=True), secret=webhook_secret))
+    assert deleted.status_code == 202 and deleted.json()["status"] == "ignored"
+    again = send(Delivery(github_push(tag, commit=second_commit), secret=webhook_secret))
+    assert again.status_code == 202 and again.json()["status"] == "accepted", again.text
+
+    runs = asyncio.run(_runs_for(release, tag, count=2))
+    assert sorted(r.parameters["commit"] for r in runs) == sorted([first_commit, second_commit])
+
+
+def test_gitlab_tag_push_creates_a_run(block_receiver, deployed, webhook_secret):
+    release = deployed["release"]
+    tag, commit = new_tag(), sha()
+    response = block_receiver.send(
+        Delivery(
+            gitlab_tag_push(tag, commit=commit), "Tag Push Hook", "gitlab", secret=webhook_secret
+        )
+    )
+    assert response.status_code == 202, response.text
+    runs = asyncio.run(_runs_for(release, tag))
+    assert len(runs) == 1
+    assert runs[0].parameters["commit"] == commit
+
+
+def test_ping_is_answered(receiver, webhook_secret):
+    response = receiver.send(
+        Delivery({"zen": "Keep it logically awesome."}, "ping", secret=webhook_secret)
+    )
+    assert response.status_code == 200
+    assert response.json()["status"] == "pong"
+
+
+def test_secret_never_reaches_the_logs(receivers, webhook_secret):
+    for receiver in receivers:
+        log = receiver.log()
+        assert "delivery " in log, "the receiver logged no delivery: the check would be vacuous"
+        assert webhook_secret not in log

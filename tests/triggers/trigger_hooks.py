@@ -1,0 +1,207 @@
+"""Helpers for the trigger tests: webhook payloads as GitHub/GitLab send them, signing,
+receivers run by the real CLI (`shipyard webhook serve`) in their own process, run polling."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deployments.serve import DeploymentSpec, read_specs
+from sandbox.procs import free_port, spawn, stop_pid, wait_for_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REPOSITORY = "acme/manga-translator"
+WORK_POOL = "shipyard-process"
+BASE_MIRROR = "127.0.0.1:5999/base/cuda"
+SECRET_BLOCK = "shipyard-webhook-secret-tests"
+
+
+def module_file(spec: DeploymentSpec) -> Path:
+    module = spec.entrypoint.rsplit(".", 1)[0]
+    return REPO_ROOT / (module.replace(".", "/") + ".py")
+
+
+def split_specs() -> tuple[list[DeploymentSpec], list[DeploymentSpec]]:
+    """(deployments whose flow module exists, deployments whose module is still missing)."""
+    specs = read_specs(REPO_ROOT / "prefect.yaml")
+    present = [s for s in specs if module_file(s).exists()]
+    return present, [s for s in specs if s not in present]
+
+
+def sha() -> str:
+    return hashlib.sha1(uuid.uuid4().bytes).hexdigest()
+
+
+def github_push(
+    tag: str | None = None,
+    *,
+    branch: str | None = None,
+    deleted: bool = False,
+    commit: str | None = None,
+    repository: str = REPOSITORY,
+) -> dict[str, Any]:
+    ref = f"refs/heads/{branch}" if branch else f"refs/tags/{tag}"
+    after = "0" * 40 if deleted else (commit or sha())
+    return {
+        "ref": ref,
+        "before": "0" * 40 if not deleted else sha(),
+        "after": after,
+        "created": not deleted,
+        "deleted": deleted,
+        "forced": False,
+        "repository": {"full_name": repository, "name": repository.split("/")[-1]},
+        "pusher": {"name": "octocat"},
+        "head_commit": None if deleted else {"id": after},
+    }
+
+
+def github_create(tag: str, repository: str = REPOSITORY) -> dict[str, Any]:
+    return {
+        "ref": tag,
+        "ref_type": "tag",
+        "master_branch": "main",
+        "repository": {"full_name": repository},
+    }
+
+
+def gitlab_tag_push(
+    tag: str,
+    *,
+    deleted: bool = False,
+    commit: str | None = None,
+    repository: str = "acme/gpu/manga-translator",
+) -> dict[str, Any]:
+    after = "0" * 40 if deleted else (commit or sha())
+    return {
+        "object_kind": "tag_push",
+        "event_name": "tag_push",
+        "ref": f"refs/tags/{tag}",
+        "before": "0" * 40,
+        "after": after,
+        "checkout_sha": None if deleted else after,
+        "project": {"path_with_namespace": repository},
+    }
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Delivery:
+    """One webhook POST, with everything a test may want to break."""
+
+    payload: Any
+    event: str = "push"
+    provider: str = "github"
+    delivery_id: str = ""
+    secret: str | None = None  # None: no signature/token header
+    content_type: str = "application/json"
+    body: bytes | None = None  # raw body instead of the JSON of payload
+
+    def __post_init__(self) -> None:
+        self.delivery_id = self.delivery_id or str(uuid.uuid4())
+
+    def request(self) -> tuple[bytes, dict[str, str]]:
+        body = self.body if self.body is not None else json.dumps(self.payload).encode()
+        headers = {"Content-Type": self.content_type, "User-Agent": "GitHub-Hookshot/test"}
+        if self.provider == "github":
+            headers["X-GitHub-Event"] = self.event
+            headers["X-GitHub-Delivery"] = self.delivery_id
+            if self.secret is not None:
+                headers["X-Hub-Signature-256"] = signature(self.secret, body)
+        else:
+            headers["X-Gitlab-Event"] = self.event
+            headers["X-Gitlab-Event-UUID"] = self.delivery_id
+            if self.secret is not None:
+                headers["X-Gitlab-Token"] = self.secret
+        return body, headers
+
+
+class ReceiverProcess:
+    """`shipyard webhook serve` on a free loopback port, stopped by PID."""
+
+    def __init__(self, log_path: Path, env: dict[str, str], extra_args: list[str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/webhook"
+        self.log_path = log_path
+        self.proc = spawn(
+            [
+                str(Path(sys.executable).with_name("shipyard")),
+                "webhook",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *(extra_args or []),
+            ],
+            log_path,
+            env=env,
+        )
+
+    def wait(self, timeout: float = 60) -> ReceiverProcess:
+        wait_for_port("127.0.0.1", self.port, timeout, proc=self.proc)
+        return self
+
+    def send(self, delivery: Delivery, client: httpx.Client | None = None) -> httpx.Response:
+        body, headers = delivery.request()
+        if client is not None:
+            return client.post(self.url, content=body, headers=headers)
+        return httpx.post(self.url, content=body, headers=headers, timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        stop_pid(self.proc.pid)
+
+
+def subprocess_env(api_url: str, **extra: str) -> dict[str, str]:
+    env = {"PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
+    env.update(extra)
+    # The env var wins over a block: a receiver meant to use the block must not inherit it.
+    if "SHIPYARD_WEBHOOK_SECRET" not in extra and "SHIPYARD_WEBHOOK_SECRET" in os.environ:
+        env["SHIPYARD_WEBHOOK_SECRET"] = ""
+    return env
+
+
+async def wait_for_runs(
+    client: Any, deployment_id: uuid.UUID, predicate, count: int, timeout: float = 45.0
+) -> list[Any]:
+    """Poll the API (no fixed sleep) until `count` runs of the deployment match `predicate`."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout
+    found: list[Any] = []
+    while time.monotonic() < deadline:
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            limit=200,
+        )
+        found = [r for r in runs if predicate(r)]
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.1)
+    return found
+
+
+async def runs_of(client: Any, deployment_id: uuid.UUID, predicate=lambda r: True) -> list[Any]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    runs = await client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        limit=200,
+    )
+    return [r for r in runs if predicate(r)]

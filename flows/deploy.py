@@ -23,7 +23,8 @@ The revision name is deterministic, so re-running a tag reuses the revision it c
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
@@ -244,26 +245,32 @@ def serving_revisions(service: run_v2.Service) -> list[str]:
 
 
 def pinned_traffic(service: run_v2.Service, drop: set[str] = frozenset()) -> list[cr.Traffic]:
-    """The current split with LATEST replaced by the revision it resolves to (so a template
-    change cannot move traffic), without the `canary` tag and without revisions in `drop`."""
-    statuses = {s.revision for s in service.traffic_statuses}
+    """The current split with LATEST replaced by the revision it means (Cloud Run: the latest
+    *ready* revision), so that a template change cannot move traffic; without the `canary` tag,
+    without revisions in `drop`, without untagged 0% entries."""
     latest = cr.short_name(service.latest_ready_revision) if service.latest_ready_revision else ""
     pinned: list[cr.Traffic] = []
     for t in cr.traffic_of(service):
-        revision = t.revision
-        if t.latest:
-            revision = next(
-                (s.revision for s in service.traffic_statuses if s.percent == t.percent), latest
-            )
-            if not revision and statuses:
-                revision = sorted(statuses)[0]
+        revision = latest if t.latest else t.revision
         tag = None if t.tag == CANARY_TAG else t.tag
         if not revision or revision in drop:
             continue
         if t.percent == 0 and tag is None:
             continue
         pinned.append(cr.Traffic(revision=revision, percent=t.percent, tag=tag))
-    return pinned
+    return _merged(pinned)
+
+
+def _merged(traffic: list[cr.Traffic]) -> list[cr.Traffic]:
+    """One untagged entry per revision (LATEST and a pinned entry may name the same one)."""
+    out: list[cr.Traffic] = []
+    for t in traffic:
+        same = next((o for o in out if o.revision == t.revision and not o.tag and not t.tag), None)
+        if same is not None:
+            out[out.index(same)] = cr.Traffic(t.revision, same.percent + t.percent)
+        else:
+            out.append(t)
+    return out
 
 
 # ---------------------------------------------------------------- steps (Prefect tasks)
@@ -286,7 +293,6 @@ class RevisionDeploy:
     tag_uri: str | None
     created_service: bool = False
     reused: bool = False
-    notes: list[str] = field(default_factory=list)
 
 
 def _ensure_service(ctx: RunContext, region: str) -> tuple[run_v2.Service, bool]:
@@ -331,7 +337,7 @@ def deploy_revision(
         state, message = cr.ready_state(existing)
         if state == "failed":
             raise cr.RevisionFailed(revision, message)
-    if existing is None and service.template.revision != revision:
+    if existing is None:  # (re-applying an unchanged template creates nothing)
         traffic = pinned_traffic(service, drop={revision})
         if tag:
             traffic = [t for t in traffic if t.tag != tag]
@@ -405,7 +411,6 @@ def clear_failed_step(ctx: RunContext, region: str, revision: str) -> bool:
 def find_existing_step(ctx: RunContext) -> list[ExistingRevision]:
     """The tag's GPU revision in each candidate region (one parallel round of reads)."""
     note_attempt()
-    from concurrent.futures import ThreadPoolExecutor
 
     def look(region: str) -> ExistingRevision | None:
         revision = cr.get_revision(ctx.revisions, ctx.revision_path(region, ctx.gpu_revision))

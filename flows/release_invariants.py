@@ -35,7 +35,10 @@ def passed_canaries(results) -> dict[str, dt.datetime]:
     return out
 
 
-def invariant_violations(history: list[dict], results) -> list[str]:
+def invariant_violations(
+    history: list[dict], results, known_good: set[str] = frozenset()
+) -> list[str]:
+    """Invariants 1 and 2; `known_good`: revisions that served before any release (not new)."""
     problems = list(traffic_violations(history))
     passed = passed_canaries(results)
     canaried: set[tuple[str, str]] = set()
@@ -45,7 +48,7 @@ def invariant_violations(history: list[dict], results) -> list[str]:
             rev = t["revision"]
             if t.get("tag") == "canary" and t["percent"] == 0:
                 canaried.add((service, rev))
-            if t["percent"] == 0 or rev.endswith("-cpu"):
+            if t["percent"] == 0 or rev.endswith("-cpu") or rev in known_good:
                 continue
             where = f"#{entry['seq']} {entry['event']} of {service}"
             if rev not in passed:

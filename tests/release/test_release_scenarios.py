@@ -26,10 +26,10 @@ def history_of(admin, target):
     return admin.traffic_history(target.service)
 
 
-def assert_invariants(admin, target, *results):
+def assert_invariants(admin, target, *results, known_good=frozenset()):
     history = history_of(admin, target)
     assert history, "the release changed nothing in the sandbox"
-    assert invariant_violations(history, results) == []
+    assert invariant_violations(history, results, known_good) == []
     assert stale_canary_tags(history) == []
     return history
 
@@ -128,6 +128,66 @@ def test_oom_in_canary_rolls_back(stage, make_target, sandbox_admin):
     assert "Memory limit exceeded" in reasons
     history = assert_invariants(sandbox_admin, target, result)
     assert failed_revision_problems(history, f"{target.service}-v6-0-0", {result.revision}) == []
+
+
+def test_rolled_back_tag_released_again_converges(stage, make_target, sandbox_admin):
+    stage(revision_faults=[{"fault": "oom"}])
+    target = make_target()
+    first = release("v6.1.0", target, image=f"{IMAGE}:v6.1.0")
+    assert first.outcome == "rolled_back"
+    created = sandbox_admin.calls()["run.revision_created"]
+
+    again = release("v6.1.0", target, image=f"{IMAGE}:v6.1.0")
+
+    # The same revision is canaried again (and fails again): nothing new is created.
+    assert again.outcome == "rolled_back"
+    assert again.regions_tried == {"europe-west1": "deployed (reused)"}
+    assert {s.name: s.state for s in again.steps}.get("quota") is None  # no quota round
+    assert sandbox_admin.calls()["run.revision_created"] == created
+    history = assert_invariants(sandbox_admin, target, first, again)
+    failed = f"{target.service}-v6-1-0"
+    assert failed_revision_problems(history, failed, {f"{failed}-cpu"}) == []
+
+
+def test_existing_service_on_latest_keeps_its_traffic_until_the_canary_passed(
+    stage, make_target, sandbox_admin, cloud
+):
+    """A service deployed outside Shipyard (traffic: LATEST 100%) in the primary region: the
+    GPU revision must not inherit LATEST's traffic when it is created."""
+    from google.cloud import run_v2
+
+    from tasks import cloud_run as cr
+
+    stage()
+    target = make_target()
+    project = cloud.resolved_project()
+    legacy = f"{target.service}-00001-old"
+    body = run_v2.Service(
+        template=run_v2.RevisionTemplate(
+            revision=legacy,
+            containers=[
+                run_v2.Container(
+                    image=f"{IMAGE}:legacy",
+                    resources=run_v2.ResourceRequirements(limits={"cpu": "4", "memory": "8Gi"}),
+                )
+            ],
+        ),
+        traffic=[cr.Traffic(None, 100, latest=True).to_proto()],
+    )
+    cr.create_service(
+        cloud.services_client(), project, "europe-west1", body, target.service, poll_s=0.02
+    )
+
+    result = release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")
+
+    assert result.outcome == "released" and result.region == "europe-west1"
+    assert not result.outside_primary
+    history = assert_invariants(sandbox_admin, target, result, known_good={legacy})
+    final = history[-1]["traffic"]
+    assert {(t["revision"], t["percent"], t["tag"]) for t in final} == {
+        (result.revision, 100, ""),
+        (legacy, 0, "prior"),
+    }
 
 
 def test_transient_canary_503_is_retried_and_passes(stage, make_target, sandbox_admin):

@@ -57,10 +57,11 @@ def demo_command(
     from deployments.release_demo import run_demo
     from sandbox.scenario import ScenarioError
 
-    prefect_logger = logging.getLogger("prefect")
-    level = prefect_logger.level
+    loggers = [logging.getLogger(n) for n in ("prefect", "prefect.flow_runs", "prefect.task_runs")]
+    levels = [logger.level for logger in loggers]
     if not verbose:
-        prefect_logger.setLevel(logging.ERROR)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
     try:
         if not as_json:
             console.print(f"starting a fresh sandbox (scenario [bold]{scenario}[/]) …")
@@ -69,7 +70,8 @@ def demo_command(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     finally:
-        prefect_logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
     if as_json:
         data.pop("traffic_history", None)
         typer.echo(json.dumps(data, indent=2))

@@ -44,7 +44,11 @@ def prefect_api(startup_timeout: float = 90.0) -> Iterator[str]:
         stack.callback(shutil.rmtree, home, True)
         stack.enter_context(
             ps.temporary_settings(
-                updates={ps.PREFECT_SERVER_DATABASE_CONNECTION_URL: db, ps.PREFECT_HOME: home}
+                updates={
+                    ps.PREFECT_SERVER_DATABASE_CONNECTION_URL: db,
+                    ps.PREFECT_HOME: home,
+                    ps.PREFECT_SERVER_ANALYTICS_ENABLED: False,  # no telemetry from a demo
+                }
             )
         )
         server = SubprocessASGIServer(port=free_port())

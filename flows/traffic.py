@@ -26,6 +26,7 @@ from flows.deploy import (
     BASELINE_TAG,
     CANARY_TAG,
     PRIOR_TAG,
+    ConfigurationError,
     RunContext,
     cpu_template,
     deploy_revision,
@@ -44,6 +45,19 @@ class TrafficResult(BaseModel):
     prior: str | None = None
     applied_cpu_baseline: bool = False
     detail: str = ""
+
+
+def _ensure_image(ctx: RunContext, region: str) -> None:
+    """A standalone rollback knows no image: use the one the tag's GPU revision runs."""
+    if ctx.image:
+        return
+    found = cr.get_revision(ctx.revisions, ctx.revision_path(region, ctx.gpu_revision))
+    if found is None or not found.containers:
+        raise ConfigurationError(
+            f"no image to apply the CPU baseline with in {region}: pass image=..., or set "
+            "ReleaseTarget.cpu_template.image"
+        )
+    ctx.image = found.containers[0].image
 
 
 def _is_ready(ctx: RunContext, region: str, revision: str) -> bool:
@@ -116,6 +130,8 @@ def rollback_step(ctx: RunContext, region: str, failed: str | None) -> TrafficRe
     # No good revision left (or the policy asks): the CPU baseline, Ready, then 100%.
     baseline = ctx.cpu_revision
     if not _is_ready(ctx, region, baseline):
+        if not ctx.target.cpu_template.image:
+            _ensure_image(ctx, region)
         deploy_revision(ctx, region, cpu_template(ctx), tag=None)
     service = cr.get_service(ctx.services, ctx.service_name(region))
     assert service is not None

@@ -130,6 +130,24 @@ def test_oom_in_canary_rolls_back(stage, make_target, sandbox_admin):
     assert failed_revision_problems(history, f"{target.service}-v6-0-0", {result.revision}) == []
 
 
+def test_rollback_applies_the_cpu_baseline_when_the_policy_asks(stage, make_target, sandbox_admin):
+    stage(revision_faults=[{"fault": "oom", "image_contains": ":v13.1"}])
+    target = make_target(rollback_to_cpu=True)
+    good = release("v13.0.0", target, image=f"{IMAGE}:v13.0.0")
+    assert good.outcome == "released"
+
+    bad = release("v13.1.0", target, image=f"{IMAGE}:v13.1.0")
+
+    baseline = f"{target.service}-v13-1-0-cpu"  # the CPU template, with this release's image
+    assert bad.outcome == "rolled_back" and bad.revision == baseline
+    history = assert_invariants(sandbox_admin, target, good, bad)
+    assert serving(history, "europe-west1") == {baseline: 100}
+    # It was created at 0% beside the serving revision, and got traffic once Ready.
+    first_seen = next(h for h in history if baseline in h["revisions"])
+    assert {t["revision"]: t["percent"] for t in first_seen["traffic"]}.get(baseline, 0) == 0
+    assert failed_revision_problems(history, f"{target.service}-v13-1-0", {baseline}) == []
+
+
 def test_rolled_back_tag_released_again_converges(stage, make_target, sandbox_admin):
     stage(revision_faults=[{"fault": "oom"}])
     target = make_target()

@@ -284,12 +284,6 @@ class ReleaseTarget(Block):
     def gpu_quota_id(self) -> str:
         return GPU_QUOTA_IDS[(self.gpu_type, self.gpu_zonal_redundancy)]
 
-    def quota_preference_id(self, region: str) -> str:
-        """Deterministic, so a re-run finds the preference it filed instead of filing twice."""
-        kind = "zr" if self.gpu_zonal_redundancy else "nozr"
-        gpu = self.gpu_type.removeprefix("nvidia-")
-        return sanitize_name(f"shipyard-{self.service}-{region}-{gpu}-{kind}", 63)
-
     def retry_delays(self) -> list[float]:
         """Prefect retry_delay_seconds: exponential from retry_delay_s (jitter added by Prefect)."""
         return [self.retry_delay_s * 2**attempt for attempt in range(self.retries)]

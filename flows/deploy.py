@@ -6,7 +6,9 @@ Decisions, in order:
    variant the target chose, CPU, memory). The regions that can hold the GPU template, in the
    target's order, are the candidates.
 2. None can, and the quota policy allows: file QuotaPreferences with deterministic ids
-   (`shipyard-{service}-{region}-l4-nozr`, so a re-run finds them instead of filing twice)
+   per project and region, not per service (`tasks.quotas.preference_id_for`, e.g.
+   `shipyard-l4-nzr-us-central1`: quota is per project+region, so a re-run, or another service
+   of the project, finds the preference already filed instead of filing a second one)
    and poll them with backoff within the budget; granted regions become candidates.
 3. Deploy the GPU revision, named from the git tag (`{service}-v1-2-3`), with 0% traffic and
    the tag `canary`, then wait for Ready with a timeout. A region without a service first gets
@@ -38,6 +40,7 @@ from flows.quota_adapter import (
     RegionQuota,
     file_preferences,
     poll_preferences,
+    preference_ids,
     read_region_quotas,
 )
 from flows.release_steps import StepLog, note_attempt
@@ -483,7 +486,7 @@ def quota_preferences_step(ctx: RunContext, regions: list[str]) -> list[Preferen
             "ReleaseTarget.quota.contact_email is not set: Cloud Quotas requires a contact "
             "email to request a quota increase; set it, or set quota.request=False"
         )
-    ids = {r: t.quota_preference_id(r) for r in regions}
+    ids = preference_ids(t.gpu_quota_id(), regions)
     created = file_preferences(
         ctx.cloud,
         ctx.project,

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from blocks.cloud import GoogleCloud
 from tasks.quotas import (
     file_quota_preference,
+    preference_id_for,
     read_region_capacity,
     wait_quota_decision,
 )
@@ -48,6 +49,12 @@ class PreferenceState(BaseModel):
     @property
     def granted(self) -> bool:
         return self.state == "granted"
+
+
+def preference_ids(quota_id: str, regions: list[str]) -> dict[str, str]:
+    """region -> the preference id for `quota_id` there. Per project and region, never per
+    service: quota is per project+region, so two services share one preference."""
+    return {region: preference_id_for(quota_id, region) for region in regions}
 
 
 def read_region_quotas(

@@ -52,7 +52,7 @@ from flows.deploy import (
     find_existing_step,
     quota_preferences_step,
 )
-from flows.quota_adapter import PreferenceState, RegionQuota
+from flows.quota_adapter import PreferenceState, RegionQuota, preference_ids
 from flows.release_steps import Step, StepLog, note_attempt
 from flows.traffic import (
     TrafficResult,
@@ -367,11 +367,12 @@ class Release:
         decision = decide_regions(ctx, self.steps, allow_requests=False)
         prefs = []
         if not decision.candidates and self.target.quota.request:
-            prefs = [
-                self.target.quota_preference_id(q.region)
-                for q in decision.quotas
-                if q.why.startswith("GPU quota")
-            ]
+            prefs = list(
+                preference_ids(
+                    self.target.gpu_quota_id(),
+                    [q.region for q in decision.quotas if q.why.startswith("GPU quota")],
+                ).values()
+            )
         self.result.plan = ReleasePlan(
             image=ctx.image or f"(built from {self.git_tag} at release time)",
             revision=ctx.gpu_revision,

@@ -71,7 +71,8 @@ def test_quota_granted_after_polling(stage, make_target, sandbox_admin):
     assert states["europe-west1"].state == "denied"
     assert states["us-central1"].state == "granted"
     assert states["us-central1"].polls >= 2
-    assert states["us-central1"].preference_id == (f"shipyard-{target.service}-us-central1-l4-nozr")
+    # Per project and region (quota is), never per service.
+    assert states["us-central1"].preference_id == "shipyard-l4-nzr-us-central1"
     assert sandbox_admin.calls()["quotas.create_preference"] == 2
     assert_invariants(sandbox_admin, target, result)
 
@@ -308,8 +309,8 @@ def test_dry_run_changes_nothing(stage, make_target, sandbox_admin):
     assert result.plan.revision == f"{target.service}-v10-0-0"
     assert result.plan.candidates == []
     assert result.plan.quota_preferences == [
-        f"shipyard-{target.service}-europe-west1-l4-nozr",
-        f"shipyard-{target.service}-us-central1-l4-nozr",
+        "shipyard-l4-nzr-europe-west1",
+        "shipyard-l4-nzr-us-central1",
     ]
     assert [q.region for q in result.plan.quotas] == ["europe-west1", "us-central1"]
     calls = sandbox_admin.calls()

@@ -27,10 +27,15 @@ trigger service drops as already seen. GitHub sends both a `create` and a `push`
 one new tag when both events are subscribed; a second claim, per repository and tag, makes
 that one event. A tag deletion releases the tag claim, so a deleted and re-pushed tag
 releases again.
+
+Prefect consumes the event whether or not the trigger's action succeeds, and does not retry
+an action that failed on the server; `Redrive` follows each emitted event to its
+`prefect.automation.action.executed` / `.failed` record and emits it again after a failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -83,6 +88,11 @@ class WebhookSettings:
     tag_pattern: str = DEFAULT_TAG_PATTERN
     max_body: int = DEFAULT_MAX_BODY
     secret_ttl_s: float = 60.0
+    # Redrive: how often to ask Prefect what became of emitted events, how long to keep
+    # asking, and how many times an event whose trigger action failed is emitted again.
+    confirm_every_s: float = 3.0
+    confirm_for_s: float = 600.0
+    max_attempts: int = 3
 
     @classmethod
     def from_env(cls, **overrides: Any) -> WebhookSettings:
@@ -113,10 +123,12 @@ class TagPush:
     tag: str
     commit: str | None
     ref: str
+    attempt: int = 0  # > 0: re-emitted because Prefect reported the trigger action failed
 
     @property
     def event_id(self) -> uuid.UUID:
-        return uuid.uuid5(EVENT_NAMESPACE, f"{self.provider}:{self.delivery_id}")
+        key = f"{self.provider}:{self.delivery_id}" + (f":{self.attempt}" if self.attempt else "")
+        return uuid.uuid5(EVENT_NAMESPACE, key)
 
     def event(self) -> dict[str, Any]:
         """The Prefect event, as `POST /api/events` takes it."""
@@ -136,6 +148,7 @@ class TagPush:
                 "delivery_id": self.delivery_id,
                 "provider": self.provider,
                 "ref": self.ref,
+                **({"attempt": self.attempt} if self.attempt else {}),
             },
         }
 
@@ -349,6 +362,7 @@ class Receiver:
         self.pattern = settings.compiled_pattern()
         self.secret = SecretSource(settings.secret_block, settings.secret_ttl_s)
         self.client: Any = None
+        self.redrive = Redrive(self, settings)
 
     async def handle(self, request: Request) -> JSONResponse:
         delivery = (
@@ -464,7 +478,7 @@ class Receiver:
                 "event_id": held.get("event_id"),
             }
         try:
-            await self.client.request("POST", "/events", json=[push.event()])
+            await self.emit(push)
         except Exception:
             # Nothing was emitted: forget both claims so a redelivery can succeed.
             for name in (tag_claim, delivery_claim):
@@ -473,6 +487,7 @@ class Receiver:
                 except Exception:  # noqa: BLE001 - the API is down; the original error wins
                     logger.warning("could not release claim %s", name)
             raise
+        self.redrive.watch(push)
         return 202, {
             "status": "accepted",
             "event_id": str(push.event_id),
@@ -481,6 +496,115 @@ class Receiver:
             "commit": push.commit,
             "repository": push.repository,
         }
+
+    async def emit(self, push: TagPush) -> None:
+        await self.client.request("POST", "/events", json=[push.event()])
+
+
+ACTION_EXECUTED = "prefect.automation.action.executed"
+ACTION_FAILED = "prefect.automation.action.failed"
+
+
+class Redrive:
+    """Follows each emitted event until Prefect says what its trigger action did.
+
+    Prefect does not retry a trigger action that failed on the server (e.g. `database is
+    locked` on a busy SQLite server): the event is consumed, no run is created, and Prefect
+    records `prefect.automation.action.failed` with the event as `triggering-event`. A failed
+    action created no run, so emitting the event again (a new id, same payload, `attempt`
+    counted) is safe; `prefect.automation.action.executed` ends the watch. One query per
+    `confirm_every_s` covers every pending event. Pending events live in this process only:
+    a receiver restarted meanwhile stops watching them (the failure stays visible in Prefect).
+    """
+
+    def __init__(self, receiver: Receiver, settings: WebhookSettings):
+        self.receiver = receiver
+        self.settings = settings
+        self.pending: dict[str, tuple[TagPush, float]] = {}
+
+    def watch(self, push: TagPush) -> None:
+        self.pending[str(push.event_id)] = (push, time.monotonic())
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.confirm_every_s)
+            if not self.pending:
+                continue
+            try:
+                await self.check()
+            except Exception as exc:  # noqa: BLE001 - try again next round
+                logger.warning("redrive: cannot read outcomes (%s)", type(exc).__name__)
+
+    async def outcomes(self, event_ids: list[str]) -> dict[str, set[str]]:
+        """{event id: names of the action outcome events that name it as triggering-event}."""
+        from prefect.events.filters import (
+            EventFilter,
+            EventNameFilter,
+            EventOccurredFilter,
+            EventRelatedFilter,
+        )
+
+        oldest = min(self.pending[e][1] for e in event_ids)
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - oldest + 120)
+        found: dict[str, set[str]] = {}
+        for start in range(0, len(event_ids), 50):
+            chunk = event_ids[start : start + 50]
+            page = await self.receiver.client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(name=[ACTION_EXECUTED, ACTION_FAILED]),
+                    related=EventRelatedFilter(id=[f"prefect.event.{e}" for e in chunk]),
+                    occurred=EventOccurredFilter(since=since),
+                ),
+                limit=50,
+            )
+            while True:
+                for event in page.events:
+                    for related in event.related:
+                        if related.role == "triggering-event":
+                            event_id = related.id.removeprefix("prefect.event.")
+                            found.setdefault(event_id, set()).add(event.event)
+                if not page.next_page:
+                    break
+                page = await self.receiver.client.read_events_page(page.next_page)
+        return found
+
+    async def check(self) -> None:
+        ids = list(self.pending)
+        outcomes = await self.outcomes(ids)
+        now = time.monotonic()
+        for event_id in ids:
+            push, since = self.pending[event_id]
+            got = outcomes.get(event_id, set())
+            if ACTION_EXECUTED in got:
+                del self.pending[event_id]
+            elif ACTION_FAILED in got:
+                del self.pending[event_id]
+                if push.attempt + 1 >= self.settings.max_attempts:
+                    logger.error(
+                        "delivery %s: trigger action failed %d times for %s; giving up "
+                        "(run the release by hand)",
+                        push.delivery_id,
+                        push.attempt + 1,
+                        push.tag,
+                    )
+                    continue
+                again = dataclasses.replace(push, attempt=push.attempt + 1)
+                await self.receiver.emit(again)
+                self.watch(again)
+                logger.warning(
+                    "delivery %s: trigger action failed for event %s; emitted again as %s",
+                    push.delivery_id,
+                    event_id,
+                    again.event_id,
+                )
+            elif now - since > self.settings.confirm_for_s:
+                del self.pending[event_id]
+                logger.warning(
+                    "delivery %s: no trigger reported on event %s within %.0f s",
+                    push.delivery_id,
+                    event_id,
+                    self.settings.confirm_for_s,
+                )
 
 
 async def _health(request: Request) -> JSONResponse:
@@ -497,8 +621,12 @@ def create_app(settings: WebhookSettings | None = None) -> Starlette:
 
         async with get_client() as client:
             receiver.client = client
-            yield
-            receiver.client = None
+            watcher = asyncio.create_task(receiver.redrive.run_forever())
+            try:
+                yield
+            finally:
+                watcher.cancel()
+                receiver.client = None
 
     async def webhook(request: Request) -> JSONResponse:
         return await receiver.handle(request)

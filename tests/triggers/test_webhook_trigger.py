@@ -275,6 +275,58 @@ def test_gitlab_tag_push_creates_a_run(block_receiver, deployed, webhook_secret)
     assert runs[0].parameters["commit"] == commit
 
 
+def test_failed_trigger_action_is_emitted_again(deployed):
+    """Prefect does not retry a trigger action that failed on the server (it records
+    `prefect.automation.action.failed`); the receiver's redrive emits the event again.
+
+    The receiver's own Redrive runs in-process here; the failure record is posted as Prefect
+    writes it, for an event that was never emitted, so no successful action can race it."""
+    import datetime as dt
+
+    from deployments.webhook import Receiver, TagPush, WebhookSettings
+
+    release = deployed["release"]
+    tag, commit = new_tag(), sha()
+    push = TagPush("github", str(uuid.uuid4()), REPOSITORY, tag, commit, f"refs/tags/{tag}")
+    failure = {
+        "id": str(uuid.uuid4()),
+        "occurred": dt.datetime.now(dt.UTC).isoformat(),
+        "event": "prefect.automation.action.failed",
+        "resource": {"prefect.resource.id": f"prefect.automation.{uuid.uuid4()}"},
+        "related": [
+            {
+                "prefect.resource.id": f"prefect.event.{push.event_id}",
+                "prefect.resource.role": "triggering-event",
+            }
+        ],
+        "payload": {"reason": "Unexpected status from 'run-deployment' action: 503"},
+    }
+
+    async def scenario():
+        import time
+
+        async with get_client() as client:
+            receiver = Receiver(WebhookSettings())
+            receiver.client = client
+            receiver.redrive.watch(push)
+            await client.request("POST", "/events", json=[failure])
+            deadline = time.monotonic() + 30
+            while str(push.event_id) in receiver.redrive.pending:
+                assert time.monotonic() < deadline, "the failure was never seen"
+                await receiver.redrive.check()
+                await asyncio.sleep(0.3)
+            again = TagPush(**{**push.__dict__, "attempt": 1})
+            assert str(again.event_id) in receiver.redrive.pending
+            runs = await wait_for_runs(client, release.id, tag_is(tag), 1)
+            return again, runs, await _event(client, str(again.event_id))
+
+    again, runs, event = asyncio.run(scenario())
+    assert len(runs) == 1 and runs[0].parameters["commit"] == commit
+    assert event["payload"]["attempt"] == 1
+    assert event["payload"]["delivery_id"] == push.delivery_id
+    assert event["id"] == str(again.event_id) != str(push.event_id)
+
+
 def test_ping_is_answered(receiver, webhook_secret):
     response = receiver.send(
         Delivery({"zen": "Keep it logically awesome."}, "ping", secret=webhook_secret)

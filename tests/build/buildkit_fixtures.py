@@ -1,14 +1,10 @@
-"""Helpers for the build tests: a throwaway git repository of the example, an NVIDIA-like base."""
+"""Helpers for the build tests: a throwaway git repository of the example, (the NVIDIA-like base comes from sandbox/seed.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import shutil
 import subprocess
 from pathlib import Path
-
-from sandbox.oci import OCI_CONFIG, OCI_MANIFEST, SandboxRegistry, make_layer
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "page-service"
 _GIT = ["git", "-c", "user.email=tests@shipyard.invalid", "-c", "user.name=shipyard tests"]
@@ -44,42 +40,3 @@ class AppRepo:
         path = self.root / self.dir / name
         path.write_text(path.read_text() + append)
         return self.commit(message)
-
-
-def push_nvidia_base(registry_url: str, repo: str = "base-images/cuda") -> str:
-    """Push a tiny image whose config looks like nvidia/cuda:12.1.1-cudnn8 (env and label);
-    returns its digest."""
-
-    async def go() -> str:
-        reg = SandboxRegistry(registry_url)
-        try:
-            layer = make_layer({"/usr/local/cuda/version.json": (b'{"cuda": "12.1.1"}', 0o644)})
-            await reg.put_blob(repo, layer.data)
-            config = {
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {
-                    "Env": [
-                        "PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/bin:/bin",
-                        "CUDA_VERSION=12.1.1",
-                        "NV_CUDNN_VERSION=8.9.0.131",
-                    ],
-                    "Labels": {"com.nvidia.cudnn.version": "8.9.0.131"},
-                },
-                "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
-            }
-            raw = json.dumps(config).encode()
-            config_digest = await reg.put_blob(repo, raw)
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(raw)},
-                "layers": [
-                    {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
-                ],
-            }
-            return await reg.put_manifest(repo, "12.1.1-cudnn8-runtime-ubuntu22.04", manifest)
-        finally:
-            await reg.aclose()
-
-    return asyncio.run(go())

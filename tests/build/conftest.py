@@ -5,14 +5,16 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from buildkit_fixtures import AppRepo, push_nvidia_base
+from buildkit_fixtures import AppRepo
+
+from sandbox.seed import seed_cuda_image
 
 
 @pytest.fixture(scope="session")
 def base_image(sandbox) -> str:
     """An NVIDIA-like base in the sandbox registry, by digest (stands in for the mirror's pin)."""
-    digest = push_nvidia_base(sandbox.registry_url)
-    return f"{sandbox.registry_host}/base-images/cuda@{digest}"
+    seeded = seed_cuda_image(sandbox.registry_url, "base-images/cuda")
+    return f"{seeded.repository}@{seeded.digest}"
 
 
 @pytest.fixture

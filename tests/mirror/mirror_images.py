@@ -10,6 +10,7 @@ import random
 import tarfile
 from dataclasses import dataclass
 
+from sandbox import seed
 from tasks.registry import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -47,23 +48,10 @@ def layer_bytes(seed: int, size: int) -> tuple[bytes, str]:
 def nvidia_config(
     diff_ids: list[str], *, cudnn: str | None, cuda: str = "12.1.1", arch: str = "amd64"
 ) -> bytes:
-    env = ["PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/bin", f"CUDA_VERSION={cuda}"]
-    labels = {"maintainer": "NVIDIA CORPORATION <cudatools@nvidia.com>"}
-    if cudnn:
-        env.append(f"NV_CUDNN_VERSION={cudnn}")
-        labels["com.nvidia.cudnn.version"] = cudnn
-    config = {
-        "architecture": arch,
-        "os": "linux",
-        "config": {
-            "Env": env,
-            "Labels": labels,
-            "Entrypoint": ["/opt/nvidia/nvidia_entrypoint.sh"],
-        },
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created_by": "shipyard test fixture"}],
-    }
-    return json.dumps(config, sort_keys=True).encode()
+    """The config of sandbox/seed.py's upstream image (one shape for the demo and the tests)."""
+    return json.dumps(
+        seed.nvidia_config(diff_ids, cudnn=cudnn, cuda=cuda, arch=arch), sort_keys=True
+    ).encode()
 
 
 @dataclass

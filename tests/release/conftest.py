@@ -108,46 +108,13 @@ _GIT = ["git", "-c", "user.email=tests@shipyard.invalid", "-c", "user.name=shipy
 def pinned_base(sandbox) -> str:
     """A tiny NVIDIA-like base image in the sandbox registry, with its pin recorded the way
     flows/mirror.py records one; returns the repository (what ReleaseTarget.base_image names)."""
-    import asyncio
-    import json
-
     from prefect.variables import Variable
 
     from flows.mirror import pin_variable_name
-    from sandbox.oci import OCI_CONFIG, OCI_MANIFEST, SandboxRegistry, make_layer
+    from sandbox.seed import seed_cuda_image
 
     repo = "release-tests/cuda"
-
-    async def push() -> str:
-        reg = SandboxRegistry(sandbox.registry_url)
-        try:
-            layer = make_layer({"/usr/local/cuda/version.json": (b'{"cuda": "12.1.1"}', 0o644)})
-            await reg.put_blob(repo, layer.data)
-            config = json.dumps(
-                {
-                    "architecture": "amd64",
-                    "os": "linux",
-                    "config": {
-                        "Env": ["CUDA_VERSION=12.1.1", "NV_CUDNN_VERSION=8.9.0.131"],
-                        "Labels": {"com.nvidia.cudnn.version": "8.9.0.131"},
-                    },
-                    "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
-                }
-            ).encode()
-            config_digest = await reg.put_blob(repo, config)
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
-                "layers": [
-                    {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
-                ],
-            }
-            return await reg.put_manifest(repo, "12.1.1-cudnn8-runtime-ubuntu22.04", manifest)
-        finally:
-            await reg.aclose()
-
-    digest = asyncio.run(push())
+    digest = seed_cuda_image(sandbox.registry_url, repo).digest
     destination = f"{sandbox.registry_host}/{repo}"
     Variable.set(
         pin_variable_name(destination),

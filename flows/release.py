@@ -100,6 +100,26 @@ class CanaryFigures(BaseModel):
         )
 
 
+class BuildFigures(BaseModel):
+    """What the build step did (flows/build.py's ReleaseImage, without its step rows)."""
+
+    image: str
+    reused: bool
+    build_id: str | None = None
+    commit: str = ""
+    cached_steps: int = 0
+    run_steps: int = 0
+    hit_rate: float = 0.0
+    pull_bytes: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def of(cls, built: Any) -> BuildFigures | None:
+        if isinstance(built, str):
+            return None
+        return cls.model_validate(built, from_attributes=True)
+
+
 class ReleasePlan(BaseModel):
     image: str
     revision: str
@@ -123,6 +143,7 @@ class ReleaseResult(BaseModel):
     revision: str | None = None
     url: str | None = None
     image: str | None = None
+    build: BuildFigures | None = None
     canary: CanaryFigures | None = None
     reasons: list[str] = []
     regions_tried: dict[str, str] = {}
@@ -191,7 +212,7 @@ def pin_step(base_image: str) -> dict[str, Any]:
     return pin
 
 
-def build_image(ctx: RunContext, git_tag: str, commit: str | None, pin: dict | None) -> str:
+def build_image(ctx: RunContext, git_tag: str, commit: str | None, pin: dict | None) -> Any:
     """Adapter over flows/build.py's `build_release_image` (a subflow: it reuses an image that
     already holds the commit, so a re-run does not build twice). `commit` defaults to the git
     tag, which the build resolves to a sha. A build failure stops the release before any deploy.
@@ -218,7 +239,7 @@ def build_image(ctx: RunContext, git_tag: str, commit: str | None, pin: dict | N
     image = getattr(built, "image", None) or (built if isinstance(built, str) else None)
     if not image:
         raise ReleaseError(f"the build of {git_tag} returned no image reference: {built!r}")
-    return str(image)
+    return built
 
 
 # ---------------------------------------------------------------- the flow
@@ -358,9 +379,12 @@ class Release:
         else:
             self.steps.skip("base-image-pin", "no base_image on the target")
         with self.steps.inline("build") as info:
-            ctx.image = build_image(ctx, self.git_tag, self.commit, pin)
+            built = build_image(ctx, self.git_tag, self.commit, pin)
+            figures = BuildFigures.of(built)
+            ctx.image = figures.image if figures else str(built)
             info["detail"] = ctx.image
         self.result.image = ctx.image
+        self.result.build = figures
 
     def _plan(self, existing: list[ExistingRevision]) -> None:
         ctx = self.ctx
@@ -569,6 +593,12 @@ def summary_markdown(result: ReleaseResult, failed: bool) -> str:
         f"- took {result.seconds:.1f} s"
         + (" (dry run: nothing changed)" if result.dry_run else ""),
     ]
+    if result.build:
+        b = result.build
+        lines.append(
+            f"- build: {'reused (nothing built)' if b.reused else b.build_id}, CACHED "
+            f"{b.cached_steps} / RUN {b.run_steps} (hit rate {b.hit_rate:.0%})"
+        )
     if result.noop:
         lines.append("- the tag already served: nothing built, deployed or requested")
     if result.serving_url_variable:

@@ -1,5 +1,5 @@
 # Two commands that work on a fresh Debian machine as root:
-#   make demo   the full release on the sandbox (local cloud on loopback)
+#   make demo   the full pipeline on the sandbox: mirror, prewarm, build, release (local cloud on loopback)
 #   make test   the test suite
 PY      ?= python3
 VENV    := .venv

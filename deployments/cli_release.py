@@ -54,21 +54,28 @@ def demo_command(
 ) -> None:
     """Seed 003 end to end on a fresh local sandbox: quota 0 and denied in europe-west1,
     granted in us-central1 after two polls, canary on a real page, cutover."""
-    from deployments.release_demo import run_demo
+    import prefect.main  # noqa: F401 - configures Prefect's logging now: the levels below stick
+
+    from deployments.release_demo import DemoError, run_demo
     from sandbox.scenario import ScenarioError
+    from tasks.errors import PermanentError
 
     loggers = [logging.getLogger(n) for n in ("prefect", "prefect.flow_runs", "prefect.task_runs")]
     levels = [logger.level for logger in loggers]
     if not verbose:
         for logger in loggers:
             logger.setLevel(logging.ERROR)
+    # Progress goes to stderr with --json, so stdout stays one JSON object.
+    out = Console(stderr=True) if as_json else console
     try:
-        if not as_json:
-            console.print(f"starting a fresh sandbox (scenario [bold]{scenario}[/]) …")
-        data = run_demo(scenario, tag)
-    except ScenarioError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        out.print(f"a fresh sandbox, scenario [bold]{scenario}[/]: the full pipeline")
+        data = run_demo(scenario, tag, progress=lambda line: out.print("  " + escape(line)))
+    except (ScenarioError, DemoError) as exc:
+        out.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
+    except PermanentError as exc:
+        out.print(f"[red]demo failed:[/] {escape(str(exc))}")
+        raise typer.Exit(3) from None
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
@@ -76,6 +83,7 @@ def demo_command(
         data.pop("traffic_history", None)
         typer.echo(json.dumps(data, indent=2))
     else:
+        print_pipeline(data)
         print_summary(data)
         print_history(data.get("traffic_history", []))
         ok = data["invariants_ok"]
@@ -95,6 +103,31 @@ _COLOURS = {
     "cpu_fallback": "yellow",
     "rolled_back": "red",
 }
+
+
+def print_pipeline(data: dict[str, Any]) -> None:
+    """The demo's stages before the release: mirror, prewarm, build."""
+    m = data["mirror"]
+    same = m["digest"] == m["upstream_digest"] == m["destination_digest"]
+    console.print(
+        f"\nmirror    {m['source']} -> {m['destination']}: {m['status']}, "
+        f"{m['digest']} ({'same digest on both sides' if same else '[red]digests differ[/]'}), "
+        f"CUDA {m['cuda']}, cuDNN {m['cudnn']}"
+    )
+    p = data["prewarm"]
+    console.print(
+        f"prewarm   {p['quarter']}: built {', '.join(p['built']) or '-'}; "
+        f"skipped {', '.join(p['skipped']) or '-'}"
+    )
+    b = data.get("build")
+    if b:
+        how = "reused (nothing built)" if b["reused"] else f"Cloud Build {b['build_id']}"
+        console.print(
+            f"build     {b['image']} of {b['commit'][:12]}: {how}, CACHED {b['cached_steps']} / "
+            f"RUN {b['run_steps']} (hit rate {b['hit_rate']:.0%}), {b['seconds']:.1f} s"
+        )
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in data.get("stages", {}).items())
+    console.print(f"stages    {stages}; wall {data.get('wall_s', 0):.1f} s")
 
 
 def print_summary(data: dict[str, Any]) -> None:

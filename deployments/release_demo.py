@@ -1,10 +1,15 @@
-"""The release, played on a fresh local sandbox: used by `shipyard demo` and bench/release.py.
+"""The pipeline, played on a fresh local sandbox: used by `shipyard demo` and bench/release.py.
+
+`run_demo` plays the whole pipeline with the production flows: the sandbox seeds an upstream
+NVIDIA-like CUDA image (sandbox/seed.py, the sandbox playing Docker Hub), `mirror_base_image`
+copies it into the base repository and records the pin, `prewarm_cache_tiers` builds the cache
+tiers, and `release` builds the sample service on the sandbox Cloud Build from this git
+checkout's HEAD (the real commit, not the tag), deploys, runs the canary and cuts over.
 
 Everything the demo starts, it stops, by handle/PID: a temporary Prefect server (only when no
-Prefect API is configured), the sandbox (registry + Google API emulator). The release itself
-is the production flow; only the target is tuned for a local cloud (short polls, no log
-ingestion wait) and the internal token is a fresh random value in a Prefect Secret block and
-in the sandbox's Secret Manager.
+Prefect API is configured), the sandbox (registry + Google API emulator). Only the target is
+tuned for a local cloud (short polls, no log ingestion wait) and the internal token is a fresh
+random value in a Prefect Secret block and in the sandbox's Secret Manager.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +28,8 @@ from typing import Any
 
 DEMO_TOKEN_BLOCK = "shipyard-demo-internal-token"
 DEMO_SERVICE = "manga-translator-compute"
-DEMO_IMAGE = "registry.sandbox.local/manga/page-service"
+DEMO_IMAGE = "registry.sandbox.local/manga/page-service"  # bench/release.py: no build
+DEMO_BUILD_BLOCK = "shipyard-demo-build"
 
 
 @contextmanager
@@ -156,18 +164,151 @@ def check_invariants(cloud: LocalCloud, service: str, results: list) -> list[str
     return all_violations(cloud.admin.traffic_history(service), results)
 
 
-def run_demo(scenario: str = "default", git_tag: str = "v1.0.0") -> dict[str, Any]:
-    """A fresh Prefect API (if none) and sandbox, one release of the scenario, the figures."""
-    from flows.release import release
+Progress = Callable[[str], None]
 
-    with prefect_api(), local_cloud() as cloud:
-        stage(cloud, scenario)
-        target = sandbox_target()
-        result = release(git_tag, target, image=f"{DEMO_IMAGE}:{git_tag}")
-        violations = check_invariants(cloud, target.service, [result])
-        history = cloud.admin.traffic_history(target.service)
+
+def repo_checkout() -> tuple[Path, str]:
+    """(root, HEAD commit) of the git checkout this code runs from: what the demo's Cloud Build
+    fetches (committed work only; CI runs in a fresh clone, where HEAD is the commit)."""
+    here = Path(__file__).resolve().parent
+    try:
+        root = _git(here, "rev-parse", "--show-toplevel")
+        commit = _git(here, "rev-parse", "HEAD")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise DemoError(
+            f"the demo builds from its own git checkout, but {here} is not in one with a commit "
+            f"({exc}): run it from a clone of the Shipyard repository"
+        ) from None
+    return Path(root), commit
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run here (the message says why and what to do)."""
+
+
+@contextmanager
+def _stage_timer(name: str, progress: Progress, stages: dict[str, float]) -> Iterator[dict]:
+    info: dict[str, str] = {"detail": ""}
+    progress(f"▶ {name} …")
+    started = time.perf_counter()
+    yield info
+    stages[name] = round(time.perf_counter() - started, 2)
+    progress(f"✓ {name} ({stages[name]:.1f} s){': ' + info['detail'] if info['detail'] else ''}")
+
+
+def save_build_blocks(cloud: LocalCloud, git_url: str) -> tuple[str, str]:
+    """BuildSettings for the sandbox registry and this checkout; the default CacheTiers.
+    Returns (settings block, base repository)."""
+    from blocks.build_settings import BuildSettings
+
+    host = cloud.info.registry_host
+    settings = BuildSettings(
+        image_repository=f"{host}/shipyard/page-service",
+        base_repository=f"{host}/base-images/cuda",
+        git_url=git_url,
+        poll_s=0.05,
+        timeout_s=600,
+    )
+    settings.save(DEMO_BUILD_BLOCK, overwrite=True)
+    return DEMO_BUILD_BLOCK, settings.resolved_base_repository()
+
+
+def _destination_digest(registry_url: str, repository: str, tag: str) -> str:
+    """The digest the destination registry itself serves for repository:tag (sandbox client)."""
+    import asyncio
+
+    from sandbox.oci import SandboxRegistry
+
+    async def go() -> str:
+        reg = SandboxRegistry(registry_url)
+        try:
+            return (await reg.get_manifest(repository.split("/", 1)[1], tag))[1]
+        finally:
+            await reg.aclose()
+
+    return asyncio.run(go())
+
+
+def run_demo(
+    scenario: str = "default", git_tag: str = "v1.0.0", progress: Progress | None = None
+) -> dict[str, Any]:
+    """The full pipeline on a fresh Prefect API (if none) and sandbox: seed the upstream CUDA
+    image ("Docker Hub"), mirror it into the base repository (pin by digest), prewarm the cache
+    tiers, release `git_tag` built by the sandbox Cloud Build from this checkout's HEAD."""
+    import asyncio
+
+    from flows.mirror import mirror_base_image
+    from flows.prewarm import prewarm_cache_tiers
+    from flows.release import release
+    from sandbox.seed import UPSTREAM_REPOSITORY, UPSTREAM_TAG, seed_cuda_image
+
+    say = progress or (lambda line: None)
+    stages: dict[str, float] = {}
+    started = time.perf_counter()
+    root, commit = repo_checkout()
+    with ExitStack() as stack:
+        with _stage_timer("prefect api", say, stages) as info:
+            info["detail"] = stack.enter_context(prefect_api())
+        with _stage_timer("sandbox", say, stages) as info:
+            cloud = stack.enter_context(local_cloud())
+            stage(cloud, scenario)
+            settings_block, base_repository = save_build_blocks(cloud, f"file://{root}")
+            info["detail"] = f"registry {cloud.info.registry_host}, scenario {scenario}"
+        with _stage_timer("seed upstream", say, stages) as info:
+            upstream = seed_cuda_image(cloud.info.registry_url, UPSTREAM_REPOSITORY, UPSTREAM_TAG)
+            info["detail"] = f"{upstream.ref} {upstream.digest[:19]}"
+        with _stage_timer("mirror", say, stages) as info:
+            mirrored = asyncio.run(mirror_base_image(upstream.ref, base_repository))
+            served = _destination_digest(cloud.info.registry_url, base_repository, UPSTREAM_TAG)
+            info["detail"] = (
+                f"{mirrored['status']} to {base_repository}@{mirrored['digest'][:19]}, "
+                f"cuDNN {mirrored.get('cudnn')}"
+            )
+        with _stage_timer("prewarm", say, stages) as info:
+            warmed = prewarm_cache_tiers(revision=commit, settings_block=settings_block)
+            info["detail"] = ", ".join(f"{t.tier} {t.action}" for t in warmed.tiers)
+        with _stage_timer("release", say, stages) as info:
+            target = sandbox_target(base_image=base_repository, build_settings_block=settings_block)
+            result = release(git_tag, target, commit=commit)
+            info["detail"] = f"{result.outcome} in {result.region or '-'}"
+        with _stage_timer("invariants", say, stages) as info:
+            violations = check_invariants(cloud, target.service, [result])
+            history = cloud.admin.traffic_history(target.service)
+            info["detail"] = "all hold" if not violations else f"{len(violations)} violated"
+        teardown = time.perf_counter()
+    stages["teardown"] = round(time.perf_counter() - teardown, 2)
     out = result.model_dump(mode="json")
     out["scenario"] = scenario
+    out["commit"] = commit
+    out["mirror"] = {
+        "source": upstream.ref,
+        "upstream_digest": upstream.digest,
+        "destination": base_repository,
+        "digest": mirrored["digest"],
+        "destination_digest": served,
+        "status": mirrored["status"],
+        "cudnn": mirrored.get("cudnn"),
+        "cuda": mirrored.get("cuda"),
+        "bytes_copied": mirrored.get("bytes_copied"),
+    }
+    out["prewarm"] = {
+        "quarter": warmed.quarter,
+        "base_image": warmed.base_image,
+        "built": [t.tier for t in warmed.tiers if t.action == "built"],
+        "skipped": [t.tier for t in warmed.tiers if t.action == "skipped"],
+        "tiers": [
+            {"tier": t.tier, "action": t.action, "image": t.image, "seconds": t.seconds}
+            for t in warmed.tiers
+        ],
+    }
+    out["stages"] = stages
+    out["wall_s"] = round(time.perf_counter() - started, 2)
     out["invariants_ok"] = not violations
     out["invariant_violations"] = violations
     out["traffic_history"] = [

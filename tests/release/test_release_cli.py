@@ -36,11 +36,28 @@ def test_release_command_names_a_missing_block(sandbox):
     assert "no-such-target" in out.output and "ReleaseTarget" in out.output
 
 
-def test_demo_json_plays_seed_003_on_a_fresh_sandbox(sandbox):
+def test_demo_json_plays_the_full_pipeline_on_a_fresh_sandbox(sandbox):
     out = CliRunner().invoke(app, ["demo", "--json"])
 
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
+    # mirror: the upstream the sandbox seeded, pinned by the same digest in the base repository
+    mirror = data["mirror"]
+    assert mirror["status"] == "mirrored" and mirror["cudnn"] == "8.9.0.131"
+    assert mirror["digest"] == mirror["upstream_digest"] == mirror["destination_digest"]
+    assert mirror["destination"].endswith("/base-images/cuda")
+    assert mirror["source"].endswith("/nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04")
+    # prewarm: every tier built on a fresh sandbox, from the mirrored pin
+    assert data["prewarm"]["built"] == ["base", "python", "node"]
+    assert data["prewarm"]["skipped"] == []
+    assert data["prewarm"]["base_image"] == f"{mirror['destination']}@{mirror['digest']}"
+    # build: through the sandbox Cloud Build from this checkout's commit, on the warm tiers
+    build = data["build"]
+    assert build["reused"] is False and build["build_id"]
+    assert build["commit"] == data["commit"] and len(data["commit"]) == 40
+    assert build["cached_steps"] > 0 and build["run_steps"] > 0 and 0 < build["hit_rate"] < 1
+    assert data["image"] == build["image"] and "/shipyard/page-service@sha256:" in build["image"]
+    assert {s["name"]: s["state"] for s in data["steps"]}["build"] == "completed"
     assert data["outcome"] == "released"
     assert data["region"] == "us-central1" and data["outside_primary"] is True
     assert data["revision"] == "manga-translator-compute-v1-0-0"

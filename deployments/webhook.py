@@ -90,8 +90,8 @@ class WebhookSettings:
     secret_ttl_s: float = 60.0
     # Redrive: how often to ask Prefect what became of emitted events, how long to keep
     # asking, and how many times an event whose trigger action failed is emitted again.
-    confirm_every_s: float = 3.0
-    confirm_for_s: float = 600.0
+    confirm_every_s: float = 10.0
+    confirm_for_s: float = 3600.0
     max_attempts: int = 3
 
     @classmethod
@@ -309,14 +309,18 @@ class Claims:
         from prefect.client.schemas.actions import VariableCreate
         from prefect.exceptions import ObjectAlreadyExists
 
+        # The client retries a write that timed out or got a 503; if the first attempt had
+        # landed, the retry finds our own claim: the nonce tells it from someone else's.
+        nonce = uuid.uuid4().hex
         try:
             await self.client.create_variable(
-                VariableCreate(name=name, value=value, tags=[CLAIM_TAG])
+                VariableCreate(name=name, value={**value, "claim": nonce}, tags=[CLAIM_TAG])
             )
             return None
         except ObjectAlreadyExists:
             held = await self.client.read_variable_by_name(name)
-            return dict(held.value) if held is not None and isinstance(held.value, dict) else {}
+            record = dict(held.value) if held is not None and isinstance(held.value, dict) else {}
+            return None if record.get("claim") == nonce else record
 
     async def release(self, name: str) -> bool:
         from prefect.exceptions import ObjectNotFound

@@ -1,0 +1,400 @@
+"""Bench: N signed tag pushes for one service -> N release runs, one at a time, none lost.
+
+    .venv/bin/python bench/webhook.py --json [--events 100] [--api-url URL]
+
+What runs, for real: a Prefect server (a temporary one unless --api-url), the receiver
+(`shipyard webhook serve`, its own process), and the `release` deployment of prefect.yaml
+served by `deployments/serve.py` in its own process, with prefect.yaml's trigger and its
+concurrency limit (1, ENQUEUE). The N deliveries (one tag each, vM.0.0 ... vM.0.N-1) are
+sent concurrently on loopback; the bench then waits until every run has ended.
+
+The flow under that deployment is a stand-in with the release's signature (it holds the
+slot for --hold seconds), not the real release: even a dry run of the release reads Cloud
+Run and Cloud Quotas (so it needs the sandbox and a ReleaseTarget block), and every run
+starts in a fresh process that imports the Google clients (about 10 s of CPU here), which
+for 100 runs in a row would make this a half-hour bench measuring imports. What this bench
+measures is the path under test: webhook -> event -> trigger -> concurrency slot -> run.
+
+Figures (JSON): events (202 accepted), runs, max_concurrent (most runs Running at once,
+from the runs' start/end times), lost / twice (tags with no run / with more than one),
+trigger_actions_failed (actions Prefect reported failed, which the receiver's redrive emits
+again) and redriven_and_ran, p95_accept_ms and p50_accept_ms of the receiver, and the same
+for a bare POST /api/events to the server in the same run (the peer), so
+accept_vs_post_events_p95 is what signature, claims and emission cost on top of the
+server's own event intake.
+
+The temporary server is Prefect's SQLite test server: a burst of 100 events keeps its
+write lock busy for a while (Prefect's own trigger pipeline, measured without the receiver:
+runs appear after ~60 s, then ~1 per second), so accept latencies and the time to the last
+run are SQLite figures, not the receiver's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+REPOSITORY = "acme/manga-translator"
+SECRET = "bench-" + uuid.uuid4().hex
+SLOT_WAIT_ENV = "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS"
+
+
+# ---------------------------------------------------------------- the stand-in, served
+
+
+HOLD_ENV = "SHIPYARD_BENCH_HOLD_SECONDS"
+
+
+@flow(name="release", flow_run_name="release-{git_tag}")
+def release_standin(
+    git_tag: str,
+    target: str = "default",
+    dry_run: bool = False,
+    image: str | None = None,
+    commit: str | None = None,
+) -> dict[str, Any]:
+    """Stand-in for flows.release.release: same parameters; holds its slot a while."""
+    time.sleep(float(os.environ.get(HOLD_ENV, "0.5")))
+    return {"git_tag": git_tag, "commit": commit, "dry_run": dry_run}
+
+
+async def serve_standin(hold_s: float, query_s: float) -> None:
+    """The release deployment of prefect.yaml, served with the stand-in. The flow is imported
+    as `bench.webhook` (not `__main__`) so that each run's own process can import it too."""
+    from prefect.flows import aserve
+
+    from bench.webhook import release_standin as standin
+    from deployments.serve import read_specs, to_runner_deployment
+
+    os.environ[HOLD_ENV] = str(hold_s)
+    (spec,) = [s for s in read_specs() if s.name == "release"]
+    deployment = await to_runner_deployment(spec, flow=standin)
+    await aserve(deployment, query_seconds=query_s, print_starting_message=False)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def p(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    points = [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals]
+    best = current = 0
+    for _, delta in sorted(points, key=lambda x: (x[0], x[1])):  # ends before starts
+        current += delta
+        best = max(best, current)
+    return best
+
+
+def delivery(tag: str) -> tuple[bytes, dict[str, str]]:
+    import hashlib
+    import hmac
+
+    body = json.dumps(
+        {
+            "ref": f"refs/tags/{tag}",
+            "after": hashlib.sha1(tag.encode()).hexdigest(),
+            "created": True,
+            "deleted": False,
+            "repository": {"full_name": REPOSITORY},
+        }
+    ).encode()
+    return body, {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": "sha256="
+        + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
+    }
+
+
+async def timed_posts(requests: list[tuple[str, bytes, dict[str, str]]], parallel: int):
+    import httpx
+
+    limit = asyncio.Semaphore(parallel)
+    async with httpx.AsyncClient(timeout=300) as client:
+
+        async def one(url: str, body: bytes, headers: dict[str, str]):
+            async with limit:
+                started = time.perf_counter()
+                response = await client.post(url, content=body, headers=headers)
+                return response, (time.perf_counter() - started) * 1000
+
+        return await asyncio.gather(*(one(*r) for r in requests))
+
+
+async def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(every)
+    raise TimeoutError(f"{what} not within {timeout:.0f} s")
+
+
+# ---------------------------------------------------------------- the bench
+
+
+async def bench(args: argparse.Namespace, api_url: str, workdir: Path) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from sandbox.procs import free_port, spawn, stop_pid, wait_for_port
+
+    env = {"PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
+    served = spawn(
+        [sys.executable, __file__, "_serve", "--hold", str(args.hold), "--query", "1"],
+        workdir / "serve.log",
+        env=env,
+    )
+    port = free_port()
+    receiver = spawn(
+        [str(Path(sys.executable).with_name("shipyard")), "webhook", "serve", "--port", str(port)],
+        workdir / "receiver.log",
+        env={**env, "SHIPYARD_WEBHOOK_SECRET": SECRET},
+    )
+    try:
+        async with get_client() as client:
+
+            async def deployment():
+                try:
+                    found = await client.read_deployment_by_name("release/release")
+                except Exception:  # noqa: BLE001 - not there yet
+                    return None
+                automations = await client.read_resource_related_automations(
+                    f"prefect.deployment.{found.id}"
+                )
+                return found if automations else None
+
+            release = await wait_for(deployment, 300, "the served release deployment")
+            wait_for_port("127.0.0.1", port, 120, proc=receiver)
+
+            # Peer: the server's own event intake, same concurrency, an event no trigger wants.
+            peer_events = [
+                json.dumps(
+                    [
+                        {
+                            "occurred": dt.datetime.now(dt.UTC).isoformat(),
+                            "event": "shipyard.bench.peer",
+                            "resource": {"prefect.resource.id": "shipyard.bench"},
+                            "id": str(uuid.uuid4()),
+                        }
+                    ]
+                ).encode()
+                for _ in range(args.events)
+            ]
+            peer = await timed_posts(
+                [
+                    (f"{api_url}/events", b, {"Content-Type": "application/json"})
+                    for b in peer_events
+                ],
+                args.parallel,
+            )
+
+            # A fresh major per bench run: runs of an earlier bench on the same server differ.
+            major = int(time.time()) % 100000
+            tags = [f"v{major}.0.{i}" for i in range(args.events)]
+            sent_at = time.monotonic()
+            answers = await timed_posts(
+                [(f"http://127.0.0.1:{port}/webhook", *delivery(t)) for t in tags], args.parallel
+            )
+            send_s = time.monotonic() - sent_at
+            event_of = {
+                t: r.json()["event_id"]
+                for t, (r, _) in zip(tags, answers, strict=True)
+                if r.status_code == 202 and r.json().get("status") == "accepted"
+            }
+            accepted = list(event_of)
+            tag_of_event = {e: t for t, e in event_of.items()}
+            since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+
+            async def failed_actions() -> set[str]:
+                """Tags whose trigger action failed on the server (it is not retried)."""
+                from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+                page = await client.read_events(
+                    filter=EventFilter(
+                        event=EventNameFilter(name=["prefect.automation.action.failed"]),
+                        occurred=EventOccurredFilter(since=since),
+                    ),
+                    limit=50,
+                )
+                failed = set()
+                while True:
+                    for event in page.events:
+                        for related in event.related:
+                            event_id = related.id.removeprefix("prefect.event.")
+                            if event_id in tag_of_event:
+                                failed.add(tag_of_event[event_id])
+                    if not page.next_page:
+                        return failed
+                    page = await client.read_events_page(page.next_page)
+
+            wanted = set(tags)
+
+            async def all_runs():
+                out, offset = [], 0
+                while True:
+                    page = await client.read_flow_runs(
+                        deployment_filter=DeploymentFilter(
+                            id=DeploymentFilterId(any_=[release.id])
+                        ),
+                        limit=200,
+                        offset=offset,
+                    )
+                    out += [r for r in page if r.parameters.get("git_tag") in wanted]
+                    if len(page) < 200:
+                        return out
+                    offset += 200
+
+            last_report = [0.0]
+            progress: dict[str, Any] = {"seen": None, "at": time.monotonic()}
+
+            async def drained():
+                runs = await all_runs()
+                final = [r for r in runs if r.state and r.state.is_final()]
+                have = {r.parameters.get("git_tag") for r in runs}
+                if (len(runs), len(final)) != progress["seen"]:
+                    progress.update(seen=(len(runs), len(final)), at=time.monotonic())
+                if time.monotonic() - last_report[0] > 15:
+                    last_report[0] = time.monotonic()
+                    print(
+                        f"  {len(runs)} runs, {len(final)} ended, "
+                        f"{time.monotonic() - sent_at:.0f} s",
+                        file=sys.stderr,
+                    )
+                everything_ran = have >= set(accepted) and len(final) == len(runs)
+                # Missing runs and nothing moved for --stall seconds: they are not coming
+                # (the receiver's redrive needs a few seconds per failed action).
+                stalled = len(final) == len(runs) and time.monotonic() - progress["at"] > args.stall
+                return runs if everything_ran or stalled else None
+
+            runs = await wait_for(drained, args.timeout, "all runs ended", every=1.0)
+            drain_s = time.monotonic() - sent_at
+            # A trigger that fired twice would show up late; the deliveries all ended long ago.
+            runs = await all_runs()
+            failed = sorted(await failed_actions())
+    finally:
+        stop_pid(receiver.pid)
+        stop_pid(served.pid)
+
+    by_tag: dict[str, int] = {}
+    for run in runs:
+        by_tag[run.parameters.get("git_tag")] = by_tag.get(run.parameters.get("git_tag"), 0) + 1
+    intervals = [
+        (r.start_time.timestamp(), r.end_time.timestamp())
+        for r in runs
+        if r.start_time is not None and r.end_time is not None
+    ]
+    accept_ms = [ms for r, ms in answers if r.status_code == 202]
+    peer_ms = [ms for r, ms in peer if r.status_code == 204]
+    completed = sum(1 for r in runs if r.state.is_completed())
+    return {
+        "events": len(accepted),
+        "runs": len(runs),
+        "completed": completed,
+        "max_concurrent": max_overlap(intervals),
+        "lost": sorted(t for t in accepted if t not in by_tag),
+        "trigger_actions_failed": len(failed),
+        "redriven_and_ran": sorted(t for t in failed if t in by_tag),
+        "twice": sorted(t for t, n in by_tag.items() if n > 1),
+        "p95_accept_ms": p(accept_ms, 0.95),
+        "p50_accept_ms": p(accept_ms, 0.50),
+        "peer_p95_post_events_ms": p(peer_ms, 0.95),
+        "peer_p50_post_events_ms": p(peer_ms, 0.50),
+        "accept_vs_post_events_p95": (
+            round(p(accept_ms, 0.95) / p(peer_ms, 0.95), 2) if accept_ms and peer_ms else None
+        ),
+        "statuses": sorted({r.status_code for r, _ in answers}),
+        "send_seconds": round(send_s, 2),
+        "all_ended_seconds": round(drain_s, 1),
+        "median_run_seconds": (
+            round(statistics.median(e - s for s, e in intervals), 2) if intervals else None
+        ),
+        "flow": "stand-in with the release's parameters, served under prefect.yaml's release "
+        "deployment (trigger + concurrency limit 1 ENQUEUE)",
+        "hold_seconds": args.hold,
+        "slot_wait_seconds": os.environ.get(SLOT_WAIT_ENV, "30 (Prefect default)"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", default="bench", choices=["bench", "_serve"])
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--events", type=int, default=100)
+    parser.add_argument("--parallel", type=int, default=10, help="requests in flight")
+    parser.add_argument("--hold", type=float, default=0.5, help="seconds each run holds")
+    parser.add_argument("--query", type=float, default=1.0, help="runner poll seconds")
+    parser.add_argument("--timeout", type=float, default=3600, help="for all runs to end")
+    parser.add_argument(
+        "--stall", type=float, default=120, help="stop when runs are missing and nothing moved"
+    )
+    parser.add_argument(
+        "--slot-wait",
+        default=None,
+        help="server: seconds before a run that found the slot taken is retried "
+        "(default: Prefect's, 30)",
+    )
+    parser.add_argument("--api-url", help="use this Prefect server instead of a temporary one")
+    args = parser.parse_args()
+
+    if args.mode == "_serve":
+        asyncio.run(serve_standin(args.hold, args.query))
+        return
+
+    workdir = Path(tempfile.mkdtemp(prefix="shipyard-bench-webhook-"))
+    # The temporary server's settings. The slot wait stays Prefect's 30 s unless asked: with
+    # many runs waiting one is due again soon after the slot frees, and each retry is a state
+    # change (writes and an event) that a shorter wait multiplies on SQLite. SQLite waits up
+    # to 30 s for a write lock instead of 10 (as Prefect's own test mode does).
+    if args.slot_wait is not None:
+        os.environ[SLOT_WAIT_ENV] = args.slot_wait
+    os.environ.setdefault("PREFECT_SERVER_DATABASE_TIMEOUT", "30")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+
+    if args.api_url:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        url = args.api_url.rstrip("/")
+        with temporary_settings({PREFECT_API_URL: url}):
+            figures = asyncio.run(bench(args, url, workdir))
+    else:
+        from prefect.settings import PREFECT_API_URL
+        from prefect.testing.utilities import prefect_test_harness
+
+        with prefect_test_harness(server_startup_timeout=300):
+            figures = asyncio.run(bench(args, PREFECT_API_URL.value(), workdir))
+    figures["logs"] = str(workdir)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        for key, value in figures.items():
+            print(f"{key:>28}: {value}")
+
+
+if __name__ == "__main__":
+    main()

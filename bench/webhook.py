@@ -74,7 +74,7 @@ def release_standin(
     return {"git_tag": git_tag, "commit": commit, "dry_run": dry_run}
 
 
-async def serve_standin(hold_s: float, query_s: float) -> None:
+async def serve_standin(hold_s: float, query_s: float, prefetch_s: float, limit: int) -> None:
     """The release deployment of prefect.yaml, served with the stand-in. The flow is imported
     as `bench.webhook` (not `__main__`) so that each run's own process can import it too."""
     from prefect.flows import aserve
@@ -85,7 +85,13 @@ async def serve_standin(hold_s: float, query_s: float) -> None:
     os.environ[HOLD_ENV] = str(hold_s)
     (spec,) = [s for s in read_specs() if s.name == "release"]
     deployment = await to_runner_deployment(spec, flow=standin)
-    await aserve(deployment, query_seconds=query_s, print_starting_message=False)
+    await aserve(
+        deployment,
+        query_seconds=query_s,
+        prefetch_seconds=prefetch_s,
+        limit=limit or None,
+        print_starting_message=False,
+    )
 
 
 # ---------------------------------------------------------------- helpers
@@ -165,7 +171,13 @@ async def bench(args: argparse.Namespace, api_url: str, workdir: Path) -> dict[s
 
     env = {"PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
     served = spawn(
-        [sys.executable, __file__, "_serve", "--hold", str(args.hold), "--query", "1"],
+        [
+            sys.executable,
+            __file__,
+            "_serve",
+            *("--hold", str(args.hold), "--query", str(args.query)),
+            *("--prefetch", str(args.prefetch), "--runner-limit", str(args.runner_limit)),
+        ],
         workdir / "serve.log",
         env=env,
     )
@@ -337,6 +349,7 @@ async def bench(args: argparse.Namespace, api_url: str, workdir: Path) -> dict[s
         "deployment (trigger + concurrency limit 1 ENQUEUE)",
         "hold_seconds": args.hold,
         "slot_wait_seconds": os.environ.get(SLOT_WAIT_ENV, "30 (Prefect default)"),
+        "runner_limit": args.runner_limit or None,
     }
 
 
@@ -348,6 +361,19 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=10, help="requests in flight")
     parser.add_argument("--hold", type=float, default=0.5, help="seconds each run holds")
     parser.add_argument("--query", type=float, default=1.0, help="runner poll seconds")
+    parser.add_argument(
+        "--prefetch",
+        type=float,
+        default=10.0,
+        help="runner: submit runs due within this many seconds (Prefect's default, 10)",
+    )
+    parser.add_argument(
+        "--runner-limit",
+        type=int,
+        default=1,
+        help="runs at once in the serving process, as `shipyard serve --limit 1` (0: no limit, "
+        "then only the deployment's concurrency limit holds the queue)",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="for all runs to end")
     parser.add_argument(
         "--stall", type=float, default=120, help="stop when runs are missing and nothing moved"
@@ -362,7 +388,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.mode == "_serve":
-        asyncio.run(serve_standin(args.hold, args.query))
+        asyncio.run(serve_standin(args.hold, args.query, args.prefetch, args.runner_limit))
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="shipyard-bench-webhook-"))

@@ -75,12 +75,18 @@ class FlakyProxy:
 
     With `pad_manifests=N`, manifest GETs get N spaces appended (valid JSON, too big), sent
     chunked (`pad_chunked`) or with a Content-Length: the oversized-manifest fault.
+
+    With `expire_first_upload=True`, the first blob upload PUT reaches the registry without its
+    Authorization header, so the registry itself answers 401 with its Bearer challenge in the
+    middle of an upload: what a token that expired during a long upload gets.
     """
 
     backend: str
     fail_every: int = 3
     pad_manifests: int = 0
     pad_chunked: bool = True
+    expire_first_upload: bool = False
+    expired: int = 0
     requests: int = 0
     failed: int = 0
     log: list[str] = field(default_factory=list)
@@ -108,11 +114,12 @@ class FlakyProxy:
             )
             await send({"type": "http.response.body", "body": UNAVAILABLE})
             return
-        headers = [
-            (k, v)
-            for k, v in scope["headers"]
-            if k.lower() not in (b"connection", b"transfer-encoding")
-        ]
+        dropped = [b"connection", b"transfer-encoding"]
+        upload_put = scope["method"] == "PUT" and "/blobs/uploads/" in scope["path"]
+        if self.expire_first_upload and upload_put and not self.expired:
+            self.expired += 1
+            dropped.append(b"authorization")
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in dropped]
         has_body = any(k.lower() == b"content-length" and v != b"0" for k, v in headers) or scope[
             "method"
         ] in ("PUT", "PATCH")

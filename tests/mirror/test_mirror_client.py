@@ -295,3 +295,34 @@ def test_bearer_token_registry(token_registry, src):
     assert "anonymous" in str(anon_err) and reg.host in str(anon_err)
     assert "token service" in str(bad_err) and "block 'tok'" in str(bad_err) and tokens.refused >= 1
     assert "nope-Not-It" not in str(bad_err) and "s3cret" not in str(bad_err)
+
+
+def test_bearer_token_expiring_during_an_upload_retries_that_blob(token_registry, src, flaky):
+    """The registry answers 401 to an upload PUT (what an expired token gets in the middle of a
+    long upload): the client drops its token, fetches a fresh one and copies that blob again."""
+    reg, tokens = token_registry
+    good = RegistryCredentials(
+        "mirror-bot", "s3cret-Token-pw", "DockerRegistryCredentials block 'tok'"
+    )
+    proxy = flaky(reg.url, fail_every=0, expire_first_upload=True)
+    issued_before = len([t for t in tokens.issued if t["user"] == "mirror-bot"])
+
+    async def scenario():
+        fast = {"backoff_base": 0.01, "backoff_cap": 0.05}
+        async with client_for(src.host) as s:
+            pushed = await push_image(s, "nvidia/cuda", "expiring", layers=2)
+            plan = await plan_image(s, parse_reference(pushed.ref))
+            async with client_for(proxy.server.host, good, **fast) as d:
+                stats = await copy_image(s, plan, d, "expiring/cuda")
+                await tag_image(d, "expiring/cuda", plan.top, ["expiring"])
+            async with client_for(reg.host, good) as direct:
+                got = await direct.get_manifest("expiring/cuda", "expiring")
+                blobs = [await direct.read_blob("expiring/cuda", b) for b in plan.blobs()]
+        return pushed, plan, stats, got, blobs
+
+    pushed, plan, stats, got, blobs = run(scenario())
+    assert proxy.expired == 1
+    assert stats.retries >= 1 and stats.blobs_copied == len(plan.blobs()) == len(blobs)
+    assert got.digest == pushed.digest  # read_blob verified every blob's digest
+    issued = [t for t in tokens.issued if t["user"] == "mirror-bot"][issued_before:]
+    assert len(issued) >= 2  # the first token, and a fresh one after the 401

@@ -309,14 +309,21 @@ class RegistryAuth(httpx.Auth):
         self.credentials = credentials
         self.scopes: list[str] = []
         self._basic = False
+        self._bearer = False  # this registry has answered with a Bearer challenge
         self._token: str | None = None
         self._lock = asyncio.Lock()
         self._http: httpx.AsyncClient | None = None  # for the token realm, made on first challenge
 
     def expire_token(self) -> bool:
-        """Forget the bearer token (the next request gets a new one); False if there was none."""
-        had, self._token = self._token is not None, None
-        return had
+        """Forget the bearer token (the next request gets a new one).
+
+        True when a fresh token can cure a 401 on a streamed request, i.e. the registry uses
+        bearer tokens. That holds also when the request went out with no token at all because a
+        concurrent upload had just expired it; a real denial then shows on the retry's first
+        (replayable) request, which the auth flow answers with a new token and no retry.
+        """
+        self._token = None
+        return self._bearer
 
     def add_scope(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -346,6 +353,7 @@ class RegistryAuth(httpx.Auth):
         if scheme == "basic" and self.credentials is not None:
             self._basic = True
         elif scheme == "bearer" and params.get("realm"):
+            self._bearer = True
             async with self._lock:
                 if self._token == sent_token:  # nobody refreshed it meanwhile
                     self._token = await self._fetch_token(params)

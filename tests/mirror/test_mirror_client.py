@@ -12,17 +12,20 @@ from tasks.registry import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     MAX_MANIFEST_BYTES,
+    Descriptor,
     DigestMismatch,
     InvalidReference,
     ManifestTooLarge,
     NotFound,
     RegistryAuthError,
     RegistryCredentials,
+    RegistryUnavailable,
     UnsupportedMediaType,
     copy_image,
     parse_manifest,
     parse_reference,
     plan_image,
+    sha256_digest,
     tag_image,
 )
 
@@ -326,3 +329,32 @@ def test_bearer_token_expiring_during_an_upload_retries_that_blob(token_registry
     assert got.digest == pushed.digest  # read_blob verified every blob's digest
     issued = [t for t in tokens.issued if t["user"] == "mirror-bot"][issued_before:]
     assert len(issued) >= 2  # the first token, and a fresh one after the 401
+
+
+def test_upload_sent_tokenless_after_a_concurrent_expiry_is_retried_not_refused(token_registry):
+    """The race the test above found: one upload's 401 expires the shared token while another
+    upload's PUT goes out with none. That 401 is a missing token, not a denial: transient."""
+    reg, _ = token_registry
+    good = RegistryCredentials(
+        "mirror-bot", "s3cret-Token-pw", "DockerRegistryCredentials block 'tok'"
+    )
+    data = b"layer bytes " * 1000
+
+    async def scenario():
+        async with client_for(reg.host, good) as d:
+            d.want("race/cuda", "pull,push")
+            location = await d.start_upload("race/cuda")  # fetches the token
+            d.auth.expire_token()  # what a concurrent upload's 401 does
+
+            async def body():
+                yield data
+
+            desc = Descriptor("application/octet-stream", sha256_digest(data), len(data))
+            with pytest.raises(RegistryUnavailable) as err:
+                await d.finish_upload(location, desc, body(), "race/cuda")
+            uploaded = await d.upload_bytes("race/cuda", data)  # and the retry goes through
+            return err.value, uploaded, await d.blob_exists("race/cuda", desc.digest)
+
+    err, uploaded, present = run(scenario())
+    assert is_transient(err) and "expired" in str(err)
+    assert present and uploaded.digest == sha256_digest(data)

@@ -38,7 +38,7 @@ from fastapi import FastAPI, Request
 
 from sandbox.build_scenario import BuildScenario, parse_build_scenario
 from sandbox.buildkit import Builder, BuildFailed, BuildPolicy, parse_buildx_build
-from sandbox.emulator.core import ApiError, Operation, SandboxState, now_rfc3339
+from sandbox.emulator.core import ApiError, Operation, SandboxState, now_rfc3339, paged
 from sandbox.oci import SandboxRegistry
 
 BUILD_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.Build"
@@ -516,13 +516,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
                 builds = [b for b in builds if value in (b.get("tags") or [])]
             else:
                 builds = [b for b in builds if b.get(field) == value]
-        size = int(params.get("pageSize") or 50)
-        start = int(params.get("pageToken") or 0)
-        page = builds[start : start + size]
-        body: dict[str, Any] = {"builds": [public(b) for b in page]}
-        if start + size < len(builds):
-            body["nextPageToken"] = str(start + size)
-        return body
+        return paged(builds, request, "builds", public, default_size=50)
 
     @app.get("/v1/projects/{project}/builds")
     async def list_builds(project: str, request: Request) -> dict:

@@ -102,6 +102,33 @@ def query_flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "false").lower() in ("true", "1")
 
 
+def paged(
+    items: list,
+    request: Request,
+    key: str,
+    render: Callable[[Any], Any] = lambda item: item,
+    *,
+    default_size: int | None = None,
+) -> dict[str, Any]:
+    """A list answer with offset paging: `{key: [render(item) ...], "nextPageToken": "…"}`.
+
+    pageSize <= 0 or absent means `default_size` (None: the rest of the list). The last page
+    carries no nextPageToken: the clients read an empty token as "ask again".
+    """
+    try:
+        size = int(request.query_params.get("pageSize") or 0)
+        start = int(request.query_params.get("pageToken") or 0)
+    except ValueError:
+        raise ApiError(400, "pageToken: not a token this API returned.") from None
+    if size <= 0:
+        size = default_size or max(len(items) - start, 0)
+    end = start + size
+    body: dict[str, Any] = {key: [render(item) for item in items[start:end]]}
+    if end < len(items):
+        body["nextPageToken"] = str(end)
+    return body
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 

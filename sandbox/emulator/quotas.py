@@ -22,7 +22,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from sandbox.emulator.core import ApiError, SandboxState, json_body, now_rfc3339, query_flag
+from sandbox.emulator.core import (
+    ApiError,
+    SandboxState,
+    json_body,
+    now_rfc3339,
+    paged,
+    query_flag,
+)
 
 RUN_SERVICE = "run.googleapis.com"
 V1 = "/v1/projects/{project}/locations/global"
@@ -316,18 +323,6 @@ def preference_filter(text: str):
     return keep
 
 
-def _page(items: list, request: Request) -> tuple[list, str | None]:
-    try:
-        size = int(request.query_params.get("pageSize") or 0)
-        start = int(request.query_params.get("pageToken") or 0)
-    except ValueError:
-        raise ApiError(400, "pageToken: not a token this API returned.") from None
-    if size <= 0:
-        size = 1000
-    end = start + size
-    return items[start:end], (str(end) if end < len(items) else None)
-
-
 def register(app: FastAPI, state: SandboxState) -> None:
     """Add Cloud Quotas v1: quotaInfos get/list, quotaPreferences create/get/list/patch."""
     store = QuotaStore(state)
@@ -346,11 +341,9 @@ def register(app: FastAPI, state: SandboxState) -> None:
     async def list_quota_infos(project: str, service: str, request: Request) -> dict:
         state.calls["quotas.list_quota_infos"] += 1
         ids = list(QUOTAS) if service == RUN_SERVICE else []
-        page, token = _page(ids, request)
-        body: dict[str, Any] = {"quotaInfos": [store.quota_info(project, q) for q in page]}
-        if token:
-            body["nextPageToken"] = token
-        return body
+        return paged(
+            ids, request, "quotaInfos", lambda q: store.quota_info(project, q), default_size=1000
+        )
 
     @app.get(V1 + "/services/{service}/quotaInfos/{quota_id}")
     async def get_quota_info(project: str, service: str, quota_id: str) -> dict:
@@ -403,15 +396,11 @@ def register(app: FastAPI, state: SandboxState) -> None:
         keep = preference_filter(request.query_params.get("filter", ""))
         prefix = f"projects/{project}/locations/global/quotaPreferences/"
         prefs = [
-            store.render(p)
+            p
             for n, p in sorted(store.preferences.items(), key=lambda kv: kv[1].body["createTime"])
             if n.startswith(prefix) and keep(p.body)
         ]
-        page, token = _page(prefs, request)
-        body: dict[str, Any] = {"quotaPreferences": page}
-        if token:
-            body["nextPageToken"] = token
-        return body
+        return paged(prefs, request, "quotaPreferences", store.render, default_size=1000)
 
     @app.patch(V1 + "/quotaPreferences/{pref_id}")
     async def update_preference(project: str, pref_id: str, request: Request) -> dict:

@@ -13,7 +13,14 @@ import re
 from fastapi import FastAPI, Request
 
 from sandbox.emulator import revisions_http
-from sandbox.emulator.core import ApiError, Operation, SandboxState, json_body, query_flag
+from sandbox.emulator.core import (
+    ApiError,
+    Operation,
+    SandboxState,
+    json_body,
+    paged,
+    query_flag,
+)
 from sandbox.emulator.run_store import TYPE_PREFIX, RunStore, Service
 
 _SERVICE_ID = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
@@ -70,11 +77,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
         names = sorted(n for n in store.services if region == "-" or n.startswith(prefix))
         if region == "-":
             names = [n for n in names if n.startswith(f"projects/{project}/")]
-        page, token = _page(names, request)
-        body: dict = {"services": [store.render_service(store.services[n]) for n in page]}
-        if token:
-            body["nextPageToken"] = token
-        return body
+        return paged(names, request, "services", lambda n: store.render_service(store.services[n]))
 
     @app.get(V2 + "/services/{service}")
     async def get_service(project: str, region: str, service: str) -> dict:
@@ -121,11 +124,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
             prefix = f"projects/{project}/locations/{region}/services/"
             revs = [r for r in store.revisions.values() if r.service.startswith(prefix)]
         names = [r.name for r in reversed(revs)]  # newest first, like Google
-        page, token = _page(names, request)
-        body: dict = {"revisions": [store.revisions[n].render() for n in page]}
-        if token:
-            body["nextPageToken"] = token
-        return body
+        return paged(names, request, "revisions", lambda n: store.revisions[n].render())
 
     @app.get(V2 + "/services/{service}/revisions/{revision}")
     async def get_revision(project: str, region: str, service: str, revision: str) -> dict:
@@ -150,11 +149,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
     async def list_operations(project: str, region: str, request: Request) -> dict:
         prefix = f"projects/{project}/locations/{region}/operations/"
         names = [n for n in state.operations if n.startswith(prefix)]
-        page, token = _page(names, request)
-        body: dict = {"operations": [state.operations[n].to_json() for n in page]}
-        if token:
-            body["nextPageToken"] = token
-        return body
+        return paged(names, request, "operations", lambda n: state.operations[n].to_json())
 
     @app.get(V2 + "/operations/{operation}")
     async def get_operation(project: str, region: str, operation: str) -> dict:
@@ -187,13 +182,3 @@ def _operation(state: SandboxState, project: str, region: str, op_id: str) -> Op
     if op is None:
         raise ApiError(404, f"Operation '{name}' not found.")
     return op
-
-
-def _page(names: list[str], request: Request) -> tuple[list[str], str]:
-    """Offset paging; no token on the last page (clients read "" as another page)."""
-    size = int(request.query_params.get("pageSize", "0") or 0)
-    start = int(request.query_params.get("pageToken", "0") or 0)
-    if size <= 0:
-        return names[start:], ""
-    end = start + size
-    return names[start:end], (str(end) if end < len(names) else "")

@@ -70,6 +70,22 @@ def test_quota_infos_per_region_follow_the_scenario(sandbox_admin, cloud):
     assert calls["quotas.list_quota_infos"] == 1 and calls["quotas.get_quota_info"] == 2
 
 
+def test_quota_infos_page_through_the_official_pager(sandbox_admin, cloud):
+    """pageSize 3 over the 4 quotas: the client's pager asks twice and sees each quota once."""
+    sandbox_admin.reset()
+    client = cloud.quotas_client()
+    parent = f"{_parent(cloud)}/services/run.googleapis.com"
+    pager = client.list_quota_infos(request={"parent": parent, "page_size": 3})
+    pages = [[i.quota_id for i in page.quota_infos] for page in pager.pages]
+    assert [len(p) for p in pages] == [3, 1]
+    assert sorted(q for p in pages for q in p) == sorted(
+        {GPU_L4, GPU_L4_NO_ZONAL_REDUNDANCY, CPU, MEMORY}
+    )
+    assert sandbox_admin.calls()["quotas.list_quota_infos"] == 2
+    with pytest.raises(gexc.BadRequest, match="pageToken"):
+        list(client.list_quota_infos(request={"parent": parent, "page_token": "not-ours"}))
+
+
 def test_capacity_of_six_regions_in_one_round(sandbox_admin, cloud):
     sandbox_admin.reset(
         scenario_data={

@@ -443,16 +443,7 @@ class RunStore:
             self.state.calls["run.deploy_error.api"] += 1
             raise ApiError(429, failure.message)
         if validate_only:
-            preview = existing or Service(
-                name=name,
-                short=short,
-                project=project,
-                region=region,
-                uid="",
-                create_time=now_rfc3339(),
-                spec=spec,
-            )
-            return preview, None
+            return existing or self._stub(name, project, region, short, spec), None
         if failure is not None and failure.where == "operation":
             self.state.calls["run.deploy_error.operation"] += 1
             if existing is not None:
@@ -514,7 +505,7 @@ class RunStore:
         return svc, op_error
 
     def _stub(self, name: str, project: str, region: str, short: str, spec: dict) -> Service:
-        """A service that a failed create never stored (for the operation's metadata)."""
+        """A service that is not stored: what a failed create or a validateOnly one answers."""
         return Service(
             name=name,
             short=short,

@@ -14,7 +14,6 @@ random value in a Prefect Secret block and in the sandbox's Secret Manager.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
@@ -93,21 +92,15 @@ def local_cloud(startup_timeout: float = 60.0) -> Iterator[LocalCloud]:
 
     root = Path(tempfile.mkdtemp(prefix="shipyard-demo-sandbox-"))
     info = start_sandbox(root=root, timeout=startup_timeout)
-    saved = {k: os.environ.get(k) for k in info.env()}
-    os.environ.update(info.env())
     admin = SandboxAdmin(info.emulator_url)
     try:
-        token = "tok-" + secrets.token_hex(16)
-        Secret(value=token).save(DEMO_TOKEN_BLOCK, overwrite=True)
-        yield LocalCloud(info=info, admin=admin, token_block=DEMO_TOKEN_BLOCK, token=token)
+        with info.env_applied():
+            token = "tok-" + secrets.token_hex(16)
+            Secret(value=token).save(DEMO_TOKEN_BLOCK, overwrite=True)
+            yield LocalCloud(info=info, admin=admin, token_block=DEMO_TOKEN_BLOCK, token=token)
     finally:
         admin.close()
         info.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -10,6 +10,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,21 @@ class SandboxInfo:
     def env(self) -> dict[str, str]:
         """What a shell (or a test) sets to point Shipyard at this sandbox."""
         return {ENDPOINT_ENV: self.emulator_url, REGISTRY_ENV: self.registry_url}
+
+    @contextmanager
+    def env_applied(self) -> Iterator[None]:
+        """Point this process at the sandbox (`env()` in os.environ) for the block, then put
+        back what was there before (unset stays unset)."""
+        saved = {key: os.environ.get(key) for key in self.env()}
+        os.environ.update(self.env())
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def alive(self) -> dict[str, bool]:
         return {name: pid_alive(pid) for name, pid in self.pids.items()}

@@ -32,15 +32,9 @@ def sandbox(tmp_path_factory):
     from sandbox.manager import start_sandbox
 
     info = start_sandbox(root=tmp_path_factory.mktemp("sandbox"))
-    saved = {k: os.environ.get(k) for k in info.env()}
-    os.environ.update(info.env())
-    yield info
+    with info.env_applied():
+        yield info
     info.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture

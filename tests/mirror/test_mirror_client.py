@@ -29,6 +29,11 @@ from tasks.registry import (
     tag_image,
 )
 
+# The user the token_registry fixture's token server knows.
+TOKEN_BOT = RegistryCredentials(
+    "mirror-bot", "s3cret-Token-pw", "DockerRegistryCredentials block 'tok'"
+)
+
 
 def test_references_parse_like_docker():
     ref = parse_reference("nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04")
@@ -268,15 +273,12 @@ def test_basic_auth_registry(start, src, flaky):
 
 def test_bearer_token_registry(token_registry, src):
     reg, tokens = token_registry
-    good = RegistryCredentials(
-        "mirror-bot", "s3cret-Token-pw", "DockerRegistryCredentials block 'tok'"
-    )
 
     async def scenario():
         async with client_for(src.host) as s:
             pushed = await push_image(s, "nvidia/cuda", "t1")
             plan = await plan_image(s, parse_reference(pushed.ref))
-            async with client_for(reg.host, good) as d:
+            async with client_for(reg.host, TOKEN_BOT) as d:
                 stats = await copy_image(s, plan, d, "base/cuda")
                 got = await d.manifest_digest("base/cuda", pushed.digest)
             async with client_for(reg.host) as anonymous:
@@ -304,9 +306,6 @@ def test_bearer_token_expiring_during_an_upload_retries_that_blob(token_registry
     """The registry answers 401 to an upload PUT (what an expired token gets in the middle of a
     long upload): the client drops its token, fetches a fresh one and copies that blob again."""
     reg, tokens = token_registry
-    good = RegistryCredentials(
-        "mirror-bot", "s3cret-Token-pw", "DockerRegistryCredentials block 'tok'"
-    )
     proxy = flaky(reg.url, fail_every=0, expire_first_upload=True)
     issued_before = len([t for t in tokens.issued if t["user"] == "mirror-bot"])
 
@@ -315,10 +314,10 @@ def test_bearer_token_expiring_during_an_upload_retries_that_blob(token_registry
         async with client_for(src.host) as s:
             pushed = await push_image(s, "nvidia/cuda", "expiring", layers=2)
             plan = await plan_image(s, parse_reference(pushed.ref))
-            async with client_for(proxy.server.host, good, **fast) as d:
+            async with client_for(proxy.server.host, TOKEN_BOT, **fast) as d:
                 stats = await copy_image(s, plan, d, "expiring/cuda")
                 await tag_image(d, "expiring/cuda", plan.top, ["expiring"])
-            async with client_for(reg.host, good) as direct:
+            async with client_for(reg.host, TOKEN_BOT) as direct:
                 got = await direct.get_manifest("expiring/cuda", "expiring")
                 blobs = [await direct.read_blob("expiring/cuda", b) for b in plan.blobs()]
         return pushed, plan, stats, got, blobs
@@ -335,13 +334,10 @@ def test_upload_sent_tokenless_after_a_concurrent_expiry_is_retried_not_refused(
     """The race the test above found: one upload's 401 expires the shared token while another
     upload's PUT goes out with none. That 401 is a missing token, not a denial: transient."""
     reg, _ = token_registry
-    good = RegistryCredentials(
-        "mirror-bot", "s3cret-Token-pw", "DockerRegistryCredentials block 'tok'"
-    )
     data = b"layer bytes " * 1000
 
     async def scenario():
-        async with client_for(reg.host, good) as d:
+        async with client_for(reg.host, TOKEN_BOT) as d:
             d.want("race/cuda", "pull,push")
             location = await d.start_upload("race/cuda")  # fetches the token
             d.auth.expire_token()  # what a concurrent upload's 401 does

@@ -27,8 +27,8 @@ def webhook_serve(
     tag_pattern: str = typer.Option(
         None,
         "--tag-pattern",
-        help=r"Regex a release tag must match (default: env SHIPYARD_RELEASE_TAG_PATTERN, "
-        r"else ^v\d+\.\d+\.\d+$).",
+        help="Regex a release tag must match as a whole, ASCII digits only (default: env "
+        "SHIPYARD_RELEASE_TAG_PATTERN, else blocks.release_tag.RELEASE_TAG_PATTERN, vX.Y.Z).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:

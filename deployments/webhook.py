@@ -15,7 +15,8 @@ Answers (JSON bodies, never an echo of a header or the secret):
     409  the delivery id was seen before (a redelivery)
     413  a body above the limit (1 MiB): by Content-Length and by the bytes actually streamed
     415  a content type other than application/json
-    422  a tag that does not match the release pattern (default `^v\\d+\\.\\d+\\.\\d+$`)
+    422  a tag that is not a release tag (blocks/release_tag.py: `vMAJOR.MINOR.PATCH`, ASCII
+         digits, whole string, at most 128 characters)
     503  the secret is not configured, or the Prefect API cannot be reached
 
 Seen deliveries are claimed in Prefect itself, as Variables created with a unique name
@@ -55,8 +56,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from blocks.release_tag import RELEASE_TAG_PATTERN, compile_tag_pattern, validate_release_tag
+
 EVENT_NAME = "shipyard.git.tag.pushed"
-DEFAULT_TAG_PATTERN = r"^v\d+\.\d+\.\d+$"
+DEFAULT_TAG_PATTERN = RELEASE_TAG_PATTERN
 DEFAULT_SECRET_BLOCK = "shipyard-webhook-secret"  # noqa: S105 - a block *name*
 DEFAULT_MAX_BODY = 1024 * 1024
 SECRET_ENV = "SHIPYARD_WEBHOOK_SECRET"  # noqa: S105 - an env var *name*
@@ -104,13 +107,10 @@ class WebhookSettings:
         return cls(**values)
 
     def compiled_pattern(self) -> re.Pattern[str]:
-        try:
-            return re.compile(self.tag_pattern)
-        except re.error as exc:
-            raise ValueError(
-                f"tag pattern {self.tag_pattern!r} ({TAG_PATTERN_ENV} or --tag-pattern) is not a "
-                f"valid regular expression ({exc}); the default is {DEFAULT_TAG_PATTERN!r}"
-            ) from None
+        """The release-tag pattern, ASCII-only, applied to the whole tag (`fullmatch`)."""
+        return compile_tag_pattern(
+            self.tag_pattern, field=f"tag pattern ({TAG_PATTERN_ENV} or --tag-pattern)"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,12 +445,10 @@ class Receiver:
             if parsed.deleted_tag is not None:
                 await Claims(self.client).release(_claim_name("tag", *parsed.deleted_tag))
             return 202, {"status": "ignored", "detail": parsed.reason}
-        if not self.pattern.search(parsed.tag):
-            raise Reject(
-                422,
-                f"tag {parsed.tag!r} does not match the release pattern {self.pattern.pattern!r} "
-                f"(set {TAG_PATTERN_ENV} to release other tags)",
-            )
+        try:
+            validate_release_tag(parsed.tag, field="tag", pattern=self.pattern)
+        except ValueError as exc:
+            raise Reject(422, f"{exc} (set {TAG_PATTERN_ENV} to release other tags)") from None
         return await self._emit_once(parsed)
 
     async def _emit_once(self, push: TagPush) -> tuple[int, dict[str, Any]]:

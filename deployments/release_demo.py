@@ -152,7 +152,7 @@ def sandbox_target(service: str = DEMO_SERVICE, regions: list[str] | None = None
 
 def check_invariants(cloud: LocalCloud, service: str, results: list) -> list[str]:
     """Invariants 1-3 over the service's whole traffic history in the sandbox."""
-    from flows.release_invariants import all_violations
+    from sandbox.release_invariants import all_violations
 
     return all_violations(cloud.admin.traffic_history(service), results)
 

@@ -5,7 +5,7 @@
 1. Tags: the git tag (made a valid Docker tag: `/` → `-`) and `sha-<commit[:12]>`.
 2. Reuse: when `sha-<commit12>` exists and its config label `org.opencontainers.image.revision`
    is the commit, nothing is built (invariant 4); a missing git tag is added to that manifest.
-3. Otherwise one Cloud Build request (flows/build_steps.py): gitSource url + commit + dir (or a
+3. Otherwise one Cloud Build request (flows/cloud_build_request.py): gitSource url + commit + dir (or a
    storageSource upload through prefect-gcp's GcsBucket), `docker buildx build --target runtime`
    with `--cache-from` every tier (`cache-base`, `cache-python`, `cache-node`) and
    `cache-builder`, `--cache-to` `cache-builder` only (mode=max), both tags, OCI labels,
@@ -32,24 +32,19 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.variables import Variable
 from pydantic import BaseModel
 
 from blocks.build_settings import BuildSettings
-from flows.build_steps import (
-    REVISION_LABEL,
-    build_request,
-    buildx_args,
-    git_source,
-    public_url,
-    resolve_base_image,
-    run_cloud_build,
-    sync,
-)
+from flows.build_inputs import resolve_base_image
+from flows.cloud_build_request import REVISION_LABEL, build_request, buildx_args, git_source
+from flows.cloud_build_run import run_cloud_build
 from flows.prewarm import load_blocks, read_image
 from tasks import git_source as git
 from tasks import image_lookup as il
 from tasks.errors import PermanentError
+from tasks.git_source import public_url
 
 _TAG_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -114,7 +109,7 @@ def add_tag(repository: str, facts: il.ImageFacts, tag: str) -> bool:
             await il.put_tag(client, repository, facts.manifest, tag)
             return True
 
-    return sync(go())
+    return run_coro_as_sync(go())
 
 
 @task(name="upload-source", cache_policy=NO_CACHE, persist_result=False)

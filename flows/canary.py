@@ -23,25 +23,22 @@ from typing import Any, Literal
 
 import httpx
 import pandas as pd
-from prefect import flow, task
+from prefect import task
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 from pydantic import BaseModel, SecretStr
 
-from blocks.release_target import CanaryPolicy, ReleaseTarget, sanitize_name
-from flows.deploy import (
-    BASELINE_TAG,
-    ConfigurationError,
-    RunContext,
-    cpu_template,
-    deploy_revision,
-    pinned_traffic,
-)
+from blocks.release_target import CanaryPolicy, sanitize_name
+from flows.region_deploy import deploy_revision
 from flows.release_steps import StepLog, note_attempt
+from flows.run_context import RunContext
+from flows.templates import cpu_template
+from flows.traffic_split import BASELINE_TAG, pinned_traffic
 from tasks import cloud_run as cr
 from tasks.canary_probe import ProbeResult, SampleImage, health, load_sample, probe
 from tasks.cloud_logging import find_revision_entries
+from tasks.deploy_errors import ConfigurationError
 from tasks.errors import TransientError
 from tasks.reports import publish_table
 
@@ -462,18 +459,3 @@ def run_canary(
 
 def _probe_runs_full(steps, url, sample, policy, token, bearer) -> list[CanaryRun]:
     return _probe_runs(steps, "canary-run", url, sample, policy, token, bearer, policy.runs)
-
-
-# ---------------------------------------------------------------- standalone flow
-
-
-@flow(name="canary")
-def canary_flow(git_tag: str, region: str, target: ReleaseTarget) -> CanaryReport:
-    """Judge the tag's canary revision in `region` (tag URL `canary`)."""
-    ctx = RunContext(target, git_tag, None)
-    steps = StepLog(target.retries, target.retry_delays())
-    service = cr.get_service(ctx.services, ctx.service_name(region))
-    url = cr.tag_uri(service, "canary") if service else None
-    if not url:
-        raise ConfigurationError(f"no canary tag on {target.service} in {region}")
-    return run_canary(ctx, steps, region, ctx.gpu_revision, url)

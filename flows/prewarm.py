@@ -29,29 +29,25 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel
 
 from blocks.build_settings import BuildSettings
 from blocks.cache_tiers import CacheTiers, parse_quarter_tag, quarter_of
 from blocks.cloud import GoogleCloud
-from flows.build_steps import (
+from flows.build_inputs import checkout_task, resolve_base_image
+from flows.cache_tier_fingerprint import (
     FINGERPRINT_LABEL,
-    REVISION_LABEL,
     TIER_LABEL,
-    build_request,
-    buildx_args,
-    checkout_task,
-    git_source,
-    public_url,
     read_tier_files,
-    resolve_base_image,
-    run_cloud_build,
     stage_texts,
-    sync,
     tier_fingerprint,
 )
+from flows.cloud_build_request import REVISION_LABEL, build_request, buildx_args, git_source
+from flows.cloud_build_run import run_cloud_build
 from tasks import image_lookup as il
 from tasks.errors import PermanentError
+from tasks.git_source import public_url
 
 QUARTER_ANNOTATION = "dev.shipyard.cache.quarter"
 
@@ -95,7 +91,7 @@ def read_image(repository: str, reference: str) -> il.ImageFacts | None:
         async with il.client_for(repository) as client:
             return await il.image_facts(client, repository, reference)
 
-    return sync(go())
+    return run_coro_as_sync(go())
 
 
 @task(name="quarter-tag", cache_policy=NO_CACHE, persist_result=False)
@@ -111,7 +107,7 @@ def ensure_quarter_tag(repository: str, facts: il.ImageFacts, tag: str, quarter:
                 client, repository, facts.manifest, tag, (QUARTER_ANNOTATION, quarter)
             )
 
-    return sync(go())
+    return run_coro_as_sync(go())
 
 
 @task(name="quarterly-retention", cache_policy=NO_CACHE, persist_result=False)
@@ -155,7 +151,7 @@ def apply_retention(repository: str, tier_names: list[str], keep: int) -> list[s
                     )
         return deleted
 
-    return sync(go())
+    return run_coro_as_sync(go())
 
 
 @flow(name="prewarm-cache-tiers")

@@ -39,21 +39,17 @@ from pydantic import BaseModel
 
 from blocks.release_target import ReleaseTarget, sanitize_name
 from flows.canary import CanaryReport, recorded_release, release_variable, run_canary
-from flows.deploy import (
-    ConfigurationError,
-    DeployFailed,
+from flows.quota_adapter import PreferenceState, RegionQuota, preference_ids
+from flows.region_choice import decide_regions, quota_preferences_step
+from flows.region_deploy import (
     ExistingRevision,
-    QuotaDenied,
     RevisionDeploy,
-    RunContext,
     clear_failed_step,
-    decide_regions,
     deploy_gpu_step,
     find_existing_step,
-    quota_preferences_step,
 )
-from flows.quota_adapter import PreferenceState, RegionQuota, preference_ids
 from flows.release_steps import Step, StepLog, note_attempt
+from flows.run_context import RunContext
 from flows.traffic import (
     TrafficResult,
     cpu_path_step,
@@ -62,6 +58,7 @@ from flows.traffic import (
     rollback_step,
     serving_url_variable,
 )
+from tasks.deploy_errors import ConfigurationError, DeployFailed, QuotaDenied
 from tasks.errors import PermanentError
 from tasks.reports import markdown_table, publish_markdown
 

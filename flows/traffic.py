@@ -15,25 +15,20 @@ canary passed (the cutover is the only step that gives it any).
 
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.variables import Variable
 from pydantic import BaseModel
 
 from blocks.release_target import ReleaseTarget, sanitize_name
-from flows.deploy import (
-    BASELINE_TAG,
-    CANARY_TAG,
-    PRIOR_TAG,
-    ConfigurationError,
-    RunContext,
-    cpu_template,
-    deploy_revision,
-    pinned_traffic,
-)
-from flows.release_steps import StepLog, note_attempt
+from flows.region_deploy import deploy_revision
+from flows.release_steps import note_attempt
+from flows.run_context import RunContext
+from flows.templates import cpu_template
+from flows.traffic_split import BASELINE_TAG, CANARY_TAG, PRIOR_TAG, pinned_traffic
 from tasks import cloud_run as cr
+from tasks.deploy_errors import ConfigurationError
 
 _OWN_TAGS = {CANARY_TAG, PRIOR_TAG, BASELINE_TAG}
 
@@ -210,22 +205,3 @@ def publish_url_step(
         },
     )
     return name
-
-
-# ---------------------------------------------------------------- standalone flows
-
-
-@flow(name="cutover")
-def cutover_flow(git_tag: str, region: str, target: ReleaseTarget) -> TrafficResult:
-    """Move 100% to the tag's revision in `region` (after a canary passed elsewhere)."""
-    ctx = RunContext(target, git_tag, None)
-    steps = StepLog(target.retries, target.retry_delays())
-    return steps.run("cutover", cutover_step, ctx, region, ctx.gpu_revision)
-
-
-@flow(name="rollback")
-def rollback_flow(git_tag: str, region: str, target: ReleaseTarget) -> TrafficResult:
-    """Take the tag's revision out of `region`'s traffic: last good, else the CPU baseline."""
-    ctx = RunContext(target, git_tag, None)
-    steps = StepLog(target.retries, target.retry_delays())
-    return steps.run("rollback", rollback_step, ctx, region, ctx.gpu_revision)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import mimetypes
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -60,9 +60,6 @@ class ProbeResult:
     image_size: tuple[int, int] | None = None
     image_error: str | None = None
     error: str | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _decode(body: bytes) -> tuple[tuple[int, int] | None, str | None]:

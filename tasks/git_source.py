@@ -11,6 +11,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from tasks.errors import PermanentError, TransientError
 
@@ -56,3 +57,14 @@ def checkout(url: str, revision: str, into: Path | None = None) -> tuple[Path, s
     _git("fetch", "-q", "--depth", "1", url, revision, cwd=root)
     _git("checkout", "-q", "FETCH_HEAD", cwd=root)
     return root, _git("rev-parse", "HEAD", cwd=root).strip()
+
+
+def public_url(url: str) -> str:
+    """A URL without user:password@ (labels and logs must never carry a secret)."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return url

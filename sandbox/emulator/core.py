@@ -253,7 +253,3 @@ class SandboxState:
             entry["textPayload"] = text or ""
         self.log_entries.append(entry)
         return entry
-
-
-def get_state(request: Request) -> SandboxState:
-    return request.app.state.sandbox

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from flows.build_steps import FINGERPRINT_LABEL
+from flows.cache_tier_fingerprint import FINGERPRINT_LABEL
 from flows.prewarm import prewarm_cache_tiers
 from tasks import image_lookup as il
 

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from flows.build import build_release_image
-from flows.build_steps import BuildFailedError
+from flows.cloud_build_run import BuildFailedError
 from flows.prewarm import prewarm_cache_tiers
 
 # Each test runs several flows and Cloud Builds (10-15 s each on a loaded machine).

@@ -9,9 +9,9 @@ import uuid
 import pytest
 
 from blocks.release_target import revision_name
-from flows.deploy import ConfigurationError
 from flows.release import ReleaseError, ensure_slot, release, slot_name
-from flows.release_invariants import invariant_violations, serving, stale_canary_tags
+from sandbox.release_invariants import invariant_violations, serving, stale_canary_tags
+from tasks.deploy_errors import ConfigurationError
 
 pytestmark = pytest.mark.slow
 

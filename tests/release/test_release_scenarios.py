@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from flows.release import release
-from flows.release_invariants import (
+from sandbox.release_invariants import (
     failed_revision_problems,
     invariant_violations,
     serving,

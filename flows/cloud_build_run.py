@@ -1,0 +1,159 @@
+"""Run one Cloud Build request: submit (retried on transient errors only), follow with fast
+polling and progress logs, fetch the log from Cloud Logging, parse CACHED vs RUN.
+
+A build that did not succeed raises `BuildFailedError` naming the Cloud Build step, the
+Dockerfile step, the error and the last log lines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from google.cloud.devtools import cloudbuild_v1
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.build_settings import BuildSettings
+from blocks.cloud import GoogleCloud
+from tasks import cloud_build as cb
+from tasks.buildkit_log import BuildLogReport, parse_buildkit_log
+from tasks.errors import PermanentError, is_transient, retry_condition_fn
+
+
+class BuildFailedError(PermanentError):
+    """A Cloud Build build ended without SUCCESS (or was refused)."""
+
+    def __init__(self, message: str, *, build_id: str = "", step: str = "", detail: str = ""):
+        super().__init__(message)
+        self.build_id, self.step, self.detail = build_id, step, detail
+
+
+@dataclass
+class BuildRun:
+    build_id: str
+    status: str
+    images: dict[str, str]  # name -> digest (results.images; empty when buildx pushed itself)
+    seconds: float
+    log_url: str
+    report: BuildLogReport
+    tail: list[str] = field(default_factory=list)
+
+
+@task(
+    name="cloud-build-submit",
+    retries=3,
+    retry_delay_seconds=[0.5, 1, 2],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_condition_fn,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def submit_task(cloud: GoogleCloud, request: cloudbuild_v1.Build) -> str:
+    client = cloud.builds_client()
+    try:
+        build = cb.submit_build(client, cloud.resolved_project(), request)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        raise BuildFailedError(f"Cloud Build refused the build request: {exc}") from None
+    return build.id
+
+
+@task(name="cloud-build-follow", cache_policy=NO_CACHE, persist_result=False)
+def follow_task(cloud: GoogleCloud, build_id: str, timeout_s: float, poll_s: float) -> dict:
+    logger = get_run_logger()
+    client = cloud.builds_client()
+    project = cloud.resolved_project()
+
+    def read(bid: str) -> cloudbuild_v1.Build:
+        for attempt in range(1, 6):
+            try:
+                return cb.get_build(client, project, bid)
+            except Exception as exc:
+                if not is_transient(exc) or attempt == 5:
+                    raise
+                time.sleep(min(2.0, 0.2 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def changed(build: cloudbuild_v1.Build) -> None:
+        logger.info("build %s: %s", build.id, build.status.name)
+
+    build = cb.wait_build(
+        client, project, build_id, timeout_s=timeout_s, poll_s=poll_s, on_change=changed, get=read
+    )
+    return {
+        "status": build.status.name,
+        "status_detail": build.status_detail,
+        "failure": build.failure_info.detail if build.failure_info else "",
+        "images": {i.name: i.digest for i in build.results.images},
+        "log_url": build.log_url,
+        "seconds": (
+            (build.finish_time - build.start_time).total_seconds()
+            if build.start_time and build.finish_time
+            else 0.0
+        ),
+    }
+
+
+@task(
+    name="cloud-build-log",
+    retries=3,
+    retry_delay_seconds=[0.5, 1, 2],
+    retry_condition_fn=retry_condition_fn,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def log_task(cloud: GoogleCloud, build_id: str) -> list[str]:
+    return cb.fetch_build_log(cloud.logging_client(), cloud.resolved_project(), build_id)
+
+
+def run_cloud_build(
+    cloud: GoogleCloud, settings: BuildSettings, request: cloudbuild_v1.Build, what: str
+) -> BuildRun:
+    """Submit, follow, read the log; raise BuildFailedError unless the build succeeded."""
+    logger = get_run_logger()
+    started = time.monotonic()
+    build_id = submit_task(cloud, request)
+    logger.info("%s: submitted Cloud Build %s", what, build_id)
+    final = follow_task(cloud, build_id, settings.timeout_s + 120, settings.poll_s)
+    lines = log_task(cloud, build_id)
+    report = parse_buildkit_log(lines)
+    run = BuildRun(
+        build_id,
+        final["status"],
+        final["images"],
+        final["seconds"] or round(time.monotonic() - started, 3),
+        final["log_url"],
+        report,
+        [line for line in lines if line.strip()][-15:],
+    )
+    logger.info(
+        "%s: build %s %s in %.1fs; steps CACHED %d, RUN %d (hit rate %.0f%%)",
+        what,
+        build_id,
+        run.status,
+        run.seconds,
+        report.cached,
+        report.run,
+        100 * report.hit_rate,
+    )
+    if run.status != "SUCCESS":
+        failed = report.failed_step
+        step = failed.name if failed else ""
+        error = (failed.error if failed else None) or report.error
+        if not error and final["failure"] != final["status_detail"]:
+            error = final["failure"]
+        if failed is not None and failed.output:
+            error = (error or "") + " (step output: " + " | ".join(list(failed.output)[-3:]) + ")"
+        tail = "\n".join(run.tail)
+        raise BuildFailedError(
+            f"{what}: Cloud Build {build_id} ended {run.status}: {final['status_detail']}"
+            + (f"; failing step {step}" if step else "")
+            + (f": {error}" if error else "")
+            + f"\nlast log lines:\n{tail}",
+            build_id=build_id,
+            step=step,
+            detail=error or final["status_detail"],
+        )
+    return run

@@ -1,0 +1,192 @@
+"""Deploy a revision into one region of the release target, as steps of the release flow.
+
+The GPU revision, named from the git tag (`{service}-v1-2-3`), goes on at 0% traffic with the
+tag `canary`, then is waited Ready with a timeout. A region without a service first gets the CPU
+baseline at 100% (Cloud Run cannot create a service whose only revision has 0%, and invariant 2
+forbids giving the untested GPU revision traffic): there is always a Ready revision to fall back
+on. A deploy error that is a quota error (the API call's 429, the operation's error, or the
+revision's failed Ready condition) moves to the next candidate region; a transient one is
+retried by the step; anything else is a configuration error and stops the release
+(tasks/deploy_errors.py classifies).
+
+The revision name is deterministic, so re-running a tag reuses the revision it created.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from google.api_core import exceptions as gexc
+from google.cloud import run_v2
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from flows.release_steps import note_attempt
+from flows.run_context import RunContext
+from flows.templates import ROLE_LABEL, cpu_template, gpu_template
+from flows.traffic_split import CANARY_TAG, pinned_traffic
+from tasks import cloud_run as cr
+from tasks.deploy_errors import ConfigurationError, classify
+
+
+class ExistingRevision(BaseModel):
+    region: str
+    state: str
+    message: str = ""
+    percent: int = 0
+    tags: list[str] = []
+    uri: str = ""
+
+
+@dataclass
+class RevisionDeploy:
+    region: str
+    revision: str
+    service_uri: str
+    tag_uri: str | None
+    created_service: bool = False
+    reused: bool = False
+
+
+def _ensure_service(ctx: RunContext, region: str) -> tuple[run_v2.Service, bool]:
+    """The region's service; created with the CPU baseline at 100% (and Ready) if missing."""
+    name = ctx.service_name(region)
+    service = cr.get_service(ctx.services, name)
+    if service is not None:
+        return service, False
+    template = cpu_template(ctx)
+    body = run_v2.Service(
+        template=template,
+        traffic=[cr.Traffic(ctx.cpu_revision, 100).to_proto()],
+        labels={ROLE_LABEL: "inference"},
+        invoker_iam_disabled=ctx.target.public,
+    )
+    try:
+        cr.create_service(ctx.services, ctx.project, region, body, ctx.target.service, **ctx.wait)
+    except gexc.AlreadyExists:
+        pass  # a retried step: the first attempt created it
+    cr.wait_revision_ready(ctx.revisions, ctx.revision_path(region, ctx.cpu_revision), **ctx.wait)
+    service = cr.get_service(ctx.services, name)
+    assert service is not None
+    return service, True
+
+
+def deploy_revision(
+    ctx: RunContext,
+    region: str,
+    template: run_v2.RevisionTemplate,
+    tag: str | None,
+) -> RevisionDeploy:
+    """Put `template` on the region's service as a new revision at 0% (tagged), wait Ready.
+
+    Idempotent: if the service already names this revision, nothing is re-deployed; a Ready
+    revision of that name is reused (and re-tagged if needed).
+    """
+    revision = template.revision
+    service, created = _ensure_service(ctx, region)
+    existing = cr.get_revision(ctx.revisions, ctx.revision_path(region, revision))
+    reused = existing is not None
+    if existing is not None:
+        state, message = cr.ready_state(existing)
+        if state == "failed":
+            raise cr.RevisionFailed(revision, message)
+    if existing is None:  # (re-applying an unchanged template creates nothing)
+        traffic = pinned_traffic(service, drop={revision})
+        if tag:
+            traffic = [t for t in traffic if t.tag != tag]
+        if not any(t.percent for t in traffic):
+            raise ConfigurationError(
+                f"service {ctx.target.service} in {region} serves no Ready revision: "
+                "cannot add a 0% revision beside nothing"
+            )
+        traffic.append(cr.Traffic(revision=revision, percent=0, tag=tag))
+        body = run_v2.Service(
+            name=service.name,
+            template=template,
+            traffic=[t.to_proto() for t in traffic],
+            labels=dict(service.labels),
+            invoker_iam_disabled=ctx.target.public,
+        )
+        cr.update_service(ctx.services, body, **ctx.wait)
+    cr.wait_revision_ready(ctx.revisions, ctx.revision_path(region, revision), **ctx.wait)
+    service = cr.get_service(ctx.services, ctx.service_name(region))
+    assert service is not None
+    if tag and cr.tag_uri(service, tag) is None:
+        # Reused revision without its tag (a re-run after rollback): tag it again at 0%.
+        traffic = [t for t in pinned_traffic(service) if t.tag != tag and t.revision]
+        traffic = [t for t in traffic if not (t.revision == revision and t.percent == 0)]
+        traffic.append(cr.Traffic(revision=revision, percent=0, tag=tag))
+        service = cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+    return RevisionDeploy(
+        region=region,
+        revision=revision,
+        service_uri=service.uri,
+        tag_uri=cr.tag_uri(service, tag) if tag else None,
+        created_service=created,
+        reused=reused,
+    )
+
+
+@task(name="deploy-gpu", cache_policy=NO_CACHE, persist_result=False)
+def deploy_gpu_step(ctx: RunContext, region: str) -> RevisionDeploy:
+    """One region: the GPU revision at 0% with the canary tag, Ready. Classified errors."""
+    note_attempt()
+    try:
+        return deploy_revision(ctx, region, gpu_template(ctx), CANARY_TAG)
+    except BaseException as exc:  # noqa: BLE001 - classified and re-raised
+        classified = classify(exc, region, ctx.gpu_revision)
+        if classified is exc:
+            raise
+        raise classified from exc
+
+
+@task(name="clear-failed-revision", cache_policy=NO_CACHE, persist_result=False)
+def clear_failed_step(ctx: RunContext, region: str, revision: str) -> bool:
+    """After a failed deploy: the failed revision keeps 0% and loses its tag (no stale canary).
+
+    Returns True when the traffic had to be changed.
+    """
+    note_attempt()
+    service = cr.get_service(ctx.services, ctx.service_name(region))
+    if service is None:
+        return False
+    current = cr.traffic_of(service)
+    if not any(t.revision == revision or t.tag == CANARY_TAG for t in current):
+        return False
+    traffic = pinned_traffic(service, drop={revision})
+    if sum(t.percent for t in traffic) != 100:
+        return False  # the failed revision carried traffic: the rollback step moves it
+    cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+    return True
+
+
+@task(name="find-release", cache_policy=NO_CACHE, persist_result=False)
+def find_existing_step(ctx: RunContext) -> list[ExistingRevision]:
+    """The tag's GPU revision in each candidate region (one parallel round of reads)."""
+    note_attempt()
+
+    def look(region: str) -> ExistingRevision | None:
+        revision = cr.get_revision(ctx.revisions, ctx.revision_path(region, ctx.gpu_revision))
+        if revision is None:
+            return None
+        state, message = cr.ready_state(revision)
+        service = cr.get_service(ctx.services, ctx.service_name(region))
+        percent = 0
+        tags: list[str] = []
+        uri = ""
+        if service is not None:
+            uri = service.uri
+            for t in cr.traffic_of(service):
+                if t.revision == ctx.gpu_revision:
+                    percent += t.percent
+                    if t.tag:
+                        tags.append(t.tag)
+        return ExistingRevision(
+            region=region, state=state, message=message, percent=percent, tags=tags, uri=uri
+        )
+
+    with ThreadPoolExecutor(max_workers=len(ctx.target.regions)) as pool:
+        found = list(pool.map(look, ctx.target.regions))
+    return [f for f in found if f is not None]

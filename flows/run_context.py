@@ -1,0 +1,36 @@
+"""What the deploy, canary and traffic steps of a release share: `RunContext`."""
+
+from __future__ import annotations
+
+from blocks.release_target import ReleaseTarget, revision_name
+from tasks import cloud_run as cr
+
+
+class RunContext:
+    """What the deploy/traffic steps share: the target, project, and the Cloud Run clients.
+
+    A plain class on purpose: Prefect passes it to tasks as is (it copies pydantic models and
+    dataclasses when resolving task inputs).
+    """
+
+    def __init__(self, target: ReleaseTarget, git_tag: str, image: str | None):
+        self.target = target
+        self.git_tag = git_tag
+        self.image = image
+        cloud = target.google()
+        self.cloud = cloud
+        self.project = target.resolved_project()
+        self.services = cloud.services_client()
+        self.revisions = cloud.revisions_client()
+        self.gpu_revision = revision_name(target.service, git_tag)
+        self.cpu_revision = revision_name(target.service, git_tag, "cpu")
+
+    def service_name(self, region: str) -> str:
+        return cr.service_path(self.project, region, self.target.service)
+
+    def revision_path(self, region: str, revision: str) -> str:
+        return cr.revision_path(self.project, region, self.target.service, revision)
+
+    @property
+    def wait(self) -> dict[str, float]:
+        return {"timeout": self.target.ready_timeout_s, "poll_s": self.target.poll_interval_s}

@@ -86,6 +86,7 @@ class LocalCloud:
 def local_cloud(startup_timeout: float = 60.0) -> Iterator[LocalCloud]:
     """A fresh sandbox with the env pointing Shipyard at it, and the internal token stored."""
     from prefect.blocks.system import Secret
+    from pydantic import SecretStr
 
     from sandbox.admin import SandboxAdmin
     from sandbox.manager import start_sandbox
@@ -96,7 +97,7 @@ def local_cloud(startup_timeout: float = 60.0) -> Iterator[LocalCloud]:
     try:
         with info.env_applied():
             token = "tok-" + secrets.token_hex(16)
-            Secret(value=token).save(DEMO_TOKEN_BLOCK, overwrite=True)
+            Secret(value=SecretStr(token)).save(DEMO_TOKEN_BLOCK, overwrite=True)
             yield LocalCloud(info=info, admin=admin, token_block=DEMO_TOKEN_BLOCK, token=token)
     finally:
         admin.close()

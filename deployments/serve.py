@@ -129,7 +129,7 @@ async def resolve_templates(value: Any) -> Any:
 
     value = await resolve_block_document_references(value)
     value = await resolve_variables(value)
-    return apply_values(value, os.environ, remove_notset=False)
+    return apply_values(value, dict(os.environ), remove_notset=False)
 
 
 async def to_runner_deployment(spec: DeploymentSpec, flow: Any = None) -> Any:

@@ -49,7 +49,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -192,7 +192,7 @@ class SecretSource:
         from prefect.blocks.system import Secret
 
         try:
-            block = await Secret.aload(self.block_name)
+            block = cast(Secret, await Secret.aload(self.block_name))
         except ValueError:
             raise Reject(
                 503,
@@ -555,7 +555,7 @@ class Redrive:
                 filter=EventFilter(
                     event=EventNameFilter(name=[ACTION_EXECUTED, ACTION_FAILED]),
                     related=EventRelatedFilter(id=[f"prefect.event.{e}" for e in chunk]),
-                    occurred=EventOccurredFilter(since=since),
+                    occurred=EventOccurredFilter.model_validate({"since": since}),
                 ),
                 limit=50,
             )

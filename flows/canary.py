@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import httpx
 import pandas as pd
@@ -45,6 +45,9 @@ from tasks.reports import publish_table
 RUN_COLUMNS = ["run", "status", "ms", "remote_ms", "fallback_used", "image", "attempts", "error"]
 
 
+BaselineSource = Literal["recorded", "measured", "unavailable", "skipped"]
+
+
 class CanaryRun(BaseModel):
     run: int
     status: int | None = None
@@ -67,7 +70,7 @@ class CanaryReport(BaseModel):
     p50_ms: float | None = None
     p95_ms: float | None = None
     baseline_ms: float | None = None
-    baseline_source: Literal["recorded", "measured", "unavailable", "skipped"] = "unavailable"
+    baseline_source: BaselineSource = "unavailable"
     speedup: float | None = None
     fallback_used: bool = False
     log_hits: list[str] = []
@@ -104,7 +107,7 @@ def load_token(policy: CanaryPolicy) -> SecretStr | None:
     if not policy.token_secret:
         return None
     try:
-        value = Secret.load(policy.token_secret).get()
+        value = cast(Secret, Secret.load(policy.token_secret)).get()
     except ValueError as exc:
         raise ConfigurationError(
             f"CanaryPolicy.token_secret={policy.token_secret!r}: no Prefect Secret block of that "
@@ -327,8 +330,8 @@ def baseline_latency(
     region: str,
     sample: SampleImage,
     token: SecretStr | None,
-) -> tuple[float | None, str]:
-    """(ms, 'recorded' | 'measured' | 'unavailable')."""
+) -> tuple[float | None, BaselineSource]:
+    """(ms, 'recorded' | 'measured' | 'unavailable' | 'skipped')."""
     if ctx.target.canary.min_speedup is None:
         return None, "skipped"  # no speed-up check: nothing to measure
     record = recorded_release(ctx.target.service) or {}
@@ -386,9 +389,9 @@ def judge(
     figures: dict[str, float | None] = {"p50_ms": None, "p95_ms": None, "speedup": None}
     if not times.empty:
         figures["p50_ms"] = round(float(times.median()), 1)
-        figures["p95_ms"] = round(float(times.quantile(0.95)), 1)
-        if figures["p95_ms"] > policy.p95_limit_ms:
-            reasons.append(f"p95 {figures['p95_ms']:.0f} ms > limit {policy.p95_limit_ms:.0f} ms")
+        p95 = figures["p95_ms"] = round(float(times.quantile(0.95)), 1)
+        if p95 > policy.p95_limit_ms:
+            reasons.append(f"p95 {p95:.0f} ms > limit {policy.p95_limit_ms:.0f} ms")
         if baseline_ms:
             speedup = 1 - float(times.median()) / baseline_ms
             figures["speedup"] = round(speedup, 3)

@@ -63,7 +63,7 @@ def build_request(
             cloudbuild_v1.BuildStep(name=DOCKER_BUILDER, id="build", args=args),
         ],
         options=cloudbuild_v1.BuildOptions(
-            machine_type=cloudbuild_v1.BuildOptions.MachineType[settings.machine_type],
+            machine_type=getattr(cloudbuild_v1.BuildOptions.MachineType, settings.machine_type),
             disk_size_gb=settings.disk_size_gb,
             logging=cloudbuild_v1.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY,
         ),

@@ -319,7 +319,7 @@ async def mirror_base_image(
         )
     if not (src_ref.tag or src_ref.digest):
         src_ref = ImageRef(src_ref.registry, src_ref.repository, "latest")
-    tag = dst_ref.tag or src_ref.tag or src_ref.digest.replace(":", "-")[:71]
+    tag = dst_ref.tag or src_ref.tag or (src_ref.digest or "").replace(":", "-")[:71]
     dst_repo = dst_ref.repository
     expect = expect_cudnn or None
     pin = await aread_base_pin(dst_ref.repo_name)

@@ -25,6 +25,7 @@ import datetime as dt
 import shutil
 import time
 from pathlib import Path
+from typing import cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -79,9 +80,11 @@ class PrewarmResult(BaseModel):
 def load_blocks(
     settings_block: str | None, tiers_block: str | None, cloud_block: str | None
 ) -> tuple[BuildSettings, CacheTiers, GoogleCloud]:
-    settings = BuildSettings.load(settings_block) if settings_block else BuildSettings()
-    tiers = CacheTiers.load(tiers_block) if tiers_block else CacheTiers()
-    cloud = GoogleCloud.load(cloud_block) if cloud_block else GoogleCloud()
+    # Block.load is sync-compatible: called from sync code it returns the block, not a coroutine
+    settings = cast(BuildSettings, BuildSettings.load(settings_block)) if settings_block else None
+    tiers = cast(CacheTiers, CacheTiers.load(tiers_block)) if tiers_block else None
+    cloud = cast(GoogleCloud, GoogleCloud.load(cloud_block)) if cloud_block else None
+    return settings or BuildSettings(), tiers or CacheTiers(), cloud or GoogleCloud()
     return settings, tiers, cloud
 
 
@@ -95,10 +98,12 @@ def read_image(repository: str, reference: str) -> il.ImageFacts | None:
 
 
 @task(name="quarter-tag", cache_policy=NO_CACHE, persist_result=False)
-def ensure_quarter_tag(repository: str, facts: il.ImageFacts, tag: str, quarter: str, move: bool):
+def ensure_quarter_tag(
+    repository: str, facts: il.ImageFacts, tag: str, quarter: str, move: bool
+) -> str:
     """Create (or, when `move`, re-point) a quarterly tag; returns its digest."""
 
-    async def go():
+    async def go() -> str:
         async with il.client_for(repository) as client:
             current = await il.manifest_digest(client, repository, tag)
             if current and not move:

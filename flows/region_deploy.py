@@ -111,8 +111,9 @@ def deploy_revision(
         )
         cr.update_service(ctx.services, body, **ctx.wait)
     cr.wait_revision_ready(ctx.revisions, ctx.revision_path(region, revision), **ctx.wait)
-    service = cr.get_service(ctx.services, ctx.service_name(region))
-    assert service is not None
+    refreshed = cr.get_service(ctx.services, ctx.service_name(region))
+    assert refreshed is not None
+    service = refreshed
     if tag and cr.tag_uri(service, tag) is None:
         # Reused revision without its tag (a re-run after rollback): tag it again at 0%.
         traffic = [t for t in pinned_traffic(service) if t.tag != tag and t.revision]

@@ -24,7 +24,7 @@ import inspect
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -246,7 +246,7 @@ def resolve_target(target: ReleaseTarget | str) -> ReleaseTarget:
     if isinstance(target, ReleaseTarget):
         return target
     try:
-        return ReleaseTarget.load(target)
+        return cast(ReleaseTarget, ReleaseTarget.load(target))
     except ValueError as exc:
         raise ReleaseError(
             f"target={target!r}: no ReleaseTarget block of that name; save one "

@@ -68,7 +68,7 @@ class StepLog:
             task_run_name=name,
             retries=retries,
             retry_delay_seconds=delays or 0,
-            retry_jitter_factor=0.5 if retries else None,
+            retry_jitter_factor=0.5,
             retry_condition_fn=retry_condition_fn,
         )
         started = time.perf_counter()

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from blocks.release_target import ReleaseTarget, revision_name
 from tasks import cloud_run as cr
+
+
+class Wait(TypedDict):
+    """How the Cloud Run calls wait for an operation or a Ready revision."""
+
+    timeout: float
+    poll_s: float
 
 
 class RunContext:
@@ -32,5 +41,5 @@ class RunContext:
         return cr.revision_path(self.project, region, self.target.service, revision)
 
     @property
-    def wait(self) -> dict[str, float]:
+    def wait(self) -> Wait:
         return {"timeout": self.target.ready_timeout_s, "poll_s": self.target.poll_interval_s}

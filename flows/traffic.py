@@ -55,7 +55,9 @@ def _ensure_image(ctx: RunContext, region: str) -> None:
     ctx.image = found.containers[0].image
 
 
-def _is_ready(ctx: RunContext, region: str, revision: str) -> bool:
+def _is_ready(ctx: RunContext, region: str, revision: str | None) -> bool:
+    if not revision:
+        return False
     found = cr.get_revision(ctx.revisions, ctx.revision_path(region, revision))
     return found is not None and cr.ready_state(found)[0] == "succeeded"
 
@@ -120,7 +122,7 @@ def rollback_step(ctx: RunContext, region: str, failed: str | None) -> TrafficRe
             service = cr.set_traffic(ctx.services, service, keep, **ctx.wait)
         top = max(good, key=lambda t: t.percent)
         return TrafficResult(
-            region=region, revision=top.revision, url=service.uri, detail="kept last good"
+            region=region, revision=top.revision or "", url=service.uri, detail="kept last good"
         )
     # No good revision left (or the policy asks): the CPU baseline, Ready, then 100%.
     baseline = ctx.cpu_revision
@@ -158,7 +160,7 @@ def cpu_path_step(ctx: RunContext, region: str) -> TrafficResult:
                 service = cr.set_traffic(ctx.services, service, pinned_traffic(service), **ctx.wait)
             top = max(serving, key=lambda t: t.percent)
             return TrafficResult(
-                region=region, revision=top.revision, url=service.uri, detail="kept serving"
+                region=region, revision=top.revision or "", url=service.uri, detail="kept serving"
             )
     # deploy_revision creates the service with the CPU baseline at 100% when it is missing.
     deploy_revision(ctx, region, cpu_template(ctx), tag=None)

@@ -12,7 +12,9 @@ PRIOR_TAG = "prior"
 BASELINE_TAG = "baseline"
 
 
-def pinned_traffic(service: run_v2.Service, drop: set[str] = frozenset()) -> list[cr.Traffic]:
+def pinned_traffic(
+    service: run_v2.Service, drop: frozenset[str] | set[str] = frozenset()
+) -> list[cr.Traffic]:
     """The current split with LATEST replaced by the revision it means (Cloud Run: the latest
     *ready* revision), so that a template change cannot move traffic; without the `canary` tag,
     without revisions in `drop`, without untagged 0% entries."""

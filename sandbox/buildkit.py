@@ -403,7 +403,8 @@ class StageState:
     parent: StageState | None = None
 
     def chain(self) -> list[StageState]:
-        out, node = [], self
+        out: list[StageState] = []
+        node: StageState | None = self
         while node is not None:
             out.append(node)
             node = node.parent
@@ -514,7 +515,8 @@ class Builder:
         bases: dict[int, tuple[str, str, dict, dict]] = {}
         for stage in stages:
             base = substitute(stage.base, global_args)
-            if dockerfile.stage(base) is not None and dockerfile.stage(base).index < stage.index:
+            earlier = dockerfile.stage(base)
+            if earlier is not None and earlier.index < stage.index:
                 continue
             if not base:
                 raise self.fail(
@@ -552,7 +554,7 @@ class Builder:
         return await self._export(final, list(states.values()))
 
     def _stage_args(self, dockerfile: Dockerfile) -> set[str]:
-        names = set()
+        names: set[str] = set()
         for stage in dockerfile.stages:
             for ins in stage.instructions:
                 if ins.cmd == "ARG":
@@ -666,7 +668,9 @@ class Builder:
             if not any(ins.cmd in FS_STEPS for ins in stage.instructions):
                 self._settle_from(False)
         else:
-            parent = states[dockerfile.stage(substitute(stage.base, global_args)).index]
+            parent_stage = dockerfile.stage(substitute(stage.base, global_args))
+            assert parent_stage is not None  # a FROM <stage> was resolved when ordering stages
+            parent = states[parent_stage.index]
             state = StageState(
                 stage,
                 parent.key,
@@ -716,17 +720,17 @@ class Builder:
             elif ins.cmd == "USER":
                 cfg["User"] = substitute(ins.args, scope)
             elif ins.cmd in ("CMD", "ENTRYPOINT"):
-                value = ins.json_args()
-                if value is None:
-                    value = [*(cfg.get("Shell") or ["/bin/sh", "-c"]), ins.args]
-                cfg["Cmd" if ins.cmd == "CMD" else "Entrypoint"] = value
+                words = ins.json_args()
+                if words is None:
+                    words = [*(cfg.get("Shell") or ["/bin/sh", "-c"]), ins.args]
+                cfg["Cmd" if ins.cmd == "CMD" else "Entrypoint"] = words
             elif ins.cmd == "SHELL":
-                value = ins.json_args()
-                if value is None:
+                words = ins.json_args()
+                if words is None:
                     raise DockerfileError(
                         f"dockerfile parse error on line {ins.line}: SHELL requires the JSON form"
                     )
-                cfg["Shell"] = value
+                cfg["Shell"] = words
             elif ins.cmd == "VOLUME":
                 vols = dict(cfg.get("Volumes") or {})
                 for vol in ins.json_args() or ins.args.split():
@@ -779,7 +783,9 @@ class Builder:
                     v, "ADD from a URL is not supported by the sandbox's Cloud Build executor"
                 )
             if "from" in ins.flags:
-                src_state = states[dockerfile.stage(ins.flags["from"]).index]
+                src_stage = dockerfile.stage(ins.flags["from"])
+                assert src_stage is not None  # COPY --from=<stage> was resolved when ordering
+                src_state = states[src_stage.index]
                 src_tree = {p.lstrip("/"): d for p, d in src_state.files.items()}
                 origin = src_state.key
             else:

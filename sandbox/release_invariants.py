@@ -36,7 +36,7 @@ def passed_canaries(results) -> dict[str, dt.datetime]:
 
 
 def invariant_violations(
-    history: list[dict], results, known_good: set[str] = frozenset()
+    history: list[dict], results, known_good: frozenset[str] | set[str] = frozenset()
 ) -> list[str]:
     """Invariants 1 and 2; `known_good`: revisions that served before any release (not new)."""
     problems = list(traffic_violations(history))

@@ -17,6 +17,7 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from sandbox.build_scenario import BuildScenario
 
@@ -127,7 +128,7 @@ class Scenario(_Strict):
         return self.regions.get(name, self.default_region)
 
 
-def _describe(err: dict) -> str:
+def _describe(err: ErrorDetails) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":

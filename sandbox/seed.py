@@ -76,6 +76,7 @@ async def apush_cuda_image(
     try:
         version = json.dumps({"cuda": {"name": "CUDA SDK", "version": cuda}}).encode()
         layer = make_layer({"/usr/local/cuda/version.json": (version, 0o644)})
+        assert layer.data is not None  # make_layer returns the blob it made
         await reg.put_blob(repo, layer.data)
         config = json.dumps(
             nvidia_config([layer.diff_id], cudnn=cudnn, cuda=cuda), sort_keys=True

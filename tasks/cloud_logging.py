@@ -98,7 +98,7 @@ def write_structured_entry(
     logger = client.logger(log_id, labels=dict(labels) if labels else None)
     insert_id = uuid.uuid4().hex
     when = dt.datetime.now(dt.UTC)
-    res = dict(resource) if resource else {"type": "global", "labels": {}}
+    res: dict[str, Any] = dict(resource) if resource else {"type": "global", "labels": {}}
     res.setdefault("labels", {}).setdefault("project_id", client.project)
     for attempt in range(1, attempts + 1):
         try:

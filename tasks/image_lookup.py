@@ -56,6 +56,10 @@ class ImageFacts:
 class LookupClient(RegistryClient):
     """RegistryClient plus manifest DELETE."""
 
+    async def __aenter__(self) -> LookupClient:
+        await super().__aenter__()
+        return self
+
     async def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete a manifest by digest; False when it was already gone."""
         try:

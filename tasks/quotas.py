@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from google.api_core import exceptions as gexc
 from google.cloud import cloudquotas_v1
@@ -53,7 +53,7 @@ _SHORT = {GPU_L4: "l4", GPU_L4_NO_ZONAL_REDUNDANCY: "l4-nzr", CPU: "cpu", MEMORY
 _CPU_UNITS = {"milli-vCPU": 1e-3, "{milli-vCPU}": 1e-3, "1": 1.0, "vCPU": 1.0}
 _MEMORY_UNITS = {"By": 1 / 1024**3, "KiBy": 1 / 1024**2, "MiBy": 1 / 1024, "GiBy": 1.0}
 
-_RETRY = dict(
+_RETRY: dict[str, Any] = dict(
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=0.5),
     retry_jitter_factor=0.5,
@@ -119,7 +119,9 @@ class QuotaDecision:
     polls: int
 
 
-def _client_project(source: Source, project: str | None) -> tuple[object, str]:
+def _client_project(
+    source: Source, project: str | None
+) -> tuple[cloudquotas_v1.CloudQuotasClient, str]:
     if isinstance(source, GoogleCloud):
         return source.quotas_client(), project or source.resolved_project()
     if not project:
@@ -276,6 +278,7 @@ def file_quota_preference(
 def _decision(pref: cloudquotas_v1.QuotaPreference, polls: int) -> QuotaDecision:
     config = pref.quota_config
     granted = config.granted_value
+    status: Literal["granted", "denied", "pending"]
     if pref.reconciling:
         status = "pending"
     elif granted is not None and (granted == -1 or granted >= config.preferred_value):

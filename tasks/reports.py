@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import pandas as pd
@@ -45,7 +45,10 @@ def publish_table(
     """A table artifact (list of records; NaN becomes empty)."""
     df = frame(rows, columns)
     records = [{k: _cell(v) for k, v in rec.items()} for rec in df.to_dict(orient="records")]
-    return create_table_artifact(table=records, key=artifact_key(key), description=description)
+    artifact_id = create_table_artifact(
+        table=records, key=artifact_key(key), description=description
+    )
+    return cast(UUID, artifact_id)  # sync-compatible: a UUID when called from sync code
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -63,6 +66,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 
 def publish_markdown(markdown: str, key: str, description: str) -> UUID:
-    return create_markdown_artifact(
+    artifact_id = create_markdown_artifact(
         markdown=markdown, key=artifact_key(key), description=description
     )
+    return cast(UUID, artifact_id)  # sync-compatible: a UUID when called from sync code

@@ -30,24 +30,48 @@ def webhook_serve(
         help="Regex a release tag must match as a whole, ASCII digits only (default: env "
         "SHIPYARD_RELEASE_TAG_PATTERN, else blocks.release_tag.RELEASE_TAG_PATTERN, vX.Y.Z).",
     ),
+    repo: list[str] = typer.Option(
+        None,
+        "--repo",
+        help="owner/name=target: a repository allowed to release, and the ReleaseTarget "
+        "block it releases (repeatable; also SHIPYARD_WEBHOOK_REPOS=a/b=t,c/d=u). Other "
+        "repositories are refused with 403.",
+    ),
+    repos_file: str = typer.Option(
+        None,
+        "--repos-file",
+        help="YAML file `repositories: {owner/name: target}` (or SHIPYARD_WEBHOOK_REPOS_FILE).",
+    ),
+    journal: str = typer.Option(
+        None,
+        "--journal",
+        help="The receiver's journal file (SQLite; default SHIPYARD_WEBHOOK_JOURNAL, else "
+        "$SHIPYARD_HOME/webhook/journal.db). Receivers on one host may share it.",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Receive GitHub `push`/`create` and GitLab tag-push webhooks; emit `shipyard.git.tag.pushed`."""
     import logging
 
-    import uvicorn
-
-    from deployments.webhook import WebhookSettings, create_app
+    from deployments.webhook import WebhookSettings, serve
 
     try:
-        settings = WebhookSettings.from_env(secret_block=secret_block, tag_pattern=tag_pattern)
+        settings = WebhookSettings.from_env(
+            repos=repo or None,
+            repos_file=repos_file,
+            secret_block=secret_block,
+            tag_pattern=tag_pattern,
+            journal=journal,
+        )
         settings.compiled_pattern()
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per delivery is ours
+    if not settings.repositories:
+        typer.echo("warning: no repository is allowed to release (--repo owner/name=target)")
     typer.echo(f"shipyard webhook receiver on http://{host}:{port}/webhook")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    serve(settings, host, port, log_level)
 
 
 def serve(

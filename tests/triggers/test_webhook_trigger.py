@@ -23,10 +23,13 @@ from trigger_hooks import (
     github_create,
     github_push,
     gitlab_tag_push,
+    journal_state,
     runs_of,
     sha,
     wait_for_runs,
 )
+
+from deployments.webhook_parse import TagPush
 
 pytestmark = pytest.mark.slow  # with test_deployments: ~40 s beyond the session server
 
@@ -93,6 +96,7 @@ def test_signed_tag_push_creates_one_release_run(receiver, deployed, webhook_sec
         "tag": tag,
         "commit": commit,
         "repository": REPOSITORY,
+        "target": "default",
         "delivery_id": delivery.delivery_id,
         "provider": "github",
         "ref": f"refs/tags/{tag}",
@@ -142,10 +146,14 @@ BAD_REQUESTS = {
     "tag not semver": (lambda s: Delivery(github_push("nightly-2024"), secret=s), 422),
     "tag without patch": (lambda s: Delivery(github_push("v1.2"), secret=s), 422),
     "body above 1 MiB": (_oversized, 413),
-    "form content type": (
+    "form without payload field": (
         lambda s: Delivery(
             github_push(new_tag()), secret=s, content_type="application/x-www-form-urlencoded"
         ),
+        400,
+    ),
+    "text content type": (
+        lambda s: Delivery(github_push(new_tag()), secret=s, content_type="text/plain"),
         415,
     ),
     "malformed json": (lambda s: Delivery(None, secret=s, body=b'{"ref": "refs/tags/v1.'), 400),
@@ -196,22 +204,21 @@ def test_bad_requests_create_no_run(receiver, deployed, webhook_secret):
     assert asyncio.run(count()) == before + 1, "a bad request created a release run"
 
 
-def test_redelivery_is_409_on_any_receiver_and_runs_once(
-    receiver, block_receiver, deployed, webhook_secret
-):
-    """The seen delivery lives in Prefect: a second receiver (its secret from the Secret
-    block) knows it too, as would a restarted one."""
+def test_redelivery_runs_once_on_any_receiver(receiver, block_receiver, deployed, webhook_secret):
+    """The receiver that journaled a delivery answers its redelivery 409 at once; another
+    receiver (own journal, its secret from the Secret block) accepts it into its journal,
+    and its dispatcher finds the delivery's claim in Prefect taken: still one run."""
     release = deployed["release"]
     tag = new_tag()
     delivery = Delivery(github_push(tag), secret=webhook_secret)
     first = receiver.send(delivery)
-    again = block_receiver.send(delivery)
+    elsewhere = block_receiver.send(delivery)
     same_place = receiver.send(delivery)
 
     assert first.status_code == 202, first.text
-    assert again.status_code == 409, again.text
+    assert elsewhere.status_code == 202, elsewhere.text
     assert same_place.status_code == 409
-    assert first.json()["event_id"] in again.json()["detail"]
+    assert "already received" in same_place.json()["detail"]
 
     async def check():
         assert len(await _runs_for(release, tag)) == 1
@@ -220,6 +227,7 @@ def test_redelivery_is_409_on_any_receiver_and_runs_once(
             return await runs_of(client, release.id, tag_is(tag))
 
     assert len(asyncio.run(check())) == 1
+    assert journal_state(block_receiver, delivery.delivery_id) == "duplicate"
 
 
 def test_github_create_and_push_of_one_tag_make_one_run(receiver, deployed, webhook_secret):
@@ -275,19 +283,26 @@ def test_gitlab_tag_push_creates_a_run(block_receiver, deployed, webhook_secret)
     assert runs[0].parameters["commit"] == commit
 
 
-def test_failed_trigger_action_is_emitted_again(deployed):
+def test_failed_trigger_action_is_emitted_again(deployed, tmp_path):
     """Prefect does not retry a trigger action that failed on the server (it records
     `prefect.automation.action.failed`); the receiver's redrive emits the event again.
 
-    The receiver's own Redrive runs in-process here; the failure record is posted as Prefect
-    writes it, for an event that was never emitted, so no successful action can race it."""
+    The receiver's own journal and Redrive run in-process here; the failure record is posted
+    as Prefect writes it, for an event that was never emitted, so no successful action can
+    race it."""
     import datetime as dt
 
-    from deployments.webhook import Receiver, TagPush, WebhookSettings
+    from deployments.webhook_dispatch import Dispatcher
+    from deployments.webhook_journal import Journal
+    from deployments.webhook_settings import WebhookSettings
 
     release = deployed["release"]
     tag, commit = new_tag(), sha()
     push = TagPush("github", str(uuid.uuid4()), REPOSITORY, tag, commit, f"refs/tags/{tag}")
+    journal = Journal(tmp_path / "journal.db")
+    assert journal.record(push, "push", sha(), 0).status == "accepted"
+    (row,) = journal.lease_due()
+    journal.settle(row.seq, "emitted")  # as if emitted: Prefect never saw it
     failure = {
         "id": str(uuid.uuid4()),
         "occurred": dt.datetime.now(dt.UTC).isoformat(),
@@ -306,19 +321,19 @@ def test_failed_trigger_action_is_emitted_again(deployed):
         import time
 
         async with get_client() as client:
-            receiver = Receiver(WebhookSettings())
-            receiver.client = client
-            receiver.redrive.watch(push)
+            dispatcher = Dispatcher(journal, WebhookSettings(), client)
             await client.request("POST", "/events", json=[failure])
             deadline = time.monotonic() + 30
-            while str(push.event_id) in receiver.redrive.pending:
+            while journal.counts().get("emitted"):
                 assert time.monotonic() < deadline, "the failure was never seen"
-                await receiver.redrive.check()
+                await dispatcher.redrive.check()
                 await asyncio.sleep(0.3)
-            again = TagPush(**{**push.__dict__, "attempt": 1})
-            assert str(again.event_id) in receiver.redrive.pending
+            (again,) = journal.lease_due()
+            assert again.push.attempt == 1 and again.push.event_id != push.event_id
+            state, _ = await dispatcher.handle(again)
+            assert state == "emitted"
             runs = await wait_for_runs(client, release.id, tag_is(tag), 1)
-            return again, runs, await _event(client, str(again.event_id))
+            return again.push, runs, await _event(client, str(again.push.event_id))
 
     again, runs, event = asyncio.run(scenario())
     assert len(runs) == 1 and runs[0].parameters["commit"] == commit

@@ -25,6 +25,9 @@ REPOSITORY = "acme/manga-translator"
 WORK_POOL = "shipyard-process"
 BASE_MIRROR = "127.0.0.1:5999/base/cuda"
 SECRET_BLOCK = "shipyard-webhook-secret-tests"
+GITLAB_REPOSITORY = "acme/gpu/manga-translator"
+# The receivers' allow-list: both test repositories release the `default` target.
+ALLOWED = [f"{REPOSITORY}=default", f"{GITLAB_REPOSITORY}=default"]
 
 
 def module_file(spec: DeploymentSpec) -> Path:
@@ -80,7 +83,7 @@ def gitlab_tag_push(
     *,
     deleted: bool = False,
     commit: str | None = None,
-    repository: str = "acme/gpu/manga-translator",
+    repository: str = GITLAB_REPOSITORY,
 ) -> dict[str, Any]:
     after = "0" * 40 if deleted else (commit or sha())
     return {
@@ -134,6 +137,7 @@ class ReceiverProcess:
 
     def __init__(self, log_path: Path, env: dict[str, str], extra_args: list[str] | None = None):
         self.port = free_port()
+        self.journal = log_path.with_suffix(".journal.db")
         self.url = f"http://127.0.0.1:{self.port}/webhook"
         self.log_path = log_path
         self.proc = spawn(
@@ -145,6 +149,9 @@ class ReceiverProcess:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                "--journal",
+                str(self.journal),
+                *(a for r in ALLOWED for a in ("--repo", r)),
                 *(extra_args or []),
             ],
             log_path,
@@ -205,3 +212,21 @@ async def runs_of(client: Any, deployment_id: uuid.UUID, predicate=lambda r: Tru
         limit=200,
     )
     return [r for r in runs if predicate(r)]
+
+
+def journal_state(receiver: ReceiverProcess, delivery_id: str, timeout: float = 30.0) -> str:
+    """The final state of a delivery in a receiver's journal (read-only; polled)."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    state = "missing"
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{receiver.journal}?mode=ro", uri=True) as db:
+            row = db.execute(
+                "SELECT state FROM deliveries WHERE delivery_id = ?", (delivery_id,)
+            ).fetchone()
+        state = row[0] if row else "missing"
+        if state not in ("missing", "pending", "emit"):
+            return state
+        time.sleep(0.1)
+    return state

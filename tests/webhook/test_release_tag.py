@@ -88,6 +88,7 @@ def test_receiver_answers_422_to_look_alike_tags(tag, monkeypatch):
     from deployments.webhook import WebhookSettings, create_app
 
     monkeypatch.setenv("SHIPYARD_WEBHOOK_SECRET", "s3cret-for-tag-test")
+    monkeypatch.setenv("SHIPYARD_WEBHOOK_REPOS", "acme/manga-translator=default")
     app = create_app(WebhookSettings.from_env())
 
     async def send() -> httpx.Response:

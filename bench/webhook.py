@@ -51,6 +51,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -165,6 +166,49 @@ async def timed_posts(requests: list[tuple[str, bytes, dict[str, str]]], paralle
         return await asyncio.gather(*(one(*r) for r in requests))
 
 
+async def deliver(
+    requests: list[tuple[str, bytes, dict[str, str]]],
+    parallel: int,
+    answered: list[int],
+    up: asyncio.Event,
+) -> list[tuple[Any, float, str, int]]:
+    """POST each delivery; one whose connection failed (the receiver was killed) is sent again,
+    same delivery id and body, once the receiver is back: what a GitHub redelivery does.
+    Returns (final response, its latency in ms, delivery id, attempts) per request."""
+    import httpx
+
+    limit = asyncio.Semaphore(parallel)
+    async with httpx.AsyncClient(timeout=300) as client:
+
+        async def one(url: str, body: bytes, headers: dict[str, str]):
+            tries = 0
+            async with limit:
+                while True:
+                    await up.wait()
+                    tries += 1
+                    started = time.perf_counter()
+                    try:
+                        response = await client.post(url, content=body, headers=headers)
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.05)
+                        continue
+                    answered[0] += 1
+                    ms = (time.perf_counter() - started) * 1000
+                    return response, ms, headers["X-GitHub-Delivery"], tries
+
+        return await asyncio.gather(*(one(*r) for r in requests))
+
+
+async def journal_counts(port: int) -> dict[str, int] | None:
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return (await client.get(f"http://127.0.0.1:{port}/healthz")).json().get("journal")
+    except httpx.HTTPError:
+        return None
+
+
 async def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -182,6 +226,7 @@ async def bench(args: argparse.Namespace, api_url: str, workdir: Path) -> dict[s
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
+    from deployments.webhook_parse import EVENT_NAMESPACE
     from sandbox.procs import free_port, spawn, stop_pid, wait_for_port
 
     env = {"PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
@@ -197,11 +242,20 @@ async def bench(args: argparse.Namespace, api_url: str, workdir: Path) -> dict[s
         env=env,
     )
     port = free_port()
-    receiver = spawn(
-        [str(Path(sys.executable).with_name("shipyard")), "webhook", "serve", "--port", str(port)],
-        workdir / "receiver.log",
-        env={**env, "SHIPYARD_WEBHOOK_SECRET": SECRET},
-    )
+
+    def start_receiver():
+        return spawn(
+            [
+                str(Path(sys.executable).with_name("shipyard")),
+                *("webhook", "serve", "--port", str(port)),
+                *("--repo", f"{REPOSITORY}=default", "--journal", str(workdir / "journal.db")),
+            ],
+            workdir / "receiver.log",
+            env={**env, "SHIPYARD_WEBHOOK_SECRET": SECRET},
+        )
+
+    receiver = start_receiver()
+    killed = {"at_answer": None, "restart_s": None}
     try:
         async with get_client() as client:
 
@@ -244,14 +298,41 @@ async def bench(args: argparse.Namespace, api_url: str, workdir: Path) -> dict[s
             major = int(time.time()) % 100000
             tags = [f"v{major}.0.{i}" for i in range(args.events)]
             sent_at = time.monotonic()
-            answers = await timed_posts(
-                [(f"http://127.0.0.1:{port}/webhook", *delivery(t)) for t in tags], args.parallel
+            answered = [0]
+            up = asyncio.Event()
+            up.set()
+
+            async def kill_mid_burst() -> None:
+                """SIGKILL the receiver once half the deliveries were answered, restart it."""
+                nonlocal receiver
+                while answered[0] < args.events // 2:
+                    await asyncio.sleep(0.005)
+                up.clear()
+                os.kill(receiver.pid, signal.SIGKILL)
+                receiver.wait()
+                killed["at_answer"] = answered[0]
+                restarted = time.monotonic()
+                receiver = start_receiver()
+                await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 120, receiver)
+                killed["restart_s"] = round(time.monotonic() - restarted, 2)
+                up.set()
+
+            killer = asyncio.create_task(kill_mid_burst()) if args.kill_receiver else None
+            answers = await deliver(
+                [(f"http://127.0.0.1:{port}/webhook", *delivery(t)) for t in tags],
+                args.parallel,
+                answered,
+                up,
             )
+            if killer is not None:
+                await killer
             send_s = time.monotonic() - sent_at
+            # A redelivery answered 409 was journaled before the kill: it counts as received.
             event_of = {
-                t: r.json()["event_id"]
-                for t, (r, _) in zip(tags, answers, strict=True)
-                if r.status_code == 202 and r.json().get("status") == "accepted"
+                t: str(uuid.uuid5(EVENT_NAMESPACE, f"github:{delivery_id}"))
+                for t, (r, _, delivery_id, _) in zip(tags, answers, strict=True)
+                if (r.status_code == 202 and r.json().get("status") == "accepted")
+                or r.status_code == 409
             }
             accepted = list(event_of)
             tag_of_event = {e: t for t, e in event_of.items()}
@@ -323,6 +404,7 @@ async def bench(args: argparse.Namespace, api_url: str, workdir: Path) -> dict[s
             # A trigger that fired twice would show up late; the deliveries all ended long ago.
             runs = await all_runs()
             failed = sorted(await failed_actions())
+        journal = await journal_counts(port)
     finally:
         stop_pid(receiver.pid)
         stop_pid(served.pid)
@@ -335,7 +417,9 @@ async def bench(args: argparse.Namespace, api_url: str, workdir: Path) -> dict[s
         for r in runs
         if r.start_time is not None and r.end_time is not None
     ]
-    accept_ms = [ms for r, ms in answers if r.status_code == 202]
+    accept_ms = [ms for r, ms, _, _ in answers if r.status_code in (202, 409)]
+    # A tag whose delivery was never received (neither accepted nor known) is lost too.
+    unanswered = sorted(set(tags) - set(accepted))
     peer_ms = [ms for r, ms in peer if r.status_code == 204]
     completed = sum(1 for r in runs if r.state.is_completed())
     return {
@@ -343,10 +427,12 @@ async def bench(args: argparse.Namespace, api_url: str, workdir: Path) -> dict[s
         "runs": len(runs),
         "completed": completed,
         "max_concurrent": max_overlap(intervals),
-        "lost": sorted(t for t in accepted if t not in by_tag),
+        "lost": len([t for t in accepted if t not in by_tag]) + len(unanswered),
+        "lost_tags": sorted(t for t in accepted if t not in by_tag) + unanswered,
         "trigger_actions_failed": len(failed),
         "redriven_and_ran": sorted(t for t in failed if t in by_tag),
-        "twice": sorted(t for t, n in by_tag.items() if n > 1),
+        "twice": len([t for t, n in by_tag.items() if n > 1]),
+        "twice_tags": sorted(t for t, n in by_tag.items() if n > 1),
         "p95_accept_ms": p(accept_ms, 0.95),
         "p50_accept_ms": p(accept_ms, 0.50),
         "peer_p95_post_events_ms": p(peer_ms, 0.95),
@@ -354,7 +440,13 @@ async def bench(args: argparse.Namespace, api_url: str, workdir: Path) -> dict[s
         "accept_vs_post_events_p95": (
             round(p(accept_ms, 0.95) / p(peer_ms, 0.95), 2) if accept_ms and peer_ms else None
         ),
-        "statuses": sorted({r.status_code for r, _ in answers}),
+        "statuses": sorted({r.status_code for r, _, _, _ in answers}),
+        "receiver_killed": bool(args.kill_receiver),
+        "killed_after_answers": killed["at_answer"],
+        "receiver_restart_seconds": killed["restart_s"],
+        "resent": sum(tries - 1 for _, _, _, tries in answers),
+        "redeliveries_409": sum(1 for r, _, _, _ in answers if r.status_code == 409),
+        "journal_states": journal,
         "send_seconds": round(send_s, 2),
         "all_ended_seconds": round(drain_s, 1),
         "median_run_seconds": (
@@ -400,6 +492,12 @@ def main() -> None:
         "(default: Prefect's, 30)",
     )
     parser.add_argument("--api-url", help="use this Prefect server instead of a temporary one")
+    parser.add_argument(
+        "--kill-receiver",
+        action="store_true",
+        help="SIGKILL the receiver once half the deliveries were answered and restart it; "
+        "deliveries whose connection failed are redelivered",
+    )
     args = parser.parse_args()
 
     if args.mode == "_serve":

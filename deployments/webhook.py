@@ -238,7 +238,9 @@ class BoundedH11Protocol(H11Protocol):
 
     header_timeout_s = 10.0
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._arm()
 

@@ -112,8 +112,8 @@ class Claims:
                 value = variable.get("value")
                 stamp = value.get("expires") if isinstance(value, dict) else None
                 try:
-                    expired = dt.datetime.fromisoformat(stamp) < now
-                except (TypeError, ValueError):
+                    expired = dt.datetime.fromisoformat(str(stamp)) < now
+                except ValueError:
                     # Written before claims expired: one per delivery forever; drop those.
                     expired = variable["name"].startswith("shipyard-webhook-delivery-")
                 if expired and await self.release(variable["name"]):

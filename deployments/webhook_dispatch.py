@@ -195,7 +195,7 @@ class Redrive:
                     related=EventRelatedFilter(
                         id=[f"prefect.event.{e}" for e in ids[start : start + 50]]
                     ),
-                    occurred=EventOccurredFilter(since=since),
+                    occurred=EventOccurredFilter.model_validate({"since": since}),
                 ),
                 limit=50,
             )

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import os
 import time
+from typing import cast
 
 from starlette.datastructures import Headers
 
@@ -40,7 +41,7 @@ class SecretSource:
         from prefect.blocks.system import Secret
 
         try:
-            block = await Secret.aload(self.block_name)
+            block = cast(Secret, await Secret.aload(self.block_name))
         except ValueError:
             raise Reject(
                 503,

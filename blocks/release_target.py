@@ -77,6 +77,15 @@ class RevisionSpec(_Model):
         default=None, description="Pin an image for this template; default: the release image"
     )
 
+    @field_validator("cpu")
+    @classmethod
+    def _cpu_quantity(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?m?", value, re.ASCII):
+            raise ValueError(
+                f"cpu={value!r} is not a Cloud Run CPU quantity: use e.g. '4' or '500m'"
+            )
+        return value
+
     def memory_gib(self) -> float:
         """'16Gi' -> 16.0, '512Mi' -> 0.5, '8G' -> 7.45 (decimal units converted)."""
         match = re.fullmatch(r"(\d+(?:\.\d+)?)(Gi|Mi|G|M)", self.memory)

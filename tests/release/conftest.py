@@ -40,6 +40,20 @@ def internal_token(prefect_server) -> str:
 
 
 @pytest.fixture
+def info_logs():
+    """Flow and task run logs at INFO for one test (the session ships WARNING and up)."""
+    import logging
+
+    names = ("prefect.flow_runs", "prefect.task_runs")
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.INFO)
+    yield
+    for n, level in saved.items():
+        logging.getLogger(n).setLevel(level)
+
+
+@pytest.fixture
 def stage(sandbox_admin, internal_token):
     """stage(base="healthy", **overrides): reset the sandbox to a scenario file plus overrides."""
     from sandbox.scenario import load_scenario

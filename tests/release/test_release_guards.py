@@ -49,20 +49,6 @@ def _events(resource_prefix: str, since, want: str, timeout: float = 30.0) -> li
         time.sleep(0.5)
 
 
-@pytest.fixture
-def info_logs():
-    """Flow and task run logs at INFO for one test (the session ships WARNING and up)."""
-    import logging
-
-    names = ("prefect.flow_runs", "prefect.task_runs")
-    saved = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.INFO)
-    yield
-    for n, level in saved.items():
-        logging.getLogger(n).setLevel(level)
-
-
 def test_serving_url_event_and_no_secret_anywhere(
     stage, make_target, sandbox_admin, internal_token, info_logs
 ):

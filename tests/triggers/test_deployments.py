@@ -68,6 +68,7 @@ def test_release_trigger_is_registered(deployed):
     assert action.parameters == {
         "git_tag": "{{ event.payload.tag }}",
         "commit": "{{ event.payload.commit }}",
+        "target": "{{ event.payload.target }}",
     }
 
 
@@ -170,6 +171,7 @@ def test_serve_builds_the_same_deployments(deployed):
     assert trigger.parameters == {
         "git_tag": "{{ event.payload.tag }}",
         "commit": "{{ event.payload.commit }}",
+        "target": "{{ event.payload.target }}",
     }
     assert release.concurrency_options.collision_strategy.value == "ENQUEUE"
 

@@ -1,0 +1,256 @@
+"""No secret anywhere: after a released and a rolled-back release (the canary's internal
+token), a mirror into a password-protected registry with the right and a wrong password, and
+signed and forged webhook deliveries (the webhook secret), every place a secret could land
+is searched for the known values: Prefect logs, artifacts, events, flow- and task-run state
+messages and parameters, every row of the test server's SQLite database (the file itself),
+the sandbox's Cloud Logging entries, and every log file of the sandbox, the registry and the
+receiver. Zero hits."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import secrets
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sandbox.procs import free_port, spawn, stop_pid, wait_for_port
+
+pytestmark = pytest.mark.slow
+
+IMAGE = "registry.sandbox.local/pages/page-service"
+REPOSITORY = "acme/manga-translator"
+WEBHOOK_BLOCK = "shipyard-webhook-secret-scan"
+
+
+def _all_pages(read, limit: int = 200) -> list:
+    out, offset = [], 0
+    while True:
+        page = read(limit, offset)
+        out += page
+        if len(page) < limit:
+            return out
+        offset += limit
+
+
+def _prefect_texts(since: dt.datetime) -> dict[str, list[str]]:
+    """Everything the Prefect API holds that a secret could reach, as text per kind."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventOccurredFilter
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = _all_pages(lambda n, o: client.read_logs(limit=n, offset=o))
+        artifacts = _all_pages(lambda n, o: client.read_artifacts(limit=n, offset=o))
+        flow_runs = _all_pages(lambda n, o: client.read_flow_runs(limit=n, offset=o))
+        task_runs = _all_pages(lambda n, o: client.read_task_runs(limit=n, offset=o))
+        page = client.read_events(EventFilter(occurred=EventOccurredFilter(since=since)), 50)
+        events = list(page.events)
+        while page.next_page:
+            page = client.read_events_page(page.next_page)
+            events += page.events
+        variables = client.read_variables()
+    return {
+        "logs": [log.message for log in logs],
+        "artifacts": [f"{a.key} {a.data} {a.description}" for a in artifacts],
+        "events": [e.model_dump_json() for e in events],
+        "flow runs": [
+            f"{r.name} {r.state.message if r.state else ''} {json.dumps(r.parameters, default=str)}"
+            for r in flow_runs
+        ],
+        "task runs": [f"{r.name} {r.state.message if r.state else ''}" for r in task_runs],
+        "variables": [f"{v.name} {json.dumps(v.value, default=str)}" for v in variables],
+    }
+
+
+def _database_files() -> list[Path]:
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+    assert url and url.startswith("sqlite"), f"the test server is not on SQLite: {url}"
+    db = Path(url.split(":///", 1)[1])
+    return [p for p in (db, Path(f"{db}-wal"), Path(f"{db}-journal")) if p.exists()]
+
+
+@pytest.fixture
+def webhook_receiver(sandbox, tmp_path):
+    """`shipyard webhook serve` reading its secret from a Prefect Secret block."""
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL
+
+    secret = "whsec-scan-" + secrets.token_urlsafe(18)
+    Secret(value=secret).save(WEBHOOK_BLOCK, overwrite=True)
+    port = free_port()
+    log = tmp_path / "receiver.log"
+    proc = spawn(
+        [
+            str(Path(sys.executable).with_name("shipyard")),
+            *("webhook", "serve", "--port", str(port), "--secret-block", WEBHOOK_BLOCK),
+            *("--repo", f"{REPOSITORY}=default", "--journal", str(tmp_path / "journal.db")),
+        ],
+        log,
+        env={"PREFECT_API_URL": PREFECT_API_URL.value(), "SHIPYARD_WEBHOOK_SECRET": ""},
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 90, proc=proc)
+        yield f"http://127.0.0.1:{port}", secret, log
+    finally:
+        stop_pid(proc.pid)
+
+
+def _deliver(url: str, secret: str, tag: str) -> list[int]:
+    import hashlib
+    import hmac
+    import uuid
+
+    body = json.dumps(
+        {
+            "ref": f"refs/tags/{tag}",
+            "after": hashlib.sha1(tag.encode()).hexdigest(),
+            "deleted": False,
+            "repository": {"full_name": REPOSITORY},
+        }
+    ).encode()
+
+    def send(headers: dict[str, str]) -> int:
+        headers = {"Content-Type": "application/json", **headers}
+        return httpx.post(f"{url}/webhook", content=body, headers=headers, timeout=30).status_code
+
+    def github(key: str) -> dict[str, str]:
+        mac = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+        return {
+            "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-Hub-Signature-256": f"sha256={mac}",
+        }
+
+    # Signed, forged, and GitLab's token header (the secret itself) a near miss: the wrong
+    # values must not be logged either.
+    gitlab = {
+        "X-Gitlab-Event": "Tag Push Hook",
+        "X-Gitlab-Event-UUID": str(uuid.uuid4()),
+        "X-Gitlab-Token": secret + "-near-miss",
+    }
+    statuses = [send(github(secret)), send(github(secret[:-1] + "x")), send(gitlab)]
+    return statuses
+
+
+def _wait_emitted(url: str, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = httpx.get(f"{url}/healthz", timeout=10).json()["journal"]
+        if counts.get("emitted") or counts.get("done"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the webhook event was never emitted: {counts}")
+
+
+def _mirror_with_password(sandbox, tmp_path) -> tuple[list[str], Path]:
+    """A mirror into a registry behind htpasswd: right password, then a wrong one."""
+    from prefect_docker import DockerRegistryCredentials
+
+    from flows.mirror import mirror_base_image
+    from sandbox.registry import start_registry
+    from sandbox.seed import seed_cuda_image
+
+    good, bad = "Reg-pw-" + secrets.token_hex(8), "Reg-wrong-" + secrets.token_hex(8)
+    private = start_registry(tmp_path / "private-registry", htpasswd=("scan-bot", good))
+    try:
+        for name, password in (("scan-dst-ok", good), ("scan-dst-bad", bad)):
+            DockerRegistryCredentials(
+                username="scan-bot", password=password, registry_url=private.host
+            ).save(name, overwrite=True)
+        seeded = seed_cuda_image(sandbox.registry_url, "scan/cuda", "12.1.1-scan")
+        ok = asyncio.run(
+            mirror_base_image(
+                seeded.ref, f"{private.host}/base/cuda", destination_credentials="scan-dst-ok"
+            )
+        )
+        assert ok["digest"] == seeded.digest
+        state = asyncio.run(
+            mirror_base_image(
+                seeded.ref,
+                f"{private.host}/other/cuda",
+                destination_credentials="scan-dst-bad",
+                return_state=True,
+            )
+        )
+        assert state.is_failed()
+    finally:
+        private.stop()
+    return [good, bad], tmp_path / "private-registry"
+
+
+def test_no_secret_in_any_log_artifact_event_state_row_or_file(
+    stage,
+    make_target,
+    sandbox,
+    sandbox_admin,
+    internal_token,
+    webhook_receiver,
+    tmp_path,
+    info_logs,
+):
+    from flows.release import release
+
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    url, webhook_secret, receiver_log = webhook_receiver
+
+    # A release that passes its canary (the token is sent), one retried 503 on the way,
+    # then one whose canary fails and rolls back.
+    stage(
+        revision_faults=[
+            {"fault": "http_503", "requests": 1},
+            {"fault": "silent_cpu_fallback", "image_contains": ":v2"},
+        ]
+    )
+    target = make_target()
+    good = release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
+    bad = release("v2.0.0", target, image=f"{IMAGE}:v2.0.0")
+    assert good.outcome == "released" and good.canary.passed
+    assert bad.outcome == "rolled_back"
+
+    registry_passwords, registry_root = _mirror_with_password(sandbox, tmp_path)
+
+    assert _deliver(url, webhook_secret, "v9.0.0") == [202, 401, 401]
+    _wait_emitted(url)
+
+    needles = {
+        "internal token": internal_token,
+        "webhook secret": webhook_secret,
+        "registry password": registry_passwords[0],
+        "wrong registry password": registry_passwords[1],
+    }
+    haystacks = _prefect_texts(since)
+    haystacks["results"] = [good.model_dump_json(), bad.model_dump_json()]
+    haystacks["cloud logging"] = [json.dumps(e) for e in sandbox_admin.logs()]
+    files = _database_files() + [receiver_log]
+    files += [p for p in Path(sandbox.root).rglob("*") if p.is_file() and p.suffix != ".db"]
+    files += [p for p in registry_root.rglob("*") if p.is_file() and p.name != "htpasswd"]
+    assert haystacks["logs"] and haystacks["events"] and haystacks["cloud logging"]
+    assert any("TransientAnswer" in m for m in haystacks["logs"])  # the retried 503
+    assert any("scan-dst-bad" in m for m in haystacks["logs"])  # the refused password
+    assert "delivery" in receiver_log.read_text()
+    # The scan reads real data: the service's name is in the database files.
+    assert any(target.service.encode() in p.read_bytes() for p in _database_files())
+
+    hits = [
+        f"{what} in {kind}"
+        for what, needle in needles.items()
+        for kind, texts in haystacks.items()
+        if any(needle in text for text in texts)
+    ]
+    hits += [
+        f"{what} in {path}"
+        for what, needle in needles.items()
+        for path in files
+        if needle.encode() in path.read_bytes()
+    ]
+    assert hits == []

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -95,7 +97,9 @@ class Journal:
     def __init__(self, path: Path, lease_s: float = 300.0):
         self.path = path
         self.lease_s = lease_s
-        self.owner = uuid.uuid4().hex
+        # Who holds a lease: this host and process. A lease of a process of this host that is
+        # gone (killed) is free at once; one of another host's process waits for its expiry.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -209,6 +213,8 @@ class Journal:
                     continue
                 blocked.add(group)  # one row per tag at a time, the earliest
                 leased = r["lease_until"] is not None and r["lease_until"] > now
+                if leased and r["lease_owner"] != self.owner:
+                    leased = not _owner_gone(r["lease_owner"])
                 if r["not_before"] > now or (leased and r["lease_owner"] != self.owner):
                     continue
                 db.execute(
@@ -289,6 +295,21 @@ class _Transaction:
             self.db.execute("COMMIT" if kind is None else "ROLLBACK")
         finally:
             self.lock.release()
+
+
+def _owner_gone(owner: str | None) -> bool:
+    """True when `owner` (host:pid:nonce) is a process of this host that no longer runs."""
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _key(push: TagPush) -> str:

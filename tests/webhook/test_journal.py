@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 from receiver_kit import REPOSITORY, SECRET
 
 from deployments.webhook_journal import Journal
@@ -44,6 +45,7 @@ def test_a_lease_of_a_killed_process_is_free_at_once_a_live_one_is_not(tmp_path)
     assert third.lease_due() == []
 
 
+@pytest.mark.slow  # a receiver process: ~5 s to start
 def test_restarted_receiver_emits_what_its_predecessor_journaled(prefect_server, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL

@@ -13,6 +13,8 @@ from receiver_kit import REPOSITORY, SECRET, github_headers, tag_push
 
 from sandbox.procs import free_port, spawn, stop_pid, wait_for_port
 
+pytestmark = pytest.mark.slow  # a receiver process each: ~5 s to start
+
 CAP = 6
 SERVE = """
 import sys

@@ -13,7 +13,7 @@ alternating between pairs. Prints JSON:
   asyncio: ~0.3 s here) counted too, for comparison;
 - cpu_s_median: user+sys seconds per process (skopeo, Shipyard cold, Shipyard warm), a figure
   less sensitive than wall time to what else the machine runs (see load_average);
-- peak_rss_mb: the largest max-RSS of the Shipyard copy process (the copy engine, tasks/registry.py,
+- peak_rss_mb: the largest max-RSS of the Shipyard copy process (the copy engine, tasks/registry/,
   run alone; the Prefect flow around it is not in this figure);
 - warm_s: median time of a second copy to the same destination (nothing to move), in-process;
   warm_process_s is the same with interpreter start;
@@ -51,7 +51,7 @@ SKOPEO_TLS = ["--src-tls-verify=false", "--dest-tls-verify=false"]
 
 
 def worker(source: str, destination_repo: str, tags: list[str]) -> None:
-    """Copy with tasks/registry.py only and report time, RSS and disk writes as one JSON line."""
+    """Copy with tasks/registry/ only and report time, RSS and disk writes as one JSON line."""
     import anyio  # noqa: F401 - httpcore imports its async backend on first use; a flow has it loaded
     import h11  # noqa: F401
 

@@ -45,6 +45,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
+from blocks.registry_credentials import credentials_from_docker_block, credentials_from_gcp_block
 from tasks.errors import PermanentError
 from tasks.registry import (
     CopyStats,
@@ -57,8 +58,6 @@ from tasks.registry import (
     config_env,
     config_labels,
     copy_image,
-    credentials_from_docker_block,
-    credentials_from_gcp_block,
     parse_reference,
     plan_image,
     platform_matches,

@@ -1,6 +1,6 @@
 """The sandbox's own minimal OCI distribution client and layer builder (the sandbox plays Google).
 
-Kept apart from tasks/registry.py on purpose: the emulator must not share code with the client it
+Kept apart from tasks/registry/ on purpose: the emulator must not share code with the client it
 is testing. It speaks plain HTTP to the sandbox registry: HEAD/GET manifests and blobs, a blob
 upload (POST then a monolithic PUT), a cross-repository mount, and manifest PUT.
 

@@ -7,7 +7,7 @@ reads exactly those fields from the config, so it cannot tell the difference.
 
 One piece of code for the demo (`shipyard demo` seeds the upstream, then mirrors it) and for the
 tests that need such a base (tests/build, tests/release, and tests/mirror's config shape).
-Pushed with the sandbox's own client (sandbox/oci.py), never with tasks/registry.py: the seed
+Pushed with the sandbox's own client (sandbox/oci.py), never with tasks/registry/: the seed
 must not share code with the client the mirror tests exercise.
 """
 

@@ -1,4 +1,4 @@
-"""Registry reads and deletes the build needs, on top of tasks/registry.py's OCI client.
+"""Registry reads and deletes the build needs, on top of the OCI client in tasks/registry/.
 
 - `image_facts`: does an image (tag or digest) exist, and what are its digest, config labels,
   layers and size — from the manifest and the config blob only, no layer is pulled.

@@ -354,3 +354,33 @@ def test_upload_sent_tokenless_after_a_concurrent_expiry_is_retried_not_refused(
     err, uploaded, present = run(scenario())
     assert is_transient(err) and "expired" in str(err)
     assert present and uploaded.digest == sha256_digest(data)
+
+
+def test_password_is_a_secretstr_and_never_shown(start, src, caplog):
+    """The password is a pydantic SecretStr: no repr, str, log line or exception shows it."""
+    from pydantic import SecretStr
+
+    from blocks.registry_credentials import credentials_from_docker_block  # noqa: F401 (importable)
+
+    secret = "Zq9-never-Print-Me"
+    private = start(htpasswd=("mirror-bot", "right-Pass-42"))
+    creds = RegistryCredentials("mirror-bot", secret, "DockerRegistryCredentials block 'p'")
+    again = RegistryCredentials("mirror-bot", SecretStr(secret))
+    assert isinstance(creds.password, SecretStr) and creds.password.get_secret_value() == secret
+    assert again.password.get_secret_value() == secret
+
+    async def scenario():
+        async with client_for(src.host) as s:
+            pushed = await push_image(s, "nvidia/cuda", "s1")
+            plan = await plan_image(s, parse_reference(pushed.ref))
+            async with client_for(private.host, creds) as d:
+                shown = [repr(d.auth.credentials), str(d.auth.credentials), repr(d.__dict__)]
+                with pytest.raises(RegistryAuthError) as err:
+                    await copy_image(s, plan, d, "base/cuda")
+            return shown, err.value
+
+    with caplog.at_level("DEBUG"):
+        shown, err = run(scenario())
+    texts = [*shown, str(err), repr(err), repr(creds), str(creds.password), caplog.text]
+    assert all(secret not in t for t in texts)
+    assert "block 'p'" in str(err)

@@ -1,0 +1,175 @@
+"""Credentials (the password a pydantic SecretStr) and the registry auth flow (Basic, Bearer)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from dataclasses import dataclass, field
+
+import httpx
+from pydantic import SecretStr
+
+from tasks.errors import backoff_delay
+from tasks.registry.errors import RegistryAuthError, RegistryRequestError, RegistryUnavailable
+from tasks.registry.transport import USER_AGENT, tls_verify
+
+
+@dataclass(frozen=True)
+class RegistryCredentials:
+    """Username and password for one registry; `source` names where they came from (for messages)."""
+
+    username: str
+    password: SecretStr = field(repr=False)
+    source: str = "explicit credentials"
+
+    def __post_init__(self) -> None:
+        # Accept a plain string or any SecretStr-like value (prefect-docker's block field).
+        value: object = self.password
+        if not isinstance(value, SecretStr):
+            getter = getattr(value, "get_secret_value", None)
+            object.__setattr__(self, "password", SecretStr(str(getter() if getter else value)))
+
+
+def who(credentials: RegistryCredentials | None) -> str:
+    """Where the credentials came from, for error messages (never the secret itself)."""
+    return credentials.source if credentials else "no credentials (anonymous)"
+
+
+_PARAM_RE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="...",service="...",scope="..."` -> ("bearer", {realm, service, scope})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _PARAM_RE.finditer(rest)
+    }
+    return scheme.lower(), params
+
+
+class RegistryAuth(httpx.Auth):
+    """Answers 401 challenges: Basic with the credentials, or Bearer via the token realm.
+
+    The token is requested for every scope this client will need (so one token serves the whole
+    copy) and then sent up front on each request. A streamed request body cannot be replayed, so a
+    401 on one is returned to the caller (the blob copy retries that blob; the next request fetches
+    a fresh token).
+    """
+
+    def __init__(self, registry: str, credentials: RegistryCredentials | None) -> None:
+        self.registry = registry
+        self.credentials = credentials
+        self.scopes: list[str] = []
+        self._basic = False
+        self._bearer = False  # this registry has answered with a Bearer challenge
+        self._token: str | None = None
+        self._lock = asyncio.Lock()
+        self._http: httpx.AsyncClient | None = None  # for the token realm, made on first challenge
+
+    def expire_token(self) -> bool:
+        """Forget the bearer token (the next request gets a new one).
+
+        True when a fresh token can cure a 401 on a streamed request, i.e. the registry uses
+        bearer tokens. That holds also when the request went out with no token at all because a
+        concurrent upload had just expired it; a real denial then shows on the retry's first
+        (replayable) request, which the auth flow answers with a new token and no retry.
+        """
+        self._token = None
+        return self._bearer
+
+    def add_scope(self, scope: str) -> None:
+        if scope not in self.scopes:
+            self.scopes.append(scope)
+
+    def _basic_header(self) -> str:
+        assert self.credentials is not None
+        pair = f"{self.credentials.username}:{self.credentials.password.get_secret_value()}"
+        return "Basic " + base64.b64encode(pair.encode()).decode()
+
+    def _apply(self, request: httpx.Request) -> str | None:
+        if self._token:
+            request.headers["Authorization"] = f"Bearer {self._token}"
+        elif self._basic and self.credentials:
+            request.headers["Authorization"] = self._basic_header()
+        return self._token
+
+    async def async_auth_flow(self, request: httpx.Request):
+        sent_token = self._apply(request)
+        sent = request.headers.get("Authorization")
+        response = yield request
+        if response.status_code != 401:
+            return
+        if not isinstance(request.stream, httpx.ByteStream):
+            return  # a streamed body is gone: let the caller retry with a fresh request
+        scheme, params = parse_challenge(response.headers.get("www-authenticate", ""))
+        if scheme == "basic" and self.credentials is not None:
+            self._basic = True
+        elif scheme == "bearer" and params.get("realm"):
+            self._bearer = True
+            async with self._lock:
+                if self._token == sent_token:  # nobody refreshed it meanwhile
+                    self._token = await self._fetch_token(params)
+        else:
+            return
+        self._apply(request)
+        if request.headers.get("Authorization") != sent:  # else: nothing new to try
+            yield request
+
+    async def _fetch_token(self, challenge: dict[str, str]) -> str:
+        scopes = list(self.scopes)
+        if challenge.get("scope") and challenge["scope"] not in scopes:
+            scopes.append(challenge["scope"])
+        query: list[tuple[str, str | int | float | bool | None]] = [("scope", s) for s in scopes]
+        if challenge.get("service"):
+            query.insert(0, ("service", challenge["service"]))
+        auth = None
+        if self.credentials:
+            query.append(("account", self.credentials.username))
+            auth = httpx.BasicAuth(
+                self.credentials.username, self.credentials.password.get_secret_value()
+            )
+        realm = challenge["realm"]
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=30, verify=tls_verify(realm), headers={"User-Agent": USER_AGENT}
+            )
+        for attempt in range(1, 5):
+            try:
+                resp = await self._http.get(realm, params=query, auth=auth)
+            except httpx.TransportError as exc:
+                if attempt == 4:
+                    raise RegistryUnavailable(
+                        f"token service {httpx.URL(realm).host} for registry {self.registry} is "
+                        f"unreachable: {type(exc).__name__}"
+                    ) from None
+                await asyncio.sleep(backoff_delay(attempt, 0.2, 2.0))
+                continue
+            if resp.status_code in (401, 403):
+                raise RegistryAuthError(
+                    f"the token service {httpx.URL(realm).host} of registry {self.registry} refused "
+                    f"a token for {' '.join(scopes) or 'the registry'} (HTTP {resp.status_code}) "
+                    f"with {who(self.credentials)}. Fix: check the username/password (or token) there."
+                )
+            if resp.status_code == 429 or resp.status_code >= 500:
+                if attempt < 4:
+                    await asyncio.sleep(backoff_delay(attempt, 0.2, 2.0))
+                    continue
+            if resp.status_code != 200:
+                raise RegistryRequestError(
+                    f"the token service {httpx.URL(realm).host} of registry {self.registry} "
+                    f"answered HTTP {resp.status_code}"
+                )
+            body = resp.json()
+            token = body.get("token") or body.get("access_token")
+            if not token:
+                raise RegistryRequestError(
+                    f"the token service of {self.registry} returned no token"
+                )
+            return token
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()

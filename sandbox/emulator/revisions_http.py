@@ -23,7 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
 from sandbox.emulator.core import SandboxState
-from sandbox.emulator.run_store import Revision, RunStore, write_revision_log
+from sandbox.emulator.run_resources import Revision, write_revision_log
+from sandbox.emulator.run_store import RunStore
 
 PAGE_APP = Path(__file__).resolve().parents[2] / "examples" / "page-service" / "app" / "main.py"
 _HOP_HEADERS = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive"}

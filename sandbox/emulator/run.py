@@ -21,7 +21,8 @@ from sandbox.emulator.core import (
     paged,
     query_flag,
 )
-from sandbox.emulator.run_store import TYPE_PREFIX, RunStore, Service
+from sandbox.emulator.run_resources import TYPE_PREFIX, Service
+from sandbox.emulator.run_store import RunStore
 
 _SERVICE_ID = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
 V2 = "/v2/projects/{project}/locations/{region}"

@@ -1,0 +1,206 @@
+"""Cloud Run revision lifecycle in the emulator: whether a deploy fails (the scenario's
+deploy errors, quota shortfalls), how a revision is created (name, device, faults, resolved
+secrets, Ready or not and why) and deleted. How a revision's instance serves requests is
+revisions_http.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import string
+import uuid
+
+from sandbox.emulator.core import ApiError, now_rfc3339
+from sandbox.emulator.run_resources import Revision, Service, container_name, write_revision_log
+from sandbox.emulator.run_templates import (
+    parse_cpu,
+    parse_memory_gib,
+    template_device,
+    template_gpus,
+    template_limits,
+)
+from sandbox.emulator.run_traffic import TrafficRules
+from sandbox.scenario import GPU_QUOTA_MESSAGE, GPU_ZONAL_MESSAGE, DeployError
+
+NOT_READY_MESSAGE = (
+    "The user-provided container failed to start and listen on the port defined provided by "
+    "the PORT=8080 environment variable within the allocated timeout. This can happen when "
+    "the container port is misconfigured or if the timeout is too short. The health check "
+    "timeout can be extended. Logs for this revision might contain more information."
+)
+CPU_QUOTA_MESSAGE = "Quota exceeded for total allowable CPU per project per region."
+MEMORY_QUOTA_MESSAGE = "Quota exceeded for total allowable memory per project per region."
+
+
+class RevisionLifecycle(TrafficRules):
+    """Deploy failures, revision creation and deletion."""
+
+    def _deploy_failure(self, project: str, region: str, template: dict) -> DeployError | None:
+        """The scenario's deploy error or quota shortfall for this template, if any."""
+        rs = self.state.scenario.region(region)
+        err = rs.deploy_error
+        if err is not None and (not err.gpu_only or template_gpus(template) > 0):
+            used = self.deploy_errors_used.get(region, 0)
+            if err.times == 0 or used < err.times:
+                self.deploy_errors_used[region] = used + 1
+                return err
+        message = self._quota_shortfall(project, region, template)
+        if message:
+            self.state.calls["run.quota_exceeded"] += 1
+            return DeployError(message=message, where=rs.quota_where, gpu_only=False)
+        return None
+
+    def _quota_shortfall(self, project: str, region: str, template: dict) -> str | None:
+        instances = max(1, int(template.get("scaling", {}).get("maxInstanceCount", 0) or 1))
+        gpus = template_gpus(template) * instances
+        if gpus:
+            if template.get("gpuZonalRedundancyDisabled"):
+                quota_id, message = (
+                    "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion",
+                    (GPU_ZONAL_MESSAGE),
+                )
+            else:
+                quota_id, message = "NvidiaL4GpuAllocPerProjectRegion", GPU_QUOTA_MESSAGE
+            if gpus > self.quota_limit(project, region, quota_id):
+                return message
+        limits = template_limits(template)
+        if parse_cpu(limits.get("cpu")) * instances > self.quota_limit(
+            project, region, "CpuAllocPerProjectRegion"
+        ):
+            return CPU_QUOTA_MESSAGE
+        if parse_memory_gib(limits.get("memory")) * instances > self.quota_limit(
+            project, region, "MemAllocPerProjectRegion"
+        ):
+            return MEMORY_QUOTA_MESSAGE
+        return None
+
+    def quota_limit(self, project: str, region: str, quota_id: str) -> float:
+        """The region's quota (GPUs, vCPU, GiB): the Quotas emulator's view if it offers one
+        (`state.stores["quotas"].effective_limit(project, region, quota_id)`, e.g. after a
+        granted preference), else the scenario's value."""
+        lookup = getattr(self.state.stores.get("quotas"), "effective_limit", None)
+        if callable(lookup):
+            value = lookup(project, region, quota_id)
+            if value is not None:
+                return float(value)
+        rs = self.state.scenario.region(region)
+        return float(
+            {
+                "NvidiaL4GpuAllocPerProjectRegion": rs.gpu,
+                "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion": rs.gpu_no_zonal_redundancy,
+                "CpuAllocPerProjectRegion": rs.cpu,
+                "MemAllocPerProjectRegion": rs.memory_gib,
+            }[quota_id]
+        )
+
+    def _create_revision(
+        self, svc: Service, template: dict, short: str, failure: DeployError | None
+    ) -> Revision:
+        scenario = self.state.scenario
+        if not short:
+            suffix = "".join(self.state.rng.choices(string.ascii_lowercase + string.digits, k=3))
+            short = f"{svc.short}-{svc.generation:05d}-{suffix}"
+        device = template_device(template)
+        images = " ".join(c.get("image", "") for c in template.get("containers", []))
+        faults = [
+            f
+            for f in scenario.revision_faults
+            if f.accelerator in ("any", device)
+            and f.region in ("*", svc.region)
+            and f.image_contains in images
+        ]
+        env, missing_secret = self._resolve_env(svc.project, template)
+        rev = Revision(
+            name=f"{svc.name}/revisions/{short}",
+            short=short,
+            service=svc.name,
+            project=svc.project,
+            region=svc.region,
+            generation=svc.generation,
+            template=copy.deepcopy(template),
+            uid=str(uuid.uuid4()),
+            create_time=now_rfc3339(),
+            ready=True,
+            device=device,
+            faults=faults,
+            env=env,
+        )
+        if failure is not None:  # where == "revision"
+            self.state.calls["run.deploy_error.revision"] += 1
+            rev.ready, rev.message, rev.reason = False, failure.message, "REVISION_FAILED"
+        elif missing_secret:
+            rev.ready, rev.message, rev.reason = (
+                False,
+                missing_secret,
+                "SECRETS_ACCESS_CHECK_FAILED",
+            )
+        elif scenario.region(svc.region).never_ready or any(
+            f.fault == "never_ready" for f in faults
+        ):
+            rev.ready, rev.message = False, NOT_READY_MESSAGE
+            rev.revision_reason = "HEALTH_CHECK_CONTAINER_ERROR"
+        self.revisions[rev.name] = rev
+        self.state.calls["run.revision_created"] += 1
+        if not rev.ready:
+            self.state.calls["run.revision_failed"] += 1
+            if rev.revision_reason:  # the container was started and failed its probe
+                write_revision_log(
+                    self.state,
+                    rev,
+                    "ERROR",
+                    "Default STARTUP TCP probe failed 1 time consecutively for container "
+                    f'"{container_name(template)}" on port 8080. The instance was not started.',
+                )
+            write_revision_log(self.state, rev, "ERROR", rev.message)
+        return rev
+
+    def _resolve_env(self, project: str, template: dict) -> tuple[dict[str, str], str]:
+        """The first container's env with secrets resolved from the scenario's `secrets`."""
+        env: dict[str, str] = {}
+        containers = template.get("containers") or [{}]
+        for var in containers[0].get("env", []):
+            ref = var.get("valueSource", {}).get("secretKeyRef")
+            if ref is None:
+                env[var["name"]] = var.get("value", "")
+                continue
+            secret = ref.get("secret", "")
+            value = self.state.scenario.secrets.get(secret)
+            if value is None:
+                value = self.state.scenario.secrets.get(secret.rsplit("/", 1)[-1])
+            if value is None:
+                version = ref.get("version", "latest")
+                return env, (
+                    f"spec.template.spec.containers[0].env.valueFrom.secretKeyRef: Secret "
+                    f"projects/{project}/secrets/{secret.rsplit('/', 1)[-1]}/versions/{version} "
+                    "was not found"
+                )
+            env[var["name"]] = value
+        return env, ""
+
+    def delete_revision(self, name: str) -> Revision:
+        rev = self.get_revision(name)
+        svc = self.services.get(rev.service)
+        if svc is not None:
+            serving = [s for s in svc.statuses if s["revision"] == name]
+            if any(s["percent"] > 0 or s.get("tag") for s in serving):
+                raise ApiError(
+                    400,
+                    f"Revision '{rev.short}' is receiving traffic (or has a tag) and cannot be "
+                    "deleted: move its traffic and tags first.",
+                    status="FAILED_PRECONDITION",
+                )
+            if svc.latest_created == name:
+                raise ApiError(
+                    400,
+                    f"Revision '{rev.short}' is the latest revision of service '{svc.short}' "
+                    "and cannot be deleted.",
+                    status="FAILED_PRECONDITION",
+                )
+        del self.revisions[name]
+        self.instances.pop(name, None)
+        if svc is not None:
+            svc.latest_ready = next(
+                (r.name for r in reversed(self.service_revisions(svc.name)) if r.ready), ""
+            )
+            self.record(svc, "delete_revision", note=rev.short)
+        return rev

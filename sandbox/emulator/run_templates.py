@@ -1,0 +1,151 @@
+"""Cloud Run service templates as the client sends them: enum numbers to names, the fields
+the server owns, and what a template asks for (CPU, memory, GPUs, device).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from sandbox.emulator.core import ApiError
+from sandbox.emulator.run_resources import GPU_LIMIT
+
+# Fields of a Service that the server owns: dropped from what the client sends.
+OUTPUT_ONLY = {
+    "name",
+    "uid",
+    "generation",
+    "createTime",
+    "updateTime",
+    "deleteTime",
+    "expireTime",
+    "creator",
+    "lastModifier",
+    "observedGeneration",
+    "terminalCondition",
+    "conditions",
+    "latestReadyRevision",
+    "latestCreatedRevision",
+    "trafficStatuses",
+    "uri",
+    "urls",
+    "reconciling",
+    "etag",
+    "satisfiesPzs",
+}
+
+
+# Enum fields of a Service (JSON paths; "[]" = every list item) -> names by number. The
+# clients send `$alt=json;enum-encoding=int`: enums arrive as numbers, we store and answer
+# names. (Kept as data rather than importing google.cloud.run_v2: that import costs seconds
+# of emulator start-up on a busy machine.)
+_ENUM_FIELDS: dict[tuple[str, ...], list[str] | dict[int, str]] = {
+    ("ingress",): [
+        "INGRESS_TRAFFIC_UNSPECIFIED",
+        "INGRESS_TRAFFIC_ALL",
+        "INGRESS_TRAFFIC_INTERNAL_ONLY",
+        "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER",
+        "INGRESS_TRAFFIC_NONE",
+    ],
+    ("launchStage",): {
+        0: "LAUNCH_STAGE_UNSPECIFIED",
+        1: "EARLY_ACCESS",
+        2: "ALPHA",
+        3: "BETA",
+        4: "GA",
+        5: "DEPRECATED",
+        6: "UNIMPLEMENTED",
+        7: "PRELAUNCH",
+    },
+    ("traffic", "[]", "type"): [
+        "TRAFFIC_TARGET_ALLOCATION_TYPE_UNSPECIFIED",
+        "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST",
+        "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION",
+    ],
+    ("scaling", "scalingMode"): ["SCALING_MODE_UNSPECIFIED", "AUTOMATIC", "MANUAL"],
+    ("template", "executionEnvironment"): [
+        "EXECUTION_ENVIRONMENT_UNSPECIFIED",
+        "EXECUTION_ENVIRONMENT_GEN1",
+        "EXECUTION_ENVIRONMENT_GEN2",
+    ],
+    ("template", "encryptionKeyRevocationAction"): [
+        "ENCRYPTION_KEY_REVOCATION_ACTION_UNSPECIFIED",
+        "PREVENT_NEW",
+        "SHUTDOWN",
+    ],
+    ("template", "vpcAccess", "egress"): [
+        "VPC_EGRESS_UNSPECIFIED",
+        "ALL_TRAFFIC",
+        "PRIVATE_RANGES_ONLY",
+    ],
+}
+
+
+def canonical_service(data: dict) -> dict:
+    """A Service as the client sent it (proto3 JSON, camelCase), with enum numbers as names."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "Invalid service: expected a JSON object.")
+    body = copy.deepcopy(data)
+    for path, names in _ENUM_FIELDS.items():
+        _name_enums(body, path, names)
+    return body
+
+
+def _name_enums(node: Any, path: tuple[str, ...], names: list[str] | dict[int, str]) -> None:
+    if not path or not isinstance(node, dict | list):
+        return
+    head, rest = path[0], path[1:]
+    if head == "[]":
+        for item in node if isinstance(node, list) else []:
+            _name_enums(item, rest, names)
+        return
+    if not isinstance(node, dict) or head not in node:
+        return
+    if rest:
+        _name_enums(node[head], rest, names)
+        return
+    value = node[head]
+    if isinstance(value, int) and not isinstance(value, bool):
+        table = dict(enumerate(names)) if isinstance(names, list) else names
+        if value not in table:
+            raise ApiError(400, f"Invalid value at 'service.{'.'.join(path)}' ({value}).")
+        node[head] = table[value]
+
+
+def parse_cpu(value: str | None) -> float:
+    if not value:
+        return 1.0
+    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
+def parse_memory_gib(value: str | None) -> float:
+    if not value:
+        return 0.5
+    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1, "Ti": 2**10, "M": 1e6 / 2**30, "G": 1e9 / 2**30}
+    for suffix, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * factor
+    return float(value) / 2**30
+
+
+def template_limits(template: dict) -> dict[str, str]:
+    containers = template.get("containers") or [{}]
+    return containers[0].get("resources", {}).get("limits", {})
+
+
+def template_gpus(template: dict) -> int:
+    return sum(
+        int(c.get("resources", {}).get("limits", {}).get(GPU_LIMIT, "0") or 0)
+        for c in template.get("containers", [])
+    )
+
+
+def template_device(template: dict) -> str:
+    """GPU when the template asks for a GPU and an accelerator, else CPU."""
+    has_accelerator = bool(template.get("nodeSelector", {}).get("accelerator"))
+    return "gpu" if template_gpus(template) > 0 and has_accelerator else "cpu"
+
+
+def camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part.title() for part in rest)

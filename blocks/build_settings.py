@@ -17,7 +17,14 @@ import httpx
 from prefect.blocks.core import Block
 from pydantic import Field
 
-MACHINE_TYPES = ("E2_HIGHCPU_8", "E2_HIGHCPU_32", "N1_HIGHCPU_8", "N1_HIGHCPU_32", "E2_MEDIUM")
+MACHINE_TYPES = (
+    "E2_HIGHCPU_8",
+    "E2_HIGHCPU_32",
+    "N1_HIGHCPU_8",
+    "N1_HIGHCPU_32",
+    "E2_MEDIUM",
+    "E2_STANDARD_2",
+)
 
 
 class BuildSettingsError(ValueError):

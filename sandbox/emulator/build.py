@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import shutil
 import tempfile
@@ -138,30 +139,28 @@ BUILD_FIELDS = frozenset(
     "substitutions tags secrets timing approval serviceAccount availableSecrets warnings "
     "gitConfig failureInfo dependencies".split()
 )
-# Enums arrive as integers (the clients send `enum-encoding=int`): answer with names.
-MACHINE_TYPES = [
-    "UNSPECIFIED",
-    "N1_HIGHCPU_8",
-    "N1_HIGHCPU_32",
-    "E2_HIGHCPU_8",
-    "E2_HIGHCPU_32",
-    "E2_MEDIUM",
-    "E2_STANDARD_2",
-]
-LOGGING_MODES = [
-    "LOGGING_UNSPECIFIED",
-    "LEGACY",
-    "GCS_ONLY",
-    "STACKDRIVER_ONLY",
-    "CLOUD_LOGGING_ONLY",
-    "NONE",
-]
+# Enums arrive as integers (the clients send `enum-encoding=int`): answer with names. The
+# numbers are the proto's (google/devtools/cloudbuild/v1/cloudbuild.proto: E2_HIGHCPU_8 = 5,
+# E2_MEDIUM = 7, E2_STANDARD_2 = 11, CLOUD_LOGGING_ONLY = 5, NONE = 4), not positions: taken
+# from the installed client's enum classes, imported on the first build request (the import
+# costs seconds, so not at emulator start-up).
+@functools.cache
+def enum_names() -> dict[str, dict[int, str]]:
+    """options field -> {proto number: name}, from google.cloud.devtools.cloudbuild_v1."""
+    from google.cloud.devtools.cloudbuild_v1.types import BuildOptions
+
+    return {
+        key: {member.value: name for name, member in enum.__members__.items()}
+        for key, enum in (
+            ("machineType", BuildOptions.MachineType),
+            ("logging", BuildOptions.LoggingMode),
+        )
+    }
 
 
 def _normalise(body: dict[str, Any]) -> dict[str, Any]:
     """Refuse unknown fields; enum integers become names; output-only fields are dropped.
 
-    (Kept free of the google-cloud-build protos: importing them costs the emulator seconds.)
     """
     unknown = sorted(set(body) - BUILD_FIELDS)
     if unknown:
@@ -176,10 +175,10 @@ def _normalise(body: dict[str, Any]) -> dict[str, Any]:
         if k not in ("id", "status", "results", "createTime", "startTime", "finishTime", "timing")
     }
     options = dict(build.get("options") or {})
-    for key, names in (("machineType", MACHINE_TYPES), ("logging", LOGGING_MODES)):
+    for key, names in enum_names().items():
         value = options.get(key)
         if isinstance(value, int):
-            if not 0 <= value < len(names):
+            if value not in names:
                 raise ApiError(400, f"Invalid value at 'build.options.{key}' ({value})")
             options[key] = names[value]
         if options.get(key) in ("UNSPECIFIED", "LOGGING_UNSPECIFIED", 0):

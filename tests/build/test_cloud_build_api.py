@@ -164,3 +164,24 @@ def test_invalid_requests_are_rejected_with_the_field(
         sandbox_admin.reset(scenario_data={"builds": {"fail_stepp": "x"}})
     with pytest.raises(gexc.NotFound):
         client.get_build(project_id=PROJECT, id="no-such-build")
+
+
+@pytest.mark.parametrize(
+    "machine_type",
+    [cb.BuildOptions.MachineType.E2_MEDIUM, cb.BuildOptions.MachineType.E2_STANDARD_2],
+)
+def test_enum_options_keep_the_proto_numbers(
+    sandbox_admin, cloud, app_repo, base_image, image_repository, machine_type
+):
+    """The REST client sends enums as numbers: E2_MEDIUM = 7, E2_STANDARD_2 = 11,
+    CLOUD_LOGGING_ONLY = 5 (google/devtools/cloudbuild/v1/cloudbuild.proto). The build
+    comes back with the same options, not the names at those list positions."""
+    sandbox_admin.reset(scenario_data={"builds": {"queue_ms": 60000}})
+    client = cloud.builds_client()
+    request = _request(app_repo, base_image, image_repository)
+    request.options.machine_type = machine_type
+    operation = client.create_build(project_id=PROJECT, build=request)
+    build = client.get_build(project_id=PROJECT, id=operation.metadata.build.id)
+    client.cancel_build(project_id=PROJECT, id=build.id)
+    assert build.options.machine_type == machine_type
+    assert build.options.logging == cb.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY

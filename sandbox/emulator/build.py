@@ -139,6 +139,8 @@ BUILD_FIELDS = frozenset(
     "substitutions tags secrets timing approval serviceAccount availableSecrets warnings "
     "gitConfig failureInfo dependencies".split()
 )
+
+
 # Enums arrive as integers (the clients send `enum-encoding=int`): answer with names. The
 # numbers are the proto's (google/devtools/cloudbuild/v1/cloudbuild.proto: E2_HIGHCPU_8 = 5,
 # E2_MEDIUM = 7, E2_STANDARD_2 = 11, CLOUD_LOGGING_ONLY = 5, NONE = 4), not positions: taken
@@ -159,9 +161,7 @@ def enum_names() -> dict[str, dict[int, str]]:
 
 
 def _normalise(body: dict[str, Any]) -> dict[str, Any]:
-    """Refuse unknown fields; enum integers become names; output-only fields are dropped.
-
-    """
+    """Refuse unknown fields; enum integers become names; output-only fields are dropped."""
     unknown = sorted(set(body) - BUILD_FIELDS)
     if unknown:
         raise ApiError(

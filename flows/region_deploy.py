@@ -9,7 +9,9 @@ revision's failed Ready condition) moves to the next candidate region; a transie
 retried by the step; anything else is a configuration error and stops the release
 (tasks/deploy_errors.py classifies).
 
-The revision name is deterministic, so re-running a tag reuses the revision it created.
+The revision name is deterministic, so re-running a tag reuses the revision it created; after
+a quota refusal (Google accepts the update and fails the revision) a re-run deploys a new attempt,
+`{name}-r2`, ... (`find_existing_step` finds the latest attempt in each region).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from flows.release_steps import note_attempt
-from flows.run_context import RunContext
+from flows.run_context import MAX_ATTEMPTS, RunContext, attempt_name
 from flows.templates import ROLE_LABEL, cpu_template, gpu_template
 from flows.traffic_split import CANARY_TAG, pinned_traffic
 from tasks import cloud_run as cr
@@ -33,6 +35,8 @@ from tasks.deploy_errors import ConfigurationError, classify
 
 class ExistingRevision(BaseModel):
     region: str
+    revision: str = ""  # the latest attempt's name (the tag's name, or `{name}-rN`)
+    attempt: int = 1
     state: str
     message: str = ""
     percent: int = 0
@@ -135,9 +139,9 @@ def deploy_gpu_step(ctx: RunContext, region: str) -> RevisionDeploy:
     """One region: the GPU revision at 0% with the canary tag, Ready. Classified errors."""
     note_attempt()
     try:
-        return deploy_revision(ctx, region, gpu_template(ctx), CANARY_TAG)
+        return deploy_revision(ctx, region, gpu_template(ctx, region), CANARY_TAG)
     except BaseException as exc:  # noqa: BLE001 - classified and re-raised
-        classified = classify(exc, region, ctx.gpu_revision)
+        classified = classify(exc, region, ctx.gpu_revision_in(region))
         if classified is exc:
             raise
         raise classified from exc
@@ -165,11 +169,18 @@ def clear_failed_step(ctx: RunContext, region: str, revision: str) -> bool:
 
 @task(name="find-release", cache_policy=NO_CACHE, persist_result=False)
 def find_existing_step(ctx: RunContext) -> list[ExistingRevision]:
-    """The tag's GPU revision in each candidate region (one parallel round of reads)."""
+    """The tag's GPU revision in each candidate region: its latest attempt (one parallel
+    round of reads per region)."""
     note_attempt()
 
     def look(region: str) -> ExistingRevision | None:
-        revision = cr.get_revision(ctx.revisions, ctx.revision_path(region, ctx.gpu_revision))
+        revision, name, attempt = None, "", 0
+        while attempt < MAX_ATTEMPTS:
+            candidate = attempt_name(ctx.gpu_revision, attempt + 1)
+            found = cr.get_revision(ctx.revisions, ctx.revision_path(region, candidate))
+            if found is None:
+                break
+            revision, name, attempt = found, candidate, attempt + 1
         if revision is None:
             return None
         state, message = cr.ready_state(revision)
@@ -180,12 +191,19 @@ def find_existing_step(ctx: RunContext) -> list[ExistingRevision]:
         if service is not None:
             uri = service.uri
             for t in cr.traffic_of(service):
-                if t.revision == ctx.gpu_revision:
+                if t.revision == name:
                     percent += t.percent
                     if t.tag:
                         tags.append(t.tag)
         return ExistingRevision(
-            region=region, state=state, message=message, percent=percent, tags=tags, uri=uri
+            region=region,
+            revision=name,
+            attempt=attempt,
+            state=state,
+            message=message,
+            percent=percent,
+            tags=tags,
+            uri=uri,
         )
 
     with ThreadPoolExecutor(max_workers=len(ctx.target.regions)) as pool:

@@ -49,7 +49,7 @@ from flows.region_deploy import (
     find_existing_step,
 )
 from flows.release_steps import Step, StepLog, note_attempt
-from flows.run_context import RunContext
+from flows.run_context import MAX_ATTEMPTS, RunContext, attempt_name
 from flows.traffic import (
     TrafficResult,
     cpu_path_step,
@@ -58,7 +58,7 @@ from flows.traffic import (
     rollback_step,
     serving_url_variable,
 )
-from tasks.deploy_errors import ConfigurationError, DeployFailed, QuotaDenied
+from tasks.deploy_errors import ConfigurationError, DeployFailed, QuotaDenied, is_quota_message
 from tasks.errors import PermanentError
 from tasks.reports import markdown_table, publish_markdown
 
@@ -324,11 +324,11 @@ class Release:
             result.noop = True
             result.region, result.revision, result.url = (
                 found.region,
-                ctx.gpu_revision,
+                found.revision or ctx.gpu_revision,
                 found.uri,
             )
             result.outside_primary = found.region != self.target.primary_region
-            result.reasons.append(f"{ctx.gpu_revision} already serves 100% in {found.region}")
+            result.reasons.append(f"{result.revision} already serves 100% in {found.region}")
             steps.skip("build", "the tag's revision already serves")
             if dry_run:
                 result.plan = ReleasePlan(
@@ -346,7 +346,7 @@ class Release:
 
         self._ensure_image()
         resumable = [e for e in existing if e.state == "succeeded"]
-        failed_regions = {e.region for e in existing if e.state == "failed"}
+        failed_regions = self._next_attempts(existing)
         deployed = None
         if resumable:
             region = resumable[0].region
@@ -361,6 +361,22 @@ class Release:
             self._cpu_path()
             return
         self._canary_and_traffic(deployed)
+
+    def _next_attempts(self, existing: list[ExistingRevision]) -> set[str]:
+        """Regions whose tag revision failed and stay skipped; where it failed for lack of
+        quota (Google accepts the update and fails the revision), this run deploys a new
+        attempt under a new name instead: the quota may have been granted since."""
+        skipped = set()
+        for e in existing:
+            if e.revision and e.revision != self.ctx.gpu_revision:
+                self.ctx.attempts[e.region] = e.revision
+            if e.state != "failed":
+                continue
+            if is_quota_message(e.message) and not e.percent and e.attempt < MAX_ATTEMPTS:
+                self.ctx.attempts[e.region] = attempt_name(self.ctx.gpu_revision, e.attempt + 1)
+            else:
+                skipped.add(e.region)
+        return skipped
 
     # ---- steps
 
@@ -416,7 +432,11 @@ class Release:
         except QuotaDenied as exc:
             self.result.regions_tried[region] = f"quota: {exc.message}"
             self.steps.run(
-                f"clear:{region}", clear_failed_step, self.ctx, region, self.ctx.gpu_revision
+                f"clear:{region}",
+                clear_failed_step,
+                self.ctx,
+                region,
+                self.ctx.gpu_revision_in(region),
             )
             return None
         self.result.regions_tried[region] = "deployed" + (" (reused)" if deployed.reused else "")

@@ -33,6 +33,14 @@ class RunContext:
         self.revisions = cloud.revisions_client()
         self.gpu_revision = revision_name(target.service, git_tag)
         self.cpu_revision = revision_name(target.service, git_tag, "cpu")
+        # region -> the GPU revision name of this run's attempt there, when it is not the
+        # first: Cloud Run refuses to delete a service's latest revision, and re-applying a
+        # failed template under its own name creates nothing, so a new attempt needs a name.
+        self.attempts: dict[str, str] = {}
+
+    def gpu_revision_in(self, region: str) -> str:
+        """The tag's GPU revision name for this run in `region` (see `attempts`)."""
+        return self.attempts.get(region, self.gpu_revision)
 
     def service_name(self, region: str) -> str:
         return cr.service_path(self.project, region, self.target.service)
@@ -43,3 +51,14 @@ class RunContext:
     @property
     def wait(self) -> Wait:
         return {"timeout": self.target.ready_timeout_s, "poll_s": self.target.poll_interval_s}
+
+
+MAX_ATTEMPTS = 9
+
+
+def attempt_name(base: str, attempt: int) -> str:
+    """`{base}-r{attempt}` (attempt >= 2), cut to Cloud Run's 63 characters."""
+    if attempt < 2:
+        return base
+    tail = f"-r{attempt}"
+    return base[: 63 - len(tail)].rstrip("-") + tail

@@ -71,12 +71,12 @@ def _labels(ctx: RunContext, role: str) -> dict[str, str]:
     return {ROLE_LABEL: role, TAG_LABEL: tag}
 
 
-def gpu_template(ctx: RunContext) -> run_v2.RevisionTemplate:
+def gpu_template(ctx: RunContext, region: str) -> run_v2.RevisionTemplate:
     t = ctx.target
     return build_template(
         t.gpu_template,
         image=ctx.image or "",
-        revision=ctx.gpu_revision,
+        revision=ctx.gpu_revision_in(region),
         gpu_type=t.gpu_type,
         zonal_redundancy=t.gpu_zonal_redundancy,
         labels=_labels(ctx, "gpu"),

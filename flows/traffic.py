@@ -46,7 +46,7 @@ def _ensure_image(ctx: RunContext, region: str) -> None:
     """A standalone rollback knows no image: use the one the tag's GPU revision runs."""
     if ctx.image:
         return
-    found = cr.get_revision(ctx.revisions, ctx.revision_path(region, ctx.gpu_revision))
+    found = cr.get_revision(ctx.revisions, ctx.revision_path(region, ctx.gpu_revision_in(region)))
     if found is None or not found.containers:
         raise ConfigurationError(
             f"no image to apply the CPU baseline with in {region}: pass image=..., or set "

@@ -23,7 +23,8 @@ from sandbox.build_scenario import BuildScenario
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
-GPU_QUOTA_MESSAGE = "Quota exceeded for total allowable count of GPUs per project per region"
+# Google's texts, as real deploys print them (hashicorp/terraform-provider-google#21999).
+GPU_QUOTA_MESSAGE = "Quota exceeded for total allowable count of GPUs per project per region."
 GPU_ZONAL_MESSAGE = "You do not have quota for using GPUs without zonal redundancy."
 
 
@@ -64,9 +65,11 @@ class RegionScenario(_Strict):
     preference: PreferencePolicy = PreferencePolicy()
     deploy_error: DeployError | None = None
     never_ready: bool = False
-    quota_where: Literal["api", "operation", "revision"] = Field(
-        default="api",
-        description="where a deploy over this region's GPU/CPU/memory quota is reported",
+    quota_where: Literal["api", "operation", "revision"] | None = Field(
+        default=None,
+        description="where a deploy over this region's GPU/CPU/memory quota is reported "
+        "(default: as Google, the revision fails; a create without zonal redundancy is refused "
+        "by the API call)",
     )
 
 

@@ -35,8 +35,18 @@ MEMORY_QUOTA_MESSAGE = "Quota exceeded for total allowable memory per project pe
 class RevisionLifecycle(TrafficRules):
     """Deploy failures, revision creation and deletion."""
 
-    def _deploy_failure(self, project: str, region: str, template: dict) -> DeployError | None:
-        """The scenario's deploy error or quota shortfall for this template, if any."""
+    def _deploy_failure(
+        self, project: str, region: str, template: dict, *, creating: bool = False
+    ) -> DeployError | None:
+        """The scenario's deploy error or quota shortfall for this template, if any.
+
+        Where a quota shortfall shows (scenario `quota_where`, default as Google): an update
+        over the GPU quota is accepted and its revision fails ("Revision '<name>' is not ready
+        and cannot serve traffic. Quota exceeded for total allowable count of GPUs per project
+        per region.", quoted from a real deploy in hashicorp/terraform-provider-google#21999,
+        GoogleCloudPlatform/magic-modules#17149); a create without zonal redundancy over its
+        quota is refused at once ("You do not have quota for using GPUs without zonal
+        redundancy.", the fix in google-marketing-solutions/ariel#26)."""
         rs = self.state.scenario.region(region)
         err = rs.deploy_error
         if err is not None and (not err.gpu_only or template_gpus(template) > 0):
@@ -47,7 +57,10 @@ class RevisionLifecycle(TrafficRules):
         message = self._quota_shortfall(project, region, template)
         if message:
             self.state.calls["run.quota_exceeded"] += 1
-            return DeployError(message=message, where=rs.quota_where, gpu_only=False)
+            where = rs.quota_where
+            if where is None:
+                where = "api" if creating and message == GPU_ZONAL_MESSAGE else "revision"
+            return DeployError(message=message, where=where, gpu_only=False)
         return None
 
     def _quota_shortfall(self, project: str, region: str, template: dict) -> str | None:

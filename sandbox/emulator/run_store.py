@@ -13,7 +13,8 @@ shows `reconciling` until the operation is done). Rules that mirror Google:
 - LATEST means the latest *ready* revision.
 
 Deploy failures come from the scenario (per region): quota shortfall (GPU / CPU / memory,
-reported where `quota_where` says), `deploy_error` (where: api | operation | revision),
+reported where `quota_where` says, by default as Google: see
+run_revisions.RevisionLifecycle._deploy_failure), `deploy_error` (where: api | operation | revision),
 `never_ready`, and revision faults `never_ready`.
 """
 
@@ -132,7 +133,11 @@ class RunStore(RevisionLifecycle):
             new_rev_name = self._check_revision_name(name, short, template)
         self._validate_traffic(name, spec["traffic"], new_rev_name)
 
-        failure = self._deploy_failure(project, region, template) if changed else None
+        failure = (
+            self._deploy_failure(project, region, template, creating=existing is None)
+            if changed
+            else None
+        )
         if failure is not None and failure.where == "api":
             self.state.calls["run.deploy_error.api"] += 1
             raise ApiError(429, failure.message)

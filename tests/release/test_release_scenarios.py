@@ -331,3 +331,34 @@ def test_transient_cloud_run_errors_are_retried(stage, make_target, sandbox_admi
     assert sandbox_admin.calls()["fault.run"] >= 1
     assert any(s.attempts > 1 for s in result.steps)
     assert_invariants(sandbox_admin, target, result)
+
+
+def test_gpu_quota_refused_on_update_then_granted_releases_on_the_rerun(
+    stage, make_target, sandbox_admin
+):
+    """Google accepts the GPU update and fails the revision for quota (the revision keeps its
+    name); once the quota is there, a re-run deploys the tag again in that region under a new
+    attempt name, not skipping the region forever."""
+    deny = {"gpu": 0, "gpu_no_zonal_redundancy": 0, "preference": {"decision": "deny"}}
+    stage(
+        default_region=deny,
+        regions={
+            "europe-west1": {"deploy_error": {"where": "revision", "times": 1}},
+            "us-central1": deny,
+        },
+    )
+    target = make_target()
+
+    first = release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")
+    assert first.outcome == "cpu_fallback", first.reasons
+    assert "Quota exceeded for total allowable count of GPUs" in first.regions_tried["europe-west1"]
+
+    second = release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")
+    assert second.outcome == "released", second.reasons
+    assert second.region == "europe-west1"
+    assert second.revision == f"{target.service}-v12-0-0-r2"
+    history = assert_invariants(sandbox_admin, target, first, second)
+    assert serving(history, "europe-west1") == {second.revision: 100}
+
+    third = release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")  # converged: nothing new
+    assert third.noop and third.revision == second.revision

@@ -229,3 +229,34 @@ def test_gpu_deploy_over_quota_fails_where_the_scenario_says(sandbox_admin, clou
         == "You do not have quota for using GPUs without zonal redundancy."
     )
     assert sandbox_admin.calls()["run.quota_exceeded"] == 2
+
+
+def test_gpu_quota_refused_on_update_fails_the_revision_by_default(sandbox_admin, cloud):
+    """As Google: the update over the GPU quota is accepted and its revision fails with
+    "Revision '<name>' is not ready and cannot serve traffic. Quota exceeded for total
+    allowable count of GPUs per project per region." (hashicorp/terraform-provider-google#21999);
+    a create without zonal redundancy over its quota is refused by the call itself."""
+    sandbox_admin.reset(
+        scenario_data={"regions": {"us-central1": {"gpu": 0, "gpu_no_zonal_redundancy": 0}}}
+    )
+    services = cloud.services_client()
+    with pytest.raises(exceptions.TooManyRequests, match="without zonal redundancy"):
+        services.create_service(
+            parent=parent(cloud, "us-central1"),
+            service={"template": template(gpu=True)},
+            service_id="nozonal-create",
+        )
+    base = create(cloud, "upd-quota", template(), region="us-central1")
+    gpu = template("registry.local/pages:gpu", gpu=True, revision="upd-quota-gpu")
+    gpu.gpu_zonal_redundancy_disabled = False
+    base.template = gpu
+    base.traffic = [target(percent=100)]
+    op = services.update_service(service=base)  # accepted: no synchronous error
+    with pytest.raises(exceptions.FailedPrecondition) as err:
+        op.result(polling=FAST)
+    assert (
+        "Revision 'upd-quota-gpu' is not ready and cannot serve traffic. Quota exceeded for "
+        "total allowable count of GPUs per project per region." in str(err.value)
+    )
+    rev = cloud.revisions_client().get_revision(name=f"{base.name}/revisions/upd-quota-gpu")
+    assert rev.conditions[0].state == FAILED

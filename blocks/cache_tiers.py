@@ -1,4 +1,4 @@
-"""The cache tiers of a tiered Dockerfile (seed 001): which stages are cached, and how.
+"""The cache tiers of a tiered Dockerfile: which stages are cached, and how.
 
 Tiers are ordered from the bottom: `base → python → node` by default, each a Dockerfile stage
 (`--target`) plus the files whose content decides it. Cache images live in `cache_repository`

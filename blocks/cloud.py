@@ -1,10 +1,17 @@
 """One way to get the official Google clients, for Google or for the sandbox.
 
 Production: credentials from a prefect-gcp `GcpCredentials` block. Sandbox: when an
-endpoint is configured (the block's `endpoint` field, else the environment variable
-SHIPYARD_GOOGLE_ENDPOINT), every client talks to that endpoint with anonymous
-credentials. That is the only switch: flows and tasks never ask which cloud it is.
-All clients use the REST transport on both sides.
+endpoint is configured, every client talks to that endpoint with anonymous credentials. That
+is the only switch: flows and tasks never ask which cloud it is. All clients use the REST
+transport on both sides.
+
+The environment (SHIPYARD_GOOGLE_ENDPOINT, SHIPYARD_GCP_PROJECT) fills only what a block leaves
+open; it never overrides what a saved block says. A saved block, or one that names
+credentials, says where Google is: without `endpoint` it means Google itself, whatever the
+environment says, so a worker whose environment still points at a sandbox cannot send
+production calls there with anonymous credentials. Only a block built on the spot and never
+saved (`GoogleCloud()`, what a release target without a `cloud` block uses) takes its
+endpoint from the environment.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from google.cloud import cloudquotas_v1, run_v2
 from google.cloud.devtools import cloudbuild_v1
 from prefect.blocks.core import Block
 from prefect_gcp import GcpCredentials
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 ENDPOINT_ENV = "SHIPYARD_GOOGLE_ENDPOINT"
 PROJECT_ENV = "SHIPYARD_GCP_PROJECT"
@@ -31,8 +38,8 @@ class GoogleCloud(Block):
     _block_type_name = "Shipyard Google Cloud"
     _block_type_slug = "shipyard-google-cloud"
     _description = (
-        "Google Cloud project and credentials for Shipyard; set `endpoint` (or the "
-        "SHIPYARD_GOOGLE_ENDPOINT environment variable) to use the local sandbox instead."
+        "Google Cloud project and credentials for Shipyard; set `endpoint` to use the local "
+        "sandbox instead. A saved block without `endpoint` always calls Google."
     )
 
     project: str | None = Field(
@@ -45,11 +52,34 @@ class GoogleCloud(Block):
     endpoint: str | None = Field(
         default=None,
         description="Send every API call here with anonymous credentials (the sandbox), "
-        "e.g. http://127.0.0.1:8123. Default: SHIPYARD_GOOGLE_ENDPOINT, else Google.",
+        "e.g. http://127.0.0.1:8123. Empty: Google (an unsaved block without credentials "
+        "takes SHIPYARD_GOOGLE_ENDPOINT).",
     )
 
+    # Set by the saved block this one is stored in (a nested block saved inline has no document
+    # of its own): see `inside_saved_block`.
+    _in_saved_block: bool = PrivateAttr(default=False)
+
+    def inside_saved_block(self) -> GoogleCloud:
+        """Mark this block as part of a saved one (e.g. a loaded ReleaseTarget's `cloud`)."""
+        self._in_saved_block = True
+        return self
+
+    def says_where_google_is(self) -> bool:
+        """True for a saved block (loaded, or part of a loaded one) and for a block that names
+        credentials: its empty `endpoint` means Google, not "ask the environment"."""
+        return (
+            self._block_document_id is not None
+            or self._in_saved_block
+            or self.gcp_credentials is not None
+        )
+
     def resolved_endpoint(self) -> str | None:
-        return self.endpoint or os.environ.get(ENDPOINT_ENV) or None
+        if self.endpoint:
+            return self.endpoint
+        if self.says_where_google_is():
+            return None
+        return os.environ.get(ENDPOINT_ENV) or None
 
     def resolved_project(self) -> str:
         project = (

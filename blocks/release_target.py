@@ -1,7 +1,7 @@
 """Where and how a GPU inference service is released: the `ReleaseTarget` and `CanaryPolicy` blocks.
 
-Defaults come from seed 003 (the Cloud Run L4 spec that worked, the canary that caught a
-silent CPU fallback): 1 `nvidia-l4`, 4 CPU, 16Gi, concurrency 1, timeout 900 s, max 1
+Defaults are the Cloud Run L4 spec known to work and the canary that catches a silent CPU
+fallback: 1 `nvidia-l4`, 4 CPU, 16Gi, concurrency 1, timeout 900 s, max 1
 instance, no CPU throttling, GPU zonal redundancy disabled; CPU baseline 4 CPU / 8Gi;
 canary 3 runs of a real page with `X-Internal-Token`, HTTP 200, `x-fallback-used: 0`,
 at least 30% faster than the CPU baseline.
@@ -53,7 +53,8 @@ class RevisionSpec(_Model):
 
     cpu: str = Field(default="4", description="vCPU limit, e.g. '4'")
     memory: str = Field(
-        default="16Gi", description="memory limit, e.g. '16Gi' (seed 003: 2-4Gi OOM)"
+        default="16Gi",
+        description="memory limit, e.g. '16Gi' (2-4Gi runs out of memory on L4 inference)",
     )
     gpu: int = Field(default=1, ge=0, description="GPUs per instance (0: a CPU revision)")
     concurrency: int = Field(default=1, ge=1, description="max concurrent requests per instance")
@@ -70,7 +71,7 @@ class RevisionSpec(_Model):
         default_factory=lambda: {
             "MANGA_INTERNAL_API_TOKEN": SecretEnv(secret="manga-internal-token")
         },
-        description="env name -> Secret Manager reference (seed 003: tokens never in images)",
+        description="env name -> Secret Manager reference (tokens never go into images)",
     )
     service_account: str | None = None
     image: str | None = Field(
@@ -130,7 +131,10 @@ class CanaryPolicy(Block):
 
     _block_type_name = "Shipyard Canary Policy"
     _block_type_slug = "shipyard-canary-policy"
-    _description = "Smoke test of a canary revision on a real sample page (seed 003)."
+    _description = (
+        "Smoke test of a canary revision on a real sample page: status, headers, speed-up over "
+        "the CPU baseline, and the revision's logs, before it gets any traffic."
+    )
 
     sample_image: str = Field(
         default=DEFAULT_SAMPLE_IMAGE,
@@ -138,7 +142,7 @@ class CanaryPolicy(Block):
     )
     health_path: str | None = Field(
         default="/health",
-        description="GET first (seed 000: verify /health after deploy; also starts the instance)",
+        description="GET first (verifies /health after the deploy; also starts the instance)",
     )
     method: Literal["POST", "PUT"] = "POST"
     path: str = "/internal/translate/page"
@@ -151,12 +155,14 @@ class CanaryPolicy(Block):
     runs: int = Field(default=3, ge=1, le=50)
     expected_status: int = 200
     required_headers: dict[str, str] = Field(default_factory=lambda: {"x-fallback-used": "0"})
-    p95_limit_ms: float = Field(default=90_000, gt=0, description="seed 003: single_page_p95 90 s")
+    p95_limit_ms: float = Field(
+        default=90_000, gt=0, description="single-page p95 limit (default 90 s)"
+    )
     min_speedup: float | None = Field(
         default=0.30,
         ge=0,
         lt=1,
-        description="1 - canary median / CPU baseline must reach this (seed 003: >= 30%); "
+        description="1 - canary median / CPU baseline must reach this (default: >= 30%); "
         "None: not checked",
     )
     check_image: bool = Field(
@@ -205,11 +211,15 @@ class ReleaseTarget(Block):
     )
     gpu_type: str = "nvidia-l4"
     gpu_zonal_redundancy: bool = Field(
-        default=False, description="seed 003: disabled (the no-zonal-redundancy quota)"
+        default=False,
+        description="off: the revision uses the no-zonal-redundancy GPU quota (the spec known to work)",
     )
     gpu_template: RevisionSpec = Field(default_factory=default_gpu_template)
     cpu_template: RevisionSpec = Field(default_factory=default_cpu_template)
-    public: bool = Field(default=False, description="seed 003: keep the invoker private")
+    public: bool = Field(
+        default=False,
+        description="allow unauthenticated invocations (default: the invoker stays private)",
+    )
     quota: QuotaPolicy = Field(default_factory=QuotaPolicy)
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
     rollback_to_cpu: bool = Field(
@@ -285,7 +295,11 @@ class ReleaseTarget(Block):
         return self.regions[0]
 
     def google(self) -> GoogleCloud:
-        return self.cloud or default_cloud()
+        """The `cloud` block (as saved with the target: the environment never redirects it), else
+        the environment's default."""
+        if self.cloud is None:
+            return default_cloud()
+        return self.cloud.inside_saved_block() if self._block_document_id else self.cloud
 
     def resolved_project(self) -> str:
         return self.project or self.google().resolved_project()

@@ -1,4 +1,4 @@
-"""Build the release image of one commit on Cloud Build, with the cache-tier chain (seed 001).
+"""Build the release image of one commit on Cloud Build, with the cache-tier chain.
 
 `build_release_image(git_tag, commit)`:
 
@@ -37,6 +37,7 @@ from prefect.variables import Variable
 from pydantic import BaseModel
 
 from blocks.build_settings import BuildSettings
+from blocks.cloud import GoogleCloud
 from flows.build_inputs import resolve_base_image
 from flows.cloud_build_request import REVISION_LABEL, build_request, buildx_args, git_source
 from flows.cloud_build_run import run_cloud_build
@@ -155,15 +156,18 @@ def build_release_image(
     settings_block: str | None = None,
     tiers_block: str | None = None,
     cloud_block: str | None = None,
+    cloud: GoogleCloud | None = None,
 ) -> ReleaseImage:
     """The release image for `commit`, tagged `git_tag`: reused if it exists, else built.
 
     `commit`: a full sha (or a ref of the git repository, resolved to one). `base_image`:
     REPOSITORY@sha256:… (default: the mirror's pin). `previous_image`: what deploy hosts already
-    have (default: the previous image this flow built for the repository).
+    have (default: the previous image this flow built for the repository). `cloud`: the
+    GoogleCloud block to build with (a release passes its target's, so that one project and one
+    identity build and deploy); default: the `cloud_block` name, else the environment.
     """
     logger = get_run_logger()
-    settings, tiers, cloud = load_blocks(settings_block, tiers_block, cloud_block)
+    settings, tiers, cloud = load_blocks(settings_block, tiers_block, cloud_block, cloud)
     repo = settings.resolved_image_repository()
     cache_repo = tiers.cache_repository or repo
     tag = docker_tag(git_tag)

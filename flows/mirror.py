@@ -1,7 +1,7 @@
 """Mirror a CUDA base image into our own registry, pinned by digest, with the cuDNN major verified.
 
 Why: NVIDIA deletes CUDA tags months after release ("manifest unknown"), and cuDNN 9 in place of
-8 breaks `libcudnn.so.8` users at run time (seed 001). So the flow copies registry to registry
+8 breaks `libcudnn.so.8` users at run time. So the flow copies registry to registry
 (no Docker daemon, no local disk), refuses an image whose cuDNN major is not the expected one
 before any byte moves, and records the digest it copied.
 

@@ -1,4 +1,4 @@
-"""Prewarm the cache tiers (seed 001): `cache-base → cache-python → cache-node`, weekly.
+"""Prewarm the cache tiers: `cache-base → cache-python → cache-node`, weekly.
 
 Per tier, bottom up: a fingerprint from the stage's Dockerfile text (comments ignored), the
 global ARGs, the base image digest, the fingerprints of the tiers below and the content of the
@@ -35,7 +35,7 @@ from pydantic import BaseModel
 
 from blocks.build_settings import BuildSettings
 from blocks.cache_tiers import CacheTiers, parse_quarter_tag, quarter_of
-from blocks.cloud import GoogleCloud
+from blocks.cloud import GoogleCloud, default_cloud
 from flows.build_inputs import checkout_task, resolve_base_image
 from flows.cache_tier_fingerprint import (
     FINGERPRINT_LABEL,
@@ -78,13 +78,19 @@ class PrewarmResult(BaseModel):
 
 
 def load_blocks(
-    settings_block: str | None, tiers_block: str | None, cloud_block: str | None
+    settings_block: str | None,
+    tiers_block: str | None,
+    cloud_block: str | None,
+    cloud: GoogleCloud | None = None,
 ) -> tuple[BuildSettings, CacheTiers, GoogleCloud]:
+    """The blocks by name, else their defaults. `cloud`, when given, is used as is (a release
+    builds with its target's cloud block); else the `cloud_block` name, else the environment."""
     # Block.load is sync-compatible: called from sync code it returns the block, not a coroutine
     settings = cast(BuildSettings, BuildSettings.load(settings_block)) if settings_block else None
     tiers = cast(CacheTiers, CacheTiers.load(tiers_block)) if tiers_block else None
-    cloud = cast(GoogleCloud, GoogleCloud.load(cloud_block)) if cloud_block else None
-    return settings or BuildSettings(), tiers or CacheTiers(), cloud or GoogleCloud()
+    if cloud is None and cloud_block:
+        cloud = cast(GoogleCloud, GoogleCloud.load(cloud_block))
+    return settings or BuildSettings(), tiers or CacheTiers(), cloud or default_cloud()
     return settings, tiers, cloud
 
 

@@ -60,6 +60,7 @@ from flows.traffic import (
 )
 from tasks.deploy_errors import ConfigurationError, DeployFailed, QuotaDenied, is_quota_message
 from tasks.errors import PermanentError
+from tasks.git_source import redact_credentials
 from tasks.reports import markdown_table, publish_markdown
 
 Outcome = Literal["released", "rolled_back", "cpu_fallback", "planned"]
@@ -227,12 +228,14 @@ def build_image(ctx: RunContext, git_tag: str, commit: str | None, pin: dict | N
         "base_image": (pin or {}).get("image"),
         "settings_block": ctx.target.build_settings_block,
         "tiers_block": ctx.target.build_tiers_block,
+        "cloud": ctx.cloud,  # one GoogleCloud block for the build and the deploy
     }
     kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
     try:
         built = build_release_image(**kwargs)
     except Exception as exc:
-        raise ReleaseError(f"build of {git_tag} failed: {type(exc).__name__}: {exc}") from exc
+        detail = redact_credentials(f"{type(exc).__name__}: {exc}")  # a git URL's user:token@
+        raise ReleaseError(f"build of {git_tag} failed: {detail}") from exc
     image = getattr(built, "image", None) or (built if isinstance(built, str) else None)
     if not image:
         raise ReleaseError(f"the build of {git_tag} returned no image reference: {built!r}")

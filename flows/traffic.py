@@ -150,7 +150,7 @@ def rollback_step(ctx: RunContext, region: str, failed: str | None) -> TrafficRe
 
 @task(name="ensure-cpu-serving", cache_policy=NO_CACHE, persist_result=False)
 def cpu_path_step(ctx: RunContext, region: str) -> TrafficResult:
-    """No GPU anywhere (seed 003): 100% on a Ready revision; the CPU baseline if none serves."""
+    """No GPU anywhere: 100% on a Ready revision; the CPU baseline if none serves."""
     note_attempt()
     service = cr.get_service(ctx.services, ctx.service_name(region))
     if service is not None:

@@ -55,7 +55,7 @@ def error_message(exc: BaseException) -> str:
 
 
 def is_quota_message(message: str) -> bool:
-    """Google's GPU quota messages (seed 003), or an allocation-quota refusal (CPU, memory)
+    """Google's GPU quota messages, or an allocation-quota refusal (CPU, memory)
     as tasks/errors.py recognises it (rate-limit quotas are not: they are transient)."""
     return any(m.lower() in message.lower() for m in QUOTA_MESSAGES) or is_quota_error(
         Exception(message)

@@ -3,6 +3,9 @@
 Works with any URL git understands (https://, ssh, file://, a local path). The checkout is a
 shallow fetch of exactly one commit (`git fetch --depth 1 URL REV`), which is also what Cloud
 Build does with a `gitSource`.
+
+A URL may carry credentials (`https://user:token@host/repo.git`): every message this module
+raises has them removed (`redact_credentials`), so they reach no log, artifact or exception.
 """
 
 from __future__ import annotations
@@ -11,11 +14,22 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from tasks.errors import PermanentError, TransientError
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
+# scheme://userinfo@ : the userinfo (user, user:password, a token) of any URL in a text
+_URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the `user:password@` of every URL in it removed."""
+    return _URL_USERINFO.sub(r"\1", text)
+
+
+def public_url(url: str) -> str:
+    """A URL without user:password@ (labels and logs must never carry a secret)."""
+    return redact_credentials(url)
 
 
 class GitError(PermanentError):
@@ -30,7 +44,8 @@ def _git(*args: str, cwd: Path | None = None, timeout: float = 120) -> str:
     except subprocess.TimeoutExpired:
         raise TransientError(f"git {args[0]} timed out after {timeout:.0f}s") from None
     if proc.returncode != 0:
-        raise GitError(f"git {' '.join(args[:2])} failed: {proc.stderr.strip()[-400:]}")
+        message = f"git {' '.join(args[:2])} failed: {proc.stderr.strip()[-400:]}"
+        raise GitError(redact_credentials(message))
     return proc.stdout
 
 
@@ -46,7 +61,8 @@ def resolve_revision(url: str, ref: str) -> str:
     if rows:
         return rows[0][0]
     raise GitError(
-        f"git ref {ref!r} was not found in {url}: give an existing tag, branch or a full commit sha"
+        f"git ref {ref!r} was not found in {public_url(url)}: give an existing tag, branch or a "
+        "full commit sha"
     )
 
 
@@ -57,14 +73,3 @@ def checkout(url: str, revision: str, into: Path | None = None) -> tuple[Path, s
     _git("fetch", "-q", "--depth", "1", url, revision, cwd=root)
     _git("checkout", "-q", "FETCH_HEAD", cwd=root)
     return root, _git("rev-parse", "HEAD", cwd=root).strip()
-
-
-def public_url(url: str) -> str:
-    """A URL without user:password@ (labels and logs must never carry a secret)."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return url

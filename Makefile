@@ -22,7 +22,7 @@ system-packages:
 $(BIN)/shipyard: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install -q uv
 	@[ -x $(BIN)/python ] || uv venv -q --python $(PY) $(VENV)
-	uv pip install -q --python $(BIN)/python -e '.[dev]'
+	uv pip install -q --python $(BIN)/python -e '.[dev,sandbox]'
 	@touch $(BIN)/shipyard
 
 setup: system-packages $(BIN)/shipyard

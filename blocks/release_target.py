@@ -21,8 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from blocks.cloud import GoogleCloud, default_cloud
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SAMPLE_IMAGE = "examples/sample-pages/page.png"
+# The canary's default sample page ships inside the package (package data), so an installed
+# worker has it; nothing is read from a checkout at run time.
+PACKAGED_SAMPLE_IMAGE = Path(__file__).resolve().parent / "samples" / "page.png"
+LEGACY_SAMPLE_IMAGE = "examples/sample-pages/page.png"  # what older saved policies hold
 DEFAULT_TOKEN_SECRET = "shipyard-internal-token"  # noqa: S105 - a block *name*, not a secret
 
 GPU_QUOTA_IDS = {
@@ -136,9 +138,10 @@ class CanaryPolicy(Block):
         "the CPU baseline, and the revision's logs, before it gets any traffic."
     )
 
-    sample_image: str = Field(
-        default=DEFAULT_SAMPLE_IMAGE,
-        description="Path of the sample page (relative paths: from the repository root)",
+    sample_image: str | None = Field(
+        default=None,
+        description="Path of the sample page image on the worker (relative: from the working "
+        "directory); empty: the scanned printed page shipped with Shipyard",
     )
     health_path: str | None = Field(
         default="/health",
@@ -188,8 +191,9 @@ class CanaryPolicy(Block):
     retry_delay_s: float = Field(default=1.0, ge=0)
 
     def sample_path(self) -> Path:
-        path = Path(self.sample_image)
-        return path if path.is_absolute() else REPO_ROOT / path
+        if not self.sample_image or self.sample_image == LEGACY_SAMPLE_IMAGE:
+            return PACKAGED_SAMPLE_IMAGE
+        return Path(self.sample_image).absolute()
 
 
 class ReleaseTarget(Block):

@@ -52,7 +52,7 @@ def demo_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's logs too."),
 ) -> None:
-    """Seed 003 end to end on a fresh local sandbox: quota 0 and denied in europe-west1,
+    """The whole pipeline end to end on a fresh local sandbox: quota 0 and denied in europe-west1,
     granted in us-central1 after two polls, canary on a real page, cutover."""
     import prefect.main  # noqa: F401 - configures Prefect's logging now: the levels below stick
 

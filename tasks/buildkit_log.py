@@ -76,6 +76,14 @@ class BuildLogReport:
     def failed_step(self) -> BuildStep | None:
         return next((s for s in self.steps if s.status == ERROR), None)
 
+    def by_stage(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for step in self.counted:
+            row = out.setdefault(step.stage, {CACHED: 0, RUN: 0, ERROR: 0})
+            if step.status in row:
+                row[step.status] += 1
+        return out
+
 
 # Only the lines that matter: a vertex named `[...] ...` (a step, or `[internal] ...`), or a
 # vertex's end state. Output lines (`#7 0.512 ...`, the bulk of a log) never match, so the regex

@@ -35,7 +35,7 @@ def load_sample(path: Path, content_type: str | None = None) -> SampleImage:
     if not path.exists():
         raise FileNotFoundError(
             f"canary sample_image={str(path)!r} does not exist: point CanaryPolicy.sample_image "
-            "at a real page image (the repository ships examples/sample-pages/page.png)"
+            "at a real page image on the worker, or leave it empty for the page Shipyard ships"
         )
     data = path.read_bytes()
     try:

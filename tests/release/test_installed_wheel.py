@@ -1,0 +1,144 @@
+"""The package as a worker installs it: a wheel built from this tree, installed without the
+`sandbox` extra into a fresh venv outside the checkout, imports every flow, finds its canary
+sample, and runs a dry-run release against the session's sandbox (started from the test venv).
+
+The fresh venv is pinned to the test venv's versions and filled from uv's cache, so it costs
+seconds, not a download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+# Everything of the tree but what is not source (the sdist decides what ships).
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", ".*_cache", "__pycache__", "*.pyc", "build", "dist", "*.egg-info", ".shipyard"
+)
+SANDBOX_ONLY = {"bcrypt", "python-multipart"}  # the `sandbox` extra beyond what prefect brings
+
+CHECK = r"""
+import importlib, importlib.metadata as md, importlib.util, json, pkgutil, sys
+from pathlib import Path
+
+import flows
+from prefect.flows import Flow
+
+site = Path(sys.prefix)
+assert Path(flows.__file__).resolve().is_relative_to(site), flows.__file__  # not the checkout
+found = []
+for info in pkgutil.iter_modules(flows.__path__):
+    module = importlib.import_module(f"flows.{info.name}")
+    found += [v.name for v in vars(module).values() if isinstance(v, Flow)]
+import deployments.cli  # the CLI's entry point imports too
+
+from blocks.release_target import CanaryPolicy
+from tasks.canary_probe import load_sample
+
+sample = load_sample(CanaryPolicy().sample_path())
+missing = []
+for dist in ("bcrypt", "python-multipart"):
+    try:
+        md.distribution(dist)
+    except md.PackageNotFoundError:
+        missing.append(dist)
+report = {"flows": sorted(found), "sample": list(sample.size), "missing": missing}
+Path(sys.argv[1]).write_text(json.dumps(report))
+
+# Then the console script's own entry point, in this process (one interpreter start: a fresh
+# venv compiles every import once, ~8 s).
+deployments.cli.app(sys.argv[2:], prog_name="shipyard")
+"""
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
+    proc = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, f"{args[:3]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory) -> Path:
+    """bin/ of a fresh venv holding the wheel built from this tree, without the sandbox extra."""
+    uv = shutil.which("uv")
+    assert uv, "uv is not on PATH: `make setup` installs it"
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "src"
+    shutil.copytree(REPO, source, ignore=NOT_SOURCE)
+    _run([uv, "build", "--quiet", "--out-dir", str(work / "dist"), str(source)], cwd=work)
+    (wheel,) = (work / "dist").glob("shipyard-*.whl")
+    # The test venv's versions as constraints: the same, already cached, packages.
+    frozen = _run([uv, "pip", "freeze", "--python", sys.executable], cwd=work).stdout
+    pins = [
+        line
+        for line in frozen.splitlines()
+        if "==" in line and line.split("==")[0].lower() not in {"shipyard", *SANDBOX_ONLY}
+    ]
+    (work / "constraints.txt").write_text("\n".join(pins) + "\n")
+    venv = work / "venv"
+    _run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], cwd=work)
+    _run(
+        [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python")]
+        + ["--constraint", str(work / "constraints.txt"), str(wheel)],
+        cwd=work,
+    )
+    return venv / "bin"
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    """This session's Prefect server and sandbox; nothing of the checkout on the path."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        SHIPYARD_HOME=str(tmp_path / "shipyard"),
+    )
+    return env
+
+
+def test_installed_wheel_imports_every_flow_and_dry_runs_a_release(
+    installed_wheel, stage, make_target, sandbox, tmp_path
+):
+    stage("default")
+    target = make_target()
+    target.save(target.service, overwrite=True)
+    report_path = tmp_path / "report.json"
+    release = ["release", "v1.2.3", "--target", target.service, "--dry-run", "--json"]
+
+    out = _run(
+        [
+            str(installed_wheel / "python"),
+            "-c",
+            CHECK,
+            str(report_path),
+            *release,
+            "--image",
+            "x:1",
+        ],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+    )
+
+    assert (installed_wheel / "shipyard").is_file()  # the console script is installed
+    report = json.loads(report_path.read_text())
+    assert {"release", "prewarm-cache-tiers", "mirror_base_image", "build-release-image"} <= set(
+        report["flows"]
+    )
+    assert report["sample"] == [384, 191]  # the packaged page, read without a checkout
+    assert sorted(report["missing"]) == sorted(SANDBOX_ONLY)  # not runtime dependencies
+    data = json.loads(out.stdout)
+    assert data["outcome"] == "planned" and data["dry_run"] is True
+    assert data["plan"]["revision"] == f"{target.service}-v1-2-3"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from tasks.dockerfile import parse_dockerfile
 from tasks.errors import PermanentError
 
 FINGERPRINT_LABEL = "dev.shipyard.cache.fingerprint"
@@ -13,27 +14,26 @@ TIER_LABEL = "dev.shipyard.cache.tier"
 
 
 def stage_texts(dockerfile: str) -> tuple[str, dict[str, str]]:
-    """(prelude, {stage name: text}) with comments and blank lines dropped (they change nothing
-    BuildKit caches). Stages without a name are keyed by their index."""
-    prelude: list[str] = []
-    stages: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    index = 0
-    for raw in dockerfile.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        words = line.split()
-        if words[0].upper() == "FROM" and (current is None or not _continued(current)):
-            name = words[3].lower() if len(words) >= 4 and words[2].lower() == "as" else str(index)
-            current = stages.setdefault(name, [])
-            index += 1
-        (prelude if current is None else current).append(line)
-    return "\n".join(prelude), {k: "\n".join(v) for k, v in stages.items()}
+    """(prelude, {stage name: text}): the Dockerfile's lines before the first FROM and those of
+    each stage, as written, stripped, with comments and blank lines dropped (they change nothing
+    BuildKit caches). Stages without a name are keyed by their index.
 
+    Where stages start and what they are called comes from the one Dockerfile parser
+    (tasks/dockerfile.py: `FROM --platform=... IMAGE AS name` included); a Dockerfile BuildKit
+    would refuse raises DockerfileError."""
+    parsed = parse_dockerfile(dockerfile, refuse_unsupported=False)
+    lines = dockerfile.splitlines()
+    starts = [stage.line - 1 for stage in parsed.stages] + [len(lines)]
 
-def _continued(lines: list[str]) -> bool:
-    return bool(lines) and lines[-1].endswith("\\")
+    def text(first: int, end: int) -> str:
+        kept = (raw.strip() for raw in lines[first:end])
+        return "\n".join(line for line in kept if line and not line.startswith("#"))
+
+    stages = {
+        stage.name or str(stage.index): text(starts[i], starts[i + 1])
+        for i, stage in enumerate(parsed.stages)
+    }
+    return text(0, starts[0]), stages
 
 
 def tier_fingerprint(

@@ -47,6 +47,7 @@ from flows.cache_tier_fingerprint import (
 from flows.cloud_build_request import REVISION_LABEL, build_request, buildx_args, git_source
 from flows.cloud_build_run import run_cloud_build
 from tasks import image_lookup as il
+from tasks.dockerfile import DockerfileError
 from tasks.errors import PermanentError
 from tasks.git_source import public_url
 
@@ -196,7 +197,10 @@ def prewarm_cache_tiers(
                 f"CacheTiers.dockerfile {tiers.dockerfile!r} is not in {settings.source_dir!r} of "
                 f"{public_url(git_url)} at {commit[:12]}"
             )
-        prelude, stages = stage_texts(dockerfile.read_text())
+        try:
+            prelude, stages = stage_texts(dockerfile.read_text())
+        except DockerfileError as exc:
+            raise PermanentError(f"CacheTiers.dockerfile {tiers.dockerfile!r}: {exc}") from None
         files = {t.name: read_tier_files(context, t.files, t.name) for t in tiers.tiers}
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 What it does with a build request (the arguments of a `gcr.io/cloud-builders/docker` buildx step):
 
-- Parses the Dockerfile (sandbox/dockerfile.py) and the buildx flags; an unknown flag, stage,
+- Parses the Dockerfile (tasks/dockerfile.py) and the buildx flags; an unknown flag, stage,
   instruction or a missing file fails the build with BuildKit's own wording.
 - Builds only the stages the `--target` needs (FROM and COPY --from dependencies), in order.
 - Derives a cache key per instruction: sha256 of the parent key, the instruction text (after
@@ -41,16 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox.dockerfile import (
-    FS_STEPS,
-    Dockerfile,
-    DockerfileError,
-    Instruction,
-    Stage,
-    parse_dockerfile,
-    split_kv,
-    substitute,
-)
 from sandbox.oci import (
     CACHE_CONFIG,
     DOCKER_LIST,
@@ -62,6 +52,16 @@ from sandbox.oci import (
     SandboxRegistry,
     make_layer,
     split_ref,
+)
+from tasks.dockerfile import (
+    FS_STEPS,
+    Dockerfile,
+    DockerfileError,
+    Instruction,
+    Stage,
+    parse_dockerfile,
+    split_kv,
+    substitute,
 )
 
 INLINE_KEY = "shipyard.buildcache.v0"

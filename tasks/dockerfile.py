@@ -1,13 +1,18 @@
-"""A Dockerfile parser for the sandbox's Cloud Build executor (the subset BuildKit's frontend reads).
+"""Dockerfiles as BuildKit's frontend reads them: the one parser of the pipeline (the cache
+tiers' stages and their text, flows/cache_tier_fingerprint.py) and of the sandbox's Cloud Build
+executor (sandbox/buildkit.py).
 
 Supported: parser directives (`# syntax=`, `# escape=` with the default backslash only), comments,
 line continuations, global `ARG` before the first `FROM`, multi-stage builds (`FROM … AS name`,
 `FROM <stage>`), `ARG ENV COPY ADD RUN WORKDIR LABEL EXPOSE USER CMD ENTRYPOINT SHELL VOLUME
 STOPSIGNAL HEALTHCHECK MAINTAINER`, flags such as `COPY --from= --chown= --chmod=` and
 `RUN --mount=`, JSON (exec) and shell forms, and `$VAR` / `${VAR}` / `${VAR:-x}` / `${VAR:+x}`
-substitution where Docker performs it. Heredocs and `ONBUILD` are refused, and so is any unknown
-instruction, with Docker's own wording (`dockerfile parse error on line N: unknown instruction`),
-so a broken Dockerfile fails the sandbox build the way it fails on Google.
+substitution where Docker performs it. Any unknown instruction is refused with Docker's own
+wording (`dockerfile parse error on line N: unknown instruction`), so a broken Dockerfile fails
+the sandbox build the way it fails on Google. Heredocs (`RUN <<EOF`), `ONBUILD` and another
+escape character are refused only when `refuse_unsupported` (the default: the sandbox's
+executor does not run them); otherwise a heredoc's body is skipped as part of its instruction
+(the pipeline only needs the stages: where they start, their names, their lines).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ KNOWN = frozenset(
 # Instructions that BuildKit shows as a step ("[stage i/n]") and that change the filesystem.
 FS_STEPS = frozenset({"COPY", "ADD", "RUN", "WORKDIR"})
 _FLAG_RE = re.compile(r"^--([a-z][a-z-]*)(?:=(\S*))?$")
+# `<<EOF`, `<<-EOF`, `<<"EOF"`, `<<'EOF'` (several may follow one instruction, bodies in order)
+_HEREDOC_RE = re.compile(r"<<(-?)([\"']?)([A-Za-z_][A-Za-z0-9_]*)\2")
 _VAR_RE = re.compile(
     r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))"
 )
@@ -148,8 +155,9 @@ def split_kv(args: str, cmd: str, line: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def _logical_lines(text: str) -> list[tuple[int, str]]:
-    """Join continuation lines; drop comments and blank lines; keep each instruction's line."""
+def _logical_lines(text: str, refuse_unsupported: bool = True) -> list[tuple[int, str]]:
+    """Join continuation lines; drop comments and blank lines; keep each instruction's line.
+    Without `refuse_unsupported`, the bodies of RUN/COPY/ADD heredocs are skipped."""
     out: list[tuple[int, str]] = []
     lines = text.splitlines()
     i, in_directives = 0, True
@@ -158,7 +166,12 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
         stripped = raw.strip()
         if in_directives and stripped.startswith("#"):
             directive = re.match(r"#\s*([a-zA-Z]+)\s*=\s*(.*)$", stripped)
-            if directive and directive.group(1).lower() == "escape" and directive.group(2) != "\\":
+            if (
+                refuse_unsupported
+                and directive
+                and directive.group(1).lower() == "escape"
+                and directive.group(2) != "\\"
+            ):
                 raise DockerfileError(
                     f"dockerfile parse error on line {i + 1}: the sandbox supports only the "
                     "default escape character '\\'"
@@ -181,9 +194,23 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
                 break
             current = lines[i].rstrip()
         parts.append(current)
-        out.append((start, " ".join(p.strip() for p in parts if p.strip())))
+        logical = " ".join(p.strip() for p in parts if p.strip())
+        out.append((start, logical))
         i += 1
+        if not refuse_unsupported and logical.split(" ", 1)[0].upper() in ("RUN", "COPY", "ADD"):
+            i = _skip_heredocs(lines, i, logical)
     return out
+
+
+def _skip_heredocs(lines: list[str], i: int, logical: str) -> int:
+    """The index of the line after the bodies of the instruction's heredocs (if any)."""
+    for dash, _, word in _HEREDOC_RE.findall(logical):
+        while i < len(lines):
+            line = lines[i].lstrip("\t") if dash else lines[i]
+            i += 1
+            if line.rstrip("\r\n") == word:
+                break
+    return i
 
 
 def _split_flags(cmd: str, rest: str, line: int) -> tuple[dict[str, str], str, str]:
@@ -215,11 +242,14 @@ def _split_flags(cmd: str, rest: str, line: int) -> tuple[dict[str, str], str, s
     return flags, flag_text, rest
 
 
-def parse_dockerfile(text: str) -> Dockerfile:
-    """Parse into global ARGs and stages; raises DockerfileError like BuildKit's frontend."""
+def parse_dockerfile(text: str, *, refuse_unsupported: bool = True) -> Dockerfile:
+    """Parse into global ARGs and stages; raises DockerfileError like BuildKit's frontend.
+
+    `refuse_unsupported`: refuse heredocs, ONBUILD and another escape character (what the
+    sandbox's executor cannot run); the pipeline, which only reads stages, passes False."""
     global_args: list[tuple[str, str | None]] = []
     stages: list[Stage] = []
-    for line, logical in _logical_lines(text):
+    for line, logical in _logical_lines(text, refuse_unsupported):
         keyword, _, rest = logical.partition(" ")
         cmd = keyword.upper()
         rest = rest.strip()
@@ -227,12 +257,12 @@ def parse_dockerfile(text: str) -> Dockerfile:
             raise DockerfileError(
                 f"dockerfile parse error on line {line}: unknown instruction: {keyword}"
             )
-        if cmd == "ONBUILD":
+        if cmd == "ONBUILD" and refuse_unsupported:
             raise DockerfileError(
                 f"dockerfile parse error on line {line}: ONBUILD is not supported by the sandbox's "
                 "Cloud Build executor"
             )
-        if "<<" in rest and cmd in ("RUN", "COPY", "ADD"):
+        if refuse_unsupported and "<<" in rest and cmd in ("RUN", "COPY", "ADD"):
             raise DockerfileError(
                 f"dockerfile parse error on line {line}: heredocs ({cmd} <<EOF) are not supported by "
                 "the sandbox's Cloud Build executor"

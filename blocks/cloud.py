@@ -74,6 +74,19 @@ class GoogleCloud(Block):
             or self.gcp_credentials is not None
         )
 
+    pipeline_logs: bool | None = Field(
+        default=None,
+        description="Send the pipeline's own log lines to Cloud Logging (log `shipyard`, labels "
+        "service, git tag, stage, region, revision, flow run id). Default: on with the sandbox "
+        "endpoint, off on Google (set true to opt in).",
+    )
+
+    def pipeline_logging(self) -> bool:
+        """Whether the pipeline's log lines go to Cloud Logging (see `pipeline_logs`)."""
+        if self.pipeline_logs is not None:
+            return self.pipeline_logs
+        return bool(self.resolved_endpoint())
+
     def resolved_endpoint(self) -> str | None:
         if self.endpoint:
             return self.endpoint

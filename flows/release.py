@@ -39,6 +39,8 @@ from pydantic import BaseModel
 
 from blocks.release_target import ReleaseTarget, sanitize_name
 from flows.canary import CanaryReport, recorded_release, release_variable, run_canary
+from flows.ledger import record_release
+from flows.observe import observed_release, release_crashed
 from flows.quota_adapter import PreferenceState, RegionQuota, preference_ids
 from flows.region_choice import decide_regions, quota_preferences_step
 from flows.region_deploy import (
@@ -50,6 +52,7 @@ from flows.region_deploy import (
 )
 from flows.release_steps import Step, StepLog, note_attempt
 from flows.run_context import MAX_ATTEMPTS, RunContext, attempt_name
+from flows.stage_events import stage
 from flows.traffic import (
     TrafficResult,
     cpu_path_step,
@@ -257,7 +260,12 @@ def resolve_target(target: ReleaseTarget | str) -> ReleaseTarget:
         ) from exc
 
 
-@flow(name="release", flow_run_name="release-{git_tag}", log_prints=False)
+@flow(
+    name="release",
+    flow_run_name="release-{git_tag}",
+    log_prints=False,
+    on_crashed=[release_crashed],
+)
 def release(
     git_tag: str,
     target: ReleaseTarget | str = "default",
@@ -267,10 +275,11 @@ def release(
 ) -> ReleaseResult:
     """Release `git_tag` of the target service (see the module docstring for outcomes)."""
     resolved = resolve_target(target)
-    if dry_run:
-        return Release(resolved, git_tag, image, commit).run(dry_run=True)
-    with release_slot(resolved.service, resolved.lock_timeout_s):
-        return Release(resolved, git_tag, image, commit).run(dry_run=False)
+    with observed_release(resolved, git_tag):  # scope, release events, Cloud Logging
+        if dry_run:
+            return Release(resolved, git_tag, image, commit).run(dry_run=True)
+        with release_slot(resolved.service, resolved.lock_timeout_s):
+            return Release(resolved, git_tag, image, commit).run(dry_run=False)
 
 
 class Release:
@@ -504,7 +513,9 @@ class Release:
         if not deployed.tag_uri:
             raise ConfigurationError(f"Cloud Run published no canary URL in {region}")
         try:
-            report = run_canary(ctx, self.steps, region, deployed.revision, deployed.tag_uri)
+            with stage("canary", region=region, revision=deployed.revision, image=ctx.image) as ev:
+                report = run_canary(ctx, self.steps, region, deployed.revision, deployed.tag_uri)
+                ev["failed"] = None if report.passed else "; ".join(report.reasons)
         except BaseException:
             # The canary could not be judged: no traffic for it, no stale canary tag.
             self.steps.run(f"clear:{region}", clear_failed_step, ctx, region, deployed.revision)
@@ -565,6 +576,7 @@ class Release:
                     "noop": result.noop,
                 },
             )
+        record_release(result, failed)  # the service's ledger (shipyard report)
         try:
             publish_markdown(
                 summary_markdown(result, failed),

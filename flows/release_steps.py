@@ -19,6 +19,7 @@ from prefect.context import TaskRunContext
 from prefect.tasks import Task
 from pydantic import BaseModel
 
+from flows.stage_events import retry_reporter, step_stage
 from tasks.errors import retry_condition_fn
 
 T = TypeVar("T")
@@ -63,13 +64,25 @@ class StepLog:
         **kwargs: Any,
     ) -> T:
         """`run` with its own retry count and delays (e.g. the canary policy's)."""
+        with step_stage(name, *args):  # shipyard.<stage>.* events of the step
+            return self._run_step(name, retries, delays, step, *args, **kwargs)
+
+    def _run_step(
+        self,
+        name: str,
+        retries: int,
+        delays: list[float],
+        step: Task[..., T],
+        *args: Any,
+        **kwargs: Any,
+    ) -> T:
         configured = step.with_options(
             name=step.name,
             task_run_name=name,
             retries=retries,
             retry_delay_seconds=delays or 0,
             retry_jitter_factor=0.5,
-            retry_condition_fn=retry_condition_fn,
+            retry_condition_fn=retry_reporter(name, retry_condition_fn),
         )
         started = time.perf_counter()
         state = configured(*args, return_state=True, **kwargs)

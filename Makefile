@@ -4,7 +4,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-APT_PKGS := docker-registry skopeo git
+APT_PKGS := docker-registry skopeo git chromium
 
 # Some machines set PYTHONDONTWRITEBYTECODE=1: every Python process (each Prefect server,
 # emulator, CLI call) would then recompile all its imports, costing seconds each time.

@@ -24,6 +24,7 @@ _COMMAND_MODULES = [
     "deployments.cli_build",
     "deployments.cli_triggers",
     "deployments.cli_release",
+    "deployments.cli_report",
 ]
 
 for _name in _COMMAND_MODULES:

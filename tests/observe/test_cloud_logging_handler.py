@@ -105,7 +105,9 @@ def test_full_buffer_and_permanent_errors_are_counted_and_said(sandbox_admin, cl
     assert handler.stats.dropped_full == 3
     assert handler.stats.failed == 5
     err = capsys.readouterr().err
-    assert "Cloud Logging: 8 of 8 log lines were not sent (3 over the 5-line buffer, 5 failed" in err
+    assert (
+        "Cloud Logging: 8 of 8 log lines were not sent (3 over the 5-line buffer, 5 failed" in err
+    )
 
 
 def test_severity_mapping():

@@ -1,0 +1,135 @@
+"""Headless Chromium (Debian's `chromium`) driven over the DevTools protocol: open a file,
+record every network request the page makes, read element boxes, take a screenshot."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--remote-debugging-port=0",
+]
+
+
+def chromium_binary() -> str | None:
+    return shutil.which("chromium")
+
+
+class Page:
+    """One page of a headless Chromium process (with its own empty profile)."""
+
+    def __init__(self, width: int = 1200, height: int = 900):
+        from websockets.sync.client import connect
+
+        self.profile = tempfile.mkdtemp(prefix="shipyard-chromium-")
+        self.proc = subprocess.Popen(
+            [
+                chromium_binary() or "chromium",
+                *FLAGS,
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        browser_ws = self._devtools_url()
+        port = re.search(r":(\d+)/", browser_ws).group(1)  # type: ignore[union-attr]
+        import httpx
+
+        deadline = time.monotonic() + 20
+        while True:
+            targets = httpx.get(f"http://127.0.0.1:{port}/json/list").json()
+            pages = [t for t in targets if t.get("type") == "page"]
+            if pages or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None)
+        self.ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []
+
+    def _devtools_url(self) -> str:
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            found = re.search(r"DevTools listening on (ws://\S+)", line)
+            if found:
+                return found.group(1)
+            if not line and self.proc.poll() is not None:
+                break
+        raise RuntimeError("chromium did not start its DevTools endpoint")
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self.ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=30))
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def wait_event(self, method: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        for msg in self.events:
+            if msg.get("method") == method:
+                return msg
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv(timeout=deadline - time.monotonic()))
+            self.events.append(msg)
+            if msg.get("method") == method:
+                return msg
+        raise TimeoutError(method)
+
+    def open(self, path: Path) -> None:
+        self.send("Network.enable")
+        self.send("Page.enable")
+        self.send("Page.navigate", url=path.resolve().as_uri())
+        self.wait_event("Page.loadEventFired")
+
+    def requests(self) -> list[str]:
+        return [
+            m["params"]["request"]["url"]
+            for m in self.events
+            if m.get("method") == "Network.requestWillBeSent"
+        ]
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    def screenshot(self, path: Path) -> None:
+        data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(data["data"]))
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        finally:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            shutil.rmtree(self.profile, ignore_errors=True)

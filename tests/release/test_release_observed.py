@@ -1,0 +1,136 @@
+"""A released and a rolled-back release, seen from outside: their stage events in order with
+the right resources, their log lines in Cloud Logging (sandbox) with labels, their ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from flows.ledger import read_ledger
+from flows.release import release
+
+pytestmark = pytest.mark.slow
+
+IMAGE = "registry.sandbox.local/pages/page-service"
+
+
+def _events(service: str, since: dt.datetime, until_last: set[str], timeout: float = 30.0):
+    """The service's events since `since`, oldest first, polled until each of `until_last`
+    arrived (events reach the database asynchronously)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventOccurredFilter, EventResourceFilter
+
+    event_filter = EventFilter(
+        occurred=EventOccurredFilter(since=since),
+        resource=EventResourceFilter(id=[f"shipyard.cloud-run.service.{service}"]),
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(event_filter, limit=50)
+            events = list(page.events)
+            while page.next_page:
+                page = client.read_events_page(page.next_page)
+                events += page.events
+        names = {e.event for e in events}
+        if until_last <= names or time.monotonic() > deadline:
+            return sorted(events, key=lambda e: e.occurred)
+
+
+def _related(event, role: str) -> str | None:
+    return next((r.id for r in event.related if r.role == role), None)
+
+
+def _of_run(events, run_id: str):
+    return [e for e in events if _related(e, "flow-run") == f"prefect.flow-run.{run_id}"]
+
+
+def _in_order(names: list[str], wanted: list[str]) -> bool:
+    it = iter(names)
+    return all(any(n == w for n in it) for w in wanted)
+
+
+def test_released_and_rolled_back_leave_events_logs_and_ledger(
+    stage, make_target, sandbox_admin, cloud, info_logs
+):
+    stage(revision_faults=[{"fault": "silent_cpu_fallback", "image_contains": ":v2"}])
+    target = make_target()
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+
+    good = release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
+    bad = release("v2.0.0", target, image=f"{IMAGE}:v2.0.0")
+    assert (good.outcome, bad.outcome) == ("released", "rolled_back")
+
+    events = _events(
+        target.service, since, {"shipyard.release.released", "shipyard.release.rolled-back"}
+    )
+    first = [e.event for e in _of_run(events, good.flow_run_id)]
+    second = [e.event for e in _of_run(events, bad.flow_run_id)]
+    assert _in_order(
+        first,
+        [
+            "shipyard.release.started",
+            "shipyard.quota.started",
+            "shipyard.quota.succeeded",
+            "shipyard.deploy.started",
+            "shipyard.deploy.succeeded",
+            "shipyard.canary.started",
+            "shipyard.canary.succeeded",
+            "shipyard.cutover.started",
+            "shipyard.cutover.succeeded",
+            "shipyard.release.released",
+        ],
+    ), first
+    assert _in_order(
+        second,
+        [
+            "shipyard.release.started",
+            "shipyard.deploy.started",
+            "shipyard.deploy.succeeded",
+            "shipyard.canary.started",
+            "shipyard.canary.failed",
+            "shipyard.rollback.started",
+            "shipyard.rollback.succeeded",
+            "shipyard.release.rolled-back",
+        ],
+    ), second
+    assert not any(n.endswith(".failed") for n in first)
+    assert "shipyard.cutover.started" not in second
+
+    # Resources: the service is primary; tag, region, revision, digest-less image, run related.
+    deploy = next(
+        e for e in _of_run(events, bad.flow_run_id) if e.event == "shipyard.deploy.started"
+    )
+    assert deploy.resource.id == f"shipyard.cloud-run.service.{target.service}"
+    assert _related(deploy, "git-tag") == "shipyard.git-tag.v2.0.0"
+    assert _related(deploy, "region") == "shipyard.gcp.region.europe-west1"
+    assert _related(deploy, "revision") == f"shipyard.cloud-run.revision.{target.service}-v2-0-0"
+    canary_failed = next(e for e in events if e.event == "shipyard.canary.failed")
+    assert "x-fallback-used" in canary_failed.payload["cause"]
+    rollback = next(e for e in events if e.event == "shipyard.rollback.started")
+    assert _related(rollback, "revision") == f"shipyard.cloud-run.revision.{target.service}-v2-0-0"
+
+    # Cloud Logging (sandbox): the pipeline's lines with labels, found by filter.
+    client = cloud.logging_client()
+    query = (
+        'logName="projects/shipyard-sandbox/logs/shipyard" '
+        f'AND labels.service="{target.service}" AND labels.git_tag="v2.0.0"'
+    )
+    entries = list(client.list_entries(filter_=query, page_size=1000))
+    assert entries, "no pipeline log line reached Cloud Logging"
+    assert {e.labels["flow_run_id"] for e in entries} == {bad.flow_run_id}
+    stages = {e.labels.get("stage") for e in entries}
+    assert {"deploy", "canary"} <= stages, stages
+    deploy_lines = [e for e in entries if e.labels.get("stage") == "deploy"]
+    assert all(e.labels["region"] == "europe-west1" for e in deploy_lines)
+
+    # The ledger: both releases, in order, with their figures.
+    ledger = read_ledger(target.service)
+    assert [(e.git_tag, e.outcome) for e in ledger] == [
+        ("v1.0.0", "released"),
+        ("v2.0.0", "rolled_back"),
+    ]
+    assert ledger[0].canary_p95_ms and ledger[0].stage_seconds["deploy"] > 0
+    assert "x-fallback-used" in ledger[1].rollback_reason

@@ -42,6 +42,7 @@ from flows.build_inputs import resolve_base_image
 from flows.cloud_build_request import REVISION_LABEL, build_request, buildx_args, git_source
 from flows.cloud_build_run import run_cloud_build
 from flows.prewarm import load_blocks, read_image
+from flows.stage_events import stage_hooks
 from tasks import git_source as git
 from tasks import image_lookup as il
 from tasks.errors import PermanentError
@@ -146,7 +147,7 @@ def _pull_bytes(new: il.ImageFacts, previous: il.ImageFacts | None) -> int:
     return sum(size for digest, size in new.layers if digest not in have)
 
 
-@flow(name="build-release-image")
+@flow(name="build-release-image", **stage_hooks("build"))
 def build_release_image(
     git_tag: str,
     commit: str,

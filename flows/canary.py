@@ -30,6 +30,7 @@ from prefect.variables import Variable
 from pydantic import BaseModel, SecretStr
 
 from blocks.release_target import CanaryPolicy, sanitize_name
+from flows.progress import Progress
 from flows.region_deploy import deploy_revision
 from flows.release_steps import StepLog, note_attempt
 from flows.run_context import RunContext
@@ -205,6 +206,7 @@ def _probe_runs(
 ) -> list[CanaryRun]:
     out = []
     delays = [policy.retry_delay_s * 2**i for i in range(policy.retries)]
+    progress = Progress(f"canary-{httpx.URL(url).host}", f"Canary: {runs} runs")
     for i in range(1, runs + 1):
         step = f"{name}-{i}" if runs > 1 else name
         try:
@@ -215,6 +217,7 @@ def _probe_runs(
             result = exc.result
         attempts = steps.steps[-1].attempts
         out.append(_as_run(i, result, sample, attempts))
+        progress.update(i, runs, f"Canary: run {i} of {runs}, status {result.status}")
     return out
 
 

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.build_settings import BuildSettings
 from blocks.cloud import GoogleCloud
+from flows.progress import Progress
 from tasks import cloud_build as cb
 from tasks.buildkit_log import BuildLogReport, parse_buildkit_log
 from tasks.errors import PermanentError, is_transient, retry_condition_fn
@@ -76,8 +77,15 @@ def follow_task(cloud: GoogleCloud, build_id: str, timeout_s: float, poll_s: flo
                 time.sleep(min(2.0, 0.2 * 2**attempt))
         raise AssertionError("unreachable")
 
+    progress = Progress(f"build-{build_id}", f"Cloud Build {build_id}")
+
     def changed(build: cloudbuild_v1.Build) -> None:
         logger.info("build %s: %s", build.id, build.status.name)
+        done = sum(1 for s in build.steps if s.status == cloudbuild_v1.Build.Status.SUCCESS)
+        total = len(build.steps)
+        progress.update(
+            done, total, f"Cloud Build {build.id}: {build.status.name}, {done}/{total} steps"
+        )
 
     build = cb.wait_build(
         client, project, build_id, timeout_s=timeout_s, poll_s=poll_s, on_change=changed, get=read

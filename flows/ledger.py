@@ -71,6 +71,8 @@ def entry_of(result: Any, *, failed: bool, finished_at: dt.datetime | None = Non
         name = name or step.name
         stage_seconds[name] = round(stage_seconds.get(name, 0.0) + step.seconds, 3)
     build, canary = result.build, result.canary
+    # The first canary request meets a cold instance: its step time is the cold-start figure.
+    first = next((s for s in result.steps if s.name in ("canary-run-1", "canary-run")), None)
     outcome = "failed" if failed else result.outcome
     reason = ""
     if outcome in ("rolled_back", "failed", "cpu_fallback"):
@@ -93,6 +95,7 @@ def entry_of(result: Any, *, failed: bool, finished_at: dt.datetime | None = Non
         pull_bytes=build.pull_bytes if build else None,
         canary_p50_ms=canary.p50_ms if canary else None,
         canary_p95_ms=canary.p95_ms if canary else None,
+        canary_first_ms=round(first.seconds * 1000, 1) if first else None,
         speedup=canary.speedup if canary else None,
         baseline_ms=canary.baseline_ms if canary else None,
         rollback_reason=reason,

@@ -46,6 +46,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
 from blocks.registry_credentials import credentials_from_docker_block, credentials_from_gcp_block
+from flows.stage_events import stage_hooks
 from tasks.errors import PermanentError
 from tasks.registry import (
     CopyStats,
@@ -287,7 +288,7 @@ async def _keep_pin(result: dict[str, Any], pin: dict[str, Any], status: str, me
     return result
 
 
-@flow(name="mirror_base_image")
+@flow(name="mirror_base_image", **stage_hooks("mirror", resource_parameter="destination"))
 async def mirror_base_image(
     source: str,
     destination: str,

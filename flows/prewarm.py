@@ -46,6 +46,7 @@ from flows.cache_tier_fingerprint import (
 )
 from flows.cloud_build_request import REVISION_LABEL, build_request, buildx_args, git_source
 from flows.cloud_build_run import run_cloud_build
+from flows.stage_events import stage_hooks
 from tasks import image_lookup as il
 from tasks.dockerfile import DockerfileError
 from tasks.errors import PermanentError
@@ -166,7 +167,7 @@ def apply_retention(repository: str, tier_names: list[str], keep: int) -> list[s
     return run_coro_as_sync(go())
 
 
-@flow(name="prewarm-cache-tiers")
+@flow(name="prewarm-cache-tiers", **stage_hooks("prewarm"))
 def prewarm_cache_tiers(
     force: bool = False,
     revision: str = "HEAD",

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from blocks.cloud import GoogleCloud
+from flows.progress import Progress
 from tasks.quotas import (
     file_quota_preference,
     preference_id_for,
@@ -135,5 +136,14 @@ def poll_preferences(
             message=decision.state_detail,
         )
 
+    progress = Progress(f"quota-{project}", f"Waiting for quota decisions in {', '.join(ids)}")
+    states: list[PreferenceState] = []
     with ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
-        return list(pool.map(one, ids))
+        for state in pool.map(one, ids):
+            states.append(state)
+            progress.update(
+                len(states),
+                len(ids),
+                "; ".join(f"{s.region}: {s.state} after {s.polls} polls" for s in states),
+            )
+    return states

@@ -312,7 +312,7 @@ def retry_reporter(step_name: str, condition: Callable[..., bool]) -> Callable[.
 # ---------------------------------------------------------------- whole flows as stages
 
 
-def stage_hooks(name: str, resource_parameter: str | None = None) -> dict[str, list[Callable]]:
+def stage_hooks(name: str, resource_parameter: str | None = None) -> Any:
     """Flow state hooks making a whole flow one stage: `@flow(..., **stage_hooks("mirror"))`.
 
     on_running -> started; on_completion -> succeeded; on_failure/on_crashed/on_cancellation

@@ -7,6 +7,7 @@ import datetime as dt
 import time
 
 import pytest
+from test_release_guards import _all_events
 
 from flows.ledger import read_ledger
 from flows.release import release
@@ -19,7 +20,6 @@ IMAGE = "registry.sandbox.local/pages/page-service"
 def _events(service: str, since: dt.datetime, until_last: set[str], timeout: float = 30.0):
     """The service's events since `since`, oldest first, polled until each of `until_last`
     arrived (events reach the database asynchronously)."""
-    from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventOccurredFilter, EventResourceFilter
 
     event_filter = EventFilter(
@@ -28,12 +28,7 @@ def _events(service: str, since: dt.datetime, until_last: set[str], timeout: flo
     )
     deadline = time.monotonic() + timeout
     while True:
-        with get_client(sync_client=True) as client:
-            page = client.read_events(event_filter, limit=50)
-            events = list(page.events)
-            while page.next_page:
-                page = client.read_events_page(page.next_page)
-                events += page.events
+        events = _all_events(event_filter)
         names = {e.event for e in events}
         if until_last <= names or time.monotonic() > deadline:
             return sorted(events, key=lambda e: e.occurred)
@@ -133,4 +128,23 @@ def test_released_and_rolled_back_leave_events_logs_and_ledger(
         ("v2.0.0", "rolled_back"),
     ]
     assert ledger[0].canary_p95_ms and ledger[0].stage_seconds["deploy"] > 0
+    assert ledger[0].canary_first_ms and ledger[0].canary_first_ms > 0
     assert "x-fallback-used" in ledger[1].rollback_reason
+
+    # Progress: the canary's bar reached 100 % in each release's run.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+    )
+
+    with get_client(sync_client=True) as c:
+        bars = c.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[good.flow_run_id]),
+                type=ArtifactFilterType(any_=["progress"]),
+            )
+        )
+    canary_bars = [a for a in bars if (a.key or "").startswith("progress-canary")]
+    assert canary_bars and all(float(a.data) == 100.0 for a in canary_bars), bars

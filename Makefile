@@ -4,13 +4,17 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-APT_PKGS := docker-registry skopeo git chromium
+APT_PKGS := docker-registry skopeo git chromium docker.io debootstrap
+# The base root filesystem (Debian bookworm + python3, sandbox/engine/rootfs.py) is built once per
+# machine at this stable path, before the tests, so that neither a fresh test home nor the demo
+# pays for debootstrap again.
+export SHIPYARD_ROOTFS_CACHE ?= $(HOME)/.cache/shipyard/rootfs
 
 # Some machines set PYTHONDONTWRITEBYTECODE=1: every Python process (each Prefect server,
 # emulator, CLI call) would then recompile all its imports, costing seconds each time.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup system-packages demo test lint bench clean
+.PHONY: setup system-packages rootfs demo test lint bench clean
 
 system-packages:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -27,10 +31,13 @@ $(BIN)/shipyard: pyproject.toml
 
 setup: system-packages $(BIN)/shipyard
 
-demo: setup
+rootfs: setup
+	@$(BIN)/python -m sandbox.engine.rootfs || echo "no base root filesystem: the sandbox runs in-process"
+
+demo: rootfs
 	$(BIN)/shipyard demo
 
-test: setup
+test: rootfs
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 lint: setup

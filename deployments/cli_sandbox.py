@@ -41,7 +41,7 @@ def up(
         )
         raise typer.Exit(1)
     try:
-        info = start_sandbox(scenario=scenario, registry_url=registry_url)
+        info = start_sandbox(scenario=scenario, registry_url=registry_url, engine=True)
     except (RegistryBinaryMissing, ScenarioError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -49,6 +49,10 @@ def up(
     console.print(f"sandbox up in {info.startup_s:.2f} s (state in {path})")
     console.print(f"  emulator  {info.emulator_url}")
     console.print(f"  registry  {info.registry_url}")
+    if info.docker_host:
+        console.print(f"  docker    {info.docker_host} (builds and revisions run in containers)")
+    else:
+        console.print(f"  mode      in-process: {info.mode_note}")
     console.print("point Shipyard at it:")
     for key, value in info.env().items():
         console.print(f"  export {key}={value}")
@@ -70,11 +74,16 @@ def status() -> None:
         raise typer.Exit(1)
     table = Table("part", "pid", "running", "url")
     alive = info.alive()
-    urls = {"registry": info.registry_url, "emulator": info.emulator_url}
+    urls = {
+        "registry": info.registry_url,
+        "emulator": info.emulator_url,
+        "dockerd": info.docker_host or "",
+    }
     for name, pid in info.pids.items():
         table.add_row(name, str(pid), "yes" if alive[name] else "NO", urls.get(name, ""))
     console.print(table)
     console.print(f"scenario: {Path(info.scenario).stem if info.scenario else 'healthy'}")
+    console.print(f"mode: {info.mode}{' (' + info.mode_note + ')' if info.mode_note else ''}")
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from sandbox.engine.daemon import start_engine, unavailable_reason
 from sandbox.procs import free_port, pid_alive, spawn, stop_pid, wait_for_port
 from sandbox.registry import start_registry
 from sandbox.scenario import load_scenario, resolve_scenario_path
@@ -39,6 +40,9 @@ class SandboxInfo:
     pids: dict[str, int] = field(default_factory=dict)
     started_at: float = 0.0
     startup_s: float = 0.0
+    docker_host: str | None = None  # the sandbox's Docker daemon; None: in-process stand-ins
+    mode: str = "in-process"  # "containers" when builds and revisions run on the daemon
+    mode_note: str = ""  # one line: why the sandbox runs in-process
 
     def env(self) -> dict[str, str]:
         """What a shell (or a test) sets to point Shipyard at this sandbox."""
@@ -86,8 +90,11 @@ def start_sandbox(
     registry_url: str | None = None,
     root: Path | None = None,
     timeout: float = 60.0,
+    engine: bool = False,
 ) -> SandboxInfo:
-    """Start the registry (unless a URL is given) and the emulator on free loopback ports."""
+    """Start the registry (unless a URL is given), the Docker daemon (`engine`, where it can
+    start: else one line says why and the in-process stand-ins serve) and the emulator on free
+    loopback ports."""
     started = time.monotonic()
     if scenario is not None:
         # Validate here, so a bad file fails in the caller with the file/key message.
@@ -102,6 +109,20 @@ def start_sandbox(
         registry_url = registry.url
     registry_host = httpx.URL(registry_url).netloc.decode()
 
+    docker_host, mode_note = None, ""
+    reason = unavailable_reason() if engine else "not asked for"
+    if reason is None:
+        try:
+            daemon = start_engine(root / "engine", timeout=timeout)
+            pids["dockerd"] = daemon.pid
+            docker_host = daemon.host
+        except RuntimeError as exc:
+            reason = str(exc)
+    if reason is not None:
+        mode_note = f"no container engine ({reason}): builds and revisions run in-process"
+        if engine:
+            print(f"sandbox: {mode_note}", file=sys.stderr)
+
     port = free_port()
     args = [
         sys.executable,
@@ -114,6 +135,8 @@ def start_sandbox(
     ]
     if scenario:
         args += ["--scenario", scenario]
+    if docker_host:
+        args += ["--docker-host", docker_host]
     proc = spawn(args, root / "emulator.log")
     pids["emulator"] = proc.pid
     try:
@@ -132,6 +155,9 @@ def start_sandbox(
         pids=pids,
         started_at=time.time(),
         startup_s=round(time.monotonic() - started, 3),
+        docker_host=docker_host,
+        mode="containers" if docker_host else "in-process",
+        mode_note=mode_note,
     )
 
 

@@ -16,8 +16,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--scenario", default=None)
     parser.add_argument("--registry-url", default=None)
+    parser.add_argument(
+        "--docker-host", default=None, help="unix:// socket of the sandbox's dockerd"
+    )
     args = parser.parse_args()
-    app = create_app(load_scenario(args.scenario), registry_url=args.registry_url)
+    app = create_app(
+        load_scenario(args.scenario), registry_url=args.registry_url, docker_host=args.docker_host
+    )
     app.state.sandbox.base_url = f"http://{args.host}:{args.port}"
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 

@@ -35,11 +35,17 @@ def api_of(path: str) -> str | None:
     return None
 
 
-def create_app(scenario: Scenario | None = None, registry_url: str | None = None) -> FastAPI:
+def create_app(
+    scenario: Scenario | None = None,
+    registry_url: str | None = None,
+    docker_host: str | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="Shipyard sandbox: Google Cloud API emulator", docs_url=None, redoc_url=None
     )
-    state = SandboxState(scenario=scenario or Scenario(), registry_url=registry_url)
+    state = SandboxState(
+        scenario=scenario or Scenario(), registry_url=registry_url, docker_host=docker_host
+    )
     app.state.sandbox = state
 
     @app.exception_handler(ApiError)

@@ -11,8 +11,9 @@ is done once the build is terminal: `response` is the Build (with its `@type`) o
 `error` as Cloud Build reports it ("Build failed; check build logs for details", code 2).
 
 Steps the executor understands: `gcr.io/cloud-builders/docker` with `buildx create|use|version|
-ls|inspect` (a no-op: the sandbox's builder is always there) and `buildx build …`
-(sandbox/buildkit.py). Anything else fails the build at that step, with `failureInfo`
+ls|inspect` (a no-op: the sandbox's builder is always there) and `buildx build …`: executed
+for real on the sandbox's Docker daemon when it runs (sandbox/engine/docker_build.py: every RUN
+runs, with its real output), else by the in-process stand-in (sandbox/buildkit.py). Anything else fails the build at that step, with `failureInfo`
 (USER_BUILD_STEP) and a `statusDetail` naming the step and the problem, as Google fails a broken
 step. Every log line goes to the Cloud Logging store: resource type "build", labels build_id and
 project_id, log `projects/{p}/logs/cloudbuild`, entry label `build_step` ("Step #1").
@@ -40,6 +41,8 @@ from fastapi import FastAPI, Request
 from sandbox.build_scenario import BuildScenario, parse_build_scenario
 from sandbox.buildkit import Builder, BuildFailed, BuildPolicy, parse_buildx_build
 from sandbox.emulator.core import ApiError, Operation, SandboxState, now_rfc3339, paged
+from sandbox.engine.daemon import Engine
+from sandbox.engine.docker_build import engine_build
 from sandbox.oci import SandboxRegistry
 
 BUILD_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.Build"
@@ -443,6 +446,17 @@ def register(app: FastAPI, state: SandboxState) -> None:
             raise refuse(
                 "the sandbox runs without a registry (start it with `shipyard sandbox up`)"
             )
+        if state.docker_host:
+            try:
+                output = await engine_build(Engine(state.docker_host), cwd, buildx, emit)
+            except BuildFailed as exc:
+                log(build, f"ERROR: {exc.message}", i, "ERROR")
+                raise StepFailure(
+                    f'Build step failure: build step {i} "{name}" failed: step exited with '
+                    "non-zero status: 1"
+                ) from None
+            step["_steps"] = output.steps
+            return output.images
         registry = SandboxRegistry(state.registry_url)
         bk_policy = BuildPolicy(
             fail_step=policy.fail_step,

@@ -183,6 +183,7 @@ class SandboxState:
     scenario: Scenario
     base_url: str = "http://127.0.0.1:0"
     registry_url: str | None = None
+    docker_host: str | None = None  # the sandbox's Docker daemon (None: in-process stand-ins)
     operations: dict[str, Operation] = field(default_factory=dict)
     log_entries: list[dict] = field(default_factory=list)
     calls: Counter = field(default_factory=Counter)

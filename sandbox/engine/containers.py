@@ -1,0 +1,162 @@
+"""Revision instances as containers of the revision's image, with Cloud Run's contract.
+
+One container per revision (`max_instance_count` 1 is what the pipeline deploys), started when
+the revision is created, on the sandbox's Docker daemon:
+
+- env: `PORT` (a free loopback port: `--network host`, the daemon has no bridge), `K_SERVICE`,
+  `K_REVISION`, `K_CONFIGURATION`, the template's env and secret env (already resolved from
+  the sandbox's Secret Manager stand-in by the caller);
+- the memory limit enforced by the kernel (`--memory` = `--memory-swap` = the template's
+  limit). A kill by the OOM killer is logged with Google's text and the instance is gone, so
+  requests get a 503 (revisions_http.py);
+- a startup TCP probe on `$PORT` (Google's default: 240 s; the sandbox uses the caller's
+  timeout): a container that exits or never listens fails the revision with Google's message;
+- stdout/stderr go to Cloud Logging as `run.googleapis.com/stdout|stderr` through `log`.
+
+No GPU exists here: a GPU revision gets `NVIDIA_VISIBLE_DEVICES=all` and
+`SHIPYARD_ACCELERATOR=nvidia-l4` in its env (what the NVIDIA runtime and the node selector
+would tell it); everything else about the container is real.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sandbox.engine.daemon import DOCKER_CLI, Engine, docker
+from sandbox.procs import free_port
+
+Log = Callable[[str, str, str], None]  # (severity, text, stream: stdout|stderr|varlog/system)
+
+# Google's texts for an instance killed for memory (Cloud Run system log, then the exit).
+OOM_MESSAGE = (
+    "Memory limit of {limit} MiB exceeded with {used} MiB used. Consider increasing the memory "
+    "limit, see https://cloud.google.com/run/docs/configuring/memory-limits"
+)
+SIGNAL_9_MESSAGE = "Container terminated on signal 9."
+
+
+@dataclass
+class Instance:
+    container: str
+    port: int
+    memory_mib: int
+    alive: bool = True
+    oom_killed: bool = False
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class StartFailed(Exception):
+    """The container exited or did not listen on $PORT in time (message: what happened)."""
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _pump(engine: Engine, container: str, stream: str, log: Log) -> threading.Thread:
+    """Copy one of the container's streams into Cloud Logging, line by line."""
+    args = [DOCKER_CLI, "logs", "--follow", container]
+    out = subprocess.DEVNULL
+    proc = subprocess.Popen(
+        args,
+        env=engine.env(),
+        stdout=subprocess.PIPE if stream == "stdout" else out,
+        stderr=subprocess.PIPE if stream == "stderr" else out,
+        text=True,
+    )
+    pipe = proc.stdout if stream == "stdout" else proc.stderr
+
+    def run() -> None:
+        assert pipe is not None
+        for line in pipe:
+            log("ERROR" if stream == "stderr" else "INFO", line.rstrip("\n"), stream)
+        proc.wait()
+
+    thread = threading.Thread(target=run, name=f"logs-{container[:12]}-{stream}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _watch(engine: Engine, instance: Instance, log: Log) -> threading.Thread:
+    """Wait for the container's exit; an OOM kill is logged with Google's text."""
+
+    def run() -> None:
+        subprocess.run(
+            [DOCKER_CLI, "wait", instance.container],
+            env=engine.env(),
+            capture_output=True,
+            check=False,
+        )
+        state = docker(
+            engine,
+            "inspect",
+            "--format",
+            "{{.State.OOMKilled}} {{.State.ExitCode}}",
+            instance.container,
+        )
+        oom, _, code = state.stdout.strip().partition(" ")
+        instance.alive = False
+        if oom == "true" or code == "137":
+            instance.oom_killed = oom == "true"
+            if instance.oom_killed:
+                # The kernel kills at the limit: usage at the kill is the limit.
+                text = OOM_MESSAGE.format(limit=instance.memory_mib, used=instance.memory_mib)
+                log("ERROR", text, "varlog/system")
+            log("ERROR", SIGNAL_9_MESSAGE, "varlog/system")
+
+    thread = threading.Thread(target=run, name=f"wait-{instance.container[:12]}", daemon=True)
+    thread.start()
+    return thread
+
+
+def start_instance(
+    engine: Engine,
+    *,
+    image: str,
+    name: str,
+    env: dict[str, str],
+    memory_mib: int,
+    log: Log,
+    startup_timeout_s: float = 60.0,
+) -> Instance:
+    """Start the container and wait for $PORT. Raises StartFailed (the container is removed)."""
+    port = free_port()
+    args = ["run", "--detach", "--network=host", f"--name={name}"]
+    args += [f"--memory={memory_mib}m", f"--memory-swap={memory_mib}m"]
+    for key, value in {**env, "PORT": str(port)}.items():
+        args += ["--env", f"{key}={value}"]
+    started = docker(engine, *args, image, timeout=300)
+    if started.returncode != 0:
+        raise StartFailed(f"the image {image} could not be started: {started.stderr.strip()}")
+    container = started.stdout.strip()
+    instance = Instance(container=container, port=port, memory_mib=memory_mib)
+    instance.threads = [_pump(engine, container, s, log) for s in ("stdout", "stderr")]
+    instance.threads.append(_watch(engine, instance, log))
+    deadline = time.monotonic() + startup_timeout_s
+    while time.monotonic() < deadline:
+        if _listening(port):
+            return instance
+        if not instance.alive:
+            break
+        time.sleep(0.1)
+    stop_instance(engine, instance)
+    raise StartFailed("exited" if not instance.alive else "did not listen")
+
+
+def stop_instance(engine: Engine, instance: Instance) -> None:
+    """Remove the container (scale to zero, a deleted revision, the sandbox going down)."""
+    docker(engine, "rm", "--force", instance.container, timeout=60)
+    instance.alive = False

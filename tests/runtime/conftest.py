@@ -1,0 +1,83 @@
+"""Fixtures of the container-engine group: a sandbox whose builds and revisions run on its own
+Docker daemon, the base image over the Debian root filesystem, a throwaway git repository.
+
+The root filesystem is cached at $SHIPYARD_ROOTFS_CACHE (the Makefile exports a stable path and
+builds it before pytest, so the group does not pay for debootstrap; without it the first test
+bootstraps it). The whole group is marked `runtime` and `slow`, and `make test` runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SHIPYARD_ROOTFS_CACHE", str(Path.home() / ".cache" / "shipyard" / "rootfs"))
+
+_GIT = ["git", "-c", "user.email=tests@shipyard.invalid", "-c", "user.name=shipyard tests"]
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.runtime)
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def engine_sandbox(tmp_path_factory):
+    """Registry, Docker daemon and emulator; the environment points Shipyard at them."""
+    from sandbox.engine.daemon import ENGINE_ENV, unavailable_reason
+    from sandbox.manager import start_sandbox
+
+    reason = unavailable_reason()
+    if reason is not None and os.environ.get(ENGINE_ENV, "").lower() == "off":
+        pytest.skip(f"the container engine is switched off ({reason})")
+    assert reason is None, f"the container engine cannot start here: {reason}"
+    info = start_sandbox(root=tmp_path_factory.mktemp("engine-sandbox"), engine=True)
+    assert info.mode == "containers", info.mode_note
+    try:
+        with info.env_applied():
+            yield info
+    finally:
+        info.stop()
+
+
+@pytest.fixture(scope="session")
+def engine_base(engine_sandbox) -> str:
+    """The upstream CUDA image over the Debian root filesystem, by digest."""
+    from sandbox.engine.rootfs import ensure_rootfs
+    from sandbox.seed import seed_cuda_image
+
+    seeded = seed_cuda_image(
+        engine_sandbox.registry_url, "base-images/cuda", rootfs=ensure_rootfs()
+    )
+    return f"{seeded.repository}@{seeded.digest}"
+
+
+class GitRepo:
+    """A throwaway git repository with the files given (the build's gitSource)."""
+
+    def __init__(self, root: Path, files: dict[str, str]) -> None:
+        self.root = root
+        root.mkdir(parents=True)
+        subprocess.run([*_GIT, "init", "-q", "-b", "main", str(root)], check=True)
+        self.write(files)
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.root}"
+
+    def write(self, files: dict[str, str]) -> str:
+        for name, text in files.items():
+            path = self.root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        subprocess.run([*_GIT, "-C", str(self.root), "add", "-A"], check=True)
+        subprocess.run([*_GIT, "-C", str(self.root), "commit", "-q", "-m", "change"], check=True)
+        return subprocess.check_output(
+            ["git", "-C", str(self.root), "rev-parse", "HEAD"], text=True
+        ).strip()

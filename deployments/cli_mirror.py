@@ -33,6 +33,11 @@ def mirror(
         None, help="DockerRegistryCredentials block for the destination."
     ),
     dst_gcp_credentials: str = typer.Option(None, help="GcpCredentials block (Artifact Registry)."),
+    retry_budget: float = typer.Option(
+        300.0,
+        "--retry-budget",
+        help="Seconds each registry operation may retry a busy registry (honouring Retry-After).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Copy registry to registry (no Docker daemon, no local disk) and record the pin."""
@@ -51,6 +56,7 @@ def mirror(
                 source_credentials=src_credentials,
                 destination_credentials=dst_credentials,
                 destination_gcp_credentials=dst_gcp_credentials,
+                retry_budget_seconds=retry_budget,
             )
         )
     except (PermanentError, RegistryError) as exc:

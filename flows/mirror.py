@@ -49,6 +49,7 @@ from blocks.registry_credentials import credentials_from_docker_block, credentia
 from flows.stage_events import stage_hooks
 from tasks.errors import PermanentError
 from tasks.registry import (
+    DEFAULT_RETRY_BUDGET,
     CopyStats,
     ImagePlan,
     ImageRef,
@@ -144,7 +145,8 @@ def check_cudnn(
 async def resolve_source(
     client: RegistryClient, ref: ImageRef, platforms: list[str] | None
 ) -> ImagePlan:
-    """Source tag -> digest (and the per-platform manifests). Per-request retries live in the client."""
+    """Source tag -> digest (and the per-platform manifests). Retries (429/5xx with their
+    Retry-After, resets, a body cut short) live in the client, within its retry budget."""
     plan = await plan_image(client, ref, platforms)
     get_run_logger().info(
         "%s resolves to %s (%s, %d image manifest(s))",
@@ -158,7 +160,8 @@ async def resolve_source(
 
 @task(name="read-image-configs", retries=0, cache_policy=NO_CACHE)
 async def read_configs(client: RegistryClient, plan: ImagePlan) -> dict[str, dict[str, Any]]:
-    """The image configs (a few KB each), without pulling any layer."""
+    """The image configs (a few KB each), without pulling any layer; attestation manifests are
+    not platforms and are not read (their config says unknown/unknown and carries no cuDNN)."""
     blobs = await asyncio.gather(
         *(client.read_blob(plan.source.repository, m.config()) for m in plan.images)
     )
@@ -299,6 +302,7 @@ async def mirror_base_image(
     destination_credentials: str | None = None,
     destination_gcp_credentials: str | None = None,
     concurrency: int = 4,
+    retry_budget_seconds: float = DEFAULT_RETRY_BUDGET,
 ) -> dict[str, Any]:
     """Mirror `source` (e.g. nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04) into `destination`
     (a repository; a tag there replaces the source tag), pin it by digest, verify the cuDNN major.
@@ -306,6 +310,8 @@ async def mirror_base_image(
     expect_cudnn: the cuDNN major required (None or 0: no check). platforms: e.g. ["linux/amd64"]
     (default: all). *_credentials: names of DockerRegistryCredentials blocks;
     destination_gcp_credentials: a GcpCredentials block for Artifact Registry.
+    retry_budget_seconds: how long each registry operation (a request, a blob) may keep retrying
+    a busy or rate-limiting registry, waiting what its Retry-After asks (default five minutes).
 
     Returns a summary dict; `status` is "mirrored", "drift" (pin kept) or "upstream-gone".
     """
@@ -328,8 +334,8 @@ async def mirror_base_image(
     src_creds = await _credentials(source_credentials)
     dst_creds = await _credentials(destination_credentials, destination_gcp_credentials)
     async with (
-        RegistryClient.for_ref(src_ref, src_creds) as src,
-        RegistryClient.for_ref(dst_ref, dst_creds) as dst,
+        RegistryClient.for_ref(src_ref, src_creds, retry_budget=retry_budget_seconds) as src,
+        RegistryClient.for_ref(dst_ref, dst_creds, retry_budget=retry_budget_seconds) as dst,
     ):
         src.want(src_ref.repository, "pull")
         dst.want(dst_repo, "pull,push")

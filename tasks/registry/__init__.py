@@ -10,6 +10,7 @@ concern; every public name is re-exported here, so `from tasks.registry import X
 - manifests: media types, `Manifest`/`Descriptor` with their original bytes, platforms, configs.
 - transport: the TLS context and the wide-read httpx transport.
 - client: `RegistryClient`, one host: requests with retries, manifest and blob endpoints.
+- retry: the retry budget (seconds, not a count) and the registry's Retry-After.
 - copy: `plan_image`, `copy_image`, `copy_blob`, `tag_image`.
 
 Credential loaders from Prefect blocks live in blocks/registry_credentials.py.
@@ -61,10 +62,12 @@ from tasks.registry.manifests import (
     sha256_digest,
 )
 from tasks.registry.references import DOCKER_HUB, ImageRef, parse_reference
+from tasks.registry.retry import DEFAULT_RETRY_BUDGET, RetryBudget, parse_retry_after
 from tasks.registry.transport import PIPE_CHUNK, USER_AGENT
 
 __all__ = [
     "ACCEPT",
+    "DEFAULT_RETRY_BUDGET",
     "DOCKER_HUB",
     "DOCKER_LIST",
     "DOCKER_MANIFEST",
@@ -96,6 +99,7 @@ __all__ = [
     "RegistryError",
     "RegistryRequestError",
     "RegistryUnavailable",
+    "RetryBudget",
     "UnsupportedMediaType",
     "config_env",
     "config_labels",
@@ -104,6 +108,7 @@ __all__ = [
     "parse_challenge",
     "parse_manifest",
     "parse_reference",
+    "parse_retry_after",
     "plan_image",
     "platform_matches",
     "platform_of_config",

@@ -118,9 +118,14 @@ class RegistryAuth(httpx.Auth):
             yield request
 
     async def _fetch_token(self, challenge: dict[str, str]) -> str:
+        # A challenge may name several scopes, space-separated in one `scope` parameter
+        # (distribution's token auth joins every access a request needs, e.g. a mount's
+        # `repository:dst:pull,push repository:src:pull`); the token service wants each as its
+        # own `scope` query parameter (docker token spec, "Requesting a Token").
         scopes = list(self.scopes)
-        if challenge.get("scope") and challenge["scope"] not in scopes:
-            scopes.append(challenge["scope"])
+        for scope in challenge.get("scope", "").split():
+            if scope not in scopes:
+                scopes.append(scope)
         query: list[tuple[str, str | int | float | bool | None]] = [("scope", s) for s in scopes]
         if challenge.get("service"):
             query.insert(0, ("service", challenge["service"]))

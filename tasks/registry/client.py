@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import httpx
 
-from tasks.errors import backoff_delay, is_transient
+from tasks.errors import is_transient
 from tasks.registry.auth import RegistryAuth, RegistryCredentials, who
 from tasks.registry.errors import (
+    PERMANENT_CODES,
     DigestMismatch,
     ManifestTooLarge,
     NotFound,
@@ -31,13 +33,21 @@ from tasks.registry.manifests import (
     sha256_digest,
 )
 from tasks.registry.references import ImageRef
+from tasks.registry.retry import DEFAULT_RETRY_BUDGET, RetryBudget, parse_retry_after
 from tasks.registry.transport import USER_AGENT, make_transport
+
+T = TypeVar("T")
 
 log = logging.getLogger("shipyard.registry")
 
 
 class RegistryClient:
-    """One registry (host). Use as `async with RegistryClient(...) as client:`."""
+    """One registry (host). Use as `async with RegistryClient(...) as client:`.
+
+    retry_budget: seconds one operation may spend retrying transient failures (default 300);
+    max_attempts: an optional cap on attempts within it; backoff_*: the pause when the registry
+    gives no Retry-After.
+    """
 
     def __init__(
         self,
@@ -45,15 +55,19 @@ class RegistryClient:
         credentials: RegistryCredentials | None = None,
         *,
         base_url: str | None = None,
-        max_attempts: int = 6,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
+        max_attempts: int | None = None,
         backoff_base: float = 0.2,
-        backoff_cap: float = 5.0,
+        backoff_cap: float = 10.0,
         timeout: float = 60.0,
         max_connections: int = 16,
     ) -> None:
         self.registry = registry
         self.credentials = credentials
-        self.max_attempts = max_attempts
+        self.retry_budget = retry_budget  # seconds per operation; see tasks/registry/retry.py
+        self.max_attempts = max_attempts  # optional cap on attempts within the budget
+        self._not_before = 0.0  # monotonic time before which no request goes out (Retry-After)
+        self.no_mount_from: set[str] = set()  # repositories whose mounts this registry refused
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.retries = 0
         self.auth = RegistryAuth(registry, credentials)
@@ -104,6 +118,7 @@ class RegistryClient:
         except (ValueError, AttributeError):
             pass
         status = resp.status_code
+        code = codes[0] if codes else ""
         detail = f"HTTP {status}" + (f" {'/'.join(codes)}" if codes else "")
         if messages:
             detail += f": {'; '.join(messages)}"
@@ -111,18 +126,96 @@ class RegistryClient:
             return RegistryAuthError(
                 f"registry {self.registry} refused {what} ({detail}) using {who(self.credentials)}. Fix: give "
                 "credentials with access to that repository (a DockerRegistryCredentials block; "
-                "for Artifact Registry a GcpCredentials block, user oauth2accesstoken); not retried."
+                "for Artifact Registry a GcpCredentials block, user oauth2accesstoken); not retried.",
+                self.registry,
+                code,
             )
         if status == 404:
-            code = codes[0] if codes else "NOT_FOUND"
             return NotFound(
-                f"registry {self.registry}: {what} not found ({detail})", self.registry, code
+                f"registry {self.registry}: {what} not found ({detail})",
+                self.registry,
+                code or "NOT_FOUND",
             )
-        if status == 429 or status >= 500:
-            return RegistryUnavailable(
-                f"registry {self.registry} is unavailable for {what} ({detail})"
+        if (status == 429 or status >= 500) and not PERMANENT_CODES.intersection(codes):
+            retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            if retry_after is not None:
+                self._not_before = max(self._not_before, time.monotonic() + retry_after)
+                detail += f", Retry-After {retry_after:.0f}s"
+            err = RegistryUnavailable(
+                f"registry {self.registry} is unavailable for {what} ({detail})",
+                self.registry,
+                code,
             )
-        return RegistryRequestError(f"registry {self.registry} refused {what} ({detail})")
+            err.retry_after = retry_after
+            return err
+        return RegistryRequestError(
+            f"registry {self.registry} refused {what} ({detail}); not retried: the registry's "
+            "answer is final for this request",
+            self.registry,
+            code,
+        )
+
+    async def _gate(self) -> None:
+        """Wait out a Retry-After the registry gave to any request of this client: a rate limit
+        applies to the client, not to the one request that happened to hear about it."""
+        pause = self._not_before - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+
+    async def retrying(
+        self, what: str, once: Callable[[], Awaitable[T]], *, attempts: int | None = None
+    ) -> T:
+        """Run `once` until it succeeds, fails for good, or the retry budget is spent.
+
+        Transient failures (429/5xx without a permanent code, resets, timeouts, a body cut
+        short) are retried after the registry's Retry-After or a backoff; anything else is
+        raised at once.
+        """
+        clock = RetryBudget(
+            self.retry_budget, self.backoff_base, self.backoff_cap, attempts or self.max_attempts
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._gate()
+            try:
+                return await once()
+            except httpx.TransportError as exc:
+                err: Exception = RegistryUnavailable(
+                    f"registry {self.registry}: {what} failed: {type(exc).__name__}: {exc}",
+                    self.registry,
+                )
+                transient = is_transient(exc)
+            except RegistryError as exc:
+                err, transient = exc, is_transient(exc)
+            if not transient:
+                raise err
+            retry_after = getattr(err, "retry_after", None)
+            delay = clock.delay(attempt, retry_after)
+            if delay is None:
+                if attempts == 1:  # the caller retries (a streamed body cannot be replayed)
+                    raise err
+                raise RegistryUnavailable(
+                    f"{err} - {clock.gave_up(attempt, retry_after)}", self.registry
+                ) from None
+            self.retries += 1
+            log.info("%s: transient failure (%s), retry %d in %.2fs", what, err, attempt, delay)
+            await asyncio.sleep(delay)
+
+    async def _send_once(
+        self, method: str, url: str, what: str, ok: tuple[int, ...], stream: bool, **kw: Any
+    ) -> httpx.Response:
+        request = self._http.build_request(method, url, **kw)
+        resp = await self._http.send(request, stream=True)
+        try:
+            if resp.status_code in ok:
+                if not stream:
+                    await resp.aread()  # inside the retry: a body cut short is retried too
+                return resp
+            raise await self._error(resp, what)
+        except BaseException:
+            await resp.aclose()
+            raise
 
     async def _send(
         self,
@@ -136,34 +229,12 @@ class RegistryClient:
         **kw: Any,
     ) -> httpx.Response:
         """Send with retries on transient failures; raise a RegistryError on any other status."""
-        ok = tuple(ok)
-        attempts = attempts or self.max_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                request = self._http.build_request(method, url, **kw)
-                resp = await self._http.send(request, stream=True)
-            except httpx.TransportError as exc:
-                err: Exception = RegistryUnavailable(
-                    f"registry {self.registry}: {what} failed: {type(exc).__name__}: {exc}"
-                )
-                transient = is_transient(exc)
-            else:
-                if resp.status_code in ok:
-                    if not stream:
-                        await resp.aread()
-                    return resp
-                err = await self._error(resp, what)
-                await resp.aclose()
-                transient = is_transient(err)
-            if not transient or attempt == attempts:
-                if transient and attempts > 1:
-                    raise RegistryUnavailable(f"{err} - gave up after {attempt} attempts") from None
-                raise err
-            self.retries += 1
-            delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
-            log.info("%s: transient failure (%s), retry %d in %.2fs", what, err, attempt, delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+        statuses = tuple(ok)
+        return await self.retrying(
+            what,
+            lambda: self._send_once(method, url, what, statuses, stream, **kw),
+            attempts=attempts,
+        )
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -173,39 +244,48 @@ class RegistryClient:
             if not reference.startswith("sha256:")
             else f"{self.registry}/{repository}@{reference}"
         )
-        resp = await self._send(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            f"manifest {where}",
-            stream=True,
-            headers={"Accept": ACCEPT},
-        )
-        try:
-            length = int(resp.headers.get("content-length") or 0)
-            if length > MAX_MANIFEST_BYTES:
-                raise ManifestTooLarge(
-                    f"{where}: manifest is {length} bytes, over the {MAX_MANIFEST_BYTES} byte (4 MiB) limit"
-                )
-            raw = bytearray()
-            async for chunk in resp.aiter_raw():
-                raw += chunk
-                if len(raw) > MAX_MANIFEST_BYTES:
-                    raise ManifestTooLarge(
-                        f"{where}: manifest is over the {MAX_MANIFEST_BYTES} byte (4 MiB) limit"
-                    )
-        finally:
-            await resp.aclose()
-        manifest = parse_manifest(bytes(raw), resp.headers.get("content-type", ""), where=where)
-        expected = (
-            reference
-            if reference.startswith("sha256:")
-            else resp.headers.get("docker-content-digest")
-        )
-        if expected and expected != manifest.digest:
-            raise DigestMismatch(
-                f"{where}: manifest bytes hash to {manifest.digest}, not {expected}"
+
+        async def once() -> Manifest:
+            resp = await self._send_once(
+                "GET",
+                f"/v2/{repository}/manifests/{reference}",
+                f"manifest {where}",
+                (200,),
+                True,
+                headers={"Accept": ACCEPT},
             )
-        return manifest
+            try:
+                length = int(resp.headers.get("content-length") or 0)
+                if length > MAX_MANIFEST_BYTES:
+                    raise ManifestTooLarge(
+                        f"{where}: manifest is {length} bytes, over the {MAX_MANIFEST_BYTES} byte "
+                        "(4 MiB) limit",
+                        self.registry,
+                    )
+                raw = bytearray()
+                async for chunk in resp.aiter_raw():
+                    raw += chunk
+                    if len(raw) > MAX_MANIFEST_BYTES:
+                        raise ManifestTooLarge(
+                            f"{where}: manifest is over the {MAX_MANIFEST_BYTES} byte (4 MiB) limit",
+                            self.registry,
+                        )
+            finally:
+                await resp.aclose()
+            manifest = parse_manifest(bytes(raw), resp.headers.get("content-type", ""), where=where)
+            expected = (
+                reference
+                if reference.startswith("sha256:")
+                else resp.headers.get("docker-content-digest")
+            )
+            if expected and expected != manifest.digest:
+                raise DigestMismatch(
+                    f"{where}: manifest bytes hash to {manifest.digest}, not {expected}",
+                    self.registry,
+                )
+            return manifest
+
+        return await self.retrying(f"manifest {where}", once)
 
     async def manifest_digest(self, repository: str, reference: str) -> str | None:
         """HEAD a manifest: its digest, or None when absent."""
@@ -283,22 +363,40 @@ class RegistryClient:
     ) -> str | None:
         """POST an upload; with mount=(from_repo, digest) try a cross-repository mount first.
 
-        Returns the upload location, or None when the mount succeeded (201).
+        Returns the upload location, or None when the mount succeeded (201). A mount is only an
+        optimisation: a registry that cannot mount answers 202 and an upload session
+        (distribution-spec, "Mounting a blob from another repository"), but one whose credentials
+        may push here and not read `from_repo` answers 401/403 (distribution asks for
+        `repository:<from>:pull` on a mount; go-containerregistry#219, kaniko's "cross repo mount
+        fallback" osscontainertools/kaniko#1013). That refusal falls back to a plain upload, and
+        this client stops trying mounts from that repository.
         """
-        params = {"mount": mount[1], "from": mount[0]} if mount else None
-        resp = await self._send(
-            "POST",
-            f"/v2/{repository}/blobs/uploads/",
-            f"blob upload to {self.registry}/{repository}",
-            ok=(201, 202),
-            params=params,
-        )
-        if resp.status_code == 201 and mount:
-            return None
+        where = f"blob upload to {self.registry}/{repository}"
+        url = f"/v2/{repository}/blobs/uploads/"
+        if mount and mount[0] not in self.no_mount_from:
+            try:
+                resp = await self._send(
+                    "POST", url, where, ok=(201, 202), params={"mount": mount[1], "from": mount[0]}
+                )
+            except RegistryAuthError as exc:
+                self.no_mount_from.add(mount[0])
+                log.info(
+                    "%s: mount from %s refused (%s); uploading instead",
+                    where,
+                    mount[0],
+                    exc.code or "denied",
+                )
+            else:
+                if resp.status_code == 201:
+                    return None
+                return self._location(resp)
+        return self._location(await self._send("POST", url, where, ok=(201, 202)))
+
+    def _location(self, resp: httpx.Response) -> str:
         location = resp.headers.get("location")
         if not location:
             raise RegistryRequestError(
-                f"registry {self.registry} started an upload without a Location"
+                f"registry {self.registry} started an upload without a Location", self.registry
             )
         return location
 
@@ -331,10 +429,15 @@ class RegistryClient:
             ) from None
 
     async def cancel_upload(self, location: str) -> None:
+        """DELETE an upload session nobody will finish (distribution-spec "Canceling an
+        upload"): else it holds its partial bytes at the registry until a purge, days later."""
         try:
-            await self._http.delete(location)
-        except httpx.HTTPError:
-            pass
+            resp = await self._http.delete(location)
+        except httpx.HTTPError as exc:
+            log.info("cancelling upload %s failed: %s", httpx.URL(location).path, exc)
+            return
+        if resp.status_code not in (200, 202, 204, 404):
+            log.info("cancelling upload %s: HTTP %d", httpx.URL(location).path, resp.status_code)
 
     async def upload_bytes(self, repository: str, data: bytes, media_type: str = "") -> Descriptor:
         """Push a small in-memory blob (configs, test fixtures); skipped if present."""
@@ -346,5 +449,9 @@ class RegistryClient:
             async def one() -> AsyncIterator[bytes]:
                 yield data
 
-            await self.finish_upload(location, desc, one(), repository)
+            try:
+                await self.finish_upload(location, desc, one(), repository)
+            except BaseException:
+                await asyncio.shield(self.cancel_upload(location))
+                raise
         return desc

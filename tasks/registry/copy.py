@@ -14,15 +14,21 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
-from tasks.errors import backoff_delay, is_transient
+from tasks.errors import is_transient
 from tasks.registry.client import RegistryClient
-from tasks.registry.errors import DigestMismatch, PlatformNotFound, UnsupportedMediaType
+from tasks.registry.errors import (
+    DigestMismatch,
+    PlatformNotFound,
+    RegistryUnavailable,
+    UnsupportedMediaType,
+)
 from tasks.registry.manifests import Descriptor, Manifest, platform_matches, sha256_digest
 from tasks.registry.references import ImageRef
+from tasks.registry.retry import RetryBudget
 
 log = logging.getLogger("shipyard.registry")
 
@@ -90,7 +96,8 @@ async def _verified(
 
 @dataclass
 class ImagePlan:
-    """What to copy: the top manifest (image or index) and the image manifests under it."""
+    """What to copy: the top manifest (image or index), the platform images under it, and the
+    attestation manifests (buildx SBOM/provenance) kept with them; `platforms` names the images."""
 
     source: ImageRef
     top: Manifest
@@ -99,21 +106,23 @@ class ImagePlan:
     upstream_digest: (
         str  # digest the source tag resolves to (differs from top when one platform is picked)
     )
+    attestations: list[Manifest] = field(default_factory=list)
+
+    def manifests(self) -> list[Manifest]:
+        """Every manifest to push, children before the index that names them."""
+        children = [m for m in [*self.images, *self.attestations] if m is not self.top]
+        return [*children, self.top]
 
     def blobs(self) -> list[Descriptor]:
         seen: dict[str, Descriptor] = {}
-        for image in self.images:
+        for image in [*self.images, *self.attestations]:
             for desc in image.blobs():
                 seen.setdefault(desc.digest, desc)
         return list(seen.values())
 
     @property
     def size(self) -> int:
-        return (
-            sum(d.size for d in self.blobs())
-            + len(self.top.raw)
-            + sum(len(m.raw) for m in self.images if m is not self.top)
-        )
+        return sum(d.size for d in self.blobs()) + sum(len(m.raw) for m in self.manifests())
 
 
 async def plan_image(
@@ -121,29 +130,39 @@ async def plan_image(
 ) -> ImagePlan:
     """Resolve a reference to its manifest(s), picking platforms from an index.
 
-    All platforms: the index is kept as is. One platform: that image manifest alone becomes the
-    copy (its own digest). Several: a new index holding only those (a new digest).
+    All platforms: the index is kept as is, attestation manifests included (its digest is
+    preserved). One platform: that image manifest alone becomes the copy (its own digest).
+    Several: a new index holding only those images and no attestation (a new digest; an
+    attestation kept there could name an image that is not). Attestations are never a platform.
     """
     top = await client.get_manifest(ref.repository, ref.reference)
     upstream = top.digest
     if not top.is_index:
         return ImagePlan(ref, top, [top], [], upstream)
     children = top.children()
+    platform_children = [c for c in children if not c.is_attestation]
+    attestations = [c for c in children if c.is_attestation]
     if platforms:
-        chosen = [c for c in children if any(platform_matches(p, c.platform) for p in platforms)]
+        chosen = [
+            c for c in platform_children if any(platform_matches(p, c.platform) for p in platforms)
+        ]
         if not chosen:
-            have = ", ".join(sorted({c.platform or "?" for c in children}))
+            have = ", ".join(sorted({c.platform or "?" for c in platform_children}))
             raise PlatformNotFound(
                 f"{ref}: no manifest for platform(s) {', '.join(platforms)}; the index has {have}"
             )
+        attestations = []
     else:
-        chosen = children
-    images = list(
-        await asyncio.gather(*(client.get_manifest(ref.repository, c.digest) for c in chosen))
+        chosen = platform_children
+    fetched = list(
+        await asyncio.gather(
+            *(client.get_manifest(ref.repository, c.digest) for c in [*chosen, *attestations])
+        )
     )
-    for child, image in zip(chosen, images, strict=True):
-        if image.is_index:
+    for child, manifest in zip([*chosen, *attestations], fetched, strict=True):
+        if manifest.is_index:
             raise UnsupportedMediaType(f"{ref}: nested index {child.digest} is not supported")
+    images, kept_attestations = fetched[: len(chosen)], fetched[len(chosen) :]
     names = [c.platform or "?" for c in chosen]
     if platforms and len(chosen) == 1:
         return ImagePlan(ref, images[0], images, names, upstream)
@@ -153,7 +172,7 @@ async def plan_image(
         data["manifests"] = [m for m in data["manifests"] if m["digest"] in keep]
         raw = json.dumps(data, indent=3).encode()
         top = Manifest(top.media_type, raw, sha256_digest(raw))
-    return ImagePlan(ref, top, images, names, upstream)
+    return ImagePlan(ref, top, images, names, upstream, kept_attestations)
 
 
 async def copy_blob(
@@ -173,8 +192,13 @@ async def copy_blob(
         stats.blobs_skipped += 1
         _tick(progress, desc.size)
         return "skipped"
-    same = src.registry == dst.registry
-    for attempt in range(1, dst.max_attempts + 1):
+    mount = (
+        (src_repo, desc.digest) if src.registry == dst.registry and src_repo != dst_repo else None
+    )
+    clock = RetryBudget(dst.retry_budget, dst.backoff_base, dst.backoff_cap, dst.max_attempts)
+    attempt = 0
+    while True:
+        attempt += 1
         moved = 0
 
         def on_bytes(n: int) -> None:
@@ -184,10 +208,9 @@ async def copy_blob(
             _tick(progress, n)
 
         location = None
+        finished = False
         try:
-            location = await dst.start_upload(
-                dst_repo, (src_repo, desc.digest) if same and src_repo != dst_repo else None
-            )
+            location = await _open_session(dst, dst_repo, mount)
             if location is None:
                 stats.blobs_mounted += 1
                 _tick(progress, desc.size)
@@ -200,6 +223,7 @@ async def copy_blob(
             try:
                 body = _verified(queue, desc, where, on_bytes)
                 await dst.finish_upload(location, desc, body, dst_repo)
+                finished = True
             finally:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
@@ -207,22 +231,49 @@ async def copy_blob(
         except Exception as exc:
             stats.bytes_copied -= moved
             _tick(progress, -moved)
-            if not is_transient(exc) or attempt == dst.max_attempts:
-                if location:  # giving up: drop the partial upload (a retry opens a new one)
-                    await dst.cancel_upload(location)
+            retry_after = getattr(exc, "retry_after", None)
+            delay = clock.delay(attempt, retry_after) if is_transient(exc) else None
+            if delay is None:
+                if is_transient(exc) and attempt > 1:
+                    raise RegistryUnavailable(
+                        f"{where}: {exc} - {clock.gave_up(attempt, retry_after)}", dst.registry
+                    ) from None
                 raise
             stats.retries += 1
-            delay = backoff_delay(attempt, dst.backoff_base, dst.backoff_cap)
             logger.warning(
                 "%s: %s; retrying this blob (%d) in %.2fs", where, _brief(exc), attempt, delay
             )
             await asyncio.sleep(delay)
             continue
+        finally:
+            # A session this attempt opened and did not finish (a retry follows, the blob is
+            # refused, or a sibling's failure cancelled this copy) is deleted, not left to hold
+            # its partial bytes at the registry (distribution-spec "Canceling an upload").
+            if location and not finished:
+                await asyncio.shield(dst.cancel_upload(location))
         seconds = time.monotonic() - started
         stats.blobs_copied += 1
         logger.info("copied %s (%.1f MB in %.2fs)", desc.digest[:19], desc.size / 1e6, seconds)
         return "copied"
-    raise AssertionError("unreachable")
+
+
+async def _open_session(
+    dst: RegistryClient, dst_repo: str, mount: tuple[str, str] | None
+) -> str | None:
+    """start_upload, finished even when this copy is cancelled meanwhile: the registry may have
+    opened the session already, and only its Location lets us delete it."""
+    opening = asyncio.ensure_future(dst.start_upload(dst_repo, mount))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        location = None
+        try:
+            location = await opening
+        except Exception:  # the POST failed: no session to delete
+            pass
+        if location:
+            await dst.cancel_upload(location)
+        raise
 
 
 def _tick(progress: ProgressFn | None, n: int) -> None:
@@ -271,8 +322,7 @@ async def copy_image(
         BaseExceptionGroup
     ) as failed:  # the first blob error, as itself (the rest were cancelled)
         raise failed.exceptions[0] from None
-    manifests = [m for m in plan.images if m is not plan.top] + [plan.top]
-    for manifest in manifests:
+    for manifest in plan.manifests():
         if await dst.manifest_digest(dst_repo, manifest.digest) != manifest.digest:
             await dst.put_manifest(dst_repo, manifest.digest, manifest)
             stats.manifests_pushed += 1

@@ -19,6 +19,9 @@ SUPPORTED_TYPES = IMAGE_TYPES | INDEX_TYPES
 ACCEPT = ", ".join(sorted(SUPPORTED_TYPES))
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
+REFERENCE_TYPE = "vnd.docker.reference.type"
+REFERENCE_DIGEST = "vnd.docker.reference.digest"
+ATTESTATION_MANIFEST = "attestation-manifest"
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,18 @@ class Descriptor:
     size: int
     platform: str | None = None
     urls: tuple[str, ...] = ()
+    reference_type: str | None = None  # annotation vnd.docker.reference.type of an index entry
+
+    @property
+    def is_attestation(self) -> bool:
+        """A buildx attestation manifest (SBOM, provenance) in an index: not a platform image.
+
+        BuildKit stores them as index entries with platform `unknown/unknown` and the
+        annotations `vnd.docker.reference.type: attestation-manifest` and
+        `vnd.docker.reference.digest: <the image they describe>` (docs.docker.com/build/
+        metadata/attestations/attestation-storage; moby/buildkit util/attestation/types.go).
+        """
+        return self.reference_type == ATTESTATION_MANIFEST
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Descriptor:
@@ -37,12 +52,14 @@ class Descriptor:
             platform = "/".join(
                 p for p in (plat.get("os"), plat.get("architecture"), plat.get("variant")) if p
             )
+        annotations = data.get("annotations") or {}
         return cls(
             data.get("mediaType", ""),
             data["digest"],
             int(data["size"]),
             platform,
             tuple(data.get("urls") or ()),
+            annotations.get(REFERENCE_TYPE),
         )
 
 

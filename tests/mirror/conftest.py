@@ -59,7 +59,11 @@ def token_registry(tmp_path_factory):
     from sandbox.registry import start_registry as _start
 
     root = tmp_path_factory.mktemp("token-registry")
-    tokens = TokenServer(root / "tokens", users={"mirror-bot": "s3cret-Token-pw"})
+    tokens = TokenServer(
+        root / "tokens",
+        users={"mirror-bot": "s3cret-Token-pw", "push-bot": "push-Only-pw"},
+        grants={"push-bot": ("mounted/",)},  # may push there, may not read anything else
+    )
     server = ThreadedServer(tokens)
     reg = _start(root / "registry", extra_auth=tokens.registry_auth(f"{server.url}/token"))
     yield reg, tokens

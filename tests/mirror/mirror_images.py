@@ -106,8 +106,16 @@ async def push_index(
     arches: tuple[str, ...] = ("amd64", "arm64"),
     docker: bool = True,
     cudnn: str | None = "8.9.0.131",
+    attestations: bool = False,
 ) -> tuple[Pushed, dict[str, Pushed]]:
-    """A Docker manifest list of schema-2 images (docker=True) or an OCI index of OCI images."""
+    """A Docker manifest list of schema-2 images (docker=True) or an OCI index of OCI images.
+
+    attestations=True: what `docker buildx build --push` makes by default, one attestation
+    manifest per image (children["att-<arch>"]), as BuildKit stores them: an OCI image manifest
+    with an unknown/unknown config and in-toto layers, listed in the index with platform
+    unknown/unknown and the annotations vnd.docker.reference.type/digest
+    (docs.docker.com/build/metadata/attestations/attestation-storage).
+    """
     image_type, index_type = (DOCKER_MANIFEST, DOCKER_LIST) if docker else (OCI_MANIFEST, OCI_INDEX)
     children = {}
     for n, arch in enumerate(arches):
@@ -131,12 +139,83 @@ async def push_index(
             for arch, c in children.items()
         ],
     }
+    if attestations:
+        for arch, image in list(children.items()):
+            att = await push_attestation(client, repo, image.digest, seed=len(children))
+            children[f"att-{arch}"] = att
+            index["manifests"].append(
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": att.digest,
+                    "size": len(att.manifest.raw),
+                    "annotations": {
+                        "vnd.docker.reference.digest": image.digest,
+                        "vnd.docker.reference.type": "attestation-manifest",
+                    },
+                    "platform": {"architecture": "unknown", "os": "unknown"},
+                }
+            )
     raw = json.dumps(index, indent=3).encode()
     m = Manifest(index_type, raw, sha256_digest(raw))
     await client.put_manifest(repo, m.digest, m)
     await client.put_manifest(repo, tag, m)
     blobs = [b for c in children.values() for b in c.blobs]
     return Pushed(f"{client.registry}/{repo}:{tag}", m.digest, m, blobs), children
+
+
+async def push_attestation(client: RegistryClient, repo: str, subject: str, *, seed: int) -> Pushed:
+    """A BuildKit attestation manifest (SLSA provenance) for the image `subject`."""
+    statement = json.dumps(
+        {
+            "_type": "https://in-toto.io/Statement/v0.1",
+            "predicateType": "https://slsa.dev/provenance/v0.2",
+            "subject": [{"name": f"pkg:docker/{repo}", "digest": {"sha256": subject[7:]}}],
+            "predicate": {
+                "builder": {"id": ""},
+                "buildType": "https://mobyproject.org/buildkit@v1",
+            },
+            "seed": seed,
+        }
+    ).encode()
+    layer = await client.upload_bytes(repo, statement, "application/vnd.in-toto+json")
+    config = json.dumps(
+        {
+            "architecture": "unknown",
+            "os": "unknown",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
+        }
+    ).encode()
+    cfg = await client.upload_bytes(repo, config, "application/vnd.oci.image.config.v1+json")
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": cfg.media_type, "digest": cfg.digest, "size": cfg.size},
+        "layers": [
+            {
+                "mediaType": layer.media_type,
+                "digest": layer.digest,
+                "size": layer.size,
+                "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"},
+            }
+        ],
+    }
+    raw = json.dumps(manifest, indent=3).encode()
+    m = Manifest(OCI_MANIFEST, raw, sha256_digest(raw))
+    await client.put_manifest(repo, m.digest, m)
+    return Pushed(f"{client.registry}/{repo}@{m.digest}", m.digest, m, [cfg.digest, layer.digest])
+
+
+def uploads_left(registry, repo: str) -> list[str]:
+    """Upload sessions the real registry still holds for `repo`: directories of its storage's
+    _uploads with a `startedat` or `data` file (a DELETE removes both; distribution leaves an
+    empty hashstates directory behind, which its upload purger ignores)."""
+    where = registry.root / "data/docker/registry/v2/repositories" / repo / "_uploads"
+    if not where.exists():
+        return []
+    return sorted(
+        p.name for p in where.iterdir() if (p / "startedat").exists() or (p / "data").exists()
+    )
 
 
 def client_for(

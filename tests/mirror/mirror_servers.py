@@ -6,13 +6,16 @@ them are real (sandbox/registry.py).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
+import math
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -67,6 +70,23 @@ async def _lifespan(receive, send, on_start=None, on_stop=None) -> None:
 UNAVAILABLE = json.dumps(
     {"errors": [{"code": "UNAVAILABLE", "message": "injected fault"}]}
 ).encode()
+# Docker Hub's rate-limit answer: 429 with code TOOMANYREQUESTS (distribution-spec error codes)
+# and this text, as quoted in public build logs (e.g. dandi/dandi-archive#3); limits described at
+# docs.docker.com/docker-hub/usage/.
+TOOMANYREQUESTS = json.dumps(
+    {
+        "errors": [
+            {
+                "code": "TOOMANYREQUESTS",
+                "message": "You have reached your pull rate limit. You may increase the limit by "
+                "authenticating and upgrading: https://www.docker.com/increase-rate-limit",
+            }
+        ]
+    }
+).encode()
+DENIED = json.dumps(
+    {"errors": [{"code": "DENIED", "message": "requested access to the resource is denied"}]}
+).encode()
 
 
 @dataclass
@@ -79,6 +99,29 @@ class FlakyProxy:
     With `expire_first_upload=True`, the first blob upload PUT reaches the registry without its
     Authorization header, so the registry itself answers 401 with its Bearer challenge in the
     middle of an upload: what a token that expired during a long upload gets.
+
+    Rate limiting (`throttle_every=N`, at most `throttle_max` times): the N-th request gets
+    `throttle_status` (429 as Docker Hub, GHCR and Artifact Registry answer a rate limit; 503 as
+    a registry shedding load) with a `Retry-After` header (RFC 9110 10.2.3), delta-seconds
+    (`retry_after="1"`) or an HTTP-date (`retry_after="date:2"`). A request for the same path
+    before that time is refused again and recorded in `early`: a client that does not honour
+    Retry-After shows there.
+
+    `cut_bodies=True`: the first GET of each manifest and blob sends its headers and half of its
+    body, then drops the connection (a reset mid-response; recorded in `cut`).
+
+    `fail_upload_puts=N`: the first N blob upload PUTs get 503 (never forwarded), so the client
+    retries that blob in a new upload session; `wrong_digest_for=D`: the upload PUT of blob D
+    reaches the registry with another digest, which refuses it with its own 400 DIGEST_INVALID;
+    `hold_uploads=S`: every other upload PUT is held S seconds first (dropped if the client
+    hangs up meanwhile, as a cancelled upload never reaches the registry).
+
+    `deny_mounts=True`: a cross-repository mount POST gets 403 DENIED, what a registry answers
+    when the pushing credentials may not read the `from` repository.
+
+    `rewrite_status={"CODE": 500}`: a registry error carrying CODE is answered with that status
+    (distribution answers MANIFEST_BLOB_UNKNOWN with a 500 when its storage driver wraps the
+    error: distribution/distribution#2152, #3122).
     """
 
     backend: str
@@ -86,6 +129,22 @@ class FlakyProxy:
     pad_manifests: int = 0
     pad_chunked: bool = True
     expire_first_upload: bool = False
+    throttle_every: int = 0
+    throttle_max: int = 3
+    throttle_status: int = 429
+    retry_after: str = "1"
+    throttled: int = 0
+    early: list[str] = field(default_factory=list)
+    not_before: dict[str, float] = field(default_factory=dict)
+    cut_bodies: bool = False
+    cut: list[str] = field(default_factory=list)
+    fail_upload_puts: int = 0
+    wrong_digest_for: str = ""
+    hold_uploads: float = 0.0
+    deny_mounts: bool = False
+    mounts_denied: int = 0
+    rewrite_status: dict[str, int] = field(default_factory=dict)
+    puts: list[str] = field(default_factory=list)  # blob upload PUTs seen: path?query
     expired: int = 0
     requests: int = 0
     failed: int = 0
@@ -103,6 +162,20 @@ class FlakyProxy:
             return await _lifespan(receive, send, self._start, self._stop)
         self.requests += 1
         self.log.append(f"{scope['method']} {scope['path']}")
+        key = f"{scope['method']} {scope['path']}"
+        query_string = scope["query_string"].decode()
+        upload_put = scope["method"] == "PUT" and "/blobs/uploads/" in scope["path"]
+        if upload_put:
+            self.puts.append(f"{scope['path']}?{query_string}")
+        if self.throttle_every and await self._throttle(key, send):
+            return
+        if upload_put and self.fail_upload_puts > 0:
+            self.fail_upload_puts -= 1
+            self.failed += 1
+            return await _reply(send, 503, UNAVAILABLE)
+        if self.deny_mounts and scope["method"] == "POST" and "mount=" in query_string:
+            self.mounts_denied += 1
+            return await _reply(send, 403, DENIED)
         if self.fail_every and self.requests % self.fail_every == 0:
             self.failed += 1
             await send(
@@ -115,7 +188,6 @@ class FlakyProxy:
             await send({"type": "http.response.body", "body": UNAVAILABLE})
             return
         dropped = [b"connection", b"transfer-encoding"]
-        upload_put = scope["method"] == "PUT" and "/blobs/uploads/" in scope["path"]
         if self.expire_first_upload and upload_put and not self.expired:
             self.expired += 1
             dropped.append(b"authorization")
@@ -134,16 +206,58 @@ class FlakyProxy:
                 if not message.get("more_body"):
                     return
 
+        content: object = body() if has_body else None
+        refused = self.wrong_digest_for[7:]  # its hex, however the ':' is encoded
+        if upload_put and refused and refused in query_string:
+            query_string = query_string.replace(refused, "0" * 64)
+        elif upload_put and self.hold_uploads:
+            data = b"".join([chunk async for chunk in body()])
+            try:  # a client that hangs up while held never reaches the registry
+                message = await asyncio.wait_for(receive(), timeout=self.hold_uploads)
+                if message["type"] == "http.disconnect":
+                    return
+            except TimeoutError:
+                pass
+            content = data
         url = (
-            self.backend
-            + scope["raw_path"].decode()
-            + ("?" + scope["query_string"].decode() if scope["query_string"] else "")
+            self.backend + scope["raw_path"].decode() + ("?" + query_string if query_string else "")
         )
-        request = self.client.build_request(
-            scope["method"], url, headers=headers, content=body() if has_body else None
-        )
+        request = self.client.build_request(scope["method"], url, headers=headers, content=content)
         response = await self.client.send(request, stream=True)
         try:
+            if self.rewrite_status and response.status_code >= 400:
+                raw = await response.aread()
+                status = next(
+                    (v for code, v in self.rewrite_status.items() if code.encode() in raw),
+                    response.status_code,
+                )
+                kept = [
+                    (k, v)
+                    for k, v in response.headers.raw
+                    if k.lower() not in (b"connection", b"transfer-encoding", b"content-type")
+                ]
+                return await _reply(send, status, raw, kept)
+            readable = scope["method"] == "GET" and (
+                "/manifests/" in scope["path"] or "/blobs/sha256:" in scope["path"]
+            )
+            if self.cut_bodies and readable and response.status_code == 200 and key not in self.cut:
+                self.cut.append(key)
+                raw = await response.aread()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (k, v)
+                            for k, v in response.headers.raw
+                            if k.lower() not in (b"connection", b"transfer-encoding")
+                        ],
+                    }
+                )
+                await send(
+                    {"type": "http.response.body", "body": raw[: len(raw) // 2], "more_body": True}
+                )
+                raise ConnectionResetError("cut_bodies: connection dropped mid-body")
             out = [
                 (k, v)
                 for k, v in response.headers.raw
@@ -170,6 +284,41 @@ class FlakyProxy:
         finally:
             await response.aclose()
 
+    async def _throttle(self, key: str, send) -> bool:
+        """Answer a rate limit (see the class doc); True when this request was refused."""
+        now = time.time()
+        until = self.not_before.get(key)
+        if until is not None and now < until - 0.05:
+            self.early.append(key)
+        elif self.throttled >= self.throttle_max or self.requests % self.throttle_every:
+            return False
+        else:
+            self.throttled += 1
+            if self.retry_after.startswith("date:"):
+                until = float(math.ceil(now) + int(self.retry_after[5:]))
+                header = format_datetime(dt.datetime.fromtimestamp(until, dt.UTC), usegmt=True)
+            else:
+                until = now + float(self.retry_after)
+                header = self.retry_after
+            self.not_before[key] = until
+            body = TOOMANYREQUESTS if self.throttle_status == 429 else UNAVAILABLE
+            await _reply(send, self.throttle_status, body, [(b"retry-after", header.encode())])
+            return True
+        wait = max(1, math.ceil(until - now))
+        await _reply(send, self.throttle_status, TOOMANYREQUESTS, [(b"retry-after", b"%d" % wait)])
+        return True
+
+
+async def _reply(send, status: int, body: bytes, headers: list | None = None) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -179,12 +328,15 @@ def _b64url(data: bytes) -> str:
 class TokenServer:
     """The token service of a registry configured with `auth: token:` (distribution's JWT flow).
 
-    Users with the right password get every action they ask for; anonymous callers get a token
-    with no access (the registry then refuses them); a wrong password gets 401.
+    Users with the right password get every action they ask for (within `grants`, when their
+    name is there: repository prefixes they may touch); anonymous callers get a token with no
+    access (the registry then refuses them); a wrong password gets 401. Each `scope` query
+    parameter is one scope (docker token spec), as recorded in `issued`.
     """
 
     root: Path
     users: dict[str, str]
+    grants: dict[str, tuple[str, ...]] = field(default_factory=dict)
     service: str = "shipyard-test-registry"
     issuer: str = "shipyard-test-token-issuer"
     issued: list[dict] = field(default_factory=list)
@@ -247,8 +399,11 @@ class TokenServer:
         for item in query.get("scope", []):
             kind, _, rest = item.partition(":")
             repo, _, actions = rest.rpartition(":")
+            allowed = user is not None and (
+                user not in self.grants or repo.startswith(self.grants[user])
+            )
             access.append(
-                {"type": kind, "name": repo, "actions": actions.split(",") if user else []}
+                {"type": kind, "name": repo, "actions": actions.split(",") if allowed else []}
             )
         now = int(time.time())
         claims = {

@@ -121,6 +121,30 @@ def test_one_platform_of_a_manifest_list(src, dst):
     assert httpx.get(f"{dst.url}/v2/_catalog").json()["repositories"] == ["all/cuda", "base/cuda"]
 
 
+def test_buildx_image_with_attestations_passes_the_cudnn_gate_and_keeps_its_digest(src, dst):
+    """`docker buildx build --push` adds an attestation manifest per image (unknown/unknown,
+    docs.docker.com/build/metadata/attestations/attestation-storage): not a platform, so the
+    cuDNN gate checks the two images only, and the index is mirrored as is."""
+
+    async def go():
+        async with client_for(src.host) as c:
+            return await push_index(c, "nvidia/cuda", "buildx", docker=False, attestations=True)
+
+    index, children = run(go())
+    destination = f"{dst.host}/base/cuda"
+    result = run(mirror_base_image(index.ref, destination, expect_cudnn=8))
+    assert result["status"] == "mirrored" and result["digest"] == index.digest
+    assert result["platforms"] == ["linux/amd64", "linux/arm64/v8"]
+    assert result["cudnn"] == "8.9.0.131"
+    served = _dst_state(dst, "base/cuda")
+    assert set(served.values()) == {index.digest}
+    for name in ("att-amd64", "att-arm64"):
+        assert httpx.head(
+            f"{dst.url}/v2/base/cuda/manifests/{children[name].digest}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        ).is_success
+
+
 def test_drift_keeps_the_pin_unless_accepted_and_upstream_gone_keeps_serving(src, dst):
     old = _push(src, "nvidia/cuda", "12.1.1-cudnn8", seed=1)
     destination = f"{dst.host}/base/cuda"

@@ -22,7 +22,7 @@ class CacheTier(BaseModel):
     name: str = Field(description="Tier name; the cache image tag is cache-<name>.")
     target: str = Field(description="Dockerfile stage built for this tier (--target).")
     files: list[str] = Field(
-        default_factory=list,
+        default=[],
         description="Files (relative to the build context) whose content decides the tier.",
     )
 
@@ -73,7 +73,8 @@ class CacheTiers(Block):
         default="Dockerfile", description="Dockerfile path, relative to the build context."
     )
     tiers: list[CacheTier] = Field(
-        default_factory=lambda: [t.model_copy() for t in DEFAULT_TIERS],
+        # A plain default (copied per instance by pydantic) so the UI's form shows the tiers.
+        default=DEFAULT_TIERS,
         description="Tiers from the bottom up; each builds on the ones before it.",
     )
     cache_repository: str | None = Field(

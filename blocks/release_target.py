@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Literal
 
 from prefect.blocks.core import Block
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from blocks.cloud import GoogleCloud, default_cloud
 
@@ -68,11 +75,11 @@ class RevisionSpec(_Model):
     )
     startup_cpu_boost: bool = True
     port: int = Field(default=8080, ge=1, le=65535)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default={})
     secret_env: dict[str, SecretEnv] = Field(
-        default_factory=lambda: {
-            "MANGA_INTERNAL_API_TOKEN": SecretEnv(secret="manga-internal-token")
-        },
+        # A plain default (not default_factory): the UI's block form only shows and saves
+        # defaults written in the JSON schema. Pydantic copies mutable defaults per instance.
+        default={"MANGA_INTERNAL_API_TOKEN": SecretEnv(secret="manga-internal-token")},
         description="env name -> Secret Manager reference (tokens never go into images)",
     )
     service_account: str | None = None
@@ -107,13 +114,40 @@ class RevisionSpec(_Model):
         return float(text)
 
 
-def default_gpu_template() -> RevisionSpec:
-    return RevisionSpec()
+class GpuTemplate(RevisionSpec):
+    """The GPU revision: 1 nvidia-l4, 4 CPU, 16Gi, concurrency 1, max 1 instance, no throttling."""
+
+    model_config = ConfigDict(title="GPU template")
 
 
-def default_cpu_template() -> RevisionSpec:
-    """Seed 003's CPU baseline: 4 CPU, 8Gi (2Gi and 4Gi OOM on real pages), maxScale 2."""
-    return RevisionSpec(gpu=0, memory="8Gi", max_instances=2, cpu_throttling=True)
+class CpuTemplate(RevisionSpec):
+    """The CPU baseline revision: 4 CPU, 8Gi (2Gi and 4Gi run out of memory on real pages),
+    no GPU, max 2 instances; what serves when no region can run the GPU revision."""
+
+    model_config = ConfigDict(title="CPU baseline template")
+
+    memory: str = Field(default="8Gi", description="memory limit, e.g. '8Gi'")
+    gpu: int = Field(default=0, ge=0, description="always 0: the CPU baseline has no GPU")
+    max_instances: int = Field(default=2, ge=1)
+    cpu_throttling: bool = Field(
+        default=True, description="True = request-based billing (no GPU: cheaper when idle)"
+    )
+
+
+def default_gpu_template() -> GpuTemplate:
+    return GpuTemplate()
+
+
+def default_cpu_template() -> CpuTemplate:
+    """The CPU baseline: 4 CPU, 8Gi (2Gi and 4Gi OOM on real pages), maxScale 2."""
+    return CpuTemplate()
+
+
+def _as_template(value: object) -> object:
+    """A plain RevisionSpec given for a template field is read as that template's model."""
+    if isinstance(value, RevisionSpec) and not isinstance(value, (GpuTemplate, CpuTemplate)):
+        return value.model_dump(exclude_unset=False)
+    return value
 
 
 class QuotaPolicy(_Model):
@@ -157,7 +191,9 @@ class CanaryPolicy(Block):
     )
     runs: int = Field(default=3, ge=1, le=50)
     expected_status: int = 200
-    required_headers: dict[str, str] = Field(default_factory=lambda: {"x-fallback-used": "0"})
+    required_headers: dict[str, str] = Field(
+        default={"x-fallback-used": "0"}, description="headers the answer must carry, exactly"
+    )
     p95_limit_ms: float = Field(
         default=90_000, gt=0, description="single-page p95 limit (default 90 s)"
     )
@@ -172,19 +208,20 @@ class CanaryPolicy(Block):
         default=True, description="response decodes as an image of the input's size"
     )
     log_signatures: list[str] = Field(
-        default_factory=lambda: [
+        default=[
             "Failed to create CUDAExecutionProvider",
             "undefined symbol",
             "Memory limit exceeded",
             "UnicodeEncodeError",
-        ]
+        ],
+        description="a canary whose revision logs contain one of these fails",
     )
     log_settle_s: float = Field(
         default=10.0, ge=0, description="wait for log ingestion before reading the canary window"
     )
     request_timeout_s: float = Field(default=900.0, gt=0)
     retry_statuses: list[int] = Field(
-        default_factory=lambda: [429, 502, 503, 504],
+        default=[429, 502, 503, 504],
         description="answers retried as transient (a 500 is the app failing: not retried)",
     )
     retries: int = Field(default=3, ge=0, le=20)
@@ -210,7 +247,7 @@ class ReleaseTarget(Block):
     project: str | None = Field(default=None, description="default: the GoogleCloud block's")
     cloud: GoogleCloud | None = Field(default=None, description="default: from the environment")
     regions: list[str] = Field(
-        default_factory=lambda: ["europe-west1", "us-central1"],
+        default=["europe-west1", "us-central1"],
         description="candidate regions in order; the first is the primary",
     )
     gpu_type: str = "nvidia-l4"
@@ -218,14 +255,26 @@ class ReleaseTarget(Block):
         default=False,
         description="off: the revision uses the no-zonal-redundancy GPU quota (the spec known to work)",
     )
-    gpu_template: RevisionSpec = Field(default_factory=default_gpu_template)
-    cpu_template: RevisionSpec = Field(default_factory=default_cpu_template)
+    # Plain defaults (in the JSON schema) and a model per template: the UI's block form fills
+    # a nested object from the schema's defaults and labels it with the model's title, so
+    # both templates carry their own.
+    gpu_template: GpuTemplate = Field(
+        default=GpuTemplate(),
+        description="the GPU canary revision",
+    )
+    cpu_template: CpuTemplate = Field(
+        default=CpuTemplate(),
+        description="the CPU revision that serves when no GPU can (gpu must stay 0)",
+    )
     public: bool = Field(
         default=False,
         description="allow unauthenticated invocations (default: the invoker stays private)",
     )
-    quota: QuotaPolicy = Field(default_factory=QuotaPolicy)
-    canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
+    quota: QuotaPolicy = Field(default=QuotaPolicy())
+    canary: CanaryPolicy = Field(
+        default_factory=CanaryPolicy,
+        description="a saved canary policy block; empty: the defaults of the canary policy",
+    )
     rollback_to_cpu: bool = Field(
         default=False,
         description="on a failed canary, go to the CPU baseline even if a last good exists",
@@ -252,6 +301,19 @@ class ReleaseTarget(Block):
     lock_timeout_s: float = Field(
         default=30.0, ge=0, description="wait this long for another release of the service"
     )
+
+    @field_validator("gpu_template", "cpu_template", mode="before")
+    @classmethod
+    def _template_model(cls, value: object) -> object:
+        return _as_template(value)
+
+    @field_validator("quota", "canary", mode="before")
+    @classmethod
+    def _empty_policy(cls, value: object, info: ValidationInfo) -> object:
+        # The UI sends null for a policy left empty: that means the defaults.
+        if value is None:
+            return QuotaPolicy() if info.field_name == "quota" else CanaryPolicy()
+        return value
 
     @field_validator("regions")
     @classmethod

@@ -124,9 +124,9 @@ def sandbox_target(service: str = DEMO_SERVICE, regions: list[str] | None = None
     """The seed-003 target with waits tuned for a local cloud (polls in ms, no log lag)."""
     from blocks.release_target import (
         CanaryPolicy,
+        GpuTemplate,
         QuotaPolicy,
         ReleaseTarget,
-        RevisionSpec,
         SecretEnv,
         default_cpu_template,
     )
@@ -136,7 +136,7 @@ def sandbox_target(service: str = DEMO_SERVICE, regions: list[str] | None = None
     fields: dict[str, Any] = dict(
         service=service,
         regions=regions or ["europe-west1", "us-central1"],
-        gpu_template=RevisionSpec(secret_env=secret_env),
+        gpu_template=GpuTemplate(secret_env=secret_env),
         cpu_template=cpu,
         quota=QuotaPolicy(
             contact_email="platform@example.com", budget_s=30, poll_initial_s=0.1, poll_max_s=1

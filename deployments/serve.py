@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PREFECT_YAML = REPO_ROOT / "prefect.yaml"
+# A link to the repository's prefect.yaml in a checkout, a copy of it in the installed wheel
+# (package data), so serving never depends on where the package was installed from.
+PREFECT_YAML = Path(__file__).parent / "prefect.yaml"
 
 
 class DeploymentSpecError(ValueError):

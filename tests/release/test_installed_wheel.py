@@ -51,7 +51,11 @@ for dist in ("bcrypt", "python-multipart"):
         md.distribution(dist)
     except md.PackageNotFoundError:
         missing.append(dist)
-report = {"flows": sorted(found), "sample": list(sample.size), "missing": missing}
+from deployments.serve import PREFECT_YAML, read_specs
+
+assert PREFECT_YAML.resolve().is_relative_to(site), PREFECT_YAML  # not the checkout
+served = [spec.name for spec in read_specs(PREFECT_YAML)]
+report = {"flows": sorted(found), "sample": list(sample.size), "missing": missing, "served": served}
 Path(sys.argv[1]).write_text(json.dumps(report))
 
 # Then the console script's own entry point, in this process (one interpreter start: a fresh
@@ -138,6 +142,7 @@ def test_installed_wheel_imports_every_flow_and_dry_runs_a_release(
         report["flows"]
     )
     assert report["sample"] == [384, 191]  # the packaged page, read without a checkout
+    assert {"release", "prewarm-cache", "mirror-base"} <= set(report["served"])  # `shipyard serve`
     assert sorted(report["missing"]) == sorted(SANDBOX_ONLY)  # not runtime dependencies
     data = json.loads(out.stdout)
     assert data["outcome"] == "planned" and data["dry_run"] is True

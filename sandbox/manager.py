@@ -67,9 +67,12 @@ class SandboxInfo:
         return {name: pid_alive(pid) for name, pid in self.pids.items()}
 
     def stop(self) -> list[str]:
+        """Stop by PID: the emulator first, the Docker daemon last (given time to stop its
+        containers and containerd, so no shim outlives it)."""
         stopped = []
-        for name, pid in self.pids.items():
-            if stop_pid(pid):
+        order = sorted(self.pids.items(), key=lambda item: item[0] == "dockerd")
+        for name, pid in order:
+            if stop_pid(pid, timeout=30.0 if name == "dockerd" else 5.0):
                 stopped.append(f"{name} (pid {pid})")
         return stopped
 

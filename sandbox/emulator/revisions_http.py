@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, Response
 from sandbox.emulator.core import SandboxState
 from sandbox.emulator.run_resources import Revision, write_revision_log
 from sandbox.emulator.run_store import RunStore
+from sandbox.engine.revision_instances import container_store
 
 PAGE_APP = Path(__file__).resolve().parents[2] / "examples" / "page-service" / "app" / "main.py"
 _HOP_HEADERS = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive"}
@@ -57,8 +58,19 @@ def page_app_module() -> ModuleType:
     return _module
 
 
-def _instance(state: SandboxState, store: RunStore, rev: Revision) -> httpx.AsyncClient:
-    """The revision's running instance (started on its first request)."""
+def _instance(state: SandboxState, store: RunStore, rev: Revision) -> httpx.AsyncClient | None:
+    """The revision's running instance (started on its first request); with a Docker daemon,
+    its container (sandbox/engine), None once that container is gone (an OOM kill)."""
+    containers = container_store(state)
+    if containers is not None:
+        container = containers.instances.get(rev.name)
+        if container is None or not container.alive:
+            return None
+        client = store.instances.get(rev.name)
+        if client is None:
+            client = httpx.AsyncClient(base_url=container.url, timeout=900)
+            store.instances[rev.name] = client
+        return client
     client = store.instances.get(rev.name)
     if client is None:
         module = page_app_module()
@@ -107,15 +119,20 @@ async def _forward(
     state: SandboxState, store: RunStore, rev: Revision, host: str, path: str, request: Request
 ) -> Response:
     client = _instance(state, store, rev)
+    if client is None:
+        return HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
     headers = [(k, v) for k, v in request.headers.raw if k.lower() not in (b"host", *_HOP_HEADERS)]
     headers.append((b"host", host.encode()))
-    upstream = await client.request(
-        request.method,
-        "/" + path,
-        params=request.url.query,
-        headers=headers,
-        content=await request.body(),
-    )
+    try:
+        upstream = await client.request(
+            request.method,
+            "/" + path,
+            params=request.url.query,
+            headers=headers,
+            content=await request.body(),
+        )
+    except httpx.TransportError:  # the container died under the request (an OOM kill)
+        return HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
     response = Response(content=upstream.content, status_code=upstream.status_code)
     response.raw_headers = [
         (k, v) for k, v in upstream.headers.raw if k.lower() not in _HOP_HEADERS

@@ -20,6 +20,7 @@ from sandbox.emulator.run_templates import (
     template_limits,
 )
 from sandbox.emulator.run_traffic import TrafficRules
+from sandbox.engine.revision_instances import container_store, start_revision_container
 from sandbox.scenario import GPU_QUOTA_MESSAGE, GPU_ZONAL_MESSAGE, DeployError
 
 NOT_READY_MESSAGE = (
@@ -152,6 +153,10 @@ class RevisionLifecycle(TrafficRules):
         ):
             rev.ready, rev.message = False, NOT_READY_MESSAGE
             rev.revision_reason = "HEALTH_CHECK_CONTAINER_ERROR"
+        elif self.state.docker_host and not start_revision_container(self.state, rev):
+            # The image's container exited or never listened on $PORT (sandbox/engine).
+            rev.ready, rev.message = False, NOT_READY_MESSAGE
+            rev.revision_reason = "HEALTH_CHECK_CONTAINER_ERROR"
         self.revisions[rev.name] = rev
         self.state.calls["run.revision_created"] += 1
         if not rev.ready:
@@ -211,6 +216,9 @@ class RevisionLifecycle(TrafficRules):
                 )
         del self.revisions[name]
         self.instances.pop(name, None)
+        containers = container_store(self.state)
+        if containers is not None:
+            containers.remove(name)
         if svc is not None:
             svc.latest_ready = next(
                 (r.name for r in reversed(self.service_revisions(svc.name)) if r.ready), ""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from sandbox.engine.daemon import DOCKER_CLI, Engine, docker
 from sandbox.procs import free_port
 
-Log = Callable[[str, str, str], None]  # (severity, text, stream: stdout|stderr|varlog/system)
+Log = Callable[[str, str, str], None]  # (severity, text, stream: stdout, stderr or varlog%2Fsystem)
 
 # Google's texts for an instance killed for memory (Cloud Run system log, then the exit).
 OOM_MESSAGE = (
@@ -114,8 +114,8 @@ def _watch(engine: Engine, instance: Instance, log: Log) -> threading.Thread:
             if instance.oom_killed:
                 # The kernel kills at the limit: usage at the kill is the limit.
                 text = OOM_MESSAGE.format(limit=instance.memory_mib, used=instance.memory_mib)
-                log("ERROR", text, "varlog/system")
-            log("ERROR", SIGNAL_9_MESSAGE, "varlog/system")
+                log("ERROR", text, "varlog%2Fsystem")
+            log("ERROR", SIGNAL_9_MESSAGE, "varlog%2Fsystem")
 
     thread = threading.Thread(target=run, name=f"wait-{instance.container[:12]}", daemon=True)
     thread.start()

@@ -3,52 +3,12 @@ RUN fails the build with that output, and the pushed image is the built filesyst
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
 from conftest import GitRepo
+from engine_kit import cloud_build
 from google.cloud.devtools import cloudbuild_v1 as cb
-
-PROJECT = "shipyard-sandbox"
-
-
-def _request(repo: GitRepo, base: str, tag: str) -> cb.Build:
-    """The request flows/cloud_build_request.py sends (builder step, then buildx build)."""
-    args = ["buildx", "build", "--progress=plain", "--provenance=false", "--file", "Dockerfile"]
-    args += ["--build-arg", f"BASE_IMAGE={base}", "--tag", tag, "--push", "."]
-    return cb.Build(
-        source=cb.Source(git_source=cb.GitSource(url=repo.url, revision="HEAD")),
-        steps=[
-            cb.BuildStep(
-                name="gcr.io/cloud-builders/docker",
-                args=["buildx", "create", "--name", "shipyard", "--driver", "docker-container"]
-                + ["--bootstrap", "--use"],
-            ),
-            cb.BuildStep(name="gcr.io/cloud-builders/docker", args=args),
-        ],
-        timeout={"seconds": 300},
-    )
-
-
-def _build(cloud, repo: GitRepo, base: str, tag: str) -> tuple[cb.Build, str]:
-    client = cloud.builds_client()
-    operation = client.create_build(project_id=PROJECT, build=_request(repo, base, tag))
-    build_id = operation.metadata.build.id
-    deadline = time.monotonic() + 300
-    build = client.get_build(project_id=PROJECT, id=build_id)
-    while build.status.name in ("QUEUED", "WORKING") and time.monotonic() < deadline:
-        time.sleep(0.2)
-        build = client.get_build(project_id=PROJECT, id=build_id)
-    log = "\n".join(
-        e.payload
-        for e in cloud.logging_client().list_entries(
-            resource_names=[f"projects/{PROJECT}"],
-            filter_=f'resource.type="build" AND resource.labels.build_id="{build_id}"',
-        )
-        if isinstance(e.payload, str)
-    )
-    return build, log
 
 
 def test_a_run_step_runs_and_the_pushed_image_is_the_built_filesystem(
@@ -65,7 +25,7 @@ def test_a_run_step_runs_and_the_pushed_image_is_the_built_filesystem(
         },
     )
     tag = f"{engine_sandbox.registry_host}/runtime/ok:{marker[:8]}"
-    build, log = _build(GoogleCloud(), repo, engine_base, tag)
+    build, log = cloud_build(GoogleCloud(), repo, engine_base, tag)
     assert build.status == cb.Build.Status.SUCCESS, build.status_detail
     assert f"ran-{marker}" in log  # the RUN's own output, not a record of it
     digest = build.results.images[0].digest
@@ -91,7 +51,7 @@ def test_a_failing_run_fails_the_build_with_the_steps_real_output(
         },
     )
     tag = f"{engine_sandbox.registry_host}/runtime/broken:{marker[:8]}"
-    build, log = _build(GoogleCloud(), repo, engine_base, tag)
+    build, log = cloud_build(GoogleCloud(), repo, engine_base, tag)
     assert build.status == cb.Build.Status.FAILURE
     assert "step exited with non-zero status" in build.status_detail
     assert f"broken-{marker}" in log

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from sandbox.engine.daemon import start_engine, unavailable_reason
+from sandbox.engine.daemon import release_mounts, start_engine, unavailable_reason
 from sandbox.procs import free_port, pid_alive, spawn, stop_pid, wait_for_port
 from sandbox.registry import start_registry
 from sandbox.scenario import load_scenario, resolve_scenario_path
@@ -74,6 +74,8 @@ class SandboxInfo:
         for name, pid in order:
             if stop_pid(pid, timeout=30.0 if name == "dockerd" else 5.0):
                 stopped.append(f"{name} (pid {pid})")
+        if "dockerd" in self.pids:
+            release_mounts(Path(self.root) / "engine")
         return stopped
 
 

@@ -101,5 +101,12 @@ def start_engine(root: Path, timeout: float = 30.0) -> Engine:
     raise RuntimeError("the sandbox's Docker daemon did not start: " + "; ".join(problems))
 
 
-def stop_engine(engine: Engine) -> bool:
-    return stop_pid(engine.pid, timeout=15.0)
+def release_mounts(root: Path) -> list[str]:
+    """Unmount what dockerd left mounted under `root` (its network namespace file, a data
+    root mounted on itself), deepest first, so the directory can be removed."""
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    return points

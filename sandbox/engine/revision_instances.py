@@ -54,8 +54,13 @@ def start_revision_container(state: Any, rev: Revision) -> bool:
         "K_REVISION": rev.short,
         "K_CONFIGURATION": service,
     }
-    if rev.device == "gpu":  # no GPU here: told the way the NVIDIA runtime would tell it
-        env.update(NVIDIA_VISIBLE_DEVICES="all", SHIPYARD_ACCELERATOR="nvidia-l4")
+    if rev.device == "gpu":  # no GPU here: the revision is told it has the one it asked for
+        accelerator = rev.template.get("nodeSelector", {}).get("accelerator", "nvidia-l4")
+        env.update(NVIDIA_VISIBLE_DEVICES="all", SHIPYARD_ACCELERATOR=accelerator)
+    # The sample service's simulated model time (GPU fast, CPU slow), unless the template sets it.
+    serving = state.scenario.serving
+    env.setdefault("PAGE_SIMULATED_GPU_MS", str(serving.gpu_ms))
+    env.setdefault("PAGE_SIMULATED_CPU_MS", str(serving.cpu_ms))
 
     def log(severity: str, text: str, stream: str) -> None:
         write_revision_log(state, rev, severity, text, stream=stream)

@@ -50,6 +50,11 @@ class DeployError(_Strict):
     """A deploy in this region fails although quota may say otherwise."""
 
     message: str = GPU_QUOTA_MESSAGE
+    reason: str | None = Field(
+        default="RESOURCE_QUOTA_EXCEEDED",
+        description="the ErrorInfo reason sent with an api/operation error (None: no ErrorInfo)",
+    )
+    quota_id: str = "NvidiaL4GpuAllocPerProjectRegion"
     where: Literal["api", "operation", "revision"] = "operation"
     gpu_only: bool = True
     times: int = Field(default=0, ge=0, description="0 = every deploy; N = the first N deploys")
@@ -85,11 +90,19 @@ class RevisionFault(_Strict):
     )
 
 
+ApiFault = Literal[429, 500, 502, 503, 504, "reset"]
+
+
 class ApiBehaviour(_Strict):
+    """Transient faults of one emulated API, each as Google (or its front end) answers it:
+    429 with a RATE_LIMIT_EXCEEDED ErrorInfo, 500 INTERNAL, 502 as the front end's HTML page,
+    503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, "reset": the connection dropped mid-answer."""
+
     latency_ms: int = Field(default=0, ge=0)
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    error_codes: list[Literal[429, 500, 503]] = [503]
+    error_codes: list[ApiFault] = [503]
     every_nth: int = Field(default=0, ge=0, description="fail every Nth request (deterministic)")
+    first_n: int = Field(default=0, ge=0, description="fail the first N requests (a burst)")
 
 
 class Apis(_Strict):

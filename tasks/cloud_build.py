@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 from google.cloud.devtools import cloudbuild_v1
 
+from tasks.errors import WaitExpired
+
 __all__ = [
     "TERMINAL",
     "BuildTimeout",
@@ -40,8 +42,8 @@ TERMINAL = frozenset(
 )
 
 
-class BuildTimeout(TimeoutError):
-    """The build did not reach a terminal status within the caller's deadline."""
+class BuildTimeout(WaitExpired):
+    """The build did not reach a terminal status within the caller's deadline (never retried)."""
 
 
 def submit_build(

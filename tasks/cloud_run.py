@@ -20,6 +20,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 from google.protobuf import duration_pb2, field_mask_pb2
 
+from tasks.errors import WaitExpired
+
 __all__ = [
     "ReadyTimeout",
     "RevisionFailed",
@@ -56,8 +58,8 @@ class RevisionFailed(Exception):
         self.reason = reason
 
 
-class ReadyTimeout(TimeoutError):
-    """A revision (or operation) did not finish within the timeout."""
+class ReadyTimeout(WaitExpired):
+    """A revision (or operation) did not finish within the timeout: a verdict, never retried."""
 
 
 @dataclass(frozen=True)

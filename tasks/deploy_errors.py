@@ -13,11 +13,6 @@ from google.api_core import exceptions as gexc
 from tasks import cloud_run as cr
 from tasks.errors import PermanentError, is_quota_error, is_transient
 
-QUOTA_MESSAGES = (
-    "Quota exceeded for total allowable count of GPUs per project per region",
-    "You do not have quota for using GPUs without zonal redundancy.",
-)
-
 
 class QuotaDenied(PermanentError):
     """The region cannot host the revision for lack of quota: try the next region."""
@@ -55,24 +50,24 @@ def error_message(exc: BaseException) -> str:
 
 
 def is_quota_message(message: str) -> bool:
-    """Google's GPU quota messages, or an allocation-quota refusal (CPU, memory)
-    as tasks/errors.py recognises it (rate-limit quotas are not: they are transient)."""
-    return any(m.lower() in message.lower() for m in QUOTA_MESSAGES) or is_quota_error(
-        Exception(message)
-    )
+    """A quota refusal told only in text (a revision's Ready condition carries no ErrorInfo):
+    tasks/errors.py's one fallback reading of the text."""
+    return is_quota_error(message)
 
 
 def classify(exc: BaseException, region: str, revision: str) -> BaseException:
     """Quota first (a 429 RESOURCE_EXHAUSTED can be a quota refusal, not a rate limit),
     then failed/timed-out revisions, then transient (returned as is, for the step's retry),
     else a configuration error."""
-    if isinstance(exc, PermanentError):
-        return exc
     message = error_message(exc)
-    if is_quota_message(message):
+    if isinstance(exc, QuotaDenied | DeployFailed | ConfigurationError):
+        return exc
+    if is_quota_error(exc):  # Google's ErrorInfo reason first, the message as a fallback
         return QuotaDenied(region, message)
     if isinstance(exc, cr.RevisionFailed | cr.ReadyTimeout):
         return DeployFailed(region, revision, message)
+    if isinstance(exc, PermanentError):
+        return exc
     if is_transient(exc):
         return exc
     if isinstance(exc, gexc.FailedPrecondition) and "not ready" in message:

@@ -1,40 +1,52 @@
 """One shared classification of errors: transient (retry with backoff) or permanent (do not).
 
-Transient: HTTP 429 and 5xx, connection errors, resets and timeouts, gRPC/REST UNAVAILABLE,
-RESOURCE_EXHAUSTED (rate), DEADLINE_EXCEEDED, INTERNAL. Everything else is permanent: bad input,
-bad config, other 4xx, quota denied. A 429 / RESOURCE_EXHAUSTED whose message is an allocation
-quota error ("Quota exceeded for total allowable count of GPUs ...") is permanent: waiting does
-not create quota (rate-limit quotas, "... per minute", stay transient). `retry_condition_fn`
-adapts `is_transient` to Prefect's `@task(retry_condition_fn=...)`. Kept free of heavy imports: google.api_core is only consulted
-when something else already imported it (an exception of its types cannot exist otherwise).
+Transient: what google-api-core's own predicate `google.api_core.retry.if_transient_error`
+retries (500 INTERNAL, 429 TOO_MANY_REQUESTS, 503 UNAVAILABLE, requests' ConnectionError and
+ChunkedEncodingError, google.auth's TransportError), plus what a REST client meets on a bad
+network day and that predicate leaves out: 502, 504 / DEADLINE_EXCEEDED, UNKNOWN, requests'
+ReadTimeout / Timeout, httpx transport errors, socket resets and timeouts.
+
+Permanent: bad input, bad config, other 4xx, an allocation quota that is exhausted, and a wait
+that ran out of time (`WaitExpired`: a revision that never became Ready, a build that never
+finished — a verdict, not a network hiccup).
+
+Quota vs rate limit: Google says which in the `google.rpc.ErrorInfo` of the error's details
+(`reason` RESOURCE_QUOTA_EXCEEDED vs RATE_LIMIT_EXCEEDED, googleapis/googleapis
+google/api/error_reason.proto); google-api-core exposes it as `exc.reason`. Only when no
+ErrorInfo came does the message text decide (`quota_kind` is the one place that reads it).
+`retry_condition_fn` adapts `is_transient` to Prefect's `@task(retry_condition_fn=...)`.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import re
-import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import httpx
 
 __all__ = [
     "PermanentError",
     "TransientError",
+    "WaitExpired",
     "backoff_delay",
+    "error_reason",
     "is_quota_error",
     "is_transient",
+    "quota_kind",
     "retry_condition_fn",
 ]
 
 # Transport errors that are our own fault, not the network's: retrying cannot help.
 _PERMANENT_TRANSPORT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.ProxyError)
-_GOOGLE_TRANSIENT = (
-    "ServiceUnavailable",
-    "TooManyRequests",
-    "DeadlineExceeded",
-    "InternalServerError",
-)
+
+# ErrorInfo reasons (google/api/error_reason.proto) that say "an allocation is used up":
+# waiting does not create quota. Rate limits refill by themselves: transient.
+QUOTA_REASONS = frozenset({"RESOURCE_QUOTA_EXCEEDED", "RESOURCE_AVAILABILITY"})
+RATE_REASONS = frozenset({"RATE_LIMIT_EXCEEDED"})
+ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
 class PermanentError(Exception):
@@ -43,6 +55,34 @@ class PermanentError(Exception):
 
 class TransientError(Exception):
     """An error worth retrying with backoff (rate limit, 5xx, a dropped connection)."""
+
+
+class WaitExpired(PermanentError, TimeoutError):
+    """A wait for an outcome ran out of time: the verdict is "not within the deadline".
+
+    Still a TimeoutError for callers that catch those, but never retried: retrying would wait
+    the whole timeout again (a revision never Ready during a rollback: 4 x 10 min).
+    """
+
+
+@functools.cache
+def _google_predicates() -> tuple[Callable[[Exception], bool], tuple[type, ...]]:
+    """google-api-core's predicate and the REST transport errors it does not cover.
+
+    Imported on first use: the webhook receiver classifies errors without loading Google.
+    """
+    import requests
+    from google.api_core import exceptions as gexc
+    from google.api_core.retry import if_transient_error
+
+    extra: tuple[type, ...] = (
+        gexc.BadGateway,  # 502
+        gexc.GatewayTimeout,  # 504
+        gexc.DeadlineExceeded,  # gRPC DEADLINE_EXCEEDED
+        gexc.Unknown,  # gRPC UNKNOWN (an HTTP 5xx the client could not map)
+        requests.exceptions.Timeout,  # ReadTimeout and ConnectTimeout
+    )
+    return if_transient_error, extra
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -56,31 +96,77 @@ def is_transient(exc: BaseException) -> bool:
         return code == 429 or code >= 500
     if isinstance(exc, httpx.TransportError):
         return not isinstance(exc, _PERMANENT_TRANSPORT)
-    if isinstance(exc, ConnectionError | TimeoutError):
+    if quota_kind(exc) == "quota":
+        return False  # a 429 RESOURCE_EXHAUSTED for an allocation quota: next region, not later
+    google_transient, extra = _google_predicates()
+    if isinstance(exc, Exception) and (google_transient(exc) or isinstance(exc, extra)):
         return True
-    google = sys.modules.get("google.api_core.exceptions")
-    if google is not None:
-        if isinstance(exc, google.TooManyRequests) and is_quota_error(exc):
-            return False  # ResourceExhausted is a TooManyRequests
-        kinds = tuple(getattr(google, name) for name in _GOOGLE_TRANSIENT)
-        return isinstance(exc, kinds)
-    return False
+    return isinstance(exc, ConnectionError | TimeoutError)
 
 
-# An allocation quota (GPUs, CPU, memory per region) is exhausted: permanent. Rate quotas
-# ("Quota exceeded for quota metric 'Read requests' and limit '... per minute'") are not.
+# ---------------------------------------------------------------- quota vs rate limit
+
+
+def error_reason(exc: BaseException) -> str | None:
+    """The `reason` of the ErrorInfo Google sent with the error, if any.
+
+    google-api-core sets `.reason` from the REST body's details; an operation's error (a
+    google.rpc.Status dict or proto) carries the same ErrorInfo in its `details`.
+    """
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason.isupper():
+        return reason
+    details = list(getattr(exc, "details", None) or ())
+    for status in getattr(exc, "errors", None) or ():  # an operation's google.rpc.Status
+        details.extend(getattr(status, "details", None) or ())
+    for detail in details:
+        if isinstance(detail, dict) and detail.get("@type") == ERROR_INFO_TYPE:
+            return detail.get("reason") or None
+        if getattr(detail, "type_url", "") == ERROR_INFO_TYPE:  # a protobuf Any
+            from google.rpc import error_details_pb2
+
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason or None
+    return None
+
+
+# Fallback when no ErrorInfo came: an allocation quota (GPUs, CPU, memory per region) is
+# exhausted. Rate quotas ("Quota exceeded for quota metric 'Read requests' and limit
+# '... per minute'") are not. Seed 003's GPU refusals are the first two phrases.
 _QUOTA_MESSAGE = re.compile(
     r"quota exceeded|exceeded (?:its |the |your )?quota|do not have (?:enough )?quota"
-    r"|insufficient quota|quota violated",
+    r"|insufficient quota|quota violated|allowable count of GPUs",
     re.IGNORECASE,
 )
 _RATE_MESSAGE = re.compile(r"per (?:minute|second|100 seconds|hour)|rate limit", re.IGNORECASE)
 
 
-def is_quota_error(exc: BaseException) -> bool:
+def quota_kind(error: BaseException | str) -> Literal["quota", "rate", None]:
+    """'quota' (an allocation is used up), 'rate' (a rate limit) or None (neither).
+
+    The structured ErrorInfo reason decides first; the message text only when there is none.
+    """
+    if not isinstance(error, str):
+        reason = error_reason(error)
+        if reason in QUOTA_REASONS:
+            return "quota"
+        if reason in RATE_REASONS:
+            return "rate"
+        error = getattr(error, "message", None) or str(error)
+    if _RATE_MESSAGE.search(error):
+        return "rate"
+    if _QUOTA_MESSAGE.search(error):
+        return "quota"
+    return None
+
+
+def is_quota_error(error: BaseException | str) -> bool:
     """True when the error says an allocation quota is exhausted (not a rate limit)."""
-    text = str(exc)
-    return bool(_QUOTA_MESSAGE.search(text)) and not _RATE_MESSAGE.search(text)
+    return quota_kind(error) == "quota"
+
+
+# ---------------------------------------------------------------- retry plumbing
 
 
 def retry_condition_fn(task: Any, task_run: Any, state: Any) -> bool:

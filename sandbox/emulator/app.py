@@ -6,10 +6,11 @@ import asyncio
 import re
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from sandbox.emulator import build, logging_api, quotas, run
-from sandbox.emulator.core import ApiError, SandboxState, error_response
+from sandbox.emulator.core import ApiError, SandboxState, error_response, rate_error_info
 from sandbox.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 
 # Which emulated API a request belongs to, by path (for latency and transient faults).
@@ -33,6 +34,62 @@ def api_of(path: str) -> str | None:
         if pattern.match(path):
             return api
     return None
+
+
+_API_SERVICE = {
+    "run": "run.googleapis.com",
+    "build": "cloudbuild.googleapis.com",
+    "quotas": "cloudquotas.googleapis.com",
+    "logging": "logging.googleapis.com",
+}
+
+# Google's front end answers a 502 with an HTML page, not the JSON error envelope.
+_GFE_502 = (
+    "<!DOCTYPE html><html lang=en><meta charset=utf-8><title>Error 502 (Server Error)!!1"
+    "</title><p><b>502.</b> <ins>That's an error.</ins><p>The server encountered a temporary "
+    "error and could not complete your request.<p>Please try again in 30 seconds. "
+    "<ins>That's all we know.</ins></html>"
+)
+
+
+class DroppedConnection(Response):
+    """Headers promise a body that never fully comes: the server closes the connection
+    mid-answer (clients see a reset / IncompleteRead, requests' ChunkedEncodingError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"name": "proj', "more_body": True})
+        raise ConnectionResetError("sandbox: injected connection reset")
+
+
+def injected_fault(fault: int | str, api: str) -> Response:
+    """One transient fault, shaped as Google sends it (see ApiBehaviour)."""
+    if fault == "reset":
+        return DroppedConnection()
+    if fault == 502:
+        return HTMLResponse(_GFE_502, status_code=502)
+    code = int(fault)
+    if code == 429:
+        return error_response(
+            ApiError(
+                429,
+                f"Quota exceeded for quota metric 'Requests' and limit 'Requests per minute' "
+                f"of service '{_API_SERVICE[api]}'.",
+                details=[rate_error_info(_API_SERVICE[api])],
+            )
+        )
+    if code == 504:
+        return error_response(ApiError(504, "Deadline expired before operation could complete."))
+    return error_response(ApiError(code, f"sandbox: injected transient {code} on {api}"))
 
 
 def create_app(
@@ -61,15 +118,15 @@ def create_app(
             if behaviour.latency_ms:
                 await asyncio.sleep(behaviour.latency_ms / 1000)
             n = state.api_requests[api]
-            failing = (behaviour.every_nth and n % behaviour.every_nth == 0) or (
-                behaviour.error_rate and state.rng.random() < behaviour.error_rate
+            failing = (
+                (behaviour.every_nth and n % behaviour.every_nth == 0)
+                or (behaviour.first_n and n <= behaviour.first_n)
+                or (behaviour.error_rate and state.rng.random() < behaviour.error_rate)
             )
             if failing:
-                code = state.rng.choice(behaviour.error_codes)
+                fault = state.rng.choice(behaviour.error_codes)
                 state.calls[f"fault.{api}"] += 1
-                return error_response(
-                    ApiError(code, f"sandbox: injected transient {code} on {api}")
-                )
+                return injected_fault(fault, api)
         return await call_next(request)
 
     for module in API_MODULES:

@@ -31,6 +31,7 @@ STATUS_NAMES = {
     429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
     501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
@@ -49,8 +50,48 @@ RPC_CODES = {
 }
 
 
+ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+def error_info(reason: str, domain: str = "googleapis.com", **metadata: str) -> dict:
+    """A google.rpc.ErrorInfo as Google puts it in `error.details` (REST JSON).
+
+    Shape and reasons from googleapis/googleapis: google/rpc/error_details.proto (ErrorInfo:
+    reason, domain, metadata) and google/api/error_reason.proto, whose examples for
+    RATE_LIMIT_EXCEEDED and RESOURCE_QUOTA_EXCEEDED use domain "googleapis.com" and metadata
+    service, consumer ("projects/123"), quota_metric / quota_limit, quota_location.
+    """
+    return {"@type": ERROR_INFO_TYPE, "reason": reason, "domain": domain, "metadata": metadata}
+
+
+def quota_error_info(service: str, project: str, quota_id: str, region: str) -> dict:
+    """ErrorInfo of an exhausted allocation quota (waiting does not help)."""
+    return error_info(
+        "RESOURCE_QUOTA_EXCEEDED",
+        service=service,
+        consumer=f"projects/{project}",
+        quota_limit=quota_id,
+        quota_location=region,
+    )
+
+
+def rate_error_info(service: str, project: str = "unknown") -> dict:
+    """ErrorInfo of a rate limit (per-minute request quota): transient."""
+    return error_info(
+        "RATE_LIMIT_EXCEEDED",
+        service=service,
+        consumer=f"projects/{project}",
+        quota_metric=f"{service}/requests",
+        quota_limit="RequestsPerMinutePerProject",
+    )
+
+
 class ApiError(Exception):
-    """Raised by handlers; answered as Google's error envelope."""
+    """Raised by handlers; answered as Google's error envelope.
+
+    `details` are google.rpc detail messages as REST JSON (each with its "@type"), e.g.
+    `[error_info(...)]`; they go to `error.details` and, for an operation, to its Status.
+    """
 
     def __init__(
         self, code: int, message: str, status: str | None = None, details: list | None = None

@@ -55,16 +55,18 @@ class RevisionLifecycle(TrafficRules):
             if err.times == 0 or used < err.times:
                 self.deploy_errors_used[region] = used + 1
                 return err
-        message = self._quota_shortfall(project, region, template)
-        if message:
+        shortfall = self._quota_shortfall(project, region, template)
+        if shortfall:
             self.state.calls["run.quota_exceeded"] += 1
+            quota_id, message = shortfall
             where = rs.quota_where
             if where is None:
                 where = "api" if creating and message == GPU_ZONAL_MESSAGE else "revision"
-            return DeployError(message=message, where=where, gpu_only=False)
+            return DeployError(message=message, quota_id=quota_id, where=where, gpu_only=False)
         return None
 
-    def _quota_shortfall(self, project: str, region: str, template: dict) -> str | None:
+    def _quota_shortfall(self, project: str, region: str, template: dict) -> tuple[str, str] | None:
+        """(quota id, Google's message) of the first quota the template would exceed."""
         instances = max(1, int(template.get("scaling", {}).get("maxInstanceCount", 0) or 1))
         gpus = template_gpus(template) * instances
         if gpus:
@@ -76,16 +78,16 @@ class RevisionLifecycle(TrafficRules):
             else:
                 quota_id, message = "NvidiaL4GpuAllocPerProjectRegion", GPU_QUOTA_MESSAGE
             if gpus > self.quota_limit(project, region, quota_id):
-                return message
+                return quota_id, message
         limits = template_limits(template)
         if parse_cpu(limits.get("cpu")) * instances > self.quota_limit(
             project, region, "CpuAllocPerProjectRegion"
         ):
-            return CPU_QUOTA_MESSAGE
+            return "CpuAllocPerProjectRegion", CPU_QUOTA_MESSAGE
         if parse_memory_gib(limits.get("memory")) * instances > self.quota_limit(
             project, region, "MemAllocPerProjectRegion"
         ):
-            return MEMORY_QUOTA_MESSAGE
+            return "MemAllocPerProjectRegion", MEMORY_QUOTA_MESSAGE
         return None
 
     def quota_limit(self, project: str, region: str, quota_id: str) -> float:

@@ -25,10 +25,11 @@ import re
 import uuid
 from typing import Any
 
-from sandbox.emulator.core import ApiError, now_rfc3339
+from sandbox.emulator.core import ApiError, now_rfc3339, quota_error_info
 from sandbox.emulator.run_resources import LATEST, Service
 from sandbox.emulator.run_revisions import RevisionLifecycle
 from sandbox.emulator.run_templates import OUTPUT_ONLY, camel, canonical_service
+from sandbox.scenario import DeployError
 
 
 class RunStore(RevisionLifecycle):
@@ -140,7 +141,7 @@ class RunStore(RevisionLifecycle):
         )
         if failure is not None and failure.where == "api":
             self.state.calls["run.deploy_error.api"] += 1
-            raise ApiError(429, failure.message)
+            raise ApiError(429, failure.message, details=failure_details(project, region, failure))
         if validate_only:
             return existing or self._stub(name, project, region, short, spec), None
         if failure is not None and failure.where == "operation":
@@ -148,7 +149,7 @@ class RunStore(RevisionLifecycle):
             if existing is not None:
                 existing.failure = {"reason": "REVISION_FAILED", "message": failure.message}
             return existing or self._stub(name, project, region, short, spec), ApiError(
-                429, failure.message
+                429, failure.message, details=failure_details(project, region, failure)
             )
 
         now = now_rfc3339()
@@ -211,7 +212,8 @@ class RunStore(RevisionLifecycle):
             project=project,
             region=region,
             uid="",
-            create_time=now_rfc3339(),
+            create_time=(now := now_rfc3339()),
+            update_time=now,  # an empty timestamp breaks the client's parse of the metadata
             spec=spec,
         )
 
@@ -273,3 +275,12 @@ class RunStore(RevisionLifecycle):
 
 def _note(err: ApiError | None) -> str:
     return f"failed: {err.message}" if err else ""
+
+
+def failure_details(project: str, region: str, failure: DeployError) -> list[dict]:
+    """The ErrorInfo Google sends with a quota refusal (none when the scenario says so)."""
+    if failure.reason is None:
+        return []
+    info = quota_error_info("run.googleapis.com", project, failure.quota_id, region)
+    info["reason"] = failure.reason
+    return [info]

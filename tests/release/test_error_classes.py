@@ -1,0 +1,241 @@
+"""The one classification of errors (tasks/errors.py), over every exception class a release
+can meet: google-api-core's, the REST transport's (requests, urllib3 via requests, google.auth),
+httpx's, the standard library's and our own. Then the same through the official clients over
+HTTP against the emulator's injected faults and its ErrorInfo."""
+
+from __future__ import annotations
+
+import inspect
+
+import google.auth.exceptions as gauth
+import httpx
+import pytest
+import requests
+from google.api_core import exceptions as gexc
+
+from flows.cloud_build_run import BuildFailedError
+from tasks.cloud_build import BuildTimeout
+from tasks.cloud_run import ReadyTimeout, RevisionFailed
+from tasks.deploy_errors import ConfigurationError, DeployFailed, QuotaDenied, classify
+from tasks.errors import (
+    PermanentError,
+    TransientError,
+    error_reason,
+    is_quota_error,
+    is_transient,
+    quota_kind,
+)
+
+GPU_QUOTA = "Quota exceeded for total allowable count of GPUs per project per region"
+RATE_INFO = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMIT_EXCEEDED"}
+QUOTA_INFO = {
+    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+    "reason": "RESOURCE_QUOTA_EXCEEDED",
+}
+
+
+def _httpx_status(code: int) -> httpx.HTTPStatusError:
+    request = httpx.Request("GET", "https://example.invalid/")
+    return httpx.HTTPStatusError(
+        "x", request=request, response=httpx.Response(code, request=request)
+    )
+
+
+def _google(cls, message="m", info=None):
+    return cls(message, details=[info] if info else [], error_info=info)
+
+
+TABLE = [
+    # google-api-core, as the REST transport raises them
+    (gexc.InternalServerError("boom"), True),
+    (gexc.BadGateway("502"), True),
+    (gexc.ServiceUnavailable("503"), True),
+    (gexc.GatewayTimeout("504"), True),
+    (gexc.DeadlineExceeded("deadline"), True),
+    (gexc.Unknown("unknown"), True),
+    (gexc.TooManyRequests("429"), True),
+    (_google(gexc.ResourceExhausted, "per minute", RATE_INFO), True),
+    (_google(gexc.TooManyRequests, "slow down", RATE_INFO), True),
+    (_google(gexc.TooManyRequests, "anything", QUOTA_INFO), False),
+    (gexc.TooManyRequests(GPU_QUOTA), False),  # no ErrorInfo: the text decides
+    (gexc.MethodNotImplemented("501"), False),
+    (gexc.BadRequest("400"), False),
+    (gexc.InvalidArgument("bad"), False),
+    (gexc.Unauthorized("401"), False),
+    (gexc.Forbidden("403"), False),
+    (gexc.PermissionDenied("no"), False),
+    (gexc.NotFound("404"), False),
+    (gexc.Conflict("409"), False),
+    (gexc.AlreadyExists("exists"), False),
+    (gexc.Aborted("etag"), False),
+    (gexc.FailedPrecondition("not ready"), False),
+    (gexc.Cancelled("cancelled"), False),
+    # the REST transport (requests, urllib3 wrapped by requests) and google.auth
+    (requests.exceptions.ConnectionError("reset"), True),
+    (requests.exceptions.ConnectTimeout("connect"), True),
+    (requests.exceptions.ReadTimeout("read"), True),
+    (requests.exceptions.Timeout("timeout"), True),
+    (requests.exceptions.ChunkedEncodingError("IncompleteRead"), True),
+    (requests.exceptions.SSLError("ssl"), True),  # a ConnectionError subclass, as api-core says
+    (requests.exceptions.InvalidURL("url"), False),
+    (requests.exceptions.MissingSchema("schema"), False),
+    (gauth.TransportError("token endpoint unreachable"), True),
+    (gauth.RefreshError("invalid_grant"), False),
+    (gauth.DefaultCredentialsError("no credentials"), False),
+    # httpx (the OCI registry and the canary probe)
+    (httpx.ConnectError("refused"), True),
+    (httpx.ReadTimeout("read"), True),
+    (httpx.ReadError("reset"), True),
+    (httpx.RemoteProtocolError("closed mid-body"), True),
+    (httpx.PoolTimeout("pool"), True),
+    (httpx.UnsupportedProtocol("ftp"), False),
+    (httpx.LocalProtocolError("ours"), False),
+    (_httpx_status(429), True),
+    (_httpx_status(502), True),
+    (_httpx_status(503), True),
+    (_httpx_status(404), False),
+    (_httpx_status(401), False),
+    # the standard library
+    (ConnectionResetError("reset"), True),
+    (ConnectionRefusedError("refused"), True),
+    (BrokenPipeError("pipe"), True),
+    (TimeoutError("t"), True),
+    (ValueError("v"), False),
+    (KeyError("k"), False),
+    (RuntimeError("r"), False),
+    # ours: a wait that ran out is a verdict, not a transient error
+    (ReadyTimeout("revision x not Ready after 600 s"), False),
+    (BuildTimeout("build b still WORKING after 3600s"), False),
+    (RevisionFailed("r", "Container failed to start"), False),
+    (PermanentError("p"), False),
+    (TransientError("t"), True),
+    (QuotaDenied("europe-west1", GPU_QUOTA), False),
+    (DeployFailed("europe-west1", "r", "m"), False),
+    (ConfigurationError("c"), False),
+    (BuildFailedError("b"), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"), TABLE, ids=[f"{type(e).__name__}-{i}" for i, (e, _) in enumerate(TABLE)]
+)
+def test_classification_table(exc, transient):
+    assert is_transient(exc) is transient
+
+
+def test_every_google_api_call_error_class_is_classified_by_its_code():
+    """No google-api-core error class is left to chance: 5xx but 501, 429, and the gRPC
+    UNAVAILABLE/DEADLINE_EXCEEDED/UNKNOWN/INTERNAL kinds are transient; every other is not."""
+    transient_grpc = {
+        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+        "UNKNOWN",
+        "INTERNAL",
+        "RESOURCE_EXHAUSTED",
+    }
+    seen = 0
+    for _, cls in inspect.getmembers(gexc, inspect.isclass):
+        if not issubclass(cls, gexc.GoogleAPICallError) or cls in (
+            gexc.GoogleAPICallError,
+            gexc.ClientError,
+            gexc.ServerError,
+            gexc.RetryError,
+        ):
+            continue
+        code = getattr(cls, "code", None)
+        grpc = getattr(getattr(cls, "grpc_status_code", None), "name", "")
+        expected = code in (429, 500, 502, 503, 504) or grpc in transient_grpc
+        assert is_transient(cls("m")) is expected, (cls.__name__, code, grpc)
+        seen += 1
+    assert seen >= 25
+
+
+def test_reason_decides_before_the_text():
+    # A rate limit whose text reads like an allocation quota: the ErrorInfo wins.
+    rate = _google(gexc.TooManyRequests, GPU_QUOTA, RATE_INFO)
+    assert quota_kind(rate) == "rate" and is_transient(rate)
+    # An allocation quota whose text says nothing about quota.
+    quota = _google(gexc.TooManyRequests, "Resource has been exhausted", QUOTA_INFO)
+    assert quota_kind(quota) == "quota" and not is_transient(quota)
+    assert isinstance(classify(quota, "europe-west1", "r"), QuotaDenied)
+    # Text only (what a revision's Ready condition carries).
+    assert is_quota_error("You do not have quota for using GPUs without zonal redundancy.")
+    assert quota_kind("Quota exceeded for quota metric 'Read requests' per minute") == "rate"
+    assert quota_kind("Container failed to start") is None
+
+
+def test_a_ready_timeout_is_a_failed_deploy_not_a_retry():
+    assert isinstance(classify(ReadyTimeout("not Ready"), "us-central1", "r"), DeployFailed)
+    assert isinstance(ReadyTimeout("x"), TimeoutError)  # still catchable as a timeout
+
+
+def test_transport_errors_during_a_deploy_are_retried_not_refusals():
+    exc = requests.exceptions.ConnectionError("Connection aborted.")
+    assert classify(exc, "us-central1", "r") is exc  # returned as is: the step retries it
+
+
+# ---------------------------------------------------------------- over HTTP, official clients
+
+
+def _services_client(cloud):
+    return cloud.services_client()
+
+
+@pytest.mark.parametrize("fault", [429, 502, 504, "reset"])
+def test_injected_faults_reach_the_client_as_transient(cloud, sandbox_admin, fault):
+    from sandbox.scenario import Scenario
+
+    scenario = Scenario().model_dump()
+    scenario["apis"]["run"] = {"first_n": 1, "error_codes": [fault]}
+    sandbox_admin.reset(scenario_data=scenario)
+    client = _services_client(cloud)
+    name = f"projects/{cloud.resolved_project()}/locations/europe-west1/services/nothing"
+    with pytest.raises(Exception) as first:
+        client.get_service(name=name, retry=None)
+    assert is_transient(first.value), repr(first.value)
+    if fault == 429:
+        assert error_reason(first.value) == "RATE_LIMIT_EXCEEDED"
+    with pytest.raises(gexc.NotFound) as second:  # the burst is over: a real answer
+        client.get_service(name=name, retry=None)
+    assert not is_transient(second.value)
+
+
+@pytest.mark.parametrize("where", ["api", "operation"])
+def test_quota_refusal_carries_google_error_info(cloud, sandbox_admin, where):
+    """A deploy over GPU quota: the ErrorInfo's reason, not the message, says "quota"."""
+    from google.cloud import run_v2
+
+    from sandbox.scenario import Scenario
+    from tasks import cloud_run as cr
+
+    scenario = Scenario().model_dump()
+    scenario["default_region"]["deploy_error"] = {
+        "message": "The request could not be fulfilled.",  # no quota phrase at all
+        "where": where,
+    }
+    sandbox_admin.reset(scenario_data=scenario)
+    project = cloud.resolved_project()
+    template = run_v2.RevisionTemplate(
+        containers=[
+            run_v2.Container(
+                image="registry.sandbox.local/x:1",
+                resources=run_v2.ResourceRequirements(
+                    limits={"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+                ),
+            )
+        ],
+        node_selector=run_v2.NodeSelector(accelerator="nvidia-l4"),
+        gpu_zonal_redundancy_disabled=True,
+    )
+    with pytest.raises(gexc.GoogleAPICallError) as err:
+        cr.create_service(
+            cloud.services_client(),
+            project,
+            "europe-west1",
+            run_v2.Service(template=template),
+            "quota-info",
+            timeout=10,
+        )
+    assert error_reason(err.value) == "RESOURCE_QUOTA_EXCEEDED"
+    assert is_quota_error(err.value) and not is_transient(err.value)
+    assert isinstance(classify(err.value, "europe-west1", "r"), QuotaDenied)

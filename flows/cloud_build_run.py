@@ -8,10 +8,12 @@ Dockerfile step, the error and the last log lines.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from google.cloud.devtools import cloudbuild_v1
 from prefect import get_run_logger, task
+from prefect.context import TaskRunContext
 from prefect.cache_policies import NO_CACHE
 
 from blocks.build_settings import BuildSettings
@@ -28,6 +30,14 @@ class BuildFailedError(PermanentError):
     def __init__(self, message: str, *, build_id: str = "", step: str = "", detail: str = ""):
         super().__init__(message)
         self.build_id, self.step, self.detail = build_id, step, detail
+
+
+SUBMISSION_PREFIX = "shipyard-submit-"
+
+
+def submission_tag() -> str:
+    """A build tag unique to one submission (Cloud Build tags: [\\w][\\w.-]{0,127})."""
+    return f"{SUBMISSION_PREFIX}{uuid.uuid4().hex}"
 
 
 @dataclass
@@ -51,9 +61,20 @@ class BuildRun:
     persist_result=False,
 )
 def submit_task(cloud: GoogleCloud, request: cloudbuild_v1.Build) -> str:
+    """Submit once: the request carries a unique submission tag (`submission_tag`), and a
+    retried attempt first looks for a build under that tag, so a timeout after Google accepted
+    the request does not start a second build."""
     client = cloud.builds_client()
+    project = cloud.resolved_project()
+    tag = next((t for t in request.tags if t.startswith(SUBMISSION_PREFIX)), None)
+    run = TaskRunContext.get()
+    if tag is not None and run is not None and run.task_run.run_count > 1:
+        earlier = cb.find_submitted(client, project, tag)
+        if earlier is not None:
+            get_run_logger().info("build %s was already submitted (tag %s)", earlier.id, tag)
+            return earlier.id
     try:
-        build = cb.submit_build(client, cloud.resolved_project(), request)
+        build = cb.submit_build(client, project, request)
     except Exception as exc:
         if is_transient(exc):
             raise
@@ -122,6 +143,8 @@ def run_cloud_build(
     """Submit, follow, read the log; raise BuildFailedError unless the build succeeded."""
     logger = get_run_logger()
     started = time.monotonic()
+    request = cloudbuild_v1.Build(request)
+    request.tags.append(submission_tag())
     build_id = submit_task(cloud, request)
     logger.info("%s: submitted Cloud Build %s", what, build_id)
     final = follow_task(cloud, build_id, settings.timeout_s + 120, settings.poll_s)

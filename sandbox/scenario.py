@@ -90,13 +90,14 @@ class RevisionFault(_Strict):
     )
 
 
-ApiFault = Literal[429, 500, 502, 503, 504, "reset"]
+ApiFault = Literal[429, 500, 502, 503, 504, "reset", "lost_answer"]
 
 
 class ApiBehaviour(_Strict):
     """Transient faults of one emulated API, each as Google (or its front end) answers it:
     429 with a RATE_LIMIT_EXCEEDED ErrorInfo, 500 INTERNAL, 502 as the front end's HTML page,
-    503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, "reset": the connection dropped mid-answer."""
+    503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, "reset": the connection dropped mid-answer before the
+    request was handled, "lost_answer": the request WAS handled, then the answer was lost."""
 
     latency_ms: int = Field(default=0, ge=0)
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -4,17 +4,18 @@ Plain typed functions over the official `cloudbuild_v1.CloudBuildClient` (REST) 
 google-cloud-logging's client; they know nothing of releases or cache tiers. Built-in client
 retries are off (`retry=None`): the caller's policy (tasks/errors.py) decides.
 
-Following a build polls `get_build` from `poll_s` with a x1.5 backoff up to `max_poll_s`
-(google-api-core's LRO polling starts at 1 s and grows to 60 s: too coarse for minute-long
-builds and for the sandbox). The log is read from Cloud Logging (resource type "build", label
+Following a build polls `get_build` with google-api-core's `Retry` as the poller, from
+`poll_s` with a x1.5 backoff up to `max_poll_s` (its default LRO polling starts at 1 s and grows
+to 60 s: too coarse for minute-long builds and for the sandbox). The log is read from Cloud Logging (resource type "build", label
 build_id), which is where `options.logging: CLOUD_LOGGING_ONLY` sends it.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
+from google.api_core.exceptions import RetryError
+from google.api_core.retry import Retry, if_exception_type
 from google.cloud.devtools import cloudbuild_v1
 
 from tasks.errors import WaitExpired
@@ -23,6 +24,7 @@ __all__ = [
     "TERMINAL",
     "BuildTimeout",
     "cancel_build",
+    "find_submitted",
     "fetch_build_log",
     "get_build",
     "submit_build",
@@ -54,6 +56,19 @@ def submit_build(
     return operation.metadata.build
 
 
+def find_submitted(
+    client: cloudbuild_v1.CloudBuildClient, project: str, submission_tag: str
+) -> cloudbuild_v1.Build | None:
+    """The build an earlier attempt submitted under `submission_tag` (a build tag), if Google
+    accepted it: list builds with `filter=tags="..."` (the Cloud Build filter syntax)."""
+    builds = client.list_builds(
+        project_id=project, filter=f'tags="{submission_tag}"', page_size=5, retry=None
+    )
+    for build in builds:
+        return build
+    return None
+
+
 def get_build(
     client: cloudbuild_v1.CloudBuildClient, project: str, build_id: str
 ) -> cloudbuild_v1.Build:
@@ -64,6 +79,10 @@ def cancel_build(
     client: cloudbuild_v1.CloudBuildClient, project: str, build_id: str
 ) -> cloudbuild_v1.Build:
     return client.cancel_build(project_id=project, id=build_id, retry=None)
+
+
+class _NotTerminal(Exception):
+    """Internal: the build still runs (google-api-core's poller retries on it only)."""
 
 
 def wait_build(
@@ -77,26 +96,36 @@ def wait_build(
     on_change: Callable[[cloudbuild_v1.Build], None] | None = None,
     get: Callable[[str], cloudbuild_v1.Build] | None = None,
 ) -> cloudbuild_v1.Build:
-    """Poll until the build is terminal; `on_change` sees each new status. `get` overrides the
-    read (e.g. a retried one)."""
+    """Poll until the build is terminal, with google-api-core's `Retry` as the poller;
+    `on_change` sees each new status. `get` overrides the read (e.g. a retried one)."""
     read = get or (lambda bid: get_build(client, project, bid))
-    deadline = time.monotonic() + timeout_s
-    delay, last = poll_s, None
-    while True:
+    last: list[object] = [None]
+
+    def check() -> cloudbuild_v1.Build:
         build = read(build_id)
-        if build.status != last:
-            last = build.status
+        if build.status != last[0]:
+            last[0] = build.status
             if on_change is not None:
                 on_change(build)
-        if build.status in TERMINAL:
-            return build
-        if time.monotonic() > deadline:
-            raise BuildTimeout(
-                f"build {build_id} still {build.status.name} after {timeout_s:.0f}s; it keeps "
-                "running on Cloud Build (cancel it there or raise the timeout)"
-            )
-        time.sleep(delay)
-        delay = min(max_poll_s, delay * 1.5)
+        if build.status not in TERMINAL:
+            raise _NotTerminal()
+        return build
+
+    poller = Retry(
+        predicate=if_exception_type(_NotTerminal),
+        initial=poll_s,
+        maximum=max_poll_s,
+        multiplier=1.5,
+        timeout=timeout_s,
+    )
+    try:
+        return poller(check)()
+    except RetryError as exc:
+        status = getattr(last[0], "name", last[0])
+        raise BuildTimeout(
+            f"build {build_id} still {status} after {timeout_s:.0f}s; it keeps "
+            "running on Cloud Build (cancel it there or raise the timeout)"
+        ) from exc
 
 
 def fetch_build_log(logging_client, project: str, build_id: str) -> list[str]:

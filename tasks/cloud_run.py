@@ -5,18 +5,22 @@ callers pass the clients, names and templates, and decide what an error means. T
 errors are raised as the client raises them (google.api_core exceptions) for the caller's retry
 policy; built-in client retries are switched off (`retry=None`) so one policy applies.
 
-Long-running operations are polled here, from `poll_s` with a x1.5 backoff (google-api-core's
-own polling starts at 1 s and grows to 20 s, far too slow for a local sandbox and too coarse to
-report a Ready condition promptly).
+Long-running operations are waited for with google-api-core's own poller
+(`operation.result(polling=...)`), and a revision's Ready condition with its `Retry`, both from
+`poll_s` with a x1.5 backoff (the default polling starts at 1 s and grows to 20 s, too coarse to
+report a Ready condition promptly). A wait that runs out raises ReadyTimeout: a verdict, never
+retried.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
+from google.api_core.future.polling import DEFAULT_POLLING
+from google.api_core.retry import Retry, if_exception_type
 from google.cloud import run_v2
 from google.protobuf import duration_pb2, field_mask_pb2
 
@@ -159,18 +163,22 @@ def tag_uri(service: run_v2.Service, tag: str) -> str | None:
 # ---------------------------------------------------------------- operations
 
 
+def polling(timeout: float, poll_s: float = 0.05, max_poll_s: float = 5.0) -> Retry:
+    """google-api-core's LRO polling, from `poll_s` x1.5 up to `max_poll_s`, for `timeout`."""
+    return DEFAULT_POLLING.with_delay(
+        initial=poll_s, maximum=max_poll_s, multiplier=1.5
+    ).with_timeout(timeout)
+
+
 def wait_operation(operation, *, timeout: float, poll_s: float = 0.05, max_poll_s: float = 5.0):
-    """Poll a google.api_core Operation until done; return its result or raise its error."""
-    deadline = time.monotonic() + timeout
-    delay = poll_s
-    while not operation.done(retry=None):
-        if time.monotonic() >= deadline:
-            raise ReadyTimeout(
-                f"operation {operation.operation.name} not done after {timeout:.0f} s"
-            )
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, max_poll_s)
-    return operation.result(timeout=0)
+    """Wait for a google.api_core Operation (`operation.result(polling=...)`); return its
+    result or raise its error; ReadyTimeout when it is not done within `timeout`."""
+    try:
+        return operation.result(polling=polling(timeout, poll_s, max_poll_s))
+    except FutureTimeout as exc:
+        raise ReadyTimeout(
+            f"operation {operation.operation.name} not done after {timeout:.0f} s"
+        ) from exc
 
 
 def create_service(
@@ -230,6 +238,10 @@ def set_traffic(
 # ---------------------------------------------------------------- readiness
 
 
+class _NotReadyYet(Exception):
+    """Internal: the revision is still reconciling (google-api-core's poller retries it)."""
+
+
 def wait_revision_ready(
     client: run_v2.RevisionsClient,
     name: str,
@@ -238,30 +250,40 @@ def wait_revision_ready(
     poll_s: float = 0.05,
     max_poll_s: float = 5.0,
 ) -> run_v2.Revision:
-    """Poll a revision until its Ready condition succeeds (returned) or fails (RevisionFailed).
+    """Poll a revision until its Ready condition succeeds (returned) or fails (RevisionFailed),
+    with google-api-core's poller (`Retry` on "not ready yet" only: API errors go to the caller).
 
     A revision that does not exist yet is waited for as well: Cloud Run creates it shortly
     after the service update that names it.
     """
-    deadline = time.monotonic() + timeout
-    delay = poll_s
-    last = "not created yet"
-    while True:
+    last = ["not created yet"]
+
+    def check() -> run_v2.Revision:
         revision = get_revision(client, name)
-        if revision is not None:
-            state, message = ready_state(revision)
-            if state == "succeeded":
-                return revision
-            if state == "failed":
-                reason = next((str(c.reason) for c in revision.conditions if c.type_ == READY), "")
-                raise RevisionFailed(short_name(name), message or "no message", reason)
-            last = message or "reconciling"
-        if time.monotonic() >= deadline:
-            raise ReadyTimeout(
-                f"revision {short_name(name)} not Ready after {timeout:.0f} s (last: {last})"
-            )
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, max_poll_s)
+        if revision is None:
+            raise _NotReadyYet()
+        state, message = ready_state(revision)
+        if state == "succeeded":
+            return revision
+        if state == "failed":
+            reason = next((str(c.reason) for c in revision.conditions if c.type_ == READY), "")
+            raise RevisionFailed(short_name(name), message or "no message", reason)
+        last[0] = message or "reconciling"
+        raise _NotReadyYet()
+
+    poller = Retry(
+        predicate=if_exception_type(_NotReadyYet),
+        initial=poll_s,
+        maximum=max_poll_s,
+        multiplier=1.5,
+        timeout=timeout,
+    )
+    try:
+        return poller(check)()
+    except gexc.RetryError as exc:
+        raise ReadyTimeout(
+            f"revision {short_name(name)} not Ready after {timeout:.0f} s (last: {last[0]})"
+        ) from exc
 
 
 def seconds(value: float) -> duration_pb2.Duration:

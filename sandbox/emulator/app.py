@@ -126,6 +126,9 @@ def create_app(
             if failing:
                 fault = state.rng.choice(behaviour.error_codes)
                 state.calls[f"fault.{api}"] += 1
+                if fault == "lost_answer":
+                    await call_next(request)  # Google did it; the answer never arrives
+                    return DroppedConnection()
                 return injected_fault(fault, api)
         return await call_next(request)
 

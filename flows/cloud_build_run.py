@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from google.cloud.devtools import cloudbuild_v1
 from prefect import get_run_logger, task
-from prefect.context import TaskRunContext
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 
 from blocks.build_settings import BuildSettings
 from blocks.cloud import GoogleCloud

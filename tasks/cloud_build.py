@@ -62,7 +62,10 @@ def find_submitted(
     """The build an earlier attempt submitted under `submission_tag` (a build tag), if Google
     accepted it: list builds with `filter=tags="..."` (the Cloud Build filter syntax)."""
     builds = client.list_builds(
-        project_id=project, filter=f'tags="{submission_tag}"', page_size=5, retry=None
+        request=cloudbuild_v1.ListBuildsRequest(
+            project_id=project, filter=f'tags="{submission_tag}"', page_size=5
+        ),
+        retry=None,
     )
     for build in builds:
         return build

@@ -204,6 +204,12 @@ class CanaryPolicy(Block):
         description="1 - canary median / CPU baseline must reach this (default: >= 30%); "
         "None: not checked",
     )
+    baseline_max_age_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="re-measure the recorded CPU baseline when it is older than this (it is "
+        "also re-measured whenever the CPU template changes)",
+    )
     check_image: bool = Field(
         default=True, description="response decodes as an image of the input's size"
     )
@@ -300,6 +306,13 @@ class ReleaseTarget(Block):
     )
     lock_timeout_s: float = Field(
         default=30.0, ge=0, description="wait this long for another release of the service"
+    )
+    slot_lease_s: float = Field(
+        default=60.0,
+        ge=60,
+        le=3600,
+        description="lease of the service's release slot, renewed while the release lives; a "
+        "crashed release elsewhere blocks the service at most this long (Prefect's minimum: 60)",
     )
 
     @field_validator("gpu_template", "cpu_template", mode="before")
@@ -413,3 +426,10 @@ def revision_name(service: str, git_tag: str, suffix: str = "") -> str:
             f"service={service!r} is too long to name revisions: keep it under {63 - 10} characters"
         )
     return sanitize_name(f"{service}-{tag[:room]}-{digest}{tail}", 63)
+
+
+def cpu_template_fingerprint(target: ReleaseTarget) -> str:
+    """What the CPU baseline was measured on: a recorded figure for another template is stale."""
+    import hashlib
+
+    return hashlib.sha256(target.cpu_template.model_dump_json().encode()).hexdigest()[:16]

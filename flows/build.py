@@ -147,7 +147,11 @@ def _pull_bytes(new: il.ImageFacts, previous: il.ImageFacts | None) -> int:
     return sum(size for digest, size in new.layers if digest not in have)
 
 
-@flow(name="build-release-image", **stage_hooks("build"))
+@flow(
+    timeout_seconds=2 * 3600,  # bounded: a stuck run ends TimedOut
+    name="build-release-image",
+    **stage_hooks("build"),
+)
 def build_release_image(
     git_tag: str,
     commit: str,

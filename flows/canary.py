@@ -29,7 +29,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 from pydantic import BaseModel, SecretStr
 
-from blocks.release_target import CanaryPolicy, sanitize_name
+from blocks.release_target import (
+    CanaryPolicy,
+    ReleaseTarget,
+    cpu_template_fingerprint,
+    sanitize_name,
+)
 from flows.progress import Progress
 from flows.region_deploy import deploy_revision
 from flows.release_steps import StepLog, note_attempt
@@ -327,6 +332,19 @@ def untag_step(ctx: RunContext, region: str, tag: str) -> None:
     cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
 
 
+def baseline_still_valid(target: ReleaseTarget, record: dict) -> bool:
+    """A recorded CPU baseline counts while it is younger than the policy's limit and was
+    measured on the CPU template the target has now (else it is measured again)."""
+    if record.get("cpu_template") != cpu_template_fingerprint(target):
+        return False
+    try:
+        measured = dt.datetime.fromisoformat(str(record.get("cpu_baseline_at")))
+    except ValueError:
+        return False
+    age = dt.datetime.now(dt.UTC) - measured
+    return age <= dt.timedelta(days=target.canary.baseline_max_age_days)
+
+
 def baseline_latency(
     ctx: RunContext,
     steps: StepLog,
@@ -338,7 +356,7 @@ def baseline_latency(
     if ctx.target.canary.min_speedup is None:
         return None, "skipped"  # no speed-up check: nothing to measure
     record = recorded_release(ctx.target.service) or {}
-    if record.get("cpu_baseline_ms"):
+    if record.get("cpu_baseline_ms") and baseline_still_valid(ctx.target, record):
         return float(record["cpu_baseline_ms"]), "recorded"
     url, tag = steps.run("cpu-baseline", baseline_url_step, ctx, region)
     bearer = invoker_token(ctx, url)

@@ -291,7 +291,11 @@ async def _keep_pin(result: dict[str, Any], pin: dict[str, Any], status: str, me
     return result
 
 
-@flow(name="mirror_base_image", **stage_hooks("mirror", resource_parameter="destination"))
+@flow(
+    timeout_seconds=3600,  # bounded: a stuck run ends TimedOut
+    name="mirror_base_image",
+    **stage_hooks("mirror", resource_parameter="destination"),
+)
 async def mirror_base_image(
     source: str,
     destination: str,

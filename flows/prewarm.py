@@ -167,7 +167,11 @@ def apply_retention(repository: str, tier_names: list[str], keep: int) -> list[s
     return run_coro_as_sync(go())
 
 
-@flow(name="prewarm-cache-tiers", **stage_hooks("prewarm"))
+@flow(
+    timeout_seconds=3 * 3600,  # bounded: a stuck run ends TimedOut
+    name="prewarm-cache-tiers",
+    **stage_hooks("prewarm"),
+)
 def prewarm_cache_tiers(
     force: bool = False,
     revision: str = "HEAD",

@@ -6,14 +6,14 @@ release wants: the figures of the GPU variant it deploys (plus CPU and memory) p
 pydantic values for its typed result; all candidate regions' preferences filed and polled at
 the same time (threads), not one region after another.
 
-The wrapped functions are Prefect tasks; their plain functions (`.fn`) are called here, from
-inside the release's own step tasks, so that retries, their delays and the attempt count live
-in one place (the release target's retry settings).
+The wrapped functions are Prefect tasks with their own retries on transient errors
+(tasks/errors.py decides); they are called as tasks — one task run per region, submitted
+side by side (`.submit`), so the UI shows each region's filing and polling and Prefect retries
+each one. The release step that calls them does not retry again (one retry mechanism).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from pydantic import BaseModel
@@ -65,8 +65,9 @@ def read_region_quotas(
     *,
     zonal_redundancy: bool,
 ) -> list[RegionQuota]:
-    """One round of Cloud Quotas reads for every region (tasks/quotas.read_region_capacity)."""
-    capacity = read_region_capacity.fn(cloud, regions, project=project)
+    """One round of Cloud Quotas reads for every region (the task tasks/quotas.read_region_capacity,
+    retried by Prefect on transient errors)."""
+    capacity = read_region_capacity(cloud, regions, project=project)
     return [
         RegionQuota(
             region=region,
@@ -90,8 +91,10 @@ def file_preferences(
 ) -> dict[str, bool]:
     """File one preference per region, in parallel; region -> True when this call filed it."""
 
-    def one(region: str) -> bool:
-        request = file_quota_preference.fn(
+    futures = {
+        region: file_quota_preference.with_options(
+            task_run_name=f"file-preference:{region}"
+        ).submit(
             cloud,
             quota_id=quota_id,
             region=region,
@@ -101,10 +104,9 @@ def file_preferences(
             preference_id=ids[region],
             project=project,
         )
-        return request.created
-
-    with ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
-        return dict(zip(ids, pool.map(one, ids), strict=True))
+        for region in ids
+    }
+    return {region: future.result().created for region, future in futures.items()}
 
 
 def poll_preferences(
@@ -119,31 +121,33 @@ def poll_preferences(
     """Wait for every preference's decision at the same time, within one budget."""
     parent = f"projects/{project}/locations/global/quotaPreferences"
 
-    def one(region: str) -> PreferenceState:
-        decision = wait_quota_decision.fn(
+    futures = {
+        region: wait_quota_decision.with_options(task_run_name=f"poll-preference:{region}").submit(
             cloud,
             f"{parent}/{ids[region]}",
             budget_s=budget_s,
             first_delay_s=initial_s,
             max_delay_s=max_s,
         )
-        return PreferenceState(
-            region=region,
-            preference_id=ids[region],
-            state="reconciling" if decision.status == "pending" else decision.status,
-            granted_value=decision.granted_value,
-            polls=decision.polls,
-            message=decision.state_detail,
-        )
-
+        for region in ids
+    }
     progress = Progress(f"quota-{project}", f"Waiting for quota decisions in {', '.join(ids)}")
     states: list[PreferenceState] = []
-    with ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
-        for state in pool.map(one, ids):
-            states.append(state)
-            progress.update(
-                len(states),
-                len(ids),
-                "; ".join(f"{s.region}: {s.state} after {s.polls} polls" for s in states),
+    for region, future in futures.items():
+        decision = future.result()
+        states.append(
+            PreferenceState(
+                region=region,
+                preference_id=ids[region],
+                state="reconciling" if decision.status == "pending" else decision.status,
+                granted_value=decision.granted_value,
+                polls=decision.polls,
+                message=decision.state_detail,
             )
+        )
+        progress.update(
+            len(states),
+            len(ids),
+            "; ".join(f"{s.region}: {s.state} after {s.polls} polls" for s in states),
+        )
     return states

@@ -101,7 +101,7 @@ def quota_preferences_step(ctx: RunContext, regions: list[str]) -> list[Preferen
 def decide_regions(ctx: RunContext, steps: StepLog, *, allow_requests: bool) -> RegionChoice:
     """Candidate regions in order: those whose quota fits, else those granted on request."""
     target = ctx.target
-    quotas = steps.run("quota", read_quotas_step, ctx)
+    quotas = steps.run_with("quota", 0, [], read_quotas_step, ctx)  # the read retries itself
     verdicts = {q.region: fits(q, target) for q in quotas}
     for q in quotas:
         q.fits, q.why = verdicts[q.region]
@@ -120,7 +120,7 @@ def decide_regions(ctx: RunContext, steps: StepLog, *, allow_requests: bool) -> 
     if not lacking:
         decision.reason = "no region fits (CPU or memory quota), and only GPU quota is requested"
         return decision
-    preferences = steps.run("quota-preferences", quota_preferences_step, ctx, lacking)
+    preferences = steps.run_with("quota-preferences", 0, [], quota_preferences_step, ctx, lacking)
     decision.preferences = preferences
     decision.requested = True
     decision.candidates = [p.region for p in preferences if p.granted]

@@ -22,22 +22,16 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.variables import Variable
 from pydantic import BaseModel
 
-from blocks.release_target import ReleaseTarget, sanitize_name
+from blocks.release_target import ReleaseTarget, cpu_template_fingerprint
 from flows.canary import CanaryReport, recorded_release, release_variable, run_canary
 from flows.ledger import record_release
 from flows.observe import observed_release, release_crashed
@@ -50,6 +44,8 @@ from flows.region_deploy import (
     deploy_gpu_step,
     find_existing_step,
 )
+from flows.release_hooks import abort_cleanup, canary_verdict, record_verdict
+from flows.release_slot import ReleaseError, ensure_slot, release_slot, slot_name
 from flows.release_steps import Step, StepLog, note_attempt
 from flows.run_context import MAX_ATTEMPTS, RunContext, attempt_name
 from flows.stage_events import stage
@@ -61,16 +57,34 @@ from flows.traffic import (
     rollback_step,
     serving_url_variable,
 )
+from tasks import cloud_run as cr
 from tasks.deploy_errors import ConfigurationError, DeployFailed, QuotaDenied, is_quota_message
-from tasks.errors import PermanentError
 from tasks.git_source import redact_credentials
 from tasks.reports import markdown_table, publish_markdown
 
 Outcome = Literal["released", "rolled_back", "cpu_fallback", "planned"]
 
+# A release that runs longer than this is stopped by Prefect (TimedOut): 3 h covers a cold
+# build of a CUDA image, the quota budget and the canary with room to spare.
+RELEASE_TIMEOUT_S = 3 * 3600
 
-class ReleaseError(PermanentError):
-    """The release stopped (configuration, build, or another release holds the service)."""
+__all__ = ["ReleaseError", "ensure_slot", "release", "slot_name"]
+
+
+def check_exposure(target: ReleaseTarget, git_tag: str) -> None:
+    """Refuse a release that would leave the service public unless the target says so."""
+    if target.public:
+        return
+    ctx = RunContext(target, git_tag, None)
+    for region in target.regions:
+        service = cr.get_service(ctx.services, ctx.service_name(region))
+        if service is not None and service.invoker_iam_disabled:
+            raise ConfigurationError(
+                f"service {target.service} in {region} has invoker IAM disabled (anyone on the "
+                "internet can call it), and ReleaseTarget.public is False: a release would keep "
+                "it public. Re-enable invoker IAM on the service, or set public=True on the "
+                "target if the service is meant to be public"
+            )
 
 
 class CanaryFigures(BaseModel):
@@ -157,45 +171,6 @@ class ReleaseResult(BaseModel):
     flow_run_id: str | None = None
 
 
-# ---------------------------------------------------------------- one release per service
-
-
-def slot_name(service: str) -> str:
-    return sanitize_name(f"shipyard-release-{service}", 255)
-
-
-def ensure_slot(name: str) -> None:
-    """The global concurrency limit (1 slot) for a service; created once."""
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=1)
-                )
-            except ObjectAlreadyExists:
-                pass
-
-
-@contextmanager
-def release_slot(service: str, timeout_s: float) -> Iterator[None]:
-    name = slot_name(service)
-    ensure_slot(name)
-    acquired = False
-    try:
-        with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
-            acquired = True
-            yield
-    except TimeoutError as exc:
-        if acquired:
-            raise
-        raise ReleaseError(
-            f"another release of service {service!r} holds the slot {name!r} "
-            f"(waited {timeout_s:.0f} s): one release per service at a time"
-        ) from exc
-
-
 # ---------------------------------------------------------------- build adapter
 
 
@@ -264,7 +239,9 @@ def resolve_target(target: ReleaseTarget | str) -> ReleaseTarget:
     name="release",
     flow_run_name="release-{git_tag}",
     log_prints=False,
-    on_crashed=[release_crashed],
+    timeout_seconds=RELEASE_TIMEOUT_S,
+    on_cancellation=[abort_cleanup],
+    on_crashed=[release_crashed, abort_cleanup],
 )
 def release(
     git_tag: str,
@@ -278,7 +255,8 @@ def release(
     with observed_release(resolved, git_tag):  # scope, release events, Cloud Logging
         if dry_run:
             return Release(resolved, git_tag, image, commit).run(dry_run=True)
-        with release_slot(resolved.service, resolved.lock_timeout_s):
+        with release_slot(resolved.service, resolved.lock_timeout_s, resolved.slot_lease_s):
+            check_exposure(resolved, git_tag)
             return Release(resolved, git_tag, image, commit).run(dry_run=False)
 
 
@@ -342,6 +320,21 @@ class Release:
             result.outside_primary = found.region != self.target.primary_region
             result.reasons.append(f"{result.revision} already serves 100% in {found.region}")
             steps.skip("build", "the tag's revision already serves")
+            verdict = canary_verdict(self.target.service, result.revision or ctx.gpu_revision)
+            if verdict is not None:
+                result.canary = CanaryFigures.model_validate(verdict)
+            else:
+                result.reasons.append("no recorded canary verdict for the serving revision")
+            if not dry_run and (result.outside_primary or self._published_elsewhere(found.uri)):
+                result.serving_url_variable = self.steps.run(
+                    "publish-url",
+                    publish_url_step,
+                    self.target,
+                    found.region,
+                    result.revision,
+                    found.uri,
+                    self.git_tag,
+                )
             if dry_run:
                 result.plan = ReleasePlan(
                     image=ctx.image or "(already deployed)",
@@ -483,7 +476,9 @@ class Release:
             untried = [r for r in self.target.regions if r not in tried]
             if not untried:
                 return None
-            prefs = self.steps.run("quota-preferences", quota_preferences_step, ctx, untried)
+            prefs = self.steps.run_with(
+                "quota-preferences", 0, [], quota_preferences_step, ctx, untried
+            )
             decision.requested = True
             result.preferences = prefs
             candidates = [p.region for p in prefs if p.granted]
@@ -523,6 +518,8 @@ class Release:
         result.canary = CanaryFigures.of(report)
         self._baseline_ms = report.baseline_ms
         if report.passed:
+            # Persisted BEFORE the cutover: a re-run after a kill right here knows why it serves.
+            record_verdict(self.target.service, deployed.revision, result.canary.model_dump())
             outcome = self.steps.run("cutover", cutover_step, ctx, region, deployed.revision)
             self._serving(outcome)
             result.outcome = "released"
@@ -591,7 +588,16 @@ class Release:
     def _record(self) -> None:
         result = self.result
         previous = recorded_release(result.service) or {}
+        measured = result.canary is not None and result.canary.baseline_source == "measured"
         baseline = getattr(self, "_baseline_ms", None) or previous.get("cpu_baseline_ms")
+        baseline_at = (
+            result.canary.judged_at
+            if measured and result.canary is not None
+            else previous.get("cpu_baseline_at")
+        )
+        template = (
+            cpu_template_fingerprint(self.target) if measured else previous.get("cpu_template")
+        )
         record = {
             "git_tag": result.git_tag,
             "outcome": result.outcome,
@@ -600,10 +606,13 @@ class Release:
             "url": result.url,
             "image": result.image,
             "cpu_baseline_ms": baseline,
+            "cpu_baseline_at": baseline_at,
+            "cpu_template": template,
             "canary_p95_ms": result.canary.p95_ms if result.canary else None,
             "recorded_at": dt.datetime.now(dt.UTC).isoformat(),
         }
-        if result.noop and previous:
+        if result.noop and previous and previous.get("revision") == result.revision:
+            # The same release again: keep what its first run knew (image, figures).
             record = {**previous, "recorded_at": record["recorded_at"]}
         Variable.set(release_variable(result.service), record, overwrite=True)
 

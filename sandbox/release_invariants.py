@@ -27,11 +27,13 @@ def _when(text: str) -> dt.datetime:
 
 
 def passed_canaries(results) -> dict[str, dt.datetime]:
-    """revision -> when its canary passed, from ReleaseResults."""
-    out = {}
+    """revision -> when its canary passed, from ReleaseResults (a no-op re-run after a crash
+    reports the verdict its killed predecessor persisted before the cutover: it counts too)."""
+    out: dict[str, dt.datetime] = {}
     for r in results:
-        if r.canary is not None and r.canary.passed and r.outcome == "released" and not r.noop:
-            out[r.revision] = _when(r.canary.judged_at)
+        if r.canary is not None and r.canary.passed and r.outcome == "released":
+            when = _when(r.canary.judged_at)
+            out[r.revision] = min(when, out.get(r.revision, when))
     return out
 
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from google.api_core.exceptions import RetryError
-from google.api_core.retry import Retry, if_exception_type
 from google.cloud.devtools import cloudbuild_v1
 
-from tasks.errors import WaitExpired
+from tasks.errors import WaitExpired, poll_until
 
 __all__ = [
     "TERMINAL",
@@ -114,13 +113,7 @@ def wait_build(
             raise _NotTerminal()
         return build
 
-    poller = Retry(
-        predicate=if_exception_type(_NotTerminal),
-        initial=poll_s,
-        maximum=max_poll_s,
-        multiplier=1.5,
-        timeout=timeout_s,
-    )
+    poller = poll_until(_NotTerminal, initial=poll_s, maximum=max_poll_s, timeout=timeout_s)
     try:
         return poller(check)()
     except RetryError as exc:

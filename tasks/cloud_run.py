@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
 from google.api_core.future.polling import DEFAULT_POLLING
-from google.api_core.retry import Retry, if_exception_type
+from google.api_core.retry import Retry
 from google.cloud import run_v2
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from tasks.errors import WaitExpired
+from tasks.errors import WaitExpired, poll_until
 
 __all__ = [
     "ReadyTimeout",
@@ -271,13 +271,7 @@ def wait_revision_ready(
         last[0] = message or "reconciling"
         raise _NotReadyYet()
 
-    poller = Retry(
-        predicate=if_exception_type(_NotReadyYet),
-        initial=poll_s,
-        maximum=max_poll_s,
-        multiplier=1.5,
-        timeout=timeout,
-    )
+    poller = poll_until(_NotReadyYet, initial=poll_s, maximum=max_poll_s, timeout=timeout)
     try:
         return poller(check)()
     except gexc.RetryError as exc:

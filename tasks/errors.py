@@ -32,6 +32,7 @@ __all__ = [
     "TransientError",
     "WaitExpired",
     "backoff_delay",
+    "poll_until",
     "error_reason",
     "is_quota_error",
     "is_transient",
@@ -185,3 +186,18 @@ def backoff_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     """Exponential backoff with jitter for retry number `attempt` (1-based): in [d/2, d]."""
     delay = min(cap, base * (2 ** max(0, attempt - 1)))
     return delay / 2 + random.uniform(0, delay / 2)
+
+
+def poll_until(not_yet: type[Exception], *, initial: float, maximum: float, timeout: float):
+    """google-api-core's `Retry` used as a poller: call again while the check raises `not_yet`
+    (from `initial` s, x1.5, up to `maximum` s), give up with RetryError after `timeout` s.
+    Any other exception ends the wait at once."""
+    from google.api_core.retry import Retry, if_exception_type
+
+    return Retry(
+        predicate=if_exception_type(not_yet),
+        initial=initial,
+        maximum=maximum,
+        multiplier=1.5,
+        timeout=timeout,
+    )

@@ -3,39 +3,11 @@ second time: the retried attempt finds the build by its unique submission tag.""
 
 from __future__ import annotations
 
-from google.cloud.devtools import cloudbuild_v1 as cb
 from prefect import flow
+from test_cloud_build_api import _request  # the same small build request
 
 from blocks.build_settings import BuildSettings
 from flows.cloud_build_run import SUBMISSION_PREFIX, run_cloud_build
-
-
-def _request(app_repo, base_image: str, repo: str) -> cb.Build:
-    return cb.Build(
-        source=cb.Source(
-            git_source=cb.GitSource(url=app_repo.url, revision=app_repo.head(), dir=app_repo.dir)
-        ),
-        steps=[
-            cb.BuildStep(
-                name="gcr.io/cloud-builders/docker",
-                args=[
-                    "buildx",
-                    "build",
-                    "--progress=plain",
-                    "--build-arg",
-                    f"BASE_IMAGE={base_image}",
-                    "--target",
-                    "python-deps",
-                    "--tag",
-                    f"{repo}:submit-once",
-                    "--push",
-                    ".",
-                ],
-            )
-        ],
-        options=cb.BuildOptions(logging=cb.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY),
-        timeout={"seconds": 120},
-    )
 
 
 def test_lost_answer_to_create_build_does_not_start_a_second_build(

@@ -103,7 +103,7 @@ def test_killed_mid_canary_then_rerun_converges_and_frees_the_slot(
     from prefect.client.orchestration import get_client
 
     # Slow pages: the canary takes a while, long enough to be killed in the middle of it.
-    stage(serving={"gpu_ms": 400, "cpu_ms": 4000})
+    stage(serving={"gpu_ms": 100, "cpu_ms": 1000})
     target = make_target(lock_timeout_s=1)
     block = f"kill-{target.service}"[:60]
     target.save(block, overwrite=True)

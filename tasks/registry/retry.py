@@ -66,7 +66,7 @@ class RetryBudget:
         pause = (
             retry_after
             if retry_after is not None
-            else backoff_delay(attempt, self.backoff_base, self.backoff_cap)
+            else backoff_delay(min(attempt, 32), self.backoff_base, self.backoff_cap)
         )
         if self.elapsed + pause > self.budget:
             return None

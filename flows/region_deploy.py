@@ -157,7 +157,8 @@ def clear_failed_step(ctx: RunContext, region: str, revision: str) -> bool:
     service = cr.get_service(ctx.services, ctx.service_name(region))
     if service is None:
         return False
-    current = cr.traffic_of(service)
+    # Both shapes: what is asked (spec: a refused update keeps it) and what serves.
+    current = cr.traffic_of(service) + cr.serving_traffic(service)
     if not any(t.revision == revision or t.tag == CANARY_TAG for t in current):
         return False
     traffic = pinned_traffic(service, drop={revision})
@@ -190,7 +191,7 @@ def find_existing_step(ctx: RunContext) -> list[ExistingRevision]:
         uri = ""
         if service is not None:
             uri = service.uri
-            for t in cr.traffic_of(service):
+            for t in cr.serving_traffic(service):  # what serves, not what was asked
                 if t.revision == name:
                     percent += t.percent
                     if t.tag:

@@ -15,12 +15,13 @@ BASELINE_TAG = "baseline"
 def pinned_traffic(
     service: run_v2.Service, drop: frozenset[str] | set[str] = frozenset()
 ) -> list[cr.Traffic]:
-    """The current split with LATEST replaced by the revision it means (Cloud Run: the latest
-    *ready* revision), so that a template change cannot move traffic; without the `canary` tag,
-    without revisions in `drop`, without untagged 0% entries."""
+    """The split the service serves (trafficStatuses: after a failed update the spec still
+    holds what was refused) with LATEST replaced by the revision it means (Cloud Run: the
+    latest *ready* revision), so that a template change cannot move traffic; without the
+    `canary` tag, without revisions in `drop`, without untagged 0% entries."""
     latest = cr.short_name(service.latest_ready_revision) if service.latest_ready_revision else ""
     pinned: list[cr.Traffic] = []
-    for t in cr.traffic_of(service):
+    for t in cr.serving_traffic(service):
         revision = latest if t.latest else t.revision
         tag = None if t.tag == CANARY_TAG else t.tag
         if not revision or revision in drop:

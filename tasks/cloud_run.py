@@ -37,6 +37,7 @@ __all__ = [
     "ready_state",
     "revision_path",
     "service_path",
+    "serving_traffic",
     "set_traffic",
     "tag_uri",
     "traffic_of",
@@ -149,6 +150,25 @@ def traffic_of(service: run_v2.Service) -> list[Traffic]:
             latest=t.type_ == LATEST,
         )
         for t in service.traffic
+    ]
+
+
+def serving_traffic(service: run_v2.Service) -> list[Traffic]:
+    """What the service serves (trafficStatuses) as plain values. After a failed update
+    Google keeps the requested `traffic` while the statuses keep the last serving state
+    (google/cloud/run/v2/service.proto, Service.reconciling); before the first reconcile
+    there are no statuses: the spec then."""
+    if not service.traffic_statuses:
+        return traffic_of(service)
+    latest = short_name(service.latest_ready_revision) if service.latest_ready_revision else None
+    return [
+        Traffic(
+            revision=t.revision or (latest if t.type_ == LATEST else None),
+            percent=t.percent,
+            tag=t.tag or None,
+            latest=t.type_ == LATEST,
+        )
+        for t in service.traffic_statuses
     ]
 
 

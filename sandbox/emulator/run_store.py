@@ -7,9 +7,9 @@ shows `reconciling` until the operation is done). Rules that mirror Google:
 - a new revision is created when the template changes; traffic-only updates create none;
   `template.revision` names it (must start with "{service}-"; a name that exists with a
   different template is 409 ALREADY_EXISTS), else `{service}-{generation:05d}-{abc}`;
-- traffic is validated (percents add up to 100, named revisions exist, tags unique);
-  traffic that would reach a revision that is not Ready is refused: the operation fails
-  and the traffic stays where it was;
+- traffic is validated (percents add up to 100, tags unique); traffic that names a missing
+  revision, or would reach a revision that is not Ready, fails the operation: the requested
+  `traffic` is kept, `trafficStatuses` stay where they were;
 - LATEST means the latest *ready* revision.
 
 Deploy failures come from the scenario (per region): quota shortfall (GPU / CPU / memory,
@@ -168,7 +168,6 @@ class RunStore(RevisionLifecycle):
             self.state.calls["run.service_created"] += 1
         else:
             svc = existing
-            old_traffic = svc.spec.get("traffic", [])
             svc.spec = spec
             svc.generation += 1
         svc.update_time = now
@@ -191,9 +190,12 @@ class RunStore(RevisionLifecycle):
         if refused is not None:
             self.state.calls["run.traffic_refused"] += 1
             op_error = op_error or refused
-            if existing is not None:
-                svc.spec["traffic"] = old_traffic  # Google: the traffic stays where it was
-            else:
+            # Google keeps the requested `traffic`; only `trafficStatuses` (and
+            # latestReadyRevision) keep the last serving state: "If reconciliation failed,
+            # traffic_statuses, observed_generation, and latest_ready_revision will have the
+            # state of the last serving revision, or empty for newly created Services."
+            # (google/cloud/run/v2/service.proto, Service.reconciling)
+            if existing is None:
                 svc.statuses = []
         else:
             svc.statuses = statuses

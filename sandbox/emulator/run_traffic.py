@@ -17,9 +17,13 @@ class TrafficRules(RunIndex):
     """Traffic validation, resolution, history and routing over the index."""
 
     def _status_json(self, svc: Service, status: dict) -> dict:
-        out = {"type": status["type"], "percent": status["percent"]}
-        if status["type"] == REVISION:
-            out["revision"] = status["revision"].rsplit("/", 1)[-1]
+        # A status names the revision the traffic reaches, LATEST included ("These entries
+        # will always contain RevisionName references", Cloud Run's ServiceStatus.traffic).
+        out = {
+            "type": status["type"],
+            "percent": status["percent"],
+            "revision": status["revision"].rsplit("/", 1)[-1],
+        }
         if status.get("tag"):
             out["tag"] = status["tag"]
             out["uri"] = self.uri(svc, status["tag"])
@@ -49,12 +53,6 @@ class TrafficRules(RunIndex):
             if kind == REVISION:
                 if not rev:
                     raise ApiError(400, f"service.traffic[{i}].revision: a revision is required.")
-                if rev != new_rev and f"{service}/revisions/{rev}" not in self.revisions:
-                    raise ApiError(
-                        400,
-                        f"service.traffic[{i}].revision: Revision '{rev}' referenced in "
-                        "traffic not found.",
-                    )
             percent = target.get("percent", 0)
             if not 0 <= percent <= 100:
                 raise ApiError(
@@ -101,7 +99,16 @@ class TrafficRules(RunIndex):
                     )
             else:
                 rev_name = f"{svc.name}/revisions/{target['revision']}"
-            rev = self.revisions[rev_name]
+            rev = self.revisions.get(rev_name)
+            if rev is None:
+                # Not a synchronous 400: the operation fails, code 13, with Google's text
+                # (quoted from a real deploy in terraform-google-modules/terraform-docs-samples#269).
+                return [], ApiError(
+                    500,
+                    f"Revision '{target['revision']}' does not exist or is deleted. Update all "
+                    "traffic to route to currently available revisions.",
+                    status="INTERNAL",
+                )
             if not rev.ready and (percent > 0 or tag):
                 return [], ApiError(
                     400,

@@ -85,9 +85,16 @@ def test_never_ready_revision_keeps_traffic_on_the_old_one(sandbox_admin, cloud)
         services.update_service(service=svc).result(polling=FAST)
 
     after = services.get_service(name=good.name)
-    assert [(s.revision, s.percent, s.tag) for s in after.traffic_statuses] == [("", 100, "")]
+    assert [(s.revision, s.percent, s.tag) for s in after.traffic_statuses] == [
+        ("steady-v1", 100, "")
+    ]
     assert short(after.latest_ready_revision) == "steady-v1"
-    assert after.traffic[0].percent == 100  # the refused traffic spec was not kept
+    # As Google (service.proto, Service.reconciling): the requested traffic is kept, only the
+    # statuses keep the last serving state.
+    assert [(t.revision, t.percent, t.tag) for t in after.traffic] == [
+        ("steady-v1", 0, "prev"),
+        ("steady-v2", 100, "canary"),
+    ]
     broken = cloud.revisions_client().get_revision(name=f"{good.name}/revisions/steady-v2")
     assert broken.conditions[0].state == FAILED
     health = httpx.get(after.uri + "/health", timeout=10).json()
@@ -260,3 +267,21 @@ def test_gpu_quota_refused_on_update_fails_the_revision_by_default(sandbox_admin
     )
     rev = cloud.revisions_client().get_revision(name=f"{base.name}/revisions/upd-quota-gpu")
     assert rev.conditions[0].state == FAILED
+
+
+def test_traffic_to_a_missing_revision_fails_the_operation(sandbox_admin, cloud):
+    """Not a synchronous 400: the operation fails with code 13 and Google's text, quoted from
+    a real deploy in terraform-google-modules/terraform-docs-samples#269."""
+    sandbox_admin.reset(scenario_data={})
+    services = cloud.services_client()
+    svc = create(cloud, "ghost", template(revision="ghost-v1"))
+    svc.traffic = [target("ghost-v1", 50), target("ghost-gone", 50)]
+    op = services.update_service(service=svc)  # accepted
+    with pytest.raises(exceptions.InternalServerError) as err:
+        op.result(polling=FAST)
+    assert (
+        "Revision 'ghost-gone' does not exist or is deleted. Update all traffic to route to "
+        "currently available revisions." in str(err.value)
+    )
+    after = services.get_service(name=svc.name)
+    assert [(s.revision, s.percent) for s in after.traffic_statuses] == [("ghost-v1", 100)]

@@ -217,7 +217,11 @@ class CanaryPolicy(Block):
         default=[
             "Failed to create CUDAExecutionProvider",
             "undefined symbol",
-            "Memory limit exceeded",
+            # Cloud Run's OOM lines: "Memory limit of 16384 MiB exceeded with 16420 MiB used.
+            # Consider increasing the memory limit, ..." then "Container terminated on signal
+            # 9." (dart-lang/pub-dev#9554, SkyTruth/cerulean-cloud#90)
+            "Memory limit of",
+            "Container terminated on signal 9",
             "UnicodeEncodeError",
         ],
         description="a canary whose revision logs contain one of these fails",

@@ -3,8 +3,10 @@
 Seed 003: three runs of `POST /internal/translate/page` with `X-Internal-Token`, each must
 answer 200 with `x-fallback-used: 0`; the GPU must beat the CPU baseline by at least 30%;
 and the revision's own logs must not say `Failed to create CUDAExecutionProvider` (the GPU
-image that silently ran on CPU), `undefined symbol`, `Memory limit exceeded` or
-`UnicodeEncodeError`. The response must decode as an image of the input's size.
+image that silently ran on CPU), `undefined symbol`, Cloud Run's OOM lines (`Memory limit of
+... MiB exceeded`, `Container terminated on signal 9`) or `UnicodeEncodeError`. The response
+must decode as an image of the input's size. An OOM answers 503 (transient, retried), so the
+log check is what fails a canary whose retry got past an OOM.
 
 The CPU baseline latency comes from the last recorded release (a Prefect Variable per
 service); when none is recorded it is measured once on a CPU baseline revision of the region

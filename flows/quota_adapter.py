@@ -89,7 +89,11 @@ def file_preferences(
     justification: str,
     contact_email: str,
 ) -> dict[str, bool]:
-    """File one preference per region, in parallel; region -> True when this call filed it."""
+    """File one preference per region, in parallel; region -> True when this call filed it.
+
+    Where the project already has a preference for this quota and region under another id
+    (filed in the console or by another tool: Google keeps one per quota and dimensions), that
+    one is adopted: `ids[region]` becomes its id, so that it is the one polled."""
 
     futures = {
         region: file_quota_preference.with_options(
@@ -106,7 +110,12 @@ def file_preferences(
         )
         for region in ids
     }
-    return {region: future.result().created for region, future in futures.items()}
+    created = {}
+    for region, future in futures.items():
+        request = future.result()
+        ids[region] = request.name.rsplit("/", 1)[-1]  # an adopted preference's own id
+        created[region] = request.created
+    return created
 
 
 def poll_preferences(

@@ -93,7 +93,7 @@ def quota_preferences_step(ctx: RunContext, regions: list[str]) -> list[Preferen
         initial_s=t.quota.poll_initial_s,
         max_s=t.quota.poll_max_s,
     )
-    for state in states:
+    for state in states:  # (file_preferences put adopted preferences' ids into `ids`)
         state.created = created.get(state.region, False)
     return states
 

@@ -40,7 +40,11 @@ class PreferencePolicy(_Strict):
     """What happens to a QuotaPreference filed in this region."""
 
     decision: Literal["grant", "deny", "never"] = "deny"
-    after_polls: int = Field(default=1, ge=0, description="GETs that still answer reconciling")
+    after_polls: int = Field(
+        default=1,
+        ge=0,
+        description="GETs that still answer reconciling; 0: decided in the create response",
+    )
     granted_value: int | None = Field(
         default=None, ge=0, description="default: the preferred value"
     )
@@ -86,7 +90,7 @@ class RevisionFault(_Strict):
     region: str = "*"
     image_contains: str = ""
     requests: int = Field(
-        default=0, ge=0, description="http_503: the first N requests fail; 0 = all"
+        default=0, ge=0, description="http_503, oom: the first N requests fail; 0 = all"
     )
 
 

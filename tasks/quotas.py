@@ -256,8 +256,12 @@ def file_quota_preference(
                 timeout=timeout,
             )
             return _request(created, created=True)
-        except gexc.Conflict:  # ALREADY_EXISTS over REST is a 409 Conflict: filed meanwhile
-            existing = client.get_quota_preference(name=name, retry=None, timeout=timeout)
+        except gexc.Conflict:  # ALREADY_EXISTS over REST is a 409 Conflict
+            # Filed meanwhile under our id, or already there under another id (the console,
+            # another tool): Google keeps one preference per quota and dimensions. Adopt it.
+            existing = _same_quota_preference(client, parent, quota_id, region, timeout)
+            if existing is None:
+                existing = client.get_quota_preference(name=name, retry=None, timeout=timeout)
     if existing.quota_config.preferred_value < preferred_value:
         existing.quota_config.preferred_value = preferred_value
         existing.contact_email = contact_email
@@ -273,6 +277,26 @@ def file_quota_preference(
         )
         return _request(updated, created=False)
     return _request(existing, created=False)
+
+
+def _same_quota_preference(
+    client: cloudquotas_v1.CloudQuotasClient,
+    parent: str,
+    quota_id: str,
+    region: str,
+    timeout: float,
+) -> cloudquotas_v1.QuotaPreference | None:
+    """The project's preference for this quota in this region, whatever its id."""
+    for pref in client.list_quota_preferences(
+        request=cloudquotas_v1.ListQuotaPreferencesRequest(
+            parent=parent, filter=f"quota_id={quota_id}"
+        ),
+        retry=None,
+        timeout=timeout,
+    ):
+        if pref.quota_id == quota_id and dict(pref.dimensions) == {"region": region}:
+            return pref
+    return None
 
 
 def _decision(pref: cloudquotas_v1.QuotaPreference, polls: int) -> QuotaDecision:

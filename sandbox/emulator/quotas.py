@@ -1,8 +1,9 @@
 """Cloud Quotas v1 over REST, as `google.cloud.cloudquotas_v1.CloudQuotasClient` (REST) calls it.
 
-QuotaInfos (get/list) for the four Cloud Run quotas a GPU deploy needs, one `dimensionsInfos`
-entry per region (the scenario's regions plus the common Cloud Run GPU regions, which take
-`default_region`). QuotaPreferences (create/get/list/patch) start `reconciling` and are decided
+QuotaInfos (get/list) for the four Cloud Run quotas a GPU deploy needs: a `dimensionsInfos`
+entry per region whose value differs from `default_region`'s, and one default entry (no
+dimensions, `applicableLocations` = the other regions) for the rest (the scenario's regions
+plus the common Cloud Run GPU regions). QuotaPreferences (create/get/list/patch) start `reconciling` and are decided
 by the region's `preference` policy after `after_polls` GETs: grant raises the region's quota
 (QuotaInfo and the Cloud Run emulator see it, via `effective_limit`), deny keeps it.
 
@@ -184,15 +185,32 @@ class QuotaStore:
             "quotaIncreaseEligibility": {"isEligible": True},
             "isFixed": False,
             "isConcurrent": True,
-            "dimensionsInfos": [
-                {
-                    "dimensions": {"region": region},
-                    "details": {"value": str(self.value(project, region, quota_id))},
-                    "applicableLocations": [region],
-                }
-                for region in self.regions()
-            ],
+            "dimensionsInfos": self.dimensions_infos(project, quota_id),
         }
+
+    def dimensions_infos(self, project: str, quota_id: str) -> list[dict[str, Any]]:
+        """One entry per region whose value is its own, then the default entry: no
+        `dimensions`, its `applicableLocations` every other region. As Google answers: "If a
+        dimension does not appear in the map of dimensions, the dimensions info applies to all
+        the dimension values except for those that have another DimensionInfo instance
+        configured for the specific value." (google/api/cloudquotas/v1/resources.proto,
+        DimensionsInfo.dimensions)"""
+        q = QUOTAS[quota_id]
+        default = int(getattr(self.state.scenario.default_region, q.scenario_field)) * q.factor
+        values = {region: self.value(project, region, quota_id) for region in self.regions()}
+        infos: list[dict[str, Any]] = [
+            {
+                "dimensions": {"region": region},
+                "details": {"value": str(value)},
+                "applicableLocations": [region],
+            }
+            for region, value in values.items()
+            if value != default
+        ]
+        common = [region for region, value in values.items() if value == default]
+        if common:
+            infos.append({"details": {"value": str(default)}, "applicableLocations": common})
+        return infos
 
     # ---- preferences ----------------------------------------------------------------------
 
@@ -371,6 +389,28 @@ def register(app: FastAPI, state: SandboxState) -> None:
         if name in store.preferences:
             state.calls["quotas.create_preference_conflict"] += 1
             raise ApiError(409, f"QuotaPreference {name!r} already exists.")
+        # "There is only one QuotaPreference resource for a quota value targeting a unique set
+        # of dimensions." (google/api/cloudquotas/v1/resources.proto, QuotaPreference): one
+        # filed under another id (the console, another tool) makes ours conflict.
+        same = next(
+            (
+                p
+                for p in store.preferences.values()
+                if p.project == project
+                and p.body.get("quotaId") == quota_id
+                and p.body.get("dimensions") == body.get("dimensions")
+            ),
+            None,
+        )
+        if same is not None:
+            state.calls["quotas.create_preference_conflict"] += 1
+            raise ApiError(
+                409,
+                f"A QuotaPreference for quota {quota_id!r} with dimensions "
+                f"{json.dumps(body.get('dimensions'), sort_keys=True)} already exists: "
+                f"{same.name!r}. Update that preference instead.",
+                status="ALREADY_EXISTS",
+            )
         store.check_contact(body, project, quota_id, region, preferred)
         if query_flag(request, "validateOnly"):
             return {**body, "name": name, "reconciling": True}
@@ -381,6 +421,10 @@ def register(app: FastAPI, state: SandboxState) -> None:
         pref.body.update(name=name, createTime=now)
         store.start(pref, preferred)
         store.preferences[name] = pref
+        if state.scenario.region(region).preference.after_polls == 0:
+            # Decided at once: Google can answer the create itself with `reconciling: false`,
+            # the granted value ("0" for a denial) and a `stateDetail`.
+            store.poll(pref)
         return store.render(pref)
 
     @app.get(V1 + "/quotaPreferences/{pref_id}")

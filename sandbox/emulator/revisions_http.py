@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from sandbox.emulator.core import SandboxState
 from sandbox.emulator.run_resources import Revision, write_revision_log
+from sandbox.emulator.run_revisions import oom_killed
 from sandbox.emulator.run_store import RunStore
 from sandbox.engine.revision_instances import container_store
 
@@ -86,7 +87,10 @@ def _instance(state: SandboxState, store: RunStore, rev: Revision) -> httpx.Asyn
             cpu_ms=serving.cpu_ms,
             service=rev.service.rsplit("/", 1)[-1],
             revision=rev.short,
-            faults={f.fault: f.requests for f in rev.faults if f.fault != "never_ready"},
+            # never_ready and oom are the platform's (run_revisions), not the app's
+            faults={
+                f.fault: f.requests for f in rev.faults if f.fault not in ("never_ready", "oom")
+            },
             log=log,
         )
         app = module.create_app(settings)
@@ -108,6 +112,9 @@ def register(app: FastAPI, state: SandboxState, store: RunStore) -> None:
         started = time.perf_counter()
         if rev is None or not rev.ready:
             response: Response = HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
+        elif request.method == "POST" and oom_killed(state, rev):
+            store.instances.pop(rev.name, None)  # the container was terminated
+            response = HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
         else:
             response = await _forward(state, store, rev, host, path, request)
         if rev is not None:

@@ -45,6 +45,7 @@ class Revision:
     revision_reason: str = ""
     faults: list[RevisionFault] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # resolved, secrets included: never rendered
+    page_requests: int = 0  # requests that reached an instance (counts `oom` faults)
 
     def ready_condition(self) -> dict:
         cond = {

@@ -10,7 +10,7 @@ import copy
 import string
 import uuid
 
-from sandbox.emulator.core import ApiError, now_rfc3339
+from sandbox.emulator.core import ApiError, SandboxState, now_rfc3339
 from sandbox.emulator.run_resources import Revision, Service, container_name, write_revision_log
 from sandbox.emulator.run_templates import (
     parse_cpu,
@@ -227,3 +227,31 @@ class RevisionLifecycle(TrafficRules):
             )
             self.record(svc, "delete_revision", note=rev.short)
         return rev
+
+
+def oom_killed(state: SandboxState, rev: Revision) -> bool:
+    """Whether this request to `rev` dies of its `oom` fault; if so, Cloud Run's own lines.
+
+    Google's platform writes "Memory limit of 16384 MiB exceeded with 16420 MiB used. Consider
+    increasing the memory limit, see https://cloud.google.com/run/docs/configuring/memory-limits"
+    (quoted from dart-lang/pub-dev#9554, SkyTruth/cerulean-cloud#90), then terminates the
+    container ("Container terminated on signal 9."); in-flight requests get a 503
+    (mindset-ai/memex-ai#3: "OOM-killed ... 503ing all in-flight requests")."""
+    fault = next((f for f in rev.faults if f.fault == "oom"), None)
+    if fault is None:
+        return False
+    rev.page_requests += 1
+    if fault.requests and rev.page_requests > fault.requests:
+        return False
+    limit_mib = round(parse_memory_gib(template_limits(rev.template).get("memory")) * 1024)
+    write_revision_log(
+        state,
+        rev,
+        "ERROR",
+        f"Memory limit of {limit_mib} MiB exceeded with {limit_mib + 36} MiB used. Consider "
+        "increasing the memory limit, see https://cloud.google.com/run/docs/configuring/"
+        "memory-limits",
+    )
+    write_revision_log(state, rev, "WARNING", "Container terminated on signal 9.")
+    state.calls["run.oom_killed"] += 1
+    return True

@@ -125,10 +125,29 @@ def test_oom_in_canary_rolls_back(stage, make_target, sandbox_admin):
     assert result.outcome == "rolled_back"
     assert result.revision == f"{target.service}-v6-0-0-cpu"  # nothing else ever served
     reasons = " | ".join(result.reasons)
-    assert "status 500, expected 200" in reasons
-    assert "Memory limit exceeded" in reasons
+    # Google's OOM: a 503 to the client, then the platform's lines in the revision's log.
+    assert "status 503, expected 200" in reasons
+    assert "Memory limit of 16384 MiB exceeded with" in reasons
     history = assert_invariants(sandbox_admin, target, result)
     assert failed_revision_problems(history, f"{target.service}-v6-0-0", {result.revision}) == []
+
+
+def test_a_retry_never_gets_the_canary_past_an_oom(stage, make_target, sandbox_admin):
+    """One OOM (the first page request): the retried request succeeds, every run answers
+    200, and still the canary fails on Cloud Run's OOM line in the revision's log."""
+    stage(revision_faults=[{"fault": "oom", "requests": 1}])
+    target = make_target()
+
+    result = release("v6.1.0", target, image=f"{IMAGE}:v6.1.0")
+
+    assert result.outcome == "rolled_back", result.reasons
+    assert result.canary is not None and result.canary.runs == 3 and not result.canary.passed
+    first = next(s for s in result.steps if s.name == "canary-run-1")
+    assert first.attempts == 2  # the OOM's 503, then a 200
+    assert not any("expected 200" in r for r in result.reasons)
+    reasons = " | ".join(result.reasons)
+    assert "Memory limit of 16384 MiB exceeded with" in reasons
+    assert sandbox_admin.calls()["run.oom_killed"] == 1
 
 
 def test_rollback_applies_the_cpu_baseline_when_the_policy_asks(stage, make_target, sandbox_admin):

@@ -28,7 +28,13 @@ def _parent(cloud) -> str:
 
 
 def _info_values(info) -> dict[str, int]:
-    return {d.dimensions["region"]: d.details.value for d in info.dimensions_infos}
+    """region -> value: its own entry, else the default entry's applicableLocations."""
+    own = {d.dimensions["region"]: d.details.value for d in info.dimensions_infos if d.dimensions}
+    for d in info.dimensions_infos:
+        if not d.dimensions:
+            for region in d.applicable_locations:
+                own.setdefault(region, d.details.value)
+    return own
 
 
 def test_quota_infos_per_region_follow_the_scenario(sandbox_admin, cloud):
@@ -56,8 +62,17 @@ def test_quota_infos_per_region_follow_the_scenario(sandbox_admin, cloud):
     assert _info_values(cpu)["us-central1"] == 100_000
     mem = infos[MEMORY]
     assert mem.metric_unit == "By" and _info_values(mem)["europe-west1"] == 64 * 1024**3
-    dim = next(d for d in infos[GPU_L4].dimensions_infos if d.dimensions["region"] == "me-west1")
+    dim = next(
+        d for d in infos[GPU_L4].dimensions_infos if d.dimensions.get("region") == "me-west1"
+    )
     assert list(dim.applicable_locations) == ["me-west1"]
+    # Google's default entry: no dimensions, the regions without their own value.
+    (default,) = [d for d in infos[GPU_L4].dimensions_infos if not d.dimensions]
+    assert default.details.value == 0 and "us-central1" in default.applicable_locations
+    assert "europe-west1" not in default.applicable_locations
+    capacity = read_region_capacity(cloud, ["us-central1", "europe-west1"])
+    assert (capacity["us-central1"].gpu_l4, capacity["europe-west1"].gpu_l4) == (0, 3)
+    assert capacity["us-central1"].cpu_vcpu == 100
 
     one = client.get_quota_info(name=f"{parent}/quotaInfos/{GPU_L4}")
     assert (
@@ -67,7 +82,7 @@ def test_quota_infos_per_region_follow_the_scenario(sandbox_admin, cloud):
     with pytest.raises(gexc.NotFound, match="NoSuchQuota"):
         client.get_quota_info(name=f"{parent}/quotaInfos/NoSuchQuota")
     calls = sandbox_admin.calls()
-    assert calls["quotas.list_quota_infos"] == 1 and calls["quotas.get_quota_info"] == 2
+    assert calls["quotas.list_quota_infos"] == 2 and calls["quotas.get_quota_info"] == 2
 
 
 def test_quota_infos_page_through_the_official_pager(sandbox_admin, cloud):
@@ -313,3 +328,51 @@ def test_patch_list_filter_and_validation(sandbox_admin, cloud):
             preferred_value=1,
             contact_email=EMAIL,
         )
+
+
+def test_a_preference_filed_elsewhere_is_adopted_not_duplicated(sandbox_admin, cloud):
+    """Google keeps one QuotaPreference per quota and set of dimensions
+    (google/api/cloudquotas/v1/resources.proto, QuotaPreference): one filed in the console
+    under another id makes ours conflict; the task adopts it and polls that one."""
+    sandbox_admin.reset(scenario="default")  # us-central1: granted after two polls
+    client = cloud.quotas_client()
+    pref = cloudquotas_v1.QuotaPreference(
+        service="run.googleapis.com",
+        quota_id=GPU_L4_NO_ZONAL_REDUNDANCY,
+        dimensions={"region": "us-central1"},
+        quota_config=cloudquotas_v1.QuotaConfig(preferred_value=1),
+        contact_email=EMAIL,
+    )
+    console = client.create_quota_preference(
+        parent=_parent(cloud), quota_preference=pref, quota_preference_id="console-l4"
+    )
+    with pytest.raises(gexc.Conflict, match="already exists") as clash:
+        client.create_quota_preference(
+            parent=_parent(cloud), quota_preference=pref, quota_preference_id="another-tool"
+        )
+    assert clash.value.response.json()["error"]["status"] == "ALREADY_EXISTS"
+
+    filed = file_quota_preference(
+        cloud,
+        quota_id=GPU_L4_NO_ZONAL_REDUNDANCY,
+        region="us-central1",
+        preferred_value=1,
+        contact_email=EMAIL,
+    )
+    assert not filed.created and filed.name == console.name
+    decision = wait_quota_decision(cloud, filed.name, budget_s=10, **FAST)
+    assert decision.status == "granted" and decision.name == console.name
+
+
+def test_a_denial_in_the_create_response_is_read_as_denied(sandbox_admin, cloud):
+    """The create can answer decided: `reconciling: false`, `grantedValue: "0"`, a
+    `stateDetail`; the task reports it and the poll agrees at once."""
+    deny_now = {"gpu": 0, "preference": {"decision": "deny", "after_polls": 0}}
+    sandbox_admin.reset(scenario_data={"regions": {"europe-west4": deny_now}})
+    filed = file_quota_preference(
+        cloud, quota_id=GPU_L4, region="europe-west4", preferred_value=1, contact_email=EMAIL
+    )
+    assert filed.created and not filed.reconciling
+    assert filed.granted_value == 0 and "Denied" in filed.state_detail
+    decision = wait_quota_decision(cloud, filed.name, budget_s=10, **FAST)
+    assert (decision.status, decision.polls) == ("denied", 1)

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from blocks.cloud import GoogleCloud, default_cloud
+from blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
 
 # The canary's default sample page ships inside the package (package data), so an installed
 # worker has it; nothing is read from a checkout at run time.
@@ -369,7 +370,36 @@ class ReleaseTarget(Block):
             raise ValueError(f"gpu_type={self.gpu_type!r} is not known; use one of {known}")
         self.gpu_template.memory_gib()
         self.cpu_template.memory_gib()
+        self._gpu_requirements()
         return self
+
+    def _gpu_requirements(self) -> None:
+        """What Cloud Run asks of a GPU revision (blocks/gpu_regions.py), before any call."""
+        offered = gpu_regions(self.gpu_type)
+        for region in self.regions:
+            if region not in offered:
+                raise ValueError(
+                    f"regions: {region!r} does not offer Cloud Run {self.gpu_type} GPUs; use "
+                    f"regions among {', '.join(offered)}"
+                )
+        spec = self.gpu_template
+        min_cpu = GPU_MIN_CPU.get(self.gpu_type, 0.0)
+        if spec.cpu_count() < min_cpu:
+            raise ValueError(
+                f"gpu_template.cpu={spec.cpu!r}: a {self.gpu_type} revision needs at least "
+                f"{min_cpu:g} CPU; set gpu_template.cpu='{min_cpu:g}'"
+            )
+        min_memory = GPU_MIN_MEMORY_GIB.get(self.gpu_type, 0.0)
+        if spec.memory_gib() < min_memory:
+            raise ValueError(
+                f"gpu_template.memory={spec.memory!r}: a {self.gpu_type} revision needs at "
+                f"least {min_memory:g}Gi; set gpu_template.memory='{min_memory:g}Gi'"
+            )
+        if spec.cpu_throttling:
+            raise ValueError(
+                "gpu_template.cpu_throttling=True: a GPU revision needs CPU always allocated; "
+                "set gpu_template.cpu_throttling=False"
+            )
 
     # ---------------------------------------------------------------- derived
 

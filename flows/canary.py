@@ -135,15 +135,11 @@ def _headers(policy: CanaryPolicy, token: SecretStr | None, bearer: str | None) 
 
 
 def invoker_token(ctx: RunContext, audience: str) -> str | None:
-    """An ID token for a private Cloud Run URL; None with anonymous credentials."""
-    from google.auth.credentials import AnonymousCredentials
-
-    if isinstance(ctx.cloud.credentials(), AnonymousCredentials):
+    """An ID token for a private Cloud Run URL, from the target's `GoogleCloud` block (the same
+    credentials as every client); None for a public service."""
+    if ctx.target.public:
         return None
-    import google.auth.transport.requests
-    import google.oauth2.id_token
-
-    return google.oauth2.id_token.fetch_id_token(google.auth.transport.requests.Request(), audience)
+    return ctx.cloud.id_token(audience)
 
 
 @task(name="canary-request", cache_policy=NO_CACHE, persist_result=False)

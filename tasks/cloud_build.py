@@ -12,6 +12,8 @@ build_id), which is where `options.logging: CLOUD_LOGGING_ONLY` sends it.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
 
 from google.api_core.exceptions import RetryError
@@ -124,8 +126,30 @@ def wait_build(
         ) from exc
 
 
-def fetch_build_log(logging_client, project: str, build_id: str) -> list[str]:
-    """The build's log lines, oldest first (text payloads of its Cloud Logging entries)."""
+# The build-level lines Cloud Build ends a finished build's log with.
+_LOG_END = re.compile(r"^(DONE|TIMEOUT|CANCELLED|ERROR\b.*)$")
+
+
+def fetch_build_log(
+    logging_client, project: str, build_id: str, *, wait_s: float = 30.0
+) -> list[str]:
+    """A finished build's log lines, oldest first, complete: build logs reach Cloud Logging
+    with a delay, so read until the log ends as Cloud Build ends it (`DONE`, `ERROR ...`,
+    `TIMEOUT`, `CANCELLED`) and has stopped growing, for at most `wait_s` (then what is
+    there)."""
+    deadline = time.monotonic() + wait_s
+    delay, last = 0.1, -1
+    while True:
+        lines = _read_build_log(logging_client, project, build_id)
+        ended = bool(lines) and _LOG_END.match(lines[-1]) is not None
+        if (ended and len(lines) == last) or time.monotonic() >= deadline:
+            return lines
+        last = len(lines)
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 2.0)
+
+
+def _read_build_log(logging_client, project: str, build_id: str) -> list[str]:
     from google.cloud import logging_v2
 
     entries = logging_client.list_entries(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import functools
 import json
 import shutil
@@ -244,8 +245,28 @@ def register(app: FastAPI, state: SandboxState) -> None:
             raise ApiError(404, f"Build {build_id!r} not found in project {project!r}")
         return build
 
-    def log(build: dict[str, Any], text: str, step: int | None = None, severity: str = "INFO"):
-        state.write_log(
+    def step_label(build: dict[str, Any], step: int) -> str:
+        """`Step #0 - "buildx"` (the step's id), or `Step #0` for a step without one."""
+        step_id = (build["steps"][step].get("id") or "") if step < len(build["steps"]) else ""
+        return f'Step #{step} - "{step_id}"' if step_id else f"Step #{step}"
+
+    def log(
+        build: dict[str, Any],
+        text: str,
+        step: int | None = None,
+        severity: str = "INFO",
+        *,
+        prefixed: bool = True,
+    ):
+        """One line of the build's log as Cloud Build writes it: a step's output prefixed
+        `Step #0 - "buildx": `, between `Starting Step #0 - "buildx"` and `Finished ...` (as
+        real build logs quoted in public repositories read: 'Starting Step #0 - "Build"',
+        'Step #0 - "Build": Already have image ...'); it reaches Cloud Logging
+        `builds.log_delay_ms` later (its receiveTimestamp; the Logging API lists an entry only
+        once received)."""
+        if step is not None and prefixed:
+            text = f"{step_label(build, step)}: {text}"
+        entry = state.write_log(
             text,
             severity=severity,
             resource={
@@ -255,6 +276,10 @@ def register(app: FastAPI, state: SandboxState) -> None:
             log_name=f"projects/{build['projectId']}/logs/cloudbuild",
             labels={"build_step": f"Step #{step}"} if step is not None else None,
         )
+        delay_ms = scenario().log_delay_ms
+        if delay_ms:
+            received = dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=delay_ms)
+            entry["receiveTimestamp"] = received.isoformat().replace("+00:00", "Z")
 
     async def create(project: str, request: Request, location: str = "global") -> dict:
         state.calls["build.create"] += 1
@@ -388,7 +413,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
         for i, step in enumerate(build["steps"]):
             step["status"] = "WORKING"
             step["timing"] = {"startTime": now_rfc3339()}
-            log(build, f"Starting Step #{i}", i)
+            log(build, f"Starting {step_label(build, i)}", i, prefixed=False)
             try:
                 images += await run_step(build, i, step, root, policy)
             except StepFailure:
@@ -398,7 +423,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
             finally:
                 step["timing"]["endTime"] = now_rfc3339()
             step["status"] = "SUCCESS"
-            log(build, f"Finished Step #{i}", i)
+            log(build, f"Finished {step_label(build, i)}", i, prefixed=False)
         log(build, "PUSH")
         if images:
             build["results"] = {

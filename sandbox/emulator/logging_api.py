@@ -200,8 +200,11 @@ def register(app: FastAPI, state: SandboxState) -> None:
         prefixes = tuple(f"{n}/logs/" for n in names)
         query = json.dumps([sorted(names), text, order])
         try:
+            now = dt.datetime.now(dt.UTC)
             matching = [
-                e for e in state.log_entries if e["logName"].startswith(prefixes) and predicate(e)
+                e
+                for e in state.log_entries
+                if e["logName"].startswith(prefixes) and _received(e, now) and predicate(e)
             ]
         except FilterError as exc:
             raise ApiError(400, f"filter: {exc}; filter was {text!r}") from None
@@ -218,3 +221,10 @@ def register(app: FastAPI, state: SandboxState) -> None:
         if len(matching) > size:
             answer["nextPageToken"] = _encode_token(_sort_key(page[-1]), query)
         return answer
+
+
+def _received(entry: dict, now: dt.datetime) -> bool:
+    """Listed only once Cloud Logging received it (an entry written with a delay, e.g. build
+    logs, has its receiveTimestamp in the future until then)."""
+    stamp = entry.get("receiveTimestamp", "")
+    return not stamp or dt.datetime.fromisoformat(stamp) <= now

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
 from sandbox.emulator.core import SandboxState
+from sandbox.emulator.invoker_iam import FORBIDDEN_PAGE, invoker_allowed
 from sandbox.emulator.run_resources import Revision, write_revision_log
 from sandbox.emulator.run_revisions import oom_killed
 from sandbox.emulator.run_store import RunStore
@@ -108,7 +109,9 @@ def register(app: FastAPI, state: SandboxState, store: RunStore) -> None:
         routed = store.route(host)
         if routed is None:
             return HTMLResponse(NOT_FOUND_PAGE, status_code=404)
-        _svc, rev = routed
+        svc, rev = routed
+        if not invoker_allowed(svc.spec, svc.host(), request.headers.get("authorization", "")):
+            return HTMLResponse(FORBIDDEN_PAGE.format(path="/" + path), status_code=403)
         started = time.perf_counter()
         if rev is None or not rev.ready:
             response: Response = HTMLResponse(UNAVAILABLE_PAGE, status_code=503)

@@ -12,7 +12,7 @@ import re
 
 from fastapi import FastAPI, Request
 
-from sandbox.emulator import revisions_http
+from sandbox.emulator import invoker_iam, revisions_http
 from sandbox.emulator.core import (
     ApiError,
     Operation,
@@ -175,6 +175,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
         return {"history": store.traffic_history(service)}
 
     revisions_http.register(app, state, store)
+    invoker_iam.register(app)
 
 
 def _operation(state: SandboxState, project: str, region: str, op_id: str) -> Operation:

@@ -28,7 +28,12 @@ from typing import Any
 from sandbox.emulator.core import ApiError, now_rfc3339, quota_error_info
 from sandbox.emulator.run_resources import LATEST, Service
 from sandbox.emulator.run_revisions import RevisionLifecycle
-from sandbox.emulator.run_templates import OUTPUT_ONLY, camel, canonical_service
+from sandbox.emulator.run_templates import (
+    OUTPUT_ONLY,
+    camel,
+    canonical_service,
+    check_gpu_template,
+)
 from sandbox.scenario import DeployError
 
 
@@ -128,6 +133,7 @@ class RunStore(RevisionLifecycle):
                 "service.template.containers: at least one container is required "
                 "(set template.containers[0].image).",
             )
+        check_gpu_template(template, region)
         changed = existing is None or template != existing.spec.get("template", {})
         new_rev_name = ""
         if changed:

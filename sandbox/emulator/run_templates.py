@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
 from sandbox.emulator.core import ApiError
 from sandbox.emulator.run_resources import GPU_LIMIT
 
@@ -149,3 +150,50 @@ def template_device(template: dict) -> str:
 def camel(key: str) -> str:
     head, *rest = key.split("_")
     return head + "".join(part.title() for part in rest)
+
+
+def check_gpu_template(template: dict, region: str) -> None:
+    """Cloud Run's GPU rules (blocks/gpu_regions.py, from the GPU docs), answered 400 like a
+    field error: a region that offers the accelerator, its minimum CPU and memory, CPU always
+    allocated, and the accelerator node selector together with the GPU limit."""
+    gpus = template_gpus(template)
+    accelerator = template.get("nodeSelector", {}).get("accelerator", "")
+    if not gpus and not accelerator:
+        return
+    if not gpus or not accelerator:
+        raise ApiError(
+            400,
+            "spec.template.spec.nodeSelector: a GPU revision sets both the accelerator node "
+            f"selector and the '{GPU_LIMIT}' limit (got accelerator {accelerator!r}, "
+            f"{gpus} GPU).",
+        )
+    if region not in gpu_regions(accelerator):
+        raise ApiError(
+            400,
+            f"spec.template.spec.nodeSelector: accelerator '{accelerator}' is not supported in "
+            f"region '{region}'.",
+        )
+    containers = template.get("containers") or [{}]
+    resources = containers[0].get("resources", {})
+    limits = resources.get("limits", {})
+    if parse_cpu(limits.get("cpu")) < GPU_MIN_CPU.get(accelerator, 0.0):
+        raise ApiError(
+            400,
+            f"spec.template.spec.containers[0].resources.limits.cpu: a revision with "
+            f"'{accelerator}' needs at least {GPU_MIN_CPU[accelerator]:g} CPU.",
+        )
+    if parse_memory_gib(limits.get("memory")) < GPU_MIN_MEMORY_GIB.get(accelerator, 0.0):
+        raise ApiError(
+            400,
+            f"spec.template.spec.containers[0].resources.limits.memory: a revision with "
+            f"'{accelerator}' needs at least {GPU_MIN_MEMORY_GIB[accelerator]:g}Gi.",
+        )
+    # "if ResourceRequirements is set, the caller must explicitly set this field to true to
+    # preserve the default behavior" (google/cloud/run/v2/k8s.min.proto, cpu_idle): omitted
+    # (how proto3 JSON sends false) means always allocated.
+    if resources.get("cpuIdle", False):
+        raise ApiError(
+            400,
+            "spec.template.spec.containers[0].resources.cpuIdle: a GPU revision needs CPU "
+            "always allocated (cpuIdle false).",
+        )

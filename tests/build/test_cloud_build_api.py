@@ -37,7 +37,7 @@ def _request(app_repo, base_image: str, repo: str, *, name: str = "gcr.io/cloud-
         source=cb.Source(
             git_source=cb.GitSource(url=app_repo.url, revision=app_repo.head(), dir=app_repo.dir)
         ),
-        steps=[cb.BuildStep(name=name, args=args)],
+        steps=[cb.BuildStep(name=name, id="buildx", args=args)],
         options=cb.BuildOptions(
             machine_type=cb.BuildOptions.MachineType.E2_HIGHCPU_8,
             disk_size_gb=100,
@@ -86,12 +86,23 @@ def test_create_polls_the_operation_to_success_and_get_list_log_agree(
 
     from tasks.cloud_build import fetch_build_log
 
+    # Cloud Build's shape: step lines prefixed `Step #0 - "buildx": `, reaching Cloud Logging
+    # late (builds.log_delay_ms, 300 ms by default): the fetch still returns the whole log.
     lines = fetch_build_log(cloud.logging_client(), PROJECT, build_id)
     assert any(
-        line.endswith("RUN python3 -m pip install --no-cache-dir -r requirements.txt")
+        line.startswith('Step #0 - "buildx": ')
+        and line.endswith("RUN python3 -m pip install --no-cache-dir -r requirements.txt")
         for line in lines
     )
-    assert lines[-1] == "DONE"
+    assert 'Starting Step #0 - "buildx"' in lines and lines[-1] == "DONE"
+    written = [
+        e for e in sandbox_admin.logs() if e["resource"]["labels"].get("build_id") == build_id
+    ]
+    assert len(lines) == len(written)
+    from tasks.buildkit_log import parse_buildkit_log
+
+    report = parse_buildkit_log(lines)
+    assert report.steps and report.error is None
     assert sandbox_admin.calls()["build.create"] == 1
 
 

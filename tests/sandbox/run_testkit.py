@@ -52,9 +52,12 @@ def parent(cloud, region: str = REGION) -> str:
 
 
 def create(cloud, service_id: str, tpl: run_v2.RevisionTemplate, region: str = REGION):
-    """Create a service and wait for its operation; returns the Service."""
+    """Create a public service (invoker IAM off: these tests read its pages without an ID
+    token) and wait for its operation; returns the Service."""
     op = cloud.services_client().create_service(
-        parent=parent(cloud, region), service=run_v2.Service(template=tpl), service_id=service_id
+        parent=parent(cloud, region),
+        service=run_v2.Service(template=tpl, invoker_iam_disabled=True),
+        service_id=service_id,
     )
     return op.result(polling=FAST)
 

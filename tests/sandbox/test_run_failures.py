@@ -15,7 +15,7 @@ DEPLOY_ERRORS = {
     "regions": {
         "europe-west1": {"deploy_error": {"where": "api", "times": 1}},
         "us-central1": {"deploy_error": {"where": "operation"}},
-        "asia-east1": {"deploy_error": {"where": "revision"}},
+        "asia-southeast1": {"deploy_error": {"where": "revision"}},
         "europe-north1": {"never_ready": True},
     },
     "revision_faults": [{"fault": "never_ready", "accelerator": "any", "image_contains": "broken"}],
@@ -59,7 +59,7 @@ def test_deploy_error_where_operation_fails_the_lro(sandbox_admin, cloud):
 
 def test_deploy_error_where_revision_fails_its_ready_condition(sandbox_admin, cloud):
     sandbox_admin.reset(scenario_data=DEPLOY_ERRORS)
-    base = create(cloud, "rev-mode", template(), region="asia-east1")
+    base = create(cloud, "rev-mode", template(), region="asia-southeast1")
     with pytest.raises(exceptions.FailedPrecondition, match="is not ready and cannot serve"):
         _to_gpu(cloud, base, "rev-mode-gpu").result(polling=FAST)
     rev = cloud.revisions_client().get_revision(name=f"{base.name}/revisions/rev-mode-gpu")
@@ -128,7 +128,7 @@ def test_first_revision_never_ready_serves_nothing(sandbox_admin, cloud):
     services = cloud.services_client()
     op = services.create_service(
         parent=parent(cloud, "europe-north1"),
-        service={"template": template()},
+        service={"template": template(), "invoker_iam_disabled": True},
         service_id="doomed",
     )
     with pytest.raises(

@@ -27,6 +27,30 @@ def _parent(cloud) -> str:
     return f"projects/{cloud.resolved_project()}/locations/global"
 
 
+def _us_central1_preference(quota_id: str) -> cloudquotas_v1.QuotaPreference:
+    return cloudquotas_v1.QuotaPreference(
+        service="run.googleapis.com",
+        quota_id=quota_id,
+        dimensions={"region": "us-central1"},
+        quota_config=cloudquotas_v1.QuotaConfig(preferred_value=1),
+        contact_email=EMAIL,
+    )
+
+
+def _created_then_conflict(cloud, pref, first_id: str, second_id: str):
+    """Create `pref` as `first_id`; the same again as `second_id` is ALREADY_EXISTS (409)."""
+    client = cloud.quotas_client()
+    first = client.create_quota_preference(
+        parent=_parent(cloud), quota_preference=pref, quota_preference_id=first_id
+    )
+    with pytest.raises(gexc.Conflict, match="already exists") as again:
+        client.create_quota_preference(
+            parent=_parent(cloud), quota_preference=pref, quota_preference_id=second_id
+        )
+    assert again.value.response.json()["error"]["status"] == "ALREADY_EXISTS"
+    return first
+
+
 def _info_values(info) -> dict[str, int]:
     """region -> value: its own entry, else the default entry's applicableLocations."""
     own = {d.dimensions["region"]: d.details.value for d in info.dimensions_infos if d.dimensions}
@@ -225,23 +249,9 @@ def test_undecided_preference_is_pending_when_the_budget_runs_out(sandbox_admin,
 
 def test_create_is_idempotent(sandbox_admin, cloud):
     sandbox_admin.reset(scenario="default")
-    client = cloud.quotas_client()
-    pref = cloudquotas_v1.QuotaPreference(
-        service="run.googleapis.com",
-        quota_id=GPU_L4,
-        dimensions={"region": "us-central1"},
-        quota_config=cloudquotas_v1.QuotaConfig(preferred_value=1),
-        contact_email=EMAIL,
-    )
-    first = client.create_quota_preference(
-        parent=_parent(cloud), quota_preference=pref, quota_preference_id="manual-1"
-    )
+    pref = _us_central1_preference(GPU_L4)
+    first = _created_then_conflict(cloud, pref, "manual-1", "manual-1")
     assert first.reconciling
-    with pytest.raises(gexc.Conflict, match="already exists") as again:
-        client.create_quota_preference(
-            parent=_parent(cloud), quota_preference=pref, quota_preference_id="manual-1"
-        )
-    assert again.value.response.json()["error"]["status"] == "ALREADY_EXISTS"
     found = file_quota_preference(
         cloud,
         quota_id=GPU_L4,
@@ -335,22 +345,8 @@ def test_a_preference_filed_elsewhere_is_adopted_not_duplicated(sandbox_admin, c
     (google/api/cloudquotas/v1/resources.proto, QuotaPreference): one filed in the console
     under another id makes ours conflict; the task adopts it and polls that one."""
     sandbox_admin.reset(scenario="default")  # us-central1: granted after two polls
-    client = cloud.quotas_client()
-    pref = cloudquotas_v1.QuotaPreference(
-        service="run.googleapis.com",
-        quota_id=GPU_L4_NO_ZONAL_REDUNDANCY,
-        dimensions={"region": "us-central1"},
-        quota_config=cloudquotas_v1.QuotaConfig(preferred_value=1),
-        contact_email=EMAIL,
-    )
-    console = client.create_quota_preference(
-        parent=_parent(cloud), quota_preference=pref, quota_preference_id="console-l4"
-    )
-    with pytest.raises(gexc.Conflict, match="already exists") as clash:
-        client.create_quota_preference(
-            parent=_parent(cloud), quota_preference=pref, quota_preference_id="another-tool"
-        )
-    assert clash.value.response.json()["error"]["status"] == "ALREADY_EXISTS"
+    pref = _us_central1_preference(GPU_L4_NO_ZONAL_REDUNDANCY)
+    console = _created_then_conflict(cloud, pref, "console-l4", "another-tool")
 
     filed = file_quota_preference(
         cloud,

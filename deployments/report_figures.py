@@ -15,10 +15,11 @@ and the field reports' own: `single_page_p95` (p95 over released canaries' p95, 
 from __future__ import annotations
 
 import datetime as dt
-import math
+import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from flows.ledger import LedgerEntry
@@ -92,12 +93,14 @@ def _p95(series: pd.Series) -> float | None:
 
 def _restore_seconds(df: pd.DataFrame) -> pd.Series:
     """Per failed change: seconds until the end of the next released (NaN if none yet)."""
-    ends = df["finished_at"]
-    released = df.loc[df["outcome"] == "released", "finished_at"].sort_values()
-    out = []
-    for end in ends[df["outcome"].isin(FAILURES)]:
-        later = released[released > end]
-        out.append((later.iloc[0] - end).total_seconds() if not later.empty else math.nan)
+    released = np.sort(
+        df.loc[df["outcome"] == "released", "finished_at"].to_numpy("datetime64[ns]")
+    )
+    ends = df.loc[df["outcome"].isin(FAILURES), "finished_at"].to_numpy("datetime64[ns]")
+    nxt = np.searchsorted(released, ends, side="right")
+    found = nxt < len(released)
+    out = np.full(len(ends), np.nan)
+    out[found] = (released[nxt[found]] - ends[found]) / np.timedelta64(1, "s")
     return pd.Series(out, dtype="float64")
 
 
@@ -128,16 +131,6 @@ def _median_or_mean(series: pd.Series) -> float | None:
     return None if values.empty else round(float(values.mean()), 4)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return value
-
-
 def report_data(
     entries: Sequence[LedgerEntry], window_days: float, now: dt.datetime | None = None
 ) -> dict[str, Any]:
@@ -147,10 +140,11 @@ def report_data(
     services = {
         str(name): dora(group, window_days) for name, group in df.groupby("service", sort=True)
     }
-    releases = [
-        {k: _jsonable(v) for k, v in row.items()}
-        for row in df.astype(object).where(df.notna(), None).to_dict(orient="records")
-    ]
+    rows = df.assign(
+        started_at=df["started_at"].map(pd.Timestamp.isoformat),
+        finished_at=df["finished_at"].map(pd.Timestamp.isoformat),
+    )
+    releases = json.loads(rows.to_json(orient="records", double_precision=6))
     return {
         "generated_at": now.isoformat(),
         "window_days": window_days,

@@ -9,11 +9,13 @@ and is matched with `re.fullmatch`.
 
 from __future__ import annotations
 
+import os
 import re
 
 RELEASE_TAG_PATTERN = r"\Av[0-9]+\.[0-9]+\.[0-9]+\Z"
 RELEASE_TAG_MAX_LENGTH = 128
 RELEASE_TAG_EXAMPLE = "v1.4.0"
+TAG_PATTERN_ENV = "SHIPYARD_RELEASE_TAG_PATTERN"  # a team's own pattern, for every entry point
 
 _COMPILED = re.compile(RELEASE_TAG_PATTERN, re.ASCII)
 _SHOWN = 60  # characters of a bad value quoted back in an error
@@ -65,3 +67,11 @@ def validate_release_tag(
             f"{compiled.pattern!r} as a whole, ASCII digits only, e.g. {RELEASE_TAG_EXAMPLE!r}"
         )
     return tag
+
+
+def configured_tag_pattern() -> re.Pattern:
+    """The release-tag pattern in force: $SHIPYARD_RELEASE_TAG_PATTERN, else the default.
+
+    The webhook, the CLI and the release flow (so a run from the UI too) all check with it.
+    """
+    return compile_tag_pattern(os.environ.get(TAG_PATTERN_ENV) or None, field=TAG_PATTERN_ENV)

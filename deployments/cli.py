@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
+
+from deployments.cli_errors import err_console, one_line, verbose_requested
 
 app = typer.Typer(
     name="shipyard",
@@ -31,5 +34,28 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="On an error, print the whole traceback."
+    ),
+) -> None:
+    """Options for every command."""
+
+
+def main() -> None:
+    """The `shipyard` entry point: an error is one line, its traceback only with --verbose."""
+    if verbose_requested():
+        app()
+        return
+    try:
+        app(standalone_mode=True)
+    except Exception as exc:  # noqa: BLE001 - whatever escaped a command: one line
+        err_console.print(
+            f"[red]error:[/] {one_line(exc)} (`shipyard --verbose ...` for details)", soft_wrap=True
+        )
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

@@ -28,9 +28,14 @@ def release_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Release TAG: build, GPU deploy with region fallback, canary, cutover or rollback."""
+    from deployments.cli_errors import UsageError, fail, preflight_release
     from flows.release import release
     from tasks.errors import PermanentError
 
+    try:
+        preflight_release(tag, target)
+    except UsageError as exc:
+        fail(str(exc))
     try:
         result = release(tag, target, dry_run=dry_run, image=image, commit=commit)
     except PermanentError as exc:

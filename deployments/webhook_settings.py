@@ -21,10 +21,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from blocks.release_tag import RELEASE_TAG_PATTERN, compile_tag_pattern, shown
+from blocks.release_tag import RELEASE_TAG_PATTERN, TAG_PATTERN_ENV, compile_tag_pattern, shown
 from deployments.webhook_signature import DEFAULT_SECRET_BLOCK, SECRET_BLOCK_ENV
 
-TAG_PATTERN_ENV = "SHIPYARD_RELEASE_TAG_PATTERN"
 REPOS_ENV = "SHIPYARD_WEBHOOK_REPOS"
 REPOS_FILE_ENV = "SHIPYARD_WEBHOOK_REPOS_FILE"
 JOURNAL_ENV = "SHIPYARD_WEBHOOK_JOURNAL"

@@ -31,6 +31,7 @@ from prefect.events import emit_event
 from prefect.variables import Variable
 from pydantic import BaseModel
 
+from blocks.release_tag import configured_tag_pattern, validate_release_tag
 from blocks.release_target import ReleaseTarget, cpu_template_fingerprint
 from flows.canary import CanaryReport, recorded_release, release_variable, run_canary
 from flows.ledger import record_release
@@ -45,6 +46,13 @@ from flows.region_deploy import (
     find_existing_step,
 )
 from flows.release_hooks import abort_cleanup, canary_verdict, record_verdict
+from flows.release_outcome import (
+    STATE_NAMES,
+    final_state,
+    how_to_return,
+    outcome_message,
+    serving_and_attempted,
+)
 from flows.release_slot import ReleaseError, ensure_slot, release_slot, slot_name
 from flows.release_steps import Step, StepLog, note_attempt
 from flows.run_context import MAX_ATTEMPTS, RunContext, attempt_name
@@ -250,14 +258,30 @@ def release(
     image: str | None = None,
     commit: str | None = None,
 ) -> ReleaseResult:
-    """Release `git_tag` of the target service (see the module docstring for outcomes)."""
+    """Release `git_tag` of the target service (see the module docstring for outcomes).
+
+    Args:
+        git_tag: Release tag, e.g. v1.4.0 (the pattern the webhook and the CLI use too).
+        target: Name of the Shipyard Release Target block to release to (e.g. default).
+        dry_run: Plan only: show regions, quotas, image and revision; change nothing.
+        image: Release this image reference instead of building the tag (empty: build).
+        commit: Commit to build (empty: the commit the tag points at).
+    """
+    try:
+        validate_release_tag(git_tag, pattern=configured_tag_pattern())
+    except ValueError as exc:
+        raise ReleaseError(str(exc)) from None
     resolved = resolve_target(target)
     with observed_release(resolved, git_tag):  # scope, release events, Cloud Logging
         if dry_run:
             return Release(resolved, git_tag, image, commit).run(dry_run=True)
         with release_slot(resolved.service, resolved.lock_timeout_s, resolved.slot_lease_s):
             check_exposure(resolved, git_tag)
-            return Release(resolved, git_tag, image, commit).run(dry_run=False)
+            result = Release(resolved, git_tag, image, commit).run(dry_run=False)
+    # A rollback or CPU fallback ends the run in a state of its own name (RolledBack,
+    # CPUFallback) with the reason; Prefect hands the caller the state's data, the result.
+    state = final_state(result)
+    return result if state is None else cast(ReleaseResult, state)
 
 
 class Release:
@@ -294,14 +318,17 @@ class Release:
             self._finish(failed=True)
             raise
         self._finish(failed=False)
-        logger.info(
-            "release %s of %s: %s (region %s, revision %s)",
-            self.git_tag,
-            self.target.service,
-            self.result.outcome,
-            self.result.region,
-            self.result.revision,
-        )
+        if self.result.outcome in STATE_NAMES:
+            logger.warning("%s", outcome_message(self.result))
+        else:
+            logger.info(
+                "release %s of %s: %s (region %s, revision %s)",
+                self.git_tag,
+                self.target.service,
+                self.result.outcome,
+                self.result.region,
+                self.result.revision,
+            )
         return self.result
 
     def _run(self, dry_run: bool) -> None:
@@ -614,6 +641,8 @@ class Release:
         if result.noop and previous and previous.get("revision") == result.revision:
             # The same release again: keep what its first run knew (image, figures).
             record = {**previous, "recorded_at": record["recorded_at"]}
+        elif result.outcome in STATE_NAMES:
+            record = serving_and_attempted(record, previous, result)
         Variable.set(release_variable(result.service), record, overwrite=True)
 
 
@@ -622,7 +651,7 @@ class _Stop(Exception):
 
 
 def summary_markdown(result: ReleaseResult, failed: bool) -> str:
-    title = "FAILED" if failed else result.outcome.replace("_", " ")
+    title = "FAILED" if failed else result.outcome.replace("_", " ").upper()
     lines = [
         f"# Release {result.git_tag} of `{result.service}`: **{title}**",
         "",
@@ -642,6 +671,8 @@ def summary_markdown(result: ReleaseResult, failed: bool) -> str:
         )
     if result.noop:
         lines.append("- the tag already served: nothing built, deployed or requested")
+    if not failed and not result.dry_run:
+        lines += how_to_return(result)
     if result.serving_url_variable:
         lines.append(f"- serving URL published as Variable `{result.serving_url_variable}`")
     if result.canary:

@@ -82,9 +82,11 @@ def test_no_gpu_anywhere_keeps_cpu_baseline(stage, make_target, sandbox_admin):
     stage(default_region=deny, regions={"europe-west1": deny, "us-central1": deny})
     target = make_target()
 
-    result = release("v3.0.0", target, image=f"{IMAGE}:v3.0.0")
+    state = release("v3.0.0", target, image=f"{IMAGE}:v3.0.0", return_state=True)
+    result = state.result()
 
     assert result.outcome == "cpu_fallback"
+    assert state.name == "CPUFallback" and "fell back to CPU" in state.message
     assert result.region == "europe-west1"  # the primary
     assert result.revision == f"{target.service}-v3-0-0-cpu"
     assert result.canary is None
@@ -120,9 +122,14 @@ def test_oom_in_canary_rolls_back(stage, make_target, sandbox_admin):
     stage(revision_faults=[{"fault": "oom"}])
     target = make_target()
 
-    result = release("v6.0.0", target, image=f"{IMAGE}:v6.0.0")
+    state = release("v6.0.0", target, image=f"{IMAGE}:v6.0.0", return_state=True)
+    result = state.result()
 
     assert result.outcome == "rolled_back"
+    # The run does not pass for a release: its own state name, the reason and what serves.
+    assert state.name == "RolledBack" and state.is_completed()
+    assert "ROLLED BACK" in state.message and "Memory limit exceeded" in state.message
+    assert f"{target.service}-v6-0-0-cpu serves 100%" in state.message
     assert result.revision == f"{target.service}-v6-0-0-cpu"  # nothing else ever served
     reasons = " | ".join(result.reasons)
     # Google's OOM: a 503 to the client, then the platform's lines in the revision's log.

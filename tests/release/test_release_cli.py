@@ -32,8 +32,9 @@ def test_release_command_dry_run_with_a_saved_target_block(stage, make_target, s
 
 def test_release_command_names_a_missing_block(sandbox):
     out = CliRunner().invoke(app, ["release", "v1.0.0", "--target", "no-such-target"])
-    assert out.exit_code == 1
-    assert "no-such-target" in out.output and "ReleaseTarget" in out.output
+    assert out.exit_code == 2
+    assert "no-such-target" in out.output and "Shipyard Release Target" in out.output
+    assert "Traceback" not in out.output
 
 
 def test_demo_json_plays_the_full_pipeline_on_a_fresh_sandbox(sandbox):

@@ -115,7 +115,7 @@ def main() -> int:
 
     started = time.perf_counter()
     rows: list[dict] = []
-    with prefect_api(), local_cloud() as cloud:
+    with prefect_api(startup_timeout=300), local_cloud(startup_timeout=180) as cloud:
 
         def _stage(base: str = "healthy", **overrides):
             overrides.setdefault("serving", {"gpu_ms": 5, "cpu_ms": 300})

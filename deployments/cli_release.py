@@ -133,6 +133,9 @@ def print_pipeline(data: dict[str, Any]) -> None:
         )
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in data.get("stages", {}).items())
     console.print(f"stages    {stages}; wall {data.get('wall_s', 0):.1f} s")
+    if data.get("sandbox_mode"):
+        note = f" ({data['sandbox_mode_note']})" if data.get("sandbox_mode_note") else ""
+        console.print(f"sandbox   {data['sandbox_mode']}{note}")
 
 
 def print_summary(data: dict[str, Any]) -> None:

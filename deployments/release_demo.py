@@ -302,6 +302,9 @@ def run_demo(
         ],
     }
     out["stages"] = stages
+    # Which sandbox ran: "containers" (builds and revisions on its Docker daemon) or in-process.
+    out["sandbox_mode"] = cloud.info.mode
+    out["sandbox_mode_note"] = cloud.info.mode_note
     out["wall_s"] = round(time.perf_counter() - started, 2)
     out["invariants_ok"] = not violations
     out["invariant_violations"] = violations

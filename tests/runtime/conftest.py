@@ -28,8 +28,10 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def engine_sandbox(tmp_path_factory):
-    """Registry, Docker daemon and emulator; the environment points Shipyard at them."""
+def engine_session(tmp_path_factory):
+    """Registry, Docker daemon and emulator, one per session. The environment is pointed at
+    them per test only (`engine_sandbox`): other modules on the same worker use the session's
+    in-process sandbox."""
     from sandbox.engine.daemon import ENGINE_ENV, unavailable_reason
     from sandbox.manager import start_sandbox
 
@@ -40,20 +42,26 @@ def engine_sandbox(tmp_path_factory):
     info = start_sandbox(root=tmp_path_factory.mktemp("engine-sandbox"), engine=True)
     assert info.mode == "containers", info.mode_note
     try:
-        with info.env_applied():
-            yield info
+        yield info
     finally:
         info.stop()
 
 
+@pytest.fixture
+def engine_sandbox(engine_session):
+    """The engine sandbox, with the environment pointing Shipyard at it for this test."""
+    with engine_session.env_applied():
+        yield engine_session
+
+
 @pytest.fixture(scope="session")
-def engine_base(engine_sandbox) -> str:
+def engine_base(engine_session) -> str:
     """The upstream CUDA image over the Debian root filesystem, by digest."""
     from sandbox.engine.rootfs import ensure_rootfs
     from sandbox.seed import seed_cuda_image
 
     seeded = seed_cuda_image(
-        engine_sandbox.registry_url, "base-images/cuda", rootfs=ensure_rootfs()
+        engine_session.registry_url, "base-images/cuda", rootfs=ensure_rootfs()
     )
     return f"{seeded.repository}@{seeded.digest}"
 

@@ -9,14 +9,11 @@ bootstraps it). The whole group is marked `runtime` and `slow`, and `make test` 
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("SHIPYARD_ROOTFS_CACHE", str(Path.home() / ".cache" / "shipyard" / "rootfs"))
-
-_GIT = ["git", "-c", "user.email=tests@shipyard.invalid", "-c", "user.name=shipyard tests"]
 
 
 def pytest_collection_modifyitems(items):
@@ -64,28 +61,3 @@ def engine_base(engine_session) -> str:
         engine_session.registry_url, "base-images/cuda", rootfs=ensure_rootfs()
     )
     return f"{seeded.repository}@{seeded.digest}"
-
-
-class GitRepo:
-    """A throwaway git repository with the files given (the build's gitSource)."""
-
-    def __init__(self, root: Path, files: dict[str, str]) -> None:
-        self.root = root
-        root.mkdir(parents=True)
-        subprocess.run([*_GIT, "init", "-q", "-b", "main", str(root)], check=True)
-        self.write(files)
-
-    @property
-    def url(self) -> str:
-        return f"file://{self.root}"
-
-    def write(self, files: dict[str, str]) -> str:
-        for name, text in files.items():
-            path = self.root / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        subprocess.run([*_GIT, "-C", str(self.root), "add", "-A"], check=True)
-        subprocess.run([*_GIT, "-C", str(self.root), "commit", "-q", "-m", "change"], check=True)
-        return subprocess.check_output(
-            ["git", "-C", str(self.root), "rev-parse", "HEAD"], text=True
-        ).strip()

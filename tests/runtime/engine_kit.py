@@ -3,10 +3,39 @@ for its result and log through the official clients."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 
-from conftest import GitRepo
 from google.cloud.devtools import cloudbuild_v1 as cb
+
+_GIT = ["git", "-c", "user.email=tests@shipyard.invalid", "-c", "user.name=shipyard tests"]
+
+
+class GitRepo:
+    """A throwaway git repository with the files given (the build's gitSource)."""
+
+    def __init__(self, root: Path, files: dict[str, str]) -> None:
+        self.root = root
+        root.mkdir(parents=True)
+        subprocess.run([*_GIT, "init", "-q", "-b", "main", str(root)], check=True)
+        self.write(files)
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.root}"
+
+    def write(self, files: dict[str, str]) -> str:
+        for name, text in files.items():
+            path = self.root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        subprocess.run([*_GIT, "-C", str(self.root), "add", "-A"], check=True)
+        subprocess.run([*_GIT, "-C", str(self.root), "commit", "-q", "-m", "change"], check=True)
+        return subprocess.check_output(
+            ["git", "-C", str(self.root), "rev-parse", "HEAD"], text=True
+        ).strip()
+
 
 PROJECT = "shipyard-sandbox"
 

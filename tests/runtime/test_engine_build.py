@@ -6,8 +6,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
-from conftest import GitRepo
-from engine_kit import cloud_build
+from engine_kit import GitRepo, cloud_build
 from google.cloud.devtools import cloudbuild_v1 as cb
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import GitRepo
-from engine_kit import cloud_build
+from engine_kit import GitRepo, cloud_build
 from google.api_core import exceptions
 from google.cloud import run_v2
 

@@ -26,9 +26,9 @@ def outcome_message(result: ReleaseResult) -> str:
     serving = f"{result.revision or '-'} serves 100% in {result.region or '-'}"
     why = "; ".join(result.reasons) or "no reason recorded"
     if result.outcome == "rolled_back":
-        return f"release {result.git_tag} ROLLED BACK: {why}; {serving}"
+        return f"release {result.git_tag} ROLLED BACK ({serving}): {why}"
     if result.outcome == "cpu_fallback":
-        return f"release {result.git_tag} fell back to CPU (no GPU region): {why}; {serving}"
+        return f"release {result.git_tag} fell back to CPU, no GPU region ({serving}): {why}"
     return f"release {result.git_tag}: {result.outcome}; {serving}"
 
 

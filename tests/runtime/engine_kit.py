@@ -3,11 +3,14 @@ for its result and log through the official clients."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
 
 from google.cloud.devtools import cloudbuild_v1 as cb
+
+from sandbox.admin import SandboxAdmin
 
 _GIT = ["git", "-c", "user.email=tests@shipyard.invalid", "-c", "user.name=shipyard tests"]
 
@@ -67,12 +70,15 @@ def cloud_build(cloud, repo: GitRepo, base: str, tag: str) -> tuple[cb.Build, st
     while build.status.name in ("QUEUED", "WORKING") and time.monotonic() < deadline:
         time.sleep(0.2)
         build = client.get_build(project_id=PROJECT, id=build_id)
+    # Every entry of the build, in write order, from the sandbox's Cloud Logging store.
+    admin = SandboxAdmin(os.environ["SHIPYARD_GOOGLE_ENDPOINT"])
+    try:
+        entries = admin.logs()
+    finally:
+        admin.close()
     log = "\n".join(
-        e.payload
-        for e in cloud.logging_client().list_entries(
-            resource_names=[f"projects/{PROJECT}"],
-            filter_=f'resource.type="build" AND resource.labels.build_id="{build_id}"',
-        )
-        if isinstance(e.payload, str)
+        e.get("textPayload", "")
+        for e in entries
+        if e.get("resource", {}).get("labels", {}).get("build_id") == build_id
     )
     return build, log

@@ -67,6 +67,7 @@ from flows.traffic import (
 )
 from tasks import cloud_run as cr
 from tasks.deploy_errors import ConfigurationError, DeployFailed, QuotaDenied, is_quota_message
+from tasks.errors import retry_condition_fn
 from tasks.git_source import redact_credentials
 from tasks.reports import markdown_table, publish_markdown
 
@@ -79,8 +80,13 @@ RELEASE_TIMEOUT_S = 3 * 3600
 __all__ = ["ReleaseError", "ensure_slot", "release", "slot_name"]
 
 
+@task(name="check-exposure", cache_policy=NO_CACHE, retry_condition_fn=retry_condition_fn)
 def check_exposure(target: ReleaseTarget, git_tag: str) -> None:
-    """Refuse a release that would leave the service public unless the target says so."""
+    """Refuse a release that would leave the service public unless the target says so.
+
+    A Prefect task so that a transient answer (a 429 burst, a reset) is retried with the
+    target's retry settings like every other read of the service, instead of ending the release.
+    """
     if target.public:
         return
     ctx = RunContext(target, git_tag, None)
@@ -276,7 +282,9 @@ def release(
         if dry_run:
             return Release(resolved, git_tag, image, commit).run(dry_run=True)
         with release_slot(resolved.service, resolved.lock_timeout_s, resolved.slot_lease_s):
-            check_exposure(resolved, git_tag)
+            check_exposure.with_options(
+                retries=resolved.retries, retry_delay_seconds=resolved.retry_delays()
+            )(resolved, git_tag)
             result = Release(resolved, git_tag, image, commit).run(dry_run=False)
     # A rollback or CPU fallback ends the run in a state of its own name (RolledBack,
     # CPUFallback) with the reason; Prefect hands the caller the state's data, the result.

@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 SUITE = {
     "quota-read:429 burst",
     "quota-polling:never decided",
+    "deploy:429 burst",
     "deploy:connection reset at 20%",
     "deploy:502/504 at 20%",
     "deploy:quota refused by the operation",

@@ -1,6 +1,6 @@
 """Dockerfiles as BuildKit's frontend reads them: the one parser of the pipeline (the cache
 tiers' stages and their text, flows/cache_tier_fingerprint.py) and of the sandbox's Cloud Build
-executor (sandbox/buildkit.py).
+executor (sandbox/buildkit/).
 
 Supported: parser directives (`# syntax=`, `# escape=` with the default backslash only), comments,
 line continuations, global `ARG` before the first `FROM`, multi-stage builds (`FROM … AS name`,

@@ -13,7 +13,7 @@ is done once the build is terminal: `response` is the Build (with its `@type`) o
 Steps the executor understands: `gcr.io/cloud-builders/docker` with `buildx create|use|version|
 ls|inspect` (a no-op: the sandbox's builder is always there) and `buildx build …`: executed
 for real on the sandbox's Docker daemon when it runs (sandbox/engine/docker_build.py: every RUN
-runs, with its real output), else by the in-process stand-in (sandbox/buildkit.py). Anything else fails the build at that step, with `failureInfo`
+runs, with its real output), else by the in-process stand-in (sandbox/buildkit/). Anything else fails the build at that step, with `failureInfo`
 (USER_BUILD_STEP) and a `statusDetail` naming the step and the problem, as Google fails a broken
 step. Every log line goes to the Cloud Logging store: resource type "build", labels build_id and
 project_id, log `projects/{p}/logs/cloudbuild`, entry label `build_step` ("Step #1").

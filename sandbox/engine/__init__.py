@@ -2,5 +2,5 @@
 filesystem built from Debian packages, real builds and revision containers on that daemon.
 
 Where the daemon cannot start (not root, package missing), the sandbox says so in one line and
-keeps its in-process stand-ins (sandbox/buildkit.py, revisions served from this checkout).
+keeps its in-process stand-ins (sandbox/buildkit/, revisions served from this checkout).
 """

@@ -31,7 +31,7 @@ def _kill_cases(cloud, make_target) -> list[dict]:
     from prefect.settings import PREFECT_API_URL
 
     from deployments.release_demo import stage
-    from flows.release import release
+    from flows.release import run_release
     from sandbox.fault_matrix import IMAGE, _slot_held, duplicate_revisions
     from sandbox.release_invariants import all_violations
 
@@ -77,7 +77,7 @@ def _kill_cases(cloud, make_target) -> list[dict]:
         child.wait(timeout=30)
         prefs_before = cloud.admin.calls().get("quotas.create_preference", 0)
         try:
-            result = release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
+            result = run_release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
             got, results = result.outcome, [result]
         except Exception as exc:  # noqa: BLE001
             got, results = f"error: {exc}"[:200], []

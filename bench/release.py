@@ -38,7 +38,7 @@ RUNS = 5
 
 def _full_releases(cloud) -> tuple[list[float], list[float], list[str]]:
     from deployments.release_demo import DEMO_IMAGE, sandbox_target, stage
-    from flows.release import release
+    from flows.release import run_release
 
     release_s, noop_s, outcomes = [], [], []
     for i in range(RUNS):
@@ -49,11 +49,11 @@ def _full_releases(cloud) -> tuple[list[float], list[float], list[str]]:
         )
         tag = f"v1.0.{i}"
         started = time.perf_counter()
-        result = release(tag, target, image=f"{DEMO_IMAGE}:{tag}")
+        result = run_release(tag, target, image=f"{DEMO_IMAGE}:{tag}")
         release_s.append(time.perf_counter() - started)
         outcomes.append(result.outcome)
         started = time.perf_counter()
-        again = release(tag, target, image=f"{DEMO_IMAGE}:{tag}")
+        again = run_release(tag, target, image=f"{DEMO_IMAGE}:{tag}")
         noop_s.append(time.perf_counter() - started)
         outcomes.append("noop" if again.noop else again.outcome)
     return release_s, noop_s, outcomes

@@ -107,7 +107,7 @@ def _report_figures(service: str) -> dict:
 def _logging_overhead(cloud) -> dict:
     from blocks.cloud import GoogleCloud
     from deployments.release_demo import DEMO_IMAGE, sandbox_target, stage
-    from flows.release import release
+    from flows.release import run_release
     from tasks.cloud_logging_handler import CloudLoggingHandler
 
     for name in ("prefect.flow_runs", "prefect.task_runs"):
@@ -150,7 +150,7 @@ def _logging_overhead(cloud) -> dict:
                 )
                 before = len(emit_s)
                 started = time.perf_counter()
-                result = release("v1.0.0", target, image=f"{DEMO_IMAGE}:v1.0.0")
+                result = run_release("v1.0.0", target, image=f"{DEMO_IMAGE}:v1.0.0")
                 times.append(time.perf_counter() - started)
                 outcomes.append(result.outcome)
                 if arm == "on":

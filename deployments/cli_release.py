@@ -29,7 +29,7 @@ def release_command(
 ) -> None:
     """Release TAG: build, GPU deploy with region fallback, canary, cutover or rollback."""
     from deployments.cli_errors import UsageError, fail, preflight_release
-    from flows.release import release
+    from flows.release import run_release
     from tasks.errors import PermanentError
 
     try:
@@ -37,7 +37,7 @@ def release_command(
     except UsageError as exc:
         fail(str(exc))
     try:
-        result = release(tag, target, dry_run=dry_run, image=image, commit=commit)
+        result = run_release(tag, target, dry_run=dry_run, image=image, commit=commit)
     except PermanentError as exc:
         console.print(f"[red]release failed:[/] {exc}")
         raise typer.Exit(1) from None

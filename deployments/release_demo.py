@@ -239,7 +239,7 @@ def run_demo(
 
     from flows.mirror import mirror_base_image
     from flows.prewarm import prewarm_cache_tiers
-    from flows.release import release
+    from flows.release import run_release
     from sandbox.seed import UPSTREAM_REPOSITORY, UPSTREAM_TAG, seed_cuda_image
 
     say = progress or (lambda line: None)
@@ -269,7 +269,7 @@ def run_demo(
             info["detail"] = ", ".join(f"{t.tier} {t.action}" for t in warmed.tiers)
         with _stage_timer("release", say, stages) as info:
             target = sandbox_target(base_image=base_repository, build_settings_block=settings_block)
-            result = release(git_tag, target, commit=commit)
+            result = run_release(git_tag, target, commit=commit)
             info["detail"] = f"{result.outcome} in {result.region or '-'}"
         with _stage_timer("invariants", say, stages) as info:
             violations = check_invariants(cloud, target.service, [result])

@@ -48,6 +48,7 @@ from flows.region_deploy import (
 from flows.release_hooks import abort_cleanup, canary_verdict, record_verdict
 from flows.release_outcome import (
     STATE_NAMES,
+    ReleaseRolledBack,
     final_state,
     how_to_return,
     outcome_message,
@@ -77,7 +78,14 @@ Outcome = Literal["released", "rolled_back", "cpu_fallback", "planned"]
 # build of a CUDA image, the quota budget and the canary with room to spare.
 RELEASE_TIMEOUT_S = 3 * 3600
 
-__all__ = ["ReleaseError", "ensure_slot", "release", "slot_name"]
+__all__ = [
+    "ReleaseError",
+    "ReleaseRolledBack",
+    "ensure_slot",
+    "release",
+    "run_release",
+    "slot_name",
+]
 
 
 @task(name="check-exposure", cache_policy=NO_CACHE, retry_condition_fn=retry_condition_fn)
@@ -286,10 +294,25 @@ def release(
                 retries=resolved.retries, retry_delay_seconds=resolved.retry_delays()
             )(resolved, git_tag)
             result = Release(resolved, git_tag, image, commit).run(dry_run=False)
-    # A rollback or CPU fallback ends the run in a state of its own name (RolledBack,
-    # CPUFallback) with the reason; Prefect hands the caller the state's data, the result.
+    # A rollback ends the run Failed-type `RolledBack` (a call raises ReleaseRolledBack, which
+    # carries the result), a CPU fallback Completed-type `CPUFallback`; both name the reason.
     state = final_state(result)
     return result if state is None else cast(ReleaseResult, state)
+
+
+def run_release(
+    git_tag: str,
+    target: ReleaseTarget | str = "default",
+    dry_run: bool = False,
+    image: str | None = None,
+    commit: str | None = None,
+) -> ReleaseResult:
+    """Run the release flow and return its `ReleaseResult` for every outcome, a rollback's
+    included; only a release that stopped (tag, configuration, build) raises."""
+    try:
+        return release(git_tag, target, dry_run=dry_run, image=image, commit=commit)
+    except ReleaseRolledBack as rolled_back:
+        return rolled_back.result
 
 
 class Release:

@@ -1,24 +1,60 @@
 """How a release's outcome shows in Prefect: the flow run's final state and its log line.
 
-A release that rolled back, or that serves the CPU baseline because no region could run the
-GPU revision, did not do what was asked: its flow run must not look like a release that reached
-100 %. The run ends in a state of its own name, with a message naming the reason and what
-serves now; Prefect emits `prefect.flow-run.RolledBack` / `prefect.flow-run.CPUFallback` for
-it (automations match those, or the `shipyard.release.*` events the release emits). The state
-keeps Prefect's COMPLETED type so the run's result (the `ReleaseResult`) stays readable by the
-caller and by `prefect deployment run --watch`.
+A release that rolled back did not do what was asked: its flow run must not look like a release
+that reached 100 %. It ends in a state of Prefect's FAILED type named `RolledBack` (red in the
+UI, a failure for `prefect deployment run --watch` and for every tool that reads state types),
+with a message naming the reason and what serves now.
+
+A CPU fallback ends in a state of the COMPLETED type named `CPUFallback`: the service serves on
+a Ready CPU baseline revision, nothing is left for an operator to undo, and Prefect's semantics
+of a failed run (retries, "run failed" automations, a non-zero `--watch`) would send people to
+fix a release that did the right thing under a quota of 0. The name, the message and a WARNING
+log line mark it; `shipyard release` exits 3 for it as for a rollback.
+
+Prefect emits `prefect.flow-run.RolledBack` / `prefect.flow-run.CPUFallback` for them (the
+event's resource carries `prefect.state-type`: FAILED / COMPLETED); automations match those, or
+the `shipyard.release.*` events the release emits.
+
+The `ReleaseResult` stays readable: a rolled-back run's state data is a `ReleaseRolledBack`
+exception carrying it (`.result`), so calling the flow raises it with the message, and
+`state.result(raise_on_failure=False)` returns it; `run_release` / `release_result` hand back
+the `ReleaseResult` for every outcome and raise only for a release that stopped.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 if TYPE_CHECKING:
     from flows.release import ReleaseResult
 
 STATE_NAMES = {"rolled_back": "RolledBack", "cpu_fallback": "CPUFallback"}
+
+
+class ReleaseRolledBack(Exception):
+    """The release rolled back: raised by a call of the flow, held by its RolledBack state.
+
+    `result` is the run's `ReleaseResult` (what serves, what was attempted, the reasons)."""
+
+    def __init__(self, message: str, result: ReleaseResult):
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled with the run's result
+        return (type(self), (str(self), self.result))
+
+
+def release_result(state: State) -> ReleaseResult:
+    """The `ReleaseResult` of a finished release run, whatever its outcome (released, rolled
+    back, CPU fallback, planned); a run that stopped (Failed, Crashed) raises its error."""
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, ReleaseRolledBack):
+        return value.result
+    if isinstance(value, BaseException):
+        raise value
+    return cast("ReleaseResult", value)
 
 
 def outcome_message(result: ReleaseResult) -> str:
@@ -37,7 +73,10 @@ def final_state(result: ReleaseResult) -> State | None:
     name = STATE_NAMES.get(result.outcome)
     if name is None or result.dry_run:
         return None
-    return Completed(name=name, message=outcome_message(result)[:1000], data=result)
+    message = outcome_message(result)[:1000]
+    if result.outcome == "rolled_back":
+        return Failed(name=name, message=message, data=ReleaseRolledBack(message, result))
+    return Completed(name=name, message=message, data=result)
 
 
 def serving_and_attempted(

@@ -266,7 +266,7 @@ def run_case(
 ) -> CaseResult:
     """Stage, release, check. `stage(base, **overrides)` resets the sandbox;
     `make_target(**fields)` builds the ReleaseTarget for `service`."""
-    from flows.release import release
+    from flows.release import run_release
     from sandbox.release_invariants import all_violations
 
     stage(case.base, **case.scenario)
@@ -275,7 +275,7 @@ def run_case(
     detail = ""
     got: str
     try:
-        result = release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
+        result = run_release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
         results.append(result)
         got = result.outcome
         detail = "; ".join(result.reasons)[:300]

@@ -8,9 +8,10 @@ import time
 
 import pytest
 from test_release_guards import _all_events
+from test_release_guards import _events as _events_of
 
 from flows.ledger import read_ledger
-from flows.release import release
+from flows.release import run_release
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +55,8 @@ def test_released_and_rolled_back_leave_events_logs_and_ledger(
     target = make_target()
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
 
-    good = release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
-    bad = release("v2.0.0", target, image=f"{IMAGE}:v2.0.0")
+    good = run_release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
+    bad = run_release("v2.0.0", target, image=f"{IMAGE}:v2.0.0")
     assert (good.outcome, bad.outcome) == ("released", "rolled_back")
 
     events = _events(
@@ -93,6 +94,17 @@ def test_released_and_rolled_back_leave_events_logs_and_ledger(
     ), second
     assert not any(n.endswith(".failed") for n in first)
     assert "shipyard.cutover.started" not in second
+
+    # Prefect's own event for the run's final state: named RolledBack, of the FAILED type
+    # (what an automation on failed flow runs matches with `prefect.state-type`).
+    run_events = _events_of(
+        f"prefect.flow-run.{bad.flow_run_id}", since, "prefect.flow-run.RolledBack"
+    )
+    final = next(e for e in run_events if e.event == "prefect.flow-run.RolledBack")
+    assert final.resource["prefect.state-type"] == "FAILED"
+    assert "ROLLED BACK" in final.resource["prefect.state-message"]
+    flows = [r for r in final.related if r.id.startswith("prefect.flow.")]
+    assert [r.get("prefect.resource.name") for r in flows] == ["release"]
 
     # Resources: the service is primary; tag, region, revision, digest-less image, run related.
     deploy = next(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.release import release
+from flows.release import ReleaseRolledBack, release, run_release
+from flows.release_outcome import release_result
 from sandbox.release_invariants import (
     failed_revision_problems,
     invariant_violations,
@@ -42,7 +43,7 @@ def test_fallback_to_second_region(stage, make_target, sandbox_admin):
     stage(regions={"europe-west1": {"gpu": 0, "gpu_no_zonal_redundancy": 0}})
     target = make_target()
 
-    result = release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
+    result = run_release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
 
     assert result.outcome == "released"
     assert result.region == "us-central1"
@@ -63,7 +64,7 @@ def test_quota_granted_after_polling(stage, make_target, sandbox_admin):
     stage("default")  # europe-west1: 0 and denied; us-central1: 0, granted after two polls
     target = make_target()
 
-    result = release("v2.0.0", target, image=f"{IMAGE}:v2.0.0")
+    result = run_release("v2.0.0", target, image=f"{IMAGE}:v2.0.0")
 
     assert result.outcome == "released", result.reasons
     assert result.region == "us-central1"
@@ -86,7 +87,9 @@ def test_no_gpu_anywhere_keeps_cpu_baseline(stage, make_target, sandbox_admin):
     result = state.result()
 
     assert result.outcome == "cpu_fallback"
-    assert state.name == "CPUFallback" and "fell back to CPU" in state.message
+    # Serving on a Ready CPU revision: Completed-type, marked by its name and message.
+    assert state.is_completed() and state.name == "CPUFallback"
+    assert "fell back to CPU" in state.message
     assert result.region == "europe-west1"  # the primary
     assert result.revision == f"{target.service}-v3-0-0-cpu"
     assert result.canary is None
@@ -102,7 +105,10 @@ def test_silent_cpu_fallback_rolls_back_to_last_good(stage, make_target, sandbox
     good = release("v4.0.0", target, image=f"{IMAGE}:v4.0.0")
     assert good.outcome == "released"
 
-    bad = release("v5.0.0", target, image=f"{IMAGE}:v5.0.0")
+    # A call of the flow raises for a rollback; the exception carries the result.
+    with pytest.raises(ReleaseRolledBack, match="ROLLED BACK") as rolled_back:
+        release("v5.0.0", target, image=f"{IMAGE}:v5.0.0")
+    bad = rolled_back.value.result
 
     assert bad.outcome == "rolled_back"
     assert bad.revision == good.revision  # 100% stays on the last good GPU revision
@@ -123,11 +129,13 @@ def test_oom_in_canary_rolls_back(stage, make_target, sandbox_admin):
     target = make_target()
 
     state = release("v6.0.0", target, image=f"{IMAGE}:v6.0.0", return_state=True)
-    result = state.result()
+    result = release_result(state)
 
     assert result.outcome == "rolled_back"
-    # The run does not pass for a release: its own state name, the reason and what serves.
-    assert state.name == "RolledBack" and state.is_completed()
+    # The run does not pass for a release: Failed-type (red in the UI), its own state name,
+    # the reason and what serves.
+    assert state.name == "RolledBack" and state.is_failed()
+    assert state.result(raise_on_failure=False).result == result
     assert "ROLLED BACK" in state.message and "canary" in state.message
     assert f"{target.service}-v6-0-0-cpu serves 100%" in state.message
     assert result.revision == f"{target.service}-v6-0-0-cpu"  # nothing else ever served
@@ -145,7 +153,7 @@ def test_a_retry_never_gets_the_canary_past_an_oom(stage, make_target, sandbox_a
     stage(revision_faults=[{"fault": "oom", "requests": 1}])
     target = make_target()
 
-    result = release("v6.1.0", target, image=f"{IMAGE}:v6.1.0")
+    result = run_release("v6.1.0", target, image=f"{IMAGE}:v6.1.0")
 
     assert result.outcome == "rolled_back", result.reasons
     assert result.canary is not None and result.canary.runs == 3 and not result.canary.passed
@@ -160,10 +168,10 @@ def test_a_retry_never_gets_the_canary_past_an_oom(stage, make_target, sandbox_a
 def test_rollback_applies_the_cpu_baseline_when_the_policy_asks(stage, make_target, sandbox_admin):
     stage(revision_faults=[{"fault": "oom", "image_contains": ":v13.1"}])
     target = make_target(rollback_to_cpu=True)
-    good = release("v13.0.0", target, image=f"{IMAGE}:v13.0.0")
+    good = run_release("v13.0.0", target, image=f"{IMAGE}:v13.0.0")
     assert good.outcome == "released"
 
-    bad = release("v13.1.0", target, image=f"{IMAGE}:v13.1.0")
+    bad = run_release("v13.1.0", target, image=f"{IMAGE}:v13.1.0")
 
     baseline = f"{target.service}-v13-1-0-cpu"  # the CPU template, with this release's image
     assert bad.outcome == "rolled_back" and bad.revision == baseline
@@ -178,11 +186,11 @@ def test_rollback_applies_the_cpu_baseline_when_the_policy_asks(stage, make_targ
 def test_rolled_back_tag_released_again_converges(stage, make_target, sandbox_admin):
     stage(revision_faults=[{"fault": "oom"}])
     target = make_target()
-    first = release("v6.1.0", target, image=f"{IMAGE}:v6.1.0")
+    first = run_release("v6.1.0", target, image=f"{IMAGE}:v6.1.0")
     assert first.outcome == "rolled_back"
     created = sandbox_admin.calls()["run.revision_created"]
 
-    again = release("v6.1.0", target, image=f"{IMAGE}:v6.1.0")
+    again = run_release("v6.1.0", target, image=f"{IMAGE}:v6.1.0")
 
     # The same revision is canaried again (and fails again): nothing new is created.
     assert again.outcome == "rolled_back"
@@ -223,7 +231,7 @@ def test_existing_service_on_latest_keeps_its_traffic_until_the_canary_passed(
         cloud.services_client(), project, "europe-west1", body, target.service, poll_s=0.02
     )
 
-    result = release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")
+    result = run_release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")
 
     assert result.outcome == "released" and result.region == "europe-west1"
     assert not result.outside_primary
@@ -239,7 +247,7 @@ def test_transient_canary_503_is_retried_and_passes(stage, make_target, sandbox_
     stage(revision_faults=[{"fault": "http_503", "requests": 2}])
     target = make_target()
 
-    result = release("v7.0.0", target, image=f"{IMAGE}:v7.0.0")
+    result = run_release("v7.0.0", target, image=f"{IMAGE}:v7.0.0")
 
     assert result.outcome == "released", result.reasons
     first = next(s for s in result.steps if s.name == "canary-run-1")
@@ -254,7 +262,7 @@ def test_quota_message_at_deploy_moves_to_next_region(where, stage, make_target,
     stage(regions={"europe-west1": {"deploy_error": {"where": where}}})
     target = make_target()
 
-    result = release("v8.0.0", target, image=f"{IMAGE}:v8.0.0")
+    result = run_release("v8.0.0", target, image=f"{IMAGE}:v8.0.0")
 
     assert result.outcome == "released", result.reasons
     assert result.region == "us-central1"
@@ -284,14 +292,14 @@ def test_same_tag_twice_converges(stage, make_target, sandbox_admin, app_build, 
     settings_block, repo = app_build
     repo.tag("v9.0.0")
     target = make_target(base_image=pinned_base, build_settings_block=settings_block)
-    first = release("v9.0.0", target)  # no image: the flow builds it
+    first = run_release("v9.0.0", target)  # no image: the flow builds it
     assert first.outcome == "released", first.reasons
     assert first.image and "@sha256:" in first.image
     assert {s.name: s.state for s in first.steps}["build"] == "completed"
     before = sandbox_admin.calls()
     assert before["build.create"] == 1
 
-    again = release("v9.0.0", target)
+    again = run_release("v9.0.0", target)
 
     after = sandbox_admin.calls()
     assert again.outcome == "released" and again.noop is True
@@ -328,7 +336,7 @@ def test_dry_run_changes_nothing(stage, make_target, sandbox_admin):
     stage("default")
     target = make_target()
 
-    result = release("v10.0.0", target, dry_run=True, image=f"{IMAGE}:v10.0.0")
+    result = run_release("v10.0.0", target, dry_run=True, image=f"{IMAGE}:v10.0.0")
 
     assert result.outcome == "planned" and result.dry_run
     assert result.plan is not None
@@ -351,7 +359,7 @@ def test_transient_cloud_run_errors_are_retried(stage, make_target, sandbox_admi
     stage(apis={"run": {"every_nth": 10, "error_codes": [429, 503]}})
     target = make_target()
 
-    result = release("v11.0.0", target, image=f"{IMAGE}:v11.0.0")
+    result = run_release("v11.0.0", target, image=f"{IMAGE}:v11.0.0")
 
     assert result.outcome == "released", result.reasons
     assert sandbox_admin.calls()["fault.run"] >= 1
@@ -375,16 +383,16 @@ def test_gpu_quota_refused_on_update_then_granted_releases_on_the_rerun(
     )
     target = make_target()
 
-    first = release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")
+    first = run_release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")
     assert first.outcome == "cpu_fallback", first.reasons
     assert "Quota exceeded for total allowable count of GPUs" in first.regions_tried["europe-west1"]
 
-    second = release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")
+    second = run_release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")
     assert second.outcome == "released", second.reasons
     assert second.region == "europe-west1"
     assert second.revision == f"{target.service}-v12-0-0-r2"
     history = assert_invariants(sandbox_admin, target, first, second)
     assert serving(history, "europe-west1") == {second.revision: 100}
 
-    third = release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")  # converged: nothing new
+    third = run_release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")  # converged: nothing new
     assert third.noop and third.revision == second.revision

@@ -202,7 +202,7 @@ def test_no_secret_in_any_log_artifact_event_state_row_or_file(
     tmp_path,
     info_logs,
 ):
-    from flows.release import release
+    from flows.release import run_release
 
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)  # the session's events too
     url, webhook_secret, receiver_log = webhook_receiver
@@ -216,8 +216,8 @@ def test_no_secret_in_any_log_artifact_event_state_row_or_file(
         ]
     )
     target = make_target()
-    good = release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
-    bad = release("v2.0.0", target, image=f"{IMAGE}:v2.0.0")
+    good = run_release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
+    bad = run_release("v2.0.0", target, image=f"{IMAGE}:v2.0.0")
     assert good.outcome == "released" and good.canary.passed
     assert bad.outcome == "rolled_back"
 

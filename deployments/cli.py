@@ -23,6 +23,7 @@ app = typer.Typer(
 # Each module exposes register(app). Order decides the order in --help.
 _COMMAND_MODULES = [
     "deployments.cli_sandbox",
+    "deployments.cli_setup",
     "deployments.cli_mirror",
     "deployments.cli_build",
     "deployments.cli_triggers",

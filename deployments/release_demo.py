@@ -120,8 +120,15 @@ def stage(cloud: LocalCloud, scenario: str, **overrides: Any) -> dict:
     return data
 
 
-def sandbox_target(service: str = DEMO_SERVICE, regions: list[str] | None = None, **overrides):
-    """The seed-003 target with waits tuned for a local cloud (polls in ms, no log lag)."""
+def sandbox_target(
+    service: str = DEMO_SERVICE,
+    regions: list[str] | None = None,
+    token_block: str = DEMO_TOKEN_BLOCK,
+    **overrides,
+):
+    """The seed-003 target with waits tuned for a local cloud (polls in ms, no log lag); the
+    internal token is the Prefect Secret block `token_block` and the Secret Manager entry of the
+    same name."""
     from blocks.release_target import (
         CanaryPolicy,
         GpuTemplate,
@@ -131,7 +138,7 @@ def sandbox_target(service: str = DEMO_SERVICE, regions: list[str] | None = None
         default_cpu_template,
     )
 
-    secret_env = {"INTERNAL_TOKEN": SecretEnv(secret=DEMO_TOKEN_BLOCK)}
+    secret_env = {"INTERNAL_TOKEN": SecretEnv(secret=token_block)}
     cpu = default_cpu_template().model_copy(update={"secret_env": secret_env})
     fields: dict[str, Any] = dict(
         service=service,
@@ -141,7 +148,7 @@ def sandbox_target(service: str = DEMO_SERVICE, regions: list[str] | None = None
         quota=QuotaPolicy(
             contact_email="platform@example.com", budget_s=30, poll_initial_s=0.1, poll_max_s=1
         ),
-        canary=CanaryPolicy(token_secret=DEMO_TOKEN_BLOCK, log_settle_s=0, retry_delay_s=0.1),
+        canary=CanaryPolicy(token_secret=token_block, log_settle_s=0, retry_delay_s=0.1),
         retries=3,
         retry_delay_s=0.1,
         poll_interval_s=0.05,

@@ -41,6 +41,18 @@ class SandboxAdmin:
         response = self._http.get("/_sandbox/traffic-history", params=params)
         return response.raise_for_status().json()["history"]
 
+    def put_secret(self, name: str, value: str) -> str:
+        """Add or replace a Secret Manager entry (kept across resets); returns its sha256."""
+        response = self._http.put(f"/_sandbox/secrets/{name}", json={"value": value})
+        return str(response.raise_for_status().json()["sha256"])
+
+    def secret_digest(self, name: str) -> str | None:
+        """The sha256 of a Secret Manager entry's value, or None when there is none."""
+        response = self._http.get(f"/_sandbox/secrets/{name}")
+        if response.status_code == 404:
+            return None
+        return str(response.raise_for_status().json()["sha256"])
+
     def get(self, path: str) -> Any:
         return self._http.get(path).raise_for_status().json()
 

@@ -166,6 +166,30 @@ def _register_admin(app: FastAPI, state: SandboxState) -> None:
         state.reset(scenario)
         return {"ok": True, "scenario": state.scenario.name}
 
+    @app.put("/_sandbox/secrets/{name}")
+    async def put_secret(name: str, request: Request) -> dict:
+        """Add (or replace) a Secret Manager entry: body {"value": "..."}. Answers its digest."""
+        body = await request.json()
+        value = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(value, str) or not value:
+            raise ApiError(400, 'body must be {"value": "<non-empty string>"}')
+        state.added_secrets[name] = value
+        return {"name": name, "sha256": _digest(value)}
+
+    @app.get("/_sandbox/secrets/{name}")
+    async def get_secret(name: str) -> dict:
+        """Whether a secret exists, and the sha256 of its value (never the value)."""
+        value = state.secret(name)
+        if value is None:
+            raise ApiError(404, f"Secret [{name}] not found or has no versions.")
+        return {"name": name, "sha256": _digest(value)}
+
     @app.get("/_sandbox/logs")
     async def logs() -> dict:
         return {"entries": state.log_entries}
+
+
+def _digest(value: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(value.encode()).hexdigest()

@@ -230,6 +230,9 @@ class SandboxState:
     calls: Counter = field(default_factory=Counter)
     api_requests: Counter = field(default_factory=Counter)
     stores: dict[str, Any] = field(default_factory=dict)
+    # Secret Manager entries added by `shipyard setup` (PUT /_sandbox/secrets/NAME): the
+    # project's, not the scenario's, so a reset keeps them; a scenario's own `secrets` win.
+    added_secrets: dict[str, str] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
@@ -248,6 +251,15 @@ class SandboxState:
             if hasattr(store, "reset"):
                 store.reset()
         self.rng.seed(self.scenario.seed)
+
+    def secret(self, name: str) -> str | None:
+        """A Secret Manager value by short or full name (`projects/P/secrets/NAME`), or None."""
+        short = name.rsplit("/", 1)[-1]
+        for source in (self.scenario.secrets, self.added_secrets):
+            for key in (name, short):
+                if key in source:
+                    return source[key]
+        return None
 
     def new_id(self) -> str:
         return uuid.uuid4().hex[:12]

@@ -184,9 +184,7 @@ class RevisionLifecycle(TrafficRules):
                 env[var["name"]] = var.get("value", "")
                 continue
             secret = ref.get("secret", "")
-            value = self.state.scenario.secrets.get(secret)
-            if value is None:
-                value = self.state.scenario.secrets.get(secret.rsplit("/", 1)[-1])
+            value = self.state.secret(secret)
             if value is None:
                 version = ref.get("version", "latest")
                 return env, (

@@ -54,6 +54,7 @@ from flows.release_outcome import (
     outcome_message,
     serving_and_attempted,
 )
+from flows.release_params import OptionalText, TargetParam
 from flows.release_slot import ReleaseError, ensure_slot, release_slot, slot_name
 from flows.release_steps import Step, StepLog, note_attempt
 from flows.run_context import MAX_ATTEMPTS, RunContext, attempt_name
@@ -267,10 +268,10 @@ def resolve_target(target: ReleaseTarget | str) -> ReleaseTarget:
 )
 def release(
     git_tag: str,
-    target: ReleaseTarget | str = "default",
+    target: TargetParam = "default",
     dry_run: bool = False,
-    image: str | None = None,
-    commit: str | None = None,
+    image: OptionalText = "",
+    commit: OptionalText = "",
 ) -> ReleaseResult:
     """Release `git_tag` of the target service (see the module docstring for outcomes).
 
@@ -288,12 +289,12 @@ def release(
     resolved = resolve_target(target)
     with observed_release(resolved, git_tag):  # scope, release events, Cloud Logging
         if dry_run:
-            return Release(resolved, git_tag, image, commit).run(dry_run=True)
+            return Release(resolved, git_tag, image or None, commit or None).run(dry_run=True)
         with release_slot(resolved.service, resolved.lock_timeout_s, resolved.slot_lease_s):
             check_exposure.with_options(
                 retries=resolved.retries, retry_delay_seconds=resolved.retry_delays()
             )(resolved, git_tag)
-            result = Release(resolved, git_tag, image, commit).run(dry_run=False)
+            result = Release(resolved, git_tag, image or None, commit or None).run(dry_run=False)
     # A rollback ends the run Failed-type `RolledBack` (a call raises ReleaseRolledBack, which
     # carries the result), a CPU fallback Completed-type `CPUFallback`; both name the reason.
     state = final_state(result)
@@ -302,10 +303,10 @@ def release(
 
 def run_release(
     git_tag: str,
-    target: ReleaseTarget | str = "default",
+    target: TargetParam = "default",
     dry_run: bool = False,
-    image: str | None = None,
-    commit: str | None = None,
+    image: OptionalText = "",
+    commit: OptionalText = "",
 ) -> ReleaseResult:
     """Run the release flow and return its `ReleaseResult` for every outcome, a rollback's
     included; only a release that stopped (tag, configuration, build) raises."""

@@ -8,7 +8,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sandbox.manager import read_info, save_info, start_sandbox, stop_sandbox
+from sandbox.manager import (
+    EMULATOR_PORT_ENV,
+    REGISTRY_PORT_ENV,
+    default_ports,
+    read_info,
+    save_info,
+    start_sandbox,
+    stop_sandbox,
+)
 from sandbox.registry import RegistryBinaryMissing
 from sandbox.scenario import ScenarioError
 
@@ -32,6 +40,16 @@ def up(
         "--registry-url",
         help="Use this existing registry instead of starting docker-registry.",
     ),
+    registry_port: int = typer.Option(
+        None,
+        "--registry-port",
+        help=f"Registry port (default: {REGISTRY_PORT_ENV}, else 47500); 0: any free port.",
+    ),
+    emulator_port: int = typer.Option(
+        None,
+        "--emulator-port",
+        help=f"Emulator port (default: {EMULATOR_PORT_ENV}, else 47501); 0: any free port.",
+    ),
 ) -> None:
     """Start the sandbox and print the environment that points Shipyard at it."""
     existing = read_info()
@@ -41,8 +59,15 @@ def up(
         )
         raise typer.Exit(1)
     try:
-        info = start_sandbox(scenario=scenario, registry_url=registry_url, engine=True)
-    except (RegistryBinaryMissing, ScenarioError) as exc:
+        default_registry, default_emulator = default_ports()
+        info = start_sandbox(
+            scenario=scenario,
+            registry_url=registry_url,
+            engine=True,
+            registry_port=default_registry if registry_port is None else registry_port,
+            emulator_port=default_emulator if emulator_port is None else emulator_port,
+        )
+    except (RegistryBinaryMissing, ScenarioError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     path = save_info(info)
@@ -53,6 +78,8 @@ def up(
         console.print(f"  docker    {info.docker_host} (builds and revisions run in containers)")
     else:
         console.print(f"  mode      in-process: {info.mode_note}")
+    for note in info.port_notes:
+        console.print(f"[yellow]{note}[/]")
     console.print("point Shipyard at it:")
     for key, value in info.env().items():
         console.print(f"  export {key}={value}")

@@ -70,6 +70,9 @@ from tasks.registry import (
 CUDNN_LABEL = "com.nvidia.cudnn.version"
 CUDNN_ENV = "NV_CUDNN_VERSION"
 PIN_PREFIX = "shipyard-base-pin-"
+# Where the scheduled mirror copies to when no destination is given: read when the run starts,
+# so a deployment holds no registry host:port (`shipyard setup` sets it for the sandbox).
+DESTINATION_VARIABLE = "shipyard_base_mirror"
 
 
 class CudnnMismatch(PermanentError):
@@ -277,6 +280,23 @@ def _markdown(result: dict[str, Any]) -> str:
     return f"## Base image mirror\n\n| | |\n| --- | --- |\n{table}{note}"
 
 
+async def _default_destination() -> str:
+    """The mirror's destination at run time: the Variable, else the build settings' default."""
+    from blocks.build_settings import BuildSettings, BuildSettingsError
+
+    configured = await Variable.aget(DESTINATION_VARIABLE, default=None)  # type: ignore[func-returns-value]
+    if isinstance(configured, str) and configured:
+        return configured
+    try:
+        return BuildSettings().resolved_base_repository()
+    except BuildSettingsError:
+        raise PermanentError(
+            f"destination is empty and the Variable {DESTINATION_VARIABLE} is not set: pass "
+            f"destination=REPOSITORY, or `prefect variable set {DESTINATION_VARIABLE} REPOSITORY` "
+            "(on the sandbox, `shipyard setup` sets it)"
+        ) from None
+
+
 async def _keep_pin(result: dict[str, Any], pin: dict[str, Any], status: str, message: str) -> dict:
     """End a run that leaves the pin as it is (drift not accepted, upstream gone): say so."""
     result.update(status=status, message=message, digest=pin["digest"])
@@ -298,7 +318,7 @@ async def _keep_pin(result: dict[str, Any], pin: dict[str, Any], status: str, me
 )
 async def mirror_base_image(
     source: str,
-    destination: str,
+    destination: str = "",
     expect_cudnn: int | None = 8,
     platforms: list[str] | None = None,
     accept_drift: bool = False,
@@ -310,6 +330,8 @@ async def mirror_base_image(
 ) -> dict[str, Any]:
     """Mirror `source` (e.g. nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04) into `destination`
     (a repository; a tag there replaces the source tag), pin it by digest, verify the cuDNN major.
+    An empty destination is read when the run starts: the Variable `shipyard_base_mirror`, else
+    the build settings' base repository (SHIPYARD_BASE_REPOSITORY / the registry's).
 
     expect_cudnn: the cuDNN major required (None or 0: no check). platforms: e.g. ["linux/amd64"]
     (default: all). *_credentials: names of DockerRegistryCredentials blocks;
@@ -321,6 +343,7 @@ async def mirror_base_image(
     """
     logger = get_run_logger()
     started = time.monotonic()
+    destination = destination or await _default_destination()
     src_ref = parse_reference(source, field="source")
     dst_ref = parse_reference(destination, field="destination")
     if dst_ref.digest:

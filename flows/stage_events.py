@@ -326,7 +326,7 @@ def stage_hooks(name: str, resource_parameter: str | None = None) -> Any:
         if scope.git_tag is None and isinstance(params.get("git_tag"), str):
             scope = replace(scope, git_tag=params["git_tag"])
         res = params.get(resource_parameter) if resource_parameter else None
-        return scope, f"{name}.{res}" if isinstance(res, str) else name
+        return scope, f"{name}.{res}" if isinstance(res, str) and res else name
 
     def started(flow: Any, flow_run: Any, state: Any) -> None:
         scope, res = scope_of(flow_run)

@@ -18,12 +18,34 @@ from pathlib import Path
 import httpx
 
 from sandbox.engine.daemon import release_mounts, start_engine, unavailable_reason
-from sandbox.procs import free_port, pid_alive, spawn, stop_pid, wait_for_port
+from sandbox.procs import pick_port, pid_alive, spawn, stop_pid, wait_for_port
 from sandbox.registry import start_registry
 from sandbox.scenario import load_scenario, resolve_scenario_path
 
 ENDPOINT_ENV = "SHIPYARD_GOOGLE_ENDPOINT"
 REGISTRY_ENV = "SHIPYARD_REGISTRY_URL"
+# Fixed default ports of `shipyard sandbox up`, so a restart keeps every URL that blocks and
+# variables hold (settings: SHIPYARD_SANDBOX_REGISTRY_PORT, SHIPYARD_SANDBOX_EMULATOR_PORT).
+REGISTRY_PORT_ENV = "SHIPYARD_SANDBOX_REGISTRY_PORT"
+EMULATOR_PORT_ENV = "SHIPYARD_SANDBOX_EMULATOR_PORT"
+DEFAULT_REGISTRY_PORT = 47500
+DEFAULT_EMULATOR_PORT = 47501
+
+
+def default_ports() -> tuple[int, int]:
+    """(registry, emulator) ports `sandbox up` asks for: the settings, else the fixed defaults."""
+
+    def read(env: str, default: int) -> int:
+        text = os.environ.get(env, "").strip()
+        if not text:
+            return default
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise ValueError(f"{env}={text!r} is not a TCP port: give a number from 1 to 65535")
+        return int(text)
+
+    return read(REGISTRY_PORT_ENV, DEFAULT_REGISTRY_PORT), read(
+        EMULATOR_PORT_ENV, DEFAULT_EMULATOR_PORT
+    )
 
 
 def shipyard_home() -> Path:
@@ -43,6 +65,7 @@ class SandboxInfo:
     docker_host: str | None = None  # the sandbox's Docker daemon; None: in-process stand-ins
     mode: str = "in-process"  # "containers" when builds and revisions run on the daemon
     mode_note: str = ""  # one line: why the sandbox runs in-process
+    port_notes: list[str] = field(default_factory=list)  # a fixed port taken: where it went
 
     def env(self) -> dict[str, str]:
         """What a shell (or a test) sets to point Shipyard at this sandbox."""
@@ -96,10 +119,13 @@ def start_sandbox(
     root: Path | None = None,
     timeout: float = 60.0,
     engine: bool = False,
+    registry_port: int | None = None,
+    emulator_port: int | None = None,
 ) -> SandboxInfo:
     """Start the registry (unless a URL is given), the Docker daemon (`engine`, where it can
-    start: else one line says why and the in-process stand-ins serve) and the emulator on free
-    loopback ports."""
+    start: else one line says why and the in-process stand-ins serve) and the emulator on
+    loopback: on the ports asked for when they are free (else free ones, said in `port_notes`),
+    on free ports when none is asked for (the tests)."""
     started = time.monotonic()
     if scenario is not None:
         # Validate here, so a bad file fails in the caller with the file/key message.
@@ -108,8 +134,11 @@ def start_sandbox(
     root = root or (shipyard_home() / "sandbox")
     root.mkdir(parents=True, exist_ok=True)
     pids: dict[str, int] = {}
+    notes: list[str] = []
     if registry_url is None:
-        registry = start_registry(root / "registry", timeout=timeout)
+        port, note = pick_port(registry_port, "registry")
+        notes += [note] if note else []
+        registry = start_registry(root / "registry", port=port, timeout=timeout)
         pids["registry"] = registry.pid
         registry_url = registry.url
     registry_host = httpx.URL(registry_url).netloc.decode()
@@ -128,7 +157,8 @@ def start_sandbox(
         if engine:
             print(f"sandbox: {mode_note}", file=sys.stderr)
 
-    port = free_port()
+    port, note = pick_port(emulator_port, "emulator")
+    notes += [note] if note else []
     args = [
         sys.executable,
         "-m",
@@ -163,6 +193,7 @@ def start_sandbox(
         docker_host=docker_host,
         mode="containers" if docker_host else "in-process",
         mode_note=mode_note,
+        port_notes=notes,
     )
 
 

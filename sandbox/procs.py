@@ -17,6 +17,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def pick_port(preferred: int | None, what: str, host: str = "127.0.0.1") -> tuple[int, str]:
+    """(port, note): `preferred` when it is free, else a free port and one line saying so
+    (None or 0 preferred: any free port, no note)."""
+    if not preferred:
+        return free_port(host), ""
+    if port_is_free(preferred, host):
+        return preferred, ""
+    port = free_port(host)
+    return port, (
+        f"port {preferred} for the {what} is taken: it listens on {port} instead (blocks made by "
+        "`shipyard setup` for the old port: run `shipyard setup` again)"
+    )
+
+
 def wait_for_port(
     host: str, port: int, timeout: float, proc: subprocess.Popen | None = None
 ) -> None:

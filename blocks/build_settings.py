@@ -5,6 +5,13 @@ Defaults come from the environment so the same code runs on Google and on the sa
 `SHIPYARD_BASE_REPOSITORY` (else `<registry host>/base-images/cuda`, where the mirror records its
 pin), `SHIPYARD_GIT_URL` (the repository Cloud Build fetches).
 
+`backend` chooses where images are built: `cloud-build` (default) sends a Cloud Build request;
+`docker` builds on the Docker daemon of the prefect-docker `DockerHost` block in `docker_host`
+(BuildKit, the same Dockerfile, tiers and cache chain) and pushes with the prefect-docker
+`DockerRegistryCredentials` in `docker_registry_credentials`. Before a Docker build the daemon's
+data root must have `min_free_disk_gb` free (default 4 GB): local disks are where the field
+reports' builds died ("No space left on device").
+
 `disk_size_gb` defaults to 100: the seeds' builds died of full disks (14 GB runners, CUDA layers
 of 3-4 GB unpacked twice); Cloud Build accepts up to 4000.
 """
@@ -12,9 +19,11 @@ of 3-4 GB unpacked twice); Cloud Build accepts up to 4000.
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import httpx
 from prefect.blocks.core import Block
+from prefect_docker import DockerHost, DockerRegistryCredentials
 from pydantic import Field
 
 MACHINE_TYPES = (
@@ -34,7 +43,10 @@ class BuildSettingsError(ValueError):
 class BuildSettings(Block):
     _block_type_name = "Shipyard Build Settings"
     _block_type_slug = "shipyard-build-settings"
-    _description = "Image repository, git source, Cloud Build machine type, disk, timeout."
+    _description = (
+        "Image repository, git source, build backend (Cloud Build or a Docker daemon), "
+        "Cloud Build machine type, disk, timeout."
+    )
 
     image_repository: str | None = Field(
         default=None,
@@ -63,6 +75,35 @@ class BuildSettings(Block):
     )
     pull_warn_mb: int = Field(
         default=300, ge=1, description="Warn when a deploy must pull more than this (MB)."
+    )
+    backend: Literal["cloud-build", "docker"] = Field(
+        default="cloud-build",
+        description="Where images are built: Cloud Build, or the Docker daemon of `docker_host`.",
+    )
+    docker_host: DockerHost | None = Field(
+        default=None,
+        description="backend=docker: the daemon that builds (prefect-docker DockerHost; "
+        "default: DOCKER_HOST of the environment).",
+    )
+    docker_registry_credentials: DockerRegistryCredentials | None = Field(
+        default=None,
+        description="backend=docker: how the daemon logs in to push (prefect-docker "
+        "DockerRegistryCredentials; none: the registry takes anonymous pushes).",
+    )
+    min_free_disk_gb: float = Field(
+        default=4.0,
+        ge=0,
+        description="backend=docker: refuse to build when the daemon's data root has less free.",
+    )
+    docker_network: str | None = Field(
+        default=None,
+        description="backend=docker: network of the build's RUN steps (e.g. `host` when the "
+        "daemon runs with --bridge=none).",
+    )
+    docker_builtin_frontend: bool = Field(
+        default=False,
+        description="backend=docker: ignore the Dockerfile's `# syntax=` line and parse it with "
+        "the daemon's built-in frontend (for daemons that cannot pull docker/dockerfile).",
     )
     storage_bucket_block: str | None = Field(
         default=None,
@@ -104,6 +145,9 @@ class BuildSettings(Block):
                 "(https://github.com/ORG/REPO.git) or set SHIPYARD_GIT_URL"
             )
         return url
+
+    def docker_client_host(self) -> DockerHost:
+        return self.docker_host or DockerHost()
 
     def check(self) -> None:
         if self.machine_type not in MACHINE_TYPES:

@@ -1,11 +1,12 @@
-"""Build the release image of one commit on Cloud Build, with the cache-tier chain.
+"""Build the release image of one commit, with the cache-tier chain, on the settings' backend.
 
 `build_release_image(git_tag, commit)`:
 
 1. Tags: the git tag (made a valid Docker tag: `/` → `-`) and `sha-<commit[:12]>`.
 2. Reuse: when `sha-<commit12>` exists and its config label `org.opencontainers.image.revision`
    is the commit, nothing is built (invariant 4); a missing git tag is added to that manifest.
-3. Otherwise one Cloud Build request (flows/cloud_build_request.py): gitSource url + commit + dir (or a
+3. Otherwise one build (flows/build_backend.py: Cloud Build by default, or the Docker daemon of
+   BuildSettings.docker_host). On Cloud Build, one request (flows/cloud_build_request.py): gitSource url + commit + dir (or a
    storageSource upload through prefect-gcp's GcsBucket), `docker buildx build --target runtime`
    with `--cache-from` every tier (`cache-base`, `cache-python`, `cache-node`) and
    `cache-builder`, `--cache-to` `cache-builder` only (mode=max), both tags, OCI labels,
@@ -22,12 +23,8 @@
 
 from __future__ import annotations
 
-import io
 import re
-import shutil
-import tarfile
 import time
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -36,11 +33,10 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.variables import Variable
 from pydantic import BaseModel
 
-from blocks.build_settings import BuildSettings
 from blocks.cloud import GoogleCloud
+from flows.build_backend import BuildSpec, run_build
 from flows.build_inputs import resolve_base_image
-from flows.cloud_build_request import REVISION_LABEL, build_request, buildx_args, git_source
-from flows.cloud_build_run import run_cloud_build
+from flows.cloud_build_request import REVISION_LABEL
 from flows.prewarm import load_blocks, read_image
 from flows.stage_events import stage_hooks
 from tasks import git_source as git
@@ -114,34 +110,6 @@ def add_tag(repository: str, facts: il.ImageFacts, tag: str) -> bool:
     return run_coro_as_sync(go())
 
 
-@task(name="upload-source", cache_policy=NO_CACHE, persist_result=False)
-def upload_source(settings: BuildSettings, commit: str) -> dict:
-    """storageSource: a tar.gz of the build context uploaded with prefect-gcp's GcsBucket."""
-    from google.cloud.devtools import cloudbuild_v1
-    from prefect_gcp.cloud_storage import GcsBucket
-
-    if not settings.storage_bucket_block:
-        raise PermanentError(
-            "use_storage_source needs BuildSettings.storage_bucket_block (a prefect-gcp GcsBucket "
-            "block name)"
-        )
-    bucket = GcsBucket.load(settings.storage_bucket_block)
-    root, _ = git.checkout(settings.resolved_git_url(), commit)
-    try:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            context = Path(root) / settings.source_dir
-            for path in sorted(context.rglob("*")):
-                if ".git" not in path.parts:
-                    tar.add(path, arcname=path.relative_to(context).as_posix(), recursive=False)
-        buf.seek(0)
-        name = f"shipyard-source/{commit}.tgz"
-        key = bucket.upload_from_file_object(buf, name)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return {"storage_source": cloudbuild_v1.StorageSource(bucket=bucket.bucket, object_=key)}
-
-
 def _pull_bytes(new: il.ImageFacts, previous: il.ImageFacts | None) -> int:
     have = {digest for digest, _ in previous.layers} if previous else set()
     return sum(size for digest, size in new.layers if digest not in have)
@@ -209,8 +177,7 @@ def build_release_image(
     variable = last_build_variable(repo)
     previous_ref = previous_image or Variable.get(variable, default=None)
     started = time.monotonic()
-    source = upload_source(settings, commit) if use_storage_source else git_source(settings, commit)
-    args = buildx_args(
+    spec = BuildSpec(
         base_image=base,
         tags=[f"{repo}:{t}" for t in tags],
         cache_from=[f"{cache_repo}:{tiers.tag(t)}" for t in tiers.tiers]
@@ -225,10 +192,15 @@ def build_release_image(
         dockerfile=tiers.dockerfile,
         context=".",
     )
-    request = build_request(
-        settings, source=source, args=args, build_tags=["shipyard-release", tag, commit_tag]
+    run = run_build(
+        settings,
+        cloud,
+        spec,
+        commit=commit,
+        build_tags=["shipyard-release", tag, commit_tag],
+        what=f"release {tag}",
+        use_storage_source=use_storage_source,
     )
-    run = run_cloud_build(cloud, settings, request, f"release {tag}")
     facts = read_image(repo, commit_tag)
     if facts is None:
         raise PermanentError(

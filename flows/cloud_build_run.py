@@ -170,13 +170,9 @@ def run_cloud_build(
         100 * report.hit_rate,
     )
     if run.status != "SUCCESS":
-        failed = report.failed_step
-        step = failed.name if failed else ""
-        error = (failed.error if failed else None) or report.error
+        step, error = report.failure()
         if not error and final["failure"] != final["status_detail"]:
             error = final["failure"]
-        if failed is not None and failed.output:
-            error = (error or "") + " (step output: " + " | ".join(list(failed.output)[-3:]) + ")"
         tail = "\n".join(run.tail)
         raise BuildFailedError(
             f"{what}: Cloud Build {build_id} ended {run.status}: {final['status_detail']}"

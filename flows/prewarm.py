@@ -4,7 +4,8 @@ Per tier, bottom up: a fingerprint from the stage's Dockerfile text (comments ig
 global ARGs, the base image digest, the fingerprints of the tiers below and the content of the
 tier's files. The tier's cache image `cache-<tier>` carries the fingerprint it was built from in
 the label `dev.shipyard.cache.fingerprint`; equal fingerprint → skipped (unless `force`).
-Otherwise Cloud Build builds `--target <stage>` with `--cache-from` every tier up to this one and
+Otherwise the build backend (Cloud Build, or a Docker daemon: flows/build_backend.py) builds
+`--target <stage>` with `--cache-from` every tier up to this one and
 an inline cache (`--cache-to type=inline`: the image itself is the cache, so one push serves as
 both the tier image and its cache), labelled with the fingerprint, pushed as `cache-<tier>`.
 
@@ -36,6 +37,7 @@ from pydantic import BaseModel
 from blocks.build_settings import BuildSettings
 from blocks.cache_tiers import CacheTiers, parse_quarter_tag, quarter_of
 from blocks.cloud import GoogleCloud, default_cloud
+from flows.build_backend import BuildSpec, run_build
 from flows.build_inputs import checkout_task, resolve_base_image
 from flows.cache_tier_fingerprint import (
     FINGERPRINT_LABEL,
@@ -44,8 +46,7 @@ from flows.cache_tier_fingerprint import (
     stage_texts,
     tier_fingerprint,
 )
-from flows.cloud_build_request import REVISION_LABEL, build_request, buildx_args, git_source
-from flows.cloud_build_run import run_cloud_build
+from flows.cloud_build_request import REVISION_LABEL
 from flows.stage_events import stage_hooks
 from tasks import image_lookup as il
 from tasks.dockerfile import DockerfileError
@@ -239,7 +240,7 @@ def prewarm_cache_tiers(
                 tier.target,
                 "forced" if force else ("new" if facts is None else "inputs changed"),
             )
-            args = buildx_args(
+            spec = BuildSpec(
                 base_image=base,
                 tags=[tag],
                 cache_from=[f"{repo}:{tiers.tag(t)}" for t in tiers.tiers[: i + 1]],
@@ -252,13 +253,14 @@ def prewarm_cache_tiers(
                 },
                 dockerfile=tiers.dockerfile,
             )
-            request = build_request(
+            run = run_build(
                 settings,
-                source=git_source(settings, commit),
-                args=args,
+                cloud,
+                spec,
+                commit=commit,
                 build_tags=["shipyard-prewarm", f"tier-{tier.name}"],
+                what=f"prewarm {tier.name}",
             )
-            run = run_cloud_build(cloud, settings, request, f"prewarm {tier.name}")
             build_id = run.build_id
             facts = read_image(repo, tiers.tag(tier))
             if facts is None or facts.labels.get(FINGERPRINT_LABEL) != fingerprint:

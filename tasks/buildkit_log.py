@@ -76,6 +76,14 @@ class BuildLogReport:
     def failed_step(self) -> BuildStep | None:
         return next((s for s in self.steps if s.status == ERROR), None)
 
+    def failure(self) -> tuple[str, str | None]:
+        """(failing step name or "", its error with its last output lines, else the solve error)."""
+        failed = self.failed_step
+        error = (failed.error if failed else None) or self.error
+        if failed is not None and failed.output:
+            error = (error or "") + " (step output: " + " | ".join(list(failed.output)[-3:]) + ")"
+        return (failed.name if failed else ""), error
+
     def by_stage(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for step in self.counted:

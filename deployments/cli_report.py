@@ -78,6 +78,7 @@ def render_table(data: dict) -> str:
             "cache_hit_rate",
             "canary_p95_ms",
             "speedup",
+            "remote_503_rate",
         ]
         lines += ["", "Releases", releases[cols].to_string(index=False)]
     return "\n".join(lines)

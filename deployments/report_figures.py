@@ -9,7 +9,9 @@ Definitions (a re-run of a tag that already served, `noop`, is not a change and 
 - time to restore: from a failed change's end to the end of the service's next `released`,
   median over the failures that were followed by one;
 and the field reports' own: `single_page_p95` (p95 over released canaries' p95, ms),
-`cold_start_latency_p95` (p95 of the first canary request, ms), `remote_503_rate` (mean).
+`cold_start_latency_p95` (p95 of the first canary request, ms), `remote_503_rate` (mean over
+the changes whose canary ran of the fraction of its page requests, retries included, that the
+service answered 503).
 """
 
 from __future__ import annotations
@@ -122,11 +124,11 @@ def dora(df: pd.DataFrame, window_days: float) -> dict[str, Any]:
         "unrestored_failures": int(restore.isna().sum()),
         "single_page_p95": _p95(released["canary_p95_ms"].astype("float64")),
         "cold_start_latency_p95": _p95(released["canary_first_ms"].astype("float64")),
-        "remote_503_rate": _median_or_mean(changes["remote_503_rate"]),
+        "remote_503_rate": _mean(changes["remote_503_rate"]),
     }
 
 
-def _median_or_mean(series: pd.Series) -> float | None:
+def _mean(series: pd.Series) -> float | None:
     values = series.dropna().astype("float64")
     return None if values.empty else round(float(values.mean()), 4)
 

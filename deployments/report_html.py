@@ -145,6 +145,11 @@ def cache_bars(releases: list[dict]) -> str:
     return _svg("chart-cache", height, "".join(parts))
 
 
+def _rate_503(r: dict) -> str:
+    rate = r.get("remote_503_rate")
+    return "" if rate is None else f", 503 answered to {float(rate):.0%} of canary requests"
+
+
 def outcomes(releases: list[dict]) -> str:
     per_row = 20
     size = 46
@@ -157,8 +162,8 @@ def outcomes(releases: list[dict]) -> str:
         colour = OUTCOME_COLOURS.get(r["outcome"], "#bab0ac")
         parts.append(
             f'<rect x="{x}" y="{y}" width="{size}" height="{size}" rx="6" fill="{colour}">'
-            f"<title>{_e(_label(r))}: {_e(r['outcome'])} {_e(r.get('rollback_reason') or '')}"
-            f"</title></rect>"
+            f"<title>{_e(_label(r))}: {_e(r['outcome'])}{_e(_rate_503(r))} "
+            f"{_e(r.get('rollback_reason') or '')}</title></rect>"
             f'<text x="{x + size / 2}" y="{y + size + 14}" text-anchor="middle">'
             f"{_e(r['git_tag'])}</text>"
         )

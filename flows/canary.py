@@ -13,12 +13,16 @@ service); when none is recorded it is measured once on a CPU baseline revision o
 (tagged `baseline` for the measurement only) and recorded with the release.
 
 A transient answer (503, 429, a dropped connection) is retried with backoff; a 500 is the
-application failing and is judged, not retried. The token is read from a Prefect Secret
+application failing and is judged, not retried. Every page request the canary sends is counted,
+retries included: `remote_503_rate` is the fraction the service answered 503 (seed 003's figure
+of an overloaded or OOM-killed GPU instance), over the canary's page requests to the tag URL
+(not the health check, not the CPU baseline's measurement). The token is read from a Prefect Secret
 block and only ever placed in the request header.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import time
 from typing import Any, Literal, cast
@@ -50,7 +54,17 @@ from tasks.deploy_errors import ConfigurationError
 from tasks.errors import TransientError
 from tasks.reports import publish_table
 
-RUN_COLUMNS = ["run", "status", "ms", "remote_ms", "fallback_used", "image", "attempts", "error"]
+RUN_COLUMNS = [
+    "run",
+    "status",
+    "ms",
+    "remote_ms",
+    "fallback_used",
+    "image",
+    "attempts",
+    "answered_503",
+    "error",
+]
 
 
 BaselineSource = Literal["recorded", "measured", "unavailable", "skipped"]
@@ -64,6 +78,7 @@ class CanaryRun(BaseModel):
     fallback_used: str | None = None
     image: str = ""
     attempts: int = 1
+    answered_503: int = 0  # of the run's attempts (requests), how many the service answered 503
     error: str | None = None
     headers: dict[str, str] = {}
 
@@ -81,6 +96,8 @@ class CanaryReport(BaseModel):
     baseline_source: BaselineSource = "unavailable"
     speedup: float | None = None
     fallback_used: bool = False
+    requests: int = 0  # page requests sent, retries included
+    remote_503_rate: float | None = None  # fraction of `requests` answered 503
     log_hits: list[str] = []
     window_start: str = ""
     window_end: str = ""
@@ -109,6 +126,13 @@ def recorded_release(service: str) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------- probing
+
+# The statuses of the current canary run's attempts (each retry is a request of its own): the
+# step task appends, `_probe_runs` reads. A context variable of the flow's thread; Prefect runs
+# the task's attempts in that context (or a copy of it, which shares the list).
+_ANSWERS: contextvars.ContextVar[list[int | None] | None] = contextvars.ContextVar(
+    "shipyard_canary_answers", default=None
+)
 
 
 def load_token(policy: CanaryPolicy) -> SecretStr | None:
@@ -162,6 +186,9 @@ def request_step(
             decode_image=policy.check_image,
             keep_headers=[h.lower() for h in policy.required_headers],
         )
+    answers = _ANSWERS.get()
+    if answers is not None:
+        answers.append(result.status)
     if result.error is not None or result.status in policy.retry_statuses:
         raise TransientAnswer(result)
     return result
@@ -212,14 +239,20 @@ def _probe_runs(
     progress = Progress(f"canary-{httpx.URL(url).host}", f"Canary: {runs} runs")
     for i in range(1, runs + 1):
         step = f"{name}-{i}" if runs > 1 else name
+        answers: list[int | None] = []
+        token_var = _ANSWERS.set(answers)
         try:
             result = steps.run_with(
                 step, policy.retries, delays, request_step, url, sample, policy, token, bearer
             )
         except TransientAnswer as exc:
             result = exc.result
+        finally:
+            _ANSWERS.reset(token_var)
         attempts = steps.steps[-1].attempts
-        out.append(_as_run(i, result, sample, attempts))
+        run = _as_run(i, result, sample, attempts)
+        run.answered_503 = answers.count(503)
+        out.append(run)
         progress.update(i, runs, f"Canary: run {i} of {runs}, status {result.status}")
     return out
 
@@ -380,6 +413,13 @@ def baseline_latency(
 # ---------------------------------------------------------------- verdict
 
 
+def remote_503_rate(runs: list[CanaryRun]) -> tuple[int, float | None]:
+    """(page requests sent, fraction the service answered 503), retries included."""
+    requests = sum(r.attempts for r in runs)
+    answered = sum(r.answered_503 for r in runs)
+    return requests, (round(answered / requests, 4) if requests else None)
+
+
 def judge(
     policy: CanaryPolicy,
     runs: list[CanaryRun],
@@ -450,6 +490,7 @@ def run_canary(
     reasons, figures = judge(policy, runs, sample, baseline_ms, hits)
     if unhealthy:
         reasons.insert(0, unhealthy)
+    requests, rate_503 = remote_503_rate(runs)
     report = CanaryReport(
         passed=not reasons,
         reasons=reasons,
@@ -460,6 +501,8 @@ def run_canary(
         baseline_ms=baseline_ms,
         baseline_source=source,
         fallback_used=any(r.fallback_used not in (None, "0") for r in runs),
+        requests=requests,
+        remote_503_rate=rate_503,
         log_hits=hits,
         window_start=start.isoformat(),
         window_end=end.isoformat(),

@@ -98,6 +98,7 @@ def entry_of(result: Any, *, failed: bool, finished_at: dt.datetime | None = Non
         canary_first_ms=round(first.seconds * 1000, 1) if first else None,
         speedup=canary.speedup if canary else None,
         baseline_ms=canary.baseline_ms if canary else None,
+        remote_503_rate=canary.remote_503_rate if canary else None,
         rollback_reason=reason,
         flow_run_id=result.flow_run_id,
     )

@@ -119,6 +119,8 @@ class CanaryFigures(BaseModel):
     speedup: float | None = None
     baseline_ms: float | None = None
     baseline_source: str = ""
+    requests: int = 0
+    remote_503_rate: float | None = None
     reasons: list[str] = []
     judged_at: str = ""
 
@@ -133,6 +135,8 @@ class CanaryFigures(BaseModel):
             speedup=report.speedup,
             baseline_ms=report.baseline_ms,
             baseline_source=report.baseline_source,
+            requests=report.requests,
+            remote_503_rate=report.remote_503_rate,
             reasons=report.reasons,
             judged_at=report.judged_at,
         )

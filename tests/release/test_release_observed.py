@@ -4,10 +4,10 @@ the right resources, their log lines in Cloud Logging (sandbox) with labels, the
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import pytest
-from test_release_guards import _all_events
+from observed_kit import in_order, of_run, related, service_events
+from progress_bars import progress_bars
 from test_release_guards import _events as _events_of
 
 from flows.ledger import read_ledger
@@ -16,36 +16,6 @@ from flows.release import run_release
 pytestmark = pytest.mark.slow
 
 IMAGE = "registry.sandbox.local/pages/page-service"
-
-
-def _events(service: str, since: dt.datetime, until_last: set[str], timeout: float = 30.0):
-    """The service's events since `since`, oldest first, polled until each of `until_last`
-    arrived (events reach the database asynchronously)."""
-    from prefect.events.filters import EventFilter, EventOccurredFilter, EventResourceFilter
-
-    event_filter = EventFilter(
-        occurred=EventOccurredFilter(since=since),
-        resource=EventResourceFilter(id=[f"shipyard.cloud-run.service.{service}"]),
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        events = _all_events(event_filter)
-        names = {e.event for e in events}
-        if until_last <= names or time.monotonic() > deadline:
-            return sorted(events, key=lambda e: e.occurred)
-
-
-def _related(event, role: str) -> str | None:
-    return next((r.id for r in event.related if r.role == role), None)
-
-
-def _of_run(events, run_id: str):
-    return [e for e in events if _related(e, "flow-run") == f"prefect.flow-run.{run_id}"]
-
-
-def _in_order(names: list[str], wanted: list[str]) -> bool:
-    it = iter(names)
-    return all(any(n == w for n in it) for w in wanted)
 
 
 def test_released_and_rolled_back_leave_events_logs_and_ledger(
@@ -59,12 +29,12 @@ def test_released_and_rolled_back_leave_events_logs_and_ledger(
     bad = run_release("v2.0.0", target, image=f"{IMAGE}:v2.0.0")
     assert (good.outcome, bad.outcome) == ("released", "rolled_back")
 
-    events = _events(
+    events = service_events(
         target.service, since, {"shipyard.release.released", "shipyard.release.rolled-back"}
     )
-    first = [e.event for e in _of_run(events, good.flow_run_id)]
-    second = [e.event for e in _of_run(events, bad.flow_run_id)]
-    assert _in_order(
+    first = [e.event for e in of_run(events, good.flow_run_id)]
+    second = [e.event for e in of_run(events, bad.flow_run_id)]
+    assert in_order(
         first,
         [
             "shipyard.release.started",
@@ -79,7 +49,7 @@ def test_released_and_rolled_back_leave_events_logs_and_ledger(
             "shipyard.release.released",
         ],
     ), first
-    assert _in_order(
+    assert in_order(
         second,
         [
             "shipyard.release.started",
@@ -108,16 +78,16 @@ def test_released_and_rolled_back_leave_events_logs_and_ledger(
 
     # Resources: the service is primary; tag, region, revision, digest-less image, run related.
     deploy = next(
-        e for e in _of_run(events, bad.flow_run_id) if e.event == "shipyard.deploy.started"
+        e for e in of_run(events, bad.flow_run_id) if e.event == "shipyard.deploy.started"
     )
     assert deploy.resource.id == f"shipyard.cloud-run.service.{target.service}"
-    assert _related(deploy, "git-tag") == "shipyard.git-tag.v2.0.0"
-    assert _related(deploy, "region") == "shipyard.gcp.region.europe-west1"
-    assert _related(deploy, "revision") == f"shipyard.cloud-run.revision.{target.service}-v2-0-0"
+    assert related(deploy, "git-tag") == "shipyard.git-tag.v2.0.0"
+    assert related(deploy, "region") == "shipyard.gcp.region.europe-west1"
+    assert related(deploy, "revision") == f"shipyard.cloud-run.revision.{target.service}-v2-0-0"
     canary_failed = next(e for e in events if e.event == "shipyard.canary.failed")
     assert "x-fallback-used" in canary_failed.payload["cause"]
     rollback = next(e for e in events if e.event == "shipyard.rollback.started")
-    assert _related(rollback, "revision") == f"shipyard.cloud-run.revision.{target.service}-v2-0-0"
+    assert related(rollback, "revision") == f"shipyard.cloud-run.revision.{target.service}-v2-0-0"
 
     # Cloud Logging (sandbox): the pipeline's lines with labels, found by filter.
     client = cloud.logging_client()
@@ -144,19 +114,5 @@ def test_released_and_rolled_back_leave_events_logs_and_ledger(
     assert "x-fallback-used" in ledger[1].rollback_reason
 
     # Progress: the canary's bar reached 100 % in each release's run.
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        ArtifactFilterType,
-    )
-
-    with get_client(sync_client=True) as c:
-        bars = c.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[good.flow_run_id]),
-                type=ArtifactFilterType(any_=["progress"]),
-            )
-        )
-    canary_bars = [a for a in bars if (a.key or "").startswith("progress-canary")]
-    assert canary_bars and all(float(a.data) == 100.0 for a in canary_bars), bars
+    canary_bars = progress_bars(good.flow_run_id, "canary")
+    assert canary_bars and all(float(a.data) == 100.0 for a in canary_bars), canary_bars

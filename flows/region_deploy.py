@@ -106,11 +106,10 @@ def deploy_revision(
                 "cannot add a 0% revision beside nothing"
             )
         traffic.append(cr.Traffic(revision=revision, percent=0, tag=tag))
-        body = run_v2.Service(
-            name=service.name,
+        body = cr.replaced(  # every other field of the service as it is (ingress, IAM, ...)
+            service,
             template=template,
             traffic=[t.to_proto() for t in traffic],
-            labels=dict(service.labels),
             invoker_iam_disabled=ctx.target.public,
         )
         cr.update_service(ctx.services, body, **ctx.wait)

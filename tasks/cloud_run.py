@@ -14,6 +14,7 @@ retried.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from google.api_core.retry import Retry
 from google.cloud import run_v2
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from tasks.errors import WaitExpired, poll_until
+from tasks.errors import PermanentError, WaitExpired, poll_until
 
 __all__ = [
+    "MissingRevision",
     "ReadyTimeout",
     "RevisionFailed",
     "Traffic",
@@ -34,7 +36,9 @@ __all__ = [
     "get_revision",
     "get_service",
     "list_revisions",
+    "missing_revision",
     "ready_state",
+    "replaced",
     "revision_path",
     "service_path",
     "serving_traffic",
@@ -234,7 +238,13 @@ def update_service(
     if update_mask:
         request.update_mask = field_mask_pb2.FieldMask(paths=update_mask)
     operation = client.update_service(request=request, retry=None)
-    return wait_operation(operation, timeout=timeout, poll_s=poll_s)
+    try:
+        return wait_operation(operation, timeout=timeout, poll_s=poll_s)
+    except gexc.GoogleAPICallError as exc:
+        missing = missing_revision(exc)
+        if missing is None:
+            raise
+        raise MissingRevision(service.name, missing, service.traffic) from exc
 
 
 def set_traffic(
@@ -249,10 +259,77 @@ def set_traffic(
     total = sum(t.percent for t in traffic)
     if total != 100:
         raise ValueError(f"traffic percentages add up to {total}, not 100: {traffic}")
-    updated = run_v2.Service(name=service.name, etag=service.etag)
-    updated.template = service.template
-    updated.traffic = [t.to_proto() for t in traffic]
+    updated = replaced(service, traffic=[t.to_proto() for t in traffic])
     return update_service(client, updated, timeout=timeout, poll_s=poll_s)
+
+
+def replaced(service: run_v2.Service, **changes) -> run_v2.Service:
+    """The service as read, output-only fields cleared, with `changes` applied: the body of a
+    full-object update. An update replaces the whole service (no update mask), so every field
+    the caller does not change (invoker IAM, ingress, labels, annotations, scaling, ...) must be
+    sent as it is, or Cloud Run resets it (a public service would turn private)."""
+    body = run_v2.Service.deserialize(run_v2.Service.serialize(service))
+    for name in _OUTPUT_ONLY:
+        if name not in ("name", "etag"):  # the name says what to update; the etag guards it
+            body._pb.ClearField(name)
+    for name, value in changes.items():
+        setattr(body, name, value)
+    return body
+
+
+# Service fields marked OUTPUT_ONLY in google/cloud/run/v2/service.proto.
+_OUTPUT_ONLY = (
+    "name",
+    "uid",
+    "generation",
+    "create_time",
+    "update_time",
+    "delete_time",
+    "expire_time",
+    "creator",
+    "last_modifier",
+    "observed_generation",
+    "terminal_condition",
+    "conditions",
+    "latest_ready_revision",
+    "latest_created_revision",
+    "traffic_statuses",
+    "uri",
+    "urls",
+    "satisfies_pzs",
+    "reconciling",
+    "etag",
+)
+
+# A traffic target naming a revision that does not exist fails the update's operation with
+# code 13 (INTERNAL), which google-api-core maps to a transient 500: "Error code 13, message:
+# Revision 'cloudrun-srv-green' does not exist or is deleted. Update all traffic to route to
+# currently available revisions." (a real deploy, terraform-google-modules/
+# terraform-docs-samples#269). Retrying cannot create the revision: the text decides.
+_MISSING_REVISION = re.compile(r"Revision '([^']+)' does not exist or is deleted")
+
+
+def missing_revision(error: BaseException | str) -> str | None:
+    """The revision a refused traffic update named but Cloud Run does not have, if that is
+    what the error says."""
+    text = error if isinstance(error, str) else (getattr(error, "message", None) or str(error))
+    match = _MISSING_REVISION.search(text)
+    return match.group(1) if match else None
+
+
+class MissingRevision(PermanentError):
+    """A traffic update named a revision that does not exist (deleted meanwhile, or a typo):
+    permanent, the split must be changed."""
+
+    def __init__(self, service: str, revision: str, traffic: Iterable[run_v2.TrafficTarget]):
+        named = ", ".join(f"{t.revision or 'LATEST'}={t.percent}%" for t in traffic)
+        super().__init__(
+            f"Cloud Run refused the traffic of {short_name(service)}: revision {revision!r} "
+            f"does not exist or was deleted (traffic asked: {named}). Fix: route the traffic "
+            "to revisions the service has (gcloud run revisions list), or deploy the revision "
+            "again"
+        )
+        self.revision = revision
 
 
 # ---------------------------------------------------------------- readiness

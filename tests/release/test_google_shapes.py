@@ -48,3 +48,68 @@ def test_a_failed_update_asking_100_percent_is_not_taken_for_serving(stage, make
     after = cr.get_service(ctx.services, ctx.service_name(region))
     assert after is not None
     assert [(t.revision, t.percent) for t in cr.traffic_of(after)] == [(ctx.cpu_revision, 100)]
+
+
+def test_the_cutover_keeps_a_public_service_public_and_its_other_fields(stage, make_target):
+    """An update replaces the whole service: the cutover's traffic update must send every field
+    it does not change, or Cloud Run resets it (invoker IAM: a public service turned private)."""
+    import httpx
+
+    from flows.region_deploy import deploy_gpu_step
+    from flows.traffic import cutover_step
+
+    stage()
+    target = make_target(regions=["europe-west1"], public=True)
+    ctx = RunContext(target, "v14.0.0", f"{IMAGE}:v14.0.0")
+    region = "europe-west1"
+    service, _ = _ensure_service(ctx, region)
+    assert service.invoker_iam_disabled
+    # Fields set outside Shipyard (the console, another tool): they must survive too.
+    cr.update_service(
+        ctx.services,
+        cr.replaced(service, description="page translation", annotations={"team": "docs"}),
+        **ctx.wait,
+    )
+    deployed = deploy_gpu_step.fn(ctx, region)
+
+    outcome = cutover_step.fn(ctx, region, deployed.revision)
+
+    after = cr.get_service(ctx.services, ctx.service_name(region))
+    assert after is not None and outcome.revision == deployed.revision
+    assert [(t.revision, t.percent) for t in cr.serving_traffic(after) if t.percent] == [
+        (deployed.revision, 100)
+    ]
+    assert after.invoker_iam_disabled is True
+    assert after.description == "page translation" and dict(after.annotations) == {"team": "docs"}
+    with httpx.Client(timeout=20) as http:  # anonymous: still public
+        assert http.get(after.uri + "/health").status_code == 200
+
+
+def test_traffic_naming_a_missing_revision_is_a_permanent_refusal(stage, make_target):
+    """Google fails the operation with code 13 (INTERNAL: transient to google-api-core) and
+    the text "Revision '...' does not exist or is deleted" (terraform-google-modules/
+    terraform-docs-samples#269): retrying cannot create the revision, so it is permanent, and
+    says which revision and what to do."""
+    from flows.release_steps import StepLog
+    from flows.traffic import cutover_step
+    from tasks.errors import is_transient
+
+    stage()
+    target = make_target(regions=["europe-west1"])
+    ctx = RunContext(target, "v15.0.0", f"{IMAGE}:v15.0.0")
+    region = "europe-west1"
+    _ensure_service(ctx, region)
+    gone = f"{target.service}-v0-9-0"
+
+    steps = StepLog(retries=3, retry_delays=[0.01] * 3)
+    with pytest.raises(cr.MissingRevision) as err:
+        steps.run("cutover", cutover_step, ctx, region, gone)
+
+    assert not is_transient(err.value)
+    assert steps.steps[-1].attempts == 1  # not retried
+    text = str(err.value)
+    assert f"revision '{gone}' does not exist or was deleted" in text
+    assert "Fix: route the traffic to revisions the service has" in text
+    after = cr.get_service(ctx.services, ctx.service_name(region))
+    assert after is not None
+    assert [(t.revision, t.percent) for t in cr.serving_traffic(after)] == [(ctx.cpu_revision, 100)]

@@ -195,9 +195,14 @@ class RegistryClient:
             if delay is None:
                 if attempts == 1:  # the caller retries (a streamed body cannot be replayed)
                     raise err
-                raise RegistryUnavailable(
+                gave_up = RegistryUnavailable(
                     f"{err} - {clock.gave_up(attempt, retry_after)}", self.registry
-                ) from None
+                )
+                # The caller's own retry (a blob copy) must see the wait too: without it, it
+                # retried after a short backoff and this client's gate then waited the whole
+                # Retry-After, past the budget.
+                gave_up.retry_after = retry_after
+                raise gave_up from None
             self.retries += 1
             log.info("%s: transient failure (%s), retry %d in %.2fs", what, err, attempt, delay)
             await asyncio.sleep(delay)

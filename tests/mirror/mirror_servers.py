@@ -105,7 +105,9 @@ class FlakyProxy:
     a registry shedding load) with a `Retry-After` header (RFC 9110 10.2.3), delta-seconds
     (`retry_after="1"`) or an HTTP-date (`retry_after="date:2"`). A request for the same path
     before that time is refused again and recorded in `early`: a client that does not honour
-    Retry-After shows there.
+    Retry-After shows there. `throttle_only="GET /v2/x/blobs/"`: only requests whose
+    "METHOD path" starts with it are throttled. `seen` is the registry side's request log:
+    (monotonic time of arrival, "METHOD path", status answered when throttled else 0).
 
     `cut_bodies=True`: the first GET of each manifest and blob sends its headers and half of its
     body, then drops the connection (a reset mid-response; recorded in `cut`).
@@ -133,6 +135,8 @@ class FlakyProxy:
     throttle_max: int = 3
     throttle_status: int = 429
     retry_after: str = "1"
+    throttle_only: str = ""
+    seen: list[tuple[float, str, int]] = field(default_factory=list)
     throttled: int = 0
     early: list[str] = field(default_factory=list)
     not_before: dict[str, float] = field(default_factory=dict)
@@ -170,8 +174,11 @@ class FlakyProxy:
         upload_put = scope["method"] == "PUT" and "/blobs/uploads/" in scope["path"]
         if upload_put:
             self.puts.append(f"{scope['path']}?{query_string}")
+        arrived = time.monotonic()
         if self.throttle_every and await self._throttle(key, send):
+            self.seen.append((arrived, key, self.throttle_status))
             return
+        self.seen.append((arrived, key, 0))
         if upload_put and self.fail_upload_puts > 0:
             self.fail_upload_puts -= 1
             self.failed += 1
@@ -294,6 +301,8 @@ class FlakyProxy:
         if until is not None and now < until - 0.05:
             self.early.append(key)
         elif self.throttled >= self.throttle_max or self.requests % self.throttle_every:
+            return False
+        elif not key.startswith(self.throttle_only):
             return False
         else:
             self.throttled += 1

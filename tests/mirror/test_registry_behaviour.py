@@ -87,6 +87,67 @@ def test_retry_after_beyond_the_budget_gives_up_at_once_naming_the_setting(src, 
     assert "retry budget is 2s" in text and "--retry-budget" in text and is_transient(err)
 
 
+@pytest.mark.slow
+def test_a_retry_after_of_ten_seconds_is_waited_out_and_the_copy_completes(src, dst, flaky):
+    """skopeo survives `429` with `Retry-After: 10` (containers/common#2494 is what happens
+    without it); so does the mirror. The first GET of a source blob is refused for 10 s; the
+    registry's own request log shows the next GET of that blob no earlier than that, and the
+    image arrives intact with the default budget."""
+    blobs = "GET /v2/nvidia/cuda/blobs/sha256:"
+    proxy = flaky(
+        src.url, fail_every=0, throttle_every=1, throttle_max=1, retry_after="10",
+        throttle_only=blobs,
+    )  # fmt: skip
+
+    async def scenario():
+        async with client_for(src.host) as s:
+            pushed = await push_image(s, "nvidia/cuda", "ten")
+        async with client_for(proxy.server.host) as p, client_for(dst.host) as d:
+            plan = await plan_image(p, parse_reference(f"{proxy.server.host}/nvidia/cuda:ten"))
+            stats = await copy_image(p, plan, d, "base/cuda")
+            got = await d.get_manifest("base/cuda", pushed.digest)
+        return pushed, stats, got
+
+    pushed, stats, got = run(scenario())
+    assert got.digest == pushed.digest and stats.retries >= 1
+    assert proxy.throttled == 1 and proxy.early == []
+    refused = next((t, key) for t, key, status in proxy.seen if status == 429)
+    again = [t for t, key, status in proxy.seen if key == refused[1] and t > refused[0]]
+    assert again, "the refused blob was never asked for again"
+    assert again[0] - refused[0] >= 10.0  # measured where the registry received the requests
+
+
+def test_a_budget_shorter_than_retry_after_fails_at_once_naming_the_setting(src, dst, flaky):
+    """The same 10 s Retry-After with a 5 s retry budget: no retry the registry would refuse,
+    no 10 s wait, a refusal that names the budget and the setting to raise."""
+    blobs = "GET /v2/nvidia/cuda/blobs/sha256:"
+    proxy = flaky(
+        src.url, fail_every=0, throttle_every=1, throttle_max=1, retry_after="10",
+        throttle_only=blobs,
+    )  # fmt: skip
+
+    async def scenario():
+        async with client_for(src.host) as s:
+            await push_image(s, "nvidia/cuda", "short")
+        async with (
+            client_for(proxy.server.host, retry_budget=5) as p,
+            client_for(dst.host, retry_budget=5) as d,
+        ):
+            plan = await plan_image(p, parse_reference(f"{proxy.server.host}/nvidia/cuda:short"))
+            with pytest.raises(RegistryUnavailable) as err:
+                await copy_image(p, plan, d, "base/cuda")
+        return err.value
+
+    err = run(scenario())
+    text = str(err)
+    assert "HTTP 429 TOOMANYREQUESTS" in text and "Retry-After 10s" in text
+    assert "retry budget is 5s" in text and "--retry-budget" in text
+    assert "retry_budget_seconds" in text
+    refused = [key for _, key, status in proxy.seen if status == 429]
+    assert len(refused) == 1 and proxy.early == []
+    assert [k for _, k, _ in proxy.seen].count(refused[0]) == 1  # never asked again
+
+
 def test_manifest_and_config_bodies_cut_short_are_read_again(src, dst, flaky):
     """A connection reset in the middle of a manifest or config body (read-source,
     read-config) is a transient failure like any other: read again, not raised."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.cloud.devtools import cloudbuild_v1
 from prefect import get_run_logger, task
@@ -33,6 +34,14 @@ class BuildFailedError(PermanentError):
 
 
 SUBMISSION_PREFIX = "shipyard-submit-"
+# A task that reads or pushes (safe to repeat): three retries on transient errors, no caching.
+RETRIED_READ: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [0.5, 1, 2],
+    "retry_condition_fn": retry_condition_fn,
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+}
 
 
 def submission_tag() -> str:
@@ -125,14 +134,7 @@ def follow_task(cloud: GoogleCloud, build_id: str, timeout_s: float, poll_s: flo
     }
 
 
-@task(
-    name="cloud-build-log",
-    retries=3,
-    retry_delay_seconds=[0.5, 1, 2],
-    retry_condition_fn=retry_condition_fn,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@task(name="cloud-build-log", **RETRIED_READ)
 def log_task(cloud: GoogleCloud, build_id: str) -> list[str]:
     return cb.fetch_build_log(cloud.logging_client(), cloud.resolved_project(), build_id)
 

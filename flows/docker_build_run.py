@@ -27,11 +27,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.build_settings import BuildSettings
-from flows.cloud_build_run import BuildFailedError, BuildRun
+from flows.cloud_build_run import RETRIED_READ, BuildFailedError, BuildRun
 from tasks import docker_daemon as dd
 from tasks import git_source as git
 from tasks.buildkit_log import parse_buildkit_log
-from tasks.errors import PermanentError, retry_condition_fn
+from tasks.errors import PermanentError
 
 if TYPE_CHECKING:
     from flows.build_backend import BuildSpec
@@ -99,14 +99,7 @@ def build_task(settings: BuildSettings, spec: BuildSpec, commit: str) -> dd.Buil
         shutil.rmtree(root, ignore_errors=True)
 
 
-@task(
-    name="docker-push",
-    retries=3,
-    retry_delay_seconds=[0.5, 1, 2],
-    retry_condition_fn=retry_condition_fn,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@task(name="docker-push", **RETRIED_READ)
 def push_task(settings: BuildSettings, ref: str) -> str:
     creds = settings.docker_registry_credentials
     auth = None

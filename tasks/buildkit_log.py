@@ -42,7 +42,8 @@ class BuildStep:
 
     @property
     def name(self) -> str:
-        return f"[{self.stage} {self.index}/{self.total}] {self.instruction}"
+        where = f"{self.stage} " if self.stage else ""
+        return f"[{where}{self.index}/{self.total}] {self.instruction}"
 
     @property
     def is_from(self) -> bool:
@@ -107,14 +108,13 @@ SOLVE = "ERROR: failed to solve"
 
 
 def _parse_step_name(vertex: str, rest: str) -> BuildStep | None:
-    """`[python-deps 3/3] RUN …` -> a BuildStep; None for `[internal] …` and the like."""
+    """`[python-deps 3/3] RUN …` (or `[3/3] RUN …` when the only stage has no name) -> a
+    BuildStep; None for `[internal] …` and the like."""
     close = rest.find("] ")
     if close == -1:
         return None
     label = rest[1:close]
-    stage, sep, count = label.rpartition(" ")
-    if not sep:
-        return None
+    stage, _, count = label.rpartition(" ")  # `[2/4]`: a single-stage Dockerfile's step
     index, slash, total = count.partition("/")
     if not slash or not index.isdigit() or not total.isdigit():
         return None

@@ -60,3 +60,17 @@ def test_cloud_build_step_prefixes_are_stripped():
 def test_an_empty_log_has_no_steps_and_no_hit_rate():
     report = parse_buildkit_log([])
     assert report.steps == [] and report.hit_rate == 0.0 and report.error is None
+
+
+def test_a_single_stage_dockerfiles_steps_are_counted():
+    # BuildKit names the steps of an unnamed only stage `[i/n]`, without a stage name.
+    log = "#4 [1/3] FROM r/base@sha256:aaaa\n#4 DONE 0.0s\n#5 [2/3] COPY app.py /srv/\n"
+    log += "#5 CACHED\n#6 [3/3] RUN python3 -m compileall /srv\n#6 DONE 0.4s\n"
+    report = parse_buildkit_log(log)
+    assert [(s.stage, s.index, s.status) for s in report.steps] == [
+        ("", 1, RUN),
+        ("", 2, CACHED),
+        ("", 3, RUN),
+    ]
+    assert report.cached == 1 and report.run == 1 and report.hit_rate == 0.5
+    assert report.steps[2].name == "[3/3] RUN python3 -m compileall /srv"

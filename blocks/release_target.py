@@ -76,6 +76,13 @@ class RevisionSpec(_Model):
     )
     startup_cpu_boost: bool = True
     port: int = Field(default=8080, ge=1, le=65535)
+    startup_probe_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=240,
+        description="How long Cloud Run waits for the container to listen on $PORT (a TCP "
+        "startup probe); empty: Cloud Run's default probe, 240 s",
+    )
     env: dict[str, str] = Field(default={})
     secret_env: dict[str, SecretEnv] = Field(
         # A plain default (not default_factory): the UI's block form only shows and saves

@@ -58,6 +58,15 @@ def build_template(
         timeout=cr.seconds(spec.timeout_s),
         max_instance_request_concurrency=spec.concurrency,
     )
+    if spec.startup_probe_s is not None:
+        # One TCP check on the container port after the whole window (Cloud Run's default
+        # probe is the same shape with 240 s).
+        template.containers[0].startup_probe = run_v2.Probe(
+            tcp_socket=run_v2.TCPSocketAction(port=spec.port),
+            timeout_seconds=spec.startup_probe_s,
+            period_seconds=spec.startup_probe_s,
+            failure_threshold=1,
+        )
     if spec.service_account:
         template.service_account = spec.service_account
     if spec.gpu:

@@ -115,7 +115,8 @@ def register(app: FastAPI, state: SandboxState, store: RunStore) -> None:
         started = time.perf_counter()
         if rev is None or not rev.ready:
             response: Response = HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
-        elif request.method == "POST" and oom_killed(state, rev):
+        elif request.method == "POST" and container_store(state) is None and oom_killed(state, rev):
+            # In-process only: a container runs out of memory for real (sandbox/engine).
             store.instances.pop(rev.name, None)  # the container was terminated
             response = HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
         else:

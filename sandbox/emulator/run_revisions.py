@@ -15,6 +15,7 @@ from sandbox.emulator.run_resources import Revision, Service, container_name, wr
 from sandbox.emulator.run_templates import (
     parse_cpu,
     parse_memory_gib,
+    startup_probe,
     template_device,
     template_gpus,
     template_limits,
@@ -23,9 +24,10 @@ from sandbox.emulator.run_traffic import TrafficRules
 from sandbox.engine.revision_instances import container_store, start_revision_container
 from sandbox.scenario import GPU_QUOTA_MESSAGE, GPU_ZONAL_MESSAGE, DeployError
 
+# Google's text (octo-sts/app#1005, transparency-dev/tesseract#413: PORT is the container port).
 NOT_READY_MESSAGE = (
     "The user-provided container failed to start and listen on the port defined provided by "
-    "the PORT=8080 environment variable within the allocated timeout. This can happen when "
+    "the PORT={port} environment variable within the allocated timeout. This can happen when "
     "the container port is misconfigured or if the timeout is too short. The health check "
     "timeout can be extended. Logs for this revision might contain more information."
 )
@@ -150,27 +152,22 @@ class RevisionLifecycle(TrafficRules):
                 missing_secret,
                 "SECRETS_ACCESS_CHECK_FAILED",
             )
-        elif scenario.region(svc.region).never_ready or any(
-            f.fault == "never_ready" for f in faults
+        elif (
+            scenario.region(svc.region).never_ready
+            # With a Docker daemon the container decides (a never_ready fault reaches it as env).
+            or (self.state.docker_host and not start_revision_container(self.state, rev))
+            or (not self.state.docker_host and any(f.fault == "never_ready" for f in faults))
         ):
-            rev.ready, rev.message = False, NOT_READY_MESSAGE
-            rev.revision_reason = "HEALTH_CHECK_CONTAINER_ERROR"
-        elif self.state.docker_host and not start_revision_container(self.state, rev):
-            # The image's container exited or never listened on $PORT (sandbox/engine).
-            rev.ready, rev.message = False, NOT_READY_MESSAGE
+            probe = startup_probe(template)
+            rev.ready, rev.message = False, NOT_READY_MESSAGE.format(port=probe.port)
             rev.revision_reason = "HEALTH_CHECK_CONTAINER_ERROR"
         self.revisions[rev.name] = rev
         self.state.calls["run.revision_created"] += 1
         if not rev.ready:
             self.state.calls["run.revision_failed"] += 1
             if rev.revision_reason:  # the container was started and failed its probe
-                write_revision_log(
-                    self.state,
-                    rev,
-                    "ERROR",
-                    "Default STARTUP TCP probe failed 1 time consecutively for container "
-                    f'"{container_name(template)}" on port 8080. The instance was not started.',
-                )
+                text = startup_probe(template).failure_text(container_name(template))
+                write_revision_log(self.state, rev, "ERROR", text)
             write_revision_log(self.state, rev, "ERROR", rev.message)
         return rev
 

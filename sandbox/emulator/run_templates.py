@@ -5,6 +5,7 @@ the server owns, and what a template asks for (CPU, memory, GPUs, device).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
@@ -197,3 +198,42 @@ def check_gpu_template(template: dict, region: str) -> None:
             "spec.template.spec.containers[0].resources.cpuIdle: a GPU revision needs CPU "
             "always allocated (cpuIdle false).",
         )
+
+
+@dataclass(frozen=True)
+class StartupProbe:
+    """The first container's TCP startup probe: how long Cloud Run waits for $PORT.
+
+    Without `startupProbe` Cloud Run applies its default: "tcpSocket: port: CONTAINER_PORT,
+    timeoutSeconds: 240, periodSeconds: 240, failureThreshold: 1" (cloud.google.com/run/docs/
+    configuring/healthchecks, "The default TCP startup probe"). A configured probe waits
+    initialDelaySeconds + failureThreshold × periodSeconds (proto defaults: period 10 s,
+    threshold 3; google/cloud/run/v2/k8s.min.proto, Probe)."""
+
+    window_s: float
+    failures: int
+    default: bool
+    port: int
+
+    def failure_text(self, container: str) -> str:
+        """The revision's system log line when the probe gives up (Google's wording; the
+        default probe's line is quoted in openillumi.com/?p=117277)."""
+        times = "1 time" if self.failures == 1 else f"{self.failures} times"
+        prefix = "Default STARTUP" if self.default else "STARTUP"
+        return (
+            f'{prefix} TCP probe failed {times} consecutively for container "{container}" on '
+            f"port {self.port}. The instance was not started."
+        )
+
+
+def startup_probe(template: dict) -> StartupProbe:
+    container = (template.get("containers") or [{}])[0]
+    port = int(((container.get("ports") or [{}])[0]).get("containerPort") or 8080)
+    probe = container.get("startupProbe")
+    if not probe:
+        return StartupProbe(window_s=240.0, failures=1, default=True, port=port)
+    failures = int(probe.get("failureThreshold") or 3)
+    window = int(probe.get("initialDelaySeconds") or 0) + failures * int(
+        probe.get("periodSeconds") or 10
+    )
+    return StartupProbe(window_s=float(window), failures=failures, default=False, port=port)

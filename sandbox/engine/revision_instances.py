@@ -3,18 +3,38 @@
 `start_revision_container` is called where a revision comes to life (run_revisions.py); the
 instance lives in `state.stores["containers"]`, which revisions_http.py forwards requests to.
 A sandbox reset or a deleted revision removes the containers.
+
+Two things differ from Google, both harsher, never kinder:
+- memory: each container gets the template's limit, at most $SHIPYARD_ENGINE_MEMORY_MIB (default
+  1024 MiB): a 2-core machine shared by a team cannot give every L4 revision its 16 GiB. An OOM
+  kill is logged with the limit the container really had;
+- the scenario's revision faults (sandbox/scenario.py) reach the container as the env
+  `PAGE_FAULTS` (merged with the template's own), the way a bad release's configuration would
+  carry them; the sample service (examples/page-service) acts on it, the emulator never does.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sandbox.emulator.run_resources import Revision, write_revision_log
-from sandbox.emulator.run_templates import parse_memory_gib, template_limits
+from sandbox.emulator.run_templates import parse_memory_gib, startup_probe, template_limits
 from sandbox.engine.containers import Instance, StartFailed, start_instance, stop_instance
 from sandbox.engine.daemon import Engine
 
-STARTUP_TIMEOUT_S = 60.0
+MEMORY_CAP_ENV = "SHIPYARD_ENGINE_MEMORY_MIB"
+DEFAULT_MEMORY_CAP_MIB = 1024
+
+
+def memory_cap_mib() -> int:
+    return int(os.environ.get(MEMORY_CAP_ENV) or DEFAULT_MEMORY_CAP_MIB)
+
+
+def faults_env(rev: Revision) -> str:
+    """`PAGE_FAULTS` for the container: the template's own, then the scenario's faults."""
+    own = [f for f in rev.env.get("PAGE_FAULTS", "").split(",") if f.strip()]
+    return ",".join([*own, *(f"{f.fault}:{f.requests}" for f in rev.faults)])
 
 
 class ContainerStore:
@@ -47,6 +67,7 @@ def start_revision_container(state: Any, rev: Revision) -> bool:
     assert store is not None
     container = (rev.template.get("containers") or [{}])[0]
     memory = parse_memory_gib(template_limits(rev.template).get("memory") or "512Mi")
+    memory_mib = min(memory_cap_mib(), max(6, int(memory * 1024)))
     service = rev.service.rsplit("/", 1)[-1]
     env = {
         **rev.env,
@@ -57,6 +78,8 @@ def start_revision_container(state: Any, rev: Revision) -> bool:
     if rev.device == "gpu":  # no GPU here: the revision is told it has the one it asked for
         accelerator = rev.template.get("nodeSelector", {}).get("accelerator", "nvidia-l4")
         env.update(NVIDIA_VISIBLE_DEVICES="all", SHIPYARD_ACCELERATOR=accelerator)
+    if faults := faults_env(rev):
+        env["PAGE_FAULTS"] = faults
     # The sample service's simulated model time (GPU fast, CPU slow), unless the template sets it.
     serving = state.scenario.serving
     env.setdefault("PAGE_SIMULATED_GPU_MS", str(serving.gpu_ms))
@@ -71,9 +94,9 @@ def start_revision_container(state: Any, rev: Revision) -> bool:
             image=container.get("image", ""),
             name=f"rev-{rev.short}-{rev.uid[:8]}",
             env=env,
-            memory_mib=max(6, int(memory * 1024)),
+            memory_mib=memory_mib,
             log=log,
-            startup_timeout_s=STARTUP_TIMEOUT_S,
+            startup_timeout_s=startup_probe(rev.template).window_s,
         )
     except StartFailed:
         return False

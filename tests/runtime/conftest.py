@@ -36,7 +36,19 @@ def engine_session(tmp_path_factory):
     if reason is not None and os.environ.get(ENGINE_ENV, "").lower() == "off":
         pytest.skip(f"the container engine is switched off ({reason})")
     assert reason is None, f"the container engine cannot start here: {reason}"
-    info = start_sandbox(root=tmp_path_factory.mktemp("engine-sandbox"), engine=True)
+    from sandbox.engine.revision_instances import MEMORY_CAP_ENV
+
+    # Revision containers get at most 256 MiB here (the page service needs ~80): an OOM drill
+    # is killed quickly and the group never holds much of the shared machine's memory.
+    saved = os.environ.get(MEMORY_CAP_ENV)
+    os.environ[MEMORY_CAP_ENV] = "256"
+    try:
+        info = start_sandbox(root=tmp_path_factory.mktemp("engine-sandbox"), engine=True)
+    finally:
+        if saved is None:
+            os.environ.pop(MEMORY_CAP_ENV)
+        else:
+            os.environ[MEMORY_CAP_ENV] = saved
     assert info.mode == "containers", info.mode_note
     try:
         yield info

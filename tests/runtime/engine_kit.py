@@ -70,15 +70,18 @@ def cloud_build(cloud, repo: GitRepo, base: str, tag: str) -> tuple[cb.Build, st
     while build.status.name in ("QUEUED", "WORKING") and time.monotonic() < deadline:
         time.sleep(0.2)
         build = client.get_build(project_id=PROJECT, id=build_id)
-    # Every entry of the build, in write order, from the sandbox's Cloud Logging store.
+    return build, build_log(build_id)
+
+
+def build_log(build_id: str) -> str:
+    """Every entry of the build, in write order, from the sandbox's Cloud Logging store."""
     admin = SandboxAdmin(os.environ["SHIPYARD_GOOGLE_ENDPOINT"])
     try:
         entries = admin.logs()
     finally:
         admin.close()
-    log = "\n".join(
+    return "\n".join(
         e.get("textPayload", "")
         for e in entries
         if e.get("resource", {}).get("labels", {}).get("build_id") == build_id
     )
-    return build, log

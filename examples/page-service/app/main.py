@@ -10,11 +10,16 @@ The Shipyard sandbox builds one instance per Cloud Run revision with `create_app
 passing the device, the simulated model time, fault drills and a `log(severity, text)`
 callable. This module knows nothing of the sandbox.
 
-Faults (drills of the failures seen in the field, set by `Settings.faults`):
+Faults (drills of the failures seen in the field, set by `Settings.faults`, in a container from
+`PAGE_FAULTS`, e.g. `PAGE_FAULTS=oom` in the revision's env: the way a bad release carries them):
 - `silent_cpu_fallback`: the CUDA provider fails at start-up, pages run on CPU, x-fallback-used: 1
-- `oom`: a page request dies with `Memory limit exceeded` (500)
+- `oom`: a page request loads a model bigger than the instance's memory: in a container with a
+  memory limit the process really grows past it and the kernel kills it; where no limit can be
+  read, the request answers 500 `Memory limit exceeded` instead
 - `http_503`: the first N page requests (0 = all) answer 503
 - `unicode_header`: a non-ASCII response header makes the request fail (UnicodeEncodeError, 500)
+- `crash_at_start`: the model runtime fails to load at start-up and the process exits with 1
+- `never_ready`: loading the model never ends, so the server never listens on $PORT
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -36,7 +42,18 @@ from fastapi.responses import JSONResponse, Response
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 LogFn = Callable[[str, str], None]
-FAULTS = ("silent_cpu_fallback", "oom", "http_503", "unicode_header")
+FAULTS = (
+    "silent_cpu_fallback",
+    "oom",
+    "http_503",
+    "unicode_header",
+    "crash_at_start",
+    "never_ready",
+)
+CGROUP_MEMORY_LIMITS = (  # cgroup v2, then v1: what the container's memory limit is
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
 
 
 def stdout_log(severity: str, text: str) -> None:
@@ -98,6 +115,31 @@ class Settings:
         )
 
 
+def memory_limit_bytes() -> int | None:
+    """The memory limit this process runs under (its cgroup's), None when there is none."""
+    for path in CGROUP_MEMORY_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 50:  # v1 writes a huge number for "no limit"
+            return int(text)
+    return None
+
+
+def exhaust_memory(limit: int, log: LogFn) -> None:
+    """Grow past `limit` in touched 16 MiB chunks, as a model too big for the instance does; the
+    kernel's OOM killer ends the process on the way (returns only if it did not)."""
+    log(
+        "INFO",
+        f"loading the page model: {limit // 2**20 + 64} MiB for a {limit // 2**20} MiB limit",
+    )
+    held = []
+    while len(held) * 16 * 2**20 < limit + 64 * 2**20:
+        held.append(b"\x01" * (16 * 2**20))  # written, so every page is really resident
+    held.clear()
+
+
 def process_page(data: bytes) -> tuple[bytes, str, tuple[int, int]]:
     """Grayscale + autocontrast, same size and format. Raises ValueError on a non-image."""
     try:
@@ -116,6 +158,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """One instance of the service; start-up (device detection) happens here."""
     settings = settings or Settings.from_env()
     log = settings.log
+    if "crash_at_start" in settings.faults:
+        log(
+            "ERROR",
+            "ImportError: libcudnn_ops_infer.so.8: cannot open shared object file: No such file "
+            "or directory (the model runtime cannot load; exiting)",
+        )
+        raise SystemExit(1)
+    if "never_ready" in settings.faults:
+        log("INFO", "loading the page model before listening on $PORT ...")
+        threading.Event().wait()  # never ends: the server never listens
     wants_gpu = settings.device == "gpu" or (settings.device == "auto" and detect_cuda())
     device = "gpu" if wants_gpu else "cpu"
     fallback = False
@@ -184,6 +236,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         started = time.perf_counter()
         if "oom" in settings.faults:
+            limit = memory_limit_bytes()
+            if limit is not None:
+                await asyncio.to_thread(exhaust_memory, limit, log)
             log(
                 "ERROR",
                 "Memory limit exceeded: the container was terminated while loading the model "

@@ -22,6 +22,10 @@ from pathlib import Path
 import pytest
 from engine_kit import GitRepo, build_log
 
+# The module's first test also pays for the tiers and the first release (its fixtures): ~2 min
+# on an idle 2-core machine, several times that under load; pytest-timeout counts setup too.
+pytestmark = pytest.mark.timeout(900)
+
 PAGE_SERVICE = Path(__file__).resolve().parents[2] / "examples" / "page-service"
 TOKEN_BLOCK = "shipyard-runtime-internal-token"
 BUILD_BLOCK = "shipyard-runtime-build"
@@ -119,9 +123,9 @@ def _target(rehearsal: Rehearsal, **gpu):
 
 
 def _release(rehearsal: Rehearsal, tag: str, **gpu):
-    from flows.release import release
+    from flows.release import run_release
 
-    return release(tag, _target(rehearsal, **gpu), commit=rehearsal.commit)
+    return run_release(tag, _target(rehearsal, **gpu), commit=rehearsal.commit)
 
 
 def _service_name() -> str:

@@ -2,8 +2,10 @@
 
 Definitions (a re-run of a tag that already served, `noop`, is not a change and is left out):
 - deployment frequency: releases that reached 100% (`released`) per day of the window;
-- lead time: from the tag's release start (the webhook fires it on the tag) to 100% on the new
-  revision (the release's end), median over `released`;
+- lead time: from the tag (`tagged_at`: the push's time the webhook passed, else the tag's date
+  in git) to 100% on the new revision (the release's end), median over `released`; a release
+  whose tag time is unknown counts from its own start (`lead_time_from_release_start` says how
+  many did);
 - change failure rate: changes that did not reach 100% on the new GPU revision (`rolled_back`,
   `failed`, `cpu_fallback`) over all changes;
 - time to restore: from a failed change's end to the end of the service's next `released`,
@@ -53,6 +55,8 @@ COLUMNS = (
     "revision",
     "started_at",
     "finished_at",
+    "tagged_at",
+    "tagged_at_source",
     "seconds",
     "retries",
     "cache_hit_rate",
@@ -76,7 +80,7 @@ def release_frame(entries: Sequence[LedgerEntry]) -> pd.DataFrame:
             row[f"s_{name}"] = seconds
         rows.append(row)
     df = pd.DataFrame(rows, columns=list(COLUMNS)) if not rows else pd.DataFrame(rows)
-    for col in ("started_at", "finished_at"):
+    for col in ("started_at", "finished_at", "tagged_at"):
         df[col] = pd.to_datetime(df[col], utc=True, format="ISO8601")
     known = [f"s_{s}" for s in STAGES if f"s_{s}" in df.columns]
     other = sorted(c for c in df.columns if c.startswith("s_") and c not in known)
@@ -111,7 +115,8 @@ def dora(df: pd.DataFrame, window_days: float) -> dict[str, Any]:
     changes = df[df["outcome"].isin(CHANGES) & ~df["noop"].astype(bool)]
     released = changes[changes["outcome"] == "released"]
     failures = changes[changes["outcome"].isin(FAILURES)]
-    lead = (released["finished_at"] - released["started_at"]).dt.total_seconds()
+    tagged = released["tagged_at"].fillna(released["started_at"])
+    lead = (released["finished_at"] - tagged).dt.total_seconds()
     restore = _restore_seconds(changes)
     return {
         "changes": int(len(changes)),
@@ -119,6 +124,9 @@ def dora(df: pd.DataFrame, window_days: float) -> dict[str, Any]:
         "failures": int(len(failures)),
         "deployment_frequency_per_day": round(len(released) / window_days, 4),
         "lead_time_s": _median(lead),
+        "lead_time_from_release_start": int(
+            (released["tagged_at"].isna() | (released["tagged_at_source"] == "release-start")).sum()
+        ),
         "change_failure_rate": round(len(failures) / len(changes), 4) if len(changes) else None,
         "time_to_restore_s": _median(restore),
         "unrestored_failures": int(restore.isna().sum()),
@@ -145,6 +153,7 @@ def report_data(
     rows = df.assign(
         started_at=df["started_at"].map(pd.Timestamp.isoformat),
         finished_at=df["finished_at"].map(pd.Timestamp.isoformat),
+        tagged_at=df["tagged_at"].map(lambda t: None if pd.isna(t) else t.isoformat()),
     )
     releases = json.loads(rows.to_json(orient="records", double_precision=6))
     return {

@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     received_at REAL NOT NULL,
     emitted_at REAL,
     lease_owner TEXT,
-    lease_until REAL
+    lease_until REAL,
+    tagged_at TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_tag ON deliveries (repo_key, tag, seq);
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, not_before);
@@ -107,6 +108,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(deliveries)")}
+        if "tagged_at" not in columns:  # a journal written before pushes carried their time
+            self._db.execute("ALTER TABLE deliveries ADD COLUMN tagged_at TEXT")
 
     async def call(self, method: str, *args: Any) -> Any:
         return await asyncio.to_thread(getattr(self, method), *args)
@@ -165,7 +169,8 @@ class Journal:
             db.execute(
                 "INSERT INTO deliveries (key, body_digest, kind, provider, delivery_id, "
                 "repository, repo_key, tag, commit_sha, ref, target, nonce, state, detail, "
-                "not_before, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "not_before, received_at, tagged_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     _key(push),
                     body_digest,
@@ -183,6 +188,7 @@ class Journal:
                     recorded.detail if recorded else None,
                     not_before,
                     now,
+                    push.tagged_at,
                 ),
             )
         if recorded is not None:
@@ -326,6 +332,7 @@ def _row(r: sqlite3.Row) -> Row:
         r["ref"],
         r["target"],
         r["event_attempt"],
+        r["tagged_at"],
     )
     return Row(
         r["seq"],

@@ -53,6 +53,7 @@ class TagPush:
     ref: str
     target: str = "default"  # the ReleaseTarget block the repository maps to
     attempt: int = 0  # > 0: re-emitted because Prefect reported the trigger action failed
+    tagged_at: str | None = None  # when the push happened (ISO 8601), if the provider says
 
     @property
     def event_id(self) -> uuid.UUID:
@@ -78,6 +79,7 @@ class TagPush:
                 "delivery_id": self.delivery_id,
                 "provider": self.provider,
                 "ref": self.ref,
+                "tagged_at": self.tagged_at or "",  # the release's lead time starts here
                 **({"attempt": self.attempt} if self.attempt else {}),
             },
         }
@@ -211,6 +213,24 @@ def commit_of(value: Any) -> str | None:
     return value
 
 
+def pushed_at(payload: dict[str, Any]) -> str | None:
+    """When GitHub received the push: `repository.pushed_at`, which a `push` delivery sends as
+    Unix seconds (other events send ISO 8601; GitHub keeps the difference on purpose:
+    isaacs/github#1534, XAMPPRocky/octocrab#445). None when absent or not a time: the release
+    then reads the tag's date from git (flows/tag_time.py), so this never rejects a delivery."""
+    repository = payload.get("repository")
+    value = repository.get("pushed_at") if isinstance(repository, dict) else None
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return dt.datetime.fromtimestamp(value, dt.UTC).isoformat()
+        if isinstance(value, str) and value:
+            when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
 def parse_github(event: str, delivery: str, payload: dict[str, Any]) -> TagPush | Ignored:
     if event == "push":
         ref = _str_field(payload, "ref", limit=MAX_REF)
@@ -220,7 +240,10 @@ def parse_github(event: str, delivery: str, payload: dict[str, Any]) -> TagPush 
         tag = ref.removeprefix("refs/tags/")
         if payload.get("deleted") is True:
             return Ignored("tag deleted", "github", delivery, repository, tag)
-        return TagPush("github", delivery, repository, tag, commit_of(payload.get("after")), ref)
+        commit = commit_of(payload.get("after"))
+        return TagPush(
+            "github", delivery, repository, tag, commit, ref, tagged_at=pushed_at(payload)
+        )
     if event == "create":
         ref = _str_field(payload, "ref", limit=MAX_REF)
         repository = _repository(payload, "repository", "full_name")

@@ -42,6 +42,12 @@ class LedgerEntry(BaseModel):
     image: str | None = None
     started_at: str  # when the release started (the tag's webhook fires it)
     finished_at: str  # when traffic was settled (100% on the new or the kept revision)
+    # When the tag was made, where the lead time starts (flows/tag_time.py): `push` (the
+    # webhook's push time), `git-tag` (the tag's date in git) or `release-start` (unknown: the
+    # release's start stands in, `tagged_at_note` says why; an entry without it counts the same).
+    tagged_at: str | None = None
+    tagged_at_source: str = "release-start"
+    tagged_at_note: str = ""
     seconds: float = 0.0
     stage_seconds: dict[str, float] = {}
     retries: int = 0
@@ -74,6 +80,7 @@ def entry_of(result: Any, *, failed: bool, finished_at: dt.datetime | None = Non
     # The first canary request meets a cold instance: its step time is the cold-start figure.
     first = next((s for s in result.steps if s.name in ("canary-run-1", "canary-run")), None)
     outcome = "failed" if failed else result.outcome
+    tagged = result.tag_time
     reason = ""
     if outcome in ("rolled_back", "failed", "cpu_fallback"):
         reason = "; ".join(result.reasons)[:500]
@@ -88,6 +95,9 @@ def entry_of(result: Any, *, failed: bool, finished_at: dt.datetime | None = Non
         image=result.image,
         started_at=result.started_at,
         finished_at=(finished_at or dt.datetime.now(dt.UTC)).isoformat(),
+        tagged_at=tagged.at if tagged else None,
+        tagged_at_source=tagged.source if tagged else "release-start",
+        tagged_at_note=tagged.note if tagged else "",
         seconds=result.seconds,
         stage_seconds=stage_seconds,
         retries=retries,

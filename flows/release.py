@@ -59,6 +59,7 @@ from flows.release_slot import ReleaseError, ensure_slot, release_slot, slot_nam
 from flows.release_steps import Step, StepLog, note_attempt
 from flows.run_context import MAX_ATTEMPTS, RunContext, attempt_name
 from flows.stage_events import stage
+from flows.tag_time import TagTime, parse_given, tag_time
 from flows.traffic import (
     TrafficResult,
     cpu_path_step,
@@ -194,6 +195,7 @@ class ReleaseResult(BaseModel):
     serving_url_variable: str | None = None
     steps: list[Step] = []
     started_at: str = ""
+    tag_time: TagTime | None = None  # where the lead time starts (flows/tag_time.py)
     seconds: float = 0.0
     flow_run_id: str | None = None
 
@@ -276,6 +278,7 @@ def release(
     dry_run: bool = False,
     image: OptionalText = "",
     commit: OptionalText = "",
+    tagged_at: OptionalText = "",
 ) -> ReleaseResult:
     """Release `git_tag` of the target service (see the module docstring for outcomes).
 
@@ -285,20 +288,28 @@ def release(
         dry_run: Plan only: show regions, quotas, image and revision; change nothing.
         image: Release this image reference instead of building the tag (empty: build).
         commit: Commit to build (empty: the commit the tag points at).
+        tagged_at: When the tag was pushed, ISO 8601 or Unix seconds (the webhook passes the
+            push's time); empty: the tag's date in the git source, else the release's start.
     """
     try:
         validate_release_tag(git_tag, pattern=configured_tag_pattern())
+        if tagged_at:
+            parse_given(tagged_at)
     except ValueError as exc:
         raise ReleaseError(str(exc)) from None
     resolved = resolve_target(target)
     with observed_release(resolved, git_tag):  # scope, release events, Cloud Logging
         if dry_run:
-            return Release(resolved, git_tag, image or None, commit or None).run(dry_run=True)
+            return Release(resolved, git_tag, image or None, commit or None, tagged_at).run(
+                dry_run=True
+            )
         with release_slot(resolved.service, resolved.lock_timeout_s, resolved.slot_lease_s):
             check_exposure.with_options(
                 retries=resolved.retries, retry_delay_seconds=resolved.retry_delays()
             )(resolved, git_tag)
-            result = Release(resolved, git_tag, image or None, commit or None).run(dry_run=False)
+            result = Release(resolved, git_tag, image or None, commit or None, tagged_at).run(
+                dry_run=False
+            )
     # A rollback ends the run Failed-type `RolledBack` (a call raises ReleaseRolledBack, which
     # carries the result), a CPU fallback Completed-type `CPUFallback`; both name the reason.
     state = final_state(result)
@@ -311,11 +322,14 @@ def run_release(
     dry_run: bool = False,
     image: OptionalText = "",
     commit: OptionalText = "",
+    tagged_at: OptionalText = "",
 ) -> ReleaseResult:
     """Run the release flow and return its `ReleaseResult` for every outcome, a rollback's
     included; only a release that stopped (tag, configuration, build) raises."""
     try:
-        return release(git_tag, target, dry_run=dry_run, image=image, commit=commit)
+        return release(
+            git_tag, target, dry_run=dry_run, image=image, commit=commit, tagged_at=tagged_at
+        )
     except ReleaseRolledBack as rolled_back:
         return rolled_back.result
 
@@ -323,10 +337,18 @@ def run_release(
 class Release:
     """One run of the release flow: its decisions, in order."""
 
-    def __init__(self, target: ReleaseTarget, git_tag: str, image: str | None, commit: str | None):
+    def __init__(
+        self,
+        target: ReleaseTarget,
+        git_tag: str,
+        image: str | None,
+        commit: str | None,
+        tagged_at: str = "",
+    ):
         self.target = target
         self.git_tag = git_tag
         self.commit = commit
+        self.tagged_at = tagged_at
         self.ctx = RunContext(target, git_tag, image)
         self.steps = StepLog(target.retries, target.retry_delays())
         self.started = time.perf_counter()
@@ -412,6 +434,9 @@ class Release:
             self._plan(existing)
             return
 
+        result.tag_time = tag_time(
+            steps, self.target, self.git_tag, self.tagged_at, result.started_at
+        )
         self._ensure_image()
         resumable = [e for e in existing if e.state == "succeeded"]
         failed_regions = self._next_attempts(existing)

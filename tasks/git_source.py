@@ -10,6 +10,7 @@ raises has them removed (`redact_credentials`), so they reach no log, artifact o
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import subprocess
 import tempfile
@@ -73,3 +74,28 @@ def checkout(url: str, revision: str, into: Path | None = None) -> tuple[Path, s
     _git("fetch", "-q", "--depth", "1", url, revision, cwd=root)
     _git("checkout", "-q", "FETCH_HEAD", cwd=root)
     return root, _git("rev-parse", "HEAD", cwd=root).strip()
+
+
+def tag_time(url: str, tag: str) -> dt.datetime:
+    """When `tag` was made in the repository at `url`: an annotated tag's tagger date, a
+    lightweight tag's commit date (git's `creatordate`). Fetches the tag alone, one commit deep,
+    without file contents where the server filters (GitHub, GitLab do)."""
+    ref = f"refs/tags/{tag}"
+    with tempfile.TemporaryDirectory(prefix="shipyard-tag-") as tmp:
+        root = Path(tmp)
+        _git("init", "-q", "--bare", str(root))
+        _git(
+            "fetch",
+            "-q",
+            "--no-tags",
+            "--depth",
+            "1",
+            "--filter=blob:none",
+            url,
+            f"+{ref}:{ref}",
+            cwd=root,
+        )
+        out = _git("for-each-ref", "--format=%(creatordate:iso-strict)", ref, cwd=root).strip()
+    if not out:
+        raise GitError(f"git tag {tag!r} has no date in {public_url(url)}")
+    return dt.datetime.fromisoformat(out)

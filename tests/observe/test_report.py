@@ -32,6 +32,10 @@ def _entry(service, tag, outcome, start, minutes, **extra) -> LedgerEntry:
     )
 
 
+def tagged(at: dt.datetime, source: str = "push") -> dict:
+    return {"tagged_at": at.isoformat(), "tagged_at_source": source}
+
+
 @pytest.fixture(scope="module")
 def history(prefect_server) -> str:
     """A service with a known history, written to its ledger (newest last)."""
@@ -40,9 +44,20 @@ def history(prefect_server) -> str:
     ok = dict(stage_seconds=stages, canary_p50_ms=80.0, baseline_ms=400.0, cache_hit_rate=0.8)
     entries = [
         _entry(svc, "v0", "released", NOW - 40 * D, 5, **ok),  # outside the 30-day window
-        _entry(svc, "v1", "released", BASE, 10, canary_p95_ms=100.0, **ok),
+        # v1's tag was pushed 20 minutes before its release started (the webhook's push time),
+        # v3's tag made 40 minutes before (its date in git); v5's tag time is unknown.
+        _entry(svc, "v1", "released", BASE, 10, canary_p95_ms=100.0, **tagged(BASE - 20 * M), **ok),
         _entry(svc, "v2", "rolled_back", BASE + D, 5, rollback_reason="canary: x-fallback-used"),
-        _entry(svc, "v3", "released", BASE + D + H, 20, canary_p95_ms=120.0, **ok),
+        _entry(
+            svc,
+            "v3",
+            "released",
+            BASE + D + H,
+            20,
+            canary_p95_ms=120.0,
+            **tagged(BASE + D + H - 40 * M, "git-tag"),
+            **ok,
+        ),
         _entry(svc, "v3", "released", BASE + D + 2 * H, 1, noop=True),  # a re-run: no change
         _entry(svc, "v4", "failed", BASE + 3 * D, 2, rollback_reason="build failed"),
         _entry(svc, "v5", "released", BASE + 5 * D, 15, canary_p95_ms=140.0, **ok),
@@ -64,7 +79,9 @@ def test_report_json_gives_the_dora_figures_of_a_known_history(history):
     assert figures["changes"] == 6
     assert figures["deployments"] == 3  # v1, v3, v5
     assert figures["deployment_frequency_per_day"] == 0.1  # 3 in 30 days
-    assert figures["lead_time_s"] == 900.0  # median of 600, 1200, 900
+    # Tag to 100 %: v1 20 + 10 min, v3 40 + 20 min, v5 15 min from its start (no tag time).
+    assert figures["lead_time_s"] == 1800.0  # median of 1800, 3600, 900
+    assert figures["lead_time_from_release_start"] == 1  # v5
     assert figures["change_failure_rate"] == 0.5  # v2, v4, v6 of 6
     # v2 ended at BASE+1d+5m, v3 at BASE+1d+1h20m: 4500 s; v4 ended at BASE+3d+2m, v5 at
     # BASE+5d+15m: 2 d 13 min = 173580 s; median 89040 s. v6 is not restored yet.

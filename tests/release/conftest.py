@@ -6,6 +6,7 @@ retry delays and polls: the code paths are the production ones, only the waits a
 from __future__ import annotations
 
 import copy
+import os
 import re
 import secrets
 import shutil
@@ -150,8 +151,14 @@ class AppRepo:
         subprocess.run([*_GIT, "-C", str(root), "add", "-A"], check=True)
         subprocess.run([*_GIT, "-C", str(root), "commit", "-q", "-m", "page service"], check=True)
 
-    def tag(self, name: str) -> None:
-        subprocess.run([*_GIT, "-C", str(self.root), "tag", name], check=True)
+    def tag(self, name: str, at: str | None = None) -> None:
+        """A lightweight tag, or with `at` (ISO 8601) an annotated one made at that time."""
+        if at is None:
+            subprocess.run([*_GIT, "-C", str(self.root), "tag", name], check=True)
+            return
+        env = {**os.environ, "GIT_COMMITTER_DATE": at}
+        args = [*_GIT, "-C", str(self.root), "tag", "-a", name, "-m", f"release {name}"]
+        subprocess.run(args, check=True, env=env)
 
 
 @pytest.fixture

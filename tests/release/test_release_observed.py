@@ -112,6 +112,10 @@ def test_released_and_rolled_back_leave_events_logs_and_ledger(
     assert ledger[0].canary_p95_ms and ledger[0].stage_seconds["deploy"] > 0
     assert ledger[0].canary_first_ms and ledger[0].canary_first_ms > 0
     assert "x-fallback-used" in ledger[1].rollback_reason
+    # No git source to read the tags' dates from: the lead time starts at the release, noted.
+    assert ledger[0].tagged_at == ledger[0].started_at
+    assert ledger[0].tagged_at_source == "release-start"
+    assert "no git source" in ledger[0].tagged_at_note
 
     # Progress: the canary's bar reached 100 % in each release's run.
     canary_bars = progress_bars(good.flow_run_id, "canary")

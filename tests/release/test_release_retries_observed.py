@@ -1,6 +1,7 @@
 """A release whose steps were retried and waited, seen from outside: the `retrying` stage events
 (attempt, cause, resources) between `started` and `succeeded`, the fraction of canary requests
-the service answered 503 (result, ledger, report), and the quota decisions' progress bar."""
+the service answered 503 (result, ledger, report), the quota decisions' progress bar, and the
+tag's time read from the git source (where the lead time starts)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ pytestmark = pytest.mark.slow
 IMAGE = "registry.sandbox.local/pages/page-service"
 
 
-def test_retried_canary_and_quota_wait_are_observable(stage, make_target):
+def test_retried_canary_and_quota_wait_are_observable(stage, make_target, app_build):
     # europe-west1: no L4 quota, preference denied; us-central1: granted after two polls.
     # The GPU revision answers its first two page requests 503 (a transient answer: retried).
     stage("default", revision_faults=[{"fault": "http_503", "requests": 2}])
-    target = make_target()
+    settings_block, repo = app_build
+    repo.tag("v1.0.0", at="2026-02-12T10:30:00+01:00")  # an annotated tag: its tagger date
+    target = make_target(build_settings_block=settings_block)  # the image is given: no build
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
 
     result = run_release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
@@ -66,6 +69,7 @@ def test_retried_canary_and_quota_wait_are_observable(stage, make_target):
     assert result.canary.remote_503_rate == 0.4
     (entry,) = read_ledger(target.service)
     assert entry.remote_503_rate == 0.4
+    assert (entry.tagged_at, entry.tagged_at_source) == ("2026-02-12T10:30:00+01:00", "git-tag")
     figures = report_data([entry], 30.0)["services"][target.service]
     assert figures["remote_503_rate"] == 0.4
 

@@ -70,6 +70,7 @@ def test_release_trigger_is_registered(deployed):
     assert action.parameters == {
         "git_tag": "{{ event.payload.tag }}",
         "commit": "{{ event.payload.commit }}",
+        "tagged_at": "{{ event.payload.tagged_at }}",
         "target": "{{ event.payload.target }}",
     }
 
@@ -177,6 +178,7 @@ def test_serve_builds_the_same_deployments(deployed):
     assert trigger.parameters == {
         "git_tag": "{{ event.payload.tag }}",
         "commit": "{{ event.payload.commit }}",
+        "tagged_at": "{{ event.payload.tagged_at }}",
         "target": "{{ event.payload.target }}",
     }
     assert release.concurrency_options.collision_strategy.value == "ENQUEUE"

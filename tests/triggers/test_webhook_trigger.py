@@ -85,6 +85,7 @@ def test_signed_tag_push_creates_one_release_run(receiver, deployed, webhook_sec
     run = runs[0]
     assert run.parameters["git_tag"] == tag
     assert run.parameters["commit"] == commit
+    assert run.parameters["tagged_at"] == "2026-02-12T09:30:00+00:00"  # the push's time
     assert run.parameters["target"] == "default"
     assert run.parameters["dry_run"] is False
     assert run.state.type.value == "SCHEDULED"
@@ -100,6 +101,7 @@ def test_signed_tag_push_creates_one_release_run(receiver, deployed, webhook_sec
         "delivery_id": delivery.delivery_id,
         "provider": "github",
         "ref": f"refs/tags/{tag}",
+        "tagged_at": "2026-02-12T09:30:00+00:00",
     }
     assert webhook_secret not in json.dumps(event)
 

@@ -46,6 +46,9 @@ def sha() -> str:
     return hashlib.sha1(uuid.uuid4().bytes).hexdigest()
 
 
+PUSHED_AT = 1770888600
+
+
 def github_push(
     tag: str | None = None,
     *,
@@ -63,7 +66,12 @@ def github_push(
         "created": not deleted,
         "deleted": deleted,
         "forced": False,
-        "repository": {"full_name": repository, "name": repository.split("/")[-1]},
+        # A push delivery says when GitHub got the push in Unix seconds (2026-02-12 09:30 UTC).
+        "repository": {
+            "full_name": repository,
+            "name": repository.split("/")[-1],
+            "pushed_at": PUSHED_AT,
+        },
         "pusher": {"name": "octocat"},
         "head_commit": None if deleted else {"id": after},
     }

@@ -12,7 +12,7 @@ from flows.release import release
 def test_target_image_commit_are_plain_strings_with_descriptions():
     schema = parameter_schema(release).model_dump()
     properties = schema["properties"]
-    for name in ("target", "image", "commit"):
+    for name in ("target", "image", "commit", "tagged_at"):
         prop = properties[name]
         assert prop["type"] == "string", (name, prop)
         assert not {"anyOf", "oneOf", "allOf", "$ref"} & set(prop), (name, prop)

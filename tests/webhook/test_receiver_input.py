@@ -50,6 +50,48 @@ def test_push_of_a_tag_with_and_without_head_commit(app, receiver):
     assert [r["commit_sha"] for r in journal_rows(receiver)] == ["b" * 40, "c" * 40]
 
 
+def test_the_push_time_github_sends_is_journaled_and_emitted(app, receiver):
+    # GitHub's push delivery: repository.pushed_at in Unix seconds (other events: ISO 8601).
+    pushes = {
+        "v1.0.0": 1770888600,
+        "v1.0.1": "2026-02-12T10:30:00+01:00",
+        "v1.0.2": None,
+        "v1.0.3": "yesterday",
+    }
+    for i, (tag, pushed_at) in enumerate(pushes.items()):
+        payload = tag_push(tag, commit=f"{i}" * 40)
+        if pushed_at is not None:
+            payload["repository"]["pushed_at"] = pushed_at
+        assert send_json(app, payload).status_code == 202
+    assert [r["tagged_at"] for r in journal_rows(receiver)] == [
+        "2026-02-12T09:30:00+00:00",
+        "2026-02-12T10:30:00+01:00",
+        None,  # absent or not a time: the release reads the tag's date from git
+        None,
+    ]
+    from deployments.webhook_journal import _row  # how the dispatcher reads a journaled push
+
+    emitted = [_row(r).push.event()["payload"]["tagged_at"] for r in journal_rows(receiver)]
+    assert emitted == ["2026-02-12T09:30:00+00:00", "2026-02-12T10:30:00+01:00", "", ""]
+
+
+def test_a_journal_written_before_push_times_opens_and_records_them(tmp_path):
+    import sqlite3
+
+    from deployments.webhook_journal import SCHEMA, Journal
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA.replace(",\n    tagged_at TEXT", ""))
+        assert "tagged_at" not in {r[1] for r in db.execute("PRAGMA table_info(deliveries)")}
+    journal = Journal(path)
+    try:
+        with sqlite3.connect(path) as db:
+            assert "tagged_at" in {r[1] for r in db.execute("PRAGMA table_info(deliveries)")}
+    finally:
+        journal.close()
+
+
 def test_form_encoded_payload_variant(app, receiver):
     payload = json.dumps(tag_push("v2.0.0", commit="d" * 40))
     body = urllib.parse.urlencode({"payload": payload}).encode()

@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "deployments.cli_build",
     "deployments.cli_triggers",
     "deployments.cli_release",
+    "deployments.cli_rollback",
     "deployments.cli_report",
 ]
 

@@ -698,6 +698,7 @@ class Release:
             "cpu_template": template,
             "canary_p95_ms": result.canary.p95_ms if result.canary else None,
             "recorded_at": dt.datetime.now(dt.UTC).isoformat(),
+            "tags": released_tags(previous, result),
         }
         if result.noop and previous and previous.get("revision") == result.revision:
             # The same release again: keep what its first run knew (image, figures).
@@ -705,6 +706,16 @@ class Release:
         elif result.outcome in STATE_NAMES:
             record = serving_and_attempted(record, previous, result)
         Variable.set(release_variable(result.service), record, overwrite=True)
+
+
+def released_tags(previous: dict[str, Any], result: ReleaseResult) -> dict[str, str]:
+    """revision -> the git tag it was released from (the last 20): what `shipyard rollback`
+    reports and records for a revision it returns to (revision labels hold a sanitized tag)."""
+    tags = dict(previous.get("tags") or {})
+    if result.outcome == "released" and result.revision:
+        tags.pop(result.revision, None)
+        tags[result.revision] = result.git_tag
+    return dict(list(tags.items())[-20:])
 
 
 class _Stop(Exception):

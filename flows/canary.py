@@ -282,17 +282,23 @@ def _as_run(i: int, result: ProbeResult, sample: SampleImage, attempts: int) -> 
 
 def revision_log_hits(
     ctx: RunContext,
+    steps: StepLog,
     region: str,
     revision: str,
     start: dt.datetime,
     end: dt.datetime,
-    signatures: list[str],
 ) -> list[str]:
-    """The revision's entries in [start, end) with a signature -> 'signature (severity): line'
-    (tasks/cloud_logging.find_revision_entries; its plain function, the step retries)."""
+    """The revision's entries in [start, end) with a signature -> 'signature (severity): line'.
+
+    The read is the task tasks/cloud_logging.find_revision_entries, run as the step
+    `canary-logs`: a task run retried by Prefect on transient errors (the target's settings).
+    """
+    signatures = ctx.target.canary.log_signatures
     if not signatures:
         return []
-    matches = find_revision_entries.fn(
+    matches = steps.run(
+        "canary-logs",
+        find_revision_entries,
         ctx.cloud,
         service=ctx.target.service,
         revision=revision,
@@ -306,21 +312,6 @@ def revision_log_hits(
         line = match.text.strip().splitlines()[0][:160] if match.text.strip() else ""
         hits.append(f"{match.signature} ({match.severity}): {line}")
     return hits
-
-
-@task(name="canary-logs", cache_policy=NO_CACHE, persist_result=False)
-def logs_step(
-    ctx: RunContext,
-    region: str,
-    revision: str,
-    start: dt.datetime,
-    end: dt.datetime,
-    settle_s: float,
-) -> list[str]:
-    note_attempt()
-    if settle_s:
-        time.sleep(settle_s)  # log ingestion lag on Google; 0 in the sandbox
-    return revision_log_hits(ctx, region, revision, start, end, ctx.target.canary.log_signatures)
 
 
 # ---------------------------------------------------------------- baseline
@@ -484,9 +475,9 @@ def run_canary(
     unhealthy = check_health(steps, "canary-health", tag_url, policy, bearer)
     runs = _probe_runs_full(steps, tag_url, sample, policy, token, bearer)
     end = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
-    hits = steps.run(
-        "canary-logs", logs_step, ctx, region, revision, start, end, policy.log_settle_s
-    )
+    if policy.log_settle_s:
+        time.sleep(policy.log_settle_s)  # log ingestion lag on Google; 0 in the sandbox
+    hits = revision_log_hits(ctx, steps, region, revision, start, end)
     reasons, figures = judge(policy, runs, sample, baseline_ms, hits)
     if unhealthy:
         reasons.insert(0, unhealthy)

@@ -16,7 +16,6 @@ a quota refusal (Google accepts the update and fails the revision) a re-run depl
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
@@ -168,44 +167,39 @@ def clear_failed_step(ctx: RunContext, region: str, revision: str) -> bool:
 
 
 @task(name="find-release", cache_policy=NO_CACHE, persist_result=False)
-def find_existing_step(ctx: RunContext) -> list[ExistingRevision]:
-    """The tag's GPU revision in each candidate region: its latest attempt (one parallel
-    round of reads per region)."""
+def find_existing_step(ctx: RunContext, region: str) -> ExistingRevision | None:
+    """The tag's GPU revision in one candidate region: its latest attempt (None if none).
+
+    Run once per region side by side (`StepLog.run_per_region`): one task run each."""
     note_attempt()
-
-    def look(region: str) -> ExistingRevision | None:
-        revision, name, attempt = None, "", 0
-        while attempt < MAX_ATTEMPTS:
-            candidate = attempt_name(ctx.gpu_revision, attempt + 1)
-            found = cr.get_revision(ctx.revisions, ctx.revision_path(region, candidate))
-            if found is None:
-                break
-            revision, name, attempt = found, candidate, attempt + 1
-        if revision is None:
-            return None
-        state, message = cr.ready_state(revision)
-        service = cr.get_service(ctx.services, ctx.service_name(region))
-        percent = 0
-        tags: list[str] = []
-        uri = ""
-        if service is not None:
-            uri = service.uri
-            for t in cr.serving_traffic(service):  # what serves, not what was asked
-                if t.revision == name:
-                    percent += t.percent
-                    if t.tag:
-                        tags.append(t.tag)
-        return ExistingRevision(
-            region=region,
-            revision=name,
-            attempt=attempt,
-            state=state,
-            message=message,
-            percent=percent,
-            tags=tags,
-            uri=uri,
-        )
-
-    with ThreadPoolExecutor(max_workers=len(ctx.target.regions)) as pool:
-        found = list(pool.map(look, ctx.target.regions))
-    return [f for f in found if f is not None]
+    revision, name, attempt = None, "", 0
+    while attempt < MAX_ATTEMPTS:
+        candidate = attempt_name(ctx.gpu_revision, attempt + 1)
+        found = cr.get_revision(ctx.revisions, ctx.revision_path(region, candidate))
+        if found is None:
+            break
+        revision, name, attempt = found, candidate, attempt + 1
+    if revision is None:
+        return None
+    state, message = cr.ready_state(revision)
+    service = cr.get_service(ctx.services, ctx.service_name(region))
+    percent = 0
+    tags: list[str] = []
+    uri = ""
+    if service is not None:
+        uri = service.uri
+        for t in cr.serving_traffic(service):  # what serves, not what was asked
+            if t.revision == name:
+                percent += t.percent
+                if t.tag:
+                    tags.append(t.tag)
+    return ExistingRevision(
+        region=region,
+        revision=name,
+        attempt=attempt,
+        state=state,
+        message=message,
+        percent=percent,
+        tags=tags,
+        uri=uri,
+    )

@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from blocks.release_tag import configured_tag_pattern, validate_release_tag
 from blocks.release_target import ReleaseTarget, cpu_template_fingerprint
 from flows.canary import CanaryReport, recorded_release, release_variable, run_canary
+from flows.exposure import check_exposure_step
 from flows.ledger import record_release
 from flows.observe import observed_release, release_crashed
 from flows.quota_adapter import PreferenceState, RegionQuota, preference_ids
@@ -68,9 +69,7 @@ from flows.traffic import (
     rollback_step,
     serving_url_variable,
 )
-from tasks import cloud_run as cr
 from tasks.deploy_errors import ConfigurationError, DeployFailed, QuotaDenied, is_quota_message
-from tasks.errors import retry_condition_fn
 from tasks.git_source import redact_credentials
 from tasks.reports import markdown_table, publish_markdown
 
@@ -88,27 +87,6 @@ __all__ = [
     "run_release",
     "slot_name",
 ]
-
-
-@task(name="check-exposure", cache_policy=NO_CACHE, retry_condition_fn=retry_condition_fn)
-def check_exposure(target: ReleaseTarget, git_tag: str) -> None:
-    """Refuse a release that would leave the service public unless the target says so.
-
-    A Prefect task so that a transient answer (a 429 burst, a reset) is retried with the
-    target's retry settings like every other read of the service, instead of ending the release.
-    """
-    if target.public:
-        return
-    ctx = RunContext(target, git_tag, None)
-    for region in target.regions:
-        service = cr.get_service(ctx.services, ctx.service_name(region))
-        if service is not None and service.invoker_iam_disabled:
-            raise ConfigurationError(
-                f"service {target.service} in {region} has invoker IAM disabled (anyone on the "
-                "internet can call it), and ReleaseTarget.public is False: a release would keep "
-                "it public. Re-enable invoker IAM on the service, or set public=True on the "
-                "target if the service is meant to be public"
-            )
 
 
 class CanaryFigures(BaseModel):
@@ -304,9 +282,6 @@ def release(
                 dry_run=True
             )
         with release_slot(resolved.service, resolved.lock_timeout_s, resolved.slot_lease_s):
-            check_exposure.with_options(
-                retries=resolved.retries, retry_delay_seconds=resolved.retry_delays()
-            )(resolved, git_tag)
             result = Release(resolved, git_tag, image or None, commit or None, tagged_at).run(
                 dry_run=False
             )
@@ -391,7 +366,12 @@ class Release:
 
     def _run(self, dry_run: bool) -> None:
         ctx, steps, result = self.ctx, self.steps, self.result
-        existing = steps.run("find-release", find_existing_step, ctx)
+        found_in = steps.run_per_region(
+            "find-release", find_existing_step, self.target.regions, ctx
+        )
+        existing = [e for e in found_in.values() if e is not None]
+        if not dry_run:  # refused before anything changes (a dry run changes nothing)
+            steps.note("check-exposure", steps.run("check-exposure", check_exposure_step, ctx))
         serving = [e for e in existing if e.state == "succeeded" and e.percent == 100]
         if serving:
             found = serving[0]

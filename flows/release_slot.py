@@ -34,6 +34,7 @@ from prefect.variables import Variable
 
 from blocks.release_target import sanitize_name
 from tasks.errors import PermanentError
+from tasks.processes import pid_alive
 
 
 class ReleaseError(PermanentError):
@@ -66,16 +67,6 @@ def ensure_slot(name: str) -> None:
                 pass
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def holder_status(service: str) -> tuple[dict[str, Any] | None, str]:
     """(the recorded holder, 'alive' | 'dead: why' | 'unknown')."""
     holder = Variable.get(holder_variable(service), default=None)
@@ -90,7 +81,7 @@ def holder_status(service: str) -> tuple[dict[str, Any] | None, str]:
                 return holder, "dead: its flow run no longer exists"
             if run.state is not None and run.state.is_final():
                 return holder, f"dead: its flow run is {run.state.name}"
-    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
+    if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", 0))):
         return holder, f"dead: process {holder.get('pid')} on this host is gone"
     return holder, "alive"
 

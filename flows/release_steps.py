@@ -10,7 +10,7 @@ noted by the task itself (`note_attempt()`), so no API round trip is needed to l
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 from uuid import UUID
@@ -67,6 +67,66 @@ class StepLog:
         with step_stage(name, *args):  # shipyard.<stage>.* events of the step
             return self._run_step(name, retries, delays, step, *args, **kwargs)
 
+    def run_per_region(
+        self, name: str, step: Task[..., T], regions: Sequence[str], *args: Any
+    ) -> dict[str, T]:
+        """One task run of `step(*args, region)` per region, named `{name}:{region}`, submitted
+        side by side so the UI shows each region; each is retried on transient errors by
+        Prefect with the target's settings. Recorded as one step (attempts: the most any
+        region needed); the first failed region's error is raised once all have ended."""
+        with step_stage(name, *args):
+            started = time.perf_counter()
+            futures = {
+                region: self._configured(
+                    f"{name}:{region}", step, self.retries, self.retry_delays
+                ).submit(*args, region)
+                for region in regions
+            }
+            for future in futures.values():
+                future.wait()
+            attempts = max((_ATTEMPTS.pop(f.task_run_id, 1) for f in futures.values()), default=1)
+            seconds = round(time.perf_counter() - started, 3)
+            try:
+                out = {region: future.state.result() for region, future in futures.items()}
+            except BaseException as exc:
+                self._record(name, "failed", seconds, attempts, _short(exc))
+                raise
+            self._record(name, "completed", seconds, attempts)
+            return out
+
+    @staticmethod
+    def _configured(name: str, step: Task[..., T], retries: int, delays: list[float]):
+        """The step task with the retry settings, its run named `name`; a granted retry is
+        reported (a `retrying` stage event) and counted (for tasks that note no attempt)."""
+        report = retry_reporter(name, retry_condition_fn)
+
+        def retry_and_count(task: Any, task_run: Any, state: Any) -> bool:
+            retry = report(task, task_run, state)
+            if retry:
+                _ATTEMPTS[task_run.id] = task_run.run_count + 1
+            return retry
+
+        return step.with_options(
+            name=step.name,
+            task_run_name=name,
+            retries=retries,
+            retry_delay_seconds=delays or 0,
+            retry_jitter_factor=0.5,
+            retry_condition_fn=retry_and_count,
+        )
+
+    def _record(
+        self,
+        name: str,
+        state: Literal["completed", "failed"],
+        seconds: float,
+        attempts: int,
+        detail: str = "",
+    ) -> None:
+        self.steps.append(
+            Step(name=name, state=state, seconds=seconds, attempts=attempts, detail=detail)
+        )
+
     def _run_step(
         self,
         name: str,
@@ -76,36 +136,18 @@ class StepLog:
         *args: Any,
         **kwargs: Any,
     ) -> T:
-        configured = step.with_options(
-            name=step.name,
-            task_run_name=name,
-            retries=retries,
-            retry_delay_seconds=delays or 0,
-            retry_jitter_factor=0.5,
-            retry_condition_fn=retry_reporter(name, retry_condition_fn),
-        )
+        configured = self._configured(name, step, retries, delays)
         started = time.perf_counter()
         state = configured(*args, return_state=True, **kwargs)
         attempts = _ATTEMPTS.pop(state.state_details.task_run_id, 1)
         seconds = round(time.perf_counter() - started, 3)
-        if state.is_completed():
-            self.steps.append(
-                Step(name=name, state="completed", seconds=seconds, attempts=attempts)
-            )
-            return state.result()
         try:
-            return state.result()  # raises the task's exception
+            result = state.result()  # raises the task's exception
         except BaseException as exc:
-            self.steps.append(
-                Step(
-                    name=name,
-                    state="failed",
-                    seconds=seconds,
-                    attempts=attempts,
-                    detail=_short(exc),
-                )
-            )
+            self._record(name, "failed", seconds, attempts, _short(exc))
             raise
+        self._record(name, "completed", seconds, attempts)
+        return result
 
     @contextmanager
     def inline(self, name: str) -> Iterator[dict[str, Any]]:
@@ -115,23 +157,10 @@ class StepLog:
         try:
             yield info
         except BaseException as exc:
-            self.steps.append(
-                Step(
-                    name=name,
-                    state="failed",
-                    seconds=round(time.perf_counter() - started, 3),
-                    detail=_short(exc),
-                )
-            )
+            self._record(name, "failed", round(time.perf_counter() - started, 3), 1, _short(exc))
             raise
-        self.steps.append(
-            Step(
-                name=name,
-                state="completed",
-                seconds=round(time.perf_counter() - started, 3),
-                detail=str(info.get("detail", "")),
-            )
-        )
+        seconds = round(time.perf_counter() - started, 3)
+        self._record(name, "completed", seconds, 1, str(info.get("detail", "")))
 
     def skip(self, name: str, detail: str = "") -> None:
         self.steps.append(Step(name=name, state="skipped", seconds=0.0, attempts=0, detail=detail))

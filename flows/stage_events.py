@@ -1,7 +1,7 @@
 """Stage events: `shipyard.<stage>.started|succeeded|failed|retrying`, one set per stage.
 
 Someone who was not there can follow a release in the Prefect UI's event feed: each stage
-(mirror, prewarm, build, quota, quota-preferences, deploy per region, canary, cutover,
+(mirror, prewarm, build, exposure, quota, quota-preferences, deploy per region, canary, cutover,
 rollback, publish, cpu-fallback) says when it started, how it ended (with seconds and the
 cause of a failure) and each retry (attempt and cause). The primary resource is the Cloud Run
 service (`shipyard.cloud-run.service.NAME`); the git tag, revision, region, image digest and
@@ -238,6 +238,7 @@ def stage(
 # Steps not named here (find-release, clear:*, base-image-pin) are bookkeeping, not stages;
 # canary sub-steps report their retries under the canary stage, which release.py wraps whole.
 _STEP_STAGES: dict[str, tuple[str, bool]] = {
+    "check-exposure": ("exposure", True),
     "quota": ("quota", True),
     "quota-preferences": ("quota-preferences", True),
     "cutover": ("cutover", True),

@@ -9,6 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from tasks.processes import pid_alive
+
+__all__ = ["free_port", "pid_alive", "spawn", "stop_pid", "wait_for_port"]
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Ask the kernel for a free TCP port on loopback."""
@@ -73,16 +77,6 @@ def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) ->
         env={**os.environ, **(env or {})},
         start_new_session=True,
     )
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stop_pid(pid: int, timeout: float = 5.0) -> bool:

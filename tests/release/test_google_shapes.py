@@ -41,8 +41,9 @@ def test_a_failed_update_asking_100_percent_is_not_taken_for_serving(stage, make
     assert asked is not None
     assert [(t.revision, t.percent) for t in cr.traffic_of(asked)] == [(ctx.gpu_revision, 100)]
 
-    found = find_existing_step.fn(ctx)
-    assert [(e.region, e.state, e.percent) for e in found] == [(region, "failed", 0)]
+    found = find_existing_step.fn(ctx, region)
+    assert found is not None
+    assert (found.region, found.state, found.percent) == (region, "failed", 0)
 
     assert clear_failed_step.fn(ctx, region, ctx.gpu_revision) is True  # the spec is cleaned
     after = cr.get_service(ctx.services, ctx.service_name(region))

@@ -5,6 +5,7 @@ two services side by side. Invariants over the whole traffic history each time."
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -14,13 +15,19 @@ import threading
 import time
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.variables import Variable
+from test_release_guards import _events
 
+from flows.ledger import read_ledger
 from flows.release import release
 from flows.release_hooks import canary_verdict
 from flows.release_slot import holder_variable, slot_name
 from sandbox.release_invariants import invariant_violations, serving, stale_canary_tags
 from tasks.deploy_errors import ConfigurationError
+from tasks.reports import artifact_key
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +54,29 @@ def test_public_service_is_refused_unless_the_target_says_so(stage, make_target,
     service = cr.get_service(services, name)
     service.invoker_iam_disabled = True
     cr.update_service(services, service, timeout=30)
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     with pytest.raises(ConfigurationError, match="invoker IAM disabled.*public=True"):
         release("v1.1.0", private, image=f"{IMAGE}:v1.1.0")
     history = sandbox_admin.traffic_history(private.service)
     assert serving(history, "europe-west1") == {f"{private.service}-v1-0-0": 100}
+    # A step of the release: its stage events, the ledger and the summary say why it stopped.
+    refused = read_ledger(private.service)[-1]
+    assert (refused.git_tag, refused.outcome) == ("v1.1.0", "failed")
+    assert "invoker IAM disabled" in refused.rollback_reason
+    assert "exposure" in refused.stage_seconds and "deploy" not in refused.stage_seconds
+    resource = f"shipyard.cloud-run.service.{private.service}"
+    names = [e.event for e in _events(resource, since, "shipyard.exposure.failed")]
+    assert "shipyard.exposure.failed" in names and "shipyard.deploy.started" not in names
+    with get_client(sync_client=True) as client:
+        summary = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[artifact_key("release", private.service)])
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )[0]
+    assert "v1.1.0" in str(summary.data) and "**FAILED**" in str(summary.data)
+    assert "check-exposure | failed" in str(summary.data)
 
 
 def test_noop_rerun_after_a_death_past_cutover_publishes_and_records_the_tag(

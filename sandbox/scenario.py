@@ -108,6 +108,11 @@ class ApiBehaviour(_Strict):
     error_codes: list[ApiFault] = [503]
     every_nth: int = Field(default=0, ge=0, description="fail every Nth request (deterministic)")
     first_n: int = Field(default=0, ge=0, description="fail the first N requests (a burst)")
+    only_path: str = Field(
+        default="",
+        description="affect only requests whose path contains this (a region such as "
+        "'/locations/us-central1/', or 'entries:list'); the counts above are over those",
+    )
 
 
 class Apis(_Strict):
@@ -127,6 +132,15 @@ class ServingSpeed(_Strict):
 class Operations(_Strict):
     polls_before_done: int = Field(
         default=0, ge=0, description="operation GETs answering done=false"
+    )
+    # "Traffic routing adjustments are not instantaneous" (Cloud Run docs, Rollbacks, gradual
+    # rollouts, and traffic migration): an update that moves only traffic or tags still takes
+    # its time before Google reports the operation done.
+    traffic_update_ms: int = Field(
+        default=0,
+        ge=0,
+        description="a service update that creates no revision (traffic, tags) is done only "
+        "this long after it was accepted",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -112,9 +113,9 @@ def create_app(
     @app.middleware("http")
     async def _scenario_faults(request: Request, call_next):
         api = api_of(request.url.path)
-        if api is not None:
+        behaviour: Any = getattr(state.scenario.apis, api) if api is not None else None
+        if api is not None and behaviour.only_path in request.url.path:
             state.api_requests[api] += 1
-            behaviour = getattr(state.scenario.apis, api)
             if behaviour.latency_ms:
                 await asyncio.sleep(behaviour.latency_ms / 1000)
             n = state.api_requests[api]

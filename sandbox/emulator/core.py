@@ -10,6 +10,7 @@ import datetime as dt
 import itertools
 import json
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -186,6 +187,7 @@ class Operation:
     finish: Callable[[], dict]
     polls_left: int = 0
     metadata: dict | None = None
+    not_before: float = 0.0  # time.monotonic() before which it is not done, however polled
     done: bool = False
     response: dict | None = None
     error: dict | None = None
@@ -200,7 +202,7 @@ class Operation:
             self.error = exc.as_operation_error()
 
     def poll(self) -> dict:
-        if not self.done:
+        if not self.done and time.monotonic() >= self.not_before:
             if self.polls_left > 0:
                 self.polls_left -= 1
             else:
@@ -270,12 +272,19 @@ class SandboxState:
         finish: Callable[[], dict],
         metadata: dict | None = None,
         polls: int | None = None,
+        delay_ms: int = 0,
     ) -> Operation:
-        """Register an operation; with zero polls configured it completes at once."""
+        """Register an operation; with zero polls and no delay it completes at once."""
         polls = self.scenario.operations.polls_before_done if polls is None else polls
-        op = Operation(name=name, finish=finish, polls_left=polls, metadata=metadata)
+        op = Operation(
+            name=name,
+            finish=finish,
+            polls_left=polls,
+            metadata=metadata,
+            not_before=time.monotonic() + delay_ms / 1000,
+        )
         self.operations[name] = op
-        if polls == 0:
+        if polls == 0 and not delay_ms:
             op.complete()
         return op
 

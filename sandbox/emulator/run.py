@@ -33,11 +33,11 @@ def register(app: FastAPI, state: SandboxState) -> None:
     store = RunStore(state)
     state.stores["run"] = store
 
-    def start(project: str, region: str, finish, metadata: dict) -> Operation:
+    def start(project: str, region: str, finish, metadata: dict, delay_ms: int = 0) -> Operation:
         name = f"projects/{project}/locations/{region}/operations/{state.new_id()}"
-        return state.start_operation(name, finish, metadata=metadata)
+        return state.start_operation(name, finish, metadata=metadata, delay_ms=delay_ms)
 
-    def service_op(svc: Service, error: ApiError | None, stored: bool) -> dict:
+    def service_op(svc: Service, error: ApiError | None, stored: bool, delay_ms: int = 0) -> dict:
         metadata = {"@type": TYPE_PREFIX + "Service", **store.render_service(svc)}
 
         def finish() -> dict:
@@ -47,7 +47,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
             body = store.render_service(current) if current is not None else metadata
             return {**body, "@type": TYPE_PREFIX + "Service"}
 
-        op = start(svc.project, svc.region, finish, metadata)
+        op = start(svc.project, svc.region, finish, metadata, delay_ms)
         if stored:
             svc.pending_op = op.name
         return op.to_json()
@@ -92,6 +92,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
         name = f"projects/{project}/locations/{region}/services/{service}"
         mask_text = request.query_params.get("updateMask", "")
         mask = [p for p in mask_text.split(",") if p] or None
+        revisions_before = state.calls["run.revision_created"]
         svc, error = store.apply(
             name,
             await json_body(request),
@@ -100,7 +101,9 @@ def register(app: FastAPI, state: SandboxState) -> None:
             allow_missing=query_flag(request, "allowMissing"),
             validate_only=query_flag(request, "validateOnly"),
         )
-        return service_op(svc, error, stored=store.services.get(name) is svc)
+        traffic_only = state.calls["run.revision_created"] == revisions_before
+        delay = state.scenario.operations.traffic_update_ms if traffic_only else 0
+        return service_op(svc, error, stored=store.services.get(name) is svc, delay_ms=delay)
 
     @app.delete(V2 + "/services/{service}")
     async def delete_service(project: str, region: str, service: str, request: Request) -> dict:

@@ -56,6 +56,12 @@ def demo_command(
     tag: str = typer.Option("v1.0.0", "--tag", help="Git tag the demo releases."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's logs too."),
+    engine: bool = typer.Option(
+        True,
+        "--engine/--no-engine",
+        help="Build and run containers on the sandbox's own Docker daemon (as root with "
+        "docker.io); --no-engine, or where it cannot start: in-process stand-ins.",
+    ),
 ) -> None:
     """The whole pipeline end to end on a fresh local sandbox: quota 0 and denied in europe-west1,
     granted in us-central1 after two polls, canary on a real page, cutover."""
@@ -74,7 +80,9 @@ def demo_command(
     out = Console(stderr=True) if as_json else console
     try:
         out.print(f"a fresh sandbox, scenario [bold]{scenario}[/]: the full pipeline")
-        data = run_demo(scenario, tag, progress=lambda line: out.print("  " + escape(line)))
+        data = run_demo(
+            scenario, tag, progress=lambda line: out.print("  " + escape(line)), engine=engine
+        )
     except (ScenarioError, DemoError) as exc:
         out.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None

@@ -83,8 +83,9 @@ class LocalCloud:
 
 
 @contextmanager
-def local_cloud(startup_timeout: float = 60.0) -> Iterator[LocalCloud]:
-    """A fresh sandbox with the env pointing Shipyard at it, and the internal token stored."""
+def local_cloud(startup_timeout: float = 60.0, engine: bool = False) -> Iterator[LocalCloud]:
+    """A fresh sandbox with the env pointing Shipyard at it, and the internal token stored.
+    `engine`: builds and revisions on the sandbox's own Docker daemon where it can start."""
     from prefect.blocks.system import Secret
     from pydantic import SecretStr
 
@@ -92,7 +93,7 @@ def local_cloud(startup_timeout: float = 60.0) -> Iterator[LocalCloud]:
     from sandbox.manager import start_sandbox
 
     root = Path(tempfile.mkdtemp(prefix="shipyard-demo-sandbox-"))
-    info = start_sandbox(root=root, timeout=startup_timeout)
+    info = start_sandbox(root=root, timeout=startup_timeout, engine=engine)
     admin = SandboxAdmin(info.emulator_url)
     try:
         with info.env_applied():
@@ -237,11 +238,16 @@ def _destination_digest(registry_url: str, repository: str, tag: str) -> str:
 
 
 def run_demo(
-    scenario: str = "default", git_tag: str = "v1.0.0", progress: Progress | None = None
+    scenario: str = "default",
+    git_tag: str = "v1.0.0",
+    progress: Progress | None = None,
+    engine: bool = False,
 ) -> dict[str, Any]:
     """The full pipeline on a fresh Prefect API (if none) and sandbox: seed the upstream CUDA
     image ("Docker Hub"), mirror it into the base repository (pin by digest), prewarm the cache
-    tiers, release `git_tag` built by the sandbox Cloud Build from this checkout's HEAD."""
+    tiers, release `git_tag` built by the sandbox Cloud Build from this checkout's HEAD.
+    `engine`: on the sandbox's Docker daemon (real builds and containers, the upstream image
+    over the Debian root filesystem) where it can start; else in-process."""
     import asyncio
 
     from flows.mirror import mirror_base_image
@@ -257,12 +263,19 @@ def run_demo(
         with _stage_timer("prefect api", say, stages) as info:
             info["detail"] = stack.enter_context(prefect_api())
         with _stage_timer("sandbox", say, stages) as info:
-            cloud = stack.enter_context(local_cloud())
+            cloud = stack.enter_context(local_cloud(engine=engine))
             stage(cloud, scenario)
             settings_block, base_repository = save_build_blocks(cloud, f"file://{root}")
             info["detail"] = f"registry {cloud.info.registry_host}, scenario {scenario}"
         with _stage_timer("seed upstream", say, stages) as info:
-            upstream = seed_cuda_image(cloud.info.registry_url, UPSTREAM_REPOSITORY, UPSTREAM_TAG)
+            rootfs = None
+            if cloud.info.mode == "containers":
+                from sandbox.engine.rootfs import ensure_rootfs
+
+                rootfs = ensure_rootfs()  # cached by `make rootfs`
+            upstream = seed_cuda_image(
+                cloud.info.registry_url, UPSTREAM_REPOSITORY, UPSTREAM_TAG, rootfs=rootfs
+            )
             info["detail"] = f"{upstream.ref} {upstream.digest[:19]}"
         with _stage_timer("mirror", say, stages) as info:
             mirrored = asyncio.run(mirror_base_image(upstream.ref, base_repository))

@@ -38,7 +38,7 @@ def test_release_command_names_a_missing_block(sandbox):
 
 
 def test_demo_json_plays_the_full_pipeline_on_a_fresh_sandbox(sandbox):
-    out = CliRunner().invoke(app, ["demo", "--json"])
+    out = CliRunner().invoke(app, ["demo", "--json", "--no-engine"])
 
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)

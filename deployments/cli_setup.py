@@ -20,6 +20,12 @@ def setup_command(
         help="Repository the sandbox Cloud Build fetches (default: SHIPYARD_GIT_URL, else this "
         "checkout).",
     ),
+    source_dir: str = typer.Option(
+        None,
+        "--source-dir",
+        help="Build context inside that repository, '.' for its root (default: the sample "
+        "service, examples/page-service).",
+    ),
 ) -> None:
     """Prepare the running sandbox for releases from the Prefect UI: register the block types;
     create the `default` release target, the `sandbox` cloud and build settings blocks, the
@@ -38,6 +44,7 @@ def setup_command(
     try:
         done = run_setup(
             git_url,
+            source_dir=source_dir,
             say=lambda d: console.print(
                 f"[{colours[d.action]}]{escape(d.line())}[/]", soft_wrap=True
             ),

@@ -282,7 +282,9 @@ def ensure_variable(name: str, value: str) -> Done:
 # ---------------------------------------------------------------- the whole
 
 
-def run_setup(git_url: str | None = None, say: Say | None = None) -> list[Done]:
+def run_setup(
+    git_url: str | None = None, say: Say | None = None, source_dir: str | None = None
+) -> list[Done]:
     """Set the sandbox up for releases from the Prefect UI; returns what each step did."""
     from blocks.build_settings import BuildSettings
     from blocks.cloud import GoogleCloud
@@ -326,6 +328,9 @@ def run_setup(git_url: str | None = None, say: Say | None = None) -> list[Done]:
         timeout_s=600,
     )
     owned = ["image_repository", "base_repository", "git_url"]
+    if source_dir is not None:  # your own repository: its build context
+        settings.source_dir = source_dir
+        owned.append("source_dir")
     record(ensure_block(BuildSettings, BUILD_BLOCK, settings, owned, f"builds {git_url}"))
     seeded, upstream = seed_upstream(info)
     record(seeded)

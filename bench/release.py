@@ -37,24 +37,17 @@ RUNS = 5
 
 
 def _full_releases(cloud) -> tuple[list[float], list[float], list[str]]:
-    from deployments.release_demo import DEMO_IMAGE, sandbox_target, stage
-    from flows.release import run_release
+    from timed_release import timed_release, zero_latency_target
 
     release_s, noop_s, outcomes = [], [], []
     for i in range(RUNS):
-        stage(cloud, "default", serving={"gpu_ms": 0, "cpu_ms": 0})
-        target = sandbox_target(
-            service=f"bench-release-{i}",
-            canary=sandbox_target().canary.model_copy(update={"min_speedup": None}),
-        )
+        target = zero_latency_target(cloud, "default", f"bench-release-{i}")
         tag = f"v1.0.{i}"
-        started = time.perf_counter()
-        result = run_release(tag, target, image=f"{DEMO_IMAGE}:{tag}")
-        release_s.append(time.perf_counter() - started)
+        seconds, result = timed_release(tag, target)
+        release_s.append(seconds)
         outcomes.append(result.outcome)
-        started = time.perf_counter()
-        again = run_release(tag, target, image=f"{DEMO_IMAGE}:{tag}")
-        noop_s.append(time.perf_counter() - started)
+        seconds, again = timed_release(tag, target)
+        noop_s.append(seconds)
         outcomes.append("noop" if again.noop else again.outcome)
     return release_s, noop_s, outcomes
 

@@ -6,10 +6,13 @@ Figures (JSON with --json), on a temporary Prefect server and a fresh sandbox:
   Prefect API, pandas frame, DORA figures) over 1,000 releases of one service; html_report_s the
   same with the html rendered; the peer: ledger_read_s, the bare API read of the same artifacts
   (the floor any report pays), and report_vs_read;
-- logging_overhead_pct: a full sandbox release with the Cloud Logging handler on, against the
-  same release with it off (GoogleCloud.pipeline_logs=False), interleaved, medians of RUNS each;
-  Prefect's run loggers at INFO in both arms, so both log the same lines; on a shared machine
-  the two arms' spread is larger than the effect, so beside it: handler_time_in_release_ms, what
+- logging_overhead_pct: the median over PAIRS paired releases of (with the Cloud Logging handler
+  / without it (GoogleCloud.pipeline_logs=False) - 1): each pair runs its two releases back to
+  back, in alternating order (on-off, off-on, ...) so that a drift of the machine's load or a
+  warming cache favours neither arm, after one warm-up release of each arm (not counted);
+  Prefect's run loggers at INFO in both arms, so both log the same lines; pair_overheads_pct
+  lists every pair's figure (their spread is the noise). On a shared machine the spread is
+  larger than the effect, so beside it: handler_time_in_release_ms, what
   the handler costs the release's own thread (set-up, every emit, the closing flush) per release,
   and its share of a release (handler_time_pct_of_release); log_lines_per_release, emit_us_per_line
   and log_lines_lost (emitted minus stored in the sandbox's Cloud Logging).
@@ -31,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ENTRIES = 1000
-RUNS = 7
+PAIRS = 7  # paired releases with and without the handler (>= 5)
 
 
 def _fill_ledger(service: str) -> None:
@@ -105,9 +108,9 @@ def _report_figures(service: str) -> dict:
 
 
 def _logging_overhead(cloud) -> dict:
+    from timed_release import timed_release, zero_latency_target
+
     from blocks.cloud import GoogleCloud
-    from deployments.release_demo import DEMO_IMAGE, sandbox_target, stage
-    from flows.release import run_release
     from tasks.cloud_logging_handler import CloudLoggingHandler
 
     for name in ("prefect.flow_runs", "prefect.task_runs"):
@@ -139,34 +142,40 @@ def _logging_overhead(cloud) -> dict:
     CloudLoggingHandler.__init__ = timed_init  # type: ignore[method-assign]
     CloudLoggingHandler.close = timed_close  # type: ignore[method-assign]
     on_s, off_s, outcomes = [], [], []
+
+    def one(arm: str, service: str) -> float:
+        target = zero_latency_target(
+            cloud, "healthy", service, cloud=GoogleCloud(pipeline_logs=arm == "on")
+        )
+        before = len(emit_s)
+        seconds, result = timed_release("v1.0.0", target)
+        outcomes.append(result.outcome)
+        if arm == "on":
+            lines.append(len(emit_s) - before)
+            stored = [e for e in cloud.admin.logs() if e["logName"].endswith("/logs/shipyard")]
+            lost.append(lines[-1] - len(stored))
+        return seconds
+
     try:
-        for i in range(RUNS):
-            for arm, times in (("on", on_s), ("off", off_s)):
-                stage(cloud, "healthy", serving={"gpu_ms": 0, "cpu_ms": 0})
-                target = sandbox_target(
-                    service=f"bench-logs-{arm}-{i}",
-                    cloud=GoogleCloud(pipeline_logs=arm == "on"),
-                    canary=sandbox_target().canary.model_copy(update={"min_speedup": None}),
-                )
-                before = len(emit_s)
-                started = time.perf_counter()
-                result = run_release("v1.0.0", target, image=f"{DEMO_IMAGE}:v1.0.0")
-                times.append(time.perf_counter() - started)
-                outcomes.append(result.outcome)
-                if arm == "on":
-                    lines.append(len(emit_s) - before)
-                    stored = [
-                        e for e in cloud.admin.logs() if e["logName"].endswith("/logs/shipyard")
-                    ]
-                    lost.append(lines[-1] - len(stored))
+        for arm in ("on", "off"):  # warm-up: imports, clients, the server's caches
+            one(arm, f"bench-logs-warm-{arm}")
+        for kept in (lines, lost, emit_s, own_s, outcomes):
+            kept.clear()
+        for i in range(PAIRS):
+            order = ("on", "off") if i % 2 == 0 else ("off", "on")
+            pair = {arm: one(arm, f"bench-logs-{arm}-{i}") for arm in order}
+            on_s.append(pair["on"])
+            off_s.append(pair["off"])
     finally:
         CloudLoggingHandler.emit = original_emit  # type: ignore[method-assign]
         CloudLoggingHandler.__init__ = original_init  # type: ignore[method-assign]
         CloudLoggingHandler.close = original_close  # type: ignore[method-assign]
     on, off = statistics.median(on_s), statistics.median(off_s)
-    in_thread_s = (sum(emit_s) + sum(own_s)) / RUNS  # per release
+    pair_pct = [(a / b - 1) * 100 for a, b in zip(on_s, off_s, strict=True)]
+    in_thread_s = (sum(emit_s) + sum(own_s)) / PAIRS  # per release with the handler
     return {
-        "logging_overhead_pct": round((on / off - 1) * 100, 2),
+        "logging_overhead_pct": round(statistics.median(pair_pct), 2),
+        "pair_overheads_pct": [round(x, 2) for x in pair_pct],
         "handler_time_in_release_ms": round(in_thread_s * 1000, 1),
         "handler_time_pct_of_release": round(in_thread_s / off * 100, 2),
         "release_with_logging_s": round(on, 3),
@@ -192,7 +201,7 @@ def main() -> int:
         _fill_ledger("bench-ledger")
         figures = _report_figures("bench-ledger")
         figures.update(_logging_overhead(cloud))
-    figures["runs"] = RUNS
+    figures["pairs"] = PAIRS
     figures["targets"] = {"report_s": 2, "logging_overhead_pct": 5}
     figures["within_targets"] = figures["report_s"] <= 2 and figures["logging_overhead_pct"] <= 5
     if args.json:

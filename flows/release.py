@@ -35,6 +35,7 @@ from blocks.release_tag import configured_tag_pattern, validate_release_tag
 from blocks.release_target import ReleaseTarget, cpu_template_fingerprint
 from flows.canary import CanaryReport, recorded_release, release_variable, run_canary
 from flows.exposure import check_exposure_step
+from flows.gpu_handover import Handover, handover_step, restore_step
 from flows.ledger import record_release
 from flows.observe import observed_release, release_crashed
 from flows.quota_adapter import PreferenceState, RegionQuota, preference_ids
@@ -575,6 +576,13 @@ class Release:
         region = deployed.region
         if not deployed.tag_uri:
             raise ConfigurationError(f"Cloud Run published no canary URL in {region}")
+        # The GPU quota counts running instances: free the serving GPU revision's if needed.
+        handover = self.steps.run(
+            f"gpu-handover:{region}", handover_step, ctx, region, deployed.revision
+        )
+        if handover is not None:
+            self.steps.note(f"gpu-handover:{region}", handover.detail)
+            result.reasons.append(handover.detail)
         try:
             with stage("canary", region=region, revision=deployed.revision, image=ctx.image) as ev:
                 report = run_canary(ctx, self.steps, region, deployed.revision, deployed.tag_uri)
@@ -582,6 +590,7 @@ class Release:
         except BaseException:
             # The canary could not be judged: no traffic for it, no stale canary tag.
             self.steps.run(f"clear:{region}", clear_failed_step, ctx, region, deployed.revision)
+            self._restore(handover, deployed.revision)
             raise
         result.canary = CanaryFigures.of(report)
         self._baseline_ms = report.baseline_ms
@@ -604,10 +613,18 @@ class Release:
                 )
         else:
             self.steps.run(f"clear:{region}", clear_failed_step, ctx, region, deployed.revision)
+            self._restore(handover, deployed.revision)
             outcome = self.steps.run("rollback", rollback_step, ctx, region, deployed.revision)
             self._serving(outcome)
             result.outcome = "rolled_back"
             result.reasons.extend(f"canary: {r}" for r in report.reasons)
+
+    def _restore(self, handover: Handover | None, failed: str) -> None:
+        """After a failed canary: the traffic the GPU handover moved goes back."""
+        if handover is not None:
+            self.steps.run(
+                f"gpu-handover-restore:{handover.region}", restore_step, self.ctx, handover, failed
+            )
 
     def _published_elsewhere(self, url: str) -> bool:
         current = Variable.get(serving_url_variable(self.target.service), default=None)

@@ -127,6 +127,13 @@ class ServingSpeed(_Strict):
 
     gpu_ms: int = Field(default=40, ge=0)
     cpu_ms: int = Field(default=400, ge=0)
+    idle_instance_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="how long a GPU instance of an addressable revision stays (holding the "
+        "region's GPU quota) after its last request; Google keeps idle instances up to 15 "
+        "minutes. Minimum instances and requests in flight hold it anyway",
+    )
 
 
 class Operations(_Strict):

@@ -20,8 +20,9 @@ from types import ModuleType
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
+from sandbox.emulator import gpu_instances
 from sandbox.emulator.core import SandboxState
 from sandbox.emulator.invoker_iam import FORBIDDEN_PAGE, invoker_allowed
 from sandbox.emulator.run_resources import Revision, write_revision_log
@@ -113,16 +114,26 @@ def register(app: FastAPI, state: SandboxState, store: RunStore) -> None:
         if not invoker_allowed(svc.spec, svc.host(), request.headers.get("authorization", "")):
             return HTMLResponse(FORBIDDEN_PAGE.format(path="/" + path), status_code=403)
         started = time.perf_counter()
+        refused = None
         if rev is None or not rev.ready:
             response: Response = HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
-        elif request.method == "POST" and container_store(state) is None and oom_killed(state, rev):
-            # In-process only: a container runs out of memory for real (sandbox/engine).
-            store.instances.pop(rev.name, None)  # the container was terminated
-            response = HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
+        elif (refused := gpu_instances.admit(store, rev)) is not None:
+            # No GPU instance can start within the region's quota (gpu_instances.py).
+            response = PlainTextResponse(refused, status_code=503)
         else:
-            response = await _forward(state, store, rev, host, path, request)
+            try:
+                # In-process only: a container runs out of memory for real (sandbox/engine).
+                in_process = container_store(state) is None
+                if request.method == "POST" and in_process and oom_killed(state, rev):
+                    store.instances.pop(rev.name, None)  # the container was terminated
+                    response = HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
+                else:
+                    response = await _forward(state, store, rev, host, path, request)
+            finally:
+                gpu_instances.done(rev)
         if rev is not None:
-            _request_log(state, rev, request, response, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            _request_log(state, rev, request, response, seconds, text=refused)
         return response
 
 
@@ -152,16 +163,22 @@ async def _forward(
 
 
 def _request_log(
-    state: SandboxState, rev: Revision, request: Request, response: Response, seconds: float
+    state: SandboxState,
+    rev: Revision,
+    request: Request,
+    response: Response,
+    seconds: float,
+    text: str | None = None,
 ) -> None:
-    """The platform's request log line (run.googleapis.com/requests), with httpRequest."""
+    """The platform's request log line (run.googleapis.com/requests), with httpRequest; `text`:
+    the platform's reason for refusing it (the entry's textPayload on Google)."""
     status = response.status_code
     severity = "ERROR" if status >= 500 else "WARNING" if status >= 400 else "INFO"
     entry = write_revision_log(
         state,
         rev,
         severity,
-        f"{request.method} {status} {request.url.path}",
+        text or f"{request.method} {status} {request.url.path}",
         stream="requests",
     )
     entry["httpRequest"] = {

@@ -10,6 +10,7 @@ import copy
 import string
 import uuid
 
+from sandbox.emulator import gpu_instances
 from sandbox.emulator.core import ApiError, SandboxState, now_rfc3339
 from sandbox.emulator.run_resources import Revision, Service, container_name, write_revision_log
 from sandbox.emulator.run_templates import (
@@ -221,6 +222,7 @@ class RevisionLifecycle(TrafficRules):
                 (r.name for r in reversed(self.service_revisions(svc.name)) if r.ready), ""
             )
             self.record(svc, "delete_revision", note=rev.short)
+        gpu_instances.refresh(self, rev.project, rev.region)
         return rev
 
 

@@ -25,6 +25,7 @@ import re
 import uuid
 from typing import Any
 
+from sandbox.emulator import gpu_instances
 from sandbox.emulator.core import ApiError, now_rfc3339, quota_error_info
 from sandbox.emulator.run_resources import LATEST, Service
 from sandbox.emulator.run_revisions import RevisionLifecycle
@@ -210,6 +211,7 @@ class RunStore(RevisionLifecycle):
         else:
             svc.failure = None
         self.record(svc, "create" if existing is None else "update", note=_note(op_error))
+        gpu_instances.refresh(self, project, region)  # minimums start or stop with the traffic
         return svc, op_error
 
     def _stub(self, name: str, project: str, region: str, short: str, spec: dict) -> Service:

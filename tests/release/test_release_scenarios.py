@@ -396,3 +396,47 @@ def test_gpu_quota_refused_on_update_then_granted_releases_on_the_rerun(
 
     third = run_release("v12.0.0", target, image=f"{IMAGE}:v12.0.0")  # converged: nothing new
     assert third.noop and third.revision == second.revision
+
+
+def test_gpu_quota_of_one_still_releases_over_a_warm_previous_gpu_revision(
+    stage, make_target, sandbox_admin
+):
+    """Cloud Run counts running GPU instances against the region's quota: with quota 1 and the
+    previous GPU revision warm (min instances 1, serving), the canary's requests would get
+    Google's 503 "... exceeded its quota limit for run.googleapis.com/nvidia_l4_gpu_allocation_
+    no_zonal_redundancy" for ever. The release hands the traffic to the CPU baseline during the
+    canary, cuts over when it passes, and restores the previous split when it fails."""
+    stage(
+        default_region={"gpu": 1, "gpu_no_zonal_redundancy": 1},
+        revision_faults=[{"fault": "silent_cpu_fallback", "image_contains": ":v17.1"}],
+    )
+    warm = make_target().gpu_template.model_copy(update={"min_instances": 1})
+    target = make_target(regions=["europe-west1"], gpu_template=warm)
+    first = run_release("v17.0.0", target, image=f"{IMAGE}:v17.0.0")
+    assert first.outcome == "released", first.reasons
+
+    bad = run_release("v17.1.0", target, image=f"{IMAGE}:v17.1.0")  # its canary fails
+
+    assert bad.outcome == "rolled_back" and bad.revision == first.revision
+    assert any("fallback" in r for r in bad.reasons)  # judged, not starved of a GPU
+    assert not any("status 503" in r for r in bad.reasons), bad.reasons
+    history = assert_invariants(sandbox_admin, target, first, bad)
+    assert serving(history, "europe-west1") == {first.revision: 100}  # restored
+
+    second = run_release("v17.2.0", target, image=f"{IMAGE}:v17.2.0")
+
+    assert second.outcome == "released", second.reasons
+    assert second.canary is not None and second.canary.passed
+    assert all(s.attempts == 1 for s in second.steps if s.name.startswith("canary-run"))
+    handed = f"GPU quota 1 in europe-west1 cannot run {first.revision}"
+    assert any(handed in r for r in second.reasons), second.reasons
+    history = assert_invariants(sandbox_admin, target, first, bad, second)
+    assert serving(history, "europe-west1") == {second.revision: 100}
+    # During the canary a CPU revision served: never the untested one, never nothing.
+    during = [h for h in history if any(t["tag"] == "canary" for t in h["traffic"])]
+    assert any(
+        {t["revision"]: t["percent"] for t in h["traffic"] if t["percent"]}
+        == {f"{target.service}-v17-0-0-cpu": 100}
+        for h in during
+    )
+    assert sandbox_admin.calls().get("run.instance_quota_exceeded", 0) == 0

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from google.cloud import run_v2
 from PIL import Image
-from run_testkit import FAILED, create, page_png, parent, template
+from run_testkit import FAILED, FAST, create, page_png, parent, template
 
 TOKEN = "s3cret-token-for-tests"
 SERVING = {
@@ -144,3 +144,33 @@ def test_internal_token_required_and_never_logged(sandbox_admin, cloud, http):
     )
     assert rev.conditions[0].state == FAILED
     assert "secrets/nope/versions/1 was not found" in rev.conditions[0].message
+
+
+def test_a_gpu_instance_over_the_region_quota_answers_googles_503(sandbox_admin, cloud, http):
+    """GPU quota 1 and a warm GPU revision (min instances 1, serving): another GPU revision of
+    the region cannot start an instance, so its request gets a 503 with Google's text, which
+    the request log carries (nirholas/three.ws docs/ops/production-log-triage.md). Once the warm
+    revision is no longer addressable, its instance stops and the other one starts."""
+    sandbox_admin.reset(scenario_data={**SERVING, "default_region": {"gpu_no_zonal_redundancy": 1}})
+    warm_tpl = template("registry.local/pages:warm", gpu=True)
+    warm_tpl.scaling.min_instance_count = 1
+    warm = create(cloud, "warm", warm_tpl)
+    cold = create(cloud, "cold", template("registry.local/pages:cold", gpu=True))
+    assert http.get(warm.uri + "/health").status_code == 200
+
+    refused = _post_page(http, cold.uri)
+
+    text = (
+        "The request failed because the project exceeded its quota limit for "
+        "run.googleapis.com/nvidia_l4_gpu_allocation_no_zonal_redundancy"
+    )
+    assert refused.status_code == 503 and refused.text == text
+    requests_log = [
+        e for e in _logs_of(sandbox_admin, "cold") if e["logName"].endswith("%2Frequests")
+    ]
+    assert [(e["httpRequest"]["status"], e["textPayload"]) for e in requests_log] == [(503, text)]
+    assert sandbox_admin.calls()["run.instance_quota_exceeded"] == 1
+
+    # The warm service goes away (its revision is no longer addressable): the GPU is free.
+    cloud.services_client().delete_service(name=warm.name).result(polling=FAST)
+    assert _post_page(http, cold.uri).status_code == 200

@@ -60,7 +60,8 @@ def release_result(state: State) -> ReleaseResult:
 def outcome_message(result: ReleaseResult) -> str:
     """One line: what happened, why, and what serves now."""
     serving = f"{result.revision or '-'} serves 100% in {result.region or '-'}"
-    why = "; ".join(result.reasons) or "no reason recorded"
+    # Each reason once: the canary finds the same log line on each of its runs.
+    why = "; ".join(dict.fromkeys(result.reasons)) or "no reason recorded"
     if result.outcome == "rolled_back":
         return f"release {result.git_tag} ROLLED BACK ({serving}): {why}"
     if result.outcome == "cpu_fallback":

@@ -1,5 +1,9 @@
-"""Headless Chromium (Debian's `chromium`) driven over the DevTools protocol: open a file,
-record every network request the page makes, read element boxes, take a screenshot."""
+"""Headless Chromium (Debian's `chromium`) driven over the DevTools protocol: open a file or a
+URL, record every network request the page makes, read element boxes, wait on DOM conditions,
+click and type as a person does (real mouse and keyboard input events), take a screenshot.
+
+Launched as the env notes say for root: `--no-sandbox`, no GPU, no QUIC, no background
+networking (the machine's closed network refuses those connections), an empty profile."""
 
 from __future__ import annotations
 
@@ -107,6 +111,52 @@ class Page:
         self.send("Page.navigate", url=path.resolve().as_uri())
         self.wait_event("Page.loadEventFired")
 
+    def goto(self, url: str, timeout: float = 60) -> None:
+        """Navigate and wait for the load event (a single-page app renders after it: wait on
+        the DOM with `wait_for`)."""
+        self.send("Page.enable")
+        self.events = [m for m in self.events if m.get("method") != "Page.loadEventFired"]
+        self.send("Page.navigate", url=url)
+        self.wait_event("Page.loadEventFired", timeout=timeout)
+
+    def wait_for(self, expression: str, timeout: float = 30, what: str = "") -> Any:
+        """Evaluate `expression` until it is truthy; its value. TimeoutError names `what` and
+        the page's visible text when it never becomes true."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                text = self.evaluate("document.body ? document.body.innerText : ''") or ""
+                raise TimeoutError(
+                    f"{what or expression} not seen in {timeout:.0f} s on "
+                    f"{self.evaluate('location.href')}; the page shows: {text[:1500]!r}"
+                )
+            time.sleep(0.2)
+
+    def click(self, element: str, timeout: float = 30, what: str = "") -> None:
+        """Click the element a JS expression finds (waited for), with real mouse events at the
+        centre of its box: pointerdown/mousedown/mouseup/click, as menus and forms expect."""
+        box = self.wait_for(
+            f"""(() => {{ const e = {element};
+                if (!e) return null;
+                e.scrollIntoView({{block: 'center'}});
+                const r = e.getBoundingClientRect();
+                return r.width && r.height ? [r.x + r.width / 2, r.y + r.height / 2] : null;
+            }})()""",
+            timeout,
+            what or element,
+        )
+        x, y = box
+        self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+    def type_text(self, text: str) -> None:
+        """Type into the focused element (an input event per insertion, as from a keyboard)."""
+        self.send("Input.insertText", text=text)
+
     def requests(self) -> list[str]:
         return [
             m["params"]["request"]["url"]
@@ -118,8 +168,10 @@ class Page:
         result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
         return result["result"].get("value")
 
-    def screenshot(self, path: Path) -> None:
-        data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+    def screenshot(self, path: Path, beyond_viewport: bool = True) -> None:
+        data = self.send(
+            "Page.captureScreenshot", format="png", captureBeyondViewport=beyond_viewport
+        )
         path.write_bytes(base64.b64decode(data["data"]))
 
     def close(self) -> None:

@@ -1,0 +1,158 @@
+"""What the browser test needs around the session's Prefect server: the Prefect UI served for it,
+the release deployment served by `shipyard serve` with the sandbox environment, and the UI's
+custom run form filled in as a person does.
+
+Why a UI process beside the server: `prefect_test_harness` runs its server ephemeral, with the
+UI switched off (`PREFECT_UI_ENABLED=0`, Prefect's SubprocessASGIServer). The UI is a bundle of
+static files plus `/ui-settings`, which tells the browser where the API is; Prefect's own
+`create_ui_app` serves both on another port, with `PREFECT_UI_API_URL` at the session server's
+API — the setup of a UI behind another host name or port (README: "Manual runs"). Every request
+the pages make goes to the session's real server.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from deployments.serve import PREFECT_YAML
+from sandbox.procs import free_port, spawn, wait_for_port
+
+# Prefect's UI app alone (the static bundle and /ui-settings), under uvicorn.
+UI_APP = (
+    "import sys, uvicorn;"
+    "from prefect.server.api.server import create_ui_app;"
+    "uvicorn.run(create_ui_app(ephemeral=False), host='127.0.0.1', port=int(sys.argv[1]),"
+    " log_level='warning')"
+)
+
+
+def start_ui(api_url: str, log: Path) -> tuple[Any, str]:
+    """(process, base URL) of the Prefect UI talking to `api_url`; v2 is the UI that
+    `prefect server start` opens by default in Prefect 3.8."""
+    port = free_port()
+    proc = spawn(
+        [sys.executable, "-c", UI_APP, str(port)],
+        log,
+        env={
+            "PREFECT_UI_ENABLED": "true",
+            "PREFECT_UI_API_URL": api_url,
+            "PREFECT_SERVER_UI_V2_ENABLED": "true",
+        },
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ui(proc: Any, base_url: str, timeout: float = 60) -> None:
+    port = int(base_url.rsplit(":", 1)[1])
+    wait_for_port("127.0.0.1", port, timeout, proc)
+    settings = httpx.get(f"{base_url}/ui-settings", timeout=10).json()
+    assert settings["v2_base_url"], f"the UI app serves no v2 bundle: {settings}"
+
+
+def release_only_yaml(path: Path, name: str) -> Path:
+    """prefect.yaml with the `release` deployment alone, under `name` and without its git-tag
+    trigger: the session's other tests emit tag events and run `prefect deploy` of `release`;
+    this served twin must neither receive their runs nor take over their deployment."""
+    document = yaml.safe_load(PREFECT_YAML.read_text())
+    entry = next(d for d in document["deployments"] if d["name"] == "release")
+    entry = {k: v for k, v in entry.items() if k not in ("triggers", "work_pool")}
+    document["deployments"] = [{**entry, "name": name}]
+    document.pop("definitions", None)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def start_serving(prefect_file: Path, name: str, api_url: str, log: Path) -> Any:
+    """`shipyard serve` of one deployment, in its own process, with this process's environment
+    (the sandbox's endpoints) and a 1 s poll for scheduled runs."""
+    shipyard = Path(sys.executable).with_name("shipyard")
+    return spawn(
+        [str(shipyard), "serve", "--prefect-file", str(prefect_file), "--name", name],
+        log,
+        env={
+            "PREFECT_API_URL": api_url,
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PYTHONUNBUFFERED": "1",
+        },
+    )
+
+
+def wait_deployment(flow_and_name: str, proc: Any, log: Path, timeout: float = 90) -> Any:
+    """The served deployment once `shipyard serve` registered it (polled, no fixed wait)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                return client.read_deployment_by_name(flow_and_name)
+            except ObjectNotFound:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"`shipyard serve` did not register {flow_and_name}: "
+                    + log.read_text(errors="replace")[-2000:]
+                )
+            time.sleep(0.5)
+
+
+# ---------------------------------------------------------------- the pages (Prefect UI v2)
+
+BY_TEXT = (
+    "Array.from(document.querySelectorAll('button, a, [role=menuitem], [role=tab]'))"
+    ".find(e => e.innerText.trim() === {text})"
+)
+# The block of the run form that holds one parameter: its label (the parameter's title, then
+# "(Optional)"), up to the nearest container with an input or a type switch.
+FIELD_BLOCK = (
+    "(() => {{ const l = Array.from(document.querySelectorAll('label'))"
+    ".find(e => e.innerText.trim().split(' ')[0] === {name});"
+    " if (!l) return null; let c = l.parentElement;"
+    " while (c && !c.querySelector('textarea, input[type=text], [role=tablist]'))"
+    " c = c.parentElement; return c; }})()"
+)
+
+
+def by_text(text: str) -> str:
+    return BY_TEXT.format(text=json.dumps(text))
+
+
+def field_input(name: str) -> str:
+    block = FIELD_BLOCK.format(name=json.dumps(name))
+    return f"(() => {{ const c = {block}; return c && c.querySelector('textarea, input'); }})()"
+
+
+def string_switch(name: str) -> str:
+    """The `str` choice of a parameter typed as a union (e.g. `str | None`)."""
+    block = FIELD_BLOCK.format(name=json.dumps(name))
+    return (
+        f"(() => {{ const c = {block}; return c && Array.from(c.querySelectorAll("
+        "'button[role=tab]')).find(b => b.innerText.trim() === 'str'); })()"
+    )
+
+
+def fill(page: Any, name: str, text: str) -> None:
+    """Type `text` into the parameter's text field, replacing what it holds; a union-typed
+    parameter is switched to its `str` form first (a plain string field has no switch)."""
+    if page.evaluate(f"!!{string_switch(name)} && !{field_input(name)}"):
+        page.click(string_switch(name), what=f"the str switch of {name}")
+    page.click(field_input(name), what=f"the {name} field")
+    page.evaluate(f"{field_input(name)}.select()")
+    page.type_text(text)
+    page.wait_for(f"{field_input(name)}.value === {json.dumps(text)}", 10, f"{name} = {text}")
+
+
+def state_badge(name: str) -> str:
+    """The run page's state badge showing `name`."""
+    return (
+        "Array.from(document.querySelectorAll('[data-slot=badge]'))"
+        f".find(e => e.innerText.trim() === {json.dumps(name)})"
+    )

@@ -13,6 +13,9 @@ the pages make goes to the session's real server.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,7 +52,7 @@ def start_ui(api_url: str, log: Path) -> tuple[Any, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def wait_ui(proc: Any, base_url: str, timeout: float = 60) -> None:
+def wait_ui(proc: Any, base_url: str, timeout: float = 180) -> None:
     port = int(base_url.rsplit(":", 1)[1])
     wait_for_port("127.0.0.1", port, timeout, proc)
     settings = httpx.get(f"{base_url}/ui-settings", timeout=10).json()
@@ -84,7 +87,22 @@ def start_serving(prefect_file: Path, name: str, api_url: str, log: Path) -> Any
     )
 
 
-def wait_deployment(flow_and_name: str, proc: Any, log: Path, timeout: float = 90) -> Any:
+def stop_group(proc: Any, timeout: float = 10) -> None:
+    """Stop a process started here with `spawn` (its own session) and whatever it started in
+    that session (the runner's flow-run processes): SIGTERM, then SIGKILL after `timeout`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def wait_deployment(flow_and_name: str, proc: Any, log: Path, timeout: float = 180) -> Any:
     """The served deployment once `shipyard serve` registered it (polled, no fixed wait)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound

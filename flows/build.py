@@ -11,6 +11,7 @@
    with `--cache-from` every tier (`cache-base`, `cache-python`, `cache-node`) and
    `cache-builder`, `--cache-to` `cache-builder` only (mode=max), both tags, OCI labels,
    `BASE_IMAGE` = the mirror's pin by digest, machineType / diskSizeGb / timeout / Cloud Logging.
+   A build of the commit still running (its release was killed mid-build) is followed instead.
 4. Follow, fetch the log, parse CACHED vs RUN per step → hit rate. A failed build raises
    BuildFailedError with the failing step and the last log lines.
 5. Digest from results.images, else (Google: buildx pushed, so results.images is empty) a HEAD of
@@ -198,6 +199,7 @@ def build_release_image(
         spec,
         commit=commit,
         build_tags=["shipyard-release", tag, commit_tag],
+        adopt_tag=commit_tag,  # a killed run's build still going: follow it, not build twice
         what=f"release {tag}",
         use_storage_source=use_storage_source,
     )

@@ -77,12 +77,14 @@ def run_build(
     build_tags: list[str],
     what: str,
     use_storage_source: bool = False,
+    adopt_tag: str | None = None,
 ) -> BuildRun:
-    """Build `spec` from `commit` on the settings' backend; `build_tags` label a Cloud Build."""
+    """Build `spec` from `commit` on the settings' backend; `build_tags` label a Cloud Build;
+    a Cloud Build under `adopt_tag` still running (its run was killed) is followed instead."""
     if settings.backend == "docker":
         return run_docker_build(settings, spec, commit, what)
     source = upload_source(settings, commit) if use_storage_source else git_source(settings, commit)
     request = build_request(
         settings, source=source, args=buildx_args(**asdict(spec)), build_tags=build_tags
     )
-    return run_cloud_build(cloud, settings, request, what)
+    return run_cloud_build(cloud, settings, request, what, adopt_tag=adopt_tag)

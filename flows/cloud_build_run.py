@@ -91,6 +91,21 @@ def submit_task(cloud: GoogleCloud, request: cloudbuild_v1.Build) -> str:
     return build.id
 
 
+@task(
+    name="cloud-build-find-ongoing",
+    retries=3,
+    retry_delay_seconds=[0.5, 1, 2],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_condition_fn,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def find_ongoing_task(cloud: GoogleCloud, tag: str) -> str | None:
+    """The id of a build under `tag` still running (a killed run's build), or None."""
+    build = cb.find_ongoing(cloud.builds_client(), cloud.resolved_project(), tag)
+    return build.id if build is not None else None
+
+
 @task(name="cloud-build-follow", cache_policy=NO_CACHE, persist_result=False)
 def follow_task(cloud: GoogleCloud, build_id: str, timeout_s: float, poll_s: float) -> dict:
     logger = get_run_logger()
@@ -140,15 +155,30 @@ def log_task(cloud: GoogleCloud, build_id: str) -> list[str]:
 
 
 def run_cloud_build(
-    cloud: GoogleCloud, settings: BuildSettings, request: cloudbuild_v1.Build, what: str
+    cloud: GoogleCloud,
+    settings: BuildSettings,
+    request: cloudbuild_v1.Build,
+    what: str,
+    adopt_tag: str | None = None,
 ) -> BuildRun:
-    """Submit, follow, read the log; raise BuildFailedError unless the build succeeded."""
+    """Submit, follow, read the log; raise BuildFailedError unless the build succeeded.
+
+    `adopt_tag`: a build tag naming what is built (the commit); a build under it that is still
+    running (a run killed mid-build keeps its Cloud Build going) is followed instead of
+    submitting a second one.
+    """
     logger = get_run_logger()
     started = time.monotonic()
-    request = cloudbuild_v1.Build(request)
-    request.tags.append(submission_tag())
-    build_id = submit_task(cloud, request)
-    logger.info("%s: submitted Cloud Build %s", what, build_id)
+    build_id = find_ongoing_task(cloud, adopt_tag) if adopt_tag else None
+    if build_id:
+        logger.info(
+            "%s: following Cloud Build %s, started earlier and still running", what, build_id
+        )
+    else:
+        request = cloudbuild_v1.Build(request)
+        request.tags.append(submission_tag())
+        build_id = submit_task(cloud, request)
+        logger.info("%s: submitted Cloud Build %s", what, build_id)
     final = follow_task(cloud, build_id, settings.timeout_s + 120, settings.poll_s)
     lines = log_task(cloud, build_id)
     report = parse_buildkit_log(lines)

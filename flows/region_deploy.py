@@ -9,6 +9,14 @@ revision's failed Ready condition) moves to the next candidate region; a transie
 retried by the step; anything else is a configuration error and stops the release
 (tasks/deploy_errors.py classifies).
 
+A region that refused the GPU revision for lack of quota must not keep a CPU-only service that
+nobody asked for: when the release ends, `remove_refused_service_step` deletes the region's
+service if it holds nothing but this tag's revisions (its CPU baseline and GPU attempts: this
+release, or a killed run of the same tag, created it) and the release does not end serving there.
+Creating it with the GPU template instead would put 100% on an untested revision (invariant 2);
+a service that served before the release is never deleted (only its canary tag is cleared); the
+region the release ends in keeps its service (a CPU fallback on purpose serves there).
+
 The revision name is deterministic, so re-running a tag reuses the revision it created; after
 a quota refusal (Google accepts the update and fails the revision) a re-run deploys a new attempt,
 `{name}-r2`, ... (`find_existing_step` finds the latest attempt in each region).
@@ -163,6 +171,31 @@ def clear_failed_step(ctx: RunContext, region: str, revision: str) -> bool:
     if sum(t.percent for t in traffic) != 100:
         return False  # the failed revision carried traffic: the rollback step moves it
     cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+    return True
+
+
+def created_for_tag(ctx: RunContext, revisions: list[str]) -> bool:
+    """Every revision is this tag's (its CPU baseline or one of its GPU attempts)."""
+    own = {ctx.cpu_revision} | {
+        attempt_name(ctx.gpu_revision, n) for n in range(1, MAX_ATTEMPTS + 1)
+    }
+    return bool(revisions) and set(revisions) <= own
+
+
+@task(name="remove-refused-service", cache_policy=NO_CACHE, persist_result=False)
+def remove_refused_service_step(ctx: RunContext, region: str) -> bool:
+    """A region that refused the GPU: delete the service if this tag's release created it.
+
+    Returns True when a service was deleted.
+    """
+    note_attempt()
+    name = ctx.service_name(region)
+    if cr.get_service(ctx.services, name) is None:
+        return False
+    revisions = [cr.short_name(r.name) for r in cr.list_revisions(ctx.revisions, name)]
+    if not created_for_tag(ctx, revisions):
+        return False  # it served before this release: keep it
+    cr.delete_service(ctx.services, name, **ctx.wait)
     return True
 
 

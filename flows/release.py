@@ -46,6 +46,7 @@ from flows.region_deploy import (
     clear_failed_step,
     deploy_gpu_step,
     find_existing_step,
+    remove_refused_service_step,
 )
 from flows.release_hooks import abort_cleanup, canary_verdict, record_verdict
 from flows.release_outcome import (
@@ -328,6 +329,7 @@ class Release:
         self.ctx = RunContext(target, git_tag, image)
         self.steps = StepLog(target.retries, target.retry_delays())
         self.started = time.perf_counter()
+        self._refused: set[str] = set()  # regions whose tag revision failed for quota before
         self.result = ReleaseResult(
             git_tag=git_tag,
             service=target.service,
@@ -347,6 +349,8 @@ class Release:
         logger = get_run_logger()
         try:
             self._run(dry_run)
+            if not dry_run:
+                self._remove_refused_services()
         except BaseException as exc:
             self.result.reasons.append(f"{type(exc).__name__}: {exc}")
             self._finish(failed=True)
@@ -371,6 +375,9 @@ class Release:
             "find-release", find_existing_step, self.target.regions, ctx
         )
         existing = [e for e in found_in.values() if e is not None]
+        self._refused = {
+            e.region for e in existing if e.state == "failed" and is_quota_message(e.message)
+        }
         if not dry_run:  # refused before anything changes (a dry run changes nothing)
             steps.note("check-exposure", steps.run("check-exposure", check_exposure_step, ctx))
         serving = [e for e in existing if e.state == "succeeded" and e.percent == 100]
@@ -515,6 +522,19 @@ class Release:
             return None
         self.result.regions_tried[region] = "deployed" + (" (reused)" if deployed.reused else "")
         return deployed
+
+    def _remove_refused_services(self) -> None:
+        """Regions that refused the GPU for quota (this run or a killed run of the tag) keep no
+        service this tag's release created there, unless the release ends serving there
+        (flows/region_deploy.py: remove_refused_service_step)."""
+        tried = self.result.regions_tried
+        refused = self._refused | {r for r, why in tried.items() if why.startswith("quota: ")}
+        for region in sorted(refused - {self.result.region}):
+            if self.steps.run(f"remove:{region}", remove_refused_service_step, self.ctx, region):
+                tried[region] = (
+                    tried.get(region, "the tag's revision was refused here before")
+                    + "; the service this release created here was deleted"
+                )
 
     def _deploy_somewhere(self, skip: set[str]) -> RevisionDeploy | None:
         ctx, result = self.ctx, self.result

@@ -9,6 +9,11 @@ taken by a holder that is provably dead (its process is gone from this host, or 
 already final) marks that run Crashed and frees the slot at once, and says so. The bound a dead
 holder can block a service is therefore: none on the same host, `slot_lease_s` + the
 repossessor's loop elsewhere.
+
+Freeing means releasing the dead holder's own lease (recorded with it), never zeroing the slot
+count: the release decrements the count and revokes the lease, so when that lease would have run
+out later the repossessor finds nothing to free, and the slot the next (live) release took meanwhile
+stays held. A holder recorded without its lease id is left to its lease running out.
 """
 
 from __future__ import annotations
@@ -19,13 +24,12 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import (
-    GlobalConcurrencyLimitCreate,
-    GlobalConcurrencyLimitUpdate,
-)
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.context import ConcurrencyContext
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -87,9 +91,10 @@ def holder_status(service: str) -> tuple[dict[str, Any] | None, str]:
 
 
 def free_dead_holder(service: str) -> str | None:
-    """Free the slot of a provably dead holder (mark its run Crashed); the reason, or None."""
+    """Free the slot of a provably dead holder (mark its run Crashed, release its lease); the
+    reason, or None (no dead holder, or one whose lease id is unknown: its lease runs out)."""
     holder, status = holder_status(service)
-    if holder is None or not status.startswith("dead"):
+    if holder is None or not status.startswith("dead") or not holder.get("lease_id"):
         return None
     run_id = holder.get("flow_run_id")
     with get_client(sync_client=True) as client:
@@ -104,14 +109,21 @@ def free_dead_holder(service: str) -> str | None:
                     )
             except ObjectNotFound:
                 pass
-        client.update_global_concurrency_limit(
-            slot_name(service), GlobalConcurrencyLimitUpdate(active_slots=0)
-        )
+        # Its own lease: decremented once and revoked, so its expiry later frees nothing (a lease
+        # already run out is a no-op here). Zeroing the count instead would let that expiry free
+        # the slot of the release that takes it next.
+        client.release_concurrency_slots_with_lease(UUID(str(holder["lease_id"])))
     Variable.unset(holder_variable(service))
     return f"the slot of flow run {run_id} was freed: {status}"
 
 
-def _record_holder(service: str) -> None:
+def _lease_ids() -> list[UUID]:
+    """Leases this run holds (Prefect records each one on the run's ConcurrencyContext)."""
+    ctx = ConcurrencyContext.get()
+    return list(ctx.cleanup_lease_ids) if ctx is not None else []
+
+
+def _record_holder(service: str, lease_id: UUID | None) -> None:
     run = FlowRunContext.get()
     Variable.set(
         holder_variable(service),
@@ -119,6 +131,7 @@ def _record_holder(service: str) -> None:
             "flow_run_id": str(run.flow_run.id) if run and run.flow_run else None,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "lease_id": str(lease_id) if lease_id else None,
             "since": dt.datetime.now(dt.UTC).isoformat(),
         },
         overwrite=True,
@@ -133,12 +146,13 @@ def release_slot(service: str, timeout_s: float, lease_s: float = 60.0) -> Itera
     if freed:
         get_run_logger().warning("release slot %s: %s", name, freed)
     acquired = False
+    before = set(_lease_ids())
     try:
         with concurrency(
             name, occupy=1, timeout_seconds=timeout_s, strict=True, lease_duration=lease_s
         ):
             acquired = True
-            _record_holder(service)
+            _record_holder(service, next((i for i in _lease_ids() if i not in before), None))
             try:
                 yield
             finally:

@@ -5,9 +5,12 @@ A case is data: scenario overrides for the sandbox, target overrides, and the ex
 (`released` in a region, `rolled_back`, `cpu_fallback`, or `error` with a phrase the message
 must contain). `run_case` stages the sandbox, runs the release flow in-process, then checks the
 outcome, the invariants, duplicate revisions (a revision created twice, or more revisions than
-the case allows) and that the service's release slot is free again. bench/faults.py runs every
-case (plus the SIGKILL cases, which need a process to kill); tests/release/test_fault_matrix.py
-runs the marked group in the suite. Used by tests and the bench only: flows never import it.
+the case allows) and that the service's release slot is free again. A `build` case releases
+without an image: the release builds it on the sandbox Cloud Build (the caller provides the build
+blocks), and `max_builds` bounds the builds submitted. bench/faults.py runs every case (plus the
+SIGKILL cases, which need a process to kill, and the webhook cases of bench/webhook_faults.py);
+tests/release/test_fault_matrix.py runs the marked group in the suite. Used by tests and the
+bench only: flows never import it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class Case:
     region: str | None = EU  # where the release must end serving (None: do not check)
     error: str = ""  # for expect == "error": a phrase of the message
     base: str = "healthy"
+    build: bool = False  # no image given: the release builds the tag
+    max_builds: int | None = None  # Cloud Builds the release may submit (None: not checked)
 
     @property
     def id(self) -> str:
@@ -199,9 +204,42 @@ CASES: list[Case] = [
 ]
 
 
+def _build(fault: str, expect: str, scenario: dict[str, Any], **kw: Any) -> Case:
+    return Case("build", fault, expect, scenario, build=True, max_builds=1, **kw)
+
+
+CASES += [
+    # build (Cloud Build): the release builds the tag; one build at most, whatever happens
+    _build(
+        "a step fails (No space left on device)",
+        "error",
+        {"builds": {"fail_step": "[builder", "message": "No space left on device"}},
+        error="No space left on device",
+        region=None,
+    ),
+    _build("503 at 30% on submission and polling", "released", _api("build", error_rate=0.3)),
+    _build("429 burst", "released", _api("build", first_n=3, error_codes=[429])),
+    _build(
+        "answer to the submission lost",
+        "released",
+        _api("build", first_n=1, error_codes=["lost_answer"]),
+    ),
+    _build(
+        "build timeout",
+        "error",
+        {"builds": {"step_delay_ms": 30_000}},
+        target={"build_timeout_s": 60},
+        error="TIMEOUT",
+        region=None,
+    ),
+]
+
+
 def target_overrides(case: Case) -> dict[str, Any]:
     """The case's target settings as ReleaseTarget fields (shortcuts resolved)."""
-    fields = {k: v for k, v in case.target.items() if not k.startswith(("quota_", "canary_"))}
+    fields = {
+        k: v for k, v in case.target.items() if not k.startswith(("quota_", "canary_", "build_"))
+    }
     fields.setdefault("ready_timeout_s", 8)
     return fields
 
@@ -257,25 +295,41 @@ def duplicate_revisions(history: list[dict], admin_calls: dict[str, int]) -> lis
     return problems
 
 
+BuildBlocks = Callable[[str, float], tuple[dict[str, Any], str]]
+
+
 def run_case(
     case: Case,
     stage: Callable[..., Any],
     make_target: Callable[..., Any],
     admin: Any,
     service: str,
+    build_blocks: BuildBlocks | None = None,
 ) -> CaseResult:
     """Stage, release, check. `stage(base, **overrides)` resets the sandbox;
-    `make_target(**fields)` builds the ReleaseTarget for `service`."""
+    `make_target(**fields)` builds the ReleaseTarget for `service`; for a build case,
+    `build_blocks(service, timeout_s)` saves the build blocks for `service` and returns
+    (the target fields naming them, the commit to build)."""
     from flows.release import run_release
     from sandbox.release_invariants import all_violations
 
     stage(case.base, **case.scenario)
-    target = apply_target_shortcuts(make_target(service=service, **target_overrides(case)), case)
+    fields = target_overrides(case)
+    image: str | None = f"{IMAGE}:v1.0.0"
+    commit = None
+    if case.build:
+        if build_blocks is None:
+            raise ValueError(f"case {case.id} builds: pass build_blocks")
+        extra, commit = build_blocks(service, case.target.get("build_timeout_s", 600))
+        fields.update(extra)
+        image = None
+    target = apply_target_shortcuts(make_target(service=service, **fields), case)
     results = []
     detail = ""
+    error_ok = case.expect != "error"
     got: str
     try:
-        result = run_release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
+        result = run_release("v1.0.0", target, image=image or "", commit=commit or "")
         results.append(result)
         got = result.outcome
         detail = "; ".join(result.reasons)[:300]
@@ -284,15 +338,20 @@ def run_case(
             detail = f"ended in {result.region}, expected {case.region}. " + detail
     except Exception as exc:  # noqa: BLE001 - an expected outcome for some cases
         got, region_ok = "error", True
-        detail = f"{type(exc).__name__}: {exc}"[:300]
+        message = f"{type(exc).__name__}: {exc}"
+        error_ok = case.error in message  # the whole message: the detail is cut
+        detail = message[:300]
     history = admin.traffic_history(service)
     violations = all_violations(history, results)
     duplicates = duplicate_revisions(history, admin.calls())
+    builds = admin.calls().get("build.create", 0)
+    if case.max_builds is not None and builds > case.max_builds:
+        duplicates.append(f"{builds} Cloud Builds submitted, at most {case.max_builds} expected")
     held = _slot_held(service)
     passed = (
         got == case.expect
         and region_ok
-        and (case.expect != "error" or case.error in detail)
+        and error_ok
         and not violations
         and not duplicates
         and not held

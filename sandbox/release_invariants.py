@@ -13,6 +13,9 @@ Pure functions over the history entries of sandbox/invariants.py (`traffic`, `re
 3. after a failed canary or GPU deploy, the final state has the failed revision at 0% and
    untagged, 100% on Ready revisions that are the last good or a CPU baseline, and no `canary`
    tag anywhere.
+
+And a region that refused the GPU for quota keeps no service that the release created there
+(one holding only the tag's revisions), unless the release ends serving in it.
 """
 
 from __future__ import annotations
@@ -95,15 +98,34 @@ def failed_revision_problems(history: list[dict], failed: str, allowed: set[str]
 
 def all_violations(history: list[dict], results) -> list[str]:
     """Invariants 1 and 2 over the whole history, and no stale canary tag at the end; plus
-    invariant 3 for every rolled-back release (its GPU revision at 0%, untagged)."""
+    invariant 3 for every rolled-back release (its GPU revision at 0%, untagged) and no service
+    a release created left in a region that refused it."""
     problems = invariant_violations(history, results) + stale_canary_tags(history)
     for r in results:
+        problems += refused_region_leftovers(history, r)
         if r.outcome == "rolled_back" and r.canary is not None:
             failed = _gpu_revision(r)
             for name, entry in final_states(history).items():
                 for t in entry["traffic"]:
                     if t["revision"] == failed and (t["percent"] or t.get("tag")):
                         problems.append(f"{name}: failed {failed} keeps {t['percent']}%/{t['tag']}")
+    return problems
+
+
+def refused_region_leftovers(history: list[dict], result) -> list[str]:
+    """Services left in regions that refused the release's GPU for quota, holding nothing but
+    the tag's revisions (so created by the release), where the release does not serve."""
+    base = _gpu_revision(result)
+    problems = []
+    for region, why in result.regions_tried.items():
+        if not why.startswith("quota: ") or region == result.region:
+            continue
+        for name, entry in final_states(history).items():
+            revisions = set(entry["revisions"])
+            if f"/locations/{region}/" not in name or not entry.get("exists", True):
+                continue
+            if revisions and all(r == base or r.startswith(base + "-") for r in revisions):
+                problems.append(f"{name}: refused the GPU, still holds {sorted(revisions)}")
     return problems
 
 

@@ -73,6 +73,27 @@ def find_submitted(
     return None
 
 
+ONGOING = ("PENDING", "QUEUED", "WORKING")
+
+
+def find_ongoing(
+    client: cloudbuild_v1.CloudBuildClient, project: str, tag: str
+) -> cloudbuild_v1.Build | None:
+    """A build under the build tag `tag` that has not ended yet (PENDING, QUEUED, WORKING).
+
+    One `tags="..."` term per filter (Cloud Build's list filter); the status is checked here."""
+    builds = client.list_builds(
+        request=cloudbuild_v1.ListBuildsRequest(
+            project_id=project, filter=f'tags="{tag}"', page_size=50
+        ),
+        retry=None,
+    )
+    for build in builds:
+        if build.status.name in ONGOING:
+            return build
+    return None
+
+
 def get_build(
     client: cloudbuild_v1.CloudBuildClient, project: str, build_id: str
 ) -> cloudbuild_v1.Build:

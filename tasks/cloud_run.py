@@ -33,6 +33,7 @@ __all__ = [
     "RevisionFailed",
     "Traffic",
     "create_service",
+    "delete_service",
     "get_revision",
     "get_service",
     "list_revisions",
@@ -223,6 +224,18 @@ def create_service(
         retry=None,
     )
     return wait_operation(operation, timeout=timeout, poll_s=poll_s)
+
+
+def delete_service(
+    client: run_v2.ServicesClient, name: str, *, timeout: float = 600, poll_s: float = 0.05
+) -> None:
+    """Delete a service (and with it its revisions) and wait for the operation; a service
+    already gone is fine (a retried call)."""
+    try:
+        operation = client.delete_service(name=name, retry=None)
+    except gexc.NotFound:
+        return
+    wait_operation(operation, timeout=timeout, poll_s=poll_s)
 
 
 def update_service(

@@ -103,3 +103,37 @@ def test_an_unpinned_base_image_is_refused_before_any_build(
             settings_block=settings_block,
         )
     assert sandbox_admin.calls().get("build.create", 0) == 0
+
+
+def test_a_rerun_while_the_killed_runs_build_still_runs_follows_it_instead_of_building_twice(
+    sandbox_admin, app_repo, settings_block, base_image
+):
+    """A release killed mid-build leaves its Cloud Build running; the re-run for the same commit
+    follows that build (found by its commit tag) and submits nothing."""
+    import threading
+    import time
+
+    sandbox_admin.reset(scenario_data={"builds": {"queue_ms": 3000}})
+    commit = app_repo.head()
+    first: dict[str, object] = {}
+
+    def killed_run() -> None:  # stands for the run that died: its build goes on
+        first["image"] = build_release_image(
+            "v4.0.0", commit, base_image=base_image, settings_block=settings_block
+        )
+
+    thread = threading.Thread(target=killed_run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while sandbox_admin.calls().get("build.create", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox_admin.calls().get("build.create", 0) == 1
+
+    rerun = build_release_image(
+        "v4.0.0", commit, base_image=base_image, settings_block=settings_block
+    )
+    thread.join(timeout=300)
+
+    assert sandbox_admin.calls()["build.create"] == 1  # one build for the commit
+    assert first["image"].build_id == rerun.build_id  # type: ignore[attr-defined]
+    assert rerun.digest == first["image"].digest  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ SUITE = {
     "readiness:GPU revision never Ready (fault)",
     "canary:OOM",
     "traffic:rollback under 429 bursts",
+    "build:answer to the submission lost",
 }
 
 
@@ -35,12 +36,22 @@ def test_matrix_has_at_least_thirty_cases_over_every_stage():
         "readiness",
         "canary",
         "traffic",
+        "build",
     }
     assert SUITE <= {c.id for c in CASES}
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.id in SUITE], ids=lambda c: c.id)
-def test_fault_case(case, stage, make_target, sandbox_admin):
+def test_fault_case(case, stage, make_target, sandbox_admin, request):
     service = "fm-" + re.sub(r"[^a-z0-9]+", "-", case.id.lower()).strip("-")[:30].rstrip("-")
-    outcome = run_case(case, stage, make_target, sandbox_admin, service)
+    build_blocks = None
+    if case.build:  # the real build of a tag, from a throwaway git repository
+        settings_block, repo = request.getfixturevalue("app_build")
+        base = request.getfixturevalue("pinned_base")
+        repo.tag("v1.0.0")
+
+        def build_blocks(service: str, timeout_s: float):
+            return {"base_image": base, "build_settings_block": settings_block}, None
+
+    outcome = run_case(case, stage, make_target, sandbox_admin, service, build_blocks)
     assert outcome.passed, outcome

@@ -274,15 +274,17 @@ def test_quota_message_at_deploy_moves_to_next_region(where, stage, make_target,
     deploy_eu = next(s for s in result.steps if s.name == "deploy:europe-west1")
     assert deploy_eu.attempts == 1  # a quota refusal is not retried as a 429
     history = assert_invariants(sandbox_admin, target, result)
-    # europe-west1 keeps its CPU baseline at 100%, no canary tag on the refused revision.
-    assert serving(history, "europe-west1") == {f"{target.service}-v8-0-0-cpu": 100}
-    assert (
-        failed_revision_problems(
-            [h for h in history if "europe-west1" in h["name"]],
-            result.revision,
-            {f"{target.service}-v8-0-0-cpu"},
-        )
-        == []
+    # europe-west1 refused: the service this release created there (CPU baseline at 100%,
+    # the refused revision at 0% untagged) is deleted once the release serves elsewhere.
+    europe = [h for h in history if "/locations/europe-west1/" in h["name"]]
+    before_delete, deleted = europe[:-1], europe[-1]
+    cpu = f"{target.service}-v8-0-0-cpu"
+    assert failed_revision_problems(before_delete, result.revision, {cpu}) == []
+    assert deleted["event"] == "delete" and not deleted["exists"]
+    assert serving(history, "europe-west1") == {}
+    assert sandbox_admin.calls()["run.delete_service"] == 1
+    assert result.regions_tried["europe-west1"].endswith(
+        "the service this release created here was deleted"
     )
 
 
@@ -440,3 +442,58 @@ def test_gpu_quota_of_one_still_releases_over_a_warm_previous_gpu_revision(
         for h in during
     )
     assert sandbox_admin.calls().get("run.instance_quota_exceeded", 0) == 0
+
+
+def test_only_a_service_holding_nothing_but_the_tags_revisions_counts_as_created(make_target):
+    from flows.region_deploy import created_for_tag
+    from flows.run_context import RunContext
+
+    target = make_target(service="pg-created")
+    ctx = RunContext(target, "v1.0.0", None)
+    assert created_for_tag(ctx, ["pg-created-v1-0-0-cpu", "pg-created-v1-0-0"])
+    assert created_for_tag(ctx, ["pg-created-v1-0-0-cpu", "pg-created-v1-0-0-r2"])
+    # It served an earlier release (or someone else's revision): never deleted.
+    assert not created_for_tag(ctx, ["pg-created-v0-9-0", "pg-created-v1-0-0-cpu"])
+    assert not created_for_tag(ctx, ["pg-created-v1-0-00-cpu"])
+    assert not created_for_tag(ctx, [])
+
+
+@pytest.mark.parametrize("recorded_under", ["60 days ago", "another CPU template"])
+def test_a_baseline_recorded_under_other_conditions_is_measured_again(
+    recorded_under, stage, make_target, sandbox_admin
+):
+    """A recorded CPU baseline of 1 ms would fail every canary ("speed-up -..%"): when it is
+    older than CanaryPolicy.baseline_max_age_days or was measured on another CPU template, the
+    canary measures the baseline again and judges with the new figure, which is recorded."""
+    import datetime as dt
+
+    from prefect.variables import Variable
+
+    from blocks.release_target import cpu_template_fingerprint
+    from flows.canary import recorded_release, release_variable
+
+    stage()
+    target = make_target()
+    now = dt.datetime.now(dt.UTC)
+    old = recorded_under == "60 days ago"
+    Variable.set(
+        release_variable(target.service),
+        {
+            "git_tag": "v0.1.0",
+            "cpu_baseline_ms": 1.0,
+            "cpu_baseline_at": (now - dt.timedelta(days=60 if old else 0)).isoformat(),
+            "cpu_template": cpu_template_fingerprint(target) if old else "another-template",
+        },
+        overwrite=True,
+    )
+
+    result = release("v14.0.0", target, image=f"{IMAGE}:v14.0.0")
+
+    assert result.outcome == "released", result.reasons
+    assert result.canary is not None and result.canary.baseline_source == "measured"
+    assert result.canary.baseline_ms is not None and result.canary.baseline_ms > 100
+    record = recorded_release(target.service)
+    assert record["cpu_baseline_ms"] == result.canary.baseline_ms
+    assert record["cpu_template"] == cpu_template_fingerprint(target)
+    assert dt.datetime.fromisoformat(record["cpu_baseline_at"]) >= now
+    assert_invariants(sandbox_admin, target, result)

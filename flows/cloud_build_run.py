@@ -60,15 +60,20 @@ class BuildRun:
     tail: list[str] = field(default_factory=list)
 
 
-@task(
-    name="cloud-build-submit",
-    retries=3,
-    retry_delay_seconds=[0.5, 1, 2],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_condition_fn,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+def _api_task(name: str):
+    """A task calling the Cloud Build API: retried on transient errors only."""
+    return task(
+        name=name,
+        retries=3,
+        retry_delay_seconds=[0.5, 1, 2],
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_condition_fn,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+    )
+
+
+@_api_task("cloud-build-submit")
 def submit_task(cloud: GoogleCloud, request: cloudbuild_v1.Build) -> str:
     """Submit once: the request carries a unique submission tag (`submission_tag`), and a
     retried attempt first looks for a build under that tag, so a timeout after Google accepted
@@ -91,15 +96,7 @@ def submit_task(cloud: GoogleCloud, request: cloudbuild_v1.Build) -> str:
     return build.id
 
 
-@task(
-    name="cloud-build-find-ongoing",
-    retries=3,
-    retry_delay_seconds=[0.5, 1, 2],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_condition_fn,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@_api_task("cloud-build-find-ongoing")
 def find_ongoing_task(cloud: GoogleCloud, tag: str) -> str | None:
     """The id of a build under `tag` still running (a killed run's build), or None."""
     build = cb.find_ongoing(cloud.builds_client(), cloud.resolved_project(), tag)

@@ -530,7 +530,18 @@ class Release:
         tried = self.result.regions_tried
         refused = self._refused | {r for r, why in tried.items() if why.startswith("quota: ")}
         for region in sorted(refused - {self.result.region}):
-            if self.steps.run(f"remove:{region}", remove_refused_service_step, self.ctx, region):
+            try:
+                removed = self.steps.run(
+                    f"remove:{region}", remove_refused_service_step, self.ctx, region
+                )
+            except Exception as exc:  # noqa: BLE001 - the release's outcome stands
+                self.result.reasons.append(
+                    f"could not delete the service this release created in {region} ({exc}); "
+                    f"delete it: gcloud run services delete {self.target.service} "
+                    f"--region {region}"
+                )
+                continue
+            if removed:
                 tried[region] = (
                     tried.get(region, "the tag's revision was refused here before")
                     + "; the service this release created here was deleted"

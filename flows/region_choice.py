@@ -25,6 +25,7 @@ from flows.quota_adapter import (
     preference_ids,
     read_region_quotas,
 )
+from flows.release_decisions import log_preferences, log_regions, region_decisions
 from flows.release_steps import StepLog, note_attempt
 from flows.run_context import RunContext
 from tasks.deploy_errors import ConfigurationError
@@ -38,6 +39,7 @@ class RegionChoice(BaseModel):
     preferences: list[PreferenceState] = []
     requested: bool = False
     reason: str = ""
+    decisions: dict[str, str] = {}  # region -> candidate, or skipped and why
 
 
 def fits(q: RegionQuota, target: ReleaseTarget) -> tuple[bool, str]:
@@ -48,9 +50,9 @@ def fits(q: RegionQuota, target: ReleaseTarget) -> tuple[bool, str]:
     if q.error:
         return False, f"quota unreadable: {q.error}"
     if q.gpu is not None and q.gpu < gpus:
-        return False, f"GPU quota {q.gpu} < {gpus}"
+        return False, f"GPU quota {q.gpu:g} < {gpus}"
     if q.cpu is not None and q.cpu < cpu:
-        return False, f"CPU quota {q.cpu} < {cpu:g}"
+        return False, f"CPU quota {q.cpu:g} < {cpu:g}"
     if q.memory_gib is not None and q.memory_gib < memory:
         return False, f"memory quota {q.memory_gib:g} GiB < {memory:g} GiB"
     return True, "fits"
@@ -108,17 +110,22 @@ def decide_regions(ctx: RunContext, steps: StepLog, *, allow_requests: bool) -> 
     candidates = [r for r in target.regions if verdicts[r][0]]
     steps.note("quota", ", ".join(f"{q.region}: {q.why}" for q in quotas))
     decision = RegionChoice(quotas=quotas, candidates=candidates)
+    decision.decisions = region_decisions(target.regions, quotas, [])
     if candidates:
+        log_regions(decision.decisions)
         return decision
     if not target.quota.request:
         decision.reason = "no region has GPU quota and the quota policy does not ask for more"
+        log_regions(decision.decisions)
         return decision
     if not allow_requests:
         decision.reason = "no region has GPU quota; a release would file quota preferences"
+        log_regions(decision.decisions)
         return decision
     lacking = [r for r in target.regions if verdicts[r][1].startswith("GPU quota")]
     if not lacking:
         decision.reason = "no region fits (CPU or memory quota), and only GPU quota is requested"
+        log_regions(decision.decisions)
         return decision
     preferences = steps.run_with("quota-preferences", 0, [], quota_preferences_step, ctx, lacking)
     decision.preferences = preferences
@@ -128,6 +135,9 @@ def decide_regions(ctx: RunContext, steps: StepLog, *, allow_requests: bool) -> 
         "quota-preferences",
         ", ".join(f"{p.region}: {p.state} (granted {p.granted_value})" for p in preferences),
     )
+    log_preferences(preferences)
+    decision.decisions = region_decisions(target.regions, quotas, preferences)
+    log_regions(decision.decisions)
     if not decision.candidates:
         decision.reason = "no quota preference was granted within the budget"
     return decision

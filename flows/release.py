@@ -48,6 +48,7 @@ from flows.region_deploy import (
     find_existing_step,
     remove_refused_service_step,
 )
+from flows.release_decisions import log_canary, log_preferences, log_rollback, region_decisions
 from flows.release_hooks import abort_cleanup, canary_verdict, record_verdict
 from flows.release_outcome import (
     STATE_NAMES,
@@ -170,6 +171,8 @@ class ReleaseResult(BaseModel):
     canary: CanaryFigures | None = None
     reasons: list[str] = []
     regions_tried: dict[str, str] = {}
+    # Every candidate region with what the quota (and preferences) decided, in order.
+    regions_considered: dict[str, str] = {}
     preferences: list[PreferenceState] = []
     plan: ReleasePlan | None = None
     serving_url_variable: str | None = None
@@ -553,6 +556,7 @@ class Release:
             result.regions_tried[region] = "the tag's revision failed here before"
         decision = decide_regions(ctx, self.steps, allow_requests=True)
         result.preferences = decision.preferences
+        result.regions_considered = decision.decisions
         if decision.reason:
             result.reasons.append(decision.reason)
         tried = set(skip)
@@ -581,6 +585,12 @@ class Release:
             )
             decision.requested = True
             result.preferences = prefs
+            log_preferences(prefs)
+            result.regions_considered.update(
+                region_decisions(
+                    untried, [q for q in decision.quotas if q.region in untried], prefs
+                )
+            )
             candidates = [p.region for p in prefs if p.granted]
             if not candidates:
                 result.reasons.append("no quota preference was granted within the budget")
@@ -589,6 +599,7 @@ class Release:
     def _after_failed_deploy(self, region: str, exc: DeployFailed) -> None:
         self.steps.run(f"clear:{region}", clear_failed_step, self.ctx, region, exc.revision)
         outcome = self.steps.run("rollback", rollback_step, self.ctx, region, exc.revision)
+        log_rollback(region, exc.revision, outcome.revision, outcome.detail)
         self._serving(outcome)
         self.result.outcome = "rolled_back"
         self.result.reasons.append(f"GPU deploy failed in {region}: {exc.message}")
@@ -624,6 +635,7 @@ class Release:
             self._restore(handover, deployed.revision)
             raise
         result.canary = CanaryFigures.of(report)
+        log_canary(report, self.target.canary)
         self._baseline_ms = report.baseline_ms
         if report.passed:
             # Persisted BEFORE the cutover: a re-run after a kill right here knows why it serves.
@@ -646,6 +658,7 @@ class Release:
             self.steps.run(f"clear:{region}", clear_failed_step, ctx, region, deployed.revision)
             self._restore(handover, deployed.revision)
             outcome = self.steps.run("rollback", rollback_step, ctx, region, deployed.revision)
+            log_rollback(region, deployed.revision, outcome.revision, outcome.detail)
             self._serving(outcome)
             result.outcome = "rolled_back"
             result.reasons.extend(f"canary: {r}" for r in report.reasons)
@@ -787,8 +800,9 @@ def summary_markdown(result: ReleaseResult, failed: bool) -> str:
         ]
     if result.reasons:
         lines += ["", "## Reasons", *[f"- {r}" for r in result.reasons]]
-    if result.regions_tried:
-        lines += ["", "## Regions", *[f"- `{r}`: {w}" for r, w in result.regions_tried.items()]]
+    regions = {**result.regions_considered, **result.regions_tried}
+    if regions:
+        lines += ["", "## Regions", *[f"- `{r}`: {w}" for r, w in regions.items()]]
     if result.plan:
         lines += [
             "",

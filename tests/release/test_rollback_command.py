@@ -9,8 +9,8 @@ import time
 import uuid
 
 import pytest
+from cli_kit import run_cli
 
-from deployments.cli import main
 from flows.canary import recorded_release
 from flows.release import run_release
 from sandbox.release_invariants import invariant_violations, serving
@@ -18,14 +18,6 @@ from sandbox.release_invariants import invariant_violations, serving
 pytestmark = pytest.mark.slow
 
 IMAGE = "registry.sandbox.local/pages/page-service"
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr("sys.argv", ["shipyard", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out + captured.err
 
 
 def _rollback_events(service: str, want: int, timeout: float = 30.0) -> list[str]:

@@ -5,18 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from cli_kit import run_cli
 
 from blocks.cloud import ENDPOINT_ENV, PROJECT_ENV
 from blocks.release_target import ReleaseTarget
-from deployments.cli import main
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr("sys.argv", ["shipyard", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out + captured.err
 
 
 def assert_one_line(output: str, *needles: str) -> None:

@@ -11,20 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_kit import run_cli
 
-from deployments.cli import main
 from deployments.sandbox_setup import BUILD_BLOCK, CLOUD_BLOCK, TARGET_BLOCK, TOKEN_BLOCK
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "page-service"
 _GIT = ["git", "-c", "user.email=tests@shipyard.invalid", "-c", "user.name=shipyard tests"]
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr("sys.argv", ["shipyard", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out + captured.err
 
 
 @pytest.fixture

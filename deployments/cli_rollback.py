@@ -53,12 +53,12 @@ def rollback_command(
     to: str = typer.Option(
         "",
         "--to",
-        help="Release tag or revision name to return to (default: the revision tagged `prior`, "
-        "which served before the last cutover).",
+        help="Release tag or revision name to return to (default: the last good revision, which "
+        "served before the current release).",
     ),
 ) -> None:
-    """Return 100% of a service's traffic to the revision that served before the last cutover,
-    or to a given release tag or revision (refused unless it exists and is Ready)."""
+    """Return 100% of a service's traffic to the last good revision (which served before the
+    current release), or to a given release tag or revision (refused unless it is Ready)."""
     from deployments.cli_errors import UsageError, fail
     from flows.rollback import RollbackRefused, check_rollback, rollback
 

@@ -740,6 +740,7 @@ class Release:
             "canary_p95_ms": result.canary.p95_ms if result.canary else None,
             "recorded_at": dt.datetime.now(dt.UTC).isoformat(),
             "tags": released_tags(previous, result),
+            "previous": last_good(previous, result),
         }
         if result.noop and previous and previous.get("revision") == result.revision:
             # The same release again: keep what its first run knew (image, figures).
@@ -747,6 +748,14 @@ class Release:
         elif result.outcome in STATE_NAMES:
             record = serving_and_attempted(record, previous, result)
         Variable.set(release_variable(result.service), record, overwrite=True)
+
+
+def last_good(previous: dict[str, Any], result: ReleaseResult) -> dict[str, Any] | None:
+    """The revision that served before this one (what `shipyard rollback` returns to): the
+    record's serving revision when another one serves now, else what the record kept."""
+    if previous.get("revision") and previous.get("revision") != result.revision:
+        return {k: previous.get(k) for k in ("revision", "git_tag", "image", "region")}
+    return previous.get("previous")
 
 
 def released_tags(previous: dict[str, Any], result: ReleaseResult) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """Return a service's traffic to an earlier revision: `shipyard rollback`, or the `rollback` flow.
 
-Without `to`, 100% goes back to the revision that served before the last cutover: the one the
-cutover tagged `prior` (the release record Variable names what serves; `prior` what served
-before it). With `to`, a release tag (the revision carrying that tag's `shipyard-release` label,
+Without `to`, 100% goes back to the last good revision: the one the release record Variable
+names as `previous` (what served before the current release), else the one the last cutover
+tagged `prior`. With `to`, a release tag (the revision carrying that tag's `shipyard-release` label,
 the GPU one first) or a revision name.
 
 It changes traffic the way a release does: the `cutover` traffic task (100% to the chosen
@@ -76,7 +76,10 @@ def choose_revision(ctx: RunContext, region: str, to: str, record: dict) -> _Cho
     by_name = {cr.short_name(r.name): r for r in revisions}
     git_tag: str | None = None
     if not to:
-        prior = next((t.revision for t in cr.traffic_of(service) if t.tag == PRIOR_TAG), None)
+        # The last good revision the release record names, else the cutover's `prior` tag.
+        recorded = (record.get("previous") or {}).get("revision")
+        prior_tag = next((t.revision for t in cr.traffic_of(service) if t.tag == PRIOR_TAG), None)
+        prior = recorded if recorded in by_name else prior_tag
         if not prior:
             raise RollbackRefused(
                 f"nothing to roll back to: no revision of {name} in {region} carries the "
@@ -142,8 +145,8 @@ def rollback(target: TargetParam = "default", to: str = "") -> RollbackResult:
 
     Args:
         target: Name of the Shipyard Release Target block whose service to roll back.
-        to: Release tag or revision name to return to (empty: the revision tagged `prior`,
-            which served before the last cutover).
+        to: Release tag or revision name to return to (empty: the last good revision, which
+            served before the current release).
     """
     resolved, record, region = _where(target)
     logger = get_run_logger()
@@ -201,6 +204,13 @@ def _record(result: RollbackResult, previous: dict) -> None:
                 "revision": result.previous,
                 "git_tag": previous.get("git_tag"),
                 "image": previous.get("image"),
+            },
+            # A second rollback returns to what this one left.
+            "previous": {
+                "revision": result.previous,
+                "git_tag": previous.get("git_tag"),
+                "image": previous.get("image"),
+                "region": result.region,
             },
             "recorded_at": dt.datetime.now(dt.UTC).isoformat(),
         },

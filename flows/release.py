@@ -58,7 +58,7 @@ from flows.release_outcome import (
     outcome_message,
     serving_and_attempted,
 )
-from flows.release_params import OptionalText, TargetParam
+from flows.release_params import OptionalText, TargetParam, resolve_annotations
 from flows.release_slot import ReleaseError, ensure_slot, release_slot, slot_name
 from flows.release_steps import Step, StepLog, note_attempt
 from flows.run_context import MAX_ATTEMPTS, RunContext, attempt_name
@@ -832,3 +832,6 @@ def summary_markdown(result: ReleaseResult, failed: bool) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+resolve_annotations(release)  # for runs a runner serves (see flows/release_params.py)

@@ -9,7 +9,7 @@ the schema, while a Python caller (tests, the CLI, the webhook's trigger) may st
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 from pydantic import BeforeValidator, WithJsonSchema
 
@@ -25,3 +25,15 @@ def _none_is_empty(value: Any) -> Any:
 TargetParam = Annotated[ReleaseTarget | str, WithJsonSchema({"type": "string"})]
 # A plain optional string: "" means not given.
 OptionalText = Annotated[str, BeforeValidator(_none_is_empty)]
+
+
+def resolve_annotations(flow: Any) -> Any:
+    """Turn the flow function's string annotations into the types they name, once, at import.
+
+    A runner (`shipyard serve`, `flow.serve`) ships a flow from a checkout to its run's process
+    by value (cloudpickle), with only the globals the function's body uses: there, Prefect's
+    parameter validation could not resolve `TargetParam` from a string annotation
+    (`from __future__ import annotations`) and every served run failed before it started.
+    """
+    flow.fn.__annotations__ = get_type_hints(flow.fn, include_extras=True)
+    return flow

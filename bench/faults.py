@@ -81,7 +81,7 @@ def _kill_cases(cloud, make_target, build_blocks) -> list[dict]:
 
     from deployments.release_demo import stage
     from flows.release import run_release
-    from sandbox.fault_matrix import IMAGE, _slot_held, duplicate_revisions
+    from sandbox.fault_matrix import IMAGE, duplicate_revisions, slot_held
     from sandbox.release_invariants import all_violations
 
     def canary_tag(admin, service):
@@ -146,7 +146,7 @@ def _kill_cases(cloud, make_target, build_blocks) -> list[dict]:
             duplicates.append("a quota preference filed twice")
         if builds and cloud.admin.calls().get("build.create", 0) != 1:
             duplicates.append(f"{cloud.admin.calls().get('build.create', 0)} builds, not 1")
-        held = _slot_held(service)
+        held = slot_held(service)
         passed = got == "released" and not violations and not duplicates and not held
         out.append(
             {

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
 from blocks.release_target import ReleaseTarget, sanitize_name
@@ -56,28 +58,44 @@ def _target_of(parameters: dict[str, Any]) -> ReleaseTarget | None:
     return None
 
 
-def cleanup(target: ReleaseTarget, git_tag: str) -> list[str]:
-    """Cancel the tag's running build, clear the tag's canary where it has 0%. What was done."""
+@task(name="cancel-tag-builds", cache_policy=NO_CACHE, persist_result=False)
+def cancel_tag_builds_step(ctx: Any, git_tag: str) -> list[str]:
+    """Cancel the tag's Cloud Builds that still run (found by the tag Shipyard gives them)."""
     from flows.build import docker_tag
-    from flows.region_deploy import clear_failed_step
-    from flows.run_context import RunContext
+    from flows.release_steps import note_attempt
     from tasks import cloud_build as cb
+
+    note_attempt()
+    client = ctx.cloud.builds_client()
+    project = ctx.cloud.resolved_project()
+    done = []
+    for build in client.list_builds(project_id=project, filter=f'tags="{docker_tag(git_tag)}"'):
+        if build.status not in cb.TERMINAL:
+            cb.cancel_build(client, project, build.id)
+            done.append(f"cancelled Cloud Build {build.id}")
+    return done
+
+
+def cleanup(target: ReleaseTarget, git_tag: str) -> list[str]:
+    """Cancel the tag's running build, clear the tag's canary where it has 0%. What was done.
+
+    Each Google call is a step task run with the target's retries on transient errors (the
+    release's one retry mechanism), outside any flow run when a runner calls the hook."""
+    from flows.region_deploy import clear_failed_step
+    from flows.release_steps import StepLog
+    from flows.run_context import RunContext
 
     done: list[str] = []
     ctx = RunContext(target, git_tag, None)
+    steps = StepLog(target.retries, target.retry_delays())
     try:
-        client = ctx.cloud.builds_client()
-        project = ctx.cloud.resolved_project()
-        tag = f'tags="{docker_tag(git_tag)}"'
-        for build in client.list_builds(project_id=project, filter=tag):
-            if build.status not in cb.TERMINAL:
-                cb.cancel_build(client, project, build.id)
-                done.append(f"cancelled Cloud Build {build.id}")
+        cancelled: list[str] = steps.run("cancel-tag-builds", cancel_tag_builds_step, ctx, git_tag)
+        done += cancelled
     except Exception as exc:  # noqa: BLE001 - keep cleaning the traffic
         done.append(f"could not cancel the build: {exc}")
     for region in target.regions:
         try:
-            if clear_failed_step.fn(ctx, region, ctx.gpu_revision):
+            if steps.run(f"clear:{region}", clear_failed_step, ctx, region, ctx.gpu_revision):
                 done.append(f"cleared the canary tag of {ctx.gpu_revision} in {region}")
         except Exception as exc:  # noqa: BLE001
             done.append(f"{region}: could not clear the canary tag: {exc}")

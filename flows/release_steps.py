@@ -23,6 +23,7 @@ from flows.stage_events import retry_reporter, step_stage
 from tasks.errors import retry_condition_fn
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _ATTEMPTS: dict[UUID, int] = {}
 
@@ -86,13 +87,12 @@ class StepLog:
                 future.wait()
             attempts = max((_ATTEMPTS.pop(f.task_run_id, 1) for f in futures.values()), default=1)
             seconds = round(time.perf_counter() - started, 3)
-            try:
-                out = {region: future.state.result() for region, future in futures.items()}
-            except BaseException as exc:
-                self._record(name, "failed", seconds, attempts, _short(exc))
-                raise
-            self._record(name, "completed", seconds, attempts)
-            return out
+            return self._settled(
+                name,
+                seconds,
+                attempts,
+                lambda: {region: future.state.result() for region, future in futures.items()},
+            )
 
     @staticmethod
     def _configured(name: str, step: Task[..., T], retries: int, delays: list[float]):
@@ -114,6 +114,16 @@ class StepLog:
             retry_jitter_factor=0.5,
             retry_condition_fn=retry_and_count,
         )
+
+    def _settled(self, name: str, seconds: float, attempts: int, outcome: Callable[[], R]) -> R:
+        """Record the step as completed or failed by what `outcome()` does; return or raise."""
+        try:
+            result = outcome()
+        except BaseException as exc:
+            self._record(name, "failed", seconds, attempts, _short(exc))
+            raise
+        self._record(name, "completed", seconds, attempts)
+        return result
 
     def _record(
         self,
@@ -141,13 +151,7 @@ class StepLog:
         state = configured(*args, return_state=True, **kwargs)
         attempts = _ATTEMPTS.pop(state.state_details.task_run_id, 1)
         seconds = round(time.perf_counter() - started, 3)
-        try:
-            result = state.result()  # raises the task's exception
-        except BaseException as exc:
-            self._record(name, "failed", seconds, attempts, _short(exc))
-            raise
-        self._record(name, "completed", seconds, attempts)
-        return result
+        return self._settled(name, seconds, attempts, state.result)  # raises the task's error
 
     @contextmanager
     def inline(self, name: str) -> Iterator[dict[str, Any]]:

@@ -266,7 +266,7 @@ class CaseResult:
     detail: str = ""
 
 
-def _slot_held(service: str) -> bool:
+def slot_held(service: str) -> bool:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -347,7 +347,7 @@ def run_case(
     builds = admin.calls().get("build.create", 0)
     if case.max_builds is not None and builds > case.max_builds:
         duplicates.append(f"{builds} Cloud Builds submitted, at most {case.max_builds} expected")
-    held = _slot_held(service)
+    held = slot_held(service)
     passed = (
         got == case.expect
         and region_ok

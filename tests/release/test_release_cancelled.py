@@ -70,6 +70,8 @@ PAUSES = [
     Pause("canary", "shipyard.canary.started", {"serving": {"gpu_ms": 60_000}}),
     # The cutover's traffic update takes its time (Google routes traffic in seconds).
     Pause("cutover", "shipyard.cutover.started", {"operations": {"traffic_update_ms": 15_000}}),
+    # The build waits in Cloud Build's queue.
+    Pause("build", "build-listed", {"builds": {"queue_ms": 120_000}}, builds=True),
 ]
 
 

@@ -21,6 +21,23 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("SHIPYARD_HOME", tempfile.mkdtemp(prefix="shipyard-test-home-"))
 
 
+_ENGINE_GROUP = "tests/runtime/"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Workers get whole modules (`make test`: `--dist loadgroup --no-loadscope-reorder`),
+    except the container engine group: all of tests/runtime goes to one worker, so one Docker
+    daemon and one set of built tiers serve the whole group instead of one per worker. The group
+    is collected first so that its long run starts at once, beside the rest of the suite on the
+    other worker."""
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        group = "runtime" if path.startswith(_ENGINE_GROUP) else path
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: not item.nodeid.startswith(_ENGINE_GROUP))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server():
     """A real Prefect server (temporary database) shared by the whole session."""

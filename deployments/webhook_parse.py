@@ -73,7 +73,9 @@ class TagPush:
             },
             "payload": {
                 "tag": self.tag,
-                "commit": self.commit,
+                # "" when the provider sent none: the trigger renders `{{ event.payload.commit }}`
+                # as text, and a null would reach the release as the git ref "None".
+                "commit": self.commit or "",
                 "repository": self.repository,
                 "target": self.target,
                 "delivery_id": self.delivery_id,

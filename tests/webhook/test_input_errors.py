@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -43,3 +45,21 @@ def test_scenario_file_errors_name_the_key(tmp_path):
     path.write_text("regions: {europe-west1: {gpu: many}}\n")
     with pytest.raises(ScenarioError, match=r"key 'regions\.europe-west1\.gpu'"):
         load_scenario(str(path))
+
+
+def test_a_push_without_a_commit_renders_no_commit_in_the_trigger():
+    """A `create` that no push superseded carries no commit. prefect.yaml's trigger renders
+    `{{ event.payload.commit }}` with Prefect's own template renderer, as text: a null payload
+    value became the git ref "None". The event says "" instead, which the release reads as
+    "not given"."""
+    from prefect.server.utilities.user_templates import render_user_template_sync
+
+    from deployments.serve import read_specs
+    from deployments.webhook_parse import TagPush
+
+    push = TagPush("github", "d-1", "acme/page", "v1.2.3", None, "refs/tags/v1.2.3")
+    (release,) = [
+        s for s in read_specs(Path(__file__).parents[2] / "prefect.yaml") if s.name == "release"
+    ]
+    template = release.triggers[0]["parameters"]["commit"]
+    assert render_user_template_sync(template, {"event": push.event()}) == ""

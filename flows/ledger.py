@@ -68,7 +68,7 @@ def ledger_key(service: str) -> str:
 
 
 def entry_of(result: Any, *, failed: bool, finished_at: dt.datetime | None = None) -> LedgerEntry:
-    """The ledger entry of a ReleaseResult (flows/release.py)."""
+    """The ledger entry of a ReleaseResult (flows/release_result.py)."""
     stage_seconds: dict[str, float] = {}
     retries = 0
     for step in result.steps:

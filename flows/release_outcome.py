@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from prefect.states import Completed, Failed, State
 
 if TYPE_CHECKING:
-    from flows.release import ReleaseResult
+    from flows.release_result import ReleaseResult
 
 STATE_NAMES = {"rolled_back": "RolledBack", "cpu_fallback": "CPUFallback"}
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
@@ -46,6 +46,7 @@ class ExistingRevision(BaseModel):
     attempt: int = 1
     state: str
     message: str = ""
+    reasons: list[str] = []  # the Ready condition's reason names (tasks/deploy_errors.py)
     percent: int = 0
     tags: list[str] = []
     uri: str = ""
@@ -147,10 +148,26 @@ def deploy_gpu_step(ctx: RunContext, region: str) -> RevisionDeploy:
     try:
         return deploy_revision(ctx, region, gpu_template(ctx, region), CANARY_TAG)
     except BaseException as exc:  # noqa: BLE001 - classified and re-raised
-        classified = classify(exc, region, ctx.gpu_revision_in(region))
+        reasons = _failed_reasons(ctx, region) if isinstance(exc, Exception) else set()
+        classified = classify(exc, region, ctx.gpu_revision_in(region), reasons)
         if classified is exc:
             raise
         raise classified from exc
+
+
+def _failed_reasons(ctx: RunContext, region: str) -> set[str]:
+    """The Ready condition reasons of this tag's failed revisions in the region (its GPU
+    attempt, and the CPU baseline a new service starts with): the operation's error of a
+    failed update carries only the text. Best-effort: an unreadable revision adds nothing."""
+    reasons: set[str] = set()
+    for revision in (ctx.gpu_revision_in(region), ctx.cpu_revision):
+        try:
+            found = cr.get_revision(ctx.revisions, ctx.revision_path(region, revision))
+        except Exception:  # noqa: BLE001 - the classification falls back on the message
+            continue
+        if found is not None and cr.ready_state(found)[0] == "failed":
+            reasons |= cr.ready_reasons(found)
+    return reasons
 
 
 @task(name="clear-failed-revision", cache_policy=NO_CACHE, persist_result=False)
@@ -170,8 +187,24 @@ def clear_failed_step(ctx: RunContext, region: str, revision: str) -> bool:
     traffic = pinned_traffic(service, drop={revision})
     if sum(t.percent for t in traffic) != 100:
         return False  # the failed revision carried traffic: the rollback step moves it
-    cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+    if not all(revision_ready(ctx, region, t.revision) for t in traffic):
+        return False  # Cloud Run refuses a split naming a revision that is not Ready
+    try:
+        cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+    except gexc.FailedPrecondition as exc:
+        # Refused as a whole ("Revision '...' is not ready and cannot serve traffic."): what
+        # serves is unchanged, the rollback step decides; a cleanup never fails the release.
+        get_run_logger().warning("could not clear %s in %s: %s", revision, region, exc.message)
+        return False
     return True
+
+
+def revision_ready(ctx: RunContext, region: str, revision: str | None) -> bool:
+    """The revision exists in the region and its Ready condition succeeded."""
+    if not revision:
+        return False
+    found = cr.get_revision(ctx.revisions, ctx.revision_path(region, revision))
+    return found is not None and cr.ready_state(found)[0] == "succeeded"
 
 
 def created_for_tag(ctx: RunContext, revisions: list[str]) -> bool:
@@ -232,6 +265,7 @@ def find_existing_step(ctx: RunContext, region: str) -> ExistingRevision | None:
         attempt=attempt,
         state=state,
         message=message,
+        reasons=sorted(cr.ready_reasons(revision)),
         percent=percent,
         tags=tags,
         uri=uri,

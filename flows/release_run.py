@@ -18,7 +18,7 @@ from prefect.events import emit_event
 from prefect.variables import Variable
 
 from blocks.release_target import ReleaseTarget
-from flows.canary import run_canary
+from flows.canary import recorded_release, run_canary
 from flows.exposure import check_exposure_step
 from flows.gpu_handover import Handover, handover_step, restore_step
 from flows.ledger import record_release
@@ -51,7 +51,14 @@ from flows.traffic import (
     rollback_step,
     serving_url_variable,
 )
-from tasks.deploy_errors import ConfigurationError, DeployFailed, QuotaDenied, is_quota_message
+from tasks.deploy_errors import (
+    ConfigurationError,
+    DeployFailed,
+    ImageFault,
+    QuotaDenied,
+    is_image_fault,
+    is_quota_message,
+)
 from tasks.reports import publish_markdown
 
 
@@ -74,6 +81,7 @@ class Release:
         self.steps = StepLog(target.retries, target.retry_delays())
         self.started = time.perf_counter()
         self._refused: set[str] = set()  # regions whose tag revision failed for quota before
+        self._image_failed: set[str] = set()  # regions where the image could not start
         self.result = ReleaseResult(
             git_tag=git_tag,
             service=target.service,
@@ -172,6 +180,13 @@ class Release:
         self._ensure_image()
         resumable = [e for e in existing if e.state == "succeeded"]
         failed_regions = self._next_attempts(existing)
+        broken = next((e for e in existing if _image_verdict(e)), None)
+        if broken is not None and not resumable:
+            # The tag's image could not start before: the same image fails in every region.
+            result.regions_tried[broken.region] = "the tag's image could not start here before"
+            fault = ImageFault(broken.region, broken.revision, broken.message)
+            self._after_failed_deploy(broken.region, fault)
+            return
         deployed = None
         if resumable:
             region = resumable[0].region
@@ -273,6 +288,7 @@ class Release:
         (flows/region_deploy.py: remove_refused_service_step)."""
         tried = self.result.regions_tried
         refused = self._refused | {r for r, why in tried.items() if why.startswith("quota: ")}
+        refused |= self._image_failed  # a service created only for an image that cannot start
         for region in sorted(refused - {self.result.region}):
             try:
                 removed = self.steps.run(
@@ -338,12 +354,33 @@ class Release:
                 return None
 
     def _after_failed_deploy(self, region: str, exc: DeployFailed) -> None:
+        """Roll back in the region. An image that cannot start (ImageFault) is a verdict on
+        the image: no other region and no CPU baseline of that image is tried; traffic stays
+        on the last good revision, wherever it serves."""
+        image = isinstance(exc, ImageFault)
         self.steps.run(f"clear:{region}", clear_failed_step, self.ctx, region, exc.revision)
-        outcome = self.steps.run("rollback", rollback_step, self.ctx, region, exc.revision)
+        outcome = self.steps.run(
+            "rollback", rollback_step, self.ctx, region, exc.revision, image_failed=image
+        )
         log_rollback(region, exc.revision, outcome.revision, outcome.detail)
-        self._serving(outcome)
+        if outcome.revision:
+            self._serving(outcome)
+        else:  # nothing served in that region: the last release's revision serves elsewhere
+            last = recorded_release(self.target.service) or {}
+            self.result.region, self.result.revision, self.result.url = (
+                last.get("region"),
+                last.get("revision"),
+                last.get("url"),
+            )
         self.result.outcome = "rolled_back"
-        self.result.reasons.append(f"GPU deploy failed in {region}: {exc.message}")
+        if image:
+            self._image_failed.add(region)
+            self.result.reasons.append(
+                f"GPU deploy failed in {region}: the image cannot start (no other region, no "
+                f"CPU revision of it tried): {exc.message}"
+            )
+        else:
+            self.result.reasons.append(f"GPU deploy failed in {region}: {exc.message}")
 
     def _cpu_path(self) -> None:
         region = self.target.primary_region
@@ -454,6 +491,11 @@ class Release:
         except Exception:  # noqa: BLE001 - a report must not hide the release's own error
             if not failed:
                 raise
+
+
+def _image_verdict(existing: ExistingRevision) -> bool:
+    """The tag's revision failed because its container could not start."""
+    return existing.state == "failed" and is_image_fault(existing.message, set(existing.reasons))
 
 
 class _Stop(Exception):

@@ -22,7 +22,7 @@ from prefect.variables import Variable
 from pydantic import BaseModel
 
 from blocks.release_target import ReleaseTarget, sanitize_name
-from flows.region_deploy import deploy_revision
+from flows.region_deploy import deploy_revision, revision_ready
 from flows.release_steps import note_attempt
 from flows.run_context import RunContext
 from flows.templates import cpu_template
@@ -53,13 +53,6 @@ def _ensure_image(ctx: RunContext, region: str) -> None:
             "ReleaseTarget.cpu_template.image"
         )
     ctx.image = found.containers[0].image
-
-
-def _is_ready(ctx: RunContext, region: str, revision: str | None) -> bool:
-    if not revision:
-        return False
-    found = cr.get_revision(ctx.revisions, ctx.revision_path(region, revision))
-    return found is not None and cr.ready_state(found)[0] == "succeeded"
 
 
 @task(name="cutover", cache_policy=NO_CACHE, persist_result=False)
@@ -97,8 +90,14 @@ def cutover_step(ctx: RunContext, region: str, revision: str) -> TrafficResult:
 
 
 @task(name="rollback", cache_policy=NO_CACHE, persist_result=False)
-def rollback_step(ctx: RunContext, region: str, failed: str | None) -> TrafficResult:
-    """Traffic on the last good revision (or the CPU baseline); `failed` at 0%, untagged."""
+def rollback_step(
+    ctx: RunContext, region: str, failed: str | None, image_failed: bool = False
+) -> TrafficResult:
+    """Traffic on the last good revision (or the CPU baseline); `failed` at 0%, untagged.
+
+    `image_failed`: the release's image could not start (tasks/deploy_errors.ImageFault). A
+    CPU baseline of that same image would fail the same way: it is not deployed; traffic stays
+    where it is (a region with nothing good serving answers with an empty `revision`)."""
     note_attempt()
     service = cr.get_service(ctx.services, ctx.service_name(region))
     if service is None:
@@ -106,8 +105,16 @@ def rollback_step(ctx: RunContext, region: str, failed: str | None) -> TrafficRe
     drop = {failed} if failed else set()
     keep = pinned_traffic(service, drop=drop)
     serving = [t for t in keep if t.percent > 0]
-    good = [t for t in serving if _is_ready(ctx, region, t.revision)]
-    use_cpu = ctx.target.rollback_to_cpu or not good
+    good = [t for t in serving if revision_ready(ctx, region, t.revision)]
+    broken_baseline = image_failed and not ctx.target.cpu_template.image
+    use_cpu = (ctx.target.rollback_to_cpu or not good) and not broken_baseline
+    if not use_cpu and not good:
+        return TrafficResult(
+            region=region,
+            revision="",
+            url=service.uri,
+            detail="nothing good serves here; no CPU baseline of an image that cannot start",
+        )
     if not use_cpu:
         missing = 100 - sum(t.percent for t in keep)
         if missing:
@@ -126,7 +133,7 @@ def rollback_step(ctx: RunContext, region: str, failed: str | None) -> TrafficRe
         )
     # No good revision left (or the policy asks): the CPU baseline, Ready, then 100%.
     baseline = ctx.cpu_revision
-    if not _is_ready(ctx, region, baseline):
+    if not revision_ready(ctx, region, baseline):
         if not ctx.target.cpu_template.image:
             _ensure_image(ctx, region)
         deploy_revision(ctx, region, cpu_template(ctx), tag=None)
@@ -155,7 +162,7 @@ def cpu_path_step(ctx: RunContext, region: str) -> TrafficResult:
     service = cr.get_service(ctx.services, ctx.service_name(region))
     if service is not None:
         serving = [t for t in pinned_traffic(service) if t.percent > 0]
-        if serving and all(_is_ready(ctx, region, t.revision) for t in serving):
+        if serving and all(revision_ready(ctx, region, t.revision) for t in serving):
             if any(t.tag == CANARY_TAG for t in cr.traffic_of(service)):
                 service = cr.set_traffic(ctx.services, service, pinned_traffic(service), **ctx.wait)
             top = max(serving, key=lambda t: t.percent)

@@ -145,6 +145,21 @@ def ready_state(resource: run_v2.Revision | run_v2.Service) -> tuple[str, str]:
     return "reconciling", ""
 
 
+def ready_reasons(resource: run_v2.Revision | run_v2.Service) -> set[str]:
+    """The enum names of the Ready condition's `reason` (Condition.CommonReason, e.g.
+    CONTAINER_MISSING) and `revision_reason` (Condition.RevisionReason, e.g.
+    HEALTH_CHECK_CONTAINER_ERROR), googleapis google/cloud/run/v2/condition.proto; unset ones
+    (`*_UNDEFINED`) left out."""
+    names: set[str] = set()
+    for condition in resource.conditions:
+        if condition.type_ != READY:
+            continue
+        for value in (condition.reason, condition.revision_reason):
+            if value and not value.name.endswith("_UNDEFINED"):
+                names.add(value.name)
+    return names
+
+
 def traffic_of(service: run_v2.Service) -> list[Traffic]:
     """The service's traffic spec as plain values."""
     return [
@@ -376,8 +391,8 @@ def wait_revision_ready(
         if state == "succeeded":
             return revision
         if state == "failed":
-            reason = next((str(c.reason) for c in revision.conditions if c.type_ == READY), "")
-            raise RevisionFailed(short_name(name), message or "no message", reason)
+            reasons = " ".join(sorted(ready_reasons(revision)))
+            raise RevisionFailed(short_name(name), message or "no message", reasons)
         last[0] = message or "reconciling"
         raise _NotReadyYet()
 

@@ -16,7 +16,13 @@ from google.api_core import exceptions as gexc
 from flows.cloud_build_run import BuildFailedError
 from tasks.cloud_build import BuildTimeout
 from tasks.cloud_run import ReadyTimeout, RevisionFailed
-from tasks.deploy_errors import ConfigurationError, DeployFailed, QuotaDenied, classify
+from tasks.deploy_errors import (
+    ConfigurationError,
+    DeployFailed,
+    ImageFault,
+    QuotaDenied,
+    classify,
+)
 from tasks.errors import (
     PermanentError,
     TransientError,
@@ -167,6 +173,33 @@ def test_reason_decides_before_the_text():
 def test_a_ready_timeout_is_a_failed_deploy_not_a_retry():
     assert isinstance(classify(ReadyTimeout("not Ready"), "us-central1", "r"), DeployFailed)
     assert isinstance(ReadyTimeout("x"), TimeoutError)  # still catchable as a timeout
+
+
+def test_a_container_that_cannot_start_is_the_images_fault_not_the_regions():
+    """Condition.RevisionReason / CommonReason names (google-cloud-run's run_v2 enums) decide;
+    Google's startup text is the fallback of an operation error that carries only the text."""
+    assert ImageFault.__mro__[1] is DeployFailed  # still a failed deploy for every caller
+    by_reason = RevisionFailed("r", "Revision failed.", "HEALTH_CHECK_CONTAINER_ERROR")
+    assert isinstance(classify(by_reason, "europe-west1", "r"), ImageFault)
+    missing = RevisionFailed("r", "Image not found.", "CONTAINER_MISSING REVISION_FAILED")
+    assert isinstance(classify(missing, "europe-west1", "r"), ImageFault)
+    text = gexc.FailedPrecondition(
+        "Revision 'r' is not ready and cannot serve traffic. The user-provided container "
+        "failed to start and listen on the port defined provided by the PORT=8080 environment "
+        "variable within the allocated timeout."
+    )
+    assert isinstance(classify(text, "europe-west1", "r"), ImageFault)
+    read = gexc.FailedPrecondition("Revision 'r' is not ready and cannot serve traffic.")
+    assert isinstance(
+        classify(read, "europe-west1", "r", {"HEALTH_CHECK_CONTAINER_ERROR"}), ImageFault
+    )
+    # A quota refusal told on the revision stays a quota refusal: the next region may have it.
+    quota = RevisionFailed("r", GPU_QUOTA, "REVISION_FAILED")
+    assert isinstance(classify(quota, "europe-west1", "r"), QuotaDenied)
+    # Secrets, a timeout: failed deploys, not verdicts on the image.
+    secret = RevisionFailed("r", "Secret was not found", "SECRETS_ACCESS_CHECK_FAILED")
+    assert type(classify(secret, "europe-west1", "r")) is DeployFailed
+    assert type(classify(ReadyTimeout("not Ready"), "europe-west1", "r")) is DeployFailed
 
 
 def test_transport_errors_during_a_deploy_are_retried_not_refusals():

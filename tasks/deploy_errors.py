@@ -42,9 +42,10 @@ class ImageFault(DeployFailed):
 
 # The Ready condition's reasons that blame the container (enum names of googleapis
 # google/cloud/run/v2/condition.proto as google-cloud-run 0.16 ships them:
-# Condition.RevisionReason.HEALTH_CHECK_CONTAINER_ERROR "there was a health check error" -
+# Condition.RevisionReason.HEALTH_CHECK_CONTAINER_ERROR "There was a health check error." -
 # the startup probe failed, the container exited or never listened; Condition.CommonReason.
-# CONTAINER_MISSING "the container image is missing"). Quota, secrets, permissions: not here.
+# CONTAINER_MISSING "The container image path is incorrect."). Quota, secrets, permissions:
+# not here (they may differ by region, or are configuration).
 IMAGE_FAULT_REASONS = frozenset({"HEALTH_CHECK_CONTAINER_ERROR", "CONTAINER_MISSING"})
 
 # The same verdict told only in text (the service update's operation error carries the

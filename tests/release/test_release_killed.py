@@ -49,8 +49,9 @@ def _wait_for(service, since, name, timeout=120.0) -> list[str]:
 def test_release_terminated_midway_leaves_started_and_failed_events(stage, make_target):
     from prefect.settings import PREFECT_API_URL
 
-    # The GPU revision never becomes Ready: the deploy step waits (up to 90 s) when killed.
-    stage(default_region={"never_ready": True})
+    # The deploy's operation never finishes: the deploy step waits (up to 90 s) when killed.
+    # (A revision that cannot start fails at once and the release rolls back by itself.)
+    stage(operations={"polls_before_done": 1_000_000})
     target = make_target(ready_timeout_s=90)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}

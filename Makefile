@@ -38,7 +38,7 @@ demo: rootfs
 	$(BIN)/shipyard demo
 
 test: rootfs
-	$(BIN)/pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -40,6 +40,7 @@ from flows.build_inputs import resolve_base_image
 from flows.cloud_build_request import REVISION_LABEL
 from flows.prewarm import load_blocks, read_image
 from flows.stage_events import stage_hooks
+from flows.variables import set_variable
 from tasks import git_source as git
 from tasks import image_lookup as il
 from tasks.errors import PermanentError
@@ -254,7 +255,7 @@ def build_release_image(
         pull_warning=warning,
         log_url=run.log_url,
     )
-    Variable.set(variable, facts.ref, overwrite=True)
+    set_variable(variable, facts.ref)
     _artifacts(result)
     return result
 

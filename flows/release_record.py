@@ -10,12 +10,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from prefect.variables import Variable
-
 from blocks.release_target import ReleaseTarget, cpu_template_fingerprint
 from flows.canary import recorded_release, release_variable
 from flows.release_outcome import STATE_NAMES, serving_and_attempted
 from flows.release_result import ReleaseResult
+from flows.variables import set_variable
 
 
 def update_release_record(
@@ -53,7 +52,7 @@ def update_release_record(
         record = {**previous, "recorded_at": record["recorded_at"]}
     elif result.outcome in STATE_NAMES:
         record = serving_and_attempted(record, previous, result)
-    Variable.set(release_variable(result.service), record, overwrite=True)
+    set_variable(release_variable(result.service), record)
 
 
 def last_good(previous: dict[str, Any], result: ReleaseResult) -> dict[str, Any] | None:

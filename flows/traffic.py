@@ -18,7 +18,6 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
-from prefect.variables import Variable
 from pydantic import BaseModel
 
 from blocks.release_target import ReleaseTarget, sanitize_name
@@ -27,6 +26,7 @@ from flows.release_steps import note_attempt
 from flows.run_context import RunContext
 from flows.templates import cpu_template
 from flows.traffic_split import BASELINE_TAG, CANARY_TAG, PRIOR_TAG, pinned_traffic
+from flows.variables import set_variable
 from tasks import cloud_run as cr
 from tasks.deploy_errors import ConfigurationError
 
@@ -196,7 +196,7 @@ def publish_url_step(
     """The GPU serves outside the primary region: tell consumers where (Variable + event)."""
     note_attempt()
     name = serving_url_variable(target.service)
-    Variable.set(name, url, overwrite=True)
+    set_variable(name, url)
     emit_event(
         event="shipyard.release.serving-url.changed",
         resource={

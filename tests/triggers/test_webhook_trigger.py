@@ -353,7 +353,8 @@ def test_ping_is_answered(receiver, webhook_secret):
 
 
 def test_secret_never_reaches_the_logs(receivers, webhook_secret):
-    for receiver in receivers:
-        log = receiver.log()
-        assert "delivery " in log, "the receiver logged no delivery: the check would be vacuous"
+    logs = [receiver.log() for receiver in receivers]
+    # Deliveries may all have reached one receiver: the check is vacuous only if none logged one.
+    assert any("delivery " in log for log in logs), "no receiver logged a delivery"
+    for log in logs:
         assert webhook_secret not in log

@@ -21,7 +21,6 @@ Usage: python bench/build.py --json [--changes 3] [--plain 1]
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -89,6 +88,7 @@ def main() -> int:
 
     from prefect_docker import DockerHost
 
+    from bench.figures import print_figures
     from blocks.build_settings import BuildSettings
     from blocks.cache_tiers import CacheTiers
     from deployments.release_demo import prefect_api
@@ -156,11 +156,7 @@ def main() -> int:
         "goal": {"speedup_vs_plain": 3},
         "load_average": round(os.getloadavg()[0], 2),
     }
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:24s} {value}")
+    print_figures(figures, args.json)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Parse a 200,000-line BuildKit plain-progress log; print JSON figures (target parse_s <= 1 s).
+"""Parse a 200,000-line BuildKit plain-progress log; print its figures (target parse_s <= 1 s).
 
 The log is synthetic but shaped like a real one: many steps across stages, interleaved output
 lines (pip/npm chatter), CACHED and DONE vertices, Cloud Build `Step #1: ` prefixes on half of
@@ -9,7 +9,6 @@ run on the same lines, as a yardstick; figures are medians of `--runs` runs.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import statistics
@@ -19,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.figures import print_figures  # noqa: E402
 from tasks.buildkit_log import parse_buildkit_log  # noqa: E402
 
 STAGES = ["base", "python-deps", "node-deps", "builder", "runtime"]
@@ -80,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--lines", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--json", action="store_true", help="print JSON (the default output anyway)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     lines = synthetic_log(args.lines)
     ours, peer = [], []
@@ -97,22 +97,21 @@ def main() -> None:
         1 for s in report.steps if s.status == "CACHED"
     ), "the peer and the parser disagree"
     parse_s, peer_s = statistics.median(ours), statistics.median(peer)
-    print(
-        json.dumps(
-            {
-                "lines": report.lines,
-                "steps": len(report.steps),
-                "cached": report.cached,
-                "run": report.run,
-                "failed_step": report.failed_step.name if report.failed_step else None,
-                "parse_s": round(parse_s, 4),
-                "peer_regex_s": round(peer_s, 4),
-                "speedup_vs_peer": round(peer_s / parse_s, 2),
-                "lines_per_s": int(report.lines / parse_s),
-                "target_s": 1.0,
-                "runs": args.runs,
-            }
-        )
+    print_figures(
+        {
+            "lines": report.lines,
+            "steps": len(report.steps),
+            "cached": report.cached,
+            "run": report.run,
+            "failed_step": report.failed_step.name if report.failed_step else None,
+            "parse_s": round(parse_s, 4),
+            "peer_regex_s": round(peer_s, 4),
+            "speedup_vs_peer": round(peer_s / parse_s, 2),
+            "lines_per_s": int(report.lines / parse_s),
+            "target_s": 1.0,
+            "runs": args.runs,
+        },
+        args.json,
     )
 
 

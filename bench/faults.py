@@ -11,7 +11,6 @@ Goal (issue 15): all cases passed, 0 violations, 0 lost, 0 duplicates, 0 slots l
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -172,6 +171,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("prefect").setLevel(logging.CRITICAL)
 
+    from bench.figures import print_figures
     from bench.webhook_faults import webhook_cases
     from deployments.release_demo import local_cloud, prefect_api, sandbox_target, stage
     from sandbox.fault_matrix import CASES, run_case
@@ -215,23 +215,12 @@ def main() -> int:
         "seconds": round(time.perf_counter() - started, 1),
         "results": [{k: r[k] for k in ("id", "expect", "got", "passed", "detail")} for r in rows],
     }
-    if args.json:
-        print(json.dumps(figures))
-    else:
+    if not args.json:
         for r in rows:
             print(
                 f"{'ok ' if r['passed'] else 'FAIL'} {r['id']:45s} {r['got']:12s} {r['detail'][:80]}"
             )
-        for key in (
-            "cases",
-            "passed",
-            "invariant_violations",
-            "releases_lost",
-            "duplicate_revisions",
-            "slots_left_held",
-            "seconds",
-        ):
-            print(f"{key:22s} {figures[key]}")
+    print_figures(figures, args.json, keys=[k for k in figures if k != "results"])
     return 0 if figures["passed"] == figures["cases"] else 1
 
 

@@ -2,7 +2,7 @@
 
 Builds a ~200 MB, 4-layer image (an OCI layout, pushed once to a source registry with skopeo), then
 5 pairs: each copies it cold to a freshly started registry with Shipyard and with skopeo, the order
-alternating between pairs. Prints JSON:
+alternating between pairs. Prints (JSON with --json):
 
 - ratio_vs_skopeo: median over pairs of skopeo seconds / Shipyard seconds, > 1 means Shipyard is
   faster. Shipyard seconds are the copy as a mirror flow run spends it: from the first request to
@@ -44,6 +44,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SKOPEO_TLS = ["--src-tls-verify=false", "--dest-tls-verify=false"]
 
 
@@ -254,9 +255,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print JSON figures (the only output format)"
-    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--size-mb", type=int, default=200)
     parser.add_argument("--layers", type=int, default=4)
@@ -268,6 +267,7 @@ def main() -> None:
         worker(args.worker[0], args.worker[1], ["bench"])
         return
 
+    from bench.figures import print_figures
     from sandbox.registry import start_registry
 
     root = Path(tempfile.mkdtemp(prefix="shipyard-bench-mirror-"))
@@ -350,7 +350,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
         }
-        print(json.dumps(figures, indent=2))
+        print_figures(figures, args.json)
     finally:
         for reg in registries:
             reg.stop()

@@ -17,7 +17,6 @@ Targets (issue 5): release <= 10 s, no-op <= 3 s, quota decision <= 400 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -90,6 +89,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("prefect").setLevel(logging.ERROR)
 
+    from bench.figures import print_figures
     from deployments.release_demo import local_cloud, prefect_api
 
     with prefect_api(), local_cloud() as cloud:
@@ -116,11 +116,7 @@ def main() -> int:
         "targets": {"release_s": 10, "noop_release_s": 3, "quota_decision_ms": 400},
         "within_targets": release_median <= 10 and noop_median <= 3 and quota_median <= 400,
     }
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:32s} {value}")
+    print_figures(figures, args.json)
     return 0
 
 

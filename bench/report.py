@@ -195,6 +195,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("prefect").setLevel(logging.ERROR)
 
+    from bench.figures import print_figures
     from deployments.release_demo import local_cloud, prefect_api
 
     with prefect_api(startup_timeout=300), local_cloud(startup_timeout=180) as cloud:
@@ -204,11 +205,7 @@ def main() -> int:
     figures["pairs"] = PAIRS
     figures["targets"] = {"report_s": 2, "logging_overhead_pct": 5}
     figures["within_targets"] = figures["report_s"] <= 2 and figures["logging_overhead_pct"] <= 5
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:32s} {value}")
+    print_figures(figures, args.json)
     return 0
 
 

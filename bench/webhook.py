@@ -512,6 +512,8 @@ def main() -> None:
         asyncio.run(serve_standin(args.hold, args.query, args.prefetch, args.runner_limit))
         return
 
+    from bench.figures import print_figures
+
     workdir = Path(tempfile.mkdtemp(prefix="shipyard-bench-webhook-"))
     # The temporary server's settings. The slot wait stays Prefect's 30 s unless asked: with
     # many runs waiting one is due again soon after the slot frees, and each retry is a state
@@ -536,11 +538,7 @@ def main() -> None:
         with prefect_test_harness(server_startup_timeout=300):
             figures = asyncio.run(bench(args, PREFECT_API_URL.value(), workdir))
     figures["logs"] = str(workdir)
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>28}: {value}")
+    print_figures(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -130,9 +130,18 @@ class ServingSpeed(_Strict):
     idle_instance_s: float = Field(
         default=0.0,
         ge=0,
-        description="how long a GPU instance of an addressable revision stays (holding the "
-        "region's GPU quota) after its last request; Google keeps idle instances up to 15 "
-        "minutes. Minimum instances and requests in flight hold it anyway",
+        description="how long an idle instance stays after its last request: a GPU instance of "
+        "an addressable revision holds the region's GPU quota meanwhile; on the container "
+        "engine the revision's container is stopped after it (scale to zero) and the next "
+        "request starts it again. Google keeps idle instances up to 15 minutes. Minimum "
+        "instances and requests in flight hold it anyway",
+    )
+    request_pending_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="container engine: how long a request waits for a free instance when every "
+        "instance the revision may have is busy at its concurrency; then Google's 429 "
+        "(requests are pending up to 10 s, or the average startup time when an instance starts)",
     )
 
 

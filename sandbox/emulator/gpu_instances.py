@@ -52,7 +52,7 @@ def _gpu_quota(rev: Revision) -> tuple[str, str] | None:
     return _QUOTAS[bool(rev.template.get("gpuZonalRedundancyDisabled"))]
 
 
-def _min_instances(rev: Revision) -> int:
+def min_instances(rev: Revision) -> int:
     return int(rev.template.get("scaling", {}).get("minInstanceCount", 0) or 0)
 
 
@@ -72,7 +72,7 @@ def _holds(store: Any, rev: Revision, now: float) -> bool:
     if not rev.ready or not addressable(store, rev):
         return False
     idle_s = store.state.scenario.serving.idle_instance_s
-    return _min_instances(rev) >= 1 or now - rev.last_used < idle_s
+    return min_instances(rev) >= 1 or now - rev.last_used < idle_s
 
 
 def _region_gpu_revisions(store: Any, project: str, region: str) -> list[Revision]:
@@ -107,7 +107,7 @@ def refresh(store: Any, project: str, region: str) -> None:
         if rev.instance and not _holds(store, rev, now):
             rev.instance = False
     for rev in revisions:  # creation order
-        wants = rev.ready and _min_instances(rev) >= 1 and addressable(store, rev)
+        wants = rev.ready and min_instances(rev) >= 1 and addressable(store, rev)
         if wants and not rev.instance and _fits(store, rev):
             rev.instance, rev.last_used = True, now
 

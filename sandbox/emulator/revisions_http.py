@@ -8,6 +8,10 @@ main.py, loaded by file path: it is the customer's code, not a package of ours),
 from the revision's spec (GPU when it asks for nvidia.com/gpu and an accelerator), the
 scenario's serving speed and matching revision faults, with a `log` that writes to the
 emulator's Cloud Logging store. Requests are handed to it in-process over ASGI.
+
+With a Docker daemon the revision's instance is its container (sandbox/engine), scaled as
+Cloud Run scales it (run_autoscaling.py): to zero after idle, started again by the next request,
+and a request beyond what its instances may take at once waits, then gets Google's 429.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
-from sandbox.emulator import gpu_instances
+from sandbox.emulator import gpu_instances, run_autoscaling
 from sandbox.emulator.core import SandboxState
 from sandbox.emulator.invoker_iam import FORBIDDEN_PAGE, invoker_allowed
 from sandbox.emulator.run_resources import Revision, write_revision_log
@@ -61,16 +65,18 @@ def page_app_module() -> ModuleType:
     return _module
 
 
-def _instance(state: SandboxState, store: RunStore, rev: Revision) -> httpx.AsyncClient | None:
+async def _instance(
+    state: SandboxState, store: RunStore, rev: Revision
+) -> httpx.AsyncClient | None:
     """The revision's running instance (started on its first request); with a Docker daemon,
-    its container (sandbox/engine), None once that container is gone (an OOM kill)."""
-    containers = container_store(state)
-    if containers is not None:
-        container = containers.instances.get(rev.name)
-        if container is None or not container.alive:
+    its container (sandbox/engine; a cold start if it was scaled to zero), None when it cannot
+    serve (killed by an OOM, or it did not start)."""
+    if container_store(state) is not None:
+        container = await run_autoscaling.running_instance(state, rev)
+        if container is None:
             return None
         client = store.instances.get(rev.name)
-        if client is None:
+        if client is None or str(client.base_url).rstrip("/") != container.url:
             client = httpx.AsyncClient(base_url=container.url, timeout=900)
             store.instances[rev.name] = client
         return client
@@ -104,6 +110,8 @@ def _instance(state: SandboxState, store: RunStore, rev: Revision) -> httpx.Asyn
 
 
 def register(app: FastAPI, state: SandboxState, store: RunStore) -> None:
+    run_autoscaling.install(app, state)  # the idle reaper, with a Docker daemon
+
     @app.api_route("/run/{host}", methods=_METHODS)
     @app.api_route("/run/{host}/{path:path}", methods=_METHODS)
     async def serve(host: str, request: Request, path: str = "") -> Response:
@@ -117,30 +125,43 @@ def register(app: FastAPI, state: SandboxState, store: RunStore) -> None:
         refused = None
         if rev is None or not rev.ready:
             response: Response = HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
-        elif (refused := gpu_instances.admit(store, rev)) is not None:
-            # No GPU instance can start within the region's quota (gpu_instances.py).
-            response = PlainTextResponse(refused, status_code=503)
+        elif (refused := await run_autoscaling.admit(state, rev)) is not None:
+            # Every instance the revision may have stayed busy (run_autoscaling.py).
+            response = PlainTextResponse(refused, status_code=429)
         else:
             try:
-                # In-process only: a container runs out of memory for real (sandbox/engine).
-                in_process = container_store(state) is None
-                if request.method == "POST" and in_process and oom_killed(state, rev):
-                    store.instances.pop(rev.name, None)  # the container was terminated
-                    response = HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
-                else:
-                    response = await _forward(state, store, rev, host, path, request)
+                response, refused = await _admitted(state, store, rev, host, path, request)
             finally:
-                gpu_instances.done(rev)
+                await run_autoscaling.done(state, rev)
         if rev is not None:
             seconds = time.perf_counter() - started
             _request_log(state, rev, request, response, seconds, text=refused)
         return response
 
 
+async def _admitted(
+    state: SandboxState, store: RunStore, rev: Revision, host: str, path: str, request: Request
+) -> tuple[Response, str | None]:
+    """The answer to a request the revision's instances had room for, and the platform's reason
+    when it refused it after all (no GPU within the quota)."""
+    if (refused := gpu_instances.admit(store, rev)) is not None:
+        # No GPU instance can start within the region's quota (gpu_instances.py).
+        return PlainTextResponse(refused, status_code=503), refused
+    try:
+        # In-process only: a container runs out of memory for real (sandbox/engine).
+        in_process = container_store(state) is None
+        if request.method == "POST" and in_process and oom_killed(state, rev):
+            store.instances.pop(rev.name, None)  # the container was terminated
+            return HTMLResponse(UNAVAILABLE_PAGE, status_code=503), None
+        return await _forward(state, store, rev, host, path, request), None
+    finally:
+        gpu_instances.done(rev)
+
+
 async def _forward(
     state: SandboxState, store: RunStore, rev: Revision, host: str, path: str, request: Request
 ) -> Response:
-    client = _instance(state, store, rev)
+    client = await _instance(state, store, rev)
     if client is None:
         return HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
     headers = [(k, v) for k, v in request.headers.raw if k.lower() not in (b"host", *_HOP_HEADERS)]

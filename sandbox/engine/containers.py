@@ -47,6 +47,7 @@ class Instance:
     memory_mib: int
     alive: bool = True
     oom_killed: bool = False
+    stopping: bool = False  # the sandbox stops it (scale to zero, a delete): not a crash
     threads: list[threading.Thread] = field(default_factory=list)
 
     @property
@@ -109,6 +110,8 @@ def _watch(engine: Engine, instance: Instance, log: Log) -> threading.Thread:
         )
         oom, _, code = state.stdout.strip().partition(" ")
         instance.alive = False
+        if instance.stopping:
+            return
         if oom == "true" or code == "137":
             instance.oom_killed = oom == "true"
             if instance.oom_killed:
@@ -156,7 +159,15 @@ def start_instance(
     raise StartFailed("exited" if not instance.alive else "did not listen")
 
 
-def stop_instance(engine: Engine, instance: Instance) -> None:
-    """Remove the container (scale to zero, a deleted revision, the sandbox going down)."""
+def stop_instance(engine: Engine, instance: Instance, grace_s: float = 0.0) -> None:
+    """Remove the container (scale to zero, a deleted revision, the sandbox going down).
+
+    With `grace_s`, as Cloud Run shuts an instance down: SIGTERM, then SIGKILL after the grace
+    ("the container receives a SIGTERM signal indicating the start of a 10 second period before
+    being shut down (with a SIGKILL signal)", cloud.google.com/run/docs/container-contract,
+    Instance shutdown); without, killed at once."""
+    instance.stopping = True
+    if grace_s > 0:
+        docker(engine, "stop", f"--time={round(grace_s)}", instance.container, timeout=grace_s + 60)
     docker(engine, "rm", "--force", instance.container, timeout=60)
     instance.alive = False

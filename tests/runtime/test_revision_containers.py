@@ -1,7 +1,9 @@
 """Revisions run the built image on the sandbox's Docker daemon, with Cloud Run's contract: the
 container answers on $PORT with K_* in its env and its stdout in Cloud Logging; an image that
 exits at start never gets traffic (Google's startup message); one that exceeds its memory limit
-is killed, logged with Google's OOM text, and its requests get a 503."""
+is killed, logged with Google's OOM text, and its requests get a 503. Scaling as Cloud Run
+scales: an idle revision's container stops (unless it has a minimum instance) and the next
+request starts it again; a request beyond max instances x concurrency gets Google's 429."""
 
 from __future__ import annotations
 
@@ -20,17 +22,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
 from run_testkit import FAILED, FAST, READY, create, parent, template  # noqa: E402
 
 SERVER = (
-    "import http.server, os\n"
+    "import http.server, os, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"  # as Cloud Run asks of a container
     "class H(http.server.BaseHTTPRequestHandler):\n"
     "    def do_GET(self):\n"
     "        if self.path == '/hog':\n"
     "            hog = bytearray(512 * 1024 * 1024)\n"
+    "        if self.path == '/slow':\n"
+    "            print('slow request begun', flush=True); time.sleep(4)\n"
     "        body = os.environ['K_REVISION'].encode()\n"
     "        self.send_response(200); self.send_header('content-length', str(len(body)))\n"
     "        self.end_headers(); self.wfile.write(body)\n"
     "print('listening on', os.environ['PORT'], flush=True)\n"
     "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
 )
+
+
+SERVE = '["python3", "/srv/server.py"]'
+
+
+@pytest.fixture(scope="module")
+def server_image(engine_session, engine_base, tmp_path_factory) -> str:
+    """The image of SERVER, built once for the module."""
+    with engine_session.env_applied():
+        return _image(engine_session, engine_base, tmp_path_factory.mktemp("server"), "ok", SERVE)
 
 
 def _image(engine_sandbox, engine_base, tmp_path, name: str, cmd: str) -> str:
@@ -59,14 +74,13 @@ def _lines(admin, service: str, log: str) -> list[str]:
 
 
 def test_the_image_serves_a_healthy_revision_and_a_crashing_one_gets_no_traffic(
-    engine_sandbox, engine_base, tmp_path
+    engine_sandbox, engine_base, server_image, tmp_path
 ):
     from blocks.cloud import GoogleCloud
     from sandbox.admin import SandboxAdmin
 
     cloud = GoogleCloud()
-    ok = _image(engine_sandbox, engine_base, tmp_path, "ok", '["python3", "/srv/server.py"]')
-    svc = create(cloud, "served", template(ok))
+    svc = create(cloud, "served", template(server_image))
     assert svc.terminal_condition.state == READY
     answer = httpx.get(svc.uri + "/", timeout=30)
     assert answer.status_code == 200 and answer.text.startswith("served-")  # K_REVISION
@@ -89,14 +103,13 @@ def test_the_image_serves_a_healthy_revision_and_a_crashing_one_gets_no_traffic(
 
 
 def test_an_instance_over_its_memory_limit_is_killed_with_googles_text(
-    engine_sandbox, engine_base, tmp_path
+    engine_sandbox, server_image
 ):
     from blocks.cloud import GoogleCloud
     from sandbox.admin import SandboxAdmin
 
     cloud = GoogleCloud()
-    image = _image(engine_sandbox, engine_base, tmp_path, "hog", '["python3", "/srv/server.py"]')
-    tpl = template(image)
+    tpl = template(server_image)
     tpl.containers[0].resources = run_v2.ResourceRequirements(
         limits={"cpu": "1", "memory": "128Mi"}
     )
@@ -115,3 +128,88 @@ def test_an_instance_over_its_memory_limit_is_killed_with_googles_text(
     assert system[0].startswith("Memory limit of 128 MiB exceeded with 128 MiB used.")
     assert system[1] == "Container terminated on signal 9."
     assert httpx.get(svc.uri + "/", timeout=30).status_code == 503
+
+
+def _running(engine_sandbox, revision: str) -> bool:
+    """Whether the revision has a running container (docker ps on the sandbox's daemon)."""
+    from sandbox.engine.daemon import Engine, docker
+
+    ps = docker(Engine(engine_sandbox.docker_host), "ps", "--format", "{{.Names}}")
+    return any(name.startswith(f"rev-{revision}-") for name in ps.stdout.split())
+
+
+def _wait(condition, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"still not {what} after {timeout_s:.0f} s"
+        time.sleep(0.2)
+
+
+def test_an_idle_revision_scales_to_zero_and_its_next_request_starts_it_again(
+    engine_sandbox, server_image
+):
+    from blocks.cloud import GoogleCloud
+    from sandbox.admin import SandboxAdmin
+
+    admin = SandboxAdmin(engine_sandbox.emulator_url)
+    try:
+        admin.reset(scenario_data={"serving": {"idle_instance_s": 0}})
+        cloud = GoogleCloud()
+        warm_tpl = template(server_image)
+        warm_tpl.scaling.min_instance_count = 1
+        warm = create(cloud, "warm", warm_tpl)
+        idle = create(cloud, "idle", template(server_image))
+        warm_rev = warm.latest_ready_revision.rsplit("/", 1)[-1]
+        idle_rev = idle.latest_ready_revision.rsplit("/", 1)[-1]
+        assert _running(engine_sandbox, idle_rev) and _running(engine_sandbox, warm_rev)
+
+        _wait(lambda: not _running(engine_sandbox, idle_rev), "scaled to zero")
+        # Idle as long (created first), but it has a minimum instance: kept.
+        assert _running(engine_sandbox, warm_rev)
+
+        answer = httpx.get(idle.uri + "/", timeout=120)  # a cold start, then the request
+        assert answer.status_code == 200 and answer.text == idle_rev
+        assert _running(engine_sandbox, idle_rev)
+        assert admin.calls()["run.cold_start"] == 1
+        _wait(lambda: len(_lines(admin, "idle", "stdout")) == 2, "started twice", 30)
+        assert all(line.startswith("listening on") for line in _lines(admin, "idle", "stdout"))
+    finally:
+        admin.close()
+
+
+def test_a_request_beyond_max_instances_times_concurrency_gets_googles_429(
+    engine_sandbox, server_image
+):
+    """Max 1 instance, concurrency 1 (the pipeline's GPU revision): while one request runs,
+    another waits the pending window (short here), then gets 429 with Google's text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from blocks.cloud import GoogleCloud
+    from sandbox.admin import SandboxAdmin
+
+    admin = SandboxAdmin(engine_sandbox.emulator_url)
+    try:
+        admin.reset(scenario_data={"serving": {"idle_instance_s": 60, "request_pending_s": 0.5}})
+        svc = create(GoogleCloud(), "busy", template(server_image))
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(httpx.get, svc.uri + "/slow", timeout=60)
+            _wait(
+                lambda: any("slow request begun" in t for t in _lines(admin, "busy", "stdout")),
+                "in flight",
+                30,
+            )
+            refused = httpx.get(svc.uri + "/", timeout=30)
+            assert slow.result().status_code == 200
+        text = "The request was aborted because there was no available instance."
+        assert refused.status_code == 429 and refused.text.startswith(text)
+        assert httpx.get(svc.uri + "/", timeout=30).status_code == 200  # room again
+        requests_log = [
+            e
+            for e in admin.logs()
+            if e.get("resource", {}).get("labels", {}).get("service_name") == "busy"
+            and e.get("logName", "").endswith("%2Frequests")
+        ]
+        assert [e["httpRequest"]["status"] for e in requests_log] == [429, 200, 200]
+        assert requests_log[0]["textPayload"].startswith(text)
+    finally:
+        admin.close()

@@ -49,6 +49,7 @@ from sandbox.emulator.gpu_instances import min_instances
 from sandbox.emulator.run_resources import Revision, container_name, write_revision_log
 from sandbox.emulator.run_templates import parse_cpu, startup_probe, template_limits
 from sandbox.engine.containers import Instance, stop_instance
+from sandbox.engine.daemon import docker
 from sandbox.engine.revision_instances import container_store, start_revision_container
 
 NO_INSTANCE_MESSAGE = (
@@ -144,7 +145,12 @@ async def running_instance(state: SandboxState, rev: Revision) -> Instance | Non
         instance = containers.instances.get(rev.name)
         if instance is None or instance.stopping:  # nobody started it while this one waited
             state.calls["run.cold_start"] += 1
-            if not await asyncio.to_thread(start_revision_container, state, rev):
+            try:
+                started = await asyncio.to_thread(start_revision_container, state, rev)
+            except Exception as exc:  # noqa: BLE001 - a failed start answers 503, never a 500
+                write_revision_log(state, rev, "ERROR", f"sandbox: no container started: {exc!r}")
+                started = False
+            if not started:
                 text = startup_probe(rev.template).failure_text(container_name(rev.template))
                 write_revision_log(state, rev, "ERROR", text, stream="varlog%2Fsystem")
                 return None
@@ -174,17 +180,21 @@ def _idle_instances(state: SandboxState, now: float) -> list[tuple[str, Instance
 
 
 async def _scale_to_zero(state: SandboxState, name: str, instance: Instance) -> None:
+    """Take the instance out of service at once, then shut it down (up to the grace period)
+    while a request may already start a new one: renamed, so the new one can take its name."""
     containers = container_store(state)
     assert containers is not None
     instance.stopping = True  # from now on a request waits for the transition, then starts one
     async with _autoscaler(state).load(name).transition:
-        await asyncio.to_thread(stop_instance, containers.engine, instance, SHUTDOWN_GRACE_S)
+        rename = ["rename", instance.container, f"stopping-{instance.container[:12]}"]
+        await asyncio.to_thread(docker, containers.engine, *rename)
         if containers.instances.get(name) is instance:
             del containers.instances[name]
         client = state.stores["run"].instances.pop(name, None)  # its connection, to a dead port
         if client is not None:
             await client.aclose()
         state.calls["run.scaled_to_zero"] += 1
+    await asyncio.to_thread(stop_instance, containers.engine, instance, SHUTDOWN_GRACE_S)
 
 
 async def reap_forever(state: SandboxState, period_s: float = EVALUATION_PERIOD_S) -> None:

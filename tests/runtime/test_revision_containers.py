@@ -130,12 +130,17 @@ def test_an_instance_over_its_memory_limit_is_killed_with_googles_text(
     assert httpx.get(svc.uri + "/", timeout=30).status_code == 503
 
 
-def _running(engine_sandbox, revision: str) -> bool:
-    """Whether the revision has a running container (docker ps on the sandbox's daemon)."""
+def _containers(engine_sandbox) -> list[str]:
+    """The names of the running containers (docker ps on the sandbox's daemon): a revision's
+    are `rev-<revision>-…`, one being shut down `stopping-…`."""
     from sandbox.engine.daemon import Engine, docker
 
     ps = docker(Engine(engine_sandbox.docker_host), "ps", "--format", "{{.Names}}")
-    return any(name.startswith(f"rev-{revision}-") for name in ps.stdout.split())
+    return ps.stdout.split()
+
+
+def _running(engine_sandbox, revision: str) -> bool:
+    return any(name.startswith(f"rev-{revision}-") for name in _containers(engine_sandbox))
 
 
 def _wait(condition, what: str, timeout_s: float = 60.0) -> None:
@@ -164,6 +169,10 @@ def test_an_idle_revision_scales_to_zero_and_its_next_request_starts_it_again(
         assert _running(engine_sandbox, idle_rev) and _running(engine_sandbox, warm_rev)
 
         _wait(lambda: not _running(engine_sandbox, idle_rev), "scaled to zero")
+        _wait(
+            lambda: not any(n.startswith("stopping-") for n in _containers(engine_sandbox)),
+            "shut down",
+        )
         # Idle as long (created first), but it has a minimum instance: kept.
         assert _running(engine_sandbox, warm_rev)
 

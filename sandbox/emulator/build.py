@@ -41,7 +41,14 @@ from fastapi import FastAPI, Request
 
 from sandbox.build_scenario import BuildScenario, parse_build_scenario
 from sandbox.buildkit import Builder, BuildFailed, BuildPolicy, parse_buildx_build
-from sandbox.emulator.core import ApiError, Operation, SandboxState, now_rfc3339, paged
+from sandbox.emulator.core import (
+    ApiError,
+    Operation,
+    SandboxState,
+    duration_s,
+    now_rfc3339,
+    paged,
+)
 from sandbox.engine.daemon import Engine
 from sandbox.engine.docker_build import engine_build
 from sandbox.oci import SandboxRegistry
@@ -125,15 +132,7 @@ def public(build: dict[str, Any]) -> dict[str, Any]:
 
 
 def _duration_s(value: Any, default: int) -> float:
-    if not value:
-        return default
-    text = str(value)
-    try:
-        return float(text[:-1]) if text.endswith("s") else float(text)
-    except ValueError:
-        raise ApiError(
-            400, f"invalid build: timeout {value!r} is not a duration like '600s'"
-        ) from None
+    return duration_s(value, default, "invalid build: timeout")
 
 
 # Build fields a request may carry (the Build proto); anything else is refused as Google does.

@@ -10,6 +10,7 @@ import datetime as dt
 import itertools
 import json
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -171,6 +172,18 @@ def paged(
     return body
 
 
+def duration_s(value: Any, default: float, what: str) -> float:
+    """A google.protobuf.Duration as JSON carries it ("600s", "12.5s") in seconds; `default`
+    when absent; Google's 400 naming `what` and the value otherwise."""
+    if not value:
+        return default
+    text = str(value)
+    try:
+        return float(text[:-1]) if text.endswith("s") else float(text)
+    except ValueError:
+        raise ApiError(400, f"{what} {value!r} is not a duration like '600s'") from None
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
@@ -180,7 +193,9 @@ class Operation:
     """A long-running operation. `finish` runs once, when the operation becomes done.
 
     `finish` returns the `response` dict (with its `@type`) or raises ApiError, which
-    becomes the operation's `error`.
+    becomes the operation's `error`. `decided` (None: always) says whether the work behind it
+    is over (a revision's container started or failed): until then no poll completes it,
+    however many; `decision_made()` completes it then if its polls and delay allow.
     """
 
     name: str
@@ -188,6 +203,7 @@ class Operation:
     polls_left: int = 0
     metadata: dict | None = None
     not_before: float = 0.0  # time.monotonic() before which it is not done, however polled
+    decided: Callable[[], bool] | None = None
     done: bool = False
     response: dict | None = None
     error: dict | None = None
@@ -201,8 +217,16 @@ class Operation:
         except ApiError as exc:
             self.error = exc.as_operation_error()
 
+    def is_decided(self) -> bool:
+        return self.decided is None or self.decided()
+
+    def decision_made(self) -> None:
+        """The work behind it is over: done now, unless polls or a delay are still owed."""
+        if self.polls_left == 0 and time.monotonic() >= self.not_before:
+            self.complete()
+
     def poll(self) -> dict:
-        if not self.done and time.monotonic() >= self.not_before:
+        if not self.done and self.is_decided() and time.monotonic() >= self.not_before:
             if self.polls_left > 0:
                 self.polls_left -= 1
             else:
@@ -237,6 +261,9 @@ class SandboxState:
     added_secrets: dict[str, str] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    # Every other field is touched on the event loop only; log lines also come from threads
+    # (a container's stdout/stderr pumps, its startup in sandbox/engine), hence this lock.
+    _log_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.rng.seed(self.scenario.seed)
@@ -273,8 +300,10 @@ class SandboxState:
         metadata: dict | None = None,
         polls: int | None = None,
         delay_ms: int = 0,
+        decided: Callable[[], bool] | None = None,
     ) -> Operation:
-        """Register an operation; with zero polls and no delay it completes at once."""
+        """Register an operation; with zero polls and no delay it completes at once (once
+        `decided`, if given: see Operation)."""
         polls = self.scenario.operations.polls_before_done if polls is None else polls
         op = Operation(
             name=name,
@@ -282,9 +311,10 @@ class SandboxState:
             polls_left=polls,
             metadata=metadata,
             not_before=time.monotonic() + delay_ms / 1000,
+            decided=decided,
         )
         self.operations[name] = op
-        if polls == 0 and not delay_ms:
+        if polls == 0 and not delay_ms and op.is_decided():
             op.complete()
         return op
 
@@ -306,7 +336,6 @@ class SandboxState:
             "timestamp": timestamp or now_rfc3339(),
             "receiveTimestamp": now_rfc3339(),
             "severity": severity,
-            "insertId": f"{next(self._ids):012d}",
         }
         if labels:
             entry["labels"] = labels
@@ -314,5 +343,7 @@ class SandboxState:
             entry["jsonPayload"] = json_payload
         else:
             entry["textPayload"] = text or ""
-        self.log_entries.append(entry)
+        with self._log_lock:  # insertIds in append order, whichever thread writes
+            entry["insertId"] = f"{next(self._ids):012d}"
+            self.log_entries.append(entry)
         return entry

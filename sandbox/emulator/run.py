@@ -8,7 +8,10 @@ serve HTTP through revisions_http.py (`/run/{host}/...`).
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 
@@ -17,11 +20,12 @@ from sandbox.emulator.core import (
     ApiError,
     Operation,
     SandboxState,
+    duration_s,
     json_body,
     paged,
     query_flag,
 )
-from sandbox.emulator.run_resources import TYPE_PREFIX, Service
+from sandbox.emulator.run_resources import TYPE_PREFIX, Reconcile, Service
 from sandbox.emulator.run_store import RunStore
 
 _SERVICE_ID = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
@@ -33,21 +37,33 @@ def register(app: FastAPI, state: SandboxState) -> None:
     store = RunStore(state)
     state.stores["run"] = store
 
-    def start(project: str, region: str, finish, metadata: dict, delay_ms: int = 0) -> Operation:
+    def start(
+        project: str,
+        region: str,
+        finish,
+        metadata: dict,
+        delay_ms: int = 0,
+        decided: Callable[[], bool] | None = None,
+    ) -> Operation:
         name = f"projects/{project}/locations/{region}/operations/{state.new_id()}"
-        return state.start_operation(name, finish, metadata=metadata, delay_ms=delay_ms)
+        return state.start_operation(
+            name, finish, metadata=metadata, delay_ms=delay_ms, decided=decided
+        )
 
-    def service_op(svc: Service, error: ApiError | None, stored: bool, delay_ms: int = 0) -> dict:
+    def service_op(svc: Service, outcome: Reconcile, stored: bool, delay_ms: int = 0) -> dict:
+        """The create/update's operation: answered at once, done once `outcome` is decided
+        (a new revision's container may still be starting: the service reconciles)."""
         metadata = {"@type": TYPE_PREFIX + "Service", **store.render_service(svc)}
 
         def finish() -> dict:
-            if error is not None:
-                raise error
+            if outcome.error is not None:
+                raise outcome.error
             current = store.services.get(svc.name)
             body = store.render_service(current) if current is not None else metadata
             return {**body, "@type": TYPE_PREFIX + "Service"}
 
-        op = start(svc.project, svc.region, finish, metadata, delay_ms)
+        op = start(svc.project, svc.region, finish, metadata, delay_ms, lambda: outcome.decided)
+        outcome.listeners.append(op.decision_made)
         if stored:
             svc.pending_op = op.name
         return op.to_json()
@@ -63,13 +79,13 @@ def register(app: FastAPI, state: SandboxState) -> None:
                 "letters, digits or '-', starting with a letter and not ending with '-'.",
             )
         name = f"projects/{project}/locations/{region}/services/{service_id}"
-        svc, error = store.apply(
+        svc, outcome = store.apply(
             name,
             await json_body(request),
             creating=True,
             validate_only=query_flag(request, "validateOnly"),
         )
-        return service_op(svc, error, stored=store.services.get(name) is svc)
+        return service_op(svc, outcome, stored=store.services.get(name) is svc)
 
     @app.get(V2 + "/services")
     async def list_services(project: str, region: str, request: Request) -> dict:
@@ -93,7 +109,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
         mask_text = request.query_params.get("updateMask", "")
         mask = [p for p in mask_text.split(",") if p] or None
         revisions_before = state.calls["run.revision_created"]
-        svc, error = store.apply(
+        svc, outcome = store.apply(
             name,
             await json_body(request),
             creating=False,
@@ -103,7 +119,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
         )
         traffic_only = state.calls["run.revision_created"] == revisions_before
         delay = state.scenario.operations.traffic_update_ms if traffic_only else 0
-        return service_op(svc, error, stored=store.services.get(name) is svc, delay_ms=delay)
+        return service_op(svc, outcome, stored=store.services.get(name) is svc, delay_ms=delay)
 
     @app.delete(V2 + "/services/{service}")
     async def delete_service(project: str, region: str, service: str, request: Request) -> dict:
@@ -161,9 +177,17 @@ def register(app: FastAPI, state: SandboxState) -> None:
         return _operation(state, project, region, operation).poll()
 
     @app.post(V2 + "/operations/{operation}:wait")
-    async def wait_operation(project: str, region: str, operation: str) -> dict:
+    async def wait_operation(project: str, region: str, operation: str, request: Request) -> dict:
+        """ "Waits until the specified long-running operation is done or reaches at most a
+        specified timeout, returning the latest state." (google/longrunning/operations.proto,
+        WaitOperation); without a timeout the sandbox waits at most 60 s."""
         op = _operation(state, project, region, operation)
-        op.complete()
+        timeout = duration_s((await json_body(request)).get("timeout"), 60.0, "timeout")
+        deadline = time.monotonic() + timeout
+        while not op.is_decided() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if op.is_decided():
+            op.complete()
         return op.to_json()
 
     @app.delete(V2 + "/operations/{operation}")

@@ -5,6 +5,7 @@ and the index of both that the rest of the model builds on (lookup by name).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,8 @@ class Revision:
     create_time: str
     ready: bool
     device: str
+    # Its container is starting (docker run + the startup probe): neither Ready nor failed.
+    reconciling: bool = False
     message: str = ""
     reason: str = ""
     revision_reason: str = ""
@@ -52,6 +55,14 @@ class Revision:
     last_used: float = 0.0
 
     def ready_condition(self) -> dict:
+        if self.reconciling:
+            # "CONDITION_RECONCILING: Transient state: reconciliation is still in progress."
+            # (googleapis google/cloud/run/v2/condition.proto, Condition.State)
+            return {
+                "type": "Ready",
+                "state": "CONDITION_RECONCILING",
+                "lastTransitionTime": self.create_time,
+            }
         cond = {
             "type": "Ready",
             "state": "CONDITION_SUCCEEDED" if self.ready else "CONDITION_FAILED",
@@ -82,7 +93,9 @@ class Revision:
             "maxInstanceRequestConcurrency": t.get("maxInstanceRequestConcurrency", 80),
             "conditions": [self.ready_condition()],
             "observedGeneration": str(self.generation),
-            "reconciling": False,
+            # "Indicates whether the resource's reconciliation is still in progress. See
+            # comments in Service.reconciling" (google/cloud/run/v2/revision.proto)
+            "reconciling": self.reconciling,
             "logUri": f"https://console.cloud.google.com/logs/viewer?project={self.project}",
             "etag": f'"{self.uid[:12]}"',
         }
@@ -121,6 +134,29 @@ class Service:
         return service_host(self.project, self.region, self.short, tag)
 
 
+@dataclass
+class Reconcile:
+    """What a create/update's long-running operation reports, once `decided`: `error`, or
+    the service. Decided at request time, except while the service's latest revision starts
+    its container: then when that revision is Ready or failed (run_store.RunStore.apply).
+
+    Google: "When a new Service is created, or an existing one is updated, Cloud Run will
+    asynchronously perform all necessary steps to bring the Service to the desired serving
+    state. This process is called reconciliation." (google/cloud/run/v2/service.proto,
+    Service.reconciling); the operation is done when it is over."""
+
+    revision: Revision | None = None  # the revision this create/update made, if any
+    creating: bool = False
+    error: ApiError | None = None
+    decided: bool = True
+    listeners: list[Callable[[], None]] = field(default_factory=list)
+
+    def decide(self, error: ApiError | None) -> None:
+        self.error, self.decided = error, True
+        for listener in self.listeners:
+            listener()
+
+
 class RunIndex:
     """Every service and revision of the emulator, by full name, and the traffic history."""
 
@@ -131,6 +167,11 @@ class RunIndex:
         self.history: list[dict] = []
         self.deploy_errors_used: dict[str, int] = {}
         self.instances: dict[str, Any] = {}  # revision name -> its ASGI app (revisions_http)
+        # revision name -> the creates/updates waiting for its container's start to be decided
+        self.waiting: dict[str, list[Reconcile]] = {}
+        # revision name -> the task starting its container (kept across a reset: it removes
+        # the container it started for a revision that is gone)
+        self.starting: dict[str, Any] = {}
 
     def reset(self) -> None:
         self.services.clear()
@@ -138,6 +179,7 @@ class RunIndex:
         self.history.clear()
         self.deploy_errors_used.clear()
         self.instances.clear()
+        self.waiting.clear()
 
     # ---- lookup -------------------------------------------------------------------------
 

@@ -1,14 +1,17 @@
 """Cloud Run revision lifecycle in the emulator: whether a deploy fails (the scenario's
 deploy errors, quota shortfalls), how a revision is created (name, device, faults, resolved
-secrets, Ready or not and why) and deleted. How a revision's instance serves requests is
+secrets, Ready or not and why; with a Docker daemon it reconciles while its container starts,
+in the background) and deleted. How a revision's instance serves requests is
 revisions_http.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import string
 import uuid
+from collections.abc import Callable
 
 from sandbox.emulator import gpu_instances
 from sandbox.emulator.core import ApiError, SandboxState, now_rfc3339
@@ -153,24 +156,64 @@ class RevisionLifecycle(TrafficRules):
                 missing_secret,
                 "SECRETS_ACCESS_CHECK_FAILED",
             )
-        elif (
-            scenario.region(svc.region).never_ready
-            # With a Docker daemon the container decides (a never_ready fault reaches it as env).
-            or (self.state.docker_host and not start_revision_container(self.state, rev))
-            or (not self.state.docker_host and any(f.fault == "never_ready" for f in faults))
+        elif scenario.region(svc.region).never_ready or (
+            not self.state.docker_host and any(f.fault == "never_ready" for f in faults)
         ):
-            probe = startup_probe(template)
-            rev.ready, rev.message = False, NOT_READY_MESSAGE.format(port=probe.port)
-            rev.revision_reason = "HEALTH_CHECK_CONTAINER_ERROR"
+            self._not_started(rev)
+        elif self.state.docker_host:
+            # With a Docker daemon the container decides (a never_ready fault reaches it as
+            # env): it reconciles until it listens on $PORT or its probe gives up
+            # (`start_container`).
+            rev.ready, rev.reconciling = False, True
         self.revisions[rev.name] = rev
         self.state.calls["run.revision_created"] += 1
-        if not rev.ready:
-            self.state.calls["run.revision_failed"] += 1
-            if rev.revision_reason:  # the container was started and failed its probe
-                text = startup_probe(template).failure_text(container_name(template))
-                write_revision_log(self.state, rev, "ERROR", text)
-            write_revision_log(self.state, rev, "ERROR", rev.message)
+        if not rev.ready and not rev.reconciling:
+            self._log_failure(rev)
         return rev
+
+    def _not_started(self, rev: Revision) -> None:
+        """The revision's container did not listen on $PORT within the startup probe."""
+        probe = startup_probe(rev.template)
+        rev.ready, rev.message = False, NOT_READY_MESSAGE.format(port=probe.port)
+        rev.revision_reason = "HEALTH_CHECK_CONTAINER_ERROR"
+
+    def _log_failure(self, rev: Revision) -> None:
+        self.state.calls["run.revision_failed"] += 1
+        if rev.revision_reason:  # the container was started and failed its probe
+            text = startup_probe(rev.template).failure_text(container_name(rev.template))
+            write_revision_log(self.state, rev, "ERROR", text)
+        write_revision_log(self.state, rev, "ERROR", rev.message)
+
+    def start_container(self, rev: Revision, decided: Callable[[Revision], None]) -> None:
+        """Start a reconciling revision's container in the background (the emulator answers
+        meanwhile); on the event loop, once it listens or its probe gave up, the revision is
+        Ready or failed and `decided(rev)` runs. Called on the event loop."""
+
+        def wanted() -> bool:
+            return self.revisions.get(rev.name) is rev
+
+        async def run() -> None:
+            try:
+                started = await start_revision_container(self.state, rev, wanted)
+            except Exception as exc:  # noqa: BLE001 - a failed start, never a stuck revision
+                started = False
+                write_revision_log(
+                    self.state, rev, "ERROR", f"sandbox: the container did not start: {exc!r}"
+                )
+            finally:
+                self.starting.pop(rev.name, None)
+            rev.reconciling = False
+            if started:
+                rev.ready = True
+            else:
+                self._not_started(rev)
+                if wanted():
+                    self._log_failure(rev)
+            decided(rev)
+
+        self.starting[rev.name] = asyncio.get_running_loop().create_task(
+            run(), name=f"start-{rev.short}"
+        )
 
     def _resolve_env(self, project: str, template: dict) -> tuple[dict[str, str], str]:
         """The first container's env with secrets resolved from the scenario's `secrets`."""

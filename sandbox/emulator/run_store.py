@@ -1,8 +1,11 @@
 """Cloud Run Admin v2 resources of the emulator: services, revisions, traffic, traffic history.
 
-The model, independent of HTTP. A create/update is applied at request time (the state
-changes at once; its long-running operation only reports the outcome, and the service
-shows `reconciling` until the operation is done). Rules that mirror Google:
+The model, independent of HTTP. A create/update is applied at request time (the spec changes at
+once; its long-running operation reports the outcome, and the service shows `reconciling`
+until the operation is done). With a Docker daemon a new revision's container starts in the
+background (up to its startup probe's window): until it listens or fails, the revision and the
+service reconcile, the traffic serves as before, and the operation is not done
+(`Reconcile`); every API answers meanwhile. Rules that mirror Google:
 
 - a new revision is created when the template changes; traffic-only updates create none;
   `template.revision` names it (must start with "{service}-"; a name that exists with a
@@ -27,7 +30,7 @@ from typing import Any
 
 from sandbox.emulator import gpu_instances
 from sandbox.emulator.core import ApiError, now_rfc3339, quota_error_info
-from sandbox.emulator.run_resources import LATEST, Service
+from sandbox.emulator.run_resources import LATEST, Reconcile, Revision, Service
 from sandbox.emulator.run_revisions import RevisionLifecycle
 from sandbox.emulator.run_templates import (
     OUTPUT_ONLY,
@@ -44,7 +47,11 @@ class RunStore(RevisionLifecycle):
     # ---- rendering ----------------------------------------------------------------------
 
     def render_service(self, svc: Service) -> dict:
-        pending = svc.pending_op is not None and not self.state.operations[svc.pending_op].done
+        op = self.state.operations.get(svc.pending_op or "")
+        latest = self.revisions.get(svc.latest_created)
+        # "reconciling: Returns true if the Service is currently being acted upon by the system
+        # to bring it into the desired state." (google/cloud/run/v2/service.proto)
+        pending = (op is not None and not op.done) or (latest is not None and latest.reconciling)
         if pending:
             terminal = {"type": "Ready", "state": "CONDITION_RECONCILING"}
         elif svc.failure:
@@ -57,9 +64,10 @@ class RunStore(RevisionLifecycle):
         else:
             terminal = {"type": "Ready", "state": "CONDITION_SUCCEEDED"}
         terminal["lastTransitionTime"] = svc.update_time
-        latest = self.revisions.get(svc.latest_created)
         configs = {"type": "ConfigurationsReady", "state": "CONDITION_SUCCEEDED"}
-        if latest is not None and not latest.ready:
+        if latest is not None and latest.reconciling:
+            configs["state"] = "CONDITION_RECONCILING"
+        elif latest is not None and not latest.ready:
             configs = {
                 "type": "ConfigurationsReady",
                 "state": "CONDITION_FAILED",
@@ -105,9 +113,9 @@ class RunStore(RevisionLifecycle):
         update_mask: list[str] | None = None,
         allow_missing: bool = False,
         validate_only: bool = False,
-    ) -> tuple[Service, ApiError | None]:
+    ) -> tuple[Service, Reconcile]:
         """Create or update a service. Raises ApiError for what the API call itself refuses;
-        returns the service and the error its operation will report (or None)."""
+        returns the service and what its operation will report (maybe not decided yet)."""
         _, project, _, region, _, short = name.split("/")
         existing = self.services.get(name)
         if creating and existing is not None:
@@ -150,13 +158,16 @@ class RunStore(RevisionLifecycle):
             self.state.calls["run.deploy_error.api"] += 1
             raise ApiError(429, failure.message, details=failure_details(project, region, failure))
         if validate_only:
-            return existing or self._stub(name, project, region, short, spec), None
+            return existing or self._stub(name, project, region, short, spec), Reconcile()
         if failure is not None and failure.where == "operation":
             self.state.calls["run.deploy_error.operation"] += 1
             if existing is not None:
                 existing.failure = {"reason": "REVISION_FAILED", "message": failure.message}
-            return existing or self._stub(name, project, region, short, spec), ApiError(
+            refused = ApiError(
                 429, failure.message, details=failure_details(project, region, failure)
+            )
+            return existing or self._stub(name, project, region, short, spec), Reconcile(
+                error=refused
             )
 
         now = now_rfc3339()
@@ -180,20 +191,36 @@ class RunStore(RevisionLifecycle):
         svc.update_time = now
         svc.etag = f'"{uuid.uuid4().hex[:16]}"'
 
-        op_error: ApiError | None = None
+        outcome = Reconcile(creating=existing is None)
         if changed:
-            rev = self._create_revision(svc, template, new_rev_name, failure)
-            svc.latest_created = rev.name
-            if not rev.ready:
-                op_error = ApiError(
-                    400,
-                    f"Revision '{rev.short}' is not ready and cannot serve traffic. {rev.message}",
-                    status="FAILED_PRECONDITION",
-                )
+            outcome.revision = self._create_revision(svc, template, new_rev_name, failure)
+            svc.latest_created = outcome.revision.name
+        latest = self.revisions.get(svc.latest_created)
+        if latest is not None and latest.reconciling:
+            # Decided when the latest revision is (`_revision_decided`); what serves stays.
+            outcome.decided = False
+            self.waiting.setdefault(latest.name, []).append(outcome)
+            if latest is outcome.revision:
+                self.start_container(latest, self._revision_decided)
+            return svc, outcome
+        self._settle(svc, outcome)
+        return svc, outcome
+
+    def _settle(self, svc: Service, outcome: Reconcile) -> None:
+        """The end of a create/update's reconciliation: latest Ready revision, traffic, the
+        terminal condition, the traffic history; decides `outcome`."""
+        rev = outcome.revision
+        op_error: ApiError | None = None
+        if rev is not None and not rev.ready:
+            op_error = ApiError(
+                400,
+                f"Revision '{rev.short}' is not ready and cannot serve traffic. {rev.message}",
+                status="FAILED_PRECONDITION",
+            )
         svc.latest_ready = next(
-            (r.name for r in reversed(self.service_revisions(name)) if r.ready), ""
+            (r.name for r in reversed(self.service_revisions(svc.name)) if r.ready), ""
         )
-        statuses, refused = self._resolve_traffic(svc, spec["traffic"])
+        statuses, refused = self._resolve_traffic(svc, svc.spec["traffic"])
         if refused is not None:
             self.state.calls["run.traffic_refused"] += 1
             op_error = op_error or refused
@@ -201,18 +228,37 @@ class RunStore(RevisionLifecycle):
             # latestReadyRevision) keep the last serving state: "If reconciliation failed,
             # traffic_statuses, observed_generation, and latest_ready_revision will have the
             # state of the last serving revision, or empty for newly created Services."
-            # (google/cloud/run/v2/service.proto, Service.reconciling)
-            if existing is None:
-                svc.statuses = []
+            # (google/cloud/run/v2/service.proto, Service.reconciling): the statuses stay.
         else:
             svc.statuses = statuses
         if op_error is not None:
             svc.failure = {"reason": "REVISION_FAILED", "message": op_error.message}
         else:
             svc.failure = None
-        self.record(svc, "create" if existing is None else "update", note=_note(op_error))
-        gpu_instances.refresh(self, project, region)  # minimums start or stop with the traffic
-        return svc, op_error
+        self.record(svc, "create" if outcome.creating else "update", note=_note(op_error))
+        gpu_instances.refresh(self, svc.project, svc.region)  # minimums follow the traffic
+        outcome.decide(op_error)
+
+    def _revision_decided(self, rev: Revision) -> None:
+        """A revision's container started or failed: settle the creates/updates waiting."""
+        waiting = self.waiting.pop(rev.name, [])
+        svc = self.services.get(rev.service)
+        if svc is None:  # deleted (or the sandbox reset) while the container started
+            gone = ApiError(
+                409,
+                f"Service '{rev.service.rsplit('/', 1)[-1]}' was deleted while revision "
+                f"'{rev.short}' was being deployed.",
+                status="ABORTED",
+            )
+            for outcome in waiting:
+                outcome.decide(gone)
+            return
+        latest = self.revisions.get(svc.latest_created)
+        if latest is not None and latest.reconciling:  # a newer revision: its end settles all
+            self.waiting.setdefault(latest.name, []).extend(waiting)
+            return
+        for outcome in waiting:
+            self._settle(svc, outcome)
 
     def _stub(self, name: str, project: str, region: str, short: str, spec: dict) -> Service:
         """A service that is not stored: what a failed create or a validateOnly one answers."""

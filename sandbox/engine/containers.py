@@ -134,14 +134,27 @@ def start_instance(
     memory_mib: int,
     log: Log,
     startup_timeout_s: float = 60.0,
+    command: list[str] | None = None,
+    arguments: list[str] | None = None,
 ) -> Instance:
-    """Start the container and wait for $PORT. Raises StartFailed (the container is removed)."""
+    """Start the container and wait for $PORT. Raises StartFailed (the container is removed).
+
+    `command` / `arguments`: the template container's `command` and `args`, Cloud Run's
+    override of the image's ENTRYPOINT and CMD ("Entrypoint array. Not executed within a
+    shell. The docker image's ENTRYPOINT is used if this is not provided." / "Arguments to the
+    entrypoint. The docker image's CMD is used if this is not provided.", google/cloud/run/v2/
+    k8s.min.proto, Container); `docker run --entrypoint` drops the image's CMD likewise. Their
+    `$(VAR_NAME)` references are not expanded here (harsher than Google, never kinder)."""
     port = free_port()
     args = ["run", "--detach", "--network=host", f"--name={name}"]
     args += [f"--memory={memory_mib}m", f"--memory-swap={memory_mib}m"]
     for key, value in {**env, "PORT": str(port)}.items():
         args += ["--env", f"{key}={value}"]
-    started = docker(engine, *args, image, timeout=300)
+    tail = list(arguments or [])
+    if command:
+        args += ["--entrypoint", command[0]]
+        tail = [*command[1:], *tail]
+    started = docker(engine, *args, image, *tail, timeout=300)
     if started.returncode != 0:
         raise StartFailed(f"the image {image} could not be started: {started.stderr.strip()}")
     container = started.stdout.strip()

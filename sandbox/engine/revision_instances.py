@@ -1,8 +1,11 @@
 """The emulator's revisions as containers (sandbox/engine/containers.py) when a daemon runs.
 
-`start_revision_container` is called where a revision comes to life (run_revisions.py); the
-instance lives in `state.stores["containers"]`, which revisions_http.py forwards requests to.
-A sandbox reset or a deleted revision removes the containers.
+`start_revision_container` is awaited where a revision comes to life (run_revisions.py): the
+`docker run` and the startup probe (up to the probe window, 240 s by default) run in a thread,
+so the emulator keeps answering every API meanwhile, as Google does while a revision
+reconciles; the state is read before and written after, on the event loop. The instance lives
+in `state.stores["containers"]`, which revisions_http.py forwards requests to. A sandbox reset
+or a deleted revision removes the containers.
 
 Two things differ from Google, both harsher, never kinder:
 - memory: each container gets the template's limit, at most $SHIPYARD_ENGINE_MEMORY_MIB (default
@@ -15,7 +18,9 @@ Two things differ from Google, both harsher, never kinder:
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 from sandbox.emulator.run_resources import Revision, write_revision_log
@@ -61,10 +66,31 @@ def container_store(state: Any) -> ContainerStore | None:
     return store
 
 
-def start_revision_container(state: Any, rev: Revision) -> bool:
-    """Start the revision's container; False when it exited or never listened on $PORT."""
+async def start_revision_container(state: Any, rev: Revision, wanted: Callable[[], bool]) -> bool:
+    """Start the revision's container; False when it exited or never listened on $PORT.
+
+    Runs on the event loop; the start itself (`docker run`, the probe) in a thread that touches
+    nothing of `state` but its Cloud Logging store (`write_log` takes a lock). A container that
+    started for a revision no longer `wanted` (deleted, or the sandbox reset, meanwhile) is
+    removed at once."""
     store = container_store(state)
     assert store is not None
+    arguments = _start_arguments(state, rev)
+    try:
+        instance = await asyncio.to_thread(start_instance, store.engine, **arguments)
+    except StartFailed:
+        return False
+    if not wanted():
+        await asyncio.to_thread(stop_instance, store.engine, instance)
+        return False
+    store.instances[rev.name] = instance
+    state.calls["run.container_started"] += 1
+    return True
+
+
+def _start_arguments(state: Any, rev: Revision) -> dict[str, Any]:
+    """`start_instance`'s keyword arguments for the revision: image, name, env with Cloud
+    Run's contract, memory, log sink and the startup probe's window."""
     container = (rev.template.get("containers") or [{}])[0]
     memory = parse_memory_gib(template_limits(rev.template).get("memory") or "512Mi")
     memory_mib = min(memory_cap_mib(), max(6, int(memory * 1024)))
@@ -88,18 +114,13 @@ def start_revision_container(state: Any, rev: Revision) -> bool:
     def log(severity: str, text: str, stream: str) -> None:
         write_revision_log(state, rev, severity, text, stream=stream)
 
-    try:
-        instance = start_instance(
-            store.engine,
-            image=container.get("image", ""),
-            name=f"rev-{rev.short}-{rev.uid[:8]}",
-            env=env,
-            memory_mib=memory_mib,
-            log=log,
-            startup_timeout_s=startup_probe(rev.template).window_s,
-        )
-    except StartFailed:
-        return False
-    store.instances[rev.name] = instance
-    state.calls["run.container_started"] += 1
-    return True
+    return {
+        "image": container.get("image", ""),
+        "name": f"rev-{rev.short}-{rev.uid[:8]}",
+        "env": env,
+        "memory_mib": memory_mib,
+        "log": log,
+        "startup_timeout_s": startup_probe(rev.template).window_s,
+        "command": container.get("command") or None,
+        "arguments": container.get("args") or None,
+    }

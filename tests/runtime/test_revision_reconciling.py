@@ -1,0 +1,71 @@
+"""While a revision's container starts (docker run, then the startup probe's window), the
+emulator keeps answering and reports what Google reports: the create's operation is not done,
+the service is `reconciling` with its terminal condition CONDITION_RECONCILING, the revision's
+Ready condition is reconciling; once the probe gives up, the operation is done with Google's
+error and both are failed (google/cloud/run/v2/service.proto, Service.reconciling;
+revision.proto, Revision.reconciling; condition.proto, Condition.State).
+
+The container is the base image itself with a `command` that never listens: nothing to build.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from google.api_core import exceptions
+from google.cloud import run_v2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
+from run_testkit import FAILED, FAST, RECONCILING, parent, template  # noqa: E402
+
+NEVER_LISTENS = [
+    "python3",
+    "-c",
+    "import time; print('not listening', flush=True); time.sleep(600)",
+]
+
+
+def test_the_emulator_answers_while_a_revision_starts_and_reports_it_reconciling(
+    engine_sandbox, engine_base
+):
+    from blocks.cloud import GoogleCloud
+
+    cloud = GoogleCloud()
+    services, revisions = cloud.services_client(), cloud.revisions_client()
+    tpl = template(engine_base)
+    tpl.containers[0].command = NEVER_LISTENS
+    # A probe of 3 s (1 s period, 3 failures) instead of Cloud Run's default 240 s.
+    tpl.containers[0].startup_probe = run_v2.Probe(
+        tcp_socket=run_v2.TCPSocketAction(port=8080), period_seconds=1, failure_threshold=3
+    )
+    op = services.create_service(
+        parent=parent(cloud), service={"template": tpl}, service_id="slow-start"
+    )
+    # Answered before the container was even started: not done yet.
+    assert not op.operation.done
+
+    # The probe's window has not begun (docker run comes first), let alone ended: every read
+    # below is answered meanwhile and sees the revision reconciling.
+    assert not op.done(retry=None)
+    svc = services.get_service(name=f"{parent(cloud)}/services/slow-start")
+    assert svc.reconciling and svc.terminal_condition.state == RECONCILING
+    assert svc.latest_created_revision and not svc.latest_ready_revision
+    rev = revisions.get_revision(name=svc.latest_created_revision)
+    assert rev.reconciling
+    assert [c.state for c in rev.conditions if c.type_ == "Ready"] == [RECONCILING]
+    listed = [s.name for s in services.list_services(parent=parent(cloud))]
+    assert svc.name in listed
+
+    # Then the probe gives up: the operation is done with Google's error.
+    with pytest.raises(exceptions.FailedPrecondition, match="is not ready and cannot serve"):
+        op.result(polling=FAST)
+    svc = services.get_service(name=svc.name)
+    assert not svc.reconciling and svc.terminal_condition.state == FAILED
+    rev = revisions.get_revision(name=svc.latest_created_revision)
+    assert not rev.reconciling
+    ready = next(c for c in rev.conditions if c.type_ == "Ready")
+    assert ready.state == FAILED
+    assert "failed to start and listen on the port" in ready.message
+    assert ready.revision_reason.name == "HEALTH_CHECK_CONTAINER_ERROR"

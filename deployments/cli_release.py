@@ -62,9 +62,18 @@ def demo_command(
         help="Build and run containers on the sandbox's own Docker daemon (as root with "
         "docker.io); --no-engine, or where it cannot start: in-process stand-ins.",
     ),
+    fresh: bool = typer.Option(
+        False,
+        "--fresh",
+        help="Throw away what earlier demos kept in $SHIPYARD_HOME/demo (the registry's "
+        "storage, the Docker daemon's data root and build cache, the template Prefect "
+        "database) and run cold. Kept otherwise: a second run skips the prewarmed tiers and "
+        "finds its build cached. The base root filesystem cache ($SHIPYARD_ROOTFS_CACHE) stays.",
+    ),
 ) -> None:
-    """The whole pipeline end to end on a fresh local sandbox: quota 0 and denied in europe-west1,
-    granted in us-central1 after two polls, canary on a real page, cutover."""
+    """The whole pipeline end to end on a local sandbox (fresh emulator state, kept registry and
+    build cache unless --fresh): quota 0 and denied in europe-west1, granted in us-central1
+    after two polls, canary on a real page, cutover."""
     import prefect.main  # noqa: F401 - configures Prefect's logging now: the levels below stick
 
     from deployments.release_demo import DemoError, run_demo
@@ -79,9 +88,15 @@ def demo_command(
     # Progress goes to stderr with --json, so stdout stays one JSON object.
     out = Console(stderr=True) if as_json else console
     try:
-        out.print(f"a fresh sandbox, scenario [bold]{scenario}[/]: the full pipeline")
+        out.print(
+            f"the full pipeline on a local sandbox, scenario [bold]{scenario}[/] (fresh emulator state)"
+        )
         data = run_demo(
-            scenario, tag, progress=lambda line: out.print("  " + escape(line)), engine=engine
+            scenario,
+            tag,
+            progress=lambda line: out.print("  " + escape(line)),
+            engine=engine,
+            fresh=fresh,
         )
     except (ScenarioError, DemoError) as exc:
         out.print(f"[red]error:[/] {exc}")
@@ -139,8 +154,16 @@ def print_pipeline(data: dict[str, Any]) -> None:
             f"build     {b['image']} of {b['commit'][:12]}: {how}, CACHED {b['cached_steps']} / "
             f"RUN {b['run_steps']} (hit rate {b['hit_rate']:.0%}), {b['seconds']:.1f} s"
         )
-    stages = ", ".join(f"{k} {v:.1f} s" for k, v in data.get("stages", {}).items())
-    console.print(f"stages    {stages}; wall {data.get('wall_s', 0):.1f} s")
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in data.get("stages", {}).items())
+    load = data.get("load_avg_1m") or {}
+    console.print(
+        f"stages    {stages}; wall {data.get('wall_s', 0):.1f} s "
+        f"(load average {load.get('start', '?')} at start, {load.get('end', '?')} at the end)"
+    )
+    kept = data.get("kept_state") or {}
+    if kept.get("dir"):
+        reused = "; ".join(kept.get("reused") or []) or "nothing (a cold run)"
+        console.print(f"reused    {reused} [dim](kept in {kept['dir']}; --fresh drops it)[/]")
     if data.get("sandbox_mode"):
         note = f" ({data['sandbox_mode_note']})" if data.get("sandbox_mode_note") else ""
         console.print(f"sandbox   {data['sandbox_mode']}{note}")

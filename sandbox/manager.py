@@ -17,7 +17,13 @@ from pathlib import Path
 
 import httpx
 
-from sandbox.engine.daemon import release_mounts, start_engine, unavailable_reason
+from sandbox.engine.daemon import (
+    Engine,
+    release_mounts,
+    remove_containers,
+    start_engine,
+    unavailable_reason,
+)
 from sandbox.procs import pick_port, pid_alive, spawn, stop_pid, wait_for_port
 from sandbox.registry import start_registry
 from sandbox.scenario import load_scenario, resolve_scenario_path
@@ -90,9 +96,12 @@ class SandboxInfo:
         return {name: pid_alive(pid) for name, pid in self.pids.items()}
 
     def stop(self) -> list[str]:
-        """Stop by PID: the emulator first, the Docker daemon last (given time to stop its
-        containers and containerd, so no shim outlives it)."""
+        """Stop by PID: the emulator first, the Docker daemon last, its containers removed
+        first (so it does not wait out each one's stop grace) and given time to stop
+        containerd, so no shim outlives it."""
         stopped = []
+        if self.docker_host and "dockerd" in self.pids and pid_alive(self.pids["dockerd"]):
+            remove_containers(Engine(self.docker_host))
         order = sorted(self.pids.items(), key=lambda item: item[0] == "dockerd")
         for name, pid in order:
             if stop_pid(pid, timeout=30.0 if name == "dockerd" else 5.0):

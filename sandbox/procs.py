@@ -22,7 +22,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing listens on host:port. Connections of a server that just stopped (TIME_WAIT) do
+    not count: the servers started here (Go's net, uvicorn) bind with SO_REUSEADDR too."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -94,11 +94,25 @@ def start_engine(root: Path, timeout: float = 30.0) -> Engine:
         engine = Engine(f"unix://{sock}", proc.pid, driver, str(data_root))
         problem = _wait_ready(engine, proc, timeout)
         if problem is None:
+            # A kept data root (the demo's) may hold the containers of a run that died: none of
+            # them runs any more, and their names would collide with the new instances'.
+            remove_containers(engine)
             return engine
         stop_pid(proc.pid)
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         problems.append(f"{driver}: {problem}: {' | '.join(tail)}")
     raise RuntimeError("the sandbox's Docker daemon did not start: " + "; ".join(problems))
+
+
+def remove_containers(engine: Engine) -> int:
+    """Remove every container of the engine at once (SIGKILL, no grace): the sandbox's
+    revision instances keep no state. dockerd's own shutdown would stop each one with its
+    10 s grace first. Returns how many there were."""
+    listed = docker(engine, "ps", "--all", "--quiet", timeout=30)
+    ids = listed.stdout.split() if listed.returncode == 0 else []
+    if ids:
+        docker(engine, "rm", "--force", *ids, timeout=60)
+    return len(ids)
 
 
 def release_mounts(root: Path) -> list[str]:

@@ -1,0 +1,43 @@
+"""What `shipyard demo` keeps between runs (deployments/demo_state.py): a second sandbox over
+the same state finds the registry's storage on the same port; `--fresh` (forget) drops it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from deployments.demo_state import DemoState, forget
+from deployments.release_demo import local_cloud
+from sandbox.oci import RegistryFailure, SandboxRegistry
+from sandbox.seed import UPSTREAM_REPOSITORY, UPSTREAM_TAG, seed_cuda_image
+
+
+def _served_digest(registry_url: str) -> str | None:
+    async def go() -> str | None:
+        reg = SandboxRegistry(registry_url)
+        try:
+            return (await reg.get_manifest(UPSTREAM_REPOSITORY, UPSTREAM_TAG))[1]
+        except RegistryFailure:
+            return None
+        finally:
+            await reg.aclose()
+
+    return asyncio.run(go())
+
+
+def test_a_second_demo_sandbox_finds_the_kept_registry_and_fresh_drops_it(tmp_path):
+    state = DemoState(tmp_path / "demo")
+    assert state.found() == {"registry": False, "engine": False, "prefect_db": False}
+    with local_cloud(state=state) as cloud:
+        seeded = seed_cuda_image(cloud.info.registry_url)
+        first_host = cloud.info.registry_host
+
+    assert state.found()["registry"] is True
+    with local_cloud(state=state) as cloud:
+        # the same port (image references name it) and the same image, by digest
+        assert cloud.info.registry_host == first_host
+        assert _served_digest(cloud.info.registry_url) == seeded.digest
+
+    assert forget(state) is True and not state.root.exists()
+    assert state.found()["registry"] is False
+    with local_cloud(state=state) as cloud:
+        assert _served_digest(cloud.info.registry_url) is None

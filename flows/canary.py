@@ -345,13 +345,15 @@ def baseline_url_step(ctx: RunContext, region: str) -> tuple[str, str | None]:
 
 
 @task(name="cpu-baseline-untag", cache_policy=NO_CACHE, persist_result=False)
-def untag_step(ctx: RunContext, region: str, tag: str) -> None:
+def untag_step(ctx: RunContext, region: str, tag: str) -> bool:
+    """Take `tag` off the region's service (traffic unchanged); True when it was there."""
     note_attempt()
     service = cr.get_service(ctx.services, ctx.service_name(region))
     if service is None or cr.tag_uri(service, tag) is None:
-        return
+        return False
     traffic = [t for t in pinned_traffic(service) if t.tag != tag]
     cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+    return True
 
 
 def baseline_still_valid(target: ReleaseTarget, record: dict) -> bool:

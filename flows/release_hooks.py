@@ -2,10 +2,12 @@
 
 `abort_cleanup` is the release flow's `on_cancellation` / `on_crashed` hook: it cancels the
 tag's Cloud Build if one still runs, takes the `canary` tag off the tag's revision wherever that
-revision has 0% (an untested revision never keeps a tag URL, nor gets traffic), and leaves
-traffic where it is: on the last good revision (or, after a cutover, on the revision whose
-canary passed). A kill -9 runs no hook; the next release of the service frees the dead run's
-slot (flows/release_slot.py) and converges (its steps are idempotent).
+revision has 0% (an untested revision never keeps a tag URL, nor gets traffic), takes off the
+`baseline` tag the canary puts on a CPU revision while it measures the CPU baseline (a run
+stopped during that measurement never reached its own untag), and leaves traffic where it is:
+on the last good revision (or, after a cutover, on the revision whose canary passed). A kill -9
+runs no hook; the next release of the service frees the dead run's slot
+(flows/release_slot.py) and converges (its steps are idempotent).
 
 The canary verdict is written to the Variable `shipyard-verdict-{service}` before the cutover,
 so a re-run that finds the revision serving knows why it serves (and reports its figures).
@@ -77,13 +79,16 @@ def cancel_tag_builds_step(ctx: Any, git_tag: str) -> list[str]:
 
 
 def cleanup(target: ReleaseTarget, git_tag: str) -> list[str]:
-    """Cancel the tag's running build, clear the tag's canary where it has 0%. What was done.
+    """Cancel the tag's running build, clear the tag's canary where it has 0% and the CPU
+    baseline's measurement tag. What was done.
 
     Each Google call is a step task run with the target's retries on transient errors (the
     release's one retry mechanism), outside any flow run when a runner calls the hook."""
+    from flows.canary import untag_step
     from flows.region_deploy import clear_failed_step
     from flows.release_steps import StepLog
     from flows.run_context import RunContext
+    from flows.traffic_split import BASELINE_TAG
 
     done: list[str] = []
     ctx = RunContext(target, git_tag, None)
@@ -99,6 +104,11 @@ def cleanup(target: ReleaseTarget, git_tag: str) -> list[str]:
                 done.append(f"cleared the canary tag of {ctx.gpu_revision} in {region}")
         except Exception as exc:  # noqa: BLE001
             done.append(f"{region}: could not clear the canary tag: {exc}")
+        try:
+            if steps.run(f"untag-baseline:{region}", untag_step, ctx, region, BASELINE_TAG):
+                done.append(f"took the {BASELINE_TAG} tag off in {region}")
+        except Exception as exc:  # noqa: BLE001
+            done.append(f"{region}: could not take the {BASELINE_TAG} tag off: {exc}")
     return done
 
 

@@ -32,7 +32,12 @@ from test_release_guards import _events
 
 from flows.release_hooks import canary_verdict
 from sandbox.fault_matrix import slot_held
-from sandbox.release_invariants import invariant_violations, serving, stale_canary_tags
+from sandbox.release_invariants import (
+    final_states,
+    invariant_violations,
+    serving,
+    stale_canary_tags,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -145,6 +150,32 @@ def _started(pause: Pause, service: str, git_tag: str, since: dt.datetime) -> bo
     return any(e.event == pause.started for e in events)
 
 
+def _release_cancelled_when(served, target, git_tag: str, image: str, started, what: str):
+    """Run the served release of `git_tag` to `target` (saved as a block), cancel it through
+    the API once `started()` holds, and return the run's final state."""
+    block = f"cancel-{what}-{uuid.uuid4().hex[:6]}"
+    target.save(block, overwrite=True)
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(
+            served.id, parameters={"git_tag": git_tag, "target": block, "image": image}
+        )
+        _wait(
+            started,
+            180,  # a generous bound for a loaded machine; no timing is asserted
+            f"{what} to start",
+            served.proc,
+            served.log,
+        )
+        client.set_flow_run_state(run.id, Cancelling(message="cancelled by the test"))
+        return _wait(
+            lambda: (s := client.read_flow_run(run.id).state) is not None and s.is_final() and s,
+            120,
+            "the run to end",
+            served.proc,
+            served.log,
+        )
+
+
 @pytest.mark.parametrize("pause", PAUSES, ids=lambda p: p.step)
 def test_cancelled_at_each_step_leaves_the_last_good_release(
     pause, served, stage, make_target, sandbox_admin, request
@@ -162,34 +193,15 @@ def test_cancelled_at_each_step_leaves_the_last_good_release(
     git_tag = "v1.0.0"
     if pause.builds:
         repo.tag(git_tag)
-    block = f"cancel-{pause.step}-{uuid.uuid4().hex[:6]}"
-    target.save(block, overwrite=True)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-
-    with get_client(sync_client=True) as client:
-        run = client.create_flow_run_from_deployment(
-            served.id,
-            parameters={
-                "git_tag": git_tag,
-                "target": block,
-                "image": "" if pause.builds else f"{IMAGE}:{git_tag}",
-            },
-        )
-        _wait(
-            lambda: _started(pause, target.service, git_tag, since),
-            180,  # a generous bound for a loaded machine; no timing is asserted
-            f"{pause.step} to start",
-            served.proc,
-            served.log,
-        )
-        client.set_flow_run_state(run.id, Cancelling(message="cancelled by the test"))
-        final = _wait(
-            lambda: (s := client.read_flow_run(run.id).state) is not None and s.is_final() and s,
-            120,
-            "the run to end",
-            served.proc,
-            served.log,
-        )
+    final = _release_cancelled_when(
+        served,
+        target,
+        git_tag,
+        "" if pause.builds else f"{IMAGE}:{git_tag}",
+        lambda: _started(pause, target.service, git_tag, since),
+        pause.step,
+    )
     assert final.type == StateType.CANCELLED, (final.name, final.message)
 
     # No build of the tag still runs; the queued one was cancelled.
@@ -223,4 +235,66 @@ def test_cancelled_at_each_step_leaves_the_last_good_release(
         assert list(now.values()) == [100] and set(now) <= last_good, now
 
     # The slot is free for the next release of the service.
+    assert _wait(lambda: not slot_held(target.service), 30, "the release slot to be freed")
+
+
+def _tagged(history: list[dict], tag: str) -> list[str]:
+    """Where the services' final states still carry `tag`."""
+    return [
+        f"{name}: {tag} tag on {t['revision']}"
+        for name, entry in final_states(history).items()
+        for t in entry["traffic"]
+        if t.get("tag") == tag
+    ]
+
+
+def test_cancelled_while_the_cpu_baseline_is_tagged_leaves_no_baseline_tag(
+    served, stage, make_target, sandbox_admin
+):
+    """v1's GPU revision serves, its CPU revision is Ready at 0% (what a release of v1 leaves).
+    v2's canary tags that CPU revision `baseline` to measure it, and the run is cancelled while
+    the tag's traffic update is still under way: the run's own untag (after the measurement)
+    is never reached, so the hook takes the tag off, with the canary's."""
+    from google.cloud import run_v2
+
+    from flows.run_context import RunContext
+    from flows.templates import cpu_template, gpu_template
+    from tasks import cloud_run as cr
+
+    # Quota for two GPU instances: v1 keeps serving during v2's canary (no handover to the
+    # CPU revision), so the baseline is measured through a `baseline` tag. A traffic update
+    # takes 2 s (Google's take seconds): the cancel lands while the tag is being put on.
+    stage(
+        default_region={"gpu": 2, "gpu_no_zonal_redundancy": 2},
+        operations={"traffic_update_ms": 2_000},
+    )
+    target = make_target(regions=[EU])
+    v1 = RunContext(target, "v1.0.0", f"{IMAGE}:v1.0.0")
+    created = cr.create_service(
+        v1.services,
+        v1.project,
+        EU,
+        run_v2.Service(template=cpu_template(v1)),
+        target.service,
+        poll_s=0.02,
+    )
+    created.template = gpu_template(v1, EU)  # a new revision: no traffic-only delay
+    created.traffic = [cr.Traffic(v1.gpu_revision, 100).to_proto()]
+    cr.update_service(v1.services, created, poll_s=0.02)
+
+    final = _release_cancelled_when(
+        served,
+        target,
+        "v2.0.0",
+        f"{IMAGE}:v2.0.0",
+        lambda: _tagged(sandbox_admin.traffic_history(target.service), "baseline"),
+        "cpu-baseline",
+    )
+    assert final.type == StateType.CANCELLED, (final.name, final.message)
+
+    history = sandbox_admin.traffic_history(target.service)
+    assert _tagged(history, "baseline") == []
+    assert stale_canary_tags(history) == []
+    assert invariant_violations(history, [], known_good={v1.gpu_revision}) == []
+    assert serving(history, EU) == {v1.gpu_revision: 100}
     assert _wait(lambda: not slot_held(target.service), 30, "the release slot to be freed")

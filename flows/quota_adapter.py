@@ -9,17 +9,21 @@ the same time (threads), not one region after another.
 The wrapped functions are Prefect tasks with their own retries on transient errors
 (tasks/errors.py decides); they are called as tasks — one task run per region, submitted
 side by side (`.submit`), so the UI shows each region's filing and polling and Prefect retries
-each one. The release step that calls them does not retry again (one retry mechanism).
+each one. The release step that calls them does not retry again (one retry mechanism); given
+its stage's name, a retry they are granted is reported as that stage's `retrying` event, as a
+retried step reports its own (flows/stage_events.py).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from blocks.cloud import GoogleCloud
 from flows.progress import Progress
+from flows.stage_events import retry_reporter
+from tasks.errors import retry_condition_fn
 from tasks.quotas import (
     file_quota_preference,
     preference_id_for,
@@ -52,6 +56,13 @@ class PreferenceState(BaseModel):
         return self.state == "granted"
 
 
+def _reported(task: Any, stage: str | None) -> Any:
+    """`task` with its own retries, each one it is granted reported as `<stage>.retrying`."""
+    if stage is None:
+        return task
+    return task.with_options(retry_condition_fn=retry_reporter(stage, retry_condition_fn))
+
+
 def preference_ids(quota_id: str, regions: list[str]) -> dict[str, str]:
     """region -> the preference id for `quota_id` there. Per project and region, never per
     service: quota is per project+region, so two services share one preference."""
@@ -64,10 +75,11 @@ def read_region_quotas(
     regions: list[str],
     *,
     zonal_redundancy: bool,
+    stage: str | None = None,
 ) -> list[RegionQuota]:
     """One round of Cloud Quotas reads for every region (the task tasks/quotas.read_region_capacity,
-    retried by Prefect on transient errors)."""
-    capacity = read_region_capacity(cloud, regions, project=project)
+    retried by Prefect on transient errors; each retry a `<stage>.retrying` event)."""
+    capacity = _reported(read_region_capacity, stage)(cloud, regions, project=project)
     return [
         RegionQuota(
             region=region,
@@ -88,6 +100,7 @@ def file_preferences(
     preferred_value: int,
     justification: str,
     contact_email: str,
+    stage: str | None = None,
 ) -> dict[str, bool]:
     """File one preference per region, in parallel; region -> True when this call filed it.
 
@@ -96,9 +109,9 @@ def file_preferences(
     one is adopted: `ids[region]` becomes its id, so that it is the one polled."""
 
     futures = {
-        region: file_quota_preference.with_options(
-            task_run_name=f"file-preference:{region}"
-        ).submit(
+        region: _reported(file_quota_preference, stage)
+        .with_options(task_run_name=f"file-preference:{region}")
+        .submit(
             cloud,
             quota_id=quota_id,
             region=region,

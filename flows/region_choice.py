@@ -63,7 +63,7 @@ def read_quotas_step(ctx: RunContext) -> list[RegionQuota]:
     note_attempt()
     t = ctx.target
     return read_region_quotas(
-        ctx.cloud, ctx.project, t.regions, zonal_redundancy=t.gpu_zonal_redundancy
+        ctx.cloud, ctx.project, t.regions, zonal_redundancy=t.gpu_zonal_redundancy, stage="quota"
     )
 
 
@@ -86,6 +86,7 @@ def quota_preferences_step(ctx: RunContext, regions: list[str]) -> list[Preferen
         preferred_value=t.quota.preferred_value,
         justification=t.quota.justification,
         contact_email=t.quota.contact_email,
+        stage="quota-preferences",
     )
     states = poll_preferences(
         ctx.cloud,
@@ -103,7 +104,8 @@ def quota_preferences_step(ctx: RunContext, regions: list[str]) -> list[Preferen
 def decide_regions(ctx: RunContext, steps: StepLog, *, allow_requests: bool) -> RegionChoice:
     """Candidate regions in order: those whose quota fits, else those granted on request."""
     target = ctx.target
-    quotas = steps.run_with("quota", 0, [], read_quotas_step, ctx)  # the read retries itself
+    # The read retries itself (reported as the stage's `retrying` events): the step does not.
+    quotas = steps.run_with("quota", 0, [], read_quotas_step, ctx)
     verdicts = {q.region: fits(q, target) for q in quotas}
     for q in quotas:
         q.fits, q.why = verdicts[q.region]

@@ -24,7 +24,12 @@ IMAGE = "registry.sandbox.local/pages/page-service"
 def test_retried_canary_and_quota_wait_are_observable(stage, make_target, app_build):
     # europe-west1: no L4 quota, preference denied; us-central1: granted after two polls.
     # The GPU revision answers its first two page requests 503 (a transient answer: retried).
-    stage("default", revision_faults=[{"fault": "http_503", "requests": 2}])
+    # The first quota read is answered 503 too: the read task retries it.
+    stage(
+        "default",
+        revision_faults=[{"fault": "http_503", "requests": 2}],
+        apis={"quotas": {"first_n": 1, "error_codes": [503], "only_path": "quotaInfos"}},
+    )
     settings_block, repo = app_build
     repo.tag("v1.0.0", at="2026-02-12T10:30:00+01:00")  # an annotated tag: its tagger date
     target = make_target(build_settings_block=settings_block)  # the image is given: no build
@@ -36,7 +41,7 @@ def test_retried_canary_and_quota_wait_are_observable(stage, make_target, app_bu
     assert result.region == "us-central1"
     revision = f"{target.service}-v1-0-0"
 
-    # Retrying events: canary-run-1 was answered 503, 503, then 200.
+    # Retrying events: the quota read was answered 503 once; canary-run-1 503, 503, then 200.
     events = of_run(
         service_events(target.service, since, {"shipyard.release.released"}),
         str(result.flow_run_id),
@@ -45,6 +50,9 @@ def test_retried_canary_and_quota_wait_are_observable(stage, make_target, app_bu
     assert in_order(
         names,
         [
+            "shipyard.quota.started",
+            "shipyard.quota.retrying",
+            "shipyard.quota.succeeded",
             "shipyard.canary.started",
             "shipyard.canary.retrying",
             "shipyard.canary.retrying",
@@ -62,7 +70,12 @@ def test_retried_canary_and_quota_wait_are_observable(stage, make_target, app_bu
         assert related(event, "region") == "shipyard.gcp.region.us-central1"
         assert related(event, "revision") == f"shipyard.cloud-run.revision.{revision}"
         assert related(event, "flow-run") == f"prefect.flow-run.{result.flow_run_id}"
-    assert not [n for n in names if n.endswith(".retrying") and not n.startswith("shipyard.canary")]
+    (quota,) = [e for e in events if e.event == "shipyard.quota.retrying"]
+    assert (quota.payload["attempt"], quota.payload["step"]) == (2, "quota")
+    assert re.search(r"503", quota.payload["cause"]), quota.payload
+    assert related(quota, "flow-run") == f"prefect.flow-run.{result.flow_run_id}"
+    others = [n for n in names if n.endswith(".retrying")]
+    assert set(others) == {"shipyard.quota.retrying", "shipyard.canary.retrying"}, names
 
     # remote_503_rate: 3 canary runs sent 3 + 1 + 1 = 5 page requests, 2 answered 503.
     assert result.canary is not None and result.canary.requests == 5

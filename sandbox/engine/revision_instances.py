@@ -46,11 +46,23 @@ class ContainerStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.instances: dict[str, Instance] = {}
+        self.removals: set[asyncio.Task] = set()  # `docker rm`s under way (kept referenced)
 
     def remove(self, revision: str) -> None:
+        """Take the revision's container out of service and remove it: on the event loop, in
+        a thread (the emulator answers meanwhile); elsewhere, before returning."""
         instance = self.instances.pop(revision, None)
-        if instance is not None:
+        if instance is None:
+            return
+        instance.stopping = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             stop_instance(self.engine, instance)
+            return
+        task = loop.create_task(asyncio.to_thread(stop_instance, self.engine, instance))
+        self.removals.add(task)
+        task.add_done_callback(self.removals.discard)
 
     def reset(self) -> None:
         for name in list(self.instances):

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from google.api_core import exceptions
 from google.cloud import run_v2
+from google.longrunning import operations_pb2
+from google.protobuf import duration_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
 from run_testkit import FAILED, FAST, RECONCILING, parent, template  # noqa: E402
@@ -58,7 +60,15 @@ def test_the_emulator_answers_while_a_revision_starts_and_reports_it_reconciling
     listed = [s.name for s in services.list_services(parent=parent(cloud))]
     assert svc.name in listed
 
-    # Then the probe gives up: the operation is done with Google's error.
+    # Then the probe gives up: the operation is done with Google's error (WaitOperation
+    # answers then: "Waits until the specified long-running operation is done or reaches at
+    # most a specified timeout", google/longrunning/operations.proto).
+    waited = services.wait_operation(
+        request=operations_pb2.WaitOperationRequest(
+            name=op.operation.name, timeout=duration_pb2.Duration(seconds=60)
+        )
+    )
+    assert waited.done and "is not ready and cannot serve" in waited.error.message
     with pytest.raises(exceptions.FailedPrecondition, match="is not ready and cannot serve"):
         op.result(polling=FAST)
     svc = services.get_service(name=svc.name)

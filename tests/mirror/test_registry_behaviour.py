@@ -87,17 +87,26 @@ def test_retry_after_beyond_the_budget_gives_up_at_once_naming_the_setting(src, 
     assert "retry budget is 2s" in text and "--retry-budget" in text and is_transient(err)
 
 
+@pytest.fixture
+def blob_refused_10s(src, flaky):
+    """A proxy in front of `src` that answers the first GET of a source blob `429` with
+    `Retry-After: 10`, and everything else as `src` does."""
+    blobs = "GET /v2/nvidia/cuda/blobs/sha256:"
+    return flaky(
+        src.url, fail_every=0, throttle_every=1, throttle_max=1, retry_after="10",
+        throttle_only=blobs,
+    )  # fmt: skip
+
+
 @pytest.mark.slow
-def test_a_retry_after_of_ten_seconds_is_waited_out_and_the_copy_completes(src, dst, flaky):
+def test_a_retry_after_of_ten_seconds_is_waited_out_and_the_copy_completes(
+    src, dst, blob_refused_10s
+):
     """skopeo survives `429` with `Retry-After: 10` (containers/common#2494 is what happens
     without it); so does the mirror. The first GET of a source blob is refused for 10 s; the
     registry's own request log shows the next GET of that blob no earlier than that, and the
     image arrives intact with the default budget."""
-    blobs = "GET /v2/nvidia/cuda/blobs/sha256:"
-    proxy = flaky(
-        src.url, fail_every=0, throttle_every=1, throttle_max=1, retry_after="10",
-        throttle_only=blobs,
-    )  # fmt: skip
+    proxy = blob_refused_10s
 
     async def scenario():
         async with client_for(src.host) as s:
@@ -117,14 +126,12 @@ def test_a_retry_after_of_ten_seconds_is_waited_out_and_the_copy_completes(src, 
     assert again[0] - refused[0] >= 10.0  # measured where the registry received the requests
 
 
-def test_a_budget_shorter_than_retry_after_fails_at_once_naming_the_setting(src, dst, flaky):
+def test_a_budget_shorter_than_retry_after_fails_at_once_naming_the_setting(
+    src, dst, blob_refused_10s
+):
     """The same 10 s Retry-After with a 5 s retry budget: no retry the registry would refuse,
     no 10 s wait, a refusal that names the budget and the setting to raise."""
-    blobs = "GET /v2/nvidia/cuda/blobs/sha256:"
-    proxy = flaky(
-        src.url, fail_every=0, throttle_every=1, throttle_max=1, retry_after="10",
-        throttle_only=blobs,
-    )  # fmt: skip
+    proxy = blob_refused_10s
 
     async def scenario():
         async with client_for(src.host) as s:

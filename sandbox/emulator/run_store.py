@@ -209,14 +209,7 @@ class RunStore(RevisionLifecycle):
     def _settle(self, svc: Service, outcome: Reconcile) -> None:
         """The end of a create/update's reconciliation: latest Ready revision, traffic, the
         terminal condition, the traffic history; decides `outcome`."""
-        rev = outcome.revision
-        op_error: ApiError | None = None
-        if rev is not None and not rev.ready:
-            op_error = ApiError(
-                400,
-                f"Revision '{rev.short}' is not ready and cannot serve traffic. {rev.message}",
-                status="FAILED_PRECONDITION",
-            )
+        op_error = _not_ready(outcome.revision)
         svc.latest_ready = next(
             (r.name for r in reversed(self.service_revisions(svc.name)) if r.ready), ""
         )
@@ -254,11 +247,16 @@ class RunStore(RevisionLifecycle):
                 outcome.decide(gone)
             return
         latest = self.revisions.get(svc.latest_created)
-        if latest is not None and latest.reconciling:  # a newer revision: its end settles all
-            self.waiting.setdefault(latest.name, []).extend(waiting)
-            return
         for outcome in waiting:
-            self._settle(svc, outcome)
+            made = outcome.revision
+            if made is not None and made is not latest:
+                # A newer revision superseded it: the service's state is that one's to settle;
+                # this operation reports its own revision.
+                outcome.decide(_not_ready(made))
+            elif latest is not None and latest.reconciling:  # the newer one's end settles it
+                self.waiting.setdefault(latest.name, []).append(outcome)
+            else:
+                self._settle(svc, outcome)
 
     def _stub(self, name: str, project: str, region: str, short: str, spec: dict) -> Service:
         """A service that is not stored: what a failed create or a validateOnly one answers."""
@@ -327,6 +325,18 @@ class RunStore(RevisionLifecycle):
         del self.services[name]
         self.record(svc, "delete", exists=False)
         return rendered
+
+
+def _not_ready(rev: Revision | None) -> ApiError | None:
+    """The operation's error when the revision it made failed (None if it made none or it
+    is Ready)."""
+    if rev is None or rev.ready:
+        return None
+    return ApiError(
+        400,
+        f"Revision '{rev.short}' is not ready and cannot serve traffic. {rev.message}",
+        status="FAILED_PRECONDITION",
+    )
 
 
 def _note(err: ApiError | None) -> str:

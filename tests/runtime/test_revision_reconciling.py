@@ -20,13 +20,31 @@ from google.longrunning import operations_pb2
 from google.protobuf import duration_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
-from run_testkit import FAILED, FAST, RECONCILING, parent, template  # noqa: E402
+from run_testkit import FAILED, FAST, READY, RECONCILING, parent, short, template  # noqa: E402
 
 NEVER_LISTENS = [
     "python3",
     "-c",
     "import time; print('not listening', flush=True); time.sleep(600)",
 ]
+
+LISTENS = [
+    "python3",
+    "-c",
+    "import http.server, os; http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), "
+    "http.server.BaseHTTPRequestHandler).serve_forever()",
+]
+
+
+def _template(image: str, command: list[str]) -> run_v2.RevisionTemplate:
+    """The base image running `command`, with a startup probe of 3 s (1 s period, 3 failures)
+    instead of Cloud Run's default 240 s."""
+    tpl = template(image)
+    tpl.containers[0].command = command
+    tpl.containers[0].startup_probe = run_v2.Probe(
+        tcp_socket=run_v2.TCPSocketAction(port=8080), period_seconds=1, failure_threshold=3
+    )
+    return tpl
 
 
 def test_the_emulator_answers_while_a_revision_starts_and_reports_it_reconciling(
@@ -36,14 +54,10 @@ def test_the_emulator_answers_while_a_revision_starts_and_reports_it_reconciling
 
     cloud = GoogleCloud()
     services, revisions = cloud.services_client(), cloud.revisions_client()
-    tpl = template(engine_base)
-    tpl.containers[0].command = NEVER_LISTENS
-    # A probe of 3 s (1 s period, 3 failures) instead of Cloud Run's default 240 s.
-    tpl.containers[0].startup_probe = run_v2.Probe(
-        tcp_socket=run_v2.TCPSocketAction(port=8080), period_seconds=1, failure_threshold=3
-    )
     op = services.create_service(
-        parent=parent(cloud), service={"template": tpl}, service_id="slow-start"
+        parent=parent(cloud),
+        service={"template": _template(engine_base, NEVER_LISTENS)},
+        service_id="slow-start",
     )
     # Answered before the container was even started: not done yet.
     assert not op.operation.done
@@ -79,3 +93,36 @@ def test_the_emulator_answers_while_a_revision_starts_and_reports_it_reconciling
     assert ready.state == FAILED
     assert "failed to start and listen on the port" in ready.message
     assert ready.revision_reason.name == "HEALTH_CHECK_CONTAINER_ERROR"
+
+
+def test_an_update_while_a_revision_starts_supersedes_it(engine_sandbox, engine_base):
+    """Whichever container is decided first, the service ends as the newer revision left it
+    (Ready, serving it); the first operation reports its own revision's failure."""
+    from blocks.cloud import GoogleCloud
+
+    cloud = GoogleCloud()
+    services = cloud.services_client()
+    name = f"{parent(cloud)}/services/superseded"
+    first = services.create_service(
+        parent=parent(cloud),
+        service={"template": _template(engine_base, NEVER_LISTENS)},
+        service_id="superseded",
+    )
+    starting = services.get_service(name=name)
+    assert starting.reconciling
+    second = services.update_service(
+        service=run_v2.Service(name=name, template=_template(engine_base, LISTENS))
+    )
+    assert not second.operation.done
+
+    served = second.result(polling=FAST)
+    assert served.latest_created_revision != starting.latest_created_revision
+    assert served.latest_ready_revision == served.latest_created_revision
+    with pytest.raises(exceptions.FailedPrecondition) as failed:
+        first.result(polling=FAST)
+    assert f"Revision '{short(starting.latest_created_revision)}' is not ready" in str(failed.value)
+    after = services.get_service(name=name)
+    assert not after.reconciling and after.terminal_condition.state == READY
+    assert [(t.revision, t.percent) for t in after.traffic_statuses] == [
+        (short(served.latest_created_revision), 100)
+    ]

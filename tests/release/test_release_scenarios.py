@@ -21,6 +21,11 @@ from sandbox.release_invariants import (
 pytestmark = pytest.mark.slow
 
 IMAGE = "registry.sandbox.local/pages/page-service"
+# For a test whose verdict hangs on the speed check (GPU >= 30% faster than the CPU baseline):
+# a CPU page a second slower than a GPU one. A page's own work (decode, resize, encode, HTTP)
+# takes up to some hundreds of ms on a loaded 2-core machine; the default 300 ms CPU baseline is
+# within that noise, so one slow GPU page or one fast baseline could flip the verdict.
+FAR_APART = {"gpu_ms": 5, "cpu_ms": 1000}
 
 
 def history_of(admin, target):
@@ -40,7 +45,7 @@ def test_fallback_to_second_region(stage, make_target, sandbox_admin):
 
     from flows.traffic import serving_url_variable
 
-    stage(regions={"europe-west1": {"gpu": 0, "gpu_no_zonal_redundancy": 0}})
+    stage(regions={"europe-west1": {"gpu": 0, "gpu_no_zonal_redundancy": 0}}, serving=FAR_APART)
     target = make_target()
 
     result = run_release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
@@ -100,7 +105,12 @@ def test_no_gpu_anywhere_keeps_cpu_baseline(stage, make_target, sandbox_admin):
 
 
 def test_silent_cpu_fallback_rolls_back_to_last_good(stage, make_target, sandbox_admin):
-    stage(revision_faults=[{"fault": "silent_cpu_fallback", "image_contains": ":v5"}])
+    # v4's GPU must beat the CPU baseline it measures, v5's pages (on the CPU) must not beat the
+    # baseline recorded by v4: both hold whatever the load with the speeds far apart.
+    stage(
+        revision_faults=[{"fault": "silent_cpu_fallback", "image_contains": ":v5"}],
+        serving=FAR_APART,
+    )
     target = make_target()
     good = release("v4.0.0", target, image=f"{IMAGE}:v4.0.0")
     assert good.outcome == "released"

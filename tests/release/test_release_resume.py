@@ -129,9 +129,9 @@ def test_killed_mid_canary_then_rerun_converges_and_frees_the_slot(
     from prefect.client.orchestration import get_client
 
     # The canary tag appears before the canary, which first measures the CPU baseline: one
-    # CPU page of 3 s of wall time (a sleep in the page service: load does not shorten it),
+    # CPU page of 2 s of wall time (a sleep in the page service: load does not shorten it),
     # so the kill, a poll after the tag, lands in the canary however loaded the machine is.
-    stage(serving={"gpu_ms": 100, "cpu_ms": 3000})
+    stage(serving={"gpu_ms": 100, "cpu_ms": 2000})
     target = make_target(lock_timeout_s=1)
     block = f"kill-{target.service}"[:60]
     target.save(block, overwrite=True)

@@ -22,10 +22,11 @@ pytestmark = pytest.mark.slow
 
 IMAGE = "registry.sandbox.local/pages/page-service"
 # For a test whose verdict hangs on the speed check (GPU >= 30% faster than the CPU baseline):
-# a CPU page a second slower than a GPU one. A page's own work (decode, resize, encode, HTTP)
-# takes up to some hundreds of ms on a loaded 2-core machine; the default 300 ms CPU baseline is
-# within that noise, so one slow GPU page or one fast baseline could flip the verdict.
-FAR_APART = {"gpu_ms": 5, "cpu_ms": 1000}
+# CPU pages 1.5 s slower than GPU ones. A page's own work (decode, resize, encode, HTTP) takes
+# up to some hundreds of ms on a loaded 2-core machine (a baseline page measured 647 ms for
+# 300 ms of serving under load 10): the default 300 ms is within that noise, and the baseline
+# is one page, so one slow page could flip the verdict. Here it takes a spike of ~700 ms.
+FAR_APART = {"gpu_ms": 5, "cpu_ms": 1500}
 
 
 def history_of(admin, target):

@@ -4,7 +4,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-APT_PKGS := docker-registry skopeo git chromium docker.io debootstrap
+APT_PKGS := docker-registry skopeo git chromium docker.io mmdebstrap debootstrap
 # The base root filesystem (Debian bookworm + python3, sandbox/engine/rootfs.py) is built once per
 # machine at this stable path, before the tests, so that neither a fresh test home nor the demo
 # pays for debootstrap again.

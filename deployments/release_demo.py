@@ -89,6 +89,7 @@ def prefect_server(
         if home is None:
             home = Path(tempfile.mkdtemp(prefix="shipyard-demo-prefect-"))
             stack.callback(shutil.rmtree, home, True)
+        home.mkdir(parents=True, exist_ok=True)
         db_path, template = home / "prefect.db", home / TEMPLATE_DB
         reused = _fresh_database(db_path, template)
         stack.enter_context(

@@ -1,4 +1,8 @@
-"""The base root filesystem: Debian bookworm (`debootstrap --variant=minbase`) with python3.
+"""The base root filesystem: Debian bookworm (minbase) with python3.
+
+Bootstrapped with `mmdebstrap` where it is installed (apt's parallel downloads and one
+unpacking pass: about a third faster than debootstrap here, 67 s against ~105 s at load ~5),
+else `debootstrap --variant=minbase`; both give the same package set from the same mirror.
 
 It stands in for `nvidia/cuda:…-runtime-ubuntu22.04`'s filesystem (no Docker Hub here); the
 seed (sandbox/seed.py) pushes it with NVIDIA's config. Built once and cached as a gzip layer
@@ -70,6 +74,50 @@ def host_debian_mirror() -> str:
     )
 
 
+# The host's apt settings a bootstrap needs to reach the mirror the way the host does.
+HOST_APT_KEYS = ("Acquire::http::Proxy", "Acquire::https::Proxy")
+
+
+def host_apt_options() -> list[str]:
+    """The host's proxy settings for apt (`apt-config dump`), as `--aptopt` for mmdebstrap
+    (debootstrap's wget reads the proxy from the environment instead)."""
+    try:
+        dump = subprocess.run(
+            ["apt-config", "dump"], capture_output=True, text=True, check=False, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    options = []
+    for line in dump.splitlines():
+        key, _, value = line.partition(" ")
+        if key in HOST_APT_KEYS and value.strip('";'):
+            options.append(f"--aptopt={key} {value.rstrip(';')}")
+    return options
+
+
+MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
+
+
+def bootstrap_command(target: Path, mirror: str) -> list[str]:
+    """mmdebstrap where installed, else debootstrap (see the module's docstring)."""
+    include = f"--include={','.join(PACKAGES)}"
+    if shutil.which("mmdebstrap") and MERGED_USR_HOOKS.is_dir():
+        return [
+            "mmdebstrap",
+            "--variant=minbase",
+            include,
+            "--dpkgopt=force-unsafe-io",  # a throwaway tree: no fsync per file
+            # merged /usr by symlinks as debootstrap makes it, not the usrmerge package (which
+            # would pull perl into the image: +48 MB)
+            f"--hook-dir={MERGED_USR_HOOKS}",
+            *host_apt_options(),
+            SUITE,
+            str(target),
+            mirror,
+        ]
+    return ["debootstrap", "--variant=minbase", include, SUITE, str(target), mirror]
+
+
 def cache_key() -> str:
     host_cas = sorted(p.name for p in HOST_CA_DIR.glob("*.crt")) if HOST_CA_DIR.is_dir() else []
     text = json.dumps({"suite": SUITE, "packages": PACKAGES, "cas": host_cas, "v": 1})
@@ -112,7 +160,8 @@ def _tar_layer(rootfs: Path, out: Path) -> tuple[str, str, int]:
 
 
 def ensure_rootfs() -> RootfsLayer:
-    """The cached layer, bootstrapping it first when absent (needs root and debootstrap)."""
+    """The cached layer, bootstrapping it first when absent (needs root and mmdebstrap or
+    debootstrap)."""
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     key = cache_key()
@@ -123,27 +172,21 @@ def ensure_rootfs() -> RootfsLayer:
         if layer_path.exists() and meta_path.exists():
             meta = json.loads(meta_path.read_text())
             return RootfsLayer(layer_path, meta["digest"], meta["diff_id"], meta["size"], 0.0)
-        if shutil.which("debootstrap") is None:
+        if shutil.which("mmdebstrap") is None and shutil.which("debootstrap") is None:
             raise RuntimeError(
-                "debootstrap is not installed: the base root filesystem is built from Debian "
-                "packages (apt-get install debootstrap, or `make setup`)"
+                "neither mmdebstrap nor debootstrap is installed: the base root filesystem is "
+                "built from Debian packages (apt-get install mmdebstrap, or `make setup`)"
             )
         started = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix="rootfs-", dir=directory))
         target = work / "root"
-        log = directory / "debootstrap.log"
+        log = directory / "bootstrap.log"
         try:
-            _run(
-                [
-                    "debootstrap",
-                    "--variant=minbase",
-                    f"--include={','.join(PACKAGES)}",
-                    SUITE,
-                    str(target),
-                    host_debian_mirror(),
-                ],
-                log,
-            )
+            _run(bootstrap_command(target, host_debian_mirror()), log)
+            # mmdebstrap keeps its --aptopt/--dpkgopt there: the host's settings stay out of
+            # the image, as with debootstrap.
+            for kept in ("etc/apt/apt.conf.d/99mmdebstrap", "etc/dpkg/dpkg.cfg.d/99mmdebstrap"):
+                (target / kept).unlink(missing_ok=True)
             if HOST_CA_DIR.is_dir() and any(HOST_CA_DIR.glob("*.crt")):
                 dest = target / "usr/local/share/ca-certificates"
                 dest.mkdir(parents=True, exist_ok=True)

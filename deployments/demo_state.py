@@ -17,8 +17,11 @@ contents (flow runs, blocks, variables) and the emulator's revision containers.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +65,27 @@ class DemoState:
             "engine": any(engine.glob("data-*/image")),
             "prefect_db": (self.prefect_home / "template.db").is_file(),
         }
+
+
+class DemoStateBusy(RuntimeError):
+    """Another demo holds the kept state."""
+
+
+@contextmanager
+def holding(state: DemoState) -> Iterator[None]:
+    """Hold the kept state for one run: a second demo over the same $SHIPYARD_HOME would start
+    a second registry and Docker daemon over the same directories."""
+    lock_path = state.root.with_name(state.root.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DemoStateBusy(
+                f"another `shipyard demo` is running over {state.root}: wait for it to finish, "
+                "or give this one its own SHIPYARD_HOME"
+            ) from None
+        yield
 
 
 def demo_state(home: Path | None = None) -> DemoState:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deployments.demo_state import DemoState, demo_state, forget
+from deployments.demo_state import DemoState, DemoStateBusy, demo_state, forget, holding
 
 DEMO_TOKEN_BLOCK = "shipyard-demo-internal-token"
 DEMO_SERVICE = "manga-translator-compute"
@@ -379,12 +379,17 @@ def run_demo(
     started = time.perf_counter()
     load_start = _load()
     root, commit = repo_checkout()
-    state = demo_state() if keep or fresh else None
-    forgotten = forget(state) if fresh and state is not None else False
-    state = state if keep else None
-    found = state.found() if state is not None else {}
-    remembered_port = state.registry_port() if state is not None else None
     with ExitStack() as stack:
+        state = demo_state() if keep or fresh else None
+        if state is not None:
+            try:
+                stack.enter_context(holding(state))
+            except DemoStateBusy as exc:
+                raise DemoError(str(exc)) from None
+        forgotten = forget(state) if fresh and state is not None else False
+        state = state if keep else None
+        found = state.found() if state is not None else {}
+        remembered_port = state.registry_port() if state is not None else None
         prefect = stack.enter_context(
             prefect_server(home=state.prefect_home if state is not None else None)
         )

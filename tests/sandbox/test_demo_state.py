@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from deployments.demo_state import DemoState, forget
+import pytest
+
+from deployments.demo_state import DemoState, DemoStateBusy, forget, holding
 from deployments.release_demo import local_cloud
 from sandbox.oci import RegistryFailure, SandboxRegistry
 from sandbox.seed import UPSTREAM_REPOSITORY, UPSTREAM_TAG, seed_cuda_image
@@ -41,3 +43,13 @@ def test_a_second_demo_sandbox_finds_the_kept_registry_and_fresh_drops_it(tmp_pa
     assert state.found()["registry"] is False
     with local_cloud(state=state) as cloud:
         assert _served_digest(cloud.info.registry_url) is None
+
+
+def test_a_second_demo_over_the_same_state_is_told_to_wait(tmp_path):
+    state = DemoState(tmp_path / "demo")
+    with holding(state):
+        with pytest.raises(DemoStateBusy, match="another `shipyard demo` is running over"):
+            with holding(state):
+                pass
+    with holding(state):  # released with the first run
+        pass

@@ -368,9 +368,6 @@ def run_demo(
     new, skips the prewarmed tiers and finds its build cached; `fresh` throws them away first."""
     import asyncio
 
-    from flows.mirror import mirror_base_image
-    from flows.prewarm import prewarm_cache_tiers
-    from flows.release import run_release
     from sandbox.engine.daemon import unavailable_reason
     from sandbox.seed import UPSTREAM_REPOSITORY, UPSTREAM_TAG, seed_cuda_image
 
@@ -397,6 +394,11 @@ def run_demo(
             "▶ prefect api … starting beside the next stages"
             + (" (from the kept template database)" if prefect.reused_db else "")
         )
+        # Imported once the Prefect server is launched: these imports run beside its start.
+        from flows.mirror import mirror_base_image
+        from flows.prewarm import prewarm_cache_tiers
+        from flows.release import run_release
+
         rootfs = None
         if engine and unavailable_reason() is None:
             from sandbox.engine.rootfs import ensure_rootfs

@@ -73,13 +73,19 @@ def final_states(history: list[dict]) -> dict[str, dict]:
     return last
 
 
-def stale_canary_tags(history: list[dict]) -> list[str]:
+def stale_tags(history: list[dict], tag: str) -> list[str]:
+    """Where the services' final states still carry `tag` (one a release puts on for itself:
+    `canary`, or `baseline` while it measures the CPU baseline)."""
     return [
-        f"{name}: canary tag on {t['revision']}"
+        f"{name}: {tag} tag on {t['revision']}"
         for name, entry in final_states(history).items()
         for t in entry["traffic"]
-        if t.get("tag") == "canary"
+        if t.get("tag") == tag
     ]
+
+
+def stale_canary_tags(history: list[dict]) -> list[str]:
+    return stale_tags(history, "canary")
 
 
 def failed_revision_problems(history: list[dict], failed: str, allowed: set[str]) -> list[str]:

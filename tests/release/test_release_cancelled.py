@@ -33,10 +33,10 @@ from test_release_guards import _events
 from flows.release_hooks import canary_verdict
 from sandbox.fault_matrix import slot_held
 from sandbox.release_invariants import (
-    final_states,
     invariant_violations,
     serving,
     stale_canary_tags,
+    stale_tags,
 )
 
 pytestmark = pytest.mark.slow
@@ -238,16 +238,6 @@ def test_cancelled_at_each_step_leaves_the_last_good_release(
     assert _wait(lambda: not slot_held(target.service), 30, "the release slot to be freed")
 
 
-def _tagged(history: list[dict], tag: str) -> list[str]:
-    """Where the services' final states still carry `tag`."""
-    return [
-        f"{name}: {tag} tag on {t['revision']}"
-        for name, entry in final_states(history).items()
-        for t in entry["traffic"]
-        if t.get("tag") == tag
-    ]
-
-
 def test_cancelled_while_the_cpu_baseline_is_tagged_leaves_no_baseline_tag(
     served, stage, make_target, sandbox_admin
 ):
@@ -287,13 +277,13 @@ def test_cancelled_while_the_cpu_baseline_is_tagged_leaves_no_baseline_tag(
         target,
         "v2.0.0",
         f"{IMAGE}:v2.0.0",
-        lambda: _tagged(sandbox_admin.traffic_history(target.service), "baseline"),
+        lambda: stale_tags(sandbox_admin.traffic_history(target.service), "baseline"),
         "cpu-baseline",
     )
     assert final.type == StateType.CANCELLED, (final.name, final.message)
 
     history = sandbox_admin.traffic_history(target.service)
-    assert _tagged(history, "baseline") == []
+    assert stale_tags(history, "baseline") == []
     assert stale_canary_tags(history) == []
     assert invariant_violations(history, [], known_good={v1.gpu_revision}) == []
     assert serving(history, EU) == {v1.gpu_revision: 100}

@@ -17,7 +17,7 @@ tier gets the tag if the quarter has none yet. Tags older than the newest
 `quarterly_tags_to_keep` quarters are deleted (by digest), never one a kept tag still uses.
 
 Returns a `PrewarmResult` and publishes a table artifact (tier, built/skipped, digest, size,
-fingerprint, seconds).
+hit rate of a built tier's steps, fingerprint, seconds).
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ class TierResult(BaseModel):
     seconds: float
     quarter_tag: str
     build_id: str | None = None
+    # A built tier's steps per Dockerfile stage, {"CACHED": n, "RUN": n, "ERROR": n}, from the
+    # build's own BuildKit log (either backend): which stages really ran.
+    steps_by_stage: dict[str, dict[str, int]] = {}
+    hit_rate: float | None = None
 
 
 class PrewarmResult(BaseModel):
@@ -228,7 +232,7 @@ def prewarm_cache_tiers(
         tag = f"{repo}:{tiers.tag(tier)}"
         facts = read_image(repo, tiers.tag(tier))
         current = facts.labels.get(FINGERPRINT_LABEL) if facts else None
-        build_id = None
+        build_id, report = None, None
         if facts is not None and current == fingerprint and not force:
             action = "skipped"
             logger.info("tier %s: %s already has fingerprint %s", tier.name, tag, fingerprint[:19])
@@ -261,7 +265,7 @@ def prewarm_cache_tiers(
                 build_tags=["shipyard-prewarm", f"tier-{tier.name}"],
                 what=f"prewarm {tier.name}",
             )
-            build_id = run.build_id
+            build_id, report = run.build_id, run.report
             facts = read_image(repo, tiers.tag(tier))
             if facts is None or facts.labels.get(FINGERPRINT_LABEL) != fingerprint:
                 raise PermanentError(
@@ -282,6 +286,8 @@ def prewarm_cache_tiers(
                 seconds=round(time.monotonic() - started, 2),
                 quarter_tag=qtag,
                 build_id=build_id,
+                steps_by_stage=report.by_stage() if report else {},
+                hit_rate=round(report.hit_rate, 3) if report else None,
             )
         )
     deleted = apply_retention(repo, [t.name for t in tiers.tiers], tiers.quarterly_tags_to_keep)
@@ -293,6 +299,7 @@ def prewarm_cache_tiers(
                 "action": r.action,
                 "digest": r.digest,
                 "size": r.size,
+                "hit_rate": "" if r.hit_rate is None else f"{100 * r.hit_rate:.0f}%",
                 "fingerprint": r.fingerprint[:19],
                 "seconds": r.seconds,
             }

@@ -64,12 +64,18 @@ def engine_sandbox(engine_session):
 
 
 @pytest.fixture(scope="session")
-def engine_base(engine_session) -> str:
-    """The upstream CUDA image over the Debian root filesystem, by digest."""
+def engine_upstream(engine_session):
+    """The upstream CUDA image over the Debian root filesystem (`SeededImage`), seeded once:
+    the toy builds use it as is, the release rehearsal mirrors it."""
     from sandbox.engine.rootfs import ensure_rootfs
-    from sandbox.seed import seed_cuda_image
+    from sandbox.seed import UPSTREAM_REPOSITORY, UPSTREAM_TAG, seed_cuda_image
 
-    seeded = seed_cuda_image(
-        engine_session.registry_url, "base-images/cuda", rootfs=ensure_rootfs()
+    return seed_cuda_image(
+        engine_session.registry_url, UPSTREAM_REPOSITORY, UPSTREAM_TAG, rootfs=ensure_rootfs()
     )
-    return f"{seeded.repository}@{seeded.digest}"
+
+
+@pytest.fixture(scope="session")
+def engine_base(engine_upstream) -> str:
+    """The upstream CUDA image, by digest."""
+    return f"{engine_upstream.repository}@{engine_upstream.digest}"

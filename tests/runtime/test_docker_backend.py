@@ -1,21 +1,16 @@
 """The local Docker build backend (BuildSettings.backend = "docker"): the same flows build on a
 Docker daemon given by prefect-docker's DockerHost block (here the sandbox's own dockerd, by its
 socket) instead of Cloud Build. A failing RUN fails the build with the step's real output; a
-prewarmed tier is CACHED in the release build (the report parsed from BuildKit's own log); the
-built image serves on Cloud Run; a data root with less free disk than the setting refuses."""
+data root with less free disk than the setting refuses. The whole release on this backend (tiers
+CACHED, the code layer built, the image serving the canary, faults rolled back, prewarm, a
+dependency change) is test_release_on_containers.py's Docker variant."""
 
 from __future__ import annotations
 
-import sys
 import uuid
-from pathlib import Path
 
-import httpx
 import pytest
 from engine_kit import GitRepo
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
-from run_testkit import READY, create, template  # noqa: E402
 
 SERVER = (
     "import http.server, os\n"
@@ -97,33 +92,6 @@ def test_a_failing_run_fails_the_docker_build_with_the_steps_real_output(
     assert failed.value.step.startswith("[runtime ") and "RUN python3" in failed.value.step
     assert f"broken-{marker}" in message  # the RUN's own output
     assert "exit code: 3" in message
-
-
-def test_the_docker_backend_reuses_the_prewarmed_tier_and_the_image_serves(
-    docker_settings, engine_base
-):
-    from blocks.cloud import GoogleCloud
-    from flows.build import build_release_image
-    from flows.prewarm import prewarm_cache_tiers
-
-    marker = uuid.uuid4().hex
-    settings, tiers, _ = docker_settings(f"echo -n 'hello-{marker}' > /srv/greeting.txt")
-    warm = prewarm_cache_tiers(base_image=engine_base, settings_block=settings, tiers_block=tiers)
-    assert warm.action("deps") == "built"
-    image = build_release_image(
-        "v1", "HEAD", base_image=engine_base, settings_block=settings, tiers_block=tiers
-    )
-    statuses = {s.instruction.split()[0] + " " + s.stage: s.status for s in image.steps}
-    # The deps tier comes from the prewarm's inline cache; the runtime stage's steps ran.
-    assert statuses["COPY deps"] == "CACHED" and statuses["RUN deps"] == "CACHED", statuses
-    assert statuses["COPY runtime"] == "RUN" and statuses["RUN runtime"] == "RUN", statuses
-    assert image.cached_steps == 2 and image.run_steps == 2 and image.hit_rate == 0.5
-    assert image.build_id and image.build_id.startswith("docker-")
-
-    svc = create(GoogleCloud(), f"dk-{marker[:8]}", template(image.image))
-    assert svc.terminal_condition.state == READY
-    answer = httpx.get(svc.uri + "/", timeout=30)
-    assert answer.status_code == 200 and answer.text == f"hello-{marker}"
 
 
 def test_a_data_root_with_less_free_disk_than_the_setting_refuses_to_build(

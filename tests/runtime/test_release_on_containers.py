@@ -1,26 +1,37 @@
 """Releases on real containers: the page service (examples/page-service, copied into a git
 repository of its own, as a team would rehearse its service) is built on the mirrored Debian base
-through its cache tiers by the sandbox's Cloud Build, deployed as a container and judged by the
-canary. Each fault comes from the revision's env (`PAGE_FAULTS`, read by the service itself): a
-crash at start and a server that never listens on $PORT never get traffic, an instance that grows
-past its memory limit is killed by the kernel; each release rolls back with Google's message.
-Then the tiers: prewarm again → every step CACHED; a dependency file change → its tier and the
-ones above rebuild, the one below does not.
+through its cache tiers, deployed as a container and judged by the canary. Each fault comes from
+the revision's env (`PAGE_FAULTS`, read by the service itself): a crash at start and a server
+that never listens on $PORT never get traffic, an instance that grows past its memory limit is
+killed by the kernel; each release rolls back with Google's message. Then the tiers: prewarm
+again → every step CACHED; a dependency file change → its tier and the ones above rebuild, the
+ones below do not.
 
-One module, so the base, the tiers and the first release are built once (module fixtures); the
-tests run in file order and the last one changes the repository.
+Twice, once per build backend (`variant`): the sandbox's Cloud Build, then the local Docker
+backend (BuildSettings.backend = "docker": prefect-docker's DockerHost = the sandbox's dockerd,
+pushing with DockerRegistryCredentials). The variants share the repository, the mirrored base and
+the tiers the first prewarm built (one daemon, one build cache: building them again would only
+hit that cache); the Docker variant releases a commit with its own code change, so the release's
+code layer really runs through the Docker backend, and its requirements change runs pip again
+there. The never-listening fault runs once (the startup probe does not depend on who built the
+image).
+
+One module, so the base, the tiers and each variant's first release are built once (module
+fixtures, grouped by variant); the tests run in file order and the last one changes the
+repository.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from engine_kit import GitRepo, build_log
+from engine_kit import GitRepo
 
 # The module's first test also pays for the tiers and the first release (its fixtures): ~2 min
 # on an idle 2-core machine, several times that under load; pytest-timeout counts setup too.
@@ -29,6 +40,7 @@ pytestmark = pytest.mark.timeout(900)
 PAGE_SERVICE = Path(__file__).resolve().parents[2] / "examples" / "page-service"
 TOKEN_BLOCK = "shipyard-runtime-internal-token"
 BUILD_BLOCK = "shipyard-runtime-build"
+DOCKER_BUILD_BLOCK = "shipyard-runtime-build-docker"
 SERVICE = "page-rehearsal"
 REGION = "europe-west1"
 # Far apart, so the canary's speed-up verdict does not depend on the machine's load.
@@ -50,19 +62,37 @@ class Rehearsal:
     base_repository: str
     image_repository: str
     token: str
-    warmed: object  # PrewarmResult of the first prewarm
+    warmed: object  # PrewarmResult of the first prewarm (Cloud Build)
+
+
+@dataclass
+class Variant:
+    """One build backend's run of the group: its settings block, the commit it releases, the
+    major version of its tags and the prewarm its "prewarm again" test compares with."""
+
+    backend: str
+    settings_block: str
+    commit: str
+    major: int
+    warmed: object  # PrewarmResult
+    # The dependency file its last test changes. Which tiers rebuild is the prewarm flow's
+    # choice, the same for both backends: the Docker variant changes requirements.txt (python
+    # and node rebuilt, pip really runs on the Docker backend), the Cloud Build one package.json
+    # (node rebuilt, python and base not), so the group pays for one more pip install, not two.
+    dependency_file: str
+
+    def tag(self, patch: int) -> str:
+        return f"v{self.major}.0.{patch}"
 
 
 @pytest.fixture(scope="module")
-def rehearsal(engine_session, tmp_path_factory):
+def rehearsal(engine_session, engine_upstream, tmp_path_factory):
     """The service's own repository, the base mirrored (pin recorded), the tiers prewarmed."""
     from prefect.blocks.system import Secret
 
     from blocks.build_settings import BuildSettings
     from flows.mirror import mirror_base_image
     from flows.prewarm import prewarm_cache_tiers
-    from sandbox.engine.rootfs import ensure_rootfs
-    from sandbox.seed import UPSTREAM_REPOSITORY, UPSTREAM_TAG, seed_cuda_image
 
     repo = GitRepo(tmp_path_factory.mktemp("rehearsal") / "page-service", _service_files())
     commit = repo.write({"README.md": "the page service, rehearsed\n"})
@@ -70,11 +100,8 @@ def rehearsal(engine_session, tmp_path_factory):
     Secret(value=token).save(TOKEN_BLOCK, overwrite=True)
     host = engine_session.registry_host
     with engine_session.env_applied():
-        upstream = seed_cuda_image(
-            engine_session.registry_url, UPSTREAM_REPOSITORY, UPSTREAM_TAG, rootfs=ensure_rootfs()
-        )
         base_repository = f"{host}/rehearsal-base/cuda"
-        asyncio.run(mirror_base_image(upstream.ref, base_repository))
+        asyncio.run(mirror_base_image(engine_upstream.ref, base_repository))
         settings = BuildSettings(
             image_repository=f"{host}/rehearsal/page-service",
             base_repository=base_repository,
@@ -90,6 +117,49 @@ def rehearsal(engine_session, tmp_path_factory):
     )
 
 
+def _docker_settings(engine_session) -> None:
+    """The Cloud Build settings with the Docker backend: the sandbox's dockerd through
+    prefect-docker's DockerHost, pushing with DockerRegistryCredentials, RUN on the host network
+    (the daemon has no bridge), the daemon's own Dockerfile frontend (it cannot pull one)."""
+    from prefect_docker import DockerHost, DockerRegistryCredentials
+
+    from blocks.build_settings import BuildSettings
+
+    cloud_build = BuildSettings.load(BUILD_BLOCK)
+    cloud_build.model_copy(
+        update={
+            "backend": "docker",
+            "docker_host": DockerHost(base_url=engine_session.docker_host),
+            "docker_registry_credentials": DockerRegistryCredentials(
+                username="rehearsal",
+                password="pw-" + secrets.token_hex(8),
+                registry_url=engine_session.registry_host,
+            ),
+            "docker_network": "host",
+            "docker_builtin_frontend": True,
+        }
+    ).save(DOCKER_BUILD_BLOCK, overwrite=True)
+
+
+@pytest.fixture(scope="module", params=["cloud-build", "docker"])
+def variant(request, rehearsal, engine_session) -> Variant:
+    """The build backend the tests of one pass use (pytest runs all of a variant's tests, in
+    file order, before the next variant's)."""
+    from flows.prewarm import prewarm_cache_tiers
+
+    if request.param == "cloud-build":
+        return Variant(
+            "cloud-build", BUILD_BLOCK, rehearsal.commit, 1, rehearsal.warmed, "package.json"
+        )
+    # The Docker variant's own code change: its release builds the code layer for real.
+    main = (PAGE_SERVICE / "app" / "main.py").read_text()
+    commit = rehearsal.repo.write({"app/main.py": main + "# released with the Docker backend\n"})
+    with engine_session.env_applied():
+        _docker_settings(engine_session)
+        warmed = prewarm_cache_tiers(revision=commit, settings_block=DOCKER_BUILD_BLOCK)
+    return Variant("docker", DOCKER_BUILD_BLOCK, commit, 2, warmed, "requirements.txt")
+
+
 @pytest.fixture
 def cloud_admin(engine_sandbox):
     """The engine sandbox's admin client (the environment points at the sandbox meanwhile)."""
@@ -100,7 +170,7 @@ def cloud_admin(engine_sandbox):
     admin.close()
 
 
-def _target(rehearsal: Rehearsal, **gpu):
+def _target(rehearsal: Rehearsal, variant: Variant, canary: dict | None = None, **gpu):
     from blocks.release_target import SecretEnv
     from deployments.release_demo import sandbox_target
 
@@ -108,7 +178,7 @@ def _target(rehearsal: Rehearsal, **gpu):
         service=SERVICE,
         regions=[REGION],
         base_image=rehearsal.base_repository,
-        build_settings_block=BUILD_BLOCK,
+        build_settings_block=variant.settings_block,
     )
     secret_env = {"INTERNAL_TOKEN": SecretEnv(secret=TOKEN_BLOCK)}
     return target.model_copy(
@@ -117,15 +187,18 @@ def _target(rehearsal: Rehearsal, **gpu):
                 update={"secret_env": secret_env, **gpu}
             ),
             "cpu_template": target.cpu_template.model_copy(update={"secret_env": secret_env}),
-            "canary": target.canary.model_copy(update={"token_secret": TOKEN_BLOCK}),
+            "canary": target.canary.model_copy(
+                update={"token_secret": TOKEN_BLOCK, **(canary or {})}
+            ),
         }
     )
 
 
-def _release(rehearsal: Rehearsal, tag: str, **gpu):
+def _release(rehearsal: Rehearsal, variant: Variant, patch: int, canary: dict | None = None, **gpu):
     from flows.release import run_release
 
-    return run_release(tag, _target(rehearsal, **gpu), commit=rehearsal.commit)
+    target = _target(rehearsal, variant, canary, **gpu)
+    return run_release(variant.tag(patch), target, commit=variant.commit)
 
 
 def _service_name() -> str:
@@ -172,8 +245,9 @@ def _revision_lines(cloud_admin, revision: str, wait_for: str = "") -> list[str]
 
 
 @pytest.fixture(scope="module")
-def first_release(rehearsal, engine_session):
-    """v1.0.0 released on the healthy sandbox: the last good revision the faults fall back to."""
+def first_release(rehearsal, variant, engine_session):
+    """vN.0.0 released on a fresh healthy sandbox: the last good revision the faults fall back
+    to."""
     from sandbox.admin import SandboxAdmin
     from sandbox.scenario import load_scenario
 
@@ -184,19 +258,22 @@ def first_release(rehearsal, engine_session):
     try:
         with engine_session.env_applied():
             admin.reset(scenario_data=data)
-            result = _release(rehearsal, "v1.0.0")
+            result = _release(rehearsal, variant, 0)
     finally:
         admin.close()
     return result
 
 
 def test_the_release_builds_deploys_a_container_that_answers_the_canary_and_cuts_over(
-    first_release, rehearsal, cloud_admin
+    first_release, rehearsal, variant, cloud_admin
 ):
     result = first_release
     assert result.outcome == "released", result.reasons
     assert result.build is not None and not result.build.reused
     assert result.build.hit_rate > 0.5  # the tiers served the dependency steps
+    assert result.build.run_steps >= 1  # the code layer was built, not found in a cache
+    # The backend that built it: the Docker backend names its builds docker-<image id>.
+    assert (result.build.build_id or "").startswith("docker-") == (variant.backend == "docker")
     assert result.image and result.image.startswith(rehearsal.image_repository)
     assert result.canary is not None and result.canary.passed
     assert _serving() == {result.revision: 100}
@@ -206,33 +283,13 @@ def test_the_release_builds_deploys_a_container_that_answers_the_canary_and_cuts
     assert any("page done" in line for line in lines)
 
 
-@pytest.mark.parametrize(
-    ("tag", "fault", "gpu", "probe_says", "service_says"),
-    [
-        (
-            "v1.0.1",
-            "crash_at_start",
-            {},  # Cloud Run's default probe; the container exits long before its 240 s
-            "Default STARTUP TCP probe failed 1 time consecutively for container ",
-            "cannot open shared object file",
-        ),
-        (
-            "v1.0.2",
-            "never_ready",
-            {"startup_probe_s": 3},  # the target's own probe: 3 s, not 240
-            "STARTUP TCP probe failed 1 time consecutively for container ",
-            None,  # under load, 3 s may pass before the service even prints its first line
-        ),
-    ],
-    ids=["crashes at start", "never listens on PORT"],
-)
-def test_a_revision_that_does_not_start_never_gets_traffic_and_the_release_rolls_back(
-    first_release, rehearsal, cloud_admin, tag, fault, gpu, probe_says, service_says
+def _check_start_fault(
+    rehearsal, variant, first_release, cloud_admin, patch, fault, gpu, probe_says, service_says
 ):
     from sandbox.release_invariants import all_violations
 
     good = first_release.revision
-    result = _release(rehearsal, tag, env={"PAGE_FAULTS": fault}, **gpu)
+    result = _release(rehearsal, variant, patch, env={"PAGE_FAULTS": fault}, **gpu)
     assert result.outcome == "rolled_back", result.reasons
     assert _serving() == {good: 100}
     reasons = " ".join(result.reasons)
@@ -245,13 +302,49 @@ def test_a_revision_that_does_not_start_never_gets_traffic_and_the_release_rolls
         assert any(service_says in line for line in lines), lines
 
 
+def test_a_revision_that_crashes_at_start_never_gets_traffic_and_the_release_rolls_back(
+    first_release, rehearsal, variant, cloud_admin
+):
+    _check_start_fault(
+        rehearsal,
+        variant,
+        first_release,
+        cloud_admin,
+        1,
+        "crash_at_start",
+        {},  # Cloud Run's default probe; the container exits long before its 240 s
+        "Default STARTUP TCP probe failed 1 time consecutively for container ",
+        "cannot open shared object file",
+    )
+
+
+# Once: the startup probe judges the running container, whichever backend built its image.
+@pytest.mark.parametrize("variant", ["cloud-build"], indirect=True)
+def test_a_revision_that_never_listens_on_port_never_gets_traffic_and_the_release_rolls_back(
+    first_release, rehearsal, variant, cloud_admin
+):
+    _check_start_fault(
+        rehearsal,
+        variant,
+        first_release,
+        cloud_admin,
+        2,
+        "never_ready",
+        {"startup_probe_s": 3},  # the target's own probe: 3 s, not 240
+        "STARTUP TCP probe failed 1 time consecutively for container ",
+        None,  # under load, 3 s may pass before the service even prints its first line
+    )
+
+
 def test_an_instance_past_its_memory_limit_is_killed_and_the_release_rolls_back(
-    first_release, rehearsal, cloud_admin
+    first_release, rehearsal, variant, cloud_admin
 ):
     from sandbox.release_invariants import all_violations
 
     good = first_release.revision
-    result = _release(rehearsal, "v1.0.3", env={"PAGE_FAULTS": "oom"})
+    # One canary run: its first request already grows the instance past its limit (three
+    # would only kill three instances the same way).
+    result = _release(rehearsal, variant, 3, canary={"runs": 1}, env={"PAGE_FAULTS": "oom"})
     assert result.outcome == "rolled_back", result.reasons
     assert _serving() == {good: 100}
     assert all_violations(cloud_admin.traffic_history(SERVICE), [first_release, result]) == []
@@ -267,43 +360,55 @@ def test_an_instance_past_its_memory_limit_is_killed_and_the_release_rolls_back(
     assert "Container terminated on signal 9." in oom_lines
 
 
-def _tier_report(build_id: str):
-    from tasks.buildkit_log import parse_buildkit_log
-
-    return parse_buildkit_log(build_log(build_id))
-
-
-def test_prewarm_again_finds_every_step_cached(rehearsal, engine_sandbox):
+def test_prewarm_again_finds_every_step_cached(variant, engine_sandbox):
     from flows.prewarm import prewarm_cache_tiers
 
-    again = prewarm_cache_tiers(revision=rehearsal.commit, settings_block=BUILD_BLOCK)
+    block = variant.settings_block
+    again = prewarm_cache_tiers(revision=variant.commit, settings_block=block)
     assert [t.action for t in again.tiers] == ["skipped"] * len(again.tiers)
-    forced = prewarm_cache_tiers(force=True, revision=rehearsal.commit, settings_block=BUILD_BLOCK)
+    forced = prewarm_cache_tiers(force=True, revision=variant.commit, settings_block=block)
     for tier in forced.tiers:
         assert tier.action == "built" and tier.build_id
-        report = _tier_report(tier.build_id)
-        assert report.counted and report.run == 0, (tier.tier, report.by_stage())
-        assert report.hit_rate == 1.0
-        first = next(t for t in rehearsal.warmed.tiers if t.tier == tier.tier)
-        assert tier.digest == first.digest  # the same image, nothing rebuilt
+        assert tier.build_id.startswith("docker-") == (variant.backend == "docker")
+        # Every step of every stage CACHED in the build's own BuildKit log.
+        assert tier.steps_by_stage and tier.hit_rate == 1.0, (tier.tier, tier.steps_by_stage)
+        assert all(row["RUN"] == 0 for row in tier.steps_by_stage.values())
+        first = next(t for t in variant.warmed.tiers if t.tier == tier.tier)
+        assert tier.size == first.size  # the same layers, nothing rebuilt
 
 
-def test_a_dependency_change_rebuilds_its_tier_and_the_ones_above_only(rehearsal, engine_sandbox):
+def _dependency_change(name: str, backend: str) -> str:
+    """The file `name` of the page service with a change that keeps it valid."""
+    text = (PAGE_SERVICE / name).read_text()
+    if name == "package.json":
+        data = json.loads(text)
+        data["description"] += f" Changed in a rehearsal ({backend} backend)."
+        return json.dumps(data, indent=2) + "\n"
+    return text + f"# rehearsal: a dependency change ({backend} backend)\n"
+
+
+def test_a_dependency_change_rebuilds_its_tier_and_the_ones_above_only(
+    rehearsal, variant, engine_sandbox
+):
     from flows.prewarm import prewarm_cache_tiers
 
-    requirements = (PAGE_SERVICE / "requirements.txt").read_text()
-    commit = rehearsal.repo.write(
-        {"requirements.txt": requirements + "# rehearsal: a dependency change\n"}
-    )
-    changed = prewarm_cache_tiers(revision=commit, settings_block=BUILD_BLOCK)
+    name = variant.dependency_file
+    commit = rehearsal.repo.write({name: _dependency_change(name, variant.backend)})
+    changed = prewarm_cache_tiers(revision=commit, settings_block=variant.settings_block)
+    tiers = [t.tier for t in changed.tiers]
+    assert tiers == ["base", "python", "node"]
+    first = {"requirements.txt": "python", "package.json": "node"}[name]
+    rebuilt = tiers[tiers.index(first) :]
     assert {t.tier: t.action for t in changed.tiers} == {
-        "base": "skipped",
-        "python": "built",
-        "node": "built",
+        t: "built" if t in rebuilt else "skipped" for t in tiers
     }
-    python = _tier_report(changed.tiers[1].build_id).by_stage()
-    assert python["base"]["RUN"] == 0 and python["base"]["CACHED"] >= 1
-    assert python["python-deps"]["RUN"] >= 1  # pip install ran again, for real
-    node = _tier_report(changed.tiers[2].build_id).by_stage()
-    assert node["python-deps"]["RUN"] == 0  # reused from the tier just built
-    assert node["node-deps"]["RUN"] >= 1
+    for i, tier in enumerate(changed.tiers):
+        if tier.tier not in rebuilt:
+            continue
+        assert tier.build_id and tier.build_id.startswith("docker-") == (
+            variant.backend == "docker"
+        )
+        steps = tier.steps_by_stage
+        assert steps[tier.target]["RUN"] >= 1, steps  # its own install ran again, for real
+        for below in changed.tiers[:i]:  # unchanged, or just rebuilt: reused, never run again
+            assert steps[below.target]["RUN"] == 0 and steps[below.target]["CACHED"] >= 1, steps

@@ -275,13 +275,33 @@ def test_the_release_builds_deploys_a_container_that_answers_the_canary_and_cuts
     assert any("page done" in line for line in lines)
 
 
-def _check_start_fault(
-    rehearsal, variant, first_release, cloud_admin, patch, fault, gpu, probe_says, service_says
-):
+@dataclass(frozen=True)
+class StartFault:
+    gpu: dict  # the GPU template's changes
+    probe_says: str  # how Google's line in the revision's system log starts
+    service_says: str | None  # the service's own last words, if it must have said them
+
+
+START_FAULTS = {
+    "crash_at_start": StartFault(
+        {},  # Cloud Run's default probe; the container exits long before its 240 s
+        "Default STARTUP TCP probe failed 1 time consecutively for container ",
+        "cannot open shared object file",
+    ),
+    "never_ready": StartFault(
+        {"startup_probe_s": 3},  # the target's own probe: 3 s, not 240
+        "STARTUP TCP probe failed 1 time consecutively for container ",
+        None,  # under load, 3 s may pass before the service even prints its first line
+    ),
+}
+
+
+def _check_start_fault(rehearsal, variant, first_release, cloud_admin, fault: str) -> None:
     from sandbox.release_invariants import all_violations
 
+    case = START_FAULTS[fault]
     good = first_release.revision
-    result = _release(rehearsal, variant, patch, env={"PAGE_FAULTS": fault}, **gpu)
+    result = _release(rehearsal, variant, 1, env={"PAGE_FAULTS": fault}, **case.gpu)
     assert result.outcome == "rolled_back", result.reasons
     assert result.build is not None and result.build.reused  # the first release's image
     assert _serving() == {good: 100}
@@ -289,10 +309,11 @@ def _check_start_fault(
     assert "failed to start and listen on the port defined provided by the PORT=8080" in reasons
     assert all_violations(cloud_admin.traffic_history(SERVICE), [first_release, result]) == []
     # Google's lines in the failed revision's system log, and the service's own last words.
-    lines = _revision_lines(cloud_admin, _revision_with(fault), wait_for=service_says or probe_says)
-    assert any(line.startswith(probe_says) for line in lines), lines
-    if service_says:
-        assert any(service_says in line for line in lines), lines
+    waited = case.service_says or case.probe_says
+    lines = _revision_lines(cloud_admin, _revision_with(fault), wait_for=waited)
+    assert any(line.startswith(case.probe_says) for line in lines), lines
+    if case.service_says:
+        assert any(case.service_says in line for line in lines), lines
 
 
 # Each fault once: a fault release reuses the image its variant's first release built (same
@@ -302,34 +323,14 @@ def _check_start_fault(
 def test_a_revision_that_never_listens_on_port_never_gets_traffic_and_the_release_rolls_back(
     first_release, rehearsal, variant, cloud_admin
 ):
-    _check_start_fault(
-        rehearsal,
-        variant,
-        first_release,
-        cloud_admin,
-        1,
-        "never_ready",
-        {"startup_probe_s": 3},  # the target's own probe: 3 s, not 240
-        "STARTUP TCP probe failed 1 time consecutively for container ",
-        None,  # under load, 3 s may pass before the service even prints its first line
-    )
+    _check_start_fault(rehearsal, variant, first_release, cloud_admin, "never_ready")
 
 
 @pytest.mark.parametrize("variant", ["docker"], indirect=True)
 def test_a_revision_that_crashes_at_start_never_gets_traffic_and_the_release_rolls_back(
     first_release, rehearsal, variant, cloud_admin
 ):
-    _check_start_fault(
-        rehearsal,
-        variant,
-        first_release,
-        cloud_admin,
-        1,
-        "crash_at_start",
-        {},  # Cloud Run's default probe; the container exits long before its 240 s
-        "Default STARTUP TCP probe failed 1 time consecutively for container ",
-        "cannot open shared object file",
-    )
+    _check_start_fault(rehearsal, variant, first_release, cloud_admin, "crash_at_start")
 
 
 @pytest.mark.parametrize("variant", ["docker"], indirect=True)

@@ -137,13 +137,20 @@ class Page:
 
     def click(self, element: str, timeout: float = 30, what: str = "") -> None:
         """Click the element a JS expression finds (waited for), with real mouse events at the
-        centre of its box: pointerdown/mousedown/mouseup/click, as menus and forms expect."""
+        centre of its box: pointerdown/mousedown/mouseup/click, as menus and forms expect.
+
+        The point is clicked only once the element is what the page hit-tests there: a page that
+        is still scrolling or shifting its layout (a field losing focus resizes the form) would
+        take the click somewhere else, and the click would be lost without a trace."""
         box = self.wait_for(
             f"""(() => {{ const e = {element};
                 if (!e) return null;
-                e.scrollIntoView({{block: 'center'}});
+                e.scrollIntoView({{block: 'center', behavior: 'instant'}});
                 const r = e.getBoundingClientRect();
-                return r.width && r.height ? [r.x + r.width / 2, r.y + r.height / 2] : null;
+                if (!r.width || !r.height) return null;
+                const x = r.x + r.width / 2, y = r.y + r.height / 2;
+                const hit = document.elementFromPoint(x, y);
+                return hit && (hit === e || e.contains(hit)) ? [x, y] : null;
             }})()""",
             timeout,
             what or element,

@@ -38,6 +38,27 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.nodeid.startswith(_ENGINE_GROUP))
 
 
+class _GroupsApplied:
+    """Fails the collection when `--dist loadgroup` silently ignores the groups above: with
+    pytest 9, pytest-xdist 3.8 writes its `@group` suffix to an attribute pytest no longer reads,
+    so every test was scheduled on its own and tests/runtime ran its daemon, base and tiers on both
+    workers (pyproject pins pytest < 9 for that reason)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        if getattr(config.option, "loadgroup", False) and items:
+            if not all("@" in item.nodeid for item in items):
+                raise pytest.UsageError(
+                    "pytest-xdist did not apply the xdist_group markers (--dist loadgroup): "
+                    "tests/runtime would run on both workers; use a pytest that xdist supports "
+                    "(pyproject: pytest<9)"
+                )
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_GroupsApplied(), "shipyard-groups-applied")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server():
     """A real Prefect server (temporary database) shared by the whole session."""

@@ -145,14 +145,10 @@ async def running_instance(state: SandboxState, rev: Revision) -> Instance | Non
         instance = containers.instances.get(rev.name)
         if instance is None or instance.stopping:  # nobody started it while this one waited
             state.calls["run.cold_start"] += 1
-            try:
-                # The start runs in a thread; the instance is registered back on the loop.
-                started = await start_revision_container(
-                    state, rev, lambda: state.stores["run"].revisions.get(rev.name) is rev
-                )
-            except Exception as exc:  # noqa: BLE001 - a failed start answers 503, never a 500
-                write_revision_log(state, rev, "ERROR", f"sandbox: no container started: {exc!r}")
-                started = False
+            # The start runs in a thread; the instance is registered back on the loop.
+            started = await start_revision_container(
+                state, rev, lambda: state.stores["run"].revisions.get(rev.name) is rev
+            )
             if not started:
                 text = startup_probe(rev.template).failure_text(container_name(rev.template))
                 write_revision_log(state, rev, "ERROR", text, stream="varlog%2Fsystem")

@@ -195,11 +195,6 @@ class RevisionLifecycle(TrafficRules):
         async def run() -> None:
             try:
                 started = await start_revision_container(self.state, rev, wanted)
-            except Exception as exc:  # noqa: BLE001 - a failed start, never a stuck revision
-                started = False
-                write_revision_log(
-                    self.state, rev, "ERROR", f"sandbox: the container did not start: {exc!r}"
-                )
             finally:
                 self.starting.pop(rev.name, None)
             rev.reconciling = False

@@ -79,7 +79,10 @@ def container_store(state: Any) -> ContainerStore | None:
 
 
 async def start_revision_container(state: Any, rev: Revision, wanted: Callable[[], bool]) -> bool:
-    """Start the revision's container; False when it exited or never listened on $PORT.
+    """Start the revision's container; False when it exited or never listened on $PORT, or
+    the start itself failed (a docker error: its line goes to the revision's log, so a caller
+    never sees an exception: a creation never leaves its revision reconciling, a cold start
+    answers 503, never 500).
 
     Runs on the event loop; the start itself (`docker run`, the probe) in a thread that touches
     nothing of `state` but its Cloud Logging store (`write_log` takes a lock). A container that
@@ -87,13 +90,16 @@ async def start_revision_container(state: Any, rev: Revision, wanted: Callable[[
     removed at once."""
     store = container_store(state)
     assert store is not None
-    arguments = _start_arguments(state, rev)
     try:
+        arguments = _start_arguments(state, rev)
         instance = await asyncio.to_thread(start_instance, store.engine, **arguments)
+        if not wanted():
+            await asyncio.to_thread(stop_instance, store.engine, instance)
+            return False
     except StartFailed:
         return False
-    if not wanted():
-        await asyncio.to_thread(stop_instance, store.engine, instance)
+    except Exception as exc:  # noqa: BLE001 - see above
+        write_revision_log(state, rev, "ERROR", f"sandbox: the container did not start: {exc!r}")
         return False
     store.instances[rev.name] = instance
     state.calls["run.container_started"] += 1

@@ -14,7 +14,7 @@ export SHIPYARD_ROOTFS_CACHE ?= $(HOME)/.cache/shipyard/rootfs
 # emulator, CLI call) would then recompile all its imports, costing seconds each time.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup system-packages rootfs demo test lint bench clean
+.PHONY: setup system-packages links rootfs demo test lint bench clean
 
 system-packages:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -27,7 +27,17 @@ $(BIN)/shipyard: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install -q uv
 	@[ -x $(BIN)/python ] || uv venv -q --python $(PY) $(VENV)
 	uv pip install -q --python $(BIN)/python -e '.[dev,sandbox]'
+	@$(MAKE) -s links
 	@touch $(BIN)/shipyard
+
+# The checkout under the names the wheel installs it at, for this venv's Python and for mypy:
+# .venv/src/shipyard/{flows,tasks,blocks,deployments} -> the top-level folders, and the
+# checkout-only packages `sandbox` and `bench` (not in the wheel), on sys.path by a .pth file.
+links:
+	@mkdir -p $(VENV)/src/shipyard
+	@for p in flows tasks blocks deployments; do ln -sfn $(CURDIR)/$$p $(VENV)/src/shipyard/$$p; done
+	@for p in sandbox bench; do ln -sfn $(CURDIR)/$$p $(VENV)/src/$$p; done
+	@echo $(CURDIR)/$(VENV)/src > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/shipyard-checkout.pth"
 
 setup: system-packages $(BIN)/shipyard
 

@@ -60,7 +60,7 @@ def _plain_build(docker_host: str, repo: Path, base: str, tag: str) -> float:
     """`docker build --no-cache` of the runtime target, then push: no tier cache, no BuildKit
     cache (the syntax line dropped as the backend does on a daemon without Docker Hub)."""
     from sandbox.engine.daemon import DOCKER_CLI  # Debian's 20.10 client: BuildKit without buildx
-    from tasks.docker_daemon import SYNTAX_DIRECTIVE
+    from shipyard.tasks.docker_daemon import SYNTAX_DIRECTIVE
 
     env = {**os.environ, "DOCKER_HOST": docker_host, "DOCKER_BUILDKIT": "1"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,14 +89,14 @@ def main() -> int:
     from prefect_docker import DockerHost
 
     from bench.figures import print_figures
-    from blocks.build_settings import BuildSettings
-    from blocks.cache_tiers import CacheTiers
-    from deployments.release_demo import prefect_api
-    from flows.build import build_release_image
-    from flows.prewarm import prewarm_cache_tiers
     from sandbox.engine.rootfs import ensure_rootfs
     from sandbox.manager import start_sandbox
     from sandbox.seed import seed_cuda_image
+    from shipyard.blocks.build_settings import BuildSettings
+    from shipyard.blocks.cache_tiers import CacheTiers
+    from shipyard.deployments.demo.run import prefect_api
+    from shipyard.flows.build.flow import build_release_image
+    from shipyard.flows.build.prewarm import prewarm_cache_tiers
 
     work = Path(tempfile.mkdtemp(prefix="shipyard-bench-build-"))
     info = start_sandbox(root=work / "sandbox", engine=True)

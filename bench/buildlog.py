@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.figures import print_figures  # noqa: E402
-from tasks.buildkit_log import parse_buildkit_log  # noqa: E402
+from shipyard.tasks.buildkit_log import parse_buildkit_log  # noqa: E402
 
 STAGES = ["base", "python-deps", "node-deps", "builder", "runtime"]
 

@@ -1,4 +1,4 @@
-"""Fault matrix bench: every case of sandbox/fault_matrix.py, plus releases killed with SIGKILL
+"""Fault matrix bench: every case of bench/fault_matrix.py, plus releases killed with SIGKILL
 at several steps and run again, and the webhook cases of bench/webhook_faults.py, on the local
 cloud (real Prefect server, sandbox).
 
@@ -36,9 +36,9 @@ def build_blocks_factory(cloud, workdir: Path):
     BuildSettings block with its own image repository (so every case builds)."""
     from prefect.variables import Variable
 
-    from blocks.build_settings import BuildSettings
-    from flows.mirror import pin_variable_name
     from sandbox.seed import seed_cuda_image
+    from shipyard.blocks.build_settings import BuildSettings
+    from shipyard.flows.mirror.flow import pin_variable_name
 
     repo = workdir / "app-repo"
     shutil.copytree(
@@ -78,10 +78,10 @@ def _kill_cases(cloud, make_target, build_blocks) -> list[dict]:
     """Kill the release process at a step, run the release again, check it converged."""
     from prefect.settings import PREFECT_API_URL
 
-    from deployments.release_demo import stage
-    from flows.release import run_release
-    from sandbox.fault_matrix import IMAGE, duplicate_revisions, slot_held
+    from bench.fault_matrix import IMAGE, duplicate_revisions, slot_held
     from sandbox.release_invariants import all_violations
+    from shipyard.deployments.demo.run import stage
+    from shipyard.flows.release.flow import run_release
 
     def canary_tag(admin, service):
         history = admin.traffic_history(service)
@@ -119,7 +119,7 @@ def _kill_cases(cloud, make_target, build_blocks) -> list[dict]:
         target.save(f"bench-kill-{i}", overwrite=True)
         code = textwrap.dedent(
             f"""
-            from flows.release import release
+            from shipyard.flows.release.flow import release
             release("v1.0.0", "bench-kill-{i}", image={image!r}, commit={commit!r})
             """
         )
@@ -171,10 +171,10 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("prefect").setLevel(logging.CRITICAL)
 
+    from bench.fault_matrix import CASES, run_case
     from bench.figures import print_figures
     from bench.webhook_faults import webhook_cases
-    from deployments.release_demo import local_cloud, prefect_api, sandbox_target, stage
-    from sandbox.fault_matrix import CASES, run_case
+    from shipyard.deployments.demo.run import local_cloud, prefect_api, sandbox_target, stage
 
     started = time.perf_counter()
     rows: list[dict] = []

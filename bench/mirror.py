@@ -56,7 +56,13 @@ def worker(source: str, destination_repo: str, tags: list[str]) -> None:
     import anyio  # noqa: F401 - httpcore imports its async backend on first use; a flow has it loaded
     import h11  # noqa: F401
 
-    from tasks.registry import RegistryClient, copy_image, parse_reference, plan_image, tag_image
+    from shipyard.tasks.registry import (
+        RegistryClient,
+        copy_image,
+        parse_reference,
+        plan_image,
+        tag_image,
+    )
 
     def written() -> int:
         io = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blocks.gpu_regions import CLOUD_RUN_GPU_REGIONS  # noqa: E402 - after the path above
+from shipyard.blocks.gpu_regions import CLOUD_RUN_GPU_REGIONS  # noqa: E402 - after the path above
 
 # Every region where Cloud Run offers L4 GPUs (a target refuses any other region).
 GPU_REGIONS = list(CLOUD_RUN_GPU_REGIONS["nvidia-l4"])
@@ -49,8 +49,8 @@ def _full_releases(cloud) -> tuple[list[float], list[float], list[str]]:
 
 
 def _quota_decisions(cloud) -> tuple[list[float], int]:
-    from deployments.release_demo import DEMO_IMAGE, sandbox_target, stage
-    from flows.release import release
+    from shipyard.deployments.demo.run import DEMO_IMAGE, sandbox_target, stage
+    from shipyard.flows.release.flow import release
 
     stage(cloud, "default", apis={"quotas": {"latency_ms": 200}})
     target = sandbox_target(service="bench-quota", regions=GPU_REGIONS)
@@ -66,8 +66,8 @@ def _quota_decisions(cloud) -> tuple[list[float], int]:
 
 def _sequential_peer(cloud) -> float:
     """The naive way: each region, each quota id, one GET after another."""
-    from blocks.cloud import GoogleCloud
-    from blocks.release_target import CPU_QUOTA_ID, GPU_QUOTA_IDS, MEMORY_QUOTA_ID
+    from shipyard.blocks.cloud import GoogleCloud
+    from shipyard.blocks.release_target import CPU_QUOTA_ID, GPU_QUOTA_IDS, MEMORY_QUOTA_ID
 
     client = GoogleCloud().quotas_client()
     project = GoogleCloud().resolved_project()
@@ -90,7 +90,7 @@ def main() -> int:
     logging.getLogger("prefect").setLevel(logging.ERROR)
 
     from bench.figures import print_figures
-    from deployments.release_demo import local_cloud, prefect_api
+    from shipyard.deployments.demo.run import local_cloud, prefect_api
 
     with prefect_api(), local_cloud() as cloud:
         release_s, noop_s, outcomes = _full_releases(cloud)

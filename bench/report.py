@@ -41,7 +41,7 @@ def _fill_ledger(service: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import ArtifactCreate
 
-    from flows.ledger import LedgerEntry, ledger_key
+    from shipyard.flows.observe.ledger import LedgerEntry, ledger_key
 
     start = dt.datetime.now(dt.UTC) - dt.timedelta(days=25)
 
@@ -78,9 +78,9 @@ def _fill_ledger(service: str) -> None:
 
 
 def _report_figures(service: str) -> dict:
-    from deployments.report_figures import report_data
-    from deployments.report_html import render_html
-    from flows.ledger import read_ledger
+    from shipyard.deployments.report.figures import report_data
+    from shipyard.deployments.report.html import render_html
+    from shipyard.flows.observe.ledger import read_ledger
 
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     json_s, html_s, read_s = [], [], []
@@ -110,8 +110,8 @@ def _report_figures(service: str) -> dict:
 def _logging_overhead(cloud) -> dict:
     from timed_release import timed_release, zero_latency_target
 
-    from blocks.cloud import GoogleCloud
-    from tasks.cloud_logging_handler import CloudLoggingHandler
+    from shipyard.blocks.cloud import GoogleCloud
+    from shipyard.tasks.cloud_logging_handler import CloudLoggingHandler
 
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).setLevel(logging.INFO)
@@ -196,7 +196,7 @@ def main() -> int:
     logging.getLogger("prefect").setLevel(logging.ERROR)
 
     from bench.figures import print_figures
-    from deployments.release_demo import local_cloud, prefect_api
+    from shipyard.deployments.demo.run import local_cloud, prefect_api
 
     with prefect_api(startup_timeout=300), local_cloud(startup_timeout=180) as cloud:
         _fill_ledger("bench-ledger")

@@ -11,7 +11,7 @@ from typing import Any
 def zero_latency_target(sandbox: Any, scenario: str, service: str, /, **fields: Any) -> Any:
     """Stage `scenario` on the sandbox (page service answering at once) and return a target for
     `service`; `fields` override the target's (e.g. its `cloud` block)."""
-    from deployments.release_demo import sandbox_target, stage
+    from shipyard.deployments.demo.run import sandbox_target, stage
 
     stage(sandbox, scenario, serving={"gpu_ms": 0, "cpu_ms": 0})
     canary = sandbox_target().canary.model_copy(update={"min_speedup": None})
@@ -20,8 +20,8 @@ def zero_latency_target(sandbox: Any, scenario: str, service: str, /, **fields: 
 
 def timed_release(tag: str, target: Any) -> tuple[float, Any]:
     """(seconds, ReleaseResult) of one release of the demo image's `tag` to `target`."""
-    from deployments.release_demo import DEMO_IMAGE
-    from flows.release import run_release
+    from shipyard.deployments.demo.run import DEMO_IMAGE
+    from shipyard.flows.release.flow import run_release
 
     started = time.perf_counter()
     result = run_release(tag, target, image=f"{DEMO_IMAGE}:{tag}")

@@ -93,7 +93,7 @@ def release_standin(
     image: str | None = None,
     commit: str | None = None,
 ) -> dict[str, Any]:
-    """Stand-in for flows.release.release: same parameters; holds its slot a while."""
+    """Stand-in for shipyard.flows.release.flow.release: same parameters; holds its slot a while."""
     time.sleep(float(os.environ.get(HOLD_ENV, "0.5")))
     return {"git_tag": git_tag, "commit": commit, "dry_run": dry_run}
 
@@ -104,7 +104,7 @@ async def serve_standin(hold_s: float, query_s: float, prefetch_s: float, limit:
     from prefect.flows import aserve
 
     from bench.webhook import release_standin as standin
-    from deployments.serve import read_specs, to_runner_deployment
+    from shipyard.deployments.serve import read_specs, to_runner_deployment
 
     os.environ[HOLD_ENV] = str(hold_s)
     (spec,) = [s for s in read_specs() if s.name == "release"]
@@ -234,8 +234,8 @@ async def bench(args: argparse.Namespace, api_url: str, workdir: Path) -> dict[s
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from deployments.webhook_parse import EVENT_NAMESPACE
     from sandbox.procs import free_port, spawn, stop_pid, wait_for_port
+    from shipyard.deployments.webhook.parse import EVENT_NAMESPACE
 
     env = {"PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
     served = spawn(

@@ -14,8 +14,8 @@ import asyncio
 
 from pydantic import SecretStr
 
-from tasks.errors import PermanentError
-from tasks.registry import RegistryCredentials
+from shipyard.tasks.errors import PermanentError
+from shipyard.tasks.registry import RegistryCredentials
 
 __all__ = ["credentials_from_docker_block", "credentials_from_gcp_block"]
 

@@ -26,8 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from blocks.cloud import GoogleCloud, default_cloud
-from blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
+from shipyard.blocks.cloud import GoogleCloud, default_cloud
+from shipyard.blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
 
 # The canary's default sample page ships inside the package (package data), so an installed
 # worker has it; nothing is read from a checkout at run time.
@@ -298,10 +298,10 @@ class ReleaseTarget(Block):
         description="on a failed canary, go to the CPU baseline even if a last good exists",
     )
     build_settings_block: str | None = Field(
-        default=None, description="build settings block name for flows/build.py (its default)"
+        default=None, description="build settings block name for flows/build/flow.py (its default)"
     )
     build_tiers_block: str | None = Field(
-        default=None, description="cache tiers block name for flows/build.py (its default)"
+        default=None, description="cache tiers block name for flows/build/flow.py (its default)"
     )
     base_image: str | None = Field(
         default=None, description="mirrored base image repository whose pin the build uses"

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tasks.processes import pid_alive
+from shipyard.tasks.processes import pid_alive
 
 __all__ = ["free_port", "pid_alive", "spawn", "stop_pid", "wait_for_port"]
 

@@ -136,7 +136,7 @@ def refused_region_leftovers(history: list[dict], result) -> list[str]:
 
 
 def _gpu_revision(result) -> str:
-    from blocks.release_target import revision_name
+    from shipyard.blocks.release_target import revision_name
 
     return revision_name(result.service, result.git_tag)
 

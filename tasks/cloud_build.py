@@ -19,7 +19,7 @@ from collections.abc import Callable
 from google.api_core.exceptions import RetryError
 from google.cloud.devtools import cloudbuild_v1
 
-from tasks.errors import WaitExpired, poll_until
+from shipyard.tasks.errors import WaitExpired, poll_until
 
 __all__ = [
     "TERMINAL",

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.cloud_logging import _redact
-from tasks.errors import backoff_delay, is_transient
+from shipyard.tasks.cloud_logging import _redact
+from shipyard.tasks.errors import backoff_delay, is_transient
 
 __all__ = ["CloudLoggingHandler", "HandlerStats", "severity_of"]
 

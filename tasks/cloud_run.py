@@ -25,7 +25,7 @@ from google.api_core.retry import Retry
 from google.cloud import run_v2
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from tasks.errors import PermanentError, WaitExpired, poll_until
+from shipyard.tasks.errors import PermanentError, WaitExpired, poll_until
 
 __all__ = [
     "MissingRevision",

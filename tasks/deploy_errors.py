@@ -12,8 +12,8 @@ import re
 
 from google.api_core import exceptions as gexc
 
-from tasks import cloud_run as cr
-from tasks.errors import PermanentError, is_quota_error, is_transient
+from shipyard.tasks import cloud_run as cr
+from shipyard.tasks.errors import PermanentError, is_quota_error, is_transient
 
 
 class QuotaDenied(PermanentError):

@@ -31,8 +31,8 @@ from typing import Any
 import docker
 from docker.utils import tar as docker_tar
 
-from tasks.buildkit_trace import TRACE_ID, PlainPrinter
-from tasks.errors import PermanentError, TransientError
+from shipyard.tasks.buildkit_trace import TRACE_ID, PlainPrinter
+from shipyard.tasks.errors import PermanentError, TransientError
 
 SYNTAX_DIRECTIVE = re.compile(r"^#\s*syntax\s*=.*$", re.IGNORECASE | re.MULTILINE)
 

@@ -1,5 +1,5 @@
 """Dockerfiles as BuildKit's frontend reads them: the one parser of the pipeline (the cache
-tiers' stages and their text, flows/cache_tier_fingerprint.py) and of the sandbox's Cloud Build
+tiers' stages and their text, flows/build/tier_fingerprint.py) and of the sandbox's Cloud Build
 executor (sandbox/buildkit/).
 
 Supported: parser directives (`# syntax=`, `# escape=` with the default backslash only), comments,

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tasks.errors import PermanentError, TransientError
+from shipyard.tasks.errors import PermanentError, TransientError
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 # scheme://userinfo@ : the userinfo (user, user:password, a token) of any URL in a text

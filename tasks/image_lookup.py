@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from tasks.registry import (
+from shipyard.tasks.registry import (
     OCI_MANIFEST,
     Manifest,
     NotFound,

@@ -25,8 +25,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from blocks.cloud import GoogleCloud
-from tasks.errors import backoff_delay, is_transient, retry_condition_fn
+from shipyard.blocks.cloud import GoogleCloud
+from shipyard.tasks.errors import backoff_delay, is_transient, retry_condition_fn
 
 __all__ = [
     "CPU",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.cli import main
+from shipyard.deployments.cli.main import main
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:

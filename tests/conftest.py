@@ -96,7 +96,7 @@ def sandbox_admin(sandbox):
 @pytest.fixture
 def cloud(sandbox):
     """The GoogleCloud block as a flow would build it: pointed at the sandbox by the environment."""
-    from blocks.cloud import GoogleCloud
+    from shipyard.blocks.cloud import GoogleCloud
 
     return GoogleCloud()
 
@@ -144,7 +144,7 @@ def stage(sandbox_admin, internal_token):
 @pytest.fixture
 def make_target(request, sandbox):
     """make_target(**overrides): a ReleaseTarget for this test's own service name."""
-    from blocks.release_target import (
+    from shipyard.blocks.release_target import (
         CanaryPolicy,
         QuotaPolicy,
         ReleaseTarget,

@@ -34,7 +34,7 @@ from sandbox.oci import (
     make_layer,
     split_ref,
 )
-from tasks.dockerfile import (
+from shipyard.tasks.dockerfile import (
     FS_STEPS,
     Dockerfile,
     DockerfileError,

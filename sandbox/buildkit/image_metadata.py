@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sandbox.buildkit.build_state import StageState
 from sandbox.buildkit.cache_keys import CHAIN_METADATA, chain_key
-from tasks.dockerfile import DockerfileError, Instruction, split_kv, substitute
+from shipyard.tasks.dockerfile import DockerfileError, Instruction, split_kv, substitute
 
 
 def apply_metadata(state: StageState, ins: Instruction, scope: dict[str, str]) -> None:

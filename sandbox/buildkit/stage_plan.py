@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sandbox.buildkit.build_state import BuildFailed
-from tasks.dockerfile import Dockerfile, Stage, substitute
+from shipyard.tasks.dockerfile import Dockerfile, Stage, substitute
 
 
 def stage_args(dockerfile: Dockerfile) -> set[str]:

@@ -8,9 +8,9 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
 from sandbox.emulator.core import ApiError
 from sandbox.emulator.run_resources import GPU_LIMIT
+from shipyard.blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
 
 # Fields of a Service that the server owns: dropped from what the client sends.
 OUTPUT_ONLY = {

@@ -2,7 +2,7 @@
 
 A thin wrapper around one outside system (any registry speaking the distribution API: the CNCF
 registry, Docker Hub, GHCR, Artifact Registry). It knows nothing of the pipeline. One module per
-concern; every public name is re-exported here, so `from tasks.registry import X` keeps working:
+concern; every public name is re-exported here, so `from shipyard.tasks.registry import X` keeps working:
 
 - references: image references parsed like docker (`ImageRef`, `parse_reference`).
 - errors: the `RegistryError` family (permanent or transient, for tasks/errors.py).
@@ -17,9 +17,9 @@ Credential loaders from Prefect blocks live in blocks/registry_credentials.py.
 Nothing here writes to the local disk, and memory stays at a few chunks per blob in flight.
 """
 
-from tasks.registry.auth import RegistryAuth, RegistryCredentials, parse_challenge
-from tasks.registry.client import RegistryClient
-from tasks.registry.copy import (
+from shipyard.tasks.registry.auth import RegistryAuth, RegistryCredentials, parse_challenge
+from shipyard.tasks.registry.client import RegistryClient
+from shipyard.tasks.registry.copy import (
     PIPE_DEPTH,
     CopyStats,
     ImagePlan,
@@ -29,7 +29,7 @@ from tasks.registry.copy import (
     plan_image,
     tag_image,
 )
-from tasks.registry.errors import (
+from shipyard.tasks.registry.errors import (
     DigestMismatch,
     InvalidReference,
     ManifestTooLarge,
@@ -41,7 +41,7 @@ from tasks.registry.errors import (
     RegistryUnavailable,
     UnsupportedMediaType,
 )
-from tasks.registry.manifests import (
+from shipyard.tasks.registry.manifests import (
     ACCEPT,
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -61,9 +61,9 @@ from tasks.registry.manifests import (
     platform_of_config,
     sha256_digest,
 )
-from tasks.registry.references import DOCKER_HUB, ImageRef, parse_reference
-from tasks.registry.retry import DEFAULT_RETRY_BUDGET, RetryBudget, parse_retry_after
-from tasks.registry.transport import PIPE_CHUNK, USER_AGENT
+from shipyard.tasks.registry.references import DOCKER_HUB, ImageRef, parse_reference
+from shipyard.tasks.registry.retry import DEFAULT_RETRY_BUDGET, RetryBudget, parse_retry_after
+from shipyard.tasks.registry.transport import PIPE_CHUNK, USER_AGENT
 
 __all__ = [
     "ACCEPT",

@@ -10,9 +10,13 @@ from dataclasses import dataclass, field
 import httpx
 from pydantic import SecretStr
 
-from tasks.errors import backoff_delay
-from tasks.registry.errors import RegistryAuthError, RegistryRequestError, RegistryUnavailable
-from tasks.registry.transport import USER_AGENT, tls_verify
+from shipyard.tasks.errors import backoff_delay
+from shipyard.tasks.registry.errors import (
+    RegistryAuthError,
+    RegistryRequestError,
+    RegistryUnavailable,
+)
+from shipyard.tasks.registry.transport import USER_AGENT, tls_verify
 
 
 @dataclass(frozen=True)

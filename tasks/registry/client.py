@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from tasks.errors import is_transient
-from tasks.registry.auth import RegistryAuth, RegistryCredentials, who
-from tasks.registry.errors import (
+from shipyard.tasks.errors import is_transient
+from shipyard.tasks.registry.auth import RegistryAuth, RegistryCredentials, who
+from shipyard.tasks.registry.errors import (
     PERMANENT_CODES,
     DigestMismatch,
     ManifestTooLarge,
@@ -23,7 +23,7 @@ from tasks.registry.errors import (
     RegistryRequestError,
     RegistryUnavailable,
 )
-from tasks.registry.manifests import (
+from shipyard.tasks.registry.manifests import (
     ACCEPT,
     MAX_CONFIG_BYTES,
     MAX_MANIFEST_BYTES,
@@ -32,9 +32,9 @@ from tasks.registry.manifests import (
     parse_manifest,
     sha256_digest,
 )
-from tasks.registry.references import ImageRef
-from tasks.registry.retry import DEFAULT_RETRY_BUDGET, RetryBudget, parse_retry_after
-from tasks.registry.transport import USER_AGENT, make_transport
+from shipyard.tasks.registry.references import ImageRef
+from shipyard.tasks.registry.retry import DEFAULT_RETRY_BUDGET, RetryBudget, parse_retry_after
+from shipyard.tasks.registry.transport import USER_AGENT, make_transport
 
 T = TypeVar("T")
 

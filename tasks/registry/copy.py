@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from tasks.errors import is_transient
-from tasks.registry.client import RegistryClient
-from tasks.registry.errors import (
+from shipyard.tasks.errors import is_transient
+from shipyard.tasks.registry.client import RegistryClient
+from shipyard.tasks.registry.errors import (
     DigestMismatch,
     PlatformNotFound,
     RegistryUnavailable,
     UnsupportedMediaType,
 )
-from tasks.registry.manifests import Descriptor, Manifest, platform_matches, sha256_digest
-from tasks.registry.references import ImageRef
-from tasks.registry.retry import RetryBudget
+from shipyard.tasks.registry.manifests import Descriptor, Manifest, platform_matches, sha256_digest
+from shipyard.tasks.registry.references import ImageRef
+from shipyard.tasks.registry.retry import RetryBudget
 
 log = logging.getLogger("shipyard.registry")
 

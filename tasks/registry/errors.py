@@ -6,7 +6,7 @@ classifies them without knowing this package.
 
 from __future__ import annotations
 
-from tasks.errors import PermanentError, TransientError
+from shipyard.tasks.errors import PermanentError, TransientError
 
 
 class RegistryError(Exception):

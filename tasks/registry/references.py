@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tasks.registry.errors import InvalidReference
+from shipyard.tasks.registry.errors import InvalidReference
 
 DOCKER_HUB = "registry-1.docker.io"
 

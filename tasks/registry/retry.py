@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from tasks.errors import backoff_delay
+from shipyard.tasks.errors import backoff_delay
 
 DEFAULT_RETRY_BUDGET = 300.0  # seconds per operation (one request, or one blob copy)
 MAX_RETRY_AFTER = 3600.0  # a longer Retry-After is treated as this (then exceeds any budget)

@@ -25,7 +25,7 @@ def app_repo(tmp_path) -> AppRepo:
 @pytest.fixture
 def settings_block(sandbox, app_repo) -> str:
     """A saved BuildSettings block: a fresh image repository per test, the throwaway repo."""
-    from blocks.build_settings import BuildSettings
+    from shipyard.blocks.build_settings import BuildSettings
 
     name = f"build-{uuid.uuid4().hex[:10]}"
     BuildSettings(

@@ -6,8 +6,8 @@ import pytest
 from google.cloud.devtools import cloudbuild_v1 as cb
 from prefect import flow
 
-from blocks.build_settings import BuildSettings
-from flows.cloud_build_run import BuildFailedError, run_cloud_build
+from shipyard.blocks.build_settings import BuildSettings
+from shipyard.flows.build.cloud_build_run import BuildFailedError, run_cloud_build
 
 DOCKER = "gcr.io/cloud-builders/docker"
 

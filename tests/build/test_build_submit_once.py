@@ -6,8 +6,8 @@ from __future__ import annotations
 from prefect import flow
 from test_cloud_build_api import _request  # the same small build request
 
-from blocks.build_settings import BuildSettings
-from flows.cloud_build_run import SUBMISSION_PREFIX, run_cloud_build
+from shipyard.blocks.build_settings import BuildSettings
+from shipyard.flows.build.cloud_build_run import SUBMISSION_PREFIX, run_cloud_build
 
 
 def test_lost_answer_to_create_build_does_not_start_a_second_build(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.buildkit_log import CACHED, ERROR, RUN, parse_buildkit_log
+from shipyard.tasks.buildkit_log import CACHED, ERROR, RUN, parse_buildkit_log
 
 LOG = """\
 #0 building with "shipyard" instance using docker-container driver

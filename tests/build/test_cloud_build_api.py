@@ -84,7 +84,7 @@ def test_create_polls_the_operation_to_success_and_get_list_log_agree(
     listed = list(client.list_builds(project_id=PROJECT, filter='tags="api-test"'))
     assert [b.id for b in listed] == [build_id]
 
-    from tasks.cloud_build import fetch_build_log
+    from shipyard.tasks.cloud_build import fetch_build_log
 
     # Cloud Build's shape: step lines prefixed `Step #0 - "buildx": `, reaching Cloud Logging
     # late (builds.log_delay_ms, 300 ms by default): the fetch still returns the whole log.
@@ -99,7 +99,7 @@ def test_create_polls_the_operation_to_success_and_get_list_log_agree(
         e for e in sandbox_admin.logs() if e["resource"]["labels"].get("build_id") == build_id
     ]
     assert len(lines) == len(written)
-    from tasks.buildkit_log import parse_buildkit_log
+    from shipyard.tasks.buildkit_log import parse_buildkit_log
 
     report = parse_buildkit_log(lines)
     assert report.steps and report.error is None
@@ -150,8 +150,8 @@ def test_a_broken_dockerfile_fails_like_buildkit(
     )
     with pytest.raises(gexc.GoogleAPICallError):
         operation.result(timeout=60, polling=FAST_POLL)
-    from tasks.buildkit_log import parse_buildkit_log
-    from tasks.cloud_build import fetch_build_log
+    from shipyard.tasks.buildkit_log import parse_buildkit_log
+    from shipyard.tasks.cloud_build import fetch_build_log
 
     build_id = operation.metadata.build.id
     report = parse_buildkit_log(fetch_build_log(cloud.logging_client(), PROJECT, build_id))

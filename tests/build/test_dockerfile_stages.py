@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.cache_tier_fingerprint import stage_texts, tier_fingerprint
-from tasks.dockerfile import DockerfileError, parse_dockerfile
+from shipyard.flows.build.tier_fingerprint import stage_texts, tier_fingerprint
+from shipyard.tasks.dockerfile import DockerfileError, parse_dockerfile
 
 PLATFORM = """\
 # syntax=docker/dockerfile:1

@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from flows.cache_tier_fingerprint import FINGERPRINT_LABEL
-from flows.prewarm import prewarm_cache_tiers
-from tasks import image_lookup as il
+from shipyard.flows.build.prewarm import prewarm_cache_tiers
+from shipyard.flows.build.tier_fingerprint import FINGERPRINT_LABEL
+from shipyard.tasks import image_lookup as il
 
 # Each test runs several flows and Cloud Builds (10-15 s each on a loaded machine).
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def test_prewarm_builds_all_then_skips_all_then_only_what_a_requirement_change_t
 def test_quarterly_tags_beyond_retention_are_deleted_and_the_rest_kept(
     sandbox_admin, settings_block, image_repository, base_image
 ):
-    from blocks.cache_tiers import CacheTier, CacheTiers
+    from shipyard.blocks.cache_tiers import CacheTier, CacheTiers
 
     tiers_block = f"tiers-{uuid.uuid4().hex[:10]}"
     CacheTiers(tiers=[CacheTier(name="base", target="base")], quarterly_tags_to_keep=2).save(

@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from flows.build import build_release_image
-from flows.cloud_build_run import BuildFailedError
-from flows.prewarm import prewarm_cache_tiers
+from shipyard.flows.build.cloud_build_run import BuildFailedError
+from shipyard.flows.build.flow import build_release_image
+from shipyard.flows.build.prewarm import prewarm_cache_tiers
 
 # Each test runs several flows and Cloud Builds (10-15 s each on a loaded machine).
 pytestmark = pytest.mark.slow

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import blocks.release_target
-from blocks.release_target import LEGACY_SAMPLE_IMAGE, CanaryPolicy
-from tasks.canary_probe import load_sample
+import shipyard.blocks.release_target
+from shipyard.blocks.release_target import LEGACY_SAMPLE_IMAGE, CanaryPolicy
+from shipyard.tasks.canary_probe import load_sample
 
-PACKAGE_DIR = Path(blocks.release_target.__file__).resolve().parent
+PACKAGE_DIR = Path(shipyard.blocks.release_target.__file__).resolve().parent
 # The scikit-image page (samples/PROVENANCE.md records where it comes from).
 PAGE_SHA256 = "341a6f0a61557662b02734a9b6e56ec33a915b2c41886b97509dedf2a43b47a3"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import uuid
 
-from blocks.cloud import ENDPOINT_ENV, GoogleCloud
-from blocks.release_target import ReleaseTarget
+from shipyard.blocks.cloud import ENDPOINT_ENV, GoogleCloud
+from shipyard.blocks.release_target import ReleaseTarget
 
 SANDBOX_URL = "http://127.0.0.1:9"  # never called: only where the clients would go is checked
 

@@ -12,16 +12,16 @@ from prefect.blocks.core import Block
 from prefect.flows import Flow
 from prefect.tasks import Task
 
-import blocks
-import flows
-import tasks
+import shipyard.blocks as blocks
+import shipyard.flows as flows
+import shipyard.tasks as tasks
 
 INTERNAL = re.compile(r"\bseeds? ?\d{3}\b|\bissue #?\d+\b|\bseeds/", re.IGNORECASE)
 
 
 def _members(package):
-    for info in pkgutil.iter_modules(package.__path__):
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
+    for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
+        module = importlib.import_module(info.name)
         for value in vars(module).values():
             if getattr(value, "__module__", None) == module.__name__ or isinstance(
                 value, Flow | Task

@@ -11,7 +11,7 @@ import tarfile
 from dataclasses import dataclass
 
 from sandbox import seed
-from tasks.registry import (
+from shipyard.tasks.registry import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_INDEX,

@@ -7,8 +7,8 @@ import json
 import pytest
 from mirror_images import client_for, push_image, push_index, run
 
-from tasks.errors import is_transient
-from tasks.registry import (
+from shipyard.tasks.errors import is_transient
+from shipyard.tasks.registry import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     MAX_MANIFEST_BYTES,
@@ -360,7 +360,7 @@ def test_password_is_a_secretstr_and_never_shown(start, src, caplog):
     """The password is a pydantic SecretStr: no repr, str, log line or exception shows it."""
     from pydantic import SecretStr
 
-    from blocks.registry_credentials import credentials_from_docker_block  # noqa: F401 (importable)
+    from shipyard.blocks.registry_credentials import credentials_from_docker_block  # noqa: F401 (importable)
 
     secret = "Zq9-never-Print-Me"
     private = start(htpasswd=("mirror-bot", "right-Pass-42"))

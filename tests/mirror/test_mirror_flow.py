@@ -19,9 +19,14 @@ from prefect.logging.handlers import APILogHandler
 from prefect_docker import DockerRegistryCredentials
 from typer.testing import CliRunner
 
-from deployments.cli_mirror import register
-from flows.mirror import CudnnMismatch, mirror_base_image, pin_variable_name, read_base_pin
-from tasks.registry import NotFound, PlatformNotFound, RegistryAuthError
+from shipyard.deployments.cli.mirror import register
+from shipyard.flows.mirror.flow import (
+    CudnnMismatch,
+    mirror_base_image,
+    pin_variable_name,
+    read_base_pin,
+)
+from shipyard.tasks.registry import NotFound, PlatformNotFound, RegistryAuthError
 
 
 async def _artifacts_and_logs(flow_run_id):

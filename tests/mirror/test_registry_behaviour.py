@@ -10,8 +10,8 @@ import json
 import pytest
 from mirror_images import client_for, push_image, push_index, run, uploads_left
 
-from tasks.errors import is_transient
-from tasks.registry import (
+from shipyard.tasks.errors import is_transient
+from shipyard.tasks.registry import (
     OCI_MANIFEST,
     Manifest,
     RegistryCredentials,
@@ -32,7 +32,7 @@ FAST = {"backoff_base": 0.01, "backoff_cap": 0.05}
 def test_retry_after_parses_seconds_and_http_dates():
     from datetime import UTC, datetime
 
-    from tasks.registry import parse_retry_after
+    from shipyard.tasks.registry import parse_retry_after
 
     now = datetime(2026, 11, 29, 1, 0, 0, tzinfo=UTC)
     assert parse_retry_after("10") == 10.0

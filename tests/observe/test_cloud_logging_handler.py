@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from flows.observe import pipeline_logging
-from flows.stage_events import release_scope
-from tasks.cloud_logging_handler import CloudLoggingHandler, severity_of
+from shipyard.flows.observe.stage_events import release_scope
+from shipyard.flows.release.observe import pipeline_logging
+from shipyard.tasks.cloud_logging_handler import CloudLoggingHandler, severity_of
 
 LOG = "projects/shipyard-sandbox/logs/shipyard"
 

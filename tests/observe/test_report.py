@@ -11,9 +11,9 @@ import pytest
 from chromium_page import Page, chromium_binary
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from deployments.report_html import CHART_IDS
-from flows.ledger import LedgerEntry, write_entry
+from shipyard.deployments.cli.main import app
+from shipyard.deployments.report.html import CHART_IDS
+from shipyard.flows.observe.ledger import LedgerEntry, write_entry
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 BASE = NOW - dt.timedelta(days=10)

@@ -10,7 +10,7 @@ import uuid
 from prefect.client.orchestration import get_client
 from prefect.events.actions import PauseDeployment
 
-from deployments.automations import rolled_back_automation
+from shipyard.deployments.automations import rolled_back_automation
 
 
 def _post_event(client, name: str, service: str) -> None:

@@ -36,11 +36,11 @@ _GIT = ["git", "-c", "user.email=tests@shipyard.invalid", "-c", "user.name=shipy
 @pytest.fixture(scope="session")
 def pinned_base(sandbox) -> str:
     """A tiny NVIDIA-like base image in the sandbox registry, with its pin recorded the way
-    flows/mirror.py records one; returns the repository (what ReleaseTarget.base_image names)."""
+    flows/mirror/flow.py records one; returns the repository (what ReleaseTarget.base_image names)."""
     from prefect.variables import Variable
 
-    from flows.mirror import pin_variable_name
     from sandbox.seed import seed_cuda_image
+    from shipyard.flows.mirror.flow import pin_variable_name
 
     repo = "release-tests/cuda"
     digest = seed_cuda_image(sandbox.registry_url, repo).digest
@@ -78,7 +78,7 @@ class AppRepo:
 @pytest.fixture
 def app_build(sandbox, tmp_path, request) -> tuple[str, AppRepo]:
     """(BuildSettings block name, the git repository it builds from), fresh per test."""
-    from blocks.build_settings import BuildSettings
+    from shipyard.blocks.build_settings import BuildSettings
 
     repo = AppRepo(tmp_path / "app-repo")
     name = "rel-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")

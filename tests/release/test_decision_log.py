@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from flows.release import run_release
+from shipyard.flows.release.flow import run_release
 
 pytestmark = pytest.mark.slow
 

@@ -13,17 +13,17 @@ import pytest
 import requests
 from google.api_core import exceptions as gexc
 
-from flows.cloud_build_run import BuildFailedError
-from tasks.cloud_build import BuildTimeout
-from tasks.cloud_run import ReadyTimeout, RevisionFailed
-from tasks.deploy_errors import (
+from shipyard.flows.build.cloud_build_run import BuildFailedError
+from shipyard.tasks.cloud_build import BuildTimeout
+from shipyard.tasks.cloud_run import ReadyTimeout, RevisionFailed
+from shipyard.tasks.deploy_errors import (
     ConfigurationError,
     DeployFailed,
     ImageFault,
     QuotaDenied,
     classify,
 )
-from tasks.errors import (
+from shipyard.tasks.errors import (
     PermanentError,
     TransientError,
     error_reason,
@@ -239,7 +239,7 @@ def test_quota_refusal_carries_google_error_info(cloud, sandbox_admin, where):
     from google.cloud import run_v2
 
     from sandbox.scenario import Scenario
-    from tasks import cloud_run as cr
+    from shipyard.tasks import cloud_run as cr
 
     scenario = Scenario().model_dump()
     scenario["default_region"]["deploy_error"] = {

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from sandbox.fault_matrix import CASES, run_case
+from bench.fault_matrix import CASES, run_case
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

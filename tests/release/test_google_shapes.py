@@ -11,10 +11,14 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
-from flows.region_deploy import _ensure_service, clear_failed_step, find_existing_step
-from flows.run_context import RunContext
-from flows.templates import gpu_template
-from tasks import cloud_run as cr
+from shipyard.flows.deploy.region_deploy import (
+    _ensure_service,
+    clear_failed_step,
+    find_existing_step,
+)
+from shipyard.flows.deploy.templates import gpu_template
+from shipyard.flows.release.context import RunContext
+from shipyard.tasks import cloud_run as cr
 
 IMAGE = "registry.sandbox.local/pages/page-service"
 
@@ -56,8 +60,8 @@ def test_the_cutover_keeps_a_public_service_public_and_its_other_fields(stage, m
     it does not change, or Cloud Run resets it (invoker IAM: a public service turned private)."""
     import httpx
 
-    from flows.region_deploy import deploy_gpu_step
-    from flows.traffic import cutover_step
+    from shipyard.flows.deploy.region_deploy import deploy_gpu_step
+    from shipyard.flows.deploy.traffic import cutover_step
 
     stage()
     target = make_target(regions=["europe-west1"], public=True)
@@ -91,9 +95,9 @@ def test_traffic_naming_a_missing_revision_is_a_permanent_refusal(stage, make_ta
     the text "Revision '...' does not exist or is deleted" (terraform-google-modules/
     terraform-docs-samples#269): retrying cannot create the revision, so it is permanent, and
     says which revision and what to do."""
-    from flows.release_steps import StepLog
-    from flows.traffic import cutover_step
-    from tasks.errors import is_transient
+    from shipyard.flows.deploy.traffic import cutover_step
+    from shipyard.flows.release.steps import StepLog
+    from shipyard.tasks.errors import is_transient
 
     stage()
     target = make_target(regions=["europe-west1"])

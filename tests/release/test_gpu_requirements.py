@@ -8,8 +8,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 from pydantic import ValidationError
 
-from blocks.gpu_regions import gpu_regions
-from blocks.release_target import ReleaseTarget, RevisionSpec
+from shipyard.blocks.gpu_regions import gpu_regions
+from shipyard.blocks.release_target import ReleaseTarget, RevisionSpec
 
 
 @pytest.mark.parametrize(

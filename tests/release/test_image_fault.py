@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from flows.release import release, run_release
-from flows.release_outcome import release_result
 from sandbox.release_invariants import (
     failed_revision_problems,
     invariant_violations,
     serving,
     stale_canary_tags,
 )
+from shipyard.flows.release.flow import release, run_release
+from shipyard.flows.release.outcome import release_result
 
 pytestmark = pytest.mark.slow
 

@@ -20,29 +20,39 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-# Everything of the tree but what is not source (the sdist decides what ships).
-NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", ".*_cache", "__pycache__", "*.pyc", "build", "dist", "*.egg-info", ".shipyard"
+# Everything of the tree but what is not source (the sdist decides what ships). `build` and
+# `dist` only at the top: flows/build/ is source.
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", ".*_cache", "__pycache__", "*.pyc", "*.egg-info", ".shipyard"
 )
+
+
+def NOT_SOURCE(directory: str, names: list[str]) -> set[str]:
+    ignored = set(_NOT_SOURCE(directory, names))
+    if Path(directory).resolve() == REPO:
+        ignored |= {"build", "dist"} & set(names)
+    return ignored
+
+
 SANDBOX_ONLY = {"bcrypt", "python-multipart"}  # the `sandbox` extra beyond what prefect brings
 
 CHECK = r"""
 import importlib, importlib.metadata as md, importlib.util, json, pkgutil, sys
 from pathlib import Path
 
-import flows
+import shipyard.flows as flows
 from prefect.flows import Flow
 
 site = Path(sys.prefix)
 assert Path(flows.__file__).resolve().is_relative_to(site), flows.__file__  # not the checkout
 found = []
-for info in pkgutil.iter_modules(flows.__path__):
-    module = importlib.import_module(f"flows.{info.name}")
+for info in pkgutil.walk_packages(flows.__path__, prefix="shipyard.flows."):
+    module = importlib.import_module(info.name)
     found += [v.name for v in vars(module).values() if isinstance(v, Flow)]
-import deployments.cli  # the CLI's entry point imports too
+import shipyard.deployments.cli.main  # the CLI's entry point imports too
 
-from blocks.release_target import CanaryPolicy
-from tasks.canary_probe import load_sample
+from shipyard.blocks.release_target import CanaryPolicy
+from shipyard.tasks.canary_probe import load_sample
 
 sample = load_sample(CanaryPolicy().sample_path())
 missing = []
@@ -51,7 +61,7 @@ for dist in ("bcrypt", "python-multipart"):
         md.distribution(dist)
     except md.PackageNotFoundError:
         missing.append(dist)
-from deployments.serve import PREFECT_YAML, read_specs
+from shipyard.deployments.serve import PREFECT_YAML, read_specs
 
 assert PREFECT_YAML.resolve().is_relative_to(site), PREFECT_YAML  # not the checkout
 served = [spec.name for spec in read_specs(PREFECT_YAML)]
@@ -60,7 +70,7 @@ Path(sys.argv[1]).write_text(json.dumps(report))
 
 # Then the console script's own entry point, in this process (one interpreter start: a fresh
 # venv compiles every import once, ~8 s).
-deployments.cli.app(sys.argv[2:], prog_name="shipyard")
+shipyard.deployments.cli.main.app(sys.argv[2:], prog_name="shipyard")
 """
 
 

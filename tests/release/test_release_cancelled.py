@@ -5,7 +5,7 @@ the release slot free, and the invariants over the whole traffic history.
 Cancellation from the API (the UI's Cancel button) only reaches a run that something
 supervises: the release is a deployment served by a runner (`release.serve`, in its own process
 with the sandbox's environment), as a user's worker would run it. The runner kills the run's
-process and runs the flow's `on_cancellation` hook (flows/release_hooks.py) before it marks the
+process and runs the flow's `on_cancellation` hook (flows/release/hooks.py) before it marks the
 run Cancelled. Each case makes one step slow with a scenario the sandbox emulates (a queued
 build, a revision that never becomes Ready, slow pages, a traffic update that takes its time)
 and cancels when that step has started.
@@ -30,14 +30,14 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelling
 from test_release_guards import _events
 
-from flows.release_hooks import canary_verdict
-from sandbox.fault_matrix import slot_held
+from bench.fault_matrix import slot_held
 from sandbox.release_invariants import (
     invariant_violations,
     serving,
     stale_canary_tags,
     stale_tags,
 )
+from shipyard.flows.release.hooks import canary_verdict
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ DEPLOYMENT = "release-cancel-tests"
 EU = "europe-west1"
 SERVE = """
 import sys
-from flows.release import release
+from shipyard.flows.release.flow import release
 release.serve(name=sys.argv[1], print_starting_message=False)
 """
 
@@ -136,7 +136,7 @@ def _wait(probe, timeout: float, what: str, proc=None, log: Path | None = None):
 
 
 def _tag_builds(git_tag: str) -> list:
-    from blocks.cloud import GoogleCloud
+    from shipyard.blocks.cloud import GoogleCloud
 
     cloud = GoogleCloud()
     client = cloud.builds_client()
@@ -247,9 +247,9 @@ def test_cancelled_while_the_cpu_baseline_is_tagged_leaves_no_baseline_tag(
     is never reached, so the hook takes the tag off, with the canary's."""
     from google.cloud import run_v2
 
-    from flows.run_context import RunContext
-    from flows.templates import cpu_template, gpu_template
-    from tasks import cloud_run as cr
+    from shipyard.flows.deploy.templates import cpu_template, gpu_template
+    from shipyard.flows.release.context import RunContext
+    from shipyard.tasks import cloud_run as cr
 
     # Quota for two GPU instances: v1 keeps serving during v2's canary (no handover to the
     # CPU revision), so the baseline is measured through a `baseline` tag. A traffic update

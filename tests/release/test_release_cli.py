@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from deployments.cli import app
+from shipyard.deployments.cli.main import app
 
 pytestmark = pytest.mark.slow
 

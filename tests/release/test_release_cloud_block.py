@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from blocks.cloud import GoogleCloud
+from shipyard.blocks.cloud import GoogleCloud
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +15,7 @@ TARGET_PROJECT = "shipyard-target-project"
 def test_release_builds_in_the_target_cloud_blocks_project(
     stage, make_target, sandbox, sandbox_admin, app_build, pinned_base
 ):
-    from flows.release import ReleaseError
+    from shipyard.flows.release.flow import ReleaseError
 
     # The build fails at once (cheap): only where it was submitted matters here.
     stage(builds={"fail_step": "[base", "message": "No space left on device"})
@@ -35,7 +35,7 @@ def test_release_builds_in_the_target_cloud_blocks_project(
 
 def release_saved(name: str):
     """The release of a saved target, as a deployment run or `shipyard release --target` loads it."""
-    from blocks.release_target import ReleaseTarget
-    from flows.release import release
+    from shipyard.blocks.release_target import ReleaseTarget
+    from shipyard.flows.release.flow import release
 
     return release("v11.0.0", ReleaseTarget.load(name))

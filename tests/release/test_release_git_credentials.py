@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tasks.git_source import GitError, checkout, resolve_revision
+from shipyard.tasks.git_source import GitError, checkout, resolve_revision
 
 
 def _url(token: str) -> str:
@@ -44,8 +44,8 @@ def test_release_with_a_credentialed_git_url_leaks_it_nowhere(
     )
     from prefect.logging.handlers import APILogHandler
 
-    from blocks.build_settings import BuildSettings
-    from flows.release import release
+    from shipyard.blocks.build_settings import BuildSettings
+    from shipyard.flows.release.flow import release
 
     stage("default")
     token = "ghp_" + secrets.token_hex(12)

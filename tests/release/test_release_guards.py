@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from blocks.release_target import revision_name
-from flows.release import ReleaseError, ensure_slot, release, slot_name
 from sandbox.release_invariants import invariant_violations, serving, stale_canary_tags
-from tasks.deploy_errors import ConfigurationError
+from shipyard.blocks.release_target import revision_name
+from shipyard.flows.release.flow import ReleaseError, ensure_slot, release, slot_name
+from shipyard.tasks.deploy_errors import ConfigurationError
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import sys
-from blocks.release_target import ReleaseTarget
-from flows.release import release
+from shipyard.blocks.release_target import ReleaseTarget
+from shipyard.flows.release.flow import release
 release("v7.0.0", ReleaseTarget.model_validate_json(sys.argv[1]), image=sys.argv[2])
 """
 

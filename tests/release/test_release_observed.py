@@ -10,8 +10,8 @@ from observed_kit import in_order, of_run, related, service_events
 from progress_bars import progress_bars
 from test_release_guards import _events as _events_of
 
-from flows.ledger import read_ledger
-from flows.release import run_release
+from shipyard.flows.observe.ledger import read_ledger
+from shipyard.flows.release.flow import run_release
 
 pytestmark = pytest.mark.slow
 

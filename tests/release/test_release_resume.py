@@ -21,13 +21,13 @@ from prefect.client.schemas.sorting import ArtifactSort
 from prefect.variables import Variable
 from test_release_guards import _events
 
-from flows.ledger import read_ledger
-from flows.release import release
-from flows.release_hooks import canary_verdict
-from flows.release_slot import holder_variable, slot_name
 from sandbox.release_invariants import invariant_violations, serving, stale_canary_tags
-from tasks.deploy_errors import ConfigurationError
-from tasks.reports import artifact_key
+from shipyard.flows.observe.ledger import read_ledger
+from shipyard.flows.release.flow import release
+from shipyard.flows.release.hooks import canary_verdict
+from shipyard.flows.release.slot import holder_variable, slot_name
+from shipyard.tasks.deploy_errors import ConfigurationError
+from shipyard.tasks.reports import artifact_key
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +42,8 @@ def _clean(admin, target, *results):
 
 
 def test_public_service_is_refused_unless_the_target_says_so(stage, make_target, sandbox_admin):
-    from blocks.cloud import GoogleCloud
-    from tasks import cloud_run as cr
+    from shipyard.blocks.cloud import GoogleCloud
+    from shipyard.tasks import cloud_run as cr
 
     stage()
     private = make_target()
@@ -85,8 +85,8 @@ def test_noop_rerun_after_a_death_past_cutover_publishes_and_records_the_tag(
     """State a run killed right after its cutover leaves: v2 serves, the record still names v1,
     the serving URL Variable is stale. The re-run is a no-op that fixes both and reports the
     canary verdict persisted before the cutover."""
-    from flows.canary import recorded_release, release_variable
-    from flows.traffic import serving_url_variable
+    from shipyard.flows.canary.stage import recorded_release, release_variable
+    from shipyard.flows.deploy.traffic import serving_url_variable
 
     stage()
     target = make_target()
@@ -113,7 +113,7 @@ def _child(target_block: str, tag: str) -> subprocess.Popen:
 
     code = textwrap.dedent(
         f"""
-        from flows.release import release
+        from shipyard.flows.release.flow import release
         release({tag!r}, {target_block!r}, image={IMAGE + ":" + tag!r})
         """
     )

@@ -12,9 +12,9 @@ import pytest
 from observed_kit import in_order, of_run, related, service_events
 from progress_bars import progress_bars
 
-from deployments.report_figures import report_data
-from flows.ledger import read_ledger
-from flows.release import run_release
+from shipyard.deployments.report.figures import report_data
+from shipyard.flows.observe.ledger import read_ledger
+from shipyard.flows.release.flow import run_release
 
 pytestmark = pytest.mark.slow
 

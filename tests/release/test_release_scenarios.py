@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from flows.release import ReleaseRolledBack, release, run_release
-from flows.release_outcome import release_result
 from sandbox.release_invariants import (
     failed_revision_problems,
     invariant_violations,
     serving,
     stale_canary_tags,
 )
+from shipyard.flows.release.flow import ReleaseRolledBack, release, run_release
+from shipyard.flows.release.outcome import release_result
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def assert_invariants(admin, target, *results, known_good=frozenset()):
 def test_fallback_to_second_region(stage, make_target, sandbox_admin):
     from prefect.variables import Variable
 
-    from flows.traffic import serving_url_variable
+    from shipyard.flows.deploy.traffic import serving_url_variable
 
     stage(regions={"europe-west1": {"gpu": 0, "gpu_no_zonal_redundancy": 0}}, serving=FAR_APART)
     target = make_target()
@@ -220,7 +220,7 @@ def test_existing_service_on_latest_keeps_its_traffic_until_the_canary_passed(
     GPU revision must not inherit LATEST's traffic when it is created."""
     from google.cloud import run_v2
 
-    from tasks import cloud_run as cr
+    from shipyard.tasks import cloud_run as cr
 
     stage()
     target = make_target()
@@ -328,7 +328,7 @@ def test_same_tag_twice_converges(stage, make_target, sandbox_admin, app_build, 
 def test_build_failure_stops_before_any_deploy(
     stage, make_target, sandbox_admin, app_build, pinned_base
 ):
-    from flows.release import ReleaseError
+    from shipyard.flows.release.flow import ReleaseError
 
     stage(builds={"fail_step": "[builder", "message": "No space left on device"})
     settings_block, repo = app_build
@@ -456,8 +456,8 @@ def test_gpu_quota_of_one_still_releases_over_a_warm_previous_gpu_revision(
 
 
 def test_only_a_service_holding_nothing_but_the_tags_revisions_counts_as_created(make_target):
-    from flows.region_deploy import created_for_tag
-    from flows.run_context import RunContext
+    from shipyard.flows.deploy.region_deploy import created_for_tag
+    from shipyard.flows.release.context import RunContext
 
     target = make_target(service="pg-created")
     ctx = RunContext(target, "v1.0.0", None)
@@ -480,8 +480,8 @@ def test_a_baseline_recorded_under_other_conditions_is_measured_again(
 
     from prefect.variables import Variable
 
-    from blocks.release_target import cpu_template_fingerprint
-    from flows.canary import recorded_release, release_variable
+    from shipyard.blocks.release_target import cpu_template_fingerprint
+    from shipyard.flows.canary.stage import recorded_release, release_variable
 
     stage()
     target = make_target()

@@ -14,7 +14,7 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 
-from flows.release_slot import holder_status, release_slot, slot_name
+from shipyard.flows.release.slot import holder_status, release_slot, slot_name
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ HOLD = """
 import sys, time
 from prefect import flow
 from prefect.concurrency.context import ConcurrencyContext
-from flows.release_slot import release_slot
+from shipyard.flows.release.slot import release_slot
 
 @flow
 def hold(service: str) -> None:

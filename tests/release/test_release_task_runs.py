@@ -13,8 +13,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from flows.release import release
 from sandbox.release_invariants import invariant_violations, stale_canary_tags
+from shipyard.flows.release.flow import release
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ import uuid
 import pytest
 from cli_kit import run_cli
 
-from flows.canary import recorded_release
-from flows.release import run_release
 from sandbox.release_invariants import invariant_violations, serving
+from shipyard.flows.canary.stage import recorded_release
+from shipyard.flows.release.flow import run_release
 
 pytestmark = pytest.mark.slow
 

@@ -160,9 +160,9 @@ def _mirror_with_password(sandbox, tmp_path) -> tuple[list[str], Path]:
     """A mirror into a registry behind htpasswd: right password, then a wrong one."""
     from prefect_docker import DockerRegistryCredentials
 
-    from flows.mirror import mirror_base_image
     from sandbox.registry import start_registry
     from sandbox.seed import seed_cuda_image
+    from shipyard.flows.mirror.flow import mirror_base_image
 
     good, bad = "Reg-pw-" + secrets.token_hex(8), "Reg-wrong-" + secrets.token_hex(8)
     private = start_registry(tmp_path / "private-registry", htpasswd=("scan-bot", good))
@@ -202,7 +202,7 @@ def test_no_secret_in_any_log_artifact_event_state_row_or_file(
     tmp_path,
     info_logs,
 ):
-    from flows.release import run_release
+    from shipyard.flows.release.flow import run_release
 
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)  # the session's events too
     url, webhook_secret, receiver_log = webhook_receiver

@@ -44,7 +44,7 @@ PROJECT = "shipyard-sandbox"
 
 
 def build_request(repo: GitRepo, base: str, tag: str) -> cb.Build:
-    """The request flows/cloud_build_request.py sends (builder step, then buildx build)."""
+    """The request flows/build/cloud_build_request.py sends (builder step, then buildx build)."""
     args = ["buildx", "build", "--progress=plain", "--provenance=false", "--file", "Dockerfile"]
     args += ["--build-arg", f"BASE_IMAGE={base}", "--tag", tag, "--push", "."]
     return cb.Build(

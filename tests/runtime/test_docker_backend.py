@@ -44,8 +44,8 @@ def docker_settings(engine_sandbox, tmp_path):
     """(saved BuildSettings name, saved CacheTiers name, repo) building on the sandbox's dockerd."""
     from prefect_docker import DockerHost
 
-    from blocks.build_settings import BuildSettings
-    from blocks.cache_tiers import CacheTier, CacheTiers
+    from shipyard.blocks.build_settings import BuildSettings
+    from shipyard.blocks.cache_tiers import CacheTier, CacheTiers
 
     def make(runtime_run: str, min_free_disk_gb: float = 4.0) -> tuple[str, str, GitRepo]:
         name = f"docker-{uuid.uuid4().hex[:10]}"
@@ -77,8 +77,8 @@ def docker_settings(engine_sandbox, tmp_path):
 def test_a_failing_run_fails_the_docker_build_with_the_steps_real_output(
     docker_settings, engine_base
 ):
-    from flows.build import build_release_image
-    from flows.cloud_build_run import BuildFailedError
+    from shipyard.flows.build.cloud_build_run import BuildFailedError
+    from shipyard.flows.build.flow import build_release_image
 
     marker = uuid.uuid4().hex
     settings, tiers, _ = docker_settings(
@@ -97,8 +97,8 @@ def test_a_failing_run_fails_the_docker_build_with_the_steps_real_output(
 def test_a_data_root_with_less_free_disk_than_the_setting_refuses_to_build(
     docker_settings, engine_base
 ):
-    from flows.build import build_release_image
-    from flows.docker_build_run import DiskSpaceError
+    from shipyard.flows.build.docker_build_run import DiskSpaceError
+    from shipyard.flows.build.flow import build_release_image
 
     settings, tiers, _ = docker_settings("true", min_free_disk_gb=1_000_000)
     with pytest.raises(DiskSpaceError) as refused:

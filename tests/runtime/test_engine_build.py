@@ -13,7 +13,7 @@ from google.cloud.devtools import cloudbuild_v1 as cb
 def test_a_run_step_runs_and_the_pushed_image_is_the_built_filesystem(
     engine_sandbox, engine_base, tmp_path
 ):
-    from blocks.cloud import GoogleCloud
+    from shipyard.blocks.cloud import GoogleCloud
 
     marker = uuid.uuid4().hex
     repo = GitRepo(
@@ -39,7 +39,7 @@ def test_a_run_step_runs_and_the_pushed_image_is_the_built_filesystem(
 def test_a_failing_run_fails_the_build_with_the_steps_real_output(
     engine_sandbox, engine_base, tmp_path
 ):
-    from blocks.cloud import GoogleCloud
+    from shipyard.blocks.cloud import GoogleCloud
 
     marker = uuid.uuid4().hex
     repo = GitRepo(

@@ -88,9 +88,9 @@ def rehearsal(engine_session, engine_upstream, tmp_path_factory):
     """The service's own repository, the base mirrored (pin recorded), the tiers prewarmed."""
     from prefect.blocks.system import Secret
 
-    from blocks.build_settings import BuildSettings
-    from flows.mirror import mirror_base_image
-    from flows.prewarm import prewarm_cache_tiers
+    from shipyard.blocks.build_settings import BuildSettings
+    from shipyard.flows.build.prewarm import prewarm_cache_tiers
+    from shipyard.flows.mirror.flow import mirror_base_image
 
     repo = GitRepo(tmp_path_factory.mktemp("rehearsal") / "page-service", _service_files())
     commit = repo.write({"README.md": "the page service, rehearsed\n"})
@@ -119,7 +119,7 @@ def _docker_settings(engine_session) -> None:
     (the daemon has no bridge), the daemon's own Dockerfile frontend (it cannot pull one)."""
     from prefect_docker import DockerHost, DockerRegistryCredentials
 
-    from blocks.build_settings import BuildSettings
+    from shipyard.blocks.build_settings import BuildSettings
 
     cloud_build = BuildSettings.load(BUILD_BLOCK)
     cloud_build.model_copy(
@@ -163,8 +163,8 @@ def cloud_admin(engine_sandbox):
 
 
 def _target(rehearsal: Rehearsal, variant: Variant, canary: dict | None = None, **gpu):
-    from blocks.release_target import SecretEnv
-    from deployments.release_demo import sandbox_target
+    from shipyard.blocks.release_target import SecretEnv
+    from shipyard.deployments.demo.run import sandbox_target
 
     target = sandbox_target(
         service=SERVICE,
@@ -187,21 +187,21 @@ def _target(rehearsal: Rehearsal, variant: Variant, canary: dict | None = None, 
 
 
 def _release(rehearsal: Rehearsal, variant: Variant, patch: int, canary: dict | None = None, **gpu):
-    from flows.release import run_release
+    from shipyard.flows.release.flow import run_release
 
     target = _target(rehearsal, variant, canary, **gpu)
     return run_release(variant.tag(patch), target, commit=variant.commit)
 
 
 def _service_name() -> str:
-    from blocks.cloud import GoogleCloud
+    from shipyard.blocks.cloud import GoogleCloud
 
     return f"projects/{GoogleCloud().resolved_project()}/locations/{REGION}/services/{SERVICE}"
 
 
 def _serving() -> dict[str, int]:
     """revision short name -> percent, from what the service reports it serves."""
-    from blocks.cloud import GoogleCloud
+    from shipyard.blocks.cloud import GoogleCloud
 
     service = GoogleCloud().services_client().get_service(name=_service_name())
     return {s.revision.rsplit("/", 1)[-1]: s.percent for s in service.traffic_statuses if s.percent}
@@ -209,7 +209,7 @@ def _serving() -> dict[str, int]:
 
 def _revision_with(fault: str) -> str:
     """The short name of the service's newest revision whose env carries `fault`."""
-    from blocks.cloud import GoogleCloud
+    from shipyard.blocks.cloud import GoogleCloud
 
     revisions = GoogleCloud().revisions_client().list_revisions(parent=_service_name())
     matching = [
@@ -360,7 +360,7 @@ def test_an_instance_past_its_memory_limit_is_killed_and_the_release_rolls_back(
 
 
 def test_prewarm_again_finds_every_step_cached(variant, engine_sandbox):
-    from flows.prewarm import prewarm_cache_tiers
+    from shipyard.flows.build.prewarm import prewarm_cache_tiers
 
     block = variant.settings_block
     again = prewarm_cache_tiers(revision=variant.commit, settings_block=block)
@@ -389,7 +389,7 @@ def _dependency_change(name: str, backend: str) -> str:
 def test_a_dependency_change_rebuilds_its_tier_and_the_ones_above_only(
     rehearsal, variant, engine_sandbox
 ):
-    from flows.prewarm import prewarm_cache_tiers
+    from shipyard.flows.build.prewarm import prewarm_cache_tiers
 
     name = variant.dependency_file
     commit = rehearsal.repo.write({name: _dependency_change(name, variant.backend)})

@@ -49,7 +49,7 @@ def server_image(engine_session, engine_base, tmp_path_factory) -> str:
 
 
 def _image(engine_sandbox, engine_base, tmp_path, name: str, cmd: str) -> str:
-    from blocks.cloud import GoogleCloud
+    from shipyard.blocks.cloud import GoogleCloud
 
     repo = GitRepo(
         tmp_path / name,
@@ -76,8 +76,8 @@ def _lines(admin, service: str, log: str) -> list[str]:
 def test_the_image_serves_a_healthy_revision_and_a_crashing_one_gets_no_traffic(
     engine_sandbox, engine_base, server_image, tmp_path
 ):
-    from blocks.cloud import GoogleCloud
     from sandbox.admin import SandboxAdmin
+    from shipyard.blocks.cloud import GoogleCloud
 
     cloud = GoogleCloud()
     svc = create(cloud, "served", template(server_image))
@@ -105,8 +105,8 @@ def test_the_image_serves_a_healthy_revision_and_a_crashing_one_gets_no_traffic(
 def test_an_instance_over_its_memory_limit_is_killed_with_googles_text(
     engine_sandbox, server_image
 ):
-    from blocks.cloud import GoogleCloud
     from sandbox.admin import SandboxAdmin
+    from shipyard.blocks.cloud import GoogleCloud
 
     cloud = GoogleCloud()
     tpl = template(server_image)
@@ -155,8 +155,8 @@ def test_an_idle_revision_scales_to_zero_and_its_next_request_starts_it_again(
 ):
     from concurrent.futures import ThreadPoolExecutor
 
-    from blocks.cloud import GoogleCloud
     from sandbox.admin import SandboxAdmin
+    from shipyard.blocks.cloud import GoogleCloud
 
     admin = SandboxAdmin(engine_sandbox.emulator_url)
     try:
@@ -207,8 +207,8 @@ def test_a_request_beyond_max_instances_times_concurrency_gets_googles_429(
     another waits the pending window (short here), then gets 429 with Google's text."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from blocks.cloud import GoogleCloud
     from sandbox.admin import SandboxAdmin
+    from shipyard.blocks.cloud import GoogleCloud
 
     admin = SandboxAdmin(engine_sandbox.emulator_url)
     try:

@@ -50,7 +50,7 @@ def _template(image: str, command: list[str]) -> run_v2.RevisionTemplate:
 def test_the_emulator_answers_while_a_revision_starts_and_reports_it_reconciling(
     engine_sandbox, engine_base
 ):
-    from blocks.cloud import GoogleCloud
+    from shipyard.blocks.cloud import GoogleCloud
 
     cloud = GoogleCloud()
     services, revisions = cloud.services_client(), cloud.revisions_client()
@@ -98,7 +98,7 @@ def test_the_emulator_answers_while_a_revision_starts_and_reports_it_reconciling
 def test_an_update_while_a_revision_starts_supersedes_it(engine_sandbox, engine_base):
     """Whichever container is decided first, the service ends as the newer revision left it
     (Ready, serving it); the first operation reports its own revision's failure."""
-    from blocks.cloud import GoogleCloud
+    from shipyard.blocks.cloud import GoogleCloud
 
     cloud = GoogleCloud()
     services = cloud.services_client()

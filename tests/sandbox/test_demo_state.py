@@ -1,4 +1,4 @@
-"""What `shipyard demo` keeps between runs (deployments/demo_state.py): a second sandbox over
+"""What `shipyard demo` keeps between runs (deployments/demo/state.py): a second sandbox over
 the same state finds the registry's storage on the same port; `--fresh` (forget) drops it."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from deployments.demo_state import DemoState, DemoStateBusy, forget, holding
-from deployments.release_demo import local_cloud
 from sandbox.oci import RegistryFailure, SandboxRegistry
 from sandbox.seed import UPSTREAM_REPOSITORY, UPSTREAM_TAG, seed_cuda_image
+from shipyard.deployments.demo.run import local_cloud
+from shipyard.deployments.demo.state import DemoState, DemoStateBusy, forget, holding
 
 
 def _served_digest(registry_url: str) -> str | None:

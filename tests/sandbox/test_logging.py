@@ -9,7 +9,11 @@ from google.api_core import exceptions as gexc
 from google.cloud.logging_v2 import DESCENDING
 from google.cloud.logging_v2.resource import Resource
 
-from tasks.cloud_logging import find_revision_entries, revision_filter, write_structured_entry
+from shipyard.tasks.cloud_logging import (
+    find_revision_entries,
+    revision_filter,
+    write_structured_entry,
+)
 
 T0 = dt.datetime(2026, 1, 5, 10, 0, tzinfo=dt.UTC)
 TS = T0.isoformat().replace("+00:00", "Z")
@@ -21,7 +25,7 @@ FALLBACK = "Failed to create CUDAExecutionProvider. Falling back to CPU"
 def _library_diagnostic_written(sandbox):
     """google-cloud-logging prepends a diagnostic entry to the first write of a process: do
     that write now (it is wiped by the per-test reset) so tests count only their own entries."""
-    from blocks.cloud import GoogleCloud
+    from shipyard.blocks.cloud import GoogleCloud
 
     GoogleCloud().logging_client().logger("warm-up").log_text("warm-up")
 

@@ -7,8 +7,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import cloudquotas_v1
 from google.protobuf import field_mask_pb2
 
-from tasks.errors import is_transient
-from tasks.quotas import (
+from shipyard.tasks.errors import is_transient
+from shipyard.tasks.quotas import (
     CPU,
     GPU_L4,
     GPU_L4_NO_ZONAL_REDUNDANCY,

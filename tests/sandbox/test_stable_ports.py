@@ -32,8 +32,8 @@ def test_a_taken_port_falls_back_and_says_so():
 def test_restart_on_the_same_ports_keeps_the_pin(prefect_server, tmp_path):
     from prefect.variables import Variable
 
-    from flows.mirror import DESTINATION_VARIABLE, mirror_base_image, read_base_pin
     from sandbox.seed import seed_cuda_image
+    from shipyard.flows.mirror.flow import DESTINATION_VARIABLE, mirror_base_image, read_base_pin
 
     ports = {"registry_port": free_port(), "emulator_port": free_port()}
     first = start_sandbox(root=tmp_path / "sandbox", **ports)

@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.states import Completed, Pending, Running
 from trigger_hooks import REPO_ROOT, WORK_POOL, runs_of, split_specs
 
-from deployments.serve import build_deployments, read_specs
+from shipyard.deployments.serve import build_deployments, read_specs
 
 pytestmark = pytest.mark.slow  # with the webhook tests: ~40 s beyond the session server
 
@@ -33,7 +33,7 @@ def test_every_deployment_has_its_flow_module():
 
 def test_release_deployment(deployed):
     release = deployed["release"]
-    assert release.entrypoint == "flows.release.release"
+    assert release.entrypoint == "shipyard.flows.release.flow.release"
     assert release.work_pool_name == WORK_POOL
     assert release.pull_steps == []  # code comes from the installed package, nothing local
     assert release.parameters == {"target": "default", "dry_run": False}
@@ -78,7 +78,9 @@ def test_release_trigger_is_registered(deployed):
 def test_prewarm_next_runs_fall_on_mondays_0200_utc(deployed):
     prewarm = deployed.get("prewarm-cache")
     if prewarm is None:
-        pytest.fail("flows/prewarm.py is missing: the prewarm-cache deployment was not deployed")
+        pytest.fail(
+            "flows/build/prewarm.py is missing: the prewarm-cache deployment was not deployed"
+        )
     (schedule,) = prewarm.schedules
     assert schedule.schedule.cron == "0 2 * * 1"
     assert schedule.schedule.timezone == "UTC"
@@ -111,7 +113,7 @@ def test_prewarm_next_runs_fall_on_mondays_0200_utc(deployed):
 
 def test_mirror_deployment(deployed):
     mirror = deployed["mirror-base"]
-    assert mirror.entrypoint == "flows.mirror.mirror_base_image"
+    assert mirror.entrypoint == "shipyard.flows.mirror.flow.mirror_base_image"
     # No registry host:port is frozen in any deployment: the mirror reads its destination (the
     # Variable) when each run starts, so a sandbox restart on other ports changes nothing here.
     assert "destination" not in mirror.parameters

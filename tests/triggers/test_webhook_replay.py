@@ -74,7 +74,7 @@ def test_create_before_push_runs_once_with_the_commit(receiver, deployed, webhoo
 
 
 def test_claims_expire_and_are_cleaned(deployed):
-    from deployments.webhook_claims import Claims, claim_name
+    from shipyard.deployments.webhook.claims import Claims, claim_name
 
     async def scenario():
         async with get_client() as client:

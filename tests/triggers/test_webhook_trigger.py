@@ -29,7 +29,7 @@ from trigger_hooks import (
     wait_for_runs,
 )
 
-from deployments.webhook_parse import TagPush
+from shipyard.deployments.webhook.parse import TagPush
 
 pytestmark = pytest.mark.slow  # with test_deployments: ~40 s beyond the session server
 
@@ -294,9 +294,9 @@ def test_failed_trigger_action_is_emitted_again(deployed, tmp_path):
     race it."""
     import datetime as dt
 
-    from deployments.webhook_dispatch import Dispatcher
-    from deployments.webhook_journal import Journal
-    from deployments.webhook_settings import WebhookSettings
+    from shipyard.deployments.webhook.dispatch import Dispatcher
+    from shipyard.deployments.webhook.journal import Journal
+    from shipyard.deployments.webhook.settings import WebhookSettings
 
     release = deployed["release"]
     tag, commit = new_tag(), sha()

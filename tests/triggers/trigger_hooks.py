@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from deployments.serve import DeploymentSpec, read_specs
 from sandbox.procs import free_port, spawn, stop_pid, wait_for_port
+from shipyard.deployments.serve import DeploymentSpec, read_specs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPOSITORY = "acme/manga-translator"
@@ -31,7 +31,7 @@ ALLOWED = [f"{REPOSITORY}=default", f"{GITLAB_REPOSITORY}=default"]
 
 
 def module_file(spec: DeploymentSpec) -> Path:
-    module = spec.entrypoint.rsplit(".", 1)[0]
+    module = spec.entrypoint.rsplit(".", 1)[0].removeprefix("shipyard.")
     return REPO_ROOT / (module.replace(".", "/") + ".py")
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import yaml
 
-from deployments.serve import PREFECT_YAML
 from sandbox.procs import free_port, spawn, wait_for_port
+from shipyard.deployments.serve import PREFECT_YAML
 
 # Prefect's UI app alone (the static bundle and /ui-settings), under uvicorn.
 UI_APP = (

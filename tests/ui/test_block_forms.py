@@ -20,10 +20,10 @@ from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import BlockDocumentCreate
 
-from blocks.build_settings import BuildSettings
-from blocks.cache_tiers import CacheTiers
-from blocks.cloud import GoogleCloud
-from blocks.release_target import CanaryPolicy, ReleaseTarget
+from shipyard.blocks.build_settings import BuildSettings
+from shipyard.blocks.cache_tiers import CacheTiers
+from shipyard.blocks.cloud import GoogleCloud
+from shipyard.blocks.release_target import CanaryPolicy, ReleaseTarget
 
 BLOCK_TYPES: list[type[Block]] = [
     ReleaseTarget,

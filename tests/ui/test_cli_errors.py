@@ -7,8 +7,8 @@ import uuid
 import pytest
 from cli_kit import run_cli
 
-from blocks.cloud import ENDPOINT_ENV, PROJECT_ENV
-from blocks.release_target import ReleaseTarget
+from shipyard.blocks.cloud import ENDPOINT_ENV, PROJECT_ENV
+from shipyard.blocks.release_target import ReleaseTarget
 
 
 def assert_one_line(output: str, *needles: str) -> None:

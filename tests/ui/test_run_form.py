@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prefect.utilities.callables import parameter_schema
 
-from blocks.release_target import ReleaseTarget
-from flows.release import release
+from shipyard.blocks.release_target import ReleaseTarget
+from shipyard.flows.release.flow import release
 
 
 def test_target_image_commit_are_plain_strings_with_descriptions():

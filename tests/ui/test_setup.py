@@ -13,7 +13,12 @@ from typing import Any
 import pytest
 from cli_kit import run_cli
 
-from deployments.sandbox_setup import BUILD_BLOCK, CLOUD_BLOCK, TARGET_BLOCK, TOKEN_BLOCK
+from shipyard.deployments.demo.sandbox_setup import (
+    BUILD_BLOCK,
+    CLOUD_BLOCK,
+    TARGET_BLOCK,
+    TOKEN_BLOCK,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "page-service"
 _GIT = ["git", "-c", "user.email=tests@shipyard.invalid", "-c", "user.name=shipyard tests"]
@@ -77,7 +82,7 @@ def test_setup_then_a_deployment_run_releases_and_a_second_setup_changes_nothing
     from prefect.deployments import run_deployment
     from prefect.flow_engine import run_flow
 
-    from flows.release import release
+    from shipyard.flows.release.flow import release
 
     code, output = run_cli(monkeypatch, capsys, "setup", "--git-url", app_repo)
     assert code == 0, output

@@ -19,9 +19,9 @@ URL = "http://receiver/webhook"
 
 
 def make_receiver(tmp: Path, **overrides: Any):
-    from deployments.webhook import Receiver
-    from deployments.webhook_journal import Journal
-    from deployments.webhook_settings import WebhookSettings
+    from shipyard.deployments.webhook.journal import Journal
+    from shipyard.deployments.webhook.receiver import Receiver
+    from shipyard.deployments.webhook.settings import WebhookSettings
 
     settings = WebhookSettings(repositories={REPOSITORY: "default"}, **overrides)
     return Receiver(settings, Journal(tmp / f"journal-{uuid.uuid4().hex[:8]}.db"))

@@ -17,7 +17,7 @@ import pytest
     ],
 )
 def test_image_references_refused_naming_the_part(ref, words):
-    from tasks.registry import InvalidReference, parse_reference
+    from shipyard.tasks.registry import InvalidReference, parse_reference
 
     with pytest.raises(InvalidReference) as caught:
         parse_reference(ref)
@@ -30,7 +30,7 @@ def test_image_references_refused_naming_the_part(ref, words):
 def test_cpu_quantity_refused_naming_the_field(cpu):
     from pydantic import ValidationError
 
-    from blocks.release_target import RevisionSpec
+    from shipyard.blocks.release_target import RevisionSpec
 
     with pytest.raises(ValidationError) as caught:
         RevisionSpec(cpu=cpu)
@@ -54,8 +54,8 @@ def test_a_push_without_a_commit_renders_no_commit_in_the_trigger():
     "not given"."""
     from prefect.server.utilities.user_templates import render_user_template_sync
 
-    from deployments.serve import read_specs
-    from deployments.webhook_parse import TagPush
+    from shipyard.deployments.serve import read_specs
+    from shipyard.deployments.webhook.parse import TagPush
 
     push = TagPush("github", "d-1", "acme/page", "v1.2.3", None, "refs/tags/v1.2.3")
     (release,) = [

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from receiver_kit import REPOSITORY, SECRET
 
-from deployments.webhook_journal import Journal
-from deployments.webhook_parse import TagPush
 from sandbox.procs import free_port, spawn, stop_pid, wait_for_port
+from shipyard.deployments.webhook.journal import Journal
+from shipyard.deployments.webhook.parse import TagPush
 
 
 def _push(tag: str) -> TagPush:

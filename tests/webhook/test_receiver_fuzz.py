@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from receiver_kit import SECRET, app_of, journal_rows, make_receiver, sign, tag_create, tag_push
 
-from blocks.release_tag import RELEASE_TAG_PATTERN
+from shipyard.blocks.release_tag import RELEASE_TAG_PATTERN
 
 ANSWER_BOUND_S = 5.0
 KNOWN = {200, 202, 400, 401, 403, 408, 409, 413, 415, 422, 503}

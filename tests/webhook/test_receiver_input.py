@@ -69,7 +69,9 @@ def test_the_push_time_github_sends_is_journaled_and_emitted(app, receiver):
         None,  # absent or not a time: the release reads the tag's date from git
         None,
     ]
-    from deployments.webhook_journal import _row  # how the dispatcher reads a journaled push
+    from shipyard.deployments.webhook.journal import (
+        _row,  # how the dispatcher reads a journaled push
+    )
 
     emitted = [_row(r).push.event()["payload"]["tagged_at"] for r in journal_rows(receiver)]
     assert emitted == ["2026-02-12T09:30:00+00:00", "2026-02-12T10:30:00+01:00", "", ""]
@@ -78,7 +80,7 @@ def test_the_push_time_github_sends_is_journaled_and_emitted(app, receiver):
 def test_a_journal_written_before_push_times_opens_and_records_them(tmp_path):
     import sqlite3
 
-    from deployments.webhook_journal import SCHEMA, Journal
+    from shipyard.deployments.webhook.journal import SCHEMA, Journal
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
@@ -253,7 +255,7 @@ def test_allow_list_maps_each_repository_to_its_target(tmp_path, monkeypatch):
     monkeypatch.setenv("SHIPYARD_WEBHOOK_SECRET", "whsec-input-tests-0123456789")
     file = tmp_path / "repos.yaml"
     file.write_text(f"repositories:\n  {REPOSITORY.upper()}: prod-translator\n")
-    from deployments.webhook_settings import WebhookSettings
+    from shipyard.deployments.webhook.settings import WebhookSettings
 
     settings = WebhookSettings.from_env(repos_file=str(file))
     assert settings.target_of(REPOSITORY) == "prod-translator"

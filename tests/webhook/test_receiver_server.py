@@ -1,4 +1,4 @@
-"""The receiver as uvicorn serves it (`deployments.webhook.serve`), over real sockets: stalled
+"""The receiver as uvicorn serves it (`shipyard.deployments.webhook.receiver.serve`), over real sockets: stalled
 senders are cut off, connections are capped, a disconnect is one log line."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # a receiver process each: ~5 s to start
 CAP = 6
 SERVE = """
 import sys
-from deployments.webhook import WebhookSettings, serve
+from shipyard.deployments.webhook.receiver import WebhookSettings, serve
 import logging
 logging.basicConfig(level="INFO", format="%(name)s %(message)s")
 settings = WebhookSettings(

@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from blocks.release_tag import (
+from shipyard.blocks.release_tag import (
     RELEASE_TAG_MAX_LENGTH,
     compile_tag_pattern,
     validate_release_tag,
@@ -85,7 +85,7 @@ def _signed(secret: str, tag: str) -> tuple[bytes, dict[str, str]]:
 
 @pytest.mark.parametrize("tag", ["v８.４.０", "v1.0.0\n", "v٨.٤.٠"])
 def test_receiver_answers_422_to_look_alike_tags(tag, monkeypatch):
-    from deployments.webhook import WebhookSettings, create_app
+    from shipyard.deployments.webhook.receiver import WebhookSettings, create_app
 
     monkeypatch.setenv("SHIPYARD_WEBHOOK_SECRET", "s3cret-for-tag-test")
     monkeypatch.setenv("SHIPYARD_WEBHOOK_REPOS", "acme/manga-translator=default")

@@ -1,0 +1,358 @@
+"""`shipyard setup`: everything a release from the Prefect UI needs on the local sandbox.
+
+What a new user did by hand before (README, deployments/demo/run.py), in one idempotent
+command against the running sandbox (`shipyard sandbox up`) and the configured Prefect API:
+
+1. register Shipyard's block types (what `prefect block register -m blocks.…` does);
+2. the `sandbox` GoogleCloud block (the emulator's endpoint), the `shipyard-internal-token`
+   Prefect Secret and the sandbox Secret Manager entry of the same name and value;
+3. the `sandbox` BuildSettings block (sandbox registry repositories, the git URL builds fetch);
+4. the upstream `nvidia/cuda` image seeded into the sandbox registry ("Docker Hub"), mirrored
+   into `base-images/cuda` with its pin recorded (the mirror flow);
+5. the `default` ReleaseTarget (referencing the blocks above, waits tuned for a local cloud),
+   the `shipyard-process` work pool and the `shipyard_base_mirror` variable.
+
+Each step says `created`, `already there` or `updated`; a second run changes nothing. Blocks a
+user edited keep their edits: only the fields setup owns (the endpoint, the repositories, the
+git URL, the target's cloud and build settings) are put back.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from shipyard.deployments.cli.errors import SANDBOX_FIX, UsageError, one_line
+
+Action = Literal["created", "already there", "updated"]
+
+TARGET_BLOCK = "default"
+CLOUD_BLOCK = "sandbox"
+BUILD_BLOCK = "sandbox"
+TOKEN_BLOCK = "shipyard-internal-token"  # noqa: S105 - a block *name*, not a secret
+WORK_POOL = "shipyard-process"
+BASE_MIRROR_VARIABLE = "shipyard_base_mirror"
+BASE_REPOSITORY = "base-images/cuda"
+IMAGE_REPOSITORY = "shipyard/page-service"
+PREFECT_FIX = (
+    "start `prefect server start` and `export PREFECT_API_URL=http://127.0.0.1:4200/api` "
+    "(the server's address)"
+)
+
+
+@dataclass
+class Done:
+    """One line of setup's report."""
+
+    what: str
+    action: Action
+    detail: str = ""
+
+    def line(self) -> str:
+        return f"{self.action:<13} {self.what}" + (f" ({self.detail})" if self.detail else "")
+
+
+Say = Callable[[Done], None]
+
+
+# ---------------------------------------------------------------- preconditions
+
+
+def prefect_api_url() -> str:
+    """The configured Prefect API, answering; else UsageError with the fix."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise UsageError(f"no Prefect API is configured (PREFECT_API_URL is empty): {PREFECT_FIX}")
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+    if problem is not None:
+        raise UsageError(
+            f"the Prefect API at {url} does not answer ({one_line(problem)}): {PREFECT_FIX}"
+        )
+    return str(url)
+
+
+def running_sandbox() -> Any:
+    """The sandbox `shipyard sandbox up` started (its state file), answering; else UsageError."""
+    from sandbox.admin import SandboxAdmin
+    from sandbox.manager import read_info, state_file
+
+    info = read_info()
+    if info is None or not all(info.alive().values()):
+        raise UsageError(f"no sandbox is running (no live {state_file()}): {SANDBOX_FIX}")
+    admin = SandboxAdmin(info.emulator_url)
+    try:
+        admin.health()
+    except Exception as exc:  # noqa: BLE001 - any failure means the same fix
+        raise UsageError(
+            f"the sandbox emulator at {info.emulator_url} does not answer ({one_line(exc)}): "
+            f"`shipyard sandbox down`, then {SANDBOX_FIX}"
+        ) from None
+    finally:
+        admin.close()
+    return info
+
+
+def default_git_url() -> str:
+    """SHIPYARD_GIT_URL, else the git checkout this code runs from (what the demo builds)."""
+    import os
+
+    from shipyard.deployments.demo.run import DemoError, repo_checkout
+
+    if os.environ.get("SHIPYARD_GIT_URL"):
+        return os.environ["SHIPYARD_GIT_URL"]
+    try:
+        root, _ = repo_checkout()
+    except DemoError:
+        raise UsageError(
+            "--git-url is not given and Shipyard does not run from a git checkout: pass "
+            "--git-url URL (the repository Cloud Build fetches) or set SHIPYARD_GIT_URL"
+        ) from None
+    return f"file://{root}"
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def block_types() -> list[type]:
+    from shipyard.blocks.build_settings import BuildSettings
+    from shipyard.blocks.cache_tiers import CacheTiers
+    from shipyard.blocks.cloud import GoogleCloud
+    from shipyard.blocks.release_target import CanaryPolicy, ReleaseTarget
+
+    return [GoogleCloud, CanaryPolicy, ReleaseTarget, BuildSettings, CacheTiers]
+
+
+def register_block_type(cls: Any) -> Done:
+    """`prefect block register` for one class, saying whether the server had it already."""
+    from prefect.blocks.core import _should_update_block_type
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    what = f"block type {cls.get_block_type_name()!r}"
+    with get_client(sync_client=True) as client:
+        try:
+            server_type = client.read_block_type_by_slug(cls.get_block_type_slug())
+        except ObjectNotFound:
+            action: Action = "created"
+        else:
+            action = "already there"
+            if _should_update_block_type(cls._to_block_type(), server_type):
+                action = "updated"
+            else:
+                try:
+                    client.read_block_schema_by_checksum(
+                        cls._calculate_schema_checksum(), version=cls.get_block_schema_version()
+                    )
+                except ObjectNotFound:
+                    action = "updated"
+    cls.register_type_and_schema()
+    return Done(what, action, "new schema" if action == "updated" else "")
+
+
+def _plain(value: Any) -> Any:
+    from pydantic import BaseModel
+
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def ensure_block(cls: Any, name: str, desired: Any, owned: list[str], what: str) -> Done:
+    """Create block `name` as `desired`; when it exists, put back only the `owned` fields that
+    differ (a user's other edits stay)."""
+    from prefect.exceptions import ObjectNotFound
+
+    label = f"{cls.get_block_type_name()} block {name!r}{': ' + what if what else ''}"
+    try:
+        existing = cls.load(name)
+    except (ValueError, ObjectNotFound):
+        desired.save(name, overwrite=False)
+        return Done(label, "created")
+    changed = [f for f in owned if _plain(getattr(existing, f)) != _plain(getattr(desired, f))]
+    if not changed:
+        return Done(label, "already there")
+    updated = existing.model_copy(update={f: getattr(desired, f) for f in changed})
+    updated.save(name, overwrite=True)
+    return Done(label, "updated", ", ".join(changed))
+
+
+def ensure_token(admin: Any) -> list[Done]:
+    """The internal token: a Prefect Secret block (kept when it exists) and the sandbox Secret
+    Manager entry of the same name holding the same value (compared by digest)."""
+    import hashlib
+
+    from prefect.blocks.system import Secret
+    from pydantic import SecretStr
+
+    done = []
+    try:
+        token = str(cast(Secret, Secret.load(TOKEN_BLOCK)).get())
+        done.append(Done(f"Secret block {TOKEN_BLOCK!r}", "already there"))
+    except ValueError:
+        token = "tok-" + secrets.token_hex(16)
+        Secret(value=SecretStr(token)).save(TOKEN_BLOCK)
+        done.append(Done(f"Secret block {TOKEN_BLOCK!r}", "created", "a fresh random token"))
+    have = admin.secret_digest(TOKEN_BLOCK)
+    what = f"sandbox Secret Manager entry {TOKEN_BLOCK!r}"
+    if have == hashlib.sha256(token.encode()).hexdigest():
+        done.append(Done(what, "already there"))
+    else:
+        admin.put_secret(TOKEN_BLOCK, token)
+        done.append(Done(what, "created" if have is None else "updated", "the Secret's value"))
+    return done
+
+
+def seed_upstream(info: Any) -> tuple[Done, str]:
+    """The upstream CUDA image in the sandbox registry; returns (line, its reference)."""
+    import asyncio
+
+    from sandbox.oci import SandboxRegistry
+    from sandbox.seed import UPSTREAM_REPOSITORY, UPSTREAM_TAG, seed_cuda_image
+
+    ref = f"{info.registry_host}/{UPSTREAM_REPOSITORY}:{UPSTREAM_TAG}"
+    what = f"upstream image {ref}"
+    if asyncio.run(
+        _manifest_digest(SandboxRegistry(info.registry_url), UPSTREAM_REPOSITORY, UPSTREAM_TAG)
+    ):
+        return Done(what, "already there"), ref
+    rootfs = None
+    if info.mode == "containers":  # builds run on it: a real filesystem (make rootfs caches it)
+        from sandbox.engine.rootfs import ensure_rootfs
+
+        rootfs = ensure_rootfs()
+    seeded = seed_cuda_image(info.registry_url, UPSTREAM_REPOSITORY, UPSTREAM_TAG, rootfs=rootfs)
+    return Done(what, "created", seeded.digest[:19]), ref
+
+
+async def _manifest_digest(registry: Any, repo: str, reference: str) -> str | None:
+    try:
+        return str((await registry.get_manifest(repo, reference))[1])
+    except Exception:  # noqa: BLE001 - not there (404) or unreadable: seed it
+        return None
+    finally:
+        await registry.aclose()
+
+
+def mirror_base(info: Any, upstream: str, destination: str) -> Done:
+    """The mirror flow, unless the pin exists and the registry still serves its digest."""
+    import asyncio
+
+    from sandbox.oci import SandboxRegistry
+    from shipyard.flows.mirror.flow import mirror_base_image, read_base_pin
+
+    what = f"base image {destination} pinned by digest"
+    pin = read_base_pin(destination)
+    if pin and pin.get("digest"):
+        repo = destination.split("/", 1)[1]
+        if asyncio.run(_manifest_digest(SandboxRegistry(info.registry_url), repo, pin["digest"])):
+            return Done(what, "already there", pin["digest"][:19])
+    result = asyncio.run(mirror_base_image(upstream, destination))
+    return Done(what, "updated" if pin else "created", str(result.get("digest", ""))[:19])
+
+
+def ensure_work_pool() -> Done:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    what = f"work pool {WORK_POOL!r} (process)"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(WORK_POOL)
+            return Done(what, "already there")
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=WORK_POOL, type="process"))
+            return Done(what, "created")
+
+
+def ensure_variable(name: str, value: str) -> Done:
+    from prefect.variables import Variable
+
+    current = Variable.get(name, default=None)
+    if current == value:
+        return Done(f"variable {name}", "already there", value)
+    Variable.set(name, value, overwrite=True)
+    return Done(f"variable {name}", "created" if current is None else "updated", value)
+
+
+# ---------------------------------------------------------------- the whole
+
+
+def run_setup(
+    git_url: str | None = None, say: Say | None = None, source_dir: str | None = None
+) -> list[Done]:
+    """Set the sandbox up for releases from the Prefect UI; returns what each step did."""
+    from sandbox.admin import SandboxAdmin
+    from shipyard.blocks.build_settings import BuildSettings
+    from shipyard.blocks.cloud import GoogleCloud
+    from shipyard.blocks.release_target import ReleaseTarget
+    from shipyard.deployments.demo.run import DEMO_SERVICE, sandbox_target
+
+    prefect_api_url()
+    info = running_sandbox()
+    git_url = git_url or default_git_url()
+    done: list[Done] = []
+
+    def record(item: Done) -> None:
+        done.append(item)
+        if say is not None:
+            say(item)
+
+    for cls in block_types():
+        record(register_block_type(cls))
+    record(
+        ensure_block(
+            GoogleCloud,
+            CLOUD_BLOCK,
+            GoogleCloud(endpoint=info.emulator_url),
+            ["endpoint"],
+            f"endpoint {info.emulator_url}",
+        )
+    )
+    admin = SandboxAdmin(info.emulator_url)
+    try:
+        for item in ensure_token(admin):
+            record(item)
+    finally:
+        admin.close()
+    base = f"{info.registry_host}/{BASE_REPOSITORY}"
+    settings = BuildSettings(
+        image_repository=f"{info.registry_host}/{IMAGE_REPOSITORY}",
+        base_repository=base,
+        git_url=git_url,
+        poll_s=0.05,
+        timeout_s=600,
+    )
+    owned = ["image_repository", "base_repository", "git_url"]
+    if source_dir is not None:  # your own repository: its build context
+        settings.source_dir = source_dir
+        owned.append("source_dir")
+    record(ensure_block(BuildSettings, BUILD_BLOCK, settings, owned, f"builds {git_url}"))
+    seeded, upstream = seed_upstream(info)
+    record(seeded)
+    record(mirror_base(info, upstream, base))
+    target = sandbox_target(
+        service=DEMO_SERVICE,
+        token_block=TOKEN_BLOCK,
+        cloud=GoogleCloud.load(CLOUD_BLOCK),
+        build_settings_block=BUILD_BLOCK,
+    )
+    owned = ["cloud", "build_settings_block"]
+    what = f"service {DEMO_SERVICE}, cloud {CLOUD_BLOCK!r}, build settings {BUILD_BLOCK!r}"
+    record(ensure_block(ReleaseTarget, TARGET_BLOCK, target, owned, what))
+    record(ensure_work_pool())
+    record(ensure_variable(BASE_MIRROR_VARIABLE, base))
+    return done
+
+
+def summary(done: list[Done]) -> str:
+    changed = [d for d in done if d.action != "already there"]
+    if not changed:
+        return "nothing changed: everything was already there"
+    created = sum(d.action == "created" for d in done)
+    updated = sum(d.action == "updated" for d in done)
+    return f"{created} created, {updated} updated, {len(done) - len(changed)} already there"

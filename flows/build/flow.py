@@ -1,0 +1,287 @@
+"""Build the release image of one commit, with the cache-tier chain, on the settings' backend.
+
+`build_release_image(git_tag, commit)`:
+
+1. Tags: the git tag (made a valid Docker tag: `/` → `-`) and `sha-<commit[:12]>`.
+2. Reuse: when `sha-<commit12>` exists and its config label `org.opencontainers.image.revision`
+   is the commit, nothing is built (invariant 4); a missing git tag is added to that manifest.
+3. Otherwise one build (flows/build/backend.py: Cloud Build by default, or the Docker daemon of
+   BuildSettings.docker_host). On Cloud Build, one request (flows/build/cloud_build_request.py): gitSource url + commit + dir (or a
+   storageSource upload through prefect-gcp's GcsBucket), `docker buildx build --target runtime`
+   with `--cache-from` every tier (`cache-base`, `cache-python`, `cache-node`) and
+   `cache-builder`, `--cache-to` `cache-builder` only (mode=max), both tags, OCI labels,
+   `BASE_IMAGE` = the mirror's pin by digest, machineType / diskSizeGb / timeout / Cloud Logging.
+   A build of the commit still running (its release was killed mid-build) is followed instead.
+4. Follow, fetch the log, parse CACHED vs RUN per step → hit rate. A failed build raises
+   BuildFailedError with the failing step and the last log lines.
+5. Digest from results.images, else (Google: buildx pushed, so results.images is empty) a HEAD of
+   the commit tag. Pull bytes for a deploy host holding the previous release image: the size of
+   the layers it does not have yet; a warning above `pull_warn_mb` (300 MB).
+6. A table artifact of the steps and one of the summary; the image becomes the "previous image"
+   of the next build (Prefect Variable `shipyard-last-build-<repository>`), unless the caller
+   passes `previous_image` explicitly (the release flow knows the last good revision's image).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect.variables import Variable
+from pydantic import BaseModel
+
+from shipyard.blocks.cloud import GoogleCloud
+from shipyard.flows.build.backend import BuildSpec, run_build
+from shipyard.flows.build.cloud_build_request import REVISION_LABEL
+from shipyard.flows.build.inputs import resolve_base_image
+from shipyard.flows.build.prewarm import load_blocks, read_image
+from shipyard.flows.observe.stage_events import stage_hooks
+from shipyard.flows.observe.variables import set_variable
+from shipyard.tasks import git_source as git
+from shipyard.tasks import image_lookup as il
+from shipyard.tasks.errors import PermanentError
+from shipyard.tasks.git_source import public_url
+
+_TAG_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+class StepRow(BaseModel):
+    stage: str
+    step: str
+    instruction: str
+    status: str
+    seconds: float | None = None
+
+
+class ReleaseImage(BaseModel):
+    """What the release flow deploys: `image` is repository@digest."""
+
+    image: str
+    repository: str
+    digest: str
+    tags: list[str]
+    git_tag: str
+    commit: str
+    reused: bool
+    build_id: str | None = None
+    seconds: float = 0.0
+    cached_steps: int = 0
+    run_steps: int = 0
+    hit_rate: float = 0.0
+    steps: list[StepRow] = []
+    previous_image: str | None = None
+    pull_bytes: int = 0
+    pull_warning: str | None = None
+    log_url: str | None = None
+
+
+def docker_tag(git_tag: str) -> str:
+    tag = git_tag.strip().replace("/", "-")
+    if not _TAG_OK.match(tag):
+        raise PermanentError(
+            f"git_tag {git_tag!r} cannot be a Docker tag: use letters, digits, '_', '.', '-' "
+            "(not starting with '.' or '-', at most 128 characters), e.g. v1.4.2"
+        )
+    return tag
+
+
+def last_build_variable(repository: str) -> str:
+    return (
+        "shipyard-last-build-" + re.sub(r"[^a-z0-9_-]+", "-", repository.lower()).strip("-")[:200]
+    )
+
+
+@task(name="resolve-commit", cache_policy=NO_CACHE, persist_result=False)
+def resolve_commit(url: str, commit: str) -> str:
+    return git.resolve_revision(url, commit)
+
+
+@task(name="add-tag", cache_policy=NO_CACHE, persist_result=False)
+def add_tag(repository: str, facts: il.ImageFacts, tag: str) -> bool:
+    async def go() -> bool:
+        async with il.client_for(repository) as client:
+            if await il.manifest_digest(client, repository, tag) == facts.digest:
+                return False
+            await il.put_tag(client, repository, facts.manifest, tag)
+            return True
+
+    return run_coro_as_sync(go())
+
+
+def _pull_bytes(new: il.ImageFacts, previous: il.ImageFacts | None) -> int:
+    have = {digest for digest, _ in previous.layers} if previous else set()
+    return sum(size for digest, size in new.layers if digest not in have)
+
+
+@flow(
+    timeout_seconds=2 * 3600,  # bounded: a stuck run ends TimedOut
+    name="build-release-image",
+    **stage_hooks("build"),
+)
+def build_release_image(
+    git_tag: str,
+    commit: str,
+    base_image: str | None = None,
+    previous_image: str | None = None,
+    use_storage_source: bool = False,
+    settings_block: str | None = None,
+    tiers_block: str | None = None,
+    cloud_block: str | None = None,
+    cloud: GoogleCloud | None = None,
+) -> ReleaseImage:
+    """The release image for `commit`, tagged `git_tag`: reused if it exists, else built.
+
+    `commit`: a full sha (or a ref of the git repository, resolved to one). `base_image`:
+    REPOSITORY@sha256:… (default: the mirror's pin). `previous_image`: what deploy hosts already
+    have (default: the previous image this flow built for the repository). `cloud`: the
+    GoogleCloud block to build with (a release passes its target's, so that one project and one
+    identity build and deploy); default: the `cloud_block` name, else the environment.
+    """
+    logger = get_run_logger()
+    settings, tiers, cloud = load_blocks(settings_block, tiers_block, cloud_block, cloud)
+    repo = settings.resolved_image_repository()
+    cache_repo = tiers.cache_repository or repo
+    tag = docker_tag(git_tag)
+    git_url = settings.resolved_git_url()
+    commit = resolve_commit(git_url, commit)
+    commit_tag = f"sha-{commit[:12]}"
+    tags = [tag, commit_tag]
+
+    existing = read_image(repo, commit_tag)
+    if existing is not None and existing.labels.get(REVISION_LABEL) == commit:
+        moved = add_tag(repo, existing, tag)
+        logger.info(
+            "%s:%s already holds commit %s (%s): reused, nothing built%s",
+            repo,
+            commit_tag,
+            commit[:12],
+            existing.digest,
+            f"; tagged {tag}" if moved else "",
+        )
+        result = ReleaseImage(
+            image=existing.ref,
+            repository=repo,
+            digest=existing.digest,
+            tags=tags,
+            git_tag=git_tag,
+            commit=commit,
+            reused=True,
+            previous_image=previous_image,
+        )
+        _artifacts(result)
+        return result
+
+    base = resolve_base_image(base_image, settings)
+    variable = last_build_variable(repo)
+    previous_ref = previous_image or Variable.get(variable, default=None)
+    started = time.monotonic()
+    spec = BuildSpec(
+        base_image=base,
+        tags=[f"{repo}:{t}" for t in tags],
+        cache_from=[f"{cache_repo}:{tiers.tag(t)}" for t in tiers.tiers]
+        + [f"{cache_repo}:{tiers.builder_cache_tag}"],
+        cache_to=f"type=registry,ref={cache_repo}:{tiers.builder_cache_tag},mode=max",
+        target=settings.release_target,
+        labels={
+            REVISION_LABEL: commit,
+            "org.opencontainers.image.version": git_tag,
+            "org.opencontainers.image.source": public_url(git_url),
+        },
+        dockerfile=tiers.dockerfile,
+        context=".",
+    )
+    run = run_build(
+        settings,
+        cloud,
+        spec,
+        commit=commit,
+        build_tags=["shipyard-release", tag, commit_tag],
+        adopt_tag=commit_tag,  # a killed run's build still going: follow it, not build twice
+        what=f"release {tag}",
+        use_storage_source=use_storage_source,
+    )
+    facts = read_image(repo, commit_tag)
+    if facts is None:
+        raise PermanentError(
+            f"build {run.build_id} succeeded but {repo}:{commit_tag} is not in the registry: "
+            "check that the build step pushes (--push) to this repository"
+        )
+    pushed = run.images.get(f"{repo}:{commit_tag}")
+    if pushed and pushed != facts.digest:
+        logger.warning("results.images says %s, the registry serves %s", pushed, facts.digest)
+
+    previous = (
+        read_image(*previous_ref.split("@", 1)) if previous_ref and "@" in previous_ref else None
+    )
+    pull = _pull_bytes(facts, previous)
+    warning = None
+    if pull > settings.pull_warn_mb * 1_000_000:
+        warning = (
+            f"a deploy host with {previous_ref or 'no previous image'} must pull "
+            f"{pull / 1e6:.0f} MB (> {settings.pull_warn_mb} MB): the dependency tiers changed "
+            "or the base image is not shared"
+        )
+        logger.warning(warning)
+    report = run.report
+    result = ReleaseImage(
+        image=facts.ref,
+        repository=repo,
+        digest=facts.digest,
+        tags=tags,
+        git_tag=git_tag,
+        commit=commit,
+        reused=False,
+        build_id=run.build_id,
+        seconds=round(time.monotonic() - started, 2),
+        cached_steps=report.cached,
+        run_steps=report.run,
+        hit_rate=round(report.hit_rate, 4),
+        steps=[
+            StepRow(
+                stage=s.stage,
+                step=f"{s.index}/{s.total}",
+                instruction=s.instruction[:120],
+                status=s.status,
+                seconds=s.seconds,
+            )
+            for s in report.steps
+        ],
+        previous_image=previous_ref,
+        pull_bytes=pull,
+        pull_warning=warning,
+        log_url=run.log_url,
+    )
+    set_variable(variable, facts.ref)
+    _artifacts(result)
+    return result
+
+
+def _artifacts(result: ReleaseImage) -> None:
+    key = "build-" + re.sub(r"[^a-z0-9-]+", "-", result.git_tag.lower()).strip("-")[:100]
+    create_table_artifact(
+        key=key + "-summary",
+        table=[
+            {
+                "image": result.image,
+                "tags": ", ".join(result.tags),
+                "reused": result.reused,
+                "build": result.build_id or "-",
+                "seconds": result.seconds,
+                "CACHED": result.cached_steps,
+                "RUN": result.run_steps,
+                "hit rate": f"{100 * result.hit_rate:.0f}%",
+                "pull MB": round(result.pull_bytes / 1e6, 1),
+            }
+        ],
+        description=result.pull_warning or f"Release image for {result.git_tag}",
+    )
+    if result.steps:
+        create_table_artifact(
+            key=key + "-steps",
+            table=[s.model_dump() for s in result.steps],
+            description=f"BuildKit steps of build {result.build_id}: CACHED vs RUN",
+        )

@@ -1,0 +1,104 @@
+"""The release target's GPU and CPU revision specs as Cloud Run RevisionTemplates."""
+
+from __future__ import annotations
+
+import re
+
+from google.cloud import run_v2
+
+from shipyard.blocks.release_target import RevisionSpec
+from shipyard.flows.release.context import RunContext
+from shipyard.tasks import cloud_run as cr
+
+ROLE_LABEL = "shipyard-role"
+TAG_LABEL = "shipyard-release"
+
+
+def build_template(
+    spec: RevisionSpec,
+    *,
+    image: str,
+    revision: str,
+    gpu_type: str,
+    zonal_redundancy: bool,
+    labels: dict[str, str],
+) -> run_v2.RevisionTemplate:
+    """A RevisionSpec as Cloud Run's RevisionTemplate (secrets by Secret Manager reference)."""
+    limits = {"cpu": spec.cpu, "memory": spec.memory}
+    if spec.gpu:
+        limits["nvidia.com/gpu"] = str(spec.gpu)
+    env = [run_v2.EnvVar(name=k, value=v) for k, v in sorted(spec.env.items())]
+    env += [
+        run_v2.EnvVar(
+            name=k,
+            value_source=run_v2.EnvVarSource(
+                secret_key_ref=run_v2.SecretKeySelector(secret=ref.secret, version=ref.version)
+            ),
+        )
+        for k, ref in sorted(spec.secret_env.items())
+    ]
+    template = run_v2.RevisionTemplate(
+        revision=revision,
+        labels=labels,
+        scaling=run_v2.RevisionScaling(
+            min_instance_count=spec.min_instances, max_instance_count=spec.max_instances
+        ),
+        containers=[
+            run_v2.Container(
+                image=spec.image or image,
+                env=env,
+                resources=run_v2.ResourceRequirements(
+                    limits=limits,
+                    cpu_idle=spec.cpu_throttling,
+                    startup_cpu_boost=spec.startup_cpu_boost,
+                ),
+                ports=[run_v2.ContainerPort(container_port=spec.port)],
+            )
+        ],
+        timeout=cr.seconds(spec.timeout_s),
+        max_instance_request_concurrency=spec.concurrency,
+    )
+    if spec.startup_probe_s is not None:
+        # One TCP check on the container port after the whole window (Cloud Run's default
+        # probe is the same shape with 240 s).
+        template.containers[0].startup_probe = run_v2.Probe(
+            tcp_socket=run_v2.TCPSocketAction(port=spec.port),
+            timeout_seconds=spec.startup_probe_s,
+            period_seconds=spec.startup_probe_s,
+            failure_threshold=1,
+        )
+    if spec.service_account:
+        template.service_account = spec.service_account
+    if spec.gpu:
+        template.node_selector = run_v2.NodeSelector(accelerator=gpu_type)
+        template.gpu_zonal_redundancy_disabled = not zonal_redundancy
+    return template
+
+
+def _labels(ctx: RunContext, role: str) -> dict[str, str]:
+    tag = re.sub(r"[^a-z0-9_-]+", "-", ctx.git_tag.lower())[:63]
+    return {ROLE_LABEL: role, TAG_LABEL: tag}
+
+
+def gpu_template(ctx: RunContext, region: str) -> run_v2.RevisionTemplate:
+    t = ctx.target
+    return build_template(
+        t.gpu_template,
+        image=ctx.image or "",
+        revision=ctx.gpu_revision_in(region),
+        gpu_type=t.gpu_type,
+        zonal_redundancy=t.gpu_zonal_redundancy,
+        labels=_labels(ctx, "gpu"),
+    )
+
+
+def cpu_template(ctx: RunContext) -> run_v2.RevisionTemplate:
+    t = ctx.target
+    return build_template(
+        t.cpu_template,
+        image=ctx.image or "",
+        revision=ctx.cpu_revision,
+        gpu_type=t.gpu_type,
+        zonal_redundancy=True,
+        labels=_labels(ctx, "cpu-baseline"),
+    )

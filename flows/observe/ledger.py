@@ -1,0 +1,181 @@
+"""The release ledger: each release's typed figures, one table artifact per release, under one
+stable key per service (`ledger-SERVICE`), so the Prefect UI shows the service's release
+history as the versions of that artifact, and `shipyard report` reads them back.
+
+A ledger entry is written for every release that was not a dry run, failed ones included
+(outcome `failed`): the change failure rate needs them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from prefect.artifacts import create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
+from pydantic import BaseModel
+
+from shipyard.flows.observe.stage_events import stage_of_step
+from shipyard.tasks.reports import artifact_key
+
+__all__ = ["LedgerEntry", "entry_of", "ledger_key", "read_ledger", "record_release", "write_entry"]
+
+PREFIX = "ledger"
+PAGE = 200  # the API's largest page
+
+
+class LedgerEntry(BaseModel):
+    """One release, as the report needs it (flat: one row of the artifact's table)."""
+
+    service: str
+    git_tag: str
+    commit: str = ""
+    outcome: str  # released | rolled_back | cpu_fallback | failed
+    noop: bool = False
+    region: str | None = None
+    revision: str | None = None
+    image: str | None = None
+    started_at: str  # when the release started (the tag's webhook fires it)
+    finished_at: str  # when traffic was settled (100% on the new or the kept revision)
+    # When the tag was made, where the lead time starts (flows/release/tag_time.py): `push` (the
+    # webhook's push time), `git-tag` (the tag's date in git) or `release-start` (unknown: the
+    # release's start stands in, `tagged_at_note` says why; an entry without it counts the same).
+    tagged_at: str | None = None
+    tagged_at_source: str = "release-start"
+    tagged_at_note: str = ""
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = {}
+    retries: int = 0
+    cache_hit_rate: float | None = None
+    pull_bytes: int | None = None
+    canary_p50_ms: float | None = None
+    canary_p95_ms: float | None = None
+    canary_first_ms: float | None = None
+    speedup: float | None = None
+    baseline_ms: float | None = None
+    remote_503_rate: float | None = None
+    rollback_reason: str = ""
+    flow_run_id: str | None = None
+
+
+def ledger_key(service: str) -> str:
+    return artifact_key(PREFIX, service)
+
+
+def entry_of(result: Any, *, failed: bool, finished_at: dt.datetime | None = None) -> LedgerEntry:
+    """The ledger entry of a ReleaseResult (flows/release/result.py)."""
+    stage_seconds: dict[str, float] = {}
+    retries = 0
+    for step in result.steps:
+        retries += max(0, step.attempts - 1)
+        name, _, _ = stage_of_step(step.name)
+        name = name or step.name
+        stage_seconds[name] = round(stage_seconds.get(name, 0.0) + step.seconds, 3)
+    build, canary = result.build, result.canary
+    # The first canary request meets a cold instance: its step time is the cold-start figure.
+    first = next((s for s in result.steps if s.name in ("canary-run-1", "canary-run")), None)
+    outcome = "failed" if failed else result.outcome
+    tagged = result.tag_time
+    reason = ""
+    if outcome in ("rolled_back", "failed", "cpu_fallback"):
+        reason = "; ".join(result.reasons)[:500]
+    return LedgerEntry(
+        service=result.service,
+        git_tag=result.git_tag,
+        commit=build.commit if build else "",
+        outcome=outcome,
+        noop=result.noop,
+        region=result.region,
+        revision=result.revision,
+        image=result.image,
+        started_at=result.started_at,
+        finished_at=(finished_at or dt.datetime.now(dt.UTC)).isoformat(),
+        tagged_at=tagged.at if tagged else None,
+        tagged_at_source=tagged.source if tagged else "release-start",
+        tagged_at_note=tagged.note if tagged else "",
+        seconds=result.seconds,
+        stage_seconds=stage_seconds,
+        retries=retries,
+        cache_hit_rate=build.hit_rate if build and not build.reused else None,
+        pull_bytes=build.pull_bytes if build else None,
+        canary_p50_ms=canary.p50_ms if canary else None,
+        canary_p95_ms=canary.p95_ms if canary else None,
+        canary_first_ms=round(first.seconds * 1000, 1) if first else None,
+        speedup=canary.speedup if canary else None,
+        baseline_ms=canary.baseline_ms if canary else None,
+        remote_503_rate=canary.remote_503_rate if canary else None,
+        rollback_reason=reason,
+        flow_run_id=result.flow_run_id,
+    )
+
+
+def write_entry(entry: LedgerEntry) -> None:
+    """Add the entry to the service's ledger (a new version of artifact `ledger-SERVICE`)."""
+    create_table_artifact(
+        table=[entry.model_dump(mode="json")],
+        key=ledger_key(entry.service),
+        description=f"Release {entry.git_tag} of {entry.service}: {entry.outcome}",
+    )
+
+
+def record_release(result: Any, failed: bool) -> None:
+    """Ledger entry of a finished release (not of a dry run). A failed release's entry must not
+    hide the release's own error: then a ledger error is only logged."""
+    if result.dry_run:
+        return
+    try:
+        write_entry(entry_of(result, failed=failed))
+    except Exception as exc:  # noqa: BLE001 - re-raised below unless the release failed
+        if not failed:
+            raise
+        logging.getLogger("shipyard.ledger").warning("ledger entry not written: %s", exc)
+
+
+def read_ledger(service: str | None = None, since: dt.datetime | None = None) -> list[LedgerEntry]:
+    """Every ledger entry (of one service, started at or after `since`), oldest first."""
+    key = (
+        ArtifactFilterKey(any_=[ledger_key(service)])
+        if service
+        else ArtifactFilterKey(like_=f"{PREFIX}-")
+    )
+    entries: list[LedgerEntry] = []
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while True:
+            page = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=key),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=PAGE,
+                offset=offset,
+            )
+            entries.extend(_entries(a.data for a in page if a.key and a.key.startswith(PREFIX)))
+            if len(page) < PAGE:
+                break
+            oldest = _started(entries[-1]) if entries else None
+            if since is not None and oldest is not None and oldest < since:
+                break  # newest first: everything further is older
+            offset += PAGE
+    if since is not None:
+        entries = [e for e in entries if _started(e) >= since]
+    entries.sort(key=lambda e: (e.started_at, e.finished_at))
+    return entries
+
+
+def _entries(datas: Iterable[Any]) -> Iterable[LedgerEntry]:
+    for data in datas:
+        rows = json.loads(data) if isinstance(data, str) else data
+        for row in rows or []:
+            try:
+                yield LedgerEntry.model_validate(row)
+            except ValueError:
+                continue  # a foreign artifact under a ledger- key: not ours
+
+
+def _started(entry: LedgerEntry) -> dt.datetime:
+    when = dt.datetime.fromisoformat(entry.started_at)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)

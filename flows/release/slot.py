@@ -1,0 +1,174 @@
+"""One release per service at a time: the global concurrency limit `shipyard-release-{service}`
+(1 slot), held through a lease that the holder's client renews while it lives.
+
+A holder that dies (SIGKILL, a lost machine) stops renewing: Prefect's repossessor frees its
+slot when the lease runs out. The lease is `ReleaseTarget.slot_lease_s` (60 s, the least Prefect
+accepts) instead of Prefect's default 300 s. Faster still, the holder writes who it is (flow run,
+host, pid) into the Variable `shipyard-release-holder-{service}`; a release that finds the slot
+taken by a holder that is provably dead (its process is gone from this host, or its flow run is
+already final) marks that run Crashed and frees the slot at once, and says so. The bound a dead
+holder can block a service is therefore: none on the same host, `slot_lease_s` + the
+repossessor's loop elsewhere.
+
+Freeing means releasing the dead holder's own lease (recorded with it), never zeroing the slot
+count: the release decrements the count and revokes the lease, so when that lease would have run
+out later the repossessor finds nothing to free, and the slot the next (live) release took meanwhile
+stays held. A holder recorded without its lease id is left to its lease running out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.context import ConcurrencyContext
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.states import Crashed
+from prefect.variables import Variable
+
+from shipyard.blocks.release_target import sanitize_name
+from shipyard.tasks.errors import PermanentError
+from shipyard.tasks.processes import pid_alive
+
+
+class ReleaseError(PermanentError):
+    """The release stopped (configuration, build, or another release holds the service)."""
+
+
+class SlotTaken(ReleaseError):
+    """Another release of the service holds its slot."""
+
+
+def slot_name(service: str) -> str:
+    return sanitize_name(f"shipyard-release-{service}", 255)
+
+
+def holder_variable(service: str) -> str:
+    return sanitize_name(f"shipyard-release-holder-{service}", 255)
+
+
+def ensure_slot(name: str) -> None:
+    """The global concurrency limit (1 slot) for a service; created once."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+            except ObjectAlreadyExists:
+                pass
+
+
+def holder_status(service: str) -> tuple[dict[str, Any] | None, str]:
+    """(the recorded holder, 'alive' | 'dead: why' | 'unknown')."""
+    holder = Variable.get(holder_variable(service), default=None)
+    if not isinstance(holder, dict):
+        return None, "unknown"
+    run_id = holder.get("flow_run_id")
+    if run_id:
+        with get_client(sync_client=True) as client:
+            try:
+                run = client.read_flow_run(run_id)
+            except ObjectNotFound:
+                return holder, "dead: its flow run no longer exists"
+            if run.state is not None and run.state.is_final():
+                return holder, f"dead: its flow run is {run.state.name}"
+    if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", 0))):
+        return holder, f"dead: process {holder.get('pid')} on this host is gone"
+    return holder, "alive"
+
+
+def free_dead_holder(service: str) -> str | None:
+    """Free the slot of a provably dead holder (mark its run Crashed, release its lease); the
+    reason, or None (no dead holder, or one whose lease id is unknown: its lease runs out)."""
+    holder, status = holder_status(service)
+    if holder is None or not status.startswith("dead") or not holder.get("lease_id"):
+        return None
+    run_id = holder.get("flow_run_id")
+    with get_client(sync_client=True) as client:
+        if run_id:
+            try:
+                run = client.read_flow_run(run_id)
+                if run.state is None or not run.state.is_final():
+                    client.set_flow_run_state(
+                        run_id,
+                        Crashed(message=f"release process died ({status}); slot freed"),
+                        force=True,
+                    )
+            except ObjectNotFound:
+                pass
+        # Its own lease: decremented once and revoked, so its expiry later frees nothing (a lease
+        # already run out is a no-op here). Zeroing the count instead would let that expiry free
+        # the slot of the release that takes it next.
+        client.release_concurrency_slots_with_lease(UUID(str(holder["lease_id"])))
+    Variable.unset(holder_variable(service))
+    return f"the slot of flow run {run_id} was freed: {status}"
+
+
+def _lease_ids() -> list[UUID]:
+    """Leases this run holds (Prefect records each one on the run's ConcurrencyContext)."""
+    ctx = ConcurrencyContext.get()
+    return list(ctx.cleanup_lease_ids) if ctx is not None else []
+
+
+def _record_holder(service: str, lease_id: UUID | None) -> None:
+    run = FlowRunContext.get()
+    Variable.set(
+        holder_variable(service),
+        {
+            "flow_run_id": str(run.flow_run.id) if run and run.flow_run else None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "lease_id": str(lease_id) if lease_id else None,
+            "since": dt.datetime.now(dt.UTC).isoformat(),
+        },
+        overwrite=True,
+    )
+
+
+@contextmanager
+def release_slot(service: str, timeout_s: float, lease_s: float = 60.0) -> Iterator[None]:
+    name = slot_name(service)
+    ensure_slot(name)
+    freed = free_dead_holder(service)
+    if freed:
+        get_run_logger().warning("release slot %s: %s", name, freed)
+    acquired = False
+    before = set(_lease_ids())
+    try:
+        with concurrency(
+            name, occupy=1, timeout_seconds=timeout_s, strict=True, lease_duration=lease_s
+        ):
+            acquired = True
+            _record_holder(service, next((i for i in _lease_ids() if i not in before), None))
+            try:
+                yield
+            finally:
+                Variable.unset(holder_variable(service))
+    except TimeoutError as exc:
+        if acquired:
+            raise
+        holder, status = holder_status(service)
+        who = (
+            f"flow run {holder.get('flow_run_id')} (pid {holder.get('pid')} on "
+            f"{holder.get('host')}, since {holder.get('since')}), {status}"
+            if holder
+            else "a release whose holder is unknown"
+        )
+        raise SlotTaken(
+            f"service {service!r}: the release slot {name!r} is held by {who}; waited "
+            f"{timeout_s:.0f} s (ReleaseTarget.lock_timeout_s): one release per service at a "
+            f"time; retry when it ends; a dead holder's lease runs out within {lease_s:.0f} s"
+        ) from exc

@@ -28,6 +28,8 @@ def require_sandbox(command: str) -> None:
 
     if importlib.util.find_spec("sandbox.manager") is None:
         fail(SANDBOX_NEEDS_CHECKOUT.format(command=command))
+
+
 sandbox_app = typer.Typer(
     help="The sandbox: a real OCI registry and a Google Cloud API emulator on loopback.",
     no_args_is_help=True,

@@ -5,6 +5,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 APT_PKGS := docker-registry skopeo git chromium docker.io mmdebstrap debootstrap
+# pyproject asks prefect>=3.8.8,<4; the venv (so CI) installs the lower bound of that range.
+PREFECT_FLOOR := 3.8.8
 # The base root filesystem (Debian bookworm + python3, sandbox/engine/rootfs.py) is built once per
 # machine at this stable path, before the tests, so that neither a fresh test home nor the demo
 # pays for debootstrap again.
@@ -26,7 +28,7 @@ system-packages:
 $(BIN)/shipyard: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install -q uv
 	@[ -x $(BIN)/python ] || uv venv -q --python $(PY) $(VENV)
-	uv pip install -q --python $(BIN)/python -e '.[dev,sandbox]'
+	uv pip install -q --python $(BIN)/python -e '.[dev,sandbox]' 'prefect==$(PREFECT_FLOOR)'
 	@$(MAKE) -s links
 	@touch $(BIN)/shipyard
 

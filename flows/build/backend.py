@@ -1,9 +1,9 @@
 """One build, on the backend BuildSettings chooses: Cloud Build (default) or a Docker daemon.
 
-Flows describe a build once (`BuildSpec`: base image, tags, cache chain, target, labels) and
-call `run_build`; both backends return a `BuildRun` whose report (CACHED vs RUN, hit rate) is
-parsed from the build's own BuildKit log, and both raise BuildFailedError naming the failing
-step. Only this adapter knows which backend runs.
+Flows describe a build once (`BuildSpec` in spec.py: base image, tags, cache chain, target,
+labels) and call `run_build`; both backends return a `BuildRun` whose report (CACHED vs RUN, hit
+rate) is parsed from the build's own BuildKit log, and both raise BuildFailedError naming the
+failing step. Only this adapter knows which backend runs.
 """
 
 from __future__ import annotations
@@ -11,41 +11,28 @@ from __future__ import annotations
 import io
 import shutil
 import tarfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from google.cloud.devtools import cloudbuild_v1
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect_gcp.cloud_storage import GcsBucket
 
 from shipyard.blocks.build_settings import BuildSettings
 from shipyard.blocks.cloud import GoogleCloud
 from shipyard.flows.build.cloud_build_request import build_request, buildx_args, git_source
 from shipyard.flows.build.cloud_build_run import BuildRun, run_cloud_build
 from shipyard.flows.build.docker_build_run import run_docker_build
+from shipyard.flows.build.spec import BuildSpec
 from shipyard.tasks import git_source as git
 from shipyard.tasks.errors import PermanentError
 
 
-@dataclass
-class BuildSpec:
-    """What to build, independent of the backend (Cloud Build renders it as buildx flags)."""
-
-    base_image: str
-    tags: list[str]
-    cache_from: list[str]
-    cache_to: str  # `type=inline` or `type=registry,ref=…,mode=max`
-    target: str
-    labels: dict[str, str] = field(default_factory=dict)
-    dockerfile: str = "Dockerfile"
-    context: str = "."
-
-
 @task(name="upload-source", cache_policy=NO_CACHE, persist_result=False)
-def upload_source(settings: BuildSettings, commit: str) -> dict:
+def upload_source(settings: BuildSettings, commit: str) -> dict[str, Any]:
     """storageSource: a tar.gz of the build context uploaded with prefect-gcp's GcsBucket."""
-    from google.cloud.devtools import cloudbuild_v1
-    from prefect_gcp.cloud_storage import GcsBucket
-
     if not settings.storage_bucket_block:
         raise PermanentError(
             "use_storage_source needs BuildSettings.storage_bucket_block (a prefect-gcp GcsBucket "

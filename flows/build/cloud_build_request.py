@@ -57,8 +57,16 @@ def build_request(
             cloudbuild_v1.BuildStep(
                 name=DOCKER_BUILDER,
                 id="builder",
-                args=["buildx", "create", "--name", "shipyard", "--driver", "docker-container"]
-                + ["--bootstrap", "--use"],
+                args=[
+                    "buildx",
+                    "create",
+                    "--name",
+                    "shipyard",
+                    "--driver",
+                    "docker-container",
+                    "--bootstrap",
+                    "--use",
+                ],
             ),
             cloudbuild_v1.BuildStep(name=DOCKER_BUILDER, id="build", args=args),
         ],

@@ -1,6 +1,6 @@
 """Run one build on a Docker daemon (BuildSettings.backend = "docker"), the way Cloud Build would.
 
-The same inputs as a Cloud Build request (flows/build_backend.BuildSpec), translated for a
+The same inputs as a Cloud Build request (flows/build/spec.py's BuildSpec), translated for a
 daemon's BuildKit:
 
 | Cloud Build step (buildx, docker-container driver) | Docker daemon (Engine API, BuildKit) |
@@ -21,20 +21,17 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from shipyard.blocks.build_settings import BuildSettings
 from shipyard.flows.build.cloud_build_run import RETRIED_READ, BuildFailedError, BuildRun
+from shipyard.flows.build.spec import BuildSpec
 from shipyard.tasks import docker_daemon as dd
 from shipyard.tasks import git_source as git
 from shipyard.tasks.buildkit_log import parse_buildkit_log
 from shipyard.tasks.errors import PermanentError
-
-if TYPE_CHECKING:
-    from shipyard.flows.build.backend import BuildSpec
 
 GB = 1_000_000_000
 

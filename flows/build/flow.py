@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -34,11 +35,14 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.variables import Variable
 from pydantic import BaseModel
 
+from shipyard.blocks.build_settings import BuildSettings
+from shipyard.blocks.cache_tiers import CacheTiers
 from shipyard.blocks.cloud import GoogleCloud
-from shipyard.flows.build.backend import BuildSpec, run_build
+from shipyard.flows.build.backend import run_build
 from shipyard.flows.build.cloud_build_request import REVISION_LABEL
-from shipyard.flows.build.inputs import resolve_base_image
-from shipyard.flows.build.prewarm import load_blocks, read_image
+from shipyard.flows.build.cloud_build_run import BuildRun
+from shipyard.flows.build.inputs import load_blocks, read_image, resolve_base_image
+from shipyard.flows.build.spec import BuildSpec
 from shipyard.flows.observe.stage_events import stage_hooks
 from shipyard.flows.observe.variables import set_variable
 from shipyard.tasks import git_source as git
@@ -112,9 +116,221 @@ def add_tag(repository: str, facts: il.ImageFacts, tag: str) -> bool:
     return run_coro_as_sync(go())
 
 
+# ---------------------------------------------------------------- stages
+#
+# The flow is a chain of stages; each takes what it needs and returns what it decided (a frozen
+# dataclass, a BuildSpec, the ReleaseImage). Nothing is shared between them but their values.
+
+
+@dataclass(frozen=True)
+class ReleaseTarget:
+    """The blocks and the commit the release image is built from, and where it goes."""
+
+    settings: BuildSettings
+    tiers: CacheTiers
+    cloud: GoogleCloud
+    repository: str
+    cache_repository: str
+    git_url: str
+    git_tag: str
+    tag: str  # the git tag as a Docker tag
+    commit: str  # a full sha
+
+    @property
+    def commit_tag(self) -> str:
+        return f"sha-{self.commit[:12]}"
+
+    @property
+    def tags(self) -> list[str]:
+        return [self.tag, self.commit_tag]
+
+
+@dataclass(frozen=True)
+class Built:
+    """A build that succeeded, and the image the registry serves under the commit tag."""
+
+    run: BuildRun
+    facts: il.ImageFacts
+
+
+@dataclass(frozen=True)
+class PullEstimate:
+    """What a deploy host holding the previous image pulls for this one, and the warning when
+    that is above BuildSettings.pull_warn_mb."""
+
+    size: int  # bytes
+    warning: str | None
+
+
+def _target(
+    git_tag: str,
+    commit: str,
+    settings_block: str | None,
+    tiers_block: str | None,
+    cloud_block: str | None,
+    cloud: GoogleCloud | None,
+) -> ReleaseTarget:
+    """The blocks (or their defaults), the repositories, the Docker tag and the commit's sha."""
+    settings, tiers, cloud = load_blocks(settings_block, tiers_block, cloud_block, cloud)
+    repo = settings.resolved_image_repository()
+    cache_repo = tiers.cache_repository or repo
+    tag = docker_tag(git_tag)
+    git_url = settings.resolved_git_url()
+    return ReleaseTarget(
+        settings=settings,
+        tiers=tiers,
+        cloud=cloud,
+        repository=repo,
+        cache_repository=cache_repo,
+        git_url=git_url,
+        git_tag=git_tag,
+        tag=tag,
+        commit=resolve_commit(git_url, commit),
+    )
+
+
+def _reuse(target: ReleaseTarget, previous_image: str | None) -> ReleaseImage | None:
+    """The image already built for the commit (the git tag added to it), or None: build it."""
+    repo, commit, commit_tag = target.repository, target.commit, target.commit_tag
+    existing = read_image(repo, commit_tag)
+    if existing is None or existing.labels.get(REVISION_LABEL) != commit:
+        return None
+    moved = add_tag(repo, existing, target.tag)
+    get_run_logger().info(
+        "%s:%s already holds commit %s (%s): reused, nothing built%s",
+        repo,
+        commit_tag,
+        commit[:12],
+        existing.digest,
+        f"; tagged {target.tag}" if moved else "",
+    )
+    return ReleaseImage(
+        image=existing.ref,
+        repository=repo,
+        digest=existing.digest,
+        tags=target.tags,
+        git_tag=target.git_tag,
+        commit=commit,
+        reused=True,
+        previous_image=previous_image,
+    )
+
+
+def _last_build(variable: str) -> str | None:
+    """The image this flow last built for the repository (the Variable), if any."""
+    value = Variable.get(variable)
+    return value if isinstance(value, str) else None
+
+
+def _release_spec(target: ReleaseTarget, base: str) -> BuildSpec:
+    """The release build: every tier and the builder cache as `cache-from`, the builder cache
+    alone as `cache-to`, both tags, the OCI labels."""
+    tiers, cache_repo = target.tiers, target.cache_repository
+    return BuildSpec(
+        base_image=base,
+        tags=[f"{target.repository}:{t}" for t in target.tags],
+        cache_from=[f"{cache_repo}:{tiers.tag(t)}" for t in tiers.tiers]
+        + [f"{cache_repo}:{tiers.builder_cache_tag}"],
+        cache_to=f"type=registry,ref={cache_repo}:{tiers.builder_cache_tag},mode=max",
+        target=target.settings.release_target,
+        labels={
+            REVISION_LABEL: target.commit,
+            "org.opencontainers.image.version": target.git_tag,
+            "org.opencontainers.image.source": public_url(target.git_url),
+        },
+        dockerfile=tiers.dockerfile,
+        context=".",
+    )
+
+
+def _build(target: ReleaseTarget, spec: BuildSpec, use_storage_source: bool) -> Built:
+    """Run the build (or follow the one still running for the commit) and read what it pushed."""
+    repo, commit_tag = target.repository, target.commit_tag
+    run = run_build(
+        target.settings,
+        target.cloud,
+        spec,
+        commit=target.commit,
+        build_tags=["shipyard-release", target.tag, commit_tag],
+        adopt_tag=commit_tag,  # a killed run's build still going: follow it, not build twice
+        what=f"release {target.tag}",
+        use_storage_source=use_storage_source,
+    )
+    facts = read_image(repo, commit_tag)
+    if facts is None:
+        raise PermanentError(
+            f"build {run.build_id} succeeded but {repo}:{commit_tag} is not in the registry: "
+            "check that the build step pushes (--push) to this repository"
+        )
+    pushed = run.images.get(f"{repo}:{commit_tag}")
+    if pushed and pushed != facts.digest:
+        get_run_logger().warning(
+            "results.images says %s, the registry serves %s", pushed, facts.digest
+        )
+    return Built(run, facts)
+
+
 def _pull_bytes(new: il.ImageFacts, previous: il.ImageFacts | None) -> int:
     have = {digest for digest, _ in previous.layers} if previous else set()
     return sum(size for digest, size in new.layers if digest not in have)
+
+
+def _pull(settings: BuildSettings, facts: il.ImageFacts, previous_ref: str | None) -> PullEstimate:
+    """The layers of `facts` a deploy host holding `previous_ref` (repository@digest) lacks."""
+    previous = (
+        read_image(*previous_ref.split("@", 1)) if previous_ref and "@" in previous_ref else None
+    )
+    pull = _pull_bytes(facts, previous)
+    warning = None
+    if pull > settings.pull_warn_mb * 1_000_000:
+        warning = (
+            f"a deploy host with {previous_ref or 'no previous image'} must pull "
+            f"{pull / 1e6:.0f} MB (> {settings.pull_warn_mb} MB): the dependency tiers changed "
+            "or the base image is not shared"
+        )
+        get_run_logger().warning(warning)
+    return PullEstimate(pull, warning)
+
+
+def _built_result(
+    target: ReleaseTarget,
+    built: Built,
+    pull: PullEstimate,
+    previous_ref: str | None,
+    seconds: float,
+) -> ReleaseImage:
+    run, facts, report = built.run, built.facts, built.run.report
+    return ReleaseImage(
+        image=facts.ref,
+        repository=target.repository,
+        digest=facts.digest,
+        tags=target.tags,
+        git_tag=target.git_tag,
+        commit=target.commit,
+        reused=False,
+        build_id=run.build_id,
+        seconds=seconds,
+        cached_steps=report.cached,
+        run_steps=report.run,
+        hit_rate=round(report.hit_rate, 4),
+        steps=[
+            StepRow(
+                stage=s.stage,
+                step=f"{s.index}/{s.total}",
+                instruction=s.instruction[:120],
+                status=s.status,
+                seconds=s.seconds,
+            )
+            for s in report.steps
+        ],
+        previous_image=previous_ref,
+        pull_bytes=pull.size,
+        pull_warning=pull.warning,
+        log_url=run.log_url,
+    )
+
+
+# ---------------------------------------------------------------- flow
 
 
 @flow(
@@ -141,121 +357,20 @@ def build_release_image(
     GoogleCloud block to build with (a release passes its target's, so that one project and one
     identity build and deploy); default: the `cloud_block` name, else the environment.
     """
-    logger = get_run_logger()
-    settings, tiers, cloud = load_blocks(settings_block, tiers_block, cloud_block, cloud)
-    repo = settings.resolved_image_repository()
-    cache_repo = tiers.cache_repository or repo
-    tag = docker_tag(git_tag)
-    git_url = settings.resolved_git_url()
-    commit = resolve_commit(git_url, commit)
-    commit_tag = f"sha-{commit[:12]}"
-    tags = [tag, commit_tag]
+    target = _target(git_tag, commit, settings_block, tiers_block, cloud_block, cloud)
+    reused = _reuse(target, previous_image)
+    if reused is not None:
+        _artifacts(reused)
+        return reused
 
-    existing = read_image(repo, commit_tag)
-    if existing is not None and existing.labels.get(REVISION_LABEL) == commit:
-        moved = add_tag(repo, existing, tag)
-        logger.info(
-            "%s:%s already holds commit %s (%s): reused, nothing built%s",
-            repo,
-            commit_tag,
-            commit[:12],
-            existing.digest,
-            f"; tagged {tag}" if moved else "",
-        )
-        result = ReleaseImage(
-            image=existing.ref,
-            repository=repo,
-            digest=existing.digest,
-            tags=tags,
-            git_tag=git_tag,
-            commit=commit,
-            reused=True,
-            previous_image=previous_image,
-        )
-        _artifacts(result)
-        return result
-
-    base = resolve_base_image(base_image, settings)
-    variable = last_build_variable(repo)
-    previous_ref = previous_image or Variable.get(variable, default=None)
+    base = resolve_base_image(base_image, target.settings)
+    variable = last_build_variable(target.repository)
+    previous_ref = previous_image or _last_build(variable)
     started = time.monotonic()
-    spec = BuildSpec(
-        base_image=base,
-        tags=[f"{repo}:{t}" for t in tags],
-        cache_from=[f"{cache_repo}:{tiers.tag(t)}" for t in tiers.tiers]
-        + [f"{cache_repo}:{tiers.builder_cache_tag}"],
-        cache_to=f"type=registry,ref={cache_repo}:{tiers.builder_cache_tag},mode=max",
-        target=settings.release_target,
-        labels={
-            REVISION_LABEL: commit,
-            "org.opencontainers.image.version": git_tag,
-            "org.opencontainers.image.source": public_url(git_url),
-        },
-        dockerfile=tiers.dockerfile,
-        context=".",
-    )
-    run = run_build(
-        settings,
-        cloud,
-        spec,
-        commit=commit,
-        build_tags=["shipyard-release", tag, commit_tag],
-        adopt_tag=commit_tag,  # a killed run's build still going: follow it, not build twice
-        what=f"release {tag}",
-        use_storage_source=use_storage_source,
-    )
-    facts = read_image(repo, commit_tag)
-    if facts is None:
-        raise PermanentError(
-            f"build {run.build_id} succeeded but {repo}:{commit_tag} is not in the registry: "
-            "check that the build step pushes (--push) to this repository"
-        )
-    pushed = run.images.get(f"{repo}:{commit_tag}")
-    if pushed and pushed != facts.digest:
-        logger.warning("results.images says %s, the registry serves %s", pushed, facts.digest)
-
-    previous = (
-        read_image(*previous_ref.split("@", 1)) if previous_ref and "@" in previous_ref else None
-    )
-    pull = _pull_bytes(facts, previous)
-    warning = None
-    if pull > settings.pull_warn_mb * 1_000_000:
-        warning = (
-            f"a deploy host with {previous_ref or 'no previous image'} must pull "
-            f"{pull / 1e6:.0f} MB (> {settings.pull_warn_mb} MB): the dependency tiers changed "
-            "or the base image is not shared"
-        )
-        logger.warning(warning)
-    report = run.report
-    result = ReleaseImage(
-        image=facts.ref,
-        repository=repo,
-        digest=facts.digest,
-        tags=tags,
-        git_tag=git_tag,
-        commit=commit,
-        reused=False,
-        build_id=run.build_id,
-        seconds=round(time.monotonic() - started, 2),
-        cached_steps=report.cached,
-        run_steps=report.run,
-        hit_rate=round(report.hit_rate, 4),
-        steps=[
-            StepRow(
-                stage=s.stage,
-                step=f"{s.index}/{s.total}",
-                instruction=s.instruction[:120],
-                status=s.status,
-                seconds=s.seconds,
-            )
-            for s in report.steps
-        ],
-        previous_image=previous_ref,
-        pull_bytes=pull,
-        pull_warning=warning,
-        log_url=run.log_url,
-    )
-    set_variable(variable, facts.ref)
+    built = _build(target, _release_spec(target, base), use_storage_source)
+    pull = _pull(target.settings, built.facts, previous_ref)
+    result = _built_result(target, built, pull, previous_ref, round(time.monotonic() - started, 2))
+    set_variable(variable, built.facts.ref)
     _artifacts(result)
     return result
 

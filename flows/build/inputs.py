@@ -1,21 +1,46 @@
-"""What a build starts from: the source checkout and the base image, pinned by digest.
+"""What a build starts from: the blocks, the source checkout, the base image pinned by digest,
+and what the registry already holds.
 
 `resolve_base_image`: the `BASE_IMAGE` build arg, by digest: an explicit parameter, else the pin
 the mirror flow recorded for the base repository (`shipyard.flows.mirror.flow.read_base_pin`).
+`read_image`: an image's facts (digest, labels, layers), or None: the build's reuse check, the
+prewarm's fingerprint check, and what a build pushed.
 """
 
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from shipyard.blocks.build_settings import BuildSettings
+from shipyard.blocks.cache_tiers import CacheTiers
+from shipyard.blocks.cloud import GoogleCloud, default_cloud
+from shipyard.flows.mirror.flow import read_base_pin
 from shipyard.tasks import git_source as gitsrc
+from shipyard.tasks import image_lookup as il
 from shipyard.tasks.errors import PermanentError, retry_condition_fn
 
 _DIGEST_REF = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def load_blocks(
+    settings_block: str | None,
+    tiers_block: str | None,
+    cloud_block: str | None,
+    cloud: GoogleCloud | None = None,
+) -> tuple[BuildSettings, CacheTiers, GoogleCloud]:
+    """The blocks by name, else their defaults. `cloud`, when given, is used as is (a release
+    builds with its target's cloud block); else the `cloud_block` name, else the environment."""
+    # Block.load is sync-compatible: called from sync code it returns the block, not a coroutine
+    settings = cast(BuildSettings, BuildSettings.load(settings_block)) if settings_block else None
+    tiers = cast(CacheTiers, CacheTiers.load(tiers_block)) if tiers_block else None
+    if cloud is None and cloud_block:
+        cloud = cast(GoogleCloud, GoogleCloud.load(cloud_block))
+    return settings or BuildSettings(), tiers or CacheTiers(), cloud or default_cloud()
 
 
 @task(
@@ -41,14 +66,22 @@ def resolve_base_image(base_image: str | None, settings: BuildSettings) -> str:
                 "mirror's pin"
             )
         return base_image
-    from shipyard.flows.mirror.flow import read_base_pin
-
     repository = settings.resolved_base_repository()
     pin = read_base_pin(repository)
-    if not pin or not pin.get("image"):
+    image = pin.get("image") if pin else None
+    if not isinstance(image, str) or not image:
         raise PermanentError(
             f"no base image pin is recorded for {repository}: run `shipyard mirror "
             f"nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04 {repository}` first, or pass "
             "base_image=REPOSITORY@sha256:…"
         )
-    return pin["image"]
+    return image
+
+
+@task(name="read-cache-image", cache_policy=NO_CACHE, persist_result=False)
+def read_image(repository: str, reference: str) -> il.ImageFacts | None:
+    async def go() -> il.ImageFacts | None:
+        async with il.client_for(repository) as client:
+            return await il.image_facts(client, repository, reference)
+
+    return run_coro_as_sync(go())

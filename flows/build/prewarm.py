@@ -25,8 +25,8 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -35,11 +35,12 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel
 
 from shipyard.blocks.build_settings import BuildSettings
-from shipyard.blocks.cache_tiers import CacheTiers, parse_quarter_tag, quarter_of
-from shipyard.blocks.cloud import GoogleCloud, default_cloud
-from shipyard.flows.build.backend import BuildSpec, run_build
+from shipyard.blocks.cache_tiers import CacheTier, CacheTiers, parse_quarter_tag, quarter_of
+from shipyard.blocks.cloud import GoogleCloud
+from shipyard.flows.build.backend import run_build
 from shipyard.flows.build.cloud_build_request import REVISION_LABEL
-from shipyard.flows.build.inputs import checkout_task, resolve_base_image
+from shipyard.flows.build.inputs import checkout_task, load_blocks, read_image, resolve_base_image
+from shipyard.flows.build.spec import BuildSpec
 from shipyard.flows.build.tier_fingerprint import (
     FINGERPRINT_LABEL,
     TIER_LABEL,
@@ -49,6 +50,7 @@ from shipyard.flows.build.tier_fingerprint import (
 )
 from shipyard.flows.observe.stage_events import stage_hooks
 from shipyard.tasks import image_lookup as il
+from shipyard.tasks.buildkit_log import BuildLogReport
 from shipyard.tasks.dockerfile import DockerfileError
 from shipyard.tasks.errors import PermanentError
 from shipyard.tasks.git_source import public_url
@@ -79,35 +81,6 @@ class PrewarmResult(BaseModel):
     base_image: str
     tiers: list[TierResult]
     deleted_tags: list[str]
-
-    def action(self, tier: str) -> str:
-        return next(t.action for t in self.tiers if t.tier == tier)
-
-
-def load_blocks(
-    settings_block: str | None,
-    tiers_block: str | None,
-    cloud_block: str | None,
-    cloud: GoogleCloud | None = None,
-) -> tuple[BuildSettings, CacheTiers, GoogleCloud]:
-    """The blocks by name, else their defaults. `cloud`, when given, is used as is (a release
-    builds with its target's cloud block); else the `cloud_block` name, else the environment."""
-    # Block.load is sync-compatible: called from sync code it returns the block, not a coroutine
-    settings = cast(BuildSettings, BuildSettings.load(settings_block)) if settings_block else None
-    tiers = cast(CacheTiers, CacheTiers.load(tiers_block)) if tiers_block else None
-    if cloud is None and cloud_block:
-        cloud = cast(GoogleCloud, GoogleCloud.load(cloud_block))
-    return settings or BuildSettings(), tiers or CacheTiers(), cloud or default_cloud()
-    return settings, tiers, cloud
-
-
-@task(name="read-cache-image", cache_policy=NO_CACHE, persist_result=False)
-def read_image(repository: str, reference: str) -> il.ImageFacts | None:
-    async def go():
-        async with il.client_for(repository) as client:
-            return await il.image_facts(client, repository, reference)
-
-    return run_coro_as_sync(go())
 
 
 @task(name="quarter-tag", cache_policy=NO_CACHE, persist_result=False)
@@ -172,32 +145,37 @@ def apply_retention(repository: str, tier_names: list[str], keep: int) -> list[s
     return run_coro_as_sync(go())
 
 
-@flow(
-    timeout_seconds=3 * 3600,  # bounded: a stuck run ends TimedOut
-    name="prewarm-cache-tiers",
-    **stage_hooks("prewarm"),
-)
-def prewarm_cache_tiers(
-    force: bool = False,
-    revision: str = "HEAD",
-    base_image: str | None = None,
-    run_date: dt.date | None = None,
-    settings_block: str | None = None,
-    tiers_block: str | None = None,
-    cloud_block: str | None = None,
-) -> PrewarmResult:
-    """Build the cache tiers that changed (all with `force`), tag the quarter, apply retention.
+# ---------------------------------------------------------------- stages
+#
+# The flow is a chain of stages; each takes what it needs and returns what it decided (a frozen
+# dataclass, a TierResult, the deleted tags). Nothing is shared between them but their values.
 
-    `revision`: the git revision whose Dockerfile and files are prewarmed (default HEAD of the
-    repository in the build settings). `base_image`: REPOSITORY@sha256:… (default: the mirror's
-    pin). `run_date`: decides the quarter tag (default: today, UTC).
-    """
-    logger = get_run_logger()
-    settings, tiers, cloud = load_blocks(settings_block, tiers_block, cloud_block)
-    when = run_date or dt.datetime.now(dt.UTC).date()
-    quarter = quarter_of(when)
-    git_url = settings.resolved_git_url()
-    base = resolve_base_image(base_image, settings)
+
+@dataclass(frozen=True)
+class TierSources:
+    """What the tiers are built from, read from one checkout of the revision."""
+
+    commit: str
+    prelude: str  # the Dockerfile's lines before the first FROM (global ARGs)
+    stages: dict[str, str]  # stage name -> its text (stage_texts)
+    files: dict[str, dict[str, bytes]]  # tier name -> {file name: content}
+
+
+@dataclass(frozen=True)
+class TierBuild:
+    """A tier's cache image after this run: built (with its build's id and report) or kept."""
+
+    action: str  # "built" | "skipped"
+    facts: il.ImageFacts
+    build_id: str | None = None
+    report: BuildLogReport | None = None
+
+
+def _read_sources(
+    settings: BuildSettings, tiers: CacheTiers, git_url: str, revision: str
+) -> TierSources:
+    """Check out the revision, read its Dockerfile's stages and the tiers' files, clean up; every
+    tier's target must be a stage of that Dockerfile."""
     root, commit = checkout_task(git_url, revision)
     try:
         context = Path(root) / settings.source_dir
@@ -220,77 +198,123 @@ def prewarm_cache_tiers(
             f"CacheTiers: stage(s) {', '.join(missing)} are not in {tiers.dockerfile}; its stages "
             f"are {', '.join(stages)}. Fix the tiers' `target`."
         )
-    repo = tiers.cache_repository or settings.resolved_image_repository()
-    results: list[TierResult] = []
+    return TierSources(commit, prelude, stages, files)
+
+
+def _fingerprints(tiers: CacheTiers, sources: TierSources, base: str) -> list[str]:
+    """Each tier's fingerprint, bottom up: a tier's covers the fingerprints of those below."""
     below: list[str] = []
-    for i, tier in enumerate(tiers.tiers):
-        started = time.monotonic()
-        fingerprint = tier_fingerprint(
-            stages[tier.target.lower()], prelude, base, below, files[tier.name]
+    for tier in tiers.tiers:
+        stage = sources.stages[tier.target.lower()]
+        below.append(
+            tier_fingerprint(stage, sources.prelude, base, below, sources.files[tier.name])
         )
-        below.append(fingerprint)
-        tag = f"{repo}:{tiers.tag(tier)}"
-        facts = read_image(repo, tiers.tag(tier))
-        current = facts.labels.get(FINGERPRINT_LABEL) if facts else None
-        build_id, report = None, None
-        if facts is not None and current == fingerprint and not force:
-            action = "skipped"
-            logger.info("tier %s: %s already has fingerprint %s", tier.name, tag, fingerprint[:19])
-        else:
-            action = "built"
-            logger.info(
-                "tier %s: building --target %s (%s)",
-                tier.name,
-                tier.target,
-                "forced" if force else ("new" if facts is None else "inputs changed"),
-            )
-            spec = BuildSpec(
-                base_image=base,
-                tags=[tag],
-                cache_from=[f"{repo}:{tiers.tag(t)}" for t in tiers.tiers[: i + 1]],
-                cache_to="type=inline",
-                target=tier.target,
-                labels={
-                    FINGERPRINT_LABEL: fingerprint,
-                    TIER_LABEL: tier.name,
-                    REVISION_LABEL: commit,
-                },
-                dockerfile=tiers.dockerfile,
-            )
-            run = run_build(
-                settings,
-                cloud,
-                spec,
-                commit=commit,
-                build_tags=["shipyard-prewarm", f"tier-{tier.name}"],
-                what=f"prewarm {tier.name}",
-            )
-            build_id, report = run.build_id, run.report
-            facts = read_image(repo, tiers.tag(tier))
-            if facts is None or facts.labels.get(FINGERPRINT_LABEL) != fingerprint:
-                raise PermanentError(
-                    f"tier {tier.name}: build {run.build_id} succeeded but {tag} does not carry "
-                    f"fingerprint {fingerprint[:19]}"
-                )
-        qtag = tiers.quarter_tag(tier, when)
-        ensure_quarter_tag(repo, facts, qtag, quarter, action == "built")
-        results.append(
-            TierResult(
-                tier=tier.name,
-                target=tier.target,
-                action=action,
-                image=tag,
-                digest=facts.digest,
-                size=facts.size,
-                fingerprint=fingerprint,
-                seconds=round(time.monotonic() - started, 2),
-                quarter_tag=qtag,
-                build_id=build_id,
-                steps_by_stage=report.by_stage() if report else {},
-                hit_rate=round(report.hit_rate, 3) if report else None,
-            )
+    return below
+
+
+@dataclass(frozen=True)
+class TierBuilder:
+    """What every tier's check and build share: the blocks, the cache repository, the base
+    image and the commit."""
+
+    settings: BuildSettings
+    cloud: GoogleCloud
+    tiers: CacheTiers
+    repo: str
+    base: str
+    commit: str
+
+    def image(self, tier: CacheTier) -> str:
+        """The tier's cache image, repository:cache-<tier>."""
+        return f"{self.repo}:{self.tiers.tag(tier)}"
+
+
+def _build_tier(builder: TierBuilder, index: int, fingerprint: str) -> TierBuild:
+    """Build tier `index` (`--target` its stage, `cache-from` every tier up to it, an inline
+    cache), labelled with its fingerprint; the pushed image must carry that fingerprint."""
+    tiers, tier = builder.tiers, builder.tiers.tiers[index]
+    tag = builder.image(tier)
+    spec = BuildSpec(
+        base_image=builder.base,
+        tags=[tag],
+        cache_from=[builder.image(t) for t in tiers.tiers[: index + 1]],
+        cache_to="type=inline",
+        target=tier.target,
+        labels={
+            FINGERPRINT_LABEL: fingerprint,
+            TIER_LABEL: tier.name,
+            REVISION_LABEL: builder.commit,
+        },
+        dockerfile=tiers.dockerfile,
+    )
+    run = run_build(
+        builder.settings,
+        builder.cloud,
+        spec,
+        commit=builder.commit,
+        build_tags=["shipyard-prewarm", f"tier-{tier.name}"],
+        what=f"prewarm {tier.name}",
+    )
+    facts = read_image(builder.repo, tiers.tag(tier))
+    if facts is None or facts.labels.get(FINGERPRINT_LABEL) != fingerprint:
+        raise PermanentError(
+            f"tier {tier.name}: build {run.build_id} succeeded but {tag} does not carry "
+            f"fingerprint {fingerprint[:19]}"
         )
-    deleted = apply_retention(repo, [t.name for t in tiers.tiers], tiers.quarterly_tags_to_keep)
+    return TierBuild("built", facts, run.build_id, run.report)
+
+
+def _prewarm_tier(builder: TierBuilder, index: int, fingerprint: str, force: bool) -> TierBuild:
+    """Skip the tier when its cache image already carries `fingerprint` (and not `force`),
+    else build it."""
+    tier = builder.tiers.tiers[index]
+    facts = read_image(builder.repo, builder.tiers.tag(tier))
+    current = facts.labels.get(FINGERPRINT_LABEL) if facts else None
+    if facts is not None and current == fingerprint and not force:
+        get_run_logger().info(
+            "tier %s: %s already has fingerprint %s",
+            tier.name,
+            builder.image(tier),
+            fingerprint[:19],
+        )
+        return TierBuild("skipped", facts)
+    get_run_logger().info(
+        "tier %s: building --target %s (%s)",
+        tier.name,
+        tier.target,
+        "forced" if force else ("new" if facts is None else "inputs changed"),
+    )
+    return _build_tier(builder, index, fingerprint)
+
+
+def _tier_result(
+    tier: CacheTier,
+    image: str,
+    fingerprint: str,
+    quarter_tag: str,
+    outcome: TierBuild,
+    seconds: float,
+) -> TierResult:
+    report = outcome.report
+    return TierResult(
+        tier=tier.name,
+        target=tier.target,
+        action=outcome.action,
+        image=image,
+        digest=outcome.facts.digest,
+        size=outcome.facts.size,
+        fingerprint=fingerprint,
+        seconds=seconds,
+        quarter_tag=quarter_tag,
+        build_id=outcome.build_id,
+        steps_by_stage=report.by_stage() if report else {},
+        hit_rate=round(report.hit_rate, 3) if report else None,
+    )
+
+
+def _artifact(
+    results: list[TierResult], repo: str, quarter: str, commit: str, deleted: list[str]
+) -> None:
     create_table_artifact(
         key="prewarm-cache-tiers",
         table=[
@@ -310,6 +334,51 @@ def prewarm_cache_tiers(
             + (f"Deleted quarterly tags: {', '.join(deleted)}." if deleted else "No tag deleted.")
         ),
     )
+
+
+# ---------------------------------------------------------------- flow
+
+
+@flow(
+    timeout_seconds=3 * 3600,  # bounded: a stuck run ends TimedOut
+    name="prewarm-cache-tiers",
+    **stage_hooks("prewarm"),
+)
+def prewarm_cache_tiers(
+    force: bool = False,
+    revision: str = "HEAD",
+    base_image: str | None = None,
+    run_date: dt.date | None = None,
+    settings_block: str | None = None,
+    tiers_block: str | None = None,
+    cloud_block: str | None = None,
+) -> PrewarmResult:
+    """Build the cache tiers that changed (all with `force`), tag the quarter, apply retention.
+
+    `revision`: the git revision whose Dockerfile and files are prewarmed (default HEAD of the
+    repository in the build settings). `base_image`: REPOSITORY@sha256:… (default: the mirror's
+    pin). `run_date`: decides the quarter tag (default: today, UTC).
+    """
+    settings, tiers, cloud = load_blocks(settings_block, tiers_block, cloud_block)
+    when = run_date or dt.datetime.now(dt.UTC).date()
+    quarter = quarter_of(when)
+    git_url = settings.resolved_git_url()
+    base = resolve_base_image(base_image, settings)
+    sources = _read_sources(settings, tiers, git_url, revision)
+    commit = sources.commit
+    repo = tiers.cache_repository or settings.resolved_image_repository()
+    builder = TierBuilder(settings, cloud, tiers, repo, base, commit)
+    fingerprints = _fingerprints(tiers, sources, base)
+    results: list[TierResult] = []
+    for index, (tier, fingerprint) in enumerate(zip(tiers.tiers, fingerprints, strict=True)):
+        started = time.monotonic()
+        outcome = _prewarm_tier(builder, index, fingerprint, force)
+        qtag = tiers.quarter_tag(tier, when)
+        ensure_quarter_tag(repo, outcome.facts, qtag, quarter, outcome.action == "built")
+        seconds = round(time.monotonic() - started, 2)
+        results.append(_tier_result(tier, builder.image(tier), fingerprint, qtag, outcome, seconds))
+    deleted = apply_retention(repo, [t.name for t in tiers.tiers], tiers.quarterly_tags_to_keep)
+    _artifact(results, repo, quarter, commit, deleted)
     return PrewarmResult(
         quarter=quarter, commit=commit, base_image=base, tiers=results, deleted_tags=deleted
     )

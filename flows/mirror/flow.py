@@ -33,6 +33,7 @@ import hashlib
 import json
 import re
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +46,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
+from shipyard.blocks.build_settings import BuildSettings, BuildSettingsError
 from shipyard.blocks.registry_credentials import (
     credentials_from_docker_block,
     credentials_from_gcp_block,
@@ -230,7 +232,62 @@ async def tag_task(
     return moved
 
 
-# ---------------------------------------------------------------- flow
+# ---------------------------------------------------------------- stages
+#
+# The flow is a chain of stages; each takes what it needs and returns what it decided (a frozen
+# dataclass, an ImagePlan, the result dict). Nothing is shared between them but their values.
+
+
+@dataclass(frozen=True)
+class MirrorTarget:
+    """The parameters as references: what to copy, where to, and the destination tag."""
+
+    source: ImageRef
+    destination: ImageRef
+    tag: str
+
+    @property
+    def repo(self) -> str:
+        """The destination repository, without its registry host (the client's path)."""
+        return self.destination.repository
+
+    @property
+    def name(self) -> str:
+        """The destination repository with its registry host: what the pin is keyed by."""
+        return self.destination.repo_name
+
+
+@dataclass(frozen=True)
+class KeptPin:
+    """The run leaves the recorded pin as it is: the upstream is gone, or it drifted and the
+    drift was not accepted. `upstream_digest` is what the source resolves to now (None: gone)."""
+
+    status: str  # "upstream-gone" | "drift"
+    message: str
+    pin: dict[str, Any]
+    upstream_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    """What the source's image configs say, after the platform and cuDNN gates passed."""
+
+    cudnn: str | None
+    cuda: str | None
+    platforms: tuple[str, ...]  # sorted
+
+
+@dataclass(frozen=True)
+class Copied:
+    """The copy at the destination: its statistics and the tags now naming it."""
+
+    stats: CopyStats
+    dated_tag: str
+    tag: str
+
+    @property
+    def tags(self) -> list[str]:
+        return [self.dated_tag, self.tag]
 
 
 async def _credentials(
@@ -243,17 +300,214 @@ async def _credentials(
     return None
 
 
+async def _default_destination() -> str:
+    """The mirror's destination at run time: the Variable, else the build settings' default."""
+    configured = await Variable.aget(DESTINATION_VARIABLE)
+    if isinstance(configured, str) and configured:
+        return configured
+    try:
+        return BuildSettings().resolved_base_repository()
+    except BuildSettingsError:
+        raise PermanentError(
+            f"destination is empty and the Variable {DESTINATION_VARIABLE} is not set: pass "
+            f"destination=REPOSITORY, or `prefect variable set {DESTINATION_VARIABLE} REPOSITORY` "
+            "(on the sandbox, `shipyard setup` sets it)"
+        ) from None
+
+
+async def _target(source: str, destination: str) -> MirrorTarget:
+    """The source and destination references (an empty destination: the configured one); the
+    destination tag is the destination's own, else the source's (or its digest, as a tag)."""
+    destination = destination or await _default_destination()
+    src_ref = parse_reference(source, field="source")
+    dst_ref = parse_reference(destination, field="destination")
+    if dst_ref.digest:
+        raise PermanentError(
+            f"destination {destination!r} must be a repository (optionally :tag), not a digest"
+        )
+    if not (src_ref.tag or src_ref.digest):
+        src_ref = ImageRef(src_ref.registry, src_ref.repository, "latest")
+    tag = dst_ref.tag or src_ref.tag or (src_ref.digest or "").replace(":", "-")[:71]
+    return MirrorTarget(src_ref, dst_ref, tag)
+
+
+async def _upstream_gone(
+    dst: RegistryClient, target: MirrorTarget, pin: dict[str, Any] | None, gone: NotFound
+) -> KeptPin:
+    """The source cannot be resolved: keep serving the pin, or fail plainly when there is none."""
+    if not pin:
+        raise NotFound(
+            f"{target.source} cannot be resolved: {gone}. Fix: check the tag (NVIDIA removes old "
+            "CUDA tags); nothing was mirrored and there is no pin to fall back on.",
+            gone.registry,
+            gone.code,
+        ) from None
+    logger = get_run_logger()
+    served = await dst.manifest_digest(target.repo, pin["digest"])
+    message = (
+        f"Upstream {target.source} is gone ({gone.code}). Keeping the pinned mirror "
+        f"{pin['image']} ({'still served' if served else 'MISSING at the destination!'})."
+    )
+    (logger.warning if served else logger.error)(message)
+    return KeptPin("upstream-gone", message, pin)
+
+
+async def _resolve(
+    src: RegistryClient,
+    dst: RegistryClient,
+    target: MirrorTarget,
+    platforms: list[str] | None,
+    pin: dict[str, Any] | None,
+    accept_drift: bool,
+) -> ImagePlan | KeptPin:
+    """The plan to copy, or the decision to keep the pin (upstream gone, drift not accepted)."""
+    try:
+        plan = await resolve_source(src, target.source, platforms)
+    except NotFound as exc:
+        return await _upstream_gone(dst, target, pin, exc)
+    if pin and pin.get("source_digest") != plan.upstream_digest and not accept_drift:
+        message = (
+            f"Drift: {target.source} now resolves to {plan.upstream_digest}, the pin is "
+            f"{pin.get('source_digest')} ({pin['image']}). Keeping the pin; rerun with "
+            "--accept-drift (accept_drift=True) to mirror and pin the new digest."
+        )
+        get_run_logger().warning(message)
+        return KeptPin("drift", message, pin, plan.upstream_digest)
+    return plan
+
+
+async def _inspect(
+    src: RegistryClient,
+    plan: ImagePlan,
+    target: MirrorTarget,
+    platforms: list[str] | None,
+    expect_cudnn: int | None,
+) -> SourceFacts:
+    """Read the configs and pass the gates (platform of a single image, cuDNN major), before
+    any byte moves."""
+    configs = await read_configs(src, plan)
+    if platforms and not plan.platforms:  # a single image: its config says what it is
+        have = next(iter(configs))
+        if not any(platform_matches(p, have) for p in platforms):
+            raise PlatformNotFound(
+                f"{target.source} is a single {have} image, not {', '.join(platforms)}: "
+                "nothing copied"
+            )
+    cudnn = check_cudnn(configs, expect_cudnn, str(target.source))
+    cuda = next((v for v in map(cuda_version, configs.values()) if v), None)
+    get_run_logger().info("cuDNN %s, CUDA %s on %s", cudnn, cuda, ", ".join(configs))
+    return SourceFacts(cudnn, cuda, tuple(sorted(configs)))
+
+
 async def _dated_tag(
-    dst: RegistryClient, repo: str, tag: str, digest: str, pin: dict | None
+    dst: RegistryClient, repo: str, tag: str, digest: str, pin: dict[str, Any] | None
 ) -> str:
     """An immutable tag `<tag>-YYYYMMDD`; never moved: reuse the pin's, or suffix the digest."""
-    if pin and pin.get("digest") == digest and pin.get("dated_tag"):
-        return pin["dated_tag"]
+    pinned = pin.get("dated_tag") if pin else None
+    if pin and pin.get("digest") == digest and isinstance(pinned, str) and pinned:
+        return pinned
     base = f"{tag}-{datetime.now(UTC):%Y%m%d}"[:128]
     current = await dst.manifest_digest(repo, base)
     if current in (None, digest):
         return base
     return f"{tag[:107]}-{datetime.now(UTC):%Y%m%d}-{digest[7:19]}"
+
+
+async def _copy(
+    src: RegistryClient,
+    dst: RegistryClient,
+    plan: ImagePlan,
+    target: MirrorTarget,
+    pin: dict[str, Any] | None,
+    concurrency: int,
+) -> Copied:
+    """Copy the image, then point the dated tag and the tag at it."""
+    stats = await copy_task(src, plan, dst, target.repo, concurrency)
+    dated = await _dated_tag(dst, target.repo, target.tag, plan.top.digest, pin)
+    copied = Copied(stats, dated, target.tag)
+    await tag_task(dst, target.repo, plan, copied.tags)
+    return copied
+
+
+def _pin_record(
+    target: MirrorTarget, plan: ImagePlan, facts: SourceFacts, copied: Copied
+) -> dict[str, Any]:
+    """The pin's JSON (see the module docstring), recorded now."""
+    return {
+        "source": str(target.source),
+        "source_digest": plan.upstream_digest,
+        "destination": target.name,
+        "digest": plan.top.digest,
+        "image": f"{target.name}@{plan.top.digest}",
+        "tag": copied.tag,
+        "dated_tag": copied.dated_tag,
+        "media_type": plan.top.media_type,
+        "cudnn": facts.cudnn,
+        "cuda": facts.cuda,
+        "platforms": list(facts.platforms),
+        "size": plan.size,
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+async def _record_pin(
+    target: MirrorTarget, record: dict[str, Any], previous: dict[str, Any] | None
+) -> str:
+    """Write the pin's Variable (a moved pin is a warning); returns the Variable's name."""
+    variable = pin_variable_name(target.name)
+    await Variable.aset(variable, record, overwrite=True)
+    if previous and previous.get("digest") != record["digest"]:
+        get_run_logger().warning(
+            "pin moved from %s to %s (drift accepted)", previous.get("digest"), record["digest"]
+        )
+    return variable
+
+
+def _kept_result(target: MirrorTarget, kept: KeptPin) -> dict[str, Any]:
+    """The summary of a run that left the pin as it is: the pin's facts and why."""
+    pin = kept.pin
+    result: dict[str, Any] = {
+        "source": str(target.source),
+        "destination": target.name,
+        "tags": [t for t in (pin.get("tag"), pin.get("dated_tag")) if t],
+    }
+    if kept.upstream_digest is not None:
+        result["upstream_digest"] = kept.upstream_digest
+    result.update(status=kept.status, message=kept.message, digest=pin["digest"])
+    result.update({k: pin.get(k) for k in ("cudnn", "cuda", "size", "platforms")})
+    result["pinned_source_digest"] = pin.get("source_digest")
+    return result
+
+
+def _mirrored_result(
+    target: MirrorTarget,
+    plan: ImagePlan,
+    facts: SourceFacts,
+    copied: Copied,
+    variable: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """The summary of a run that mirrored and pinned the source."""
+    stats = copied.stats
+    return {
+        "source": str(target.source),
+        "destination": target.name,
+        "tags": copied.tags,
+        "upstream_digest": plan.upstream_digest,
+        "status": "mirrored",
+        "digest": plan.top.digest,
+        "size": plan.size,
+        "cudnn": facts.cudnn,
+        "cuda": facts.cuda,
+        "platforms": list(facts.platforms),
+        "blobs_copied": stats.blobs_copied,
+        "blobs_skipped": stats.blobs_skipped,
+        "blobs_mounted": stats.blobs_mounted,
+        "bytes_copied": stats.bytes_copied,
+        "retries": stats.retries,
+        "seconds": seconds,
+        "pin_variable": variable,
+    }
 
 
 def _markdown(result: dict[str, Any]) -> str:
@@ -283,35 +537,15 @@ def _markdown(result: dict[str, Any]) -> str:
     return f"## Base image mirror\n\n| | |\n| --- | --- |\n{table}{note}"
 
 
-async def _default_destination() -> str:
-    """The mirror's destination at run time: the Variable, else the build settings' default."""
-    from shipyard.blocks.build_settings import BuildSettings, BuildSettingsError
-
-    configured = await Variable.aget(DESTINATION_VARIABLE, default=None)  # type: ignore[func-returns-value]
-    if isinstance(configured, str) and configured:
-        return configured
-    try:
-        return BuildSettings().resolved_base_repository()
-    except BuildSettingsError:
-        raise PermanentError(
-            f"destination is empty and the Variable {DESTINATION_VARIABLE} is not set: pass "
-            f"destination=REPOSITORY, or `prefect variable set {DESTINATION_VARIABLE} REPOSITORY` "
-            "(on the sandbox, `shipyard setup` sets it)"
-        ) from None
-
-
-async def _keep_pin(result: dict[str, Any], pin: dict[str, Any], status: str, message: str) -> dict:
-    """End a run that leaves the pin as it is (drift not accepted, upstream gone): say so."""
-    result.update(status=status, message=message, digest=pin["digest"])
-    result.update({k: pin.get(k) for k in ("cudnn", "cuda", "size", "platforms")})
-    result.update(
-        pinned_source_digest=pin.get("source_digest"),
-        tags=[t for t in (pin.get("tag"), pin.get("dated_tag")) if t],
-    )
+async def _publish(result: dict[str, Any]) -> dict[str, Any]:
+    """The run's markdown artifact; returns the result, which the flow returns."""
     await acreate_markdown_artifact(
         _markdown(result), key=_artifact_key("mirror", result["destination"])
     )
     return result
+
+
+# ---------------------------------------------------------------- flow
 
 
 @flow(
@@ -344,113 +578,28 @@ async def mirror_base_image(
 
     Returns a summary dict; `status` is "mirrored", "drift" (pin kept) or "upstream-gone".
     """
-    logger = get_run_logger()
     started = time.monotonic()
-    destination = destination or await _default_destination()
-    src_ref = parse_reference(source, field="source")
-    dst_ref = parse_reference(destination, field="destination")
-    if dst_ref.digest:
-        raise PermanentError(
-            f"destination {destination!r} must be a repository (optionally :tag), not a digest"
-        )
-    if not (src_ref.tag or src_ref.digest):
-        src_ref = ImageRef(src_ref.registry, src_ref.repository, "latest")
-    tag = dst_ref.tag or src_ref.tag or (src_ref.digest or "").replace(":", "-")[:71]
-    dst_repo = dst_ref.repository
-    expect = expect_cudnn or None
-    pin = await aread_base_pin(dst_ref.repo_name)
-    result: dict[str, Any] = {"source": str(src_ref), "destination": dst_ref.repo_name, "tags": []}
-
+    target = await _target(source, destination)
+    pin = await aread_base_pin(target.name)
     src_creds = await _credentials(source_credentials)
     dst_creds = await _credentials(destination_credentials, destination_gcp_credentials)
     async with (
-        RegistryClient.for_ref(src_ref, src_creds, retry_budget=retry_budget_seconds) as src,
-        RegistryClient.for_ref(dst_ref, dst_creds, retry_budget=retry_budget_seconds) as dst,
+        RegistryClient.for_ref(target.source, src_creds, retry_budget=retry_budget_seconds) as src,
+        RegistryClient.for_ref(
+            target.destination, dst_creds, retry_budget=retry_budget_seconds
+        ) as dst,
     ):
-        src.want(src_ref.repository, "pull")
-        dst.want(dst_repo, "pull,push")
-        try:
-            plan = await resolve_source(src, src_ref, platforms)
-        except NotFound as exc:
-            if not pin:
-                raise NotFound(
-                    f"{src_ref} cannot be resolved: {exc}. Fix: check the tag (NVIDIA removes old CUDA "
-                    "tags); nothing was mirrored and there is no pin to fall back on.",
-                    exc.registry,
-                    exc.code,
-                ) from None
-            served = await dst.manifest_digest(dst_repo, pin["digest"])
-            message = (
-                f"Upstream {src_ref} is gone ({exc.code}). Keeping the pinned mirror "
-                f"{pin['image']} ({'still served' if served else 'MISSING at the destination!'})."
-            )
-            (logger.warning if served else logger.error)(message)
-            return await _keep_pin(result, pin, "upstream-gone", message)
+        src.want(target.source.repository, "pull")
+        dst.want(target.repo, "pull,push")
+        resolved = await _resolve(src, dst, target, platforms, pin, accept_drift)
+        if isinstance(resolved, KeptPin):
+            return await _publish(_kept_result(target, resolved))
+        facts = await _inspect(src, resolved, target, platforms, expect_cudnn or None)
+        copied = await _copy(src, dst, resolved, target, pin, concurrency)
 
-        result["upstream_digest"] = plan.upstream_digest
-        if pin and pin.get("source_digest") != plan.upstream_digest and not accept_drift:
-            message = (
-                f"Drift: {src_ref} now resolves to {plan.upstream_digest}, the pin is "
-                f"{pin.get('source_digest')} ({pin['image']}). Keeping the pin; rerun with "
-                "--accept-drift (accept_drift=True) to mirror and pin the new digest."
-            )
-            logger.warning(message)
-            return await _keep_pin(result, pin, "drift", message)
-
-        configs = await read_configs(src, plan)
-        if platforms and not plan.platforms:  # a single image: its config says what it is
-            have = next(iter(configs))
-            if not any(platform_matches(p, have) for p in platforms):
-                raise PlatformNotFound(
-                    f"{src_ref} is a single {have} image, not {', '.join(platforms)}: nothing copied"
-                )
-        cudnn = check_cudnn(configs, expect, str(src_ref))
-        cuda = next((v for v in map(cuda_version, configs.values()) if v), None)
-        logger.info("cuDNN %s, CUDA %s on %s", cudnn, cuda, ", ".join(configs))
-
-        stats = await copy_task(src, plan, dst, dst_repo, concurrency)
-        dated = await _dated_tag(dst, dst_repo, tag, plan.top.digest, pin)
-        tags = [dated, tag]
-        await tag_task(dst, dst_repo, plan, tags)
-
-    pinned = {
-        "source": str(src_ref),
-        "source_digest": plan.upstream_digest,
-        "destination": dst_ref.repo_name,
-        "digest": plan.top.digest,
-        "image": f"{dst_ref.repo_name}@{plan.top.digest}",
-        "tag": tag,
-        "dated_tag": dated,
-        "media_type": plan.top.media_type,
-        "cudnn": cudnn,
-        "cuda": cuda,
-        "platforms": sorted(configs),
-        "size": plan.size,
-        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    await Variable.aset(pin_variable_name(dst_ref.repo_name), pinned, overwrite=True)
-    if pin and pin.get("digest") != plan.top.digest:
-        logger.warning(
-            "pin moved from %s to %s (drift accepted)", pin.get("digest"), plan.top.digest
-        )
-    result.update(
-        status="mirrored",
-        digest=plan.top.digest,
-        tags=tags,
-        size=plan.size,
-        cudnn=cudnn,
-        cuda=cuda,
-        platforms=sorted(configs),
-        blobs_copied=stats.blobs_copied,
-        blobs_skipped=stats.blobs_skipped,
-        blobs_mounted=stats.blobs_mounted,
-        bytes_copied=stats.bytes_copied,
-        retries=stats.retries,
-        seconds=round(time.monotonic() - started, 3),
-        pin_variable=pin_variable_name(dst_ref.repo_name),
-    )
-    await acreate_markdown_artifact(
-        _markdown(result), key=_artifact_key("mirror", dst_ref.repo_name)
-    )
-    logger.info("pinned %s (dated tag %s)", pinned["image"], dated)
+    record = _pin_record(target, resolved, facts, copied)
+    variable = await _record_pin(target, record, pin)
+    seconds = round(time.monotonic() - started, 3)
+    result = await _publish(_mirrored_result(target, resolved, facts, copied, variable, seconds))
+    get_run_logger().info("pinned %s (dated tag %s)", record["image"], copied.dated_tag)
     return result

@@ -139,7 +139,7 @@ def load_token(policy: CanaryPolicy) -> SecretStr | None:
     if not policy.token_secret:
         return None
     try:
-        value = cast(Secret, Secret.load(policy.token_secret)).get()
+        value = cast("Secret[str]", Secret.load(policy.token_secret)).get()
     except ValueError as exc:
         raise ConfigurationError(
             f"CanaryPolicy.token_secret={policy.token_secret!r}: no Prefect Secret block of that "
@@ -356,7 +356,7 @@ def untag_step(ctx: RunContext, region: str, tag: str) -> bool:
     return True
 
 
-def baseline_still_valid(target: ReleaseTarget, record: dict) -> bool:
+def baseline_still_valid(target: ReleaseTarget, record: dict[str, Any]) -> bool:
     """A recorded CPU baseline counts while it is younger than the policy's limit and was
     measured on the CPU template the target has now (else it is measured again)."""
     if record.get("cpu_template") != cpu_template_fingerprint(target):
@@ -515,5 +515,12 @@ def run_canary(
     return report
 
 
-def _probe_runs_full(steps, url, sample, policy, token, bearer) -> list[CanaryRun]:
+def _probe_runs_full(
+    steps: StepLog,
+    url: str,
+    sample: SampleImage,
+    policy: CanaryPolicy,
+    token: SecretStr | None,
+    bearer: str | None,
+) -> list[CanaryRun]:
     return _probe_runs(steps, "canary-run", url, sample, policy, token, bearer, policy.runs)

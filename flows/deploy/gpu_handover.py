@@ -55,7 +55,7 @@ def _gpus(revision: run_v2.Revision | None) -> int:
     return int(revision.containers[0].resources.limits.get(GPU_LIMIT, "0") or 0)
 
 
-def _cpu_revision(ctx: RunContext, region: str, revisions: dict) -> str:
+def _cpu_revision(ctx: RunContext, region: str, revisions: dict[str, run_v2.Revision]) -> str:
     """A Ready CPU revision of the service: the release's CPU baseline if there, else the
     newest one; deployed (at 0%, waited Ready) when the service has none."""
     ready = [

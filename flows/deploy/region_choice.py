@@ -18,8 +18,6 @@ from pydantic import BaseModel
 
 from shipyard.blocks.release_target import ReleaseTarget
 from shipyard.flows.deploy.quota import (
-    PreferenceState,
-    RegionQuota,
     file_preferences,
     poll_preferences,
     preference_ids,
@@ -29,6 +27,7 @@ from shipyard.flows.release.context import RunContext
 from shipyard.flows.release.decisions import log_preferences, log_regions, region_decisions
 from shipyard.flows.release.steps import StepLog, note_attempt
 from shipyard.tasks.deploy_errors import ConfigurationError
+from shipyard.tasks.quotas import PreferenceState, RegionQuota
 
 
 class RegionChoice(BaseModel):

@@ -24,6 +24,7 @@ a quota refusal (Google accepts the update and fails the revision) a re-run depl
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
@@ -75,14 +76,18 @@ def _ensure_service(ctx: RunContext, region: str) -> tuple[run_v2.Service, bool]
         labels={ROLE_LABEL: "inference"},
         invoker_iam_disabled=ctx.target.public,
     )
-    try:
+    with suppress(gexc.AlreadyExists):  # a retried step: the first attempt created it
         cr.create_service(ctx.services, ctx.project, region, body, ctx.target.service, **ctx.wait)
-    except gexc.AlreadyExists:
-        pass  # a retried step: the first attempt created it
     cr.wait_revision_ready(ctx.revisions, ctx.revision_path(region, ctx.cpu_revision), **ctx.wait)
-    service = cr.get_service(ctx.services, name)
-    assert service is not None
-    return service, True
+    return written_service(ctx, region), True
+
+
+def written_service(ctx: RunContext, region: str) -> run_v2.Service:
+    """The region's service, which this release has just written or found there: it exists."""
+    service = cr.get_service(ctx.services, ctx.service_name(region))
+    if service is None:
+        raise RuntimeError(f"service {ctx.service_name(region)} is gone right after it was written")
+    return service
 
 
 def deploy_revision(
@@ -122,9 +127,7 @@ def deploy_revision(
         )
         cr.update_service(ctx.services, body, **ctx.wait)
     cr.wait_revision_ready(ctx.revisions, ctx.revision_path(region, revision), **ctx.wait)
-    refreshed = cr.get_service(ctx.services, ctx.service_name(region))
-    assert refreshed is not None
-    service = refreshed
+    service = written_service(ctx, region)
     if tag and cr.tag_uri(service, tag) is None:
         # Reused revision without its tag (a re-run after rollback): tag it again at 0%.
         traffic = [t for t in pinned_traffic(service) if t.tag != tag and t.revision]
@@ -147,7 +150,7 @@ def deploy_gpu_step(ctx: RunContext, region: str) -> RevisionDeploy:
     note_attempt()
     try:
         return deploy_revision(ctx, region, gpu_template(ctx, region), CANARY_TAG)
-    except BaseException as exc:  # noqa: BLE001 - classified and re-raised
+    except BaseException as exc:  # classified and re-raised
         reasons = _failed_reasons(ctx, region) if isinstance(exc, Exception) else set()
         classified = classify(exc, region, ctx.gpu_revision_in(region), reasons)
         if classified is exc:
@@ -163,7 +166,7 @@ def _failed_reasons(ctx: RunContext, region: str) -> set[str]:
     for revision in (ctx.gpu_revision_in(region), ctx.cpu_revision):
         try:
             found = cr.get_revision(ctx.revisions, ctx.revision_path(region, revision))
-        except Exception:  # noqa: BLE001 - the classification falls back on the message
+        except Exception:  # noqa: BLE001, S112 - the classification falls back on the message
             continue
         if found is not None and cr.ready_state(found)[0] == "failed":
             reasons |= cr.ready_reasons(found)

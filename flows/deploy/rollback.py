@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -64,7 +65,7 @@ def _tag_label(git_tag: str) -> str:
 
 
 @task(name="choose-rollback-revision", cache_policy=NO_CACHE, persist_result=False)
-def choose_revision(ctx: RunContext, region: str, to: str, record: dict) -> _Choice:
+def choose_revision(ctx: RunContext, region: str, to: str, record: dict[str, Any]) -> _Choice:
     """The Ready revision to return to (see the module docstring); RollbackRefused otherwise."""
     service = cr.get_service(ctx.services, ctx.service_name(region))
     name = ctx.target.service
@@ -122,7 +123,7 @@ def choose_revision(ctx: RunContext, region: str, to: str, record: dict) -> _Cho
     return _Choice(revision=revision, git_tag=git_tag, image=image, previous=previous, noop=noop)
 
 
-def _where(target: TargetParam) -> tuple[ReleaseTarget, dict, str]:
+def _where(target: TargetParam) -> tuple[ReleaseTarget, dict[str, Any], str]:
     """(target block, its service's release record, the region that serves)."""
     from shipyard.flows.release.flow import resolve_target
 
@@ -187,7 +188,7 @@ def rollback(target: TargetParam = "default", to: str = "") -> RollbackResult:
     return result
 
 
-def _record(result: RollbackResult, previous: dict) -> None:
+def _record(result: RollbackResult, previous: dict[str, Any]) -> None:
     """The release record says what serves now, and what it rolled back from."""
     Variable.set(
         release_variable(result.service),

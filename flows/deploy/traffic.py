@@ -21,7 +21,7 @@ from prefect.events import emit_event
 from pydantic import BaseModel
 
 from shipyard.blocks.release_target import ReleaseTarget, sanitize_name
-from shipyard.flows.deploy.region_deploy import deploy_revision, revision_ready
+from shipyard.flows.deploy.region_deploy import deploy_revision, revision_ready, written_service
 from shipyard.flows.deploy.templates import cpu_template
 from shipyard.flows.deploy.traffic_split import BASELINE_TAG, CANARY_TAG, PRIOR_TAG, pinned_traffic
 from shipyard.flows.observe.variables import set_variable
@@ -137,8 +137,7 @@ def rollback_step(
         if not ctx.target.cpu_template.image:
             _ensure_image(ctx, region)
         deploy_revision(ctx, region, cpu_template(ctx), tag=None)
-    service = cr.get_service(ctx.services, ctx.service_name(region))
-    assert service is not None
+    service = written_service(ctx, region)
     traffic = [cr.Traffic(revision=baseline, percent=100)]
     traffic += [
         cr.Traffic(revision=t.revision, percent=0, tag=t.tag)
@@ -171,8 +170,7 @@ def cpu_path_step(ctx: RunContext, region: str) -> TrafficResult:
             )
     # deploy_revision creates the service with the CPU baseline at 100% when it is missing.
     deploy_revision(ctx, region, cpu_template(ctx), tag=None)
-    service = cr.get_service(ctx.services, ctx.service_name(region))
-    assert service is not None
+    service = written_service(ctx, region)
     if [t.revision for t in pinned_traffic(service) if t.percent == 100] != [ctx.cpu_revision]:
         traffic = [cr.Traffic(revision=ctx.cpu_revision, percent=100)]
         service = cr.set_traffic(ctx.services, service, traffic, **ctx.wait)

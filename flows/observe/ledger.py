@@ -130,7 +130,7 @@ def record_release(result: Any, failed: bool) -> None:
         return
     try:
         write_entry(entry_of(result, failed=failed))
-    except Exception as exc:  # noqa: BLE001 - re-raised below unless the release failed
+    except Exception as exc:  # re-raised below unless the release failed
         if not failed:
             raise
         logging.getLogger("shipyard.ledger").warning("ledger entry not written: %s", exc)

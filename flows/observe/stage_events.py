@@ -89,11 +89,6 @@ def release_scope(**fields: Any) -> Iterator[ReleaseScope]:
         _SCOPE.reset(token)
 
 
-def update_scope(**fields: Any) -> None:
-    """Learned mid-stage (e.g. the revision a deploy created): later events and logs carry it."""
-    _SCOPE.set(replace(_SCOPE.get(_EMPTY), **{k: v for k, v in fields.items() if v is not None}))
-
-
 # ---------------------------------------------------------------- sending
 
 
@@ -297,7 +292,7 @@ def retry_reporter(step_name: str, condition: Callable[..., bool]) -> Callable[.
                 exc = state.result(raise_on_failure=False)
                 if isinstance(exc, BaseException):
                     cause = short_cause(exc)
-            except Exception:  # noqa: BLE001 - the message is enough then
+            except Exception:  # noqa: BLE001, S110 - the message is enough then
                 pass
             with release_scope(region=region):
                 emit_stage_event(

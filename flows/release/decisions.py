@@ -16,7 +16,7 @@ from prefect import get_run_logger
 if TYPE_CHECKING:
     from shipyard.blocks.release_target import CanaryPolicy
     from shipyard.flows.canary.stage import CanaryReport
-    from shipyard.flows.deploy.quota import PreferenceState, RegionQuota
+    from shipyard.tasks.quotas import PreferenceState, RegionQuota
 
 
 def region_decisions(

@@ -33,7 +33,9 @@ def pin_step(base_image: str) -> dict[str, Any]:
     return pin
 
 
-def build_image(ctx: RunContext, git_tag: str, commit: str | None, pin: dict | None) -> Any:
+def build_image(
+    ctx: RunContext, git_tag: str, commit: str | None, pin: dict[str, Any] | None
+) -> Any:
     """Adapter over flows/build/flow.py's `build_release_image` (a subflow: it reuses an image that
     already holds the commit, so a re-run does not build twice). `commit` defaults to the git
     tag, which the build resolves to a sha. A build failure stops the release before any deploy.

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from prefect.states import Completed, Failed, State
+from prefect import State
+from prefect.states import Completed, Failed
 
 if TYPE_CHECKING:
     from shipyard.flows.release.result import ReleaseResult

@@ -12,10 +12,10 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from shipyard.flows.canary.stage import CanaryReport
-from shipyard.flows.deploy.quota import PreferenceState, RegionQuota
 from shipyard.flows.deploy.region_deploy import ExistingRevision
 from shipyard.flows.release.steps import Step
 from shipyard.flows.release.tag_time import TagTime
+from shipyard.tasks.quotas import PreferenceState, RegionQuota
 
 Outcome = Literal["released", "rolled_back", "cpu_fallback", "planned"]
 

@@ -22,7 +22,7 @@ import datetime as dt
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from uuid import UUID
 
@@ -63,12 +63,10 @@ def ensure_slot(name: str) -> None:
         try:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            try:
+            with suppress(ObjectAlreadyExists):  # another release created it meanwhile
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=name, limit=1)
                 )
-            except ObjectAlreadyExists:
-                pass
 
 
 def holder_status(service: str) -> tuple[dict[str, Any] | None, str]:

@@ -95,7 +95,9 @@ class StepLog:
             )
 
     @staticmethod
-    def _configured(name: str, step: Task[..., T], retries: int, delays: list[float]):
+    def _configured(
+        name: str, step: Task[..., T], retries: int, delays: list[float]
+    ) -> Task[..., T]:
         """The step task with the retry settings, its run named `name`; a granted retry is
         reported (a `retrying` stage event) and counted (for tasks that note no attempt)."""
         report = retry_reporter(name, retry_condition_fn)
@@ -151,7 +153,8 @@ class StepLog:
         state = configured(*args, return_state=True, **kwargs)
         attempts = _ATTEMPTS.pop(state.state_details.task_run_id, 1)
         seconds = round(time.perf_counter() - started, 3)
-        return self._settled(name, seconds, attempts, state.result)  # raises the task's error
+        outcome: Callable[[], T] = state.result  # raises the task's error
+        return self._settled(name, seconds, attempts, outcome)
 
     @contextmanager
     def inline(self, name: str) -> Iterator[dict[str, Any]]:

@@ -20,6 +20,7 @@ skips output lines inside the regex engine; the failing step's output is collect
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import deque
 from collections.abc import Iterable
@@ -154,10 +155,8 @@ def parse_buildkit_log(lines: Iterable[str] | str) -> BuildLogReport:
         elif first == "D":
             if step.status != CACHED:
                 step.status = RUN
-            try:
+            with contextlib.suppress(ValueError):  # a DONE line without its duration
                 step.seconds = float(rest[5:].rstrip("s"))
-            except ValueError:
-                pass
         else:
             step.status = ERROR
             step.error = rest[6:].strip()

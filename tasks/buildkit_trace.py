@@ -62,7 +62,8 @@ def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
 def _timestamp(data: bytes) -> float:
     parts = dict(_fields(data))
     seconds, nanos = parts.get(1, 0), parts.get(2, 0)
-    assert isinstance(seconds, int) and isinstance(nanos, int)
+    if not isinstance(seconds, int) or not isinstance(nanos, int):
+        raise ValueError("a BuildKit timestamp's seconds and nanos must be varints")
     return seconds + nanos / 1e9
 
 

@@ -12,6 +12,7 @@ import mimetypes
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from PIL import Image, UnidentifiedImageError
@@ -117,7 +118,7 @@ def probe(
 
 def health(
     client: httpx.Client, url: str, headers: dict[str, str] | None = None, timeout: float = 60.0
-) -> tuple[int | None, dict]:
+) -> tuple[int | None, dict[str, Any]]:
     """GET a health URL -> (status, JSON body or {}); (None, {"error": type}) when unreachable."""
     try:
         response = client.get(url, headers=headers or {}, timeout=timeout)

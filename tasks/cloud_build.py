@@ -4,29 +4,32 @@ Plain typed functions over the official `cloudbuild_v1.CloudBuildClient` (REST) 
 google-cloud-logging's client; they know nothing of releases or cache tiers. Built-in client
 retries are off (`retry=None`): the caller's policy (tasks/errors.py) decides.
 
-Following a build polls `get_build` with google-api-core's `Retry` as the poller, from
-`poll_s` with a x1.5 backoff up to `max_poll_s` (its default LRO polling starts at 1 s and grows
-to 60 s: too coarse for minute-long builds and for the sandbox). The log is read from Cloud Logging (resource type "build", label
-build_id), which is where `options.logging: CLOUD_LOGGING_ONLY` sends it.
+Following a build polls `get_build` with the waiter (tasks/waiting.py), from `poll_s` with its
+backoff up to `max_poll_s` (google-api-core's default LRO polling starts at 1 s and grows to
+60 s: too coarse for minute-long builds and for the sandbox). The log is read from Cloud Logging
+(resource type "build", label build_id), which is where `options.logging: CLOUD_LOGGING_ONLY`
+sends it; it arrives with a delay, so it is polled (the same waiter) until complete.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 
-from google.api_core.exceptions import RetryError
 from google.cloud.devtools import cloudbuild_v1
 
-from shipyard.tasks.errors import WaitExpired, poll_until
+from shipyard.tasks.cloud_logging import LoggingClient
+from shipyard.tasks.errors import WaitExpired
+from shipyard.tasks.waiting import Deadline, NotYet, wait_for
 
 __all__ = [
+    "ONGOING",
     "TERMINAL",
     "BuildTimeout",
     "cancel_build",
-    "find_submitted",
     "fetch_build_log",
+    "find_ongoing",
+    "find_submitted",
     "get_build",
     "submit_build",
     "wait_build",
@@ -54,7 +57,8 @@ def submit_build(
 ) -> cloudbuild_v1.Build:
     """Create the build; returns the Build from the operation's metadata (id, status QUEUED)."""
     operation = client.create_build(project_id=project, build=build, retry=None)
-    return operation.metadata.build
+    submitted: cloudbuild_v1.Build = operation.metadata.build
+    return submitted
 
 
 def find_submitted(
@@ -106,10 +110,6 @@ def cancel_build(
     return client.cancel_build(project_id=project, id=build_id, retry=None)
 
 
-class _NotTerminal(Exception):
-    """Internal: the build still runs (google-api-core's poller retries on it only)."""
-
-
 def wait_build(
     client: cloudbuild_v1.CloudBuildClient,
     project: str,
@@ -121,8 +121,8 @@ def wait_build(
     on_change: Callable[[cloudbuild_v1.Build], None] | None = None,
     get: Callable[[str], cloudbuild_v1.Build] | None = None,
 ) -> cloudbuild_v1.Build:
-    """Poll until the build is terminal, with google-api-core's `Retry` as the poller;
-    `on_change` sees each new status. `get` overrides the read (e.g. a retried one)."""
+    """Poll until the build is terminal (the waiter: API errors go to the caller); `on_change`
+    sees each new status. `get` overrides the read (e.g. a retried one)."""
     read = get or (lambda bid: get_build(client, project, bid))
     last: list[object] = [None]
 
@@ -133,13 +133,18 @@ def wait_build(
             if on_change is not None:
                 on_change(build)
         if build.status not in TERMINAL:
-            raise _NotTerminal()
+            raise NotYet(build.status.name)
         return build
 
-    poller = poll_until(_NotTerminal, initial=poll_s, maximum=max_poll_s, timeout=timeout_s)
     try:
-        return poller(check)()
-    except RetryError as exc:
+        return wait_for(
+            check,
+            what=f"build {build_id}",
+            first_delay_s=poll_s,
+            max_delay_s=max_poll_s,
+            deadline=Deadline(timeout_s),
+        )
+    except WaitExpired as exc:
         status = getattr(last[0], "name", last[0])
         raise BuildTimeout(
             f"build {build_id} still {status} after {timeout_s:.0f}s; it keeps "
@@ -152,25 +157,37 @@ _LOG_END = re.compile(r"^(DONE|TIMEOUT|CANCELLED|ERROR\b.*)$")
 
 
 def fetch_build_log(
-    logging_client, project: str, build_id: str, *, wait_s: float = 30.0
+    logging_client: LoggingClient, project: str, build_id: str, *, wait_s: float = 30.0
 ) -> list[str]:
     """A finished build's log lines, oldest first, complete: build logs reach Cloud Logging
     with a delay, so read until the log ends as Cloud Build ends it (`DONE`, `ERROR ...`,
     `TIMEOUT`, `CANCELLED`) and has stopped growing, for at most `wait_s` (then what is
     there)."""
-    deadline = time.monotonic() + wait_s
-    delay, last = 0.1, -1
-    while True:
+    lines: list[str] = []
+    last = -1
+
+    def complete() -> list[str]:
+        nonlocal lines, last
         lines = _read_build_log(logging_client, project, build_id)
         ended = bool(lines) and _LOG_END.match(lines[-1]) is not None
-        if (ended and len(lines) == last) or time.monotonic() >= deadline:
+        if ended and len(lines) == last:
             return lines
         last = len(lines)
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 2.0)
+        raise NotYet(f"{last} lines")
+
+    try:
+        return wait_for(
+            complete,
+            what=f"the log of build {build_id}",
+            first_delay_s=0.1,
+            max_delay_s=2.0,
+            deadline=Deadline(wait_s),
+        )
+    except WaitExpired:
+        return lines
 
 
-def _read_build_log(logging_client, project: str, build_id: str) -> list[str]:
+def _read_build_log(logging_client: LoggingClient, project: str, build_id: str) -> list[str]:
     from google.cloud import logging_v2
 
     entries = logging_client.list_entries(
@@ -179,7 +196,7 @@ def _read_build_log(logging_client, project: str, build_id: str) -> list[str]:
         order_by=logging_v2.ASCENDING,
         page_size=1000,
     )
-    lines = []
+    lines: list[str] = []
     for entry in entries:
         payload = entry.payload
         if isinstance(payload, str):

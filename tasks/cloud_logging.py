@@ -1,14 +1,14 @@
 """Cloud Logging v2, thinly: write a structured entry, find a revision's entries by signature.
 
 Typed wrappers over google-cloud-logging's Client (HTTP, `_use_grpc=False`). They know nothing
-of releases: callers pass the GoogleCloud block (or a logging Client), names, a time window and
-the signatures to look for.
+of releases: callers pass a logging Client (or what makes one: the GoogleCloud block, or any
+`LoggingSource`), names, a time window and the signatures to look for.
 
 `write_structured_entry` is a plain function (it is called from inside other steps; a task run
-per log line would only clutter the UI): it retries transient errors itself, with a fixed
-insertId and timestamp so that Logging drops a duplicate if a retried write had landed. Values
-under secret-looking keys (token, password, secret, authorization, api key) are redacted before
-anything leaves the process.
+per log line would only clutter the UI): it retries transient errors itself (tasks/waiting.py),
+with a fixed insertId and timestamp so that Logging drops a duplicate if a retried write had
+landed. Values under secret-looking keys (token, password, secret, authorization, api key) are
+redacted before anything leaves the process.
 `find_revision_entries` is a Prefect task (read-only, retried on transient errors).
 """
 
@@ -16,21 +16,22 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from shipyard.blocks.cloud import GoogleCloud
-from shipyard.tasks.errors import backoff_delay, is_transient, retry_condition_fn
+from shipyard.tasks.errors import is_transient, retry_condition_fn
+from shipyard.tasks.waiting import wait_for
 
 __all__ = [
     "LogMatch",
+    "LoggingClient",
+    "LoggingSource",
     "find_revision_entries",
     "quote",
     "revision_filter",
@@ -53,8 +54,39 @@ class LogMatch:
     insert_id: str
 
 
-def _client(source: Any):
-    return source.logging_client() if isinstance(source, GoogleCloud) else source
+class LoggingClient(Protocol):
+    """What tasks use of google-cloud-logging's `Client` (that library has no type hints)."""
+
+    @property
+    def project(self) -> str: ...
+
+    def logger(
+        self, name: str, *, labels: dict[str, str] | None = None, resource: Any = None
+    ) -> Any: ...
+
+    def list_entries(
+        self,
+        *,
+        resource_names: list[str] | None = None,
+        filter_: str | None = None,
+        order_by: str | None = None,
+        max_results: int | None = None,
+        page_size: int | None = None,
+    ) -> Iterable[Any]: ...
+
+
+@runtime_checkable
+class LoggingSource(Protocol):
+    """What makes a logging client (the GoogleCloud block does; tasks do not import blocks)."""
+
+    def logging_client(self) -> LoggingClient: ...
+
+
+Logging = LoggingClient | LoggingSource
+
+
+def _client(source: Logging) -> LoggingClient:
+    return source.logging_client() if isinstance(source, LoggingSource) else source
 
 
 def quote(value: str) -> str:
@@ -79,7 +111,7 @@ def _redact(value: Any) -> Any:
 
 
 def write_structured_entry(
-    source: Any,
+    source: Logging,
     payload: Mapping[str, Any],
     *,
     log_id: str = "shipyard",
@@ -100,21 +132,25 @@ def write_structured_entry(
     when = dt.datetime.now(dt.UTC)
     res: dict[str, Any] = dict(resource) if resource else {"type": "global", "labels": {}}
     res.setdefault("labels", {}).setdefault("project_id", client.project)
-    for attempt in range(1, attempts + 1):
-        try:
-            logger.log_struct(
-                _redact(dict(payload)),
-                severity=severity.upper(),
-                insert_id=insert_id,
-                timestamp=when,
-                resource=Resource(type=res["type"], labels=res["labels"]),
-            )
-            return insert_id
-        except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
-                raise
-            time.sleep(backoff_delay(attempt, base=0.2, cap=5.0))
-    raise AssertionError("unreachable")
+
+    def write() -> str:
+        logger.log_struct(
+            _redact(dict(payload)),
+            severity=severity.upper(),
+            insert_id=insert_id,
+            timestamp=when,
+            resource=Resource(type=res["type"], labels=res["labels"]),
+        )
+        return insert_id
+
+    return wait_for(
+        write,
+        what=f"log entry to {log_id}",
+        first_delay_s=0.2,
+        max_delay_s=5.0,
+        attempts=attempts,
+        retry_on=is_transient,
+    )
 
 
 def revision_filter(
@@ -170,7 +206,7 @@ def _strings(value: Any) -> list[str]:
     cache_policy=NO_CACHE,
 )
 def find_revision_entries(
-    source: Any,
+    source: Logging,
     *,
     service: str,
     revision: str | None,

@@ -3,10 +3,10 @@
 `emit` only turns the record into a structured entry and appends it to a bounded buffer (a few
 microseconds: the step that logs is not slowed); a daemon thread sends batches through
 google-cloud-logging's `Logger.batch()` (REST, `entries:write`). A batch that gets a transient
-answer (429 rate limit, 503, 5xx, a dropped connection) is sent again with backoff, with the
-same insertIds and timestamps, so Logging drops any copy that had landed. What could not be
-sent (buffer full, a permanent error, retries exhausted) is counted in `stats` and said once,
-on stderr, when the handler closes.
+answer (429 rate limit, 503, 5xx, a dropped connection) is sent again with backoff
+(tasks/waiting.py), with the same insertIds and timestamps, so Logging drops any copy that had
+landed. What could not be sent (buffer full, a permanent error, retries exhausted) is counted
+in `stats` and said once, on stderr, when the handler closes.
 
 It knows nothing of releases: labels come from a `labels` callable given by the caller.
 """
@@ -24,8 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shipyard.tasks.cloud_logging import _redact
-from shipyard.tasks.errors import backoff_delay, is_transient
+from shipyard.tasks.cloud_logging import LoggingClient, _redact
+from shipyard.tasks.errors import is_transient
+from shipyard.tasks.waiting import wait_for
 
 __all__ = ["CloudLoggingHandler", "HandlerStats", "severity_of"]
 
@@ -69,7 +70,7 @@ class CloudLoggingHandler(logging.Handler):
 
     def __init__(
         self,
-        client: Any,
+        client: LoggingClient,
         *,
         log_name: str = "shipyard",
         labels: Callable[[logging.LogRecord], dict[str, str]] | None = None,
@@ -179,19 +180,32 @@ class CloudLoggingHandler(logging.Handler):
             self._last_error = f"{type(exc).__name__}: {exc}"[:300]
             self.stats.failed += len(entries)
             return
-        for attempt in range(1, self.attempts + 1):
+
+        def commit() -> None:
             try:
                 batch.commit()  # keeps its entries when it raises
-                self.stats.sent += len(entries)
-                self.stats.batches += 1
-                return
-            except Exception as exc:  # noqa: BLE001 - classified below, counted if given up
+            except Exception as exc:
                 self._last_error = f"{type(exc).__name__}: {exc}"[:300]
-                if attempt == self.attempts or not is_transient(exc):
-                    self.stats.failed += len(entries)
-                    return
-                self.stats.retried_batches += 1
-                time.sleep(backoff_delay(attempt, base=0.2, cap=5.0))
+                raise
+
+        def retried(_exc: Exception) -> None:
+            self.stats.retried_batches += 1
+
+        try:
+            wait_for(
+                commit,
+                what="Cloud Logging batch",
+                first_delay_s=0.2,
+                max_delay_s=5.0,
+                attempts=self.attempts,
+                retry_on=is_transient,
+                on_retry=retried,
+            )
+        except Exception:  # noqa: BLE001 - a permanent error or retries spent: counted
+            self.stats.failed += len(entries)
+            return
+        self.stats.sent += len(entries)
+        self.stats.batches += 1
 
     # ---- lifecycle
 

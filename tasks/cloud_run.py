@@ -6,10 +6,10 @@ errors are raised as the client raises them (google.api_core exceptions) for the
 policy; built-in client retries are switched off (`retry=None`) so one policy applies.
 
 Long-running operations are waited for with google-api-core's own poller
-(`operation.result(polling=...)`), and a revision's Ready condition with its `Retry`, both from
-`poll_s` with a x1.5 backoff (the default polling starts at 1 s and grows to 20 s, too coarse to
-report a Ready condition promptly). A wait that runs out raises ReadyTimeout: a verdict, never
-retried.
+(`operation.result(polling=...)`), and a revision's Ready condition with the waiter
+(tasks/waiting.py), both from `poll_s` with the one backoff rule (the default polling starts at
+1 s and grows to 20 s, too coarse to report a Ready condition promptly). A wait that runs out
+raises ReadyTimeout: a verdict, never retried.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from google.api_core.future.polling import DEFAULT_POLLING
@@ -25,7 +26,8 @@ from google.api_core.retry import Retry
 from google.cloud import run_v2
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from shipyard.tasks.errors import PermanentError, WaitExpired, poll_until
+from shipyard.tasks.errors import PermanentError, WaitExpired
+from shipyard.tasks.waiting import MULTIPLIER, Deadline, NotYet, wait_for
 
 __all__ = [
     "MissingRevision",
@@ -204,15 +206,28 @@ def tag_uri(service: run_v2.Service, tag: str) -> str | None:
 
 
 def polling(timeout: float, poll_s: float = 0.05, max_poll_s: float = 5.0) -> Retry:
-    """google-api-core's LRO polling, from `poll_s` x1.5 up to `max_poll_s`, for `timeout`."""
+    """google-api-core's LRO polling, from `poll_s` up to `max_poll_s`, for `timeout`: its
+    exponential_sleep_generator with the waiter's multiplier (tasks/waiting.py: one rule)."""
     return DEFAULT_POLLING.with_delay(
-        initial=poll_s, maximum=max_poll_s, multiplier=1.5
+        initial=poll_s, maximum=max_poll_s, multiplier=MULTIPLIER
     ).with_timeout(timeout)
 
 
-def wait_operation(operation, *, timeout: float, poll_s: float = 0.05, max_poll_s: float = 5.0):
+class Operation(Protocol):
+    """What is waited on of a google.api_core `Operation` (its `result` has no type hints)."""
+
+    @property
+    def operation(self) -> Any: ...
+
+    def result(self, timeout: Any = ..., retry: Any = None, polling: Any = None) -> Any: ...
+
+
+def wait_operation(
+    operation: Operation, *, timeout: float, poll_s: float = 0.05, max_poll_s: float = 5.0
+) -> Any:
     """Wait for a google.api_core Operation (`operation.result(polling=...)`); return its
-    result or raise its error; ReadyTimeout when it is not done within `timeout`."""
+    result (the operation's response type) or raise its error; ReadyTimeout when it is not
+    done within `timeout`."""
     try:
         return operation.result(polling=polling(timeout, poll_s, max_poll_s))
     except FutureTimeout as exc:
@@ -238,7 +253,8 @@ def create_service(
         service_id=service_id,
         retry=None,
     )
-    return wait_operation(operation, timeout=timeout, poll_s=poll_s)
+    created: run_v2.Service = wait_operation(operation, timeout=timeout, poll_s=poll_s)
+    return created
 
 
 def delete_service(
@@ -267,12 +283,13 @@ def update_service(
         request.update_mask = field_mask_pb2.FieldMask(paths=update_mask)
     operation = client.update_service(request=request, retry=None)
     try:
-        return wait_operation(operation, timeout=timeout, poll_s=poll_s)
+        updated: run_v2.Service = wait_operation(operation, timeout=timeout, poll_s=poll_s)
     except gexc.GoogleAPICallError as exc:
         missing = missing_revision(exc)
         if missing is None:
             raise
         raise MissingRevision(service.name, missing, service.traffic) from exc
+    return updated
 
 
 def set_traffic(
@@ -291,12 +308,12 @@ def set_traffic(
     return update_service(client, updated, timeout=timeout, poll_s=poll_s)
 
 
-def replaced(service: run_v2.Service, **changes) -> run_v2.Service:
+def replaced(service: run_v2.Service, **changes: Any) -> run_v2.Service:
     """The service as read, output-only fields cleared, with `changes` applied: the body of a
     full-object update. An update replaces the whole service (no update mask), so every field
     the caller does not change (invoker IAM, ingress, labels, annotations, scaling, ...) must be
     sent as it is, or Cloud Run resets it (a public service would turn private)."""
-    body = run_v2.Service.deserialize(run_v2.Service.serialize(service))
+    body: run_v2.Service = run_v2.Service.deserialize(run_v2.Service.serialize(service))
     for name in _OUTPUT_ONLY:
         if name not in ("name", "etag"):  # the name says what to update; the etag guards it
             body._pb.ClearField(name)
@@ -363,10 +380,6 @@ class MissingRevision(PermanentError):
 # ---------------------------------------------------------------- readiness
 
 
-class _NotReadyYet(Exception):
-    """Internal: the revision is still reconciling (google-api-core's poller retries it)."""
-
-
 def wait_revision_ready(
     client: run_v2.RevisionsClient,
     name: str,
@@ -376,7 +389,7 @@ def wait_revision_ready(
     max_poll_s: float = 5.0,
 ) -> run_v2.Revision:
     """Poll a revision until its Ready condition succeeds (returned) or fails (RevisionFailed),
-    with google-api-core's poller (`Retry` on "not ready yet" only: API errors go to the caller).
+    with the waiter (on "not ready yet" only: API errors go to the caller).
 
     A revision that does not exist yet is waited for as well: Cloud Run creates it shortly
     after the service update that names it.
@@ -386,7 +399,7 @@ def wait_revision_ready(
     def check() -> run_v2.Revision:
         revision = get_revision(client, name)
         if revision is None:
-            raise _NotReadyYet()
+            raise NotYet(last[0])
         state, message = ready_state(revision)
         if state == "succeeded":
             return revision
@@ -394,12 +407,17 @@ def wait_revision_ready(
             reasons = " ".join(sorted(ready_reasons(revision)))
             raise RevisionFailed(short_name(name), message or "no message", reasons)
         last[0] = message or "reconciling"
-        raise _NotReadyYet()
+        raise NotYet(last[0])
 
-    poller = poll_until(_NotReadyYet, initial=poll_s, maximum=max_poll_s, timeout=timeout)
     try:
-        return poller(check)()
-    except gexc.RetryError as exc:
+        return wait_for(
+            check,
+            what=f"revision {short_name(name)}",
+            first_delay_s=poll_s,
+            max_delay_s=max_poll_s,
+            deadline=Deadline(timeout),
+        )
+    except WaitExpired as exc:
         raise ReadyTimeout(
             f"revision {short_name(name)} not Ready after {timeout:.0f} s (last: {last[0]})"
         ) from exc

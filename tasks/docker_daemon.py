@@ -60,7 +60,9 @@ def _call(client: docker.DockerClient, what: str, fn: Callable[[], Any]) -> Any:
         raise TransientError(f"{daemon_url(client)}: {what} failed: {exc}") from None
 
 
-def _chunks(client: docker.DockerClient, what: str, stream: Iterator[dict]) -> Iterator[dict]:
+def _chunks(
+    client: docker.DockerClient, what: str, stream: Iterator[dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
     """The daemon's JSON messages as they come; a broken stream is a transient failure."""
     while True:
         try:
@@ -117,12 +119,14 @@ def _context_tar(context: Path, dockerfile: str, drop_syntax: bool) -> bytes:
         lines = [line.strip() for line in ignore.read_text().splitlines()]
         exclude = [line for line in lines if line and not line.startswith("#")]
     with docker_tar(str(context), exclude=exclude, dockerfile=(dockerfile, None)) as fileobj:
-        data = fileobj.read()
+        data: bytes = fileobj.read()
     if not drop_syntax:
         return data
-    source = tarfile.open(fileobj=io.BytesIO(data))
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    with (
+        tarfile.open(fileobj=io.BytesIO(data)) as source,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
         for member in source.getmembers():
             content = source.extractfile(member) if member.isfile() else None
             if member.name == dockerfile and content is not None:

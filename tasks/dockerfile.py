@@ -118,7 +118,7 @@ class Dockerfile:
 def substitute(text: str, env: dict[str, str]) -> str:
     """Docker's word expansion: $VAR, ${VAR}, ${VAR:-default}, ${VAR:+alternative}."""
 
-    def one(match: re.Match) -> str:
+    def one(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(4)
         op, word = match.group(2), match.group(3)
         value = env.get(name)

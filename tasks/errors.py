@@ -14,13 +14,13 @@ Quota vs rate limit: Google says which in the `google.rpc.ErrorInfo` of the erro
 (`reason` RESOURCE_QUOTA_EXCEEDED vs RATE_LIMIT_EXCEEDED, googleapis/googleapis
 google/api/error_reason.proto); google-api-core exposes it as `exc.reason`. Only when no
 ErrorInfo came does the message text decide (`quota_kind` is the one place that reads it).
-`retry_condition_fn` adapts `is_transient` to Prefect's `@task(retry_condition_fn=...)`.
+`retry_condition_fn` adapts `is_transient` to Prefect's `@task(retry_condition_fn=...)`; the
+backoff rule and the waiter that use this classification are in tasks/waiting.py.
 """
 
 from __future__ import annotations
 
 import functools
-import random
 import re
 from collections.abc import Callable
 from typing import Any, Literal
@@ -31,8 +31,6 @@ __all__ = [
     "PermanentError",
     "TransientError",
     "WaitExpired",
-    "backoff_delay",
-    "poll_until",
     "error_reason",
     "is_quota_error",
     "is_transient",
@@ -180,24 +178,3 @@ def retry_condition_fn(task: Any, task_run: Any, state: Any) -> bool:
     except BaseException as exc:  # noqa: BLE001 - only classified, never swallowed
         return is_transient(exc)
     return False
-
-
-def backoff_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff with jitter for retry number `attempt` (1-based): in [d/2, d]."""
-    delay = min(cap, base * (2 ** max(0, attempt - 1)))
-    return delay / 2 + random.uniform(0, delay / 2)
-
-
-def poll_until(not_yet: type[Exception], *, initial: float, maximum: float, timeout: float):
-    """google-api-core's `Retry` used as a poller: call again while the check raises `not_yet`
-    (from `initial` s, x1.5, up to `maximum` s), give up with RetryError after `timeout` s.
-    Any other exception ends the wait at once."""
-    from google.api_core.retry import Retry, if_exception_type
-
-    return Retry(
-        predicate=if_exception_type(not_yet),
-        initial=initial,
-        maximum=maximum,
-        multiplier=1.5,
-        timeout=timeout,
-    )

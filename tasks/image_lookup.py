@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from shipyard.tasks.registry import (
     OCI_MANIFEST,
@@ -41,7 +42,7 @@ class ImageFacts:
     digest: str
     labels: dict[str, str]
     layers: list[tuple[str, int]]  # (digest, size)
-    config: dict = field(repr=False)
+    config: dict[str, Any] = field(repr=False)
     manifest: Manifest = field(repr=False)
 
     @property

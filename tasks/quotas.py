@@ -1,22 +1,26 @@
 """Cloud Quotas v1, thinly: read Cloud Run's regional capacity, file and poll quota preferences.
 
 Typed wrappers over the official `cloudquotas_v1.CloudQuotasClient` (REST). They know nothing
-of releases: callers pass the GoogleCloud block (or a client and a project), regions and values,
-and decide what a denial means. Built-in client retries are off (`retry=None`); Prefect retries
-transient errors (tasks/errors.py) — safe here, since reads are reads and a preference is filed
-under a deterministic id (a retry or a re-run finds it instead of filing twice).
+of releases: callers pass a client and a project (or what makes both: the GoogleCloud block, or
+any `QuotasSource`), regions and values, and decide what a denial means. Built-in client
+retries are off (`retry=None`); Prefect retries transient errors (tasks/errors.py) — safe here,
+since reads are reads and a preference is filed under a deterministic id (a retry or a re-run
+finds it instead of filing twice). Polling a preference uses the waiter (tasks/waiting.py).
 
 Units: Cloud Quotas reports run.googleapis.com CPU in milli-vCPU and memory in bytes ("By");
-`RegionCapacity` converts them to vCPU and GiB using each QuotaInfo's `metricUnit`. A quota
+`RegionQuota` converts them to vCPU and GiB using each QuotaInfo's `metricUnit`. A quota
 preference's values are in the quota's own API unit (GPUs: a count).
+
+One type per concept: `RegionQuota` (a region's quota, and the caller's verdict on it) and
+`PreferenceState` (where a QuotaPreference stands, in Google's words: `reconciling` until
+decided) are what the release records too (its result, ledger and summary).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from google.api_core import exceptions as gexc
 from google.cloud import cloudquotas_v1
@@ -24,9 +28,10 @@ from google.protobuf import field_mask_pb2
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
+from pydantic import BaseModel
 
-from shipyard.blocks.cloud import GoogleCloud
-from shipyard.tasks.errors import backoff_delay, is_transient, retry_condition_fn
+from shipyard.tasks.errors import WaitExpired, is_transient, retry_condition_fn
+from shipyard.tasks.waiting import Deadline, NotYet, wait_for
 
 __all__ = [
     "CPU",
@@ -34,9 +39,10 @@ __all__ = [
     "GPU_L4_NO_ZONAL_REDUNDANCY",
     "MEMORY",
     "RUN_SERVICE",
-    "QuotaDecision",
+    "PreferenceState",
     "QuotaRequest",
-    "RegionCapacity",
+    "QuotasSource",
+    "RegionQuota",
     "file_quota_preference",
     "preference_id_for",
     "read_region_capacity",
@@ -61,36 +67,53 @@ _RETRY: dict[str, Any] = dict(
     cache_policy=NO_CACHE,
 )
 
-Source = GoogleCloud | cloudquotas_v1.CloudQuotasClient
+
+class QuotasSource(Protocol):
+    """What makes a quotas client and names the project (the GoogleCloud block does; tasks do
+    not import blocks)."""
+
+    def quotas_client(self) -> cloudquotas_v1.CloudQuotasClient: ...
+
+    def resolved_project(self) -> str: ...
 
 
-@dataclass(frozen=True)
-class RegionCapacity:
-    """A region's Cloud Run quota. `math.inf` = unlimited (Google's -1)."""
+Source = cloudquotas_v1.CloudQuotasClient | QuotasSource
+
+
+class RegionQuota(BaseModel):
+    """A region's Cloud Run quota for the GPU variant read, and a caller's verdict on it.
+
+    Figures: `math.inf` = unlimited (Google's -1); None = not read (`error` says why).
+    `fits` and `why` are left to the caller (the release's region choice fills them).
+    """
 
     region: str
-    gpu_l4: float  # NvidiaL4GpuAllocPerProjectRegion, GPUs
-    gpu_l4_no_zonal_redundancy: float  # NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion, GPUs
-    cpu_vcpu: float  # CpuAllocPerProjectRegion, converted from milli-vCPU
-    memory_gib: float  # MemAllocPerProjectRegion, converted from bytes
+    gpu: float | None = None  # the variant read: GPU_L4_NO_ZONAL_REDUNDANCY or GPU_L4, GPUs
+    cpu: float | None = None  # CpuAllocPerProjectRegion, vCPU (converted from milli-vCPU)
+    memory_gib: float | None = None  # MemAllocPerProjectRegion, GiB (converted from bytes)
+    error: str | None = None
+    fits: bool = False
+    why: str = ""
 
-    def gpus(self, zonal_redundancy_disabled: bool) -> float:
-        """The GPU quota a deploy draws on, by its zonal-redundancy setting."""
-        return self.gpu_l4_no_zonal_redundancy if zonal_redundancy_disabled else self.gpu_l4
 
-    def shortfalls(
-        self, *, gpus: float, vcpu: float, memory_gib: float, zonal_redundancy_disabled: bool
-    ) -> list[str]:
-        """Quota ids too small for the asked totals (empty: it fits)."""
-        gpu_quota = GPU_L4_NO_ZONAL_REDUNDANCY if zonal_redundancy_disabled else GPU_L4
-        short = []
-        if gpus > self.gpus(zonal_redundancy_disabled):
-            short.append(gpu_quota)
-        if vcpu > self.cpu_vcpu:
-            short.append(CPU)
-        if memory_gib > self.memory_gib:
-            short.append(MEMORY)
-        return short
+PreferenceStatus = Literal["granted", "denied", "reconciling"]
+
+
+class PreferenceState(BaseModel):
+    """Where a QuotaPreference stands: `reconciling` (Google's word) until decided, then
+    `granted` (grantedValue >= preferredValue, or unlimited) or `denied`."""
+
+    region: str
+    preference_id: str
+    state: PreferenceStatus
+    granted_value: int | None = None
+    polls: int = 0  # GETs that answered
+    created: bool = False  # filed by the caller's run (a poll cannot know: the caller sets it)
+    message: str = ""  # Google's stateDetail
+
+    @property
+    def granted(self) -> bool:
+        return self.state == "granted"
 
 
 @dataclass(frozen=True)
@@ -107,22 +130,10 @@ class QuotaRequest:
     created: bool  # False: it existed already (nothing was filed by this call)
 
 
-@dataclass(frozen=True)
-class QuotaDecision:
-    """Where a preference stands: granted (granted >= preferred), denied, or still pending."""
-
-    name: str
-    status: Literal["granted", "denied", "pending"]
-    preferred_value: int
-    granted_value: int | None
-    state_detail: str
-    polls: int
-
-
 def _client_project(
     source: Source, project: str | None
 ) -> tuple[cloudquotas_v1.CloudQuotasClient, str]:
-    if isinstance(source, GoogleCloud):
+    if not isinstance(source, cloudquotas_v1.CloudQuotasClient):
         return source.quotas_client(), project or source.resolved_project()
     if not project:
         raise ValueError(
@@ -159,9 +170,15 @@ def _region_value(info: cloudquotas_v1.QuotaInfo, region: str) -> int:
 
 @task(name="quotas.read_region_capacity", **_RETRY)
 def read_region_capacity(
-    source: Source, regions: list[str], *, project: str | None = None, timeout: float = 30.0
-) -> dict[str, RegionCapacity]:
-    """The GPU (both variants), CPU and memory quota of every region, in one list round."""
+    source: Source,
+    regions: list[str],
+    *,
+    zonal_redundancy_disabled: bool,
+    project: str | None = None,
+    timeout: float = 30.0,
+) -> dict[str, RegionQuota]:
+    """The GPU, CPU and memory quota of every region, in one list round. The GPU quota is the
+    one a deploy with that zonal-redundancy setting draws on."""
     if not regions:
         raise ValueError("regions: empty; pass at least one region, e.g. ['us-central1']")
     client, project = _client_project(source, project)
@@ -179,12 +196,12 @@ def read_region_capacity(
         info = infos[quota_id]
         return _value(_region_value(info, region), quota_id, info.metric_unit)
 
+    gpu_quota = GPU_L4_NO_ZONAL_REDUNDANCY if zonal_redundancy_disabled else GPU_L4
     return {
-        region: RegionCapacity(
+        region: RegionQuota(
             region=region,
-            gpu_l4=read(GPU_L4, region),
-            gpu_l4_no_zonal_redundancy=read(GPU_L4_NO_ZONAL_REDUNDANCY, region),
-            cpu_vcpu=read(CPU, region),
+            gpu=read(gpu_quota, region),
+            cpu=read(CPU, region),
             memory_gib=read(MEMORY, region),
         )
         for region in regions
@@ -299,23 +316,23 @@ def _same_quota_preference(
     return None
 
 
-def _decision(pref: cloudquotas_v1.QuotaPreference, polls: int) -> QuotaDecision:
+def _state(pref: cloudquotas_v1.QuotaPreference, polls: int) -> PreferenceState:
     config = pref.quota_config
     granted = config.granted_value
-    status: Literal["granted", "denied", "pending"]
+    state: PreferenceStatus
     if pref.reconciling:
-        status = "pending"
+        state = "reconciling"
     elif granted is not None and (granted == -1 or granted >= config.preferred_value):
-        status = "granted"
+        state = "granted"
     else:
-        status = "denied"
-    return QuotaDecision(
-        name=pref.name,
-        status=status,
-        preferred_value=config.preferred_value,
+        state = "denied"
+    return PreferenceState(
+        region=dict(pref.dimensions).get("region", ""),
+        preference_id=pref.name.rsplit("/", 1)[-1],
+        state=state,
         granted_value=granted,
-        state_detail=config.state_detail,
         polls=polls,
+        message=config.state_detail,
     )
 
 
@@ -327,33 +344,42 @@ def wait_quota_decision(
     budget_s: float = 600.0,
     first_delay_s: float = 2.0,
     max_delay_s: float = 60.0,
-) -> QuotaDecision:
-    """Poll a preference with backoff until it is decided or `budget_s` runs out ("pending").
+) -> PreferenceState:
+    """Poll a preference with backoff until it is decided or `budget_s` runs out (then its last
+    state, `reconciling`).
 
-    Transient errors while polling are waited out within the budget; others are raised.
+    Transient errors while polling are waited out within the budget; others are raised. A
+    budget spent without any answer, or ending on a transient error, raises WaitExpired.
     """
-    client = source.quotas_client() if isinstance(source, GoogleCloud) else source
-    deadline = time.monotonic() + budget_s
-    polls, attempt = 0, 0
-    last: QuotaDecision | None = None
-    while True:
-        attempt += 1
-        try:
-            pref = client.get_quota_preference(
-                name=name, retry=None, timeout=max(1.0, min(30.0, deadline - time.monotonic()))
-            )
-            polls += 1
-            last = _decision(pref, polls)
-            if last.status != "pending":
-                return last
-        except Exception as exc:
-            if not is_transient(exc) or time.monotonic() >= deadline:
-                raise
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        delay = min(max_delay_s, backoff_delay(attempt, base=first_delay_s, cap=max_delay_s))
-        time.sleep(min(delay, remaining))
-    if last is None:
-        raise TimeoutError(f"{name}: no answer from Cloud Quotas within {budget_s} s")
-    return last
+    # The name carries the project.
+    client = (
+        source if isinstance(source, cloudquotas_v1.CloudQuotasClient) else source.quotas_client()
+    )
+    deadline = Deadline(budget_s)
+    polls = 0
+    last: PreferenceState | None = None
+
+    def poll() -> PreferenceState:
+        nonlocal polls, last
+        pref = client.get_quota_preference(
+            name=name, retry=None, timeout=max(1.0, min(30.0, deadline.remaining()))
+        )
+        polls += 1
+        last = _state(pref, polls)
+        if last.state == "reconciling":
+            raise NotYet(last.state)
+        return last
+
+    try:
+        return wait_for(
+            poll,
+            what=f"quota preference {name}",
+            first_delay_s=first_delay_s,
+            max_delay_s=max_delay_s,
+            deadline=deadline,
+            retry_on=is_transient,
+        )
+    except WaitExpired as expired:
+        if last is None or not isinstance(expired.__cause__, NotYet):
+            raise
+        return last

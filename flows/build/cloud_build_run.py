@@ -1,6 +1,8 @@
 """Run one Cloud Build request: submit (retried on transient errors only), follow with fast
 polling and progress logs, fetch the log from Cloud Logging, parse CACHED vs RUN.
 
+Every pause is the waiter's (tasks/waiting.py: one backoff rule); task retries are Prefect's.
+
 A build that did not succeed raises `BuildFailedError` naming the Cloud Build step, the
 Dockerfile step, the error and the last log lines.
 """
@@ -23,6 +25,7 @@ from shipyard.flows.observe.progress import Progress
 from shipyard.tasks import cloud_build as cb
 from shipyard.tasks.buildkit_log import BuildLogReport, parse_buildkit_log
 from shipyard.tasks.errors import PermanentError, is_transient, retry_condition_fn
+from shipyard.tasks.waiting import wait_for
 
 
 class BuildFailedError(PermanentError):
@@ -60,20 +63,18 @@ class BuildRun:
     tail: list[str] = field(default_factory=list)
 
 
-def _api_task(name: str):
-    """A task calling the Cloud Build API: retried on transient errors only."""
-    return task(
-        name=name,
-        retries=3,
-        retry_delay_seconds=[0.5, 1, 2],
-        retry_jitter_factor=0.5,
-        retry_condition_fn=retry_condition_fn,
-        cache_policy=NO_CACHE,
-        persist_result=False,
-    )
+# A task calling the Cloud Build API: retried on transient errors only.
+API_TASK: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [0.5, 1, 2],
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_condition_fn,
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+}
 
 
-@_api_task("cloud-build-submit")
+@task(name="cloud-build-submit", **API_TASK)
 def submit_task(cloud: GoogleCloud, request: cloudbuild_v1.Build) -> str:
     """Submit once: the request carries a unique submission tag (`submission_tag`), and a
     retried attempt first looks for a build under that tag, so a timeout after Google accepted
@@ -96,7 +97,7 @@ def submit_task(cloud: GoogleCloud, request: cloudbuild_v1.Build) -> str:
     return build.id
 
 
-@_api_task("cloud-build-find-ongoing")
+@task(name="cloud-build-find-ongoing", **API_TASK)
 def find_ongoing_task(cloud: GoogleCloud, tag: str) -> str | None:
     """The id of a build under `tag` still running (a killed run's build), or None."""
     build = cb.find_ongoing(cloud.builds_client(), cloud.resolved_project(), tag)
@@ -104,20 +105,23 @@ def find_ongoing_task(cloud: GoogleCloud, tag: str) -> str | None:
 
 
 @task(name="cloud-build-follow", cache_policy=NO_CACHE, persist_result=False)
-def follow_task(cloud: GoogleCloud, build_id: str, timeout_s: float, poll_s: float) -> dict:
+def follow_task(
+    cloud: GoogleCloud, build_id: str, timeout_s: float, poll_s: float
+) -> dict[str, Any]:
     logger = get_run_logger()
     client = cloud.builds_client()
     project = cloud.resolved_project()
 
     def read(bid: str) -> cloudbuild_v1.Build:
-        for attempt in range(1, 6):
-            try:
-                return cb.get_build(client, project, bid)
-            except Exception as exc:
-                if not is_transient(exc) or attempt == 5:
-                    raise
-                time.sleep(min(2.0, 0.2 * 2**attempt))
-        raise AssertionError("unreachable")
+        """One read of the build, asked up to five times on transient errors."""
+        return wait_for(
+            lambda: cb.get_build(client, project, bid),
+            what=f"reading build {bid}",
+            first_delay_s=0.4,
+            max_delay_s=2.0,
+            attempts=5,
+            retry_on=is_transient,
+        )
 
     progress = Progress(f"build-{build_id}", f"Cloud Build {build_id}")
 

@@ -1,10 +1,11 @@
 """Adapter between tasks/quotas.py and the release's region decision.
 
 tasks/quotas.py reads every region's Cloud Run quota in one `list_quota_infos` round, files a
-QuotaPreference once under a deterministic id, and polls one preference until decided. The
-release wants: the figures of the GPU variant it deploys (plus CPU and memory) per region as
-pydantic values for its typed result; all candidate regions' preferences filed and polled at
-the same time (threads), not one region after another.
+QuotaPreference once under a deterministic id, and polls one preference until decided; its
+types (`RegionQuota`, `PreferenceState`) are the ones the release records. The release wants:
+the figures of the GPU variant it deploys (plus CPU and memory) per region in its order; all
+candidate regions' preferences filed and polled at the same time (threads), not one region
+after another.
 
 The wrapped functions are Prefect tasks with their own retries on transient errors
 (tasks/errors.py decides); they are called as tasks — one task run per region, submitted
@@ -16,44 +17,20 @@ retried step reports its own (flows/observe/stage_events.py).
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from pydantic import BaseModel
+from typing import Any
 
 from shipyard.blocks.cloud import GoogleCloud
 from shipyard.flows.observe.progress import Progress
 from shipyard.flows.observe.stage_events import retry_reporter
 from shipyard.tasks.errors import retry_condition_fn
 from shipyard.tasks.quotas import (
+    PreferenceState,
+    RegionQuota,
     file_quota_preference,
     preference_id_for,
     read_region_capacity,
     wait_quota_decision,
 )
-
-
-class RegionQuota(BaseModel):
-    region: str
-    gpu: float | None = None
-    cpu: float | None = None
-    memory_gib: float | None = None
-    error: str | None = None
-    fits: bool = False
-    why: str = ""
-
-
-class PreferenceState(BaseModel):
-    region: str
-    preference_id: str
-    state: Literal["granted", "denied", "reconciling"]
-    granted_value: int | None = None
-    polls: int = 0
-    created: bool = False
-    message: str = ""
-
-    @property
-    def granted(self) -> bool:
-        return self.state == "granted"
 
 
 def _reported(task: Any, stage: str | None) -> Any:
@@ -79,16 +56,10 @@ def read_region_quotas(
 ) -> list[RegionQuota]:
     """One round of Cloud Quotas reads for every region (the task tasks/quotas.read_region_capacity,
     retried by Prefect on transient errors; each retry a `<stage>.retrying` event)."""
-    capacity = _reported(read_region_capacity, stage)(cloud, regions, project=project)
-    return [
-        RegionQuota(
-            region=region,
-            gpu=capacity[region].gpus(zonal_redundancy_disabled=not zonal_redundancy),
-            cpu=capacity[region].cpu_vcpu,
-            memory_gib=capacity[region].memory_gib,
-        )
-        for region in regions
-    ]
+    quotas: dict[str, RegionQuota] = _reported(read_region_capacity, stage)(
+        cloud, regions, zonal_redundancy_disabled=not zonal_redundancy, project=project
+    )
+    return [quotas[region] for region in regions]
 
 
 def file_preferences(
@@ -155,18 +126,8 @@ def poll_preferences(
     }
     progress = Progress(f"quota-{project}", f"Waiting for quota decisions in {', '.join(ids)}")
     states: list[PreferenceState] = []
-    for region, future in futures.items():
-        decision = future.result()
-        states.append(
-            PreferenceState(
-                region=region,
-                preference_id=ids[region],
-                state="reconciling" if decision.status == "pending" else decision.status,
-                granted_value=decision.granted_value,
-                polls=decision.polls,
-                message=decision.state_detail,
-            )
-        )
+    for future in futures.values():
+        states.append(future.result())
         progress.update(
             len(states),
             len(ids),

@@ -5,18 +5,33 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 import httpx
 from pydantic import SecretStr
 
-from shipyard.tasks.errors import backoff_delay
 from shipyard.tasks.registry.errors import (
     RegistryAuthError,
     RegistryRequestError,
     RegistryUnavailable,
 )
 from shipyard.tasks.registry.transport import USER_AGENT, tls_verify
+from shipyard.tasks.waiting import await_for
+
+TOKEN_ATTEMPTS = 4  # a token service that is down or busy: asked four times, with backoff
+
+
+class _TokenServiceBusy(Exception):
+    """Internal: the token service answered 429 or 5xx (asked again; the last answer stands)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _worth_asking_again(exc: Exception) -> bool:
+    return isinstance(exc, httpx.TransportError | _TokenServiceBusy)
 
 
 @dataclass(frozen=True)
@@ -87,19 +102,20 @@ class RegistryAuth(httpx.Auth):
         if scope not in self.scopes:
             self.scopes.append(scope)
 
-    def _basic_header(self) -> str:
-        assert self.credentials is not None
-        pair = f"{self.credentials.username}:{self.credentials.password.get_secret_value()}"
+    def _basic_header(self, credentials: RegistryCredentials) -> str:
+        pair = f"{credentials.username}:{credentials.password.get_secret_value()}"
         return "Basic " + base64.b64encode(pair.encode()).decode()
 
     def _apply(self, request: httpx.Request) -> str | None:
         if self._token:
             request.headers["Authorization"] = f"Bearer {self._token}"
         elif self._basic and self.credentials:
-            request.headers["Authorization"] = self._basic_header()
+            request.headers["Authorization"] = self._basic_header(self.credentials)
         return self._token
 
-    async def async_auth_flow(self, request: httpx.Request):
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         sent_token = self._apply(request)
         sent = request.headers.get("Authorization")
         response = yield request
@@ -144,40 +160,46 @@ class RegistryAuth(httpx.Auth):
             self._http = httpx.AsyncClient(
                 timeout=30, verify=tls_verify(realm), headers={"User-Agent": USER_AGENT}
             )
-        for attempt in range(1, 5):
-            try:
-                resp = await self._http.get(realm, params=query, auth=auth)
-            except httpx.TransportError as exc:
-                if attempt == 4:
-                    raise RegistryUnavailable(
-                        f"token service {httpx.URL(realm).host} for registry {self.registry} is "
-                        f"unreachable: {type(exc).__name__}"
-                    ) from None
-                await asyncio.sleep(backoff_delay(attempt, 0.2, 2.0))
-                continue
-            if resp.status_code in (401, 403):
-                raise RegistryAuthError(
-                    f"the token service {httpx.URL(realm).host} of registry {self.registry} refused "
-                    f"a token for {' '.join(scopes) or 'the registry'} (HTTP {resp.status_code}) "
-                    f"with {who(self.credentials)}. Fix: check the username/password (or token) there."
-                )
+        http = self._http
+
+        async def ask() -> httpx.Response:
+            resp = await http.get(realm, params=query, auth=auth)
             if resp.status_code == 429 or resp.status_code >= 500:
-                if attempt < 4:
-                    await asyncio.sleep(backoff_delay(attempt, 0.2, 2.0))
-                    continue
-            if resp.status_code != 200:
-                raise RegistryRequestError(
-                    f"the token service {httpx.URL(realm).host} of registry {self.registry} "
-                    f"answered HTTP {resp.status_code}"
-                )
-            body = resp.json()
-            token = body.get("token") or body.get("access_token")
-            if not token:
-                raise RegistryRequestError(
-                    f"the token service of {self.registry} returned no token"
-                )
-            return token
-        raise AssertionError("unreachable")
+                raise _TokenServiceBusy(resp)
+            return resp
+
+        try:
+            resp = await await_for(
+                ask,
+                what=f"token service {httpx.URL(realm).host}",
+                first_delay_s=0.2,
+                max_delay_s=2.0,
+                attempts=TOKEN_ATTEMPTS,
+                retry_on=_worth_asking_again,
+            )
+        except httpx.TransportError as exc:
+            raise RegistryUnavailable(
+                f"token service {httpx.URL(realm).host} for registry {self.registry} is "
+                f"unreachable: {type(exc).__name__}"
+            ) from None
+        except _TokenServiceBusy as busy:
+            resp = busy.response  # still busy after every attempt: its answer is reported
+        if resp.status_code in (401, 403):
+            raise RegistryAuthError(
+                f"the token service {httpx.URL(realm).host} of registry {self.registry} refused "
+                f"a token for {' '.join(scopes) or 'the registry'} (HTTP {resp.status_code}) "
+                f"with {who(self.credentials)}. Fix: check the username/password (or token) there."
+            )
+        if resp.status_code != 200:
+            raise RegistryRequestError(
+                f"the token service {httpx.URL(realm).host} of registry {self.registry} "
+                f"answered HTTP {resp.status_code}"
+            )
+        body = resp.json()
+        token = body.get("token") or body.get("access_token")
+        if not token:
+            raise RegistryRequestError(f"the token service of {self.registry} returned no token")
+        return str(token)
 
     async def aclose(self) -> None:
         if self._http is not None:

@@ -403,7 +403,7 @@ class RegistryClient:
             raise RegistryRequestError(
                 f"registry {self.registry} started an upload without a Location", self.registry
             )
-        return location
+        return str(location)
 
     async def finish_upload(
         self, location: str, desc: Descriptor, chunks: AsyncIterator[bytes], repository: str
@@ -449,7 +449,10 @@ class RegistryClient:
         desc = Descriptor(media_type, sha256_digest(data), len(data))
         if not await self.blob_exists(repository, desc.digest):
             location = await self.start_upload(repository)
-            assert location is not None
+            if location is None:  # only a mount answers without a session, and none was asked
+                raise RegistryRequestError(
+                    f"registry {self.registry} opened no upload session", self.registry
+                )
 
             async def one() -> AsyncIterator[bytes]:
                 yield data

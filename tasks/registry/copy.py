@@ -9,6 +9,7 @@ stream breaks is re-copied on its own (never the whole image).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -48,7 +49,11 @@ class CopyStats:
     seconds: float = 0.0
 
 
-async def _pump(resp: httpx.Response, desc: Descriptor, queue: asyncio.Queue) -> None:
+# What the reader hands the upload: a chunk, the error that stopped it, or (digest, size) last.
+Piece = bytes | Exception | tuple[str, int]
+
+
+async def _pump(resp: httpx.Response, desc: Descriptor, queue: asyncio.Queue[Piece]) -> None:
     """Read and hash the source body into a small queue, so reading overlaps the upload (on a
     real network both sides wait on latency). Ends with the digest it computed, or with the
     exception that stopped it."""
@@ -62,18 +67,18 @@ async def _pump(resp: httpx.Response, desc: Descriptor, queue: asyncio.Queue) ->
                 raise DigestMismatch(f"more than the {desc.size} bytes the manifest declares")
             hasher.update(chunk)
             await queue.put(chunk)
-    except Exception as exc:  # handed to the upload side, which raises it
+    except Exception as exc:  # noqa: BLE001 - handed to the upload side, which raises it
         await queue.put(exc)
         return
     await queue.put(("sha256:" + hasher.hexdigest(), seen))
 
 
 async def _verified(
-    queue: asyncio.Queue, desc: Descriptor, where: str, on_bytes: Callable[[int], None]
+    queue: asyncio.Queue[Piece], desc: Descriptor, where: str, on_bytes: Callable[[int], None]
 ) -> AsyncIterator[bytes]:
     """The upload body: the source's bytes, with the last chunk held back until the digest is
     proven, so a corrupt blob never completes an upload."""
-    held = None
+    held: bytes | None = None
     while isinstance(item := await queue.get(), bytes):
         if held is not None:
             yield held
@@ -183,7 +188,7 @@ async def copy_blob(
     desc: Descriptor,
     stats: CopyStats,
     progress: ProgressFn | None = None,
-    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
 ) -> str:
     """Copy one blob: 'skipped' (present), 'mounted' (same registry) or 'copied' (streamed)."""
     logger = logger or log
@@ -218,7 +223,7 @@ async def copy_blob(
                 return "mounted"
             started = time.monotonic()
             resp = await src.open_blob(src_repo, desc)
-            queue: asyncio.Queue = asyncio.Queue(maxsize=PIPE_DEPTH)
+            queue: asyncio.Queue[Piece] = asyncio.Queue(maxsize=PIPE_DEPTH)
             reader = asyncio.create_task(_pump(resp, desc, queue))
             try:
                 body = _verified(queue, desc, where, on_bytes)
@@ -267,10 +272,8 @@ async def _open_session(
         return await asyncio.shield(opening)
     except asyncio.CancelledError:
         location = None
-        try:
+        with contextlib.suppress(Exception):  # the POST failed: no session to delete
             location = await opening
-        except Exception:  # the POST failed: no session to delete
-            pass
         if location:
             await dst.cancel_upload(location)
         raise
@@ -293,7 +296,7 @@ async def copy_image(
     *,
     concurrency: int = 4,
     progress: ProgressFn | None = None,
-    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
 ) -> CopyStats:
     """Copy every blob then every manifest (by digest, children first). Tags nothing.
 

@@ -73,7 +73,8 @@ class Manifest:
 
     @property
     def data(self) -> dict[str, Any]:
-        return json.loads(self.raw)
+        parsed: dict[str, Any] = json.loads(self.raw)
+        return parsed
 
     @property
     def is_index(self) -> bool:

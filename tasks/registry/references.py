@@ -49,9 +49,6 @@ class ImageRef:
         scheme = "http" if self.registry.startswith(_LOOPBACK) else "https"
         return f"{scheme}://{self.registry}"
 
-    def with_digest(self, digest: str) -> ImageRef:
-        return ImageRef(self.registry, self.repository, self.tag, digest)
-
     def __str__(self) -> str:
         text = self.repo_name
         if self.tag:

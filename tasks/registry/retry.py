@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from shipyard.tasks.errors import backoff_delay
+from shipyard.tasks.waiting import pauses
 
 DEFAULT_RETRY_BUDGET = 300.0  # seconds per operation (one request, or one blob copy)
 MAX_RETRY_AFTER = 3600.0  # a longer Retry-After is treated as this (then exceeds any budget)
@@ -53,6 +53,7 @@ class RetryBudget:
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.max_attempts = max_attempts
         self.started = time.monotonic()
+        self._pauses = pauses(backoff_base, backoff_cap)  # the one backoff rule
 
     @property
     def elapsed(self) -> float:
@@ -60,14 +61,12 @@ class RetryBudget:
 
     def delay(self, attempt: int, retry_after: float | None) -> float | None:
         """The pause before the next attempt (the registry's Retry-After if it gave one), or
-        None when that attempt would start after the budget (or past max_attempts)."""
+        None when that attempt would start after the budget (or past max_attempts). Called once
+        per failed attempt: each call takes the backoff's next pause."""
         if self.max_attempts is not None and attempt >= self.max_attempts:
             return None
-        pause = (
-            retry_after
-            if retry_after is not None
-            else backoff_delay(min(attempt, 32), self.backoff_base, self.backoff_cap)
-        )
+        backoff = next(self._pauses)
+        pause = retry_after if retry_after is not None else backoff
         if self.elapsed + pause > self.budget:
             return None
         return pause

@@ -94,9 +94,11 @@ def test_quota_infos_per_region_follow_the_scenario(sandbox_admin, cloud):
     (default,) = [d for d in infos[GPU_L4].dimensions_infos if not d.dimensions]
     assert default.details.value == 0 and "us-central1" in default.applicable_locations
     assert "europe-west1" not in default.applicable_locations
-    capacity = read_region_capacity(cloud, ["us-central1", "europe-west1"])
-    assert (capacity["us-central1"].gpu_l4, capacity["europe-west1"].gpu_l4) == (0, 3)
-    assert capacity["us-central1"].cpu_vcpu == 100
+    capacity = read_region_capacity(
+        cloud, ["us-central1", "europe-west1"], zonal_redundancy_disabled=False
+    )
+    assert (capacity["us-central1"].gpu, capacity["europe-west1"].gpu) == (0, 3)
+    assert capacity["us-central1"].cpu == 100
 
     one = client.get_quota_info(name=f"{parent}/quotaInfos/{GPU_L4}")
     assert (
@@ -140,37 +142,33 @@ def test_capacity_of_six_regions_in_one_round(sandbox_admin, cloud):
         "asia-southeast1",
         "asia-east1",
     ]
-    capacity = read_region_capacity(cloud, regions)
+    capacity = read_region_capacity(cloud, regions, zonal_redundancy_disabled=True)
     assert list(capacity) == regions
     us = capacity["us-central1"]
-    assert (us.gpu_l4, us.gpu_l4_no_zonal_redundancy, us.cpu_vcpu, us.memory_gib) == (
-        2,
-        1,
-        8.0,
-        400.0,
-    )
-    assert capacity["europe-west1"].gpus(zonal_redundancy_disabled=True) == 0
-    assert us.shortfalls(gpus=1, vcpu=4, memory_gib=16, zonal_redundancy_disabled=True) == []
-    assert us.shortfalls(gpus=2, vcpu=12, memory_gib=16, zonal_redundancy_disabled=True) == [
-        GPU_L4_NO_ZONAL_REDUNDANCY,
-        CPU,
-    ]
+    assert (us.gpu, us.cpu, us.memory_gib) == (1, 8.0, 400.0)  # GPU: the no-redundancy quota
+    assert capacity["europe-west1"].gpu == 0
+    assert (us.error, us.fits, us.why) == (None, False, "")  # the verdict is the caller's
     calls = sandbox_admin.calls()
     assert calls["quotas.list_quota_infos"] == 1
     assert calls.get("quotas.get_quota_info", 0) == 0
+    redundant = read_region_capacity(cloud, regions, zonal_redundancy_disabled=False)
+    assert (redundant["us-central1"].gpu, redundant["us-central1"].cpu) == (2, 8.0)
 
 
 def test_capacity_read_retries_transient_errors(sandbox_admin, cloud):
     sandbox_admin.reset(scenario_data={"apis": {"quotas": {"every_nth": 1, "error_codes": [503]}}})
     # every request fails: the task retries (Prefect, retry_condition_fn) and then gives up
     with pytest.raises(gexc.ServiceUnavailable):
-        read_region_capacity.with_options(retry_delay_seconds=0)(cloud, ["us-central1"])
+        read_region_capacity.with_options(retry_delay_seconds=0)(
+            cloud, ["us-central1"], zonal_redundancy_disabled=False
+        )
     assert sandbox_admin.calls()["fault.quotas"] == 4  # 1 try + 3 retries
 
     sandbox_admin.reset(scenario_data={"apis": {"quotas": {"every_nth": 2, "error_codes": [429]}}})
-    read_region_capacity.with_options(retry_delay_seconds=0)(cloud, ["us-central1"])  # 1st ok
-    capacity = read_region_capacity.with_options(retry_delay_seconds=0)(cloud, ["us-central1"])
-    assert capacity["us-central1"].gpu_l4 == 1
+    read = read_region_capacity.with_options(retry_delay_seconds=0)
+    read(cloud, ["us-central1"], zonal_redundancy_disabled=False)  # 1st ok
+    capacity = read(cloud, ["us-central1"], zonal_redundancy_disabled=False)
+    assert capacity["us-central1"].gpu == 1
     assert sandbox_admin.calls()["fault.quotas"] == 1
 
 
@@ -214,11 +212,17 @@ def test_preference_granted_after_polls_raises_the_quota(sandbox_admin, cloud):
     )
 
     decision = wait_quota_decision(cloud, filed.name, budget_s=10, **FAST)
-    assert decision.status == "granted" and decision.granted_value == 1
+    assert decision.state == "granted" and decision.granted and decision.granted_value == 1
     assert decision.polls == 3  # two GETs still reconciling, the third decided
+    assert (decision.region, decision.preference_id) == (
+        "us-central1",
+        preference_id_for(GPU_L4_NO_ZONAL_REDUNDANCY, "us-central1"),
+    )
 
-    capacity = read_region_capacity(cloud, ["us-central1"])["us-central1"]
-    assert capacity.gpu_l4_no_zonal_redundancy == 1 and capacity.gpu_l4 == 0
+    regions = ["us-central1"]
+    no_redundancy = read_region_capacity(cloud, regions, zonal_redundancy_disabled=True)
+    redundant = read_region_capacity(cloud, regions, zonal_redundancy_disabled=False)
+    assert no_redundancy["us-central1"].gpu == 1 and redundant["us-central1"].gpu == 0
     # A later read shows the decision without polling again into a new state.
     again = cloud.quotas_client().get_quota_preference(name=filed.name)
     assert not again.reconciling and again.quota_config.granted_value == 1
@@ -230,10 +234,11 @@ def test_preference_denied_keeps_the_quota(sandbox_admin, cloud):
         cloud, quota_id=GPU_L4, region="europe-west1", preferred_value=1, contact_email=EMAIL
     )
     decision = wait_quota_decision(cloud, filed.name, budget_s=10, **FAST)
-    assert decision.status == "denied"
-    assert (decision.preferred_value, decision.granted_value) == (1, 0)
-    assert "Denied" in decision.state_detail and "europe-west1" in decision.state_detail
-    assert read_region_capacity(cloud, ["europe-west1"])["europe-west1"].gpu_l4 == 0
+    assert decision.state == "denied" and not decision.granted
+    assert (filed.preferred_value, decision.granted_value) == (1, 0)
+    assert "Denied" in decision.message and "europe-west1" in decision.message
+    capacity = read_region_capacity(cloud, ["europe-west1"], zonal_redundancy_disabled=False)
+    assert capacity["europe-west1"].gpu == 0
 
 
 def test_undecided_preference_is_pending_when_the_budget_runs_out(sandbox_admin, cloud):
@@ -244,7 +249,7 @@ def test_undecided_preference_is_pending_when_the_budget_runs_out(sandbox_admin,
         cloud, quota_id=GPU_L4, region="us-east4", preferred_value=1, contact_email=EMAIL
     )
     decision = wait_quota_decision(cloud, filed.name, budget_s=0.3, **FAST)
-    assert decision.status == "pending" and decision.polls >= 2
+    assert decision.state == "reconciling" and decision.polls >= 2
 
 
 def test_create_is_idempotent(sandbox_admin, cloud):
@@ -357,7 +362,7 @@ def test_a_preference_filed_elsewhere_is_adopted_not_duplicated(sandbox_admin, c
     )
     assert not filed.created and filed.name == console.name
     decision = wait_quota_decision(cloud, filed.name, budget_s=10, **FAST)
-    assert decision.status == "granted" and decision.name == console.name
+    assert decision.state == "granted" and decision.preference_id == "console-l4"
 
 
 def test_a_denial_in_the_create_response_is_read_as_denied(sandbox_admin, cloud):
@@ -371,4 +376,4 @@ def test_a_denial_in_the_create_response_is_read_as_denied(sandbox_admin, cloud)
     assert filed.created and not filed.reconciling
     assert filed.granted_value == 0 and "Denied" in filed.state_detail
     decision = wait_quota_decision(cloud, filed.name, budget_s=10, **FAST)
-    assert (decision.status, decision.polls) == ("denied", 1)
+    assert (decision.state, decision.polls) == ("denied", 1)

@@ -17,7 +17,7 @@ endpoint from the environment.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials, Credentials
@@ -26,6 +26,9 @@ from google.cloud.devtools import cloudbuild_v1
 from prefect.blocks.core import Block
 from prefect_gcp import GcpCredentials
 from pydantic import Field, PrivateAttr
+
+if TYPE_CHECKING:
+    from google.cloud import logging_v2
 
 ENDPOINT_ENV = "SHIPYARD_GOOGLE_ENDPOINT"
 PROJECT_ENV = "SHIPYARD_GCP_PROJECT"
@@ -111,16 +114,16 @@ class GoogleCloud(Block):
 
     def credentials(self) -> Credentials:
         if self.resolved_endpoint():
-            return AnonymousCredentials()
+            return AnonymousCredentials()  # type: ignore[no-untyped-call]  # google-auth: unannotated
         if self.gcp_credentials is None:
             # Application default credentials (e.g. on a Cloud Run worker).
             import google.auth
 
-            creds, _ = google.auth.default(
-                scopes=["https://www.googleapis.com/auth/cloud-platform"]
-            )
+            scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+            creds: Credentials = google.auth.default(scopes=scopes)[0]
             return creds
-        return self.gcp_credentials.get_credentials_from_service_account()
+        from_block: Credentials = self.gcp_credentials.get_credentials_from_service_account()
+        return from_block
 
     def id_token(self, audience: str) -> str:
         """An ID token for invoking a private Cloud Run URL, from the same credentials as every
@@ -145,18 +148,19 @@ class GoogleCloud(Block):
 
             if creds.service_account_info:
                 info = dict(creds.service_account_info.get_secret_value())
-                id_creds = service_account.IDTokenCredentials.from_service_account_info(
+                id_creds = service_account.IDTokenCredentials.from_service_account_info(  # type: ignore[no-untyped-call]  # google-auth: unannotated
                     info, target_audience=audience
                 )
             else:
-                id_creds = service_account.IDTokenCredentials.from_service_account_file(
+                id_creds = service_account.IDTokenCredentials.from_service_account_file(  # type: ignore[no-untyped-call]  # google-auth: unannotated
                     str(creds.service_account_file), target_audience=audience
                 )
             id_creds.refresh(request)
             return str(id_creds.token)
         import google.oauth2.id_token
 
-        return str(google.oauth2.id_token.fetch_id_token(request, audience))
+        token = google.oauth2.id_token.fetch_id_token(request, audience)  # type: ignore[no-untyped-call]  # google-auth: unannotated
+        return str(token)
 
     def _gapic_kwargs(self) -> dict[str, Any]:
         endpoint = self.resolved_endpoint()
@@ -177,13 +181,13 @@ class GoogleCloud(Block):
     def quotas_client(self) -> cloudquotas_v1.CloudQuotasClient:
         return cloudquotas_v1.CloudQuotasClient(**self._gapic_kwargs())
 
-    def logging_client(self):
+    def logging_client(self) -> logging_v2.Client:
         """google-cloud-logging's Client over HTTP (its GAPIC client has no REST transport)."""
         from google.cloud import logging_v2
 
         endpoint = self.resolved_endpoint()
         options = ClientOptions(api_endpoint=endpoint) if endpoint else None
-        return logging_v2.Client(
+        return logging_v2.Client(  # type: ignore[no-untyped-call]  # google-cloud-logging: unannotated
             project=self.resolved_project(),
             credentials=self.credentials(),
             _use_grpc=False,

@@ -5,7 +5,7 @@ matches any Unicode decimal digit (full-width `８`, Arabic-Indic `٨`) and `$` 
 before a trailing newline; both would let a look-alike tag through that slugs to the same
 revision name as a real one. So the pattern spells `[0-9]`, is anchored with `\\A...\\Z`,
 and is matched with `re.fullmatch`.
-"""
+"""  # noqa: RUF002 - the full-width digit is the look-alike this module keeps out
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ def shown(value: object, limit: int = _SHOWN) -> str:
     return f"'{quoted}'{more}"
 
 
-def compile_tag_pattern(pattern: str | None = None, *, field: str = "tag pattern") -> re.Pattern:
+def compile_tag_pattern(
+    pattern: str | None = None, *, field: str = "tag pattern"
+) -> re.Pattern[str]:
     """A custom release-tag pattern, compiled ASCII-only (`\\d` is `[0-9]`).
 
     It is applied with `fullmatch`, so it need not be anchored. Raises ValueError naming
@@ -48,7 +50,7 @@ def compile_tag_pattern(pattern: str | None = None, *, field: str = "tag pattern
 
 
 def validate_release_tag(
-    tag: str, *, field: str = "git_tag", pattern: re.Pattern | None = None
+    tag: str, *, field: str = "git_tag", pattern: re.Pattern[str] | None = None
 ) -> str:
     """Return `tag` if it is a release tag, else raise ValueError naming field, value and fix."""
     compiled = pattern or _COMPILED
@@ -69,7 +71,7 @@ def validate_release_tag(
     return tag
 
 
-def configured_tag_pattern() -> re.Pattern:
+def configured_tag_pattern() -> re.Pattern[str]:
     """The release-tag pattern in force: $SHIPYARD_RELEASE_TAG_PATTERN, else the default.
 
     The webhook, the CLI and the release flow (so a run from the UI too) all check with it.

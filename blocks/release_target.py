@@ -34,6 +34,8 @@ from shipyard.blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_reg
 PACKAGED_SAMPLE_IMAGE = Path(__file__).resolve().parent / "samples" / "page.png"
 LEGACY_SAMPLE_IMAGE = "examples/sample-pages/page.png"  # what older saved policies hold
 DEFAULT_TOKEN_SECRET = "shipyard-internal-token"  # noqa: S105 - a block *name*, not a secret
+# The revision templates' default Secret Manager entry for the service's internal token.
+TEMPLATE_TOKEN_SECRET = "manga-internal-token"  # noqa: S105 - an entry's name, not a secret
 
 GPU_QUOTA_IDS = {
     # (gpu type, zonal redundancy) -> Cloud Quotas quota id on run.googleapis.com
@@ -87,7 +89,7 @@ class RevisionSpec(_Model):
     secret_env: dict[str, SecretEnv] = Field(
         # A plain default (not default_factory): the UI's block form only shows and saves
         # defaults written in the JSON schema. Pydantic copies mutable defaults per instance.
-        default={"MANGA_INTERNAL_API_TOKEN": SecretEnv(secret="manga-internal-token")},
+        default={"MANGA_INTERNAL_API_TOKEN": SecretEnv(secret=TEMPLATE_TOKEN_SECRET)},
         description="env name -> Secret Manager reference (tokens never go into images)",
     )
     service_account: str | None = None
@@ -140,10 +142,6 @@ class CpuTemplate(RevisionSpec):
     cpu_throttling: bool = Field(
         default=True, description="True = request-based billing (no GPU: cheaper when idle)"
     )
-
-
-def default_gpu_template() -> GpuTemplate:
-    return GpuTemplate()
 
 
 def default_cpu_template() -> CpuTemplate:

@@ -13,9 +13,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.events import DeploymentTriggerTypes, TriggerTypes
+    from prefect.flows import Flow
+    from prefect.schedules import Schedule
 
 # A link to the repository's prefect.yaml in a checkout, a copy of it in the installed wheel
 # (package data), so serving never depends on where the package was installed from.
@@ -71,7 +78,7 @@ def read_specs(path: Path = PREFECT_YAML) -> list[DeploymentSpec]:
     return [DeploymentSpec.from_yaml(entry, i) for i, entry in enumerate(raw)]
 
 
-def schedule_of(config: dict[str, Any]) -> Any:
+def schedule_of(config: dict[str, Any]) -> Schedule:
     """A prefect.yaml schedule entry as a `prefect.schedules` object."""
     from prefect.schedules import Cron, Interval, RRule
 
@@ -90,12 +97,12 @@ def schedule_of(config: dict[str, Any]) -> Any:
     raise DeploymentSpecError(f"schedule {config!r}: give one of cron, interval or rrule")
 
 
-def triggers_of(spec: DeploymentSpec) -> list[Any]:
+def triggers_of(spec: DeploymentSpec) -> list[DeploymentTriggerTypes]:
     """Trigger entries as `DeploymentEventTrigger` objects (named as `prefect deploy` does)."""
     from prefect.events import DeploymentTriggerTypes
     from pydantic import TypeAdapter
 
-    adapter: TypeAdapter[Any] = TypeAdapter(DeploymentTriggerTypes)
+    adapter: TypeAdapter[DeploymentTriggerTypes] = TypeAdapter(DeploymentTriggerTypes)
     out = []
     for i, trigger in enumerate(spec.triggers, start=1):
         trigger = dict(trigger)
@@ -104,7 +111,7 @@ def triggers_of(spec: DeploymentSpec) -> list[Any]:
     return out
 
 
-def concurrency_of(value: int | dict[str, Any] | None) -> Any:
+def concurrency_of(value: int | dict[str, Any] | None) -> int | ConcurrencyLimitConfig | None:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
 
     if value is None or isinstance(value, int):
@@ -133,21 +140,24 @@ async def resolve_templates(value: Any) -> Any:
     return apply_values(value, dict(os.environ), remove_notset=False)
 
 
-async def to_runner_deployment(spec: DeploymentSpec, flow: Any = None) -> Any:
+async def to_runner_deployment(
+    spec: DeploymentSpec, flow: Flow[..., Any] | None = None
+) -> RunnerDeployment:
     """The served twin of a prefect.yaml deployment. `flow` overrides the entrypoint's flow
     (the bench serves a stand-in under the same configuration)."""
-    from prefect.deployments.runner import EntrypointType
     from prefect.flows import load_flow_from_entrypoint
+    from prefect.types.entrypoint import EntrypointType
 
     if flow is None:
         flow = load_flow_from_entrypoint(spec.entrypoint, use_placeholder_flow=False)
     parameters = await resolve_templates(spec.parameters)
     schedules = [schedule_of(s) for s in await resolve_templates(spec.schedules)]
+    triggers: list[DeploymentTriggerTypes | TriggerTypes] = [*triggers_of(spec)]
     return await flow.ato_deployment(
         name=spec.name,
         parameters=parameters,
         schedules=schedules,
-        triggers=triggers_of(spec),
+        triggers=triggers,
         concurrency_limit=concurrency_of(spec.concurrency_limit),
         description=spec.description,
         tags=spec.tags,
@@ -155,7 +165,9 @@ async def to_runner_deployment(spec: DeploymentSpec, flow: Any = None) -> Any:
     )
 
 
-async def build_deployments(path: Path = PREFECT_YAML, names: list[str] | None = None) -> list[Any]:
+async def build_deployments(
+    path: Path = PREFECT_YAML, names: list[str] | None = None
+) -> list[RunnerDeployment]:
     specs = read_specs(path)
     if names:
         unknown = sorted(set(names) - {s.name for s in specs})

@@ -7,11 +7,14 @@ with `shipyard --verbose ...`.
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from shipyard.blocks.release_target import ReleaseTarget
 
 err_console = Console(stderr=True)
 
@@ -41,7 +44,7 @@ def one_line(exc: BaseException) -> str:
     return lines[0] if len(lines) == 1 else " ".join(lines[:2])
 
 
-def preflight_release(tag: str, target: str) -> Any:
+def preflight_release(tag: str, target: str) -> ReleaseTarget:
     """Check what `shipyard release` needs before a flow run starts; return the target block.
 
     Raises UsageError naming the field, the value and the fix.

@@ -66,9 +66,9 @@ def demo_command(
         False,
         "--fresh",
         help="Throw away what earlier demos kept in $SHIPYARD_HOME/demo (the registry's "
-        "storage, the Docker daemon's data root and build cache, the template Prefect "
-        "database) and run cold. Kept otherwise: a second run skips the prewarmed tiers and "
-        "finds its build cached. The base root filesystem cache ($SHIPYARD_ROOTFS_CACHE) stays.",
+        "storage, the Docker daemon's data root and build cache) and run cold. Kept otherwise: "
+        "a second run skips the prewarmed tiers and finds its build cached. The base root "
+        "filesystem cache ($SHIPYARD_ROOTFS_CACHE) stays; the Prefect server is fresh each run.",
     ),
 ) -> None:
     """The whole pipeline end to end on a local sandbox (fresh emulator state, kept registry and

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -59,7 +60,7 @@ def report(
         typer.echo(text)
 
 
-def render_table(data: dict) -> str:
+def render_table(data: dict[str, Any]) -> str:
     import pandas as pd
 
     lines = []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import typer
 from rich.console import Console
 
@@ -31,7 +29,7 @@ def find_target(name: str) -> str:
             f"cannot read Release Target blocks from the Prefect API ({one_line(exc)}): start "
             "`prefect server start` and set PREFECT_API_URL (on the sandbox: `shipyard setup`)"
         ) from None
-    named = {cast(str, d.name): d for d in documents if d.name}
+    named = {d.name: d for d in documents if d.name}
     if name in named:
         return name
     serving = sorted(n for n, d in named.items() if (d.data or {}).get("service") == name)
@@ -68,7 +66,7 @@ def rollback_command(
     except (UsageError, RollbackRefused) as exc:
         fail(str(exc))
     try:
-        result: Any = rollback(target, to)
+        result = rollback(target, to)
     except RollbackRefused as exc:
         fail(str(exc))
     if result.noop:

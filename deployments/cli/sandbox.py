@@ -26,7 +26,11 @@ def require_sandbox(command: str) -> None:
     """Fail with the fix (one line, exit 2) when the checkout's `sandbox` package is absent."""
     import importlib.util
 
-    if importlib.util.find_spec("sandbox.manager") is None:
+    try:  # find_spec imports the parent package: absent, it raises instead of answering None
+        found = importlib.util.find_spec("sandbox.manager") is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
         fail(SANDBOX_NEEDS_CHECKOUT.format(command=command))
 
 

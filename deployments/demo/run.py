@@ -6,166 +6,60 @@ copies it into the base repository and records the pin, `prewarm_cache_tiers` bu
 tiers, and `release` builds the sample service on the sandbox Cloud Build from this git
 checkout's HEAD (the real commit, not the tag), deploys, runs the canary and cuts over.
 
-Everything the demo starts, it stops, by handle/PID: a temporary Prefect server (only when no
-Prefect API is configured), the sandbox (registry + Google API emulator). Only the target is
-tuned for a local cloud (short polls, no log ingestion wait) and the internal token is a fresh
-random value in a Prefect Secret block and in the sandbox's Secret Manager.
+Everything the demo starts, it stops, by handle/PID: a temporary `prefect server start` (only
+when no Prefect API is configured: deployments/demo/prefect_server.py), the sandbox (registry +
+Google API emulator). Only the target is tuned for a local cloud (short polls, no log ingestion
+wait) and the internal token is a fresh random value in a Prefect Secret block and in the
+sandbox's Secret Manager.
 """
 
 from __future__ import annotations
 
-import contextvars
 import os
 import secrets
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from shipyard.deployments.demo.prefect_server import PrefectServer, prefect_api, prefect_server
 from shipyard.deployments.demo.state import DemoState, DemoStateBusy, demo_state, forget, holding
 
-DEMO_TOKEN_BLOCK = "shipyard-demo-internal-token"
+if TYPE_CHECKING:
+    from sandbox.admin import SandboxAdmin
+    from sandbox.engine.rootfs import RootfsLayer
+    from sandbox.manager import SandboxInfo
+    from shipyard.blocks.release_target import ReleaseTarget
+    from shipyard.flows.release.result import ReleaseResult
+
+__all__ = [
+    "DEMO_TOKEN_BLOCK",
+    "DemoError",
+    "LocalCloud",
+    "PrefectServer",
+    "local_cloud",
+    "prefect_api",
+    "prefect_server",
+    "run_demo",
+    "sandbox_target",
+    "stage",
+]
+
+DEMO_TOKEN_BLOCK = "shipyard-demo-internal-token"  # noqa: S105 - a block name, not a secret
 DEMO_SERVICE = "manga-translator-compute"
 DEMO_IMAGE = "registry.sandbox.local/manga/page-service"  # bench/release.py: no build
 DEMO_BUILD_BLOCK = "shipyard-demo-build"
 
 
-@contextmanager
-def prefect_api(startup_timeout: float = 90.0) -> Iterator[str]:
-    """The configured Prefect API, or a temporary local server (temporary database) for the
-    duration of the block."""
-    with prefect_server(startup_timeout) as server:
-        yield server.wait()
-
-
-@dataclass
-class PrefectServer:
-    """A Prefect API that may still be starting: `wait()` before the first call to it."""
-
-    url: str
-    _starting: threading.Thread | None = None
-    _failed: list[BaseException] = field(default_factory=list)
-    reused_db: bool = False  # a kept template database: no tables to create, no blocks to register
-    started_s: float = 0.0  # launch to healthy
-    waited_s: float = 0.0  # of which the caller spent in wait()
-
-    def wait(self) -> str:
-        if self._starting is not None:
-            waiting = time.perf_counter()
-            self._starting.join()
-            self._starting = None
-            self.waited_s = round(time.perf_counter() - waiting, 2)
-        if self._failed:
-            raise self._failed[0]
-        return self.url
-
-
-@contextmanager
-def prefect_server(
-    startup_timeout: float = 90.0, home: Path | None = None
-) -> Iterator[PrefectServer]:
-    """The configured Prefect API, or a temporary local server started in the background (its
-    process imports, creates its tables and registers the block types while the caller goes on;
-    `wait()` joins it). `home`: PREFECT_HOME kept between runs, with a template database made
-    at the first start and copied to a fresh database at every later one (the runs' contents
-    never carry over; the server's first-start work does). Without `home`, a temporary one."""
-    import prefect.settings as ps
-
-    configured = ps.get_current_settings().api.url
-    if configured:
-        yield PrefectServer(str(configured))
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    from sandbox.procs import free_port
-
-    with ExitStack() as stack:
-        if home is None:
-            home = Path(tempfile.mkdtemp(prefix="shipyard-demo-prefect-"))
-            stack.callback(shutil.rmtree, home, True)
-        home.mkdir(parents=True, exist_ok=True)
-        db_path, template = home / "prefect.db", home / TEMPLATE_DB
-        reused = _fresh_database(db_path, template)
-        stack.enter_context(
-            ps.temporary_settings(
-                updates={
-                    ps.PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{db_path}",
-                    ps.PREFECT_HOME: str(home),
-                    ps.PREFECT_SERVER_ANALYTICS_ENABLED: False,  # no telemetry from a demo
-                }
-            )
-        )
-        server = SubprocessASGIServer(port=free_port())
-        handle = PrefectServer(server.api_url, reused_db=reused)
-
-        def start() -> None:
-            launched = time.perf_counter()
-            try:
-                server.start(timeout=int(startup_timeout))
-                handle.started_s = round(time.perf_counter() - launched, 2)
-                if not reused:
-                    _snapshot_database(db_path, template)
-            except BaseException as exc:  # handed to wait()
-                handle._failed.append(exc)
-
-        # The thread sees this context's settings (database, home) for the server's env.
-        handle._starting = threading.Thread(
-            target=contextvars.copy_context().run, args=(start,), daemon=True
-        )
-        handle._starting.start()
-        stack.callback(server.stop)
-        stack.callback(handle.wait)  # never stop a server still starting
-        stack.enter_context(ps.temporary_settings(updates={ps.PREFECT_API_URL: server.api_url}))
-        stack.callback(_drain_workers)  # runs first: logs and events reach the server
-        yield handle
-
-
-TEMPLATE_DB = "template.db"
-
-
-def _fresh_database(db_path: Path, template: Path) -> bool:
-    """Start from an empty database, or from a copy of the template. True: the template."""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
-    if template.is_file():
-        shutil.copyfile(template, db_path)
-        return True
-    return False
-
-
-def _snapshot_database(db_path: Path, template: Path) -> None:
-    """Copy the just-started server's database to the template (sqlite's online backup: a
-    consistent copy while the server holds it open)."""
-    import sqlite3
-
-    partial = template.with_suffix(".partial")
-    source, dest = sqlite3.connect(db_path), sqlite3.connect(partial)
-    try:
-        source.backup(dest)
-    finally:
-        dest.close()
-        source.close()
-    partial.replace(template)
-
-
-def _drain_workers() -> None:
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogHandler
-
-    APILogHandler().flush()
-    EventsWorker.drain_all(timeout=10)
-
-
 @dataclass
 class LocalCloud:
-    info: Any  # sandbox.manager.SandboxInfo
-    admin: Any  # sandbox.admin.SandboxAdmin
+    info: SandboxInfo
+    admin: SandboxAdmin
     token_block: str
     token: str
 
@@ -211,8 +105,9 @@ def local_cloud(
             shutil.rmtree(root, ignore_errors=True)
 
 
-def stage(cloud: LocalCloud, scenario: str, **overrides: Any) -> dict:
-    """Reset the sandbox to a scenario (name or file), with the token in its Secret Manager."""
+def stage(cloud: LocalCloud, scenario: str, **overrides: Any) -> dict[str, Any]:
+    """Reset the sandbox to a scenario (name or file), with the token in its Secret Manager.
+    Returns the scenario as the emulator got it (its JSON document)."""
     from sandbox.scenario import load_scenario
 
     data = load_scenario(scenario).model_dump()
@@ -230,8 +125,8 @@ def sandbox_target(
     service: str = DEMO_SERVICE,
     regions: list[str] | None = None,
     token_block: str = DEMO_TOKEN_BLOCK,
-    **overrides,
-):
+    **overrides: Any,
+) -> ReleaseTarget:
     """The seed-003 target with waits tuned for a local cloud (polls in ms, no log lag); the
     internal token is the Prefect Secret block `token_block` and the Secret Manager entry of the
     same name."""
@@ -264,11 +159,13 @@ def sandbox_target(
     return ReleaseTarget(**fields)
 
 
-def check_invariants(cloud: LocalCloud, service: str, results: list) -> list[str]:
+def check_invariants(
+    cloud: LocalCloud, service: str, results: Sequence[ReleaseResult]
+) -> list[str]:
     """Invariants 1-3 over the service's whole traffic history in the sandbox."""
     from sandbox.release_invariants import all_violations
 
-    return all_violations(cloud.admin.traffic_history(service), results)
+    return all_violations(cloud.admin.traffic_history(service), list(results))
 
 
 Progress = Callable[[str], None]
@@ -302,7 +199,7 @@ class DemoError(RuntimeError):
 @contextmanager
 def _stage_timer(
     name: str, key: str, progress: Progress, stages: dict[str, float]
-) -> Iterator[dict]:
+) -> Iterator[dict[str, str]]:
     """Time a stage into stages[key] (seconds) and say it with its detail."""
     info: dict[str, str] = {"detail": ""}
     progress(f"▶ {name} …")
@@ -363,9 +260,11 @@ def run_demo(
     tiers, release `git_tag` built by the sandbox Cloud Build from this checkout's HEAD.
     `engine`: on the sandbox's Docker daemon (real builds and containers, the upstream image
     over the Debian root filesystem) where it can start; else in-process.
-    `keep`: the registry's storage, the daemon's data root and a template Prefect database are
-    kept in $SHIPYARD_HOME/demo (deployments/demo/state.py), so a second run mirrors nothing
-    new, skips the prewarmed tiers and finds its build cached; `fresh` throws them away first."""
+    `keep`: the registry's storage and the daemon's data root are kept in $SHIPYARD_HOME/demo
+    (deployments/demo/state.py), so a second run mirrors nothing new, skips the prewarmed tiers
+    and finds its build cached; `fresh` throws them away first. The Prefect server (when none
+    is configured) is a new `prefect server start` with an empty database at every run
+    (deployments/demo/prefect_server.py)."""
     import asyncio
 
     from sandbox.engine.daemon import unavailable_reason
@@ -387,13 +286,10 @@ def run_demo(
         state = state if keep else None
         found = state.found() if state is not None else {}
         remembered_port = state.registry_port() if state is not None else None
-        prefect = stack.enter_context(
-            prefect_server(home=state.prefect_home if state is not None else None)
-        )
-        say(
-            "▶ prefect api … starting beside the next stages"
-            + (" (from the kept template database)" if prefect.reused_db else "")
-        )
+        if state is not None:
+            state.drop_legacy()
+        prefect = stack.enter_context(prefect_server())
+        say("▶ prefect api … starting beside the next stages")
         # Imported once the Prefect server is launched: these imports run beside its start.
         from shipyard.flows.build.prewarm import prewarm_cache_tiers
         from shipyard.flows.mirror.flow import mirror_base_image
@@ -477,7 +373,7 @@ def run_demo(
         "fresh": fresh,
         "forgotten": forgotten,
         "found": found,
-        "reused": _reused(found, prefect, cloud, remembered_port, rootfs, mirrored, out),
+        "reused": _reused(found, cloud, remembered_port, rootfs, mirrored, out),
     }
     # Which sandbox ran: "containers" (builds and revisions on its Docker daemon) or in-process.
     out["sandbox_mode"] = cloud.info.mode
@@ -501,10 +397,9 @@ def run_demo(
 
 def _reused(
     found: dict[str, bool],
-    prefect: PrefectServer,
     cloud: LocalCloud,
     remembered_port: int | None,
-    rootfs: Any,
+    rootfs: RootfsLayer | None,
     mirrored: dict[str, Any],
     out: dict[str, Any],
 ) -> list[str]:
@@ -512,8 +407,6 @@ def _reused(
     reused = []
     if rootfs is not None and not rootfs.built_s:
         reused.append("base root filesystem (cached layer)")
-    if prefect.reused_db:
-        reused.append("Prefect template database (tables and block types ready)")
     if found.get("registry"):
         port = int(cloud.info.registry_host.rsplit(":", 1)[1])
         moved = "" if port == remembered_port else f" (port {remembered_port} taken: moved)"

@@ -22,9 +22,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from shipyard.deployments.cli.errors import SANDBOX_FIX, UsageError, one_line
+
+if TYPE_CHECKING:
+    from prefect.blocks.core import Block
+
+    from sandbox.admin import SandboxAdmin
+    from sandbox.manager import SandboxInfo
+    from sandbox.oci import SandboxRegistry
 
 Action = Literal["created", "already there", "updated"]
 
@@ -77,7 +84,7 @@ def prefect_api_url() -> str:
     return str(url)
 
 
-def running_sandbox() -> Any:
+def running_sandbox() -> SandboxInfo:
     """The sandbox `shipyard sandbox up` started (its state file), answering; else UsageError."""
     from sandbox.admin import SandboxAdmin
     from sandbox.manager import read_info, state_file
@@ -119,7 +126,7 @@ def default_git_url() -> str:
 # ---------------------------------------------------------------- the steps
 
 
-def block_types() -> list[type]:
+def block_types() -> list[type[Block]]:
     from shipyard.blocks.build_settings import BuildSettings
     from shipyard.blocks.cache_tiers import CacheTiers
     from shipyard.blocks.cloud import GoogleCloud
@@ -128,7 +135,7 @@ def block_types() -> list[type]:
     return [GoogleCloud, CanaryPolicy, ReleaseTarget, BuildSettings, CacheTiers]
 
 
-def register_block_type(cls: Any) -> Done:
+def register_block_type(cls: type[Block]) -> Done:
     """`prefect block register` for one class, saying whether the server had it already."""
     from prefect.blocks.core import _should_update_block_type
     from prefect.client.orchestration import get_client
@@ -155,20 +162,20 @@ def register_block_type(cls: Any) -> Done:
     return Done(what, action, "new schema" if action == "updated" else "")
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> object:
     from pydantic import BaseModel
 
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
-def ensure_block(cls: Any, name: str, desired: Any, owned: list[str], what: str) -> Done:
+def ensure_block(cls: type[Block], name: str, desired: Block, owned: list[str], what: str) -> Done:
     """Create block `name` as `desired`; when it exists, put back only the `owned` fields that
     differ (a user's other edits stay)."""
     from prefect.exceptions import ObjectNotFound
 
     label = f"{cls.get_block_type_name()} block {name!r}{': ' + what if what else ''}"
     try:
-        existing = cls.load(name)
+        existing = cast(Block, cls.load(name))  # Block.load is sync here: no running loop
     except (ValueError, ObjectNotFound):
         desired.save(name, overwrite=False)
         return Done(label, "created")
@@ -180,7 +187,7 @@ def ensure_block(cls: Any, name: str, desired: Any, owned: list[str], what: str)
     return Done(label, "updated", ", ".join(changed))
 
 
-def ensure_token(admin: Any) -> list[Done]:
+def ensure_token(admin: SandboxAdmin) -> list[Done]:
     """The internal token: a Prefect Secret block (kept when it exists) and the sandbox Secret
     Manager entry of the same name holding the same value (compared by digest)."""
     import hashlib
@@ -190,7 +197,7 @@ def ensure_token(admin: Any) -> list[Done]:
 
     done = []
     try:
-        token = str(cast(Secret, Secret.load(TOKEN_BLOCK)).get())
+        token = str(cast(Secret[str], Secret.load(TOKEN_BLOCK)).get())
         done.append(Done(f"Secret block {TOKEN_BLOCK!r}", "already there"))
     except ValueError:
         token = "tok-" + secrets.token_hex(16)
@@ -206,7 +213,7 @@ def ensure_token(admin: Any) -> list[Done]:
     return done
 
 
-def seed_upstream(info: Any) -> tuple[Done, str]:
+def seed_upstream(info: SandboxInfo) -> tuple[Done, str]:
     """The upstream CUDA image in the sandbox registry; returns (line, its reference)."""
     import asyncio
 
@@ -228,7 +235,7 @@ def seed_upstream(info: Any) -> tuple[Done, str]:
     return Done(what, "created", seeded.digest[:19]), ref
 
 
-async def _manifest_digest(registry: Any, repo: str, reference: str) -> str | None:
+async def _manifest_digest(registry: SandboxRegistry, repo: str, reference: str) -> str | None:
     try:
         return str((await registry.get_manifest(repo, reference))[1])
     except Exception:  # noqa: BLE001 - not there (404) or unreadable: seed it
@@ -237,7 +244,7 @@ async def _manifest_digest(registry: Any, repo: str, reference: str) -> str | No
         await registry.aclose()
 
 
-def mirror_base(info: Any, upstream: str, destination: str) -> Done:
+def mirror_base(info: SandboxInfo, upstream: str, destination: str) -> Done:
     """The mirror flow, unless the pin exists and the registry still serves its digest."""
     import asyncio
 

@@ -7,11 +7,10 @@ Kept (worth minutes on a loaded machine):
   what dockerd knows it already pushed (so no unchanged layer is compressed and pushed again).
 - `ports.json`: the registry's port, asked for again next time: image references and dockerd's
   record of pushed layers name the registry by host:port.
-- `prefect/template.db`: a Prefect database just after its first start (tables created, block
-  types registered), copied to a fresh `prefect.db` at every run.
 
-Fresh at every run: the emulator's state (the scenario is reset), the Prefect database's
-contents (flow runs, blocks, variables) and the emulator's revision containers.
+Fresh at every run: the emulator's state (the scenario is reset), the Prefect server and its
+database (deployments/demo/prefect_server.py: a new home each run, so no flow run, block or
+variable of an earlier run is seen) and the emulator's revision containers.
 `shipyard demo --fresh` throws all of it away first.
 """
 
@@ -25,9 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.engine.daemon import release_mounts
-from sandbox.manager import shipyard_home
-
 
 @dataclass(frozen=True)
 class DemoState:
@@ -38,7 +34,8 @@ class DemoState:
         return self.root / "sandbox"
 
     @property
-    def prefect_home(self) -> Path:
+    def legacy_prefect_home(self) -> Path:
+        """Where earlier versions kept a template Prefect database (no longer used)."""
         return self.root / "prefect"
 
     @property
@@ -63,8 +60,11 @@ class DemoState:
         return {
             "registry": blobs.is_dir() and any(blobs.iterdir()),
             "engine": any(engine.glob("data-*/image")),
-            "prefect_db": (self.prefect_home / "template.db").is_file(),
         }
+
+    def drop_legacy(self) -> None:
+        """Remove what earlier versions kept and this one no longer reads."""
+        shutil.rmtree(self.legacy_prefect_home, ignore_errors=True)
 
 
 class DemoStateBusy(RuntimeError):
@@ -89,11 +89,15 @@ def holding(state: DemoState) -> Iterator[None]:
 
 
 def demo_state(home: Path | None = None) -> DemoState:
+    from sandbox.manager import shipyard_home
+
     return DemoState((home or shipyard_home()) / "demo")
 
 
 def forget(state: DemoState) -> bool:
     """Throw the kept state away (`shipyard demo --fresh`). True if there was any."""
+    from sandbox.engine.daemon import release_mounts
+
     if not state.root.exists():
         return False
     release_mounts(state.root)  # a daemon that died may have left its mounts

@@ -36,20 +36,24 @@ OUTCOME_COLOURS = {
 WIDTH = 1100
 LEFT = 170  # room for the tag labels
 
+# One release of report_data()'s "releases": a row of the ledger's frame read back from JSON
+# (columns vary: one `s_<stage>` per stage the release ran), so real JSON, not a fixed shape.
+Row = dict[str, Any]
+
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _label(r: dict) -> str:
+def _label(r: Row) -> str:
     return f"{r['service']} {r['git_tag']}" if r.get("service") else str(r["git_tag"])
 
 
-def _stage_seconds(r: dict) -> list[tuple[str, float]]:
+def _stage_seconds(r: Row) -> list[tuple[str, float]]:
     return [(k[2:], float(v)) for k, v in r.items() if k.startswith("s_") and v]
 
 
-def timeline(releases: list[dict]) -> str:
+def timeline(releases: list[Row]) -> str:
     row = 22
     height = 40 + row * max(1, len(releases))
     longest = max((sum(s for _, s in _stage_seconds(r)) for r in releases), default=0) or 1
@@ -79,7 +83,7 @@ def timeline(releases: list[dict]) -> str:
 
 
 def _line_chart(
-    chart_id: str, releases: list[dict], series: list[tuple[str, str, str]], y_max: float | None
+    chart_id: str, releases: list[Row], series: list[tuple[str, str, str]], y_max: float | None
 ) -> str:
     height = 260
     top, bottom = 30, height - 40
@@ -122,7 +126,7 @@ def _line_chart(
     return _svg(chart_id, height, "".join(parts))
 
 
-def cache_bars(releases: list[dict]) -> str:
+def cache_bars(releases: list[Row]) -> str:
     height = 220
     top, bottom = 30, height - 40
     built = [(i, r) for i, r in enumerate(releases) if r.get("cache_hit_rate") is not None]
@@ -145,12 +149,12 @@ def cache_bars(releases: list[dict]) -> str:
     return _svg("chart-cache", height, "".join(parts))
 
 
-def _rate_503(r: dict) -> str:
+def _rate_503(r: Row) -> str:
     rate = r.get("remote_503_rate")
     return "" if rate is None else f", 503 answered to {float(rate):.0%} of canary requests"
 
 
-def outcomes(releases: list[dict]) -> str:
+def outcomes(releases: list[Row]) -> str:
     per_row = 20
     size = 46
     rows = max(1, -(-len(releases) // per_row))
@@ -182,7 +186,7 @@ def _svg(chart_id: str, height: int, body: str) -> str:
     )
 
 
-def _figures_table(services: dict[str, dict]) -> str:
+def _figures_table(services: dict[str, dict[str, Any]]) -> str:
     """One row per figure, one column per service (narrow enough for a laptop screen)."""
     if not services:
         return "<p>No releases in the window.</p>"

@@ -20,6 +20,7 @@ receiver keeps watching them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -68,17 +69,15 @@ class Dispatcher:
         while True:
             self._wake.clear()
             try:
-                rows = await self.journal.call("lease_due")
+                rows = await self.journal.call(self.journal.lease_due)
             except Exception as exc:  # noqa: BLE001 - the disk; try again
                 logger.error("journal: cannot read (%s)", type(exc).__name__)
                 rows = []
             if rows:
                 await asyncio.gather(*(self._one(row) for row in rows))
                 continue  # the next row of each tag may be due now
-            try:
+            with contextlib.suppress(TimeoutError):  # no wake-up: look at the journal again
                 await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
 
     async def _one(self, row: Row) -> None:
         async with self._slots:
@@ -89,7 +88,7 @@ class Dispatcher:
             except Exception as exc:  # noqa: BLE001 - classified, logged in one line
                 reason = f"{type(exc).__name__}: {shown(str(exc), 120)}"
                 if _permanent(exc):
-                    await self.journal.call("settle", row.seq, "failed", reason)
+                    await self.journal.call(self.journal.settle, row.seq, "failed", reason)
                     logger.error(
                         "delivery %s: Prefect refused it (%s); release %s by hand",
                         shown(row.push.delivery_id),
@@ -100,7 +99,7 @@ class Dispatcher:
                 delay = min(
                     self.settings.retry_max_s, self.settings.retry_first_s * 2**row.attempts
                 )
-                await self.journal.call("retry_later", row.seq, delay, reason)
+                await self.journal.call(self.journal.retry_later, row.seq, delay, reason)
                 logger.warning(
                     "delivery %s: Prefect call failed (%s); retrying in %.1f s",
                     shown(row.push.delivery_id),
@@ -108,7 +107,7 @@ class Dispatcher:
                     delay,
                 )
                 return
-        await self.journal.call("settle", row.seq, state, detail)
+        await self.journal.call(self.journal.settle, row.seq, state, detail)
         logger.info(
             "delivery %s -> %s %s%s",
             shown(row.push.delivery_id),
@@ -154,7 +153,7 @@ class Dispatcher:
                 return "refused", (
                     "this commit of the tag was released before: a re-release needs a new commit"
                 )
-            await self.journal.call("settle", row.seq, "emit")
+            await self.journal.call(self.journal.settle, row.seq, "emit")
         await self.client.request("POST", "/events", json=[push.event()])
         return "emitted", None
 
@@ -212,7 +211,7 @@ class Redrive:
 
     async def check(self) -> None:
         journal = self.dispatcher.journal
-        watched = await journal.call("emitted")
+        watched = await journal.call(journal.emitted)
         if not watched:
             return
         outcomes = await self.outcomes(watched)
@@ -221,10 +220,10 @@ class Redrive:
             push = row.push
             got = outcomes.get(str(push.event_id), set())
             if ACTION_EXECUTED in got:
-                await journal.call("settle", row.seq, "done")
+                await journal.call(journal.settle, row.seq, "done")
             elif ACTION_FAILED in got:
                 if push.attempt + 1 >= self.settings.max_attempts:
-                    await journal.call("settle", row.seq, "failed", "trigger action failed")
+                    await journal.call(journal.settle, row.seq, "failed", "trigger action failed")
                     logger.error(
                         "delivery %s: trigger action failed %d times for %s; giving up "
                         "(run the release by hand)",
@@ -233,7 +232,7 @@ class Redrive:
                         shown(push.tag),
                     )
                     continue
-                await journal.call("emit_again", row.seq)
+                await journal.call(journal.emit_again, row.seq)
                 self.dispatcher.wake()
                 logger.warning(
                     "delivery %s: trigger action failed for event %s; emitting it again",
@@ -241,7 +240,7 @@ class Redrive:
                     push.event_id,
                 )
             elif now - since > self.settings.confirm_for_s:
-                await journal.call("settle", row.seq, "done", "no trigger outcome reported")
+                await journal.call(journal.settle, row.seq, "done", "no trigger outcome reported")
                 logger.warning(
                     "delivery %s: no trigger reported on event %s within %.0f s",
                     shown(push.delivery_id),
@@ -257,7 +256,7 @@ async def clean_forever(dispatcher: Dispatcher) -> None:
         try:
             await dispatcher.claims.clean_expired()
             await dispatcher.journal.call(
-                "forget_before", time.time() - settings.delivery_retention_s
+                dispatcher.journal.forget_before, time.time() - settings.delivery_retention_s
             )
         except Exception as exc:  # noqa: BLE001 - next round
             logger.warning("cleanup: %s", type(exc).__name__)

@@ -26,8 +26,10 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
 
 from shipyard.deployments.webhook.parse import TagPush
 
@@ -61,6 +63,8 @@ CREATE INDEX IF NOT EXISTS deliveries_tag ON deliveries (repo_key, tag, seq);
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, not_before);
 CREATE INDEX IF NOT EXISTS deliveries_digest ON deliveries (body_digest);
 """
+P = ParamSpec("P")
+T = TypeVar("T")
 ACTIVE = ("pending", "emit", "emitted", "done")
 TERMINAL = ("done", "duplicate", "refused", "superseded", "failed")
 
@@ -112,14 +116,15 @@ class Journal:
         if "tagged_at" not in columns:  # a journal written before pushes carried their time
             self._db.execute("ALTER TABLE deliveries ADD COLUMN tagged_at TEXT")
 
-    async def call(self, method: str, *args: Any) -> Any:
-        return await asyncio.to_thread(getattr(self, method), *args)
+    async def call(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of this journal's methods in a thread (SQLite calls block)."""
+        return await asyncio.to_thread(method, *args, **kwargs)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _tx(self):
+    def _tx(self) -> _Transaction:
         return _Transaction(self._db, self._lock)
 
     # ------------------------------------------------------------ the request path
@@ -238,7 +243,7 @@ class Journal:
         else:
             args = (state, detail, seq)
         with self._tx() as db:
-            db.execute(f"UPDATE deliveries SET {fields} WHERE seq = ?", args)  # noqa: S608
+            db.execute(f"UPDATE deliveries SET {fields} WHERE seq = ?", args)  # noqa: S608 - fixed column names, values bound
 
     def retry_later(self, seq: int, delay_s: float, detail: str) -> int:
         with self._tx() as db:
@@ -247,7 +252,8 @@ class Journal:
                 "lease_owner = NULL, lease_until = NULL WHERE seq = ?",
                 (time.time() + delay_s, detail, seq),
             )
-            return db.execute("SELECT attempts FROM deliveries WHERE seq = ?", (seq,)).fetchone()[0]
+            row = db.execute("SELECT attempts FROM deliveries WHERE seq = ?", (seq,)).fetchone()
+            return int(row[0])
 
     def emitted(self) -> list[tuple[Row, float]]:
         """Rows whose event is out and whose trigger outcome is not known yet."""
@@ -275,10 +281,10 @@ class Journal:
         marks = ", ".join("?" for _ in TERMINAL)
         with self._tx() as db:
             done = db.execute(
-                f"DELETE FROM deliveries WHERE received_at < ? AND state IN ({marks})",  # noqa: S608
+                f"DELETE FROM deliveries WHERE received_at < ? AND state IN ({marks})",  # noqa: S608 - only ? marks, values bound
                 (cutoff, *TERMINAL),
             )
-            return done.rowcount
+            return int(done.rowcount)
 
 
 class _Transaction:
@@ -296,7 +302,12 @@ class _Transaction:
             raise
         return self.db
 
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
             self.db.execute("COMMIT" if kind is None else "ROLLBACK")
         finally:

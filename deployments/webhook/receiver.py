@@ -45,7 +45,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from shipyard.blocks.release_tag import shown, validate_release_tag
+from shipyard.blocks.release_tag import TAG_PATTERN_ENV, shown, validate_release_tag
 from shipyard.deployments.webhook.dispatch import Dispatcher, clean_forever
 from shipyard.deployments.webhook.journal import Journal
 from shipyard.deployments.webhook.parse import (
@@ -60,7 +60,7 @@ from shipyard.deployments.webhook.parse import (
     parse_gitlab,
     read_body,
 )
-from shipyard.deployments.webhook.settings import REPOS_ENV, TAG_PATTERN_ENV, WebhookSettings
+from shipyard.deployments.webhook.settings import REPOS_ENV, WebhookSettings
 from shipyard.deployments.webhook.signature import SecretSource, authenticate
 
 __all__ = ["EVENT_NAME", "Receiver", "TagPush", "WebhookSettings", "create_app", "serve"]
@@ -160,7 +160,7 @@ class Receiver:
         digest = hashlib.sha256(body).hexdigest()
         try:
             recorded = await self.journal.call(
-                "record", push, kind, digest, self.settings.create_wait_s
+                self.journal.record, push, kind, digest, self.settings.create_wait_s
             )
         except Exception as exc:  # noqa: BLE001 - the disk: nothing recorded, redeliver
             logger.error("journal: cannot record a delivery (%s)", type(exc).__name__)
@@ -215,7 +215,7 @@ def create_app(settings: WebhookSettings | None = None) -> Starlette:
         return await receiver.handle(request)
 
     async def health(request: Request) -> JSONResponse:
-        counts = await receiver.journal.call("counts")
+        counts = await receiver.journal.call(receiver.journal.counts)
         backlog = counts.get("pending", 0) + counts.get("emit", 0)
         return JSONResponse({"status": "ok", "backlog": backlog, "journal": counts})
 

@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from shipyard.deployments.webhook.parse import Reject
 
 SECRET_ENV = "SHIPYARD_WEBHOOK_SECRET"  # noqa: S105 - an env var *name*
-SECRET_BLOCK_ENV = "SHIPYARD_WEBHOOK_SECRET_BLOCK"  # noqa: S105
+SECRET_BLOCK_ENV = "SHIPYARD_WEBHOOK_SECRET_BLOCK"  # noqa: S105 - an env var name, not a secret
 DEFAULT_SECRET_BLOCK = "shipyard-webhook-secret"  # noqa: S105 - a block *name*
 
 
@@ -41,7 +41,7 @@ class SecretSource:
         from prefect.blocks.system import Secret
 
         try:
-            block = cast(Secret, await Secret.aload(self.block_name))
+            block = cast(Secret[str], await Secret.aload(self.block_name))
         except ValueError:
             raise Reject(
                 503,

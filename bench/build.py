@@ -26,14 +26,12 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 EXAMPLE = ROOT / "examples" / "page-service"
 GIT = ["git", "-c", "user.email=bench@shipyard.invalid", "-c", "user.name=shipyard bench"]
 
@@ -68,8 +66,17 @@ def _plain_build(docker_host: str, repo: Path, base: str, tag: str) -> float:
         dockerfile.write_text(SYNTAX_DIRECTIVE.sub("", (repo / "Dockerfile").read_text(), count=1))
         started = time.perf_counter()
         for args in (
-            ["build", "--no-cache", "--network=host", "--progress=plain", "-f", str(dockerfile)]
-            + ["--target", "runtime", "--build-arg", f"BASE_IMAGE={base}", "-t", tag, str(repo)],
+            [
+                *(
+                    "build",
+                    "--no-cache",
+                    "--network=host",
+                    "--progress=plain",
+                    "-f",
+                    str(dockerfile),
+                ),
+                *("--target", "runtime", "--build-arg", f"BASE_IMAGE={base}", "-t", tag, str(repo)),
+            ],
             ["push", tag],
         ):
             proc = subprocess.run([DOCKER_CLI, *args], env=env, capture_output=True, text=True)

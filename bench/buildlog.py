@@ -12,14 +12,10 @@ import argparse
 import random
 import re
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.figures import print_figures  # noqa: E402
-from shipyard.tasks.buildkit_log import parse_buildkit_log  # noqa: E402
+from bench.figures import print_figures
+from shipyard.tasks.buildkit_log import parse_buildkit_log
 
 STAGES = ["base", "python-deps", "node-deps", "builder", "runtime"]
 

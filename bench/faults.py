@@ -23,8 +23,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 KNOWN = {"released", "rolled_back", "cpu_fallback", "error"}
 ROOT = Path(__file__).resolve().parent.parent
 _GIT = ["git", "-c", "user.email=bench@shipyard.invalid", "-c", "user.name=shipyard bench"]

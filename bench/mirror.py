@@ -44,7 +44,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SKOPEO_TLS = ["--src-tls-verify=false", "--dest-tls-verify=false"]
 
 
@@ -144,11 +143,13 @@ def build_layout(root: Path, size_mb: int, layers: int) -> Path:
                     tar_digest.update(data)
                     return self.gz.write(data)
 
-            with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1, mtime=0) as gz:
-                with tarfile.open(fileobj=_Tee(gz), mode="w|") as tar:
-                    info = tarfile.TarInfo(f"usr/lib/libbench-{i}.so")
-                    info.size = per_layer
-                    tar.addfile(info, _RandomReader(i, per_layer))
+            with (
+                gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1, mtime=0) as gz,
+                tarfile.open(fileobj=_Tee(gz), mode="w|") as tar,
+            ):
+                info = tarfile.TarInfo(f"usr/lib/libbench-{i}.so")
+                info.size = per_layer
+                tar.addfile(info, _RandomReader(i, per_layer))
 
         digest, size = _write_blob(blobs, write)
         descs.append(

@@ -19,13 +19,9 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from shipyard.blocks.gpu_regions import CLOUD_RUN_GPU_REGIONS  # noqa: E402 - after the path above
+from shipyard.blocks.gpu_regions import CLOUD_RUN_GPU_REGIONS
 
 # Every region where Cloud Run offers L4 GPUs (a target refuses any other region).
 GPU_REGIONS = list(CLOUD_RUN_GPU_REGIONS["nvidia-l4"])

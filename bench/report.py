@@ -27,11 +27,7 @@ import datetime as dt
 import json
 import logging
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ENTRIES = 1000
 PAIRS = 7  # paired releases with and without the handler (>= 5)

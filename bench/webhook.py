@@ -70,10 +70,6 @@ from typing import Any
 
 from prefect import flow
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
 REPOSITORY = "acme/manga-translator"
 SECRET = "bench-" + uuid.uuid4().hex
 SLOT_WAIT_ENV = "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS"
@@ -144,7 +140,7 @@ def delivery(tag: str) -> tuple[bytes, dict[str, str]]:
     body = json.dumps(
         {
             "ref": f"refs/tags/{tag}",
-            "after": hashlib.sha1(tag.encode()).hexdigest(),
+            "after": hashlib.sha1(tag.encode(), usedforsecurity=False).hexdigest(),
             "created": True,
             "deleted": False,
             "repository": {"full_name": REPOSITORY},

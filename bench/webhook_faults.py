@@ -40,10 +40,13 @@ def _delivery(tag: str, delivery: str | None = None) -> tuple[bytes, dict[str, s
         {
             "ref": f"refs/tags/{tag}",
             "before": "0" * 40,
-            "after": hashlib.sha1(tag.encode()).hexdigest(),
+            "after": hashlib.sha1(tag.encode(), usedforsecurity=False).hexdigest(),
             "created": True,
             "deleted": False,
-            "head_commit": {"id": hashlib.sha1(tag.encode()).hexdigest(), "message": "release"},
+            "head_commit": {
+                "id": hashlib.sha1(tag.encode(), usedforsecurity=False).hexdigest(),
+                "message": "release",
+            },
             "repository": {"full_name": REPOSITORY},
         }
     ).encode()
@@ -179,9 +182,9 @@ def killed_mid_burst(workdir: Path, api_url: str, events: int = 20) -> dict[str,
 
         def send(tag: str) -> None:
             with lock:  # SIGKILL once half the deliveries were answered
-                if len([a for a in answered.values() if a]) >= events // 2:
-                    if receiver.proc.poll() is None:
-                        receiver.kill()
+                half_answered = len([a for a in answered.values() if a]) >= events // 2
+                if half_answered and receiver.proc.poll() is None:
+                    receiver.kill()
             answered[tag] = receiver.post(*deliveries[tag])
 
         with ThreadPoolExecutor(max_workers=5) as pool:

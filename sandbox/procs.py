@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,9 +10,21 @@ import subprocess
 import time
 from pathlib import Path
 
-from shipyard.tasks.processes import pid_alive
-
 __all__ = ["free_port", "pid_alive", "spawn", "stop_pid", "wait_for_port"]
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process with this id exists on this host (signal 0 probes, sends nothing).
+
+    A process owned by another user answers EPERM: it exists, so it counts as alive.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -101,8 +114,6 @@ def stop_pid(pid: int, timeout: float = 5.0) -> bool:
         if not pid_alive(pid):
             return True
         time.sleep(0.02)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return True

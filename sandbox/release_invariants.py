@@ -21,6 +21,8 @@ And a region that refused the GPU for quota keeps no service that the release cr
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
 
 from sandbox.invariants import traffic_violations
 
@@ -96,9 +98,11 @@ def failed_revision_problems(history: list[dict], failed: str, allowed: set[str]
             if t["revision"] == failed and (t["percent"] or t.get("tag")):
                 problems.append(f"{name}: failed {failed} still has {t['percent']}% / {t['tag']}")
         serving = {t["revision"] for t in entry["traffic"] if t["percent"] > 0}
-        if failed in {t["revision"] for t in entry["traffic"]} or failed in entry["revisions"]:
-            if not serving <= allowed:
-                problems.append(f"{name}: serves {serving}, expected within {allowed}")
+        touched = (
+            failed in {t["revision"] for t in entry["traffic"]} or failed in entry["revisions"]
+        )
+        if touched and not serving <= allowed:
+            problems.append(f"{name}: serves {serving}, expected within {allowed}")
     return problems
 
 
@@ -136,9 +140,36 @@ def refused_region_leftovers(history: list[dict], result) -> list[str]:
 
 
 def _gpu_revision(result) -> str:
-    from shipyard.blocks.release_target import revision_name
+    return release_revision_name(result.service, result.git_tag)
 
-    return revision_name(result.service, result.git_tag)
+
+def _slug(text: str) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower())
+    return re.sub(r"-{2,}", "-", name).strip("-")
+
+
+def _name(text: str, limit: int) -> str:
+    name = _slug(text)
+    if not name or not name[0].isalpha():
+        name = f"r-{name}".rstrip("-")
+    return name[:limit].rstrip("-")
+
+
+def release_revision_name(service: str, git_tag: str) -> str:
+    """The name a release gives the revision it deploys for `git_tag`: `{service}-v1-2-3`.
+
+    The pipeline's naming contract, restated here so the sandbox checks releases without
+    importing the pipeline (tests/configuration/test_sandbox_agrees.py holds both to the same
+    answers): lower-case [a-z0-9-], no double or trailing dash, starting with a letter; Cloud
+    Run revision names are at most 63 characters, so a longer name keeps a cut tag and the
+    first 6 hex digits of the full tag's sha256 (different tags stay apart).
+    """
+    name = _name(f"{service}-{_slug(git_tag)}", 1000)
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(git_tag.encode()).hexdigest()[:6]
+    room = 63 - len(service) - len(digest) - 2
+    return _name(f"{service}-{_slug(git_tag)[:room]}-{digest}", 63)
 
 
 def serving(history: list[dict], region: str) -> dict[str, int]:

@@ -224,10 +224,7 @@ def load_scenario(name_or_path: str | Path | None) -> Scenario:
     path = resolve_scenario_path(name_or_path)
     text = path.read_text()
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text) or {}
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
         raise ScenarioError(
             f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {exc}"

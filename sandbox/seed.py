@@ -86,7 +86,7 @@ async def apush_cuda_image(
         else:
             version = json.dumps({"cuda": {"name": "CUDA SDK", "version": cuda}}).encode()
             layer = make_layer({"/usr/local/cuda/version.json": (version, 0o644)})
-            assert layer.data is not None  # make_layer returns the blob it made
+            assert layer.data is not None  # noqa: S101 - make_layer returns the blob it made
             await reg.put_blob(repo, layer.data)
             layer_desc = (layer.digest, layer.size, layer.diff_id)
             media_type = layer.media_type

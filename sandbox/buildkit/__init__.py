@@ -2,8 +2,9 @@
 
 What it does with a build request (the arguments of a `gcr.io/cloud-builders/docker` buildx step):
 
-- Parses the Dockerfile (tasks/dockerfile.py) and the buildx flags; an unknown flag, stage,
-  instruction or a missing file fails the build with BuildKit's own wording.
+- Parses the Dockerfile (with its own reader, sandbox/buildkit/dockerfile.py, not the
+  pipeline's) and the buildx flags; an unknown flag, stage, instruction or a missing file fails
+  the build with BuildKit's own wording.
 - Builds only the stages the `--target` needs (FROM and COPY --from dependencies), in order.
 - Derives a cache key per instruction: sha256 of the parent key, the instruction text (after
   ARG/ENV substitution where Docker substitutes) and, for COPY/ADD, the content of the files it

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shipyard.tasks.dockerfile import Stage
+from sandbox.buildkit.dockerfile import Stage
 
 
 class BuildFailed(Exception):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shlex
 from pathlib import Path
 
 from sandbox.buildkit.build_context import files_digest, scan_context, select_files
@@ -19,6 +18,17 @@ from sandbox.buildkit.build_state import (
 )
 from sandbox.buildkit.buildx_args import BuildxArgs
 from sandbox.buildkit.cache_keys import chain_key, imported_key_map, registry_cache_map
+from sandbox.buildkit.dockerfile import (
+    FS_STEPS,
+    Dockerfile,
+    DockerfileError,
+    Instruction,
+    Stage,
+    arg_declarations,
+    expand,
+    expand_words,
+    parse_dockerfile,
+)
 from sandbox.buildkit.image_export import image_config, oci_manifest, push_layers
 from sandbox.buildkit.image_metadata import apply_metadata
 from sandbox.buildkit.progress import Emit, Progress, Vertex
@@ -33,15 +43,6 @@ from sandbox.oci import (
     SandboxRegistry,
     make_layer,
     split_ref,
-)
-from shipyard.tasks.dockerfile import (
-    FS_STEPS,
-    Dockerfile,
-    DockerfileError,
-    Instruction,
-    Stage,
-    parse_dockerfile,
-    substitute,
 )
 
 RUN_RECORD_DIR = "/.shipyard-sandbox/run"
@@ -116,10 +117,11 @@ class Builder:
             raise self.fail(v, str(exc)) from None
         v.done()
 
-        global_args = {
-            name: self.args.build_args.get(name, default or "")
-            for name, default in dockerfile.global_args
-        }
+        global_args: dict[str, str] = {}
+        for name, default in dockerfile.global_args:
+            global_args[name] = self.args.build_args.get(
+                name, "" if default is None else expand(default, global_args)
+            )
         unused = set(self.args.build_args) - set(global_args) - stage_args(dockerfile)
         try:
             target = target_stage(dockerfile, self.args.target)
@@ -129,7 +131,7 @@ class Builder:
 
         bases: dict[int, tuple[str, str, dict, dict]] = {}
         for stage in stages:
-            base = substitute(stage.base, global_args)
+            base = expand(stage.base, global_args)
             earlier = dockerfile.stage(base)
             if earlier is not None and earlier.index < stage.index:
                 continue
@@ -235,8 +237,9 @@ class Builder:
             if not any(ins.cmd in FS_STEPS for ins in stage.instructions):
                 self._settle_from(False)
         else:
-            parent_stage = dockerfile.stage(substitute(stage.base, global_args))
-            assert parent_stage is not None  # a FROM <stage> was resolved when ordering stages
+            parent_stage = dockerfile.stage(expand(stage.base, global_args))
+            if parent_stage is None:  # not reached: needed_stages() resolved FROM <stage>
+                raise self.fail(None, f"FROM {stage.base}: no such stage (line {stage.line})")
             parent = states[parent_stage.index]
             state = StageState(
                 stage,
@@ -248,15 +251,19 @@ class Builder:
                 list(parent.history),
                 parent=parent,
             )
+        # What a stage's instructions see: its own ARGs (a global ARG only once redeclared in
+        # the stage), and ENV over ARG of the same name (the reference, "Using ARG variables").
         args: dict[str, str] = {}
         for ins in stage.instructions:
-            scope = {**global_args, **state.env, **args}
+            scope = {**args, **state.env}
             if ins.cmd == "ARG":
-                for word in ins.args.split():
-                    name_, sep, default = word.partition("=")
-                    args[name_] = self.args.build_args.get(
-                        name_, global_args.get(name_, default if sep else "")
-                    )
+                for name_, default in arg_declarations(ins.args):
+                    if name_ in self.args.build_args:
+                        args[name_] = self.args.build_args[name_]
+                    elif default is not None:
+                        args[name_] = expand(default, {**args, **state.env})
+                    else:
+                        args[name_] = global_args.get(name_, "")
                     state.key = chain_key(state.key, f"ARG {name_}={args[name_]}")
                 continue
             if ins.cmd not in FS_STEPS:
@@ -295,22 +302,27 @@ class Builder:
         workdir = state.config.get("WorkingDir") or "/"
         files: dict[str, tuple[bytes, int]] | None = None
         if ins.cmd == "WORKDIR":
-            path = substitute(ins.args, scope)
+            path = expand(ins.args, scope)
             workdir = path if path.startswith("/") else workdir.rstrip("/") + "/" + path
             key = chain_key(state.key, ins.text)
             state.config["WorkingDir"] = workdir
         elif ins.cmd in ("COPY", "ADD"):
-            words = ins.json_args() or shlex.split(substitute(ins.args, scope))
+            exec_form = ins.json_args()
+            if exec_form is None:
+                words = expand_words(ins.args, scope)
+            else:
+                words = [expand(word, scope) for word in exec_form]
             if len(words) < 2:
                 raise self.fail(v, f"{ins.cmd} requires at least two arguments (source and dest)")
-            sources, dest = words[:-1], substitute(words[-1], scope)
+            sources, dest = words[:-1], words[-1]
             if ins.cmd == "ADD" and any(re.match(r"^[a-z]+://", s) for s in sources):
                 raise self.fail(
                     v, "ADD from a URL is not supported by the sandbox's Cloud Build executor"
                 )
             if "from" in ins.flags:
                 src_stage = dockerfile.stage(ins.flags["from"])
-                assert src_stage is not None  # COPY --from=<stage> was resolved when ordering
+                if src_stage is None:  # not reached: needed_stages() resolved COPY --from
+                    raise self.fail(v, f"COPY --from={ins.flags['from']}: no such stage")
                 src_state = states[src_stage.index]
                 src_tree = {p.lstrip("/"): d for p, d in src_state.files.items()}
                 origin = src_state.key

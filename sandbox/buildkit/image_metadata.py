@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from sandbox.buildkit.build_state import StageState
 from sandbox.buildkit.cache_keys import CHAIN_METADATA, chain_key
-from shipyard.tasks.dockerfile import DockerfileError, Instruction, split_kv, substitute
+from sandbox.buildkit.dockerfile import (
+    DockerfileError,
+    Instruction,
+    expand,
+    expand_words,
+    key_values,
+)
 
 
 def apply_metadata(state: StageState, ins: Instruction, scope: dict[str, str]) -> None:
@@ -14,21 +20,23 @@ def apply_metadata(state: StageState, ins: Instruction, scope: dict[str, str]) -
     """
     cfg = state.config
     if ins.cmd == "ENV":
-        for key, value in split_kv(ins.args, "ENV", ins.line):
-            state.env[key] = substitute(value, {**scope, **state.env})
+        # Every value sees the environment from before the instruction: in `ENV abc=bye
+        # def=$abc`, def gets the old abc (the reference, "Environment replacement").
+        for key, value in key_values(ins.args, "ENV", ins.line):
+            state.env[key] = expand(value, scope)
         cfg["Env"] = [f"{k}={v}" for k, v in state.env.items()]
     elif ins.cmd == "LABEL":
         labels = dict(cfg.get("Labels") or {})
-        for key, value in split_kv(ins.args, "LABEL", ins.line):
-            labels[substitute(key, scope)] = substitute(value, scope)
+        for key, value in key_values(ins.args, "LABEL", ins.line):
+            labels[expand(key, scope)] = expand(value, scope)
         cfg["Labels"] = labels
     elif ins.cmd == "EXPOSE":
         ports = dict(cfg.get("ExposedPorts") or {})
-        for port in substitute(ins.args, scope).split():
+        for port in expand_words(ins.args, scope):
             ports[port if "/" in port else f"{port}/tcp"] = {}
         cfg["ExposedPorts"] = ports
     elif ins.cmd == "USER":
-        cfg["User"] = substitute(ins.args, scope)
+        cfg["User"] = expand(ins.args, scope)
     elif ins.cmd in ("CMD", "ENTRYPOINT"):
         words = ins.json_args()
         if words is None:
@@ -43,11 +51,11 @@ def apply_metadata(state: StageState, ins: Instruction, scope: dict[str, str]) -
         cfg["Shell"] = words
     elif ins.cmd == "VOLUME":
         vols = dict(cfg.get("Volumes") or {})
-        for vol in ins.json_args() or ins.args.split():
+        for vol in ins.json_args() or expand_words(ins.args, scope):
             vols[vol] = {}
         cfg["Volumes"] = vols
     elif ins.cmd == "STOPSIGNAL":
-        cfg["StopSignal"] = ins.args
+        cfg["StopSignal"] = expand(ins.args, scope)
     if ins.cmd in CHAIN_METADATA:
         state.key = chain_key(state.key, ins.text)
     state.history.append({"created_by": ins.text, "empty_layer": True})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sandbox.buildkit.build_state import BuildFailed
-from shipyard.tasks.dockerfile import Dockerfile, Stage, substitute
+from sandbox.buildkit.dockerfile import Dockerfile, Stage, arg_declarations, expand
 
 
 def stage_args(dockerfile: Dockerfile) -> set[str]:
@@ -12,7 +12,7 @@ def stage_args(dockerfile: Dockerfile) -> set[str]:
     for stage in dockerfile.stages:
         for ins in stage.instructions:
             if ins.cmd == "ARG":
-                names.update(w.partition("=")[0] for w in ins.args.split())
+                names.update(name for name, _ in arg_declarations(ins.args))
     return names
 
 
@@ -32,7 +32,7 @@ def needed_stages(dockerfile: Dockerfile, target: Stage, args: dict[str, str]) -
         if stage.index in needed:
             return
         needed.add(stage.index)
-        base = dockerfile.stage(substitute(stage.base, args))
+        base = dockerfile.stage(expand(stage.base, args))
         if base is not None and base.index < stage.index:
             visit(base)
         for ins in stage.instructions:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -137,10 +138,39 @@ def _duration_s(value: Any, default: int) -> float:
 
 # Build fields a request may carry (the Build proto); anything else is refused as Google does.
 BUILD_FIELDS = frozenset(
-    "name id projectId status statusDetail source steps results createTime startTime finishTime "
-    "timeout images queueTtl artifacts logsBucket sourceProvenance buildTriggerId options logUrl "
-    "substitutions tags secrets timing approval serviceAccount availableSecrets warnings "
-    "gitConfig failureInfo dependencies".split()
+    [
+        "name",
+        "id",
+        "projectId",
+        "status",
+        "statusDetail",
+        "source",
+        "steps",
+        "results",
+        "createTime",
+        "startTime",
+        "finishTime",
+        "timeout",
+        "images",
+        "queueTtl",
+        "artifacts",
+        "logsBucket",
+        "sourceProvenance",
+        "buildTriggerId",
+        "options",
+        "logUrl",
+        "substitutions",
+        "tags",
+        "secrets",
+        "timing",
+        "approval",
+        "serviceAccount",
+        "availableSecrets",
+        "warnings",
+        "gitConfig",
+        "failureInfo",
+        "dependencies",
+    ]
 )
 
 
@@ -340,7 +370,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
             build["statusDetail"] = exc.detail
             build["failureInfo"] = {"type": exc.kind, "detail": exc.detail}
             log(build, f"ERROR: {exc.detail}", severity="ERROR")
-        except Exception as exc:  # a bug here must not kill the event loop
+        except Exception as exc:  # noqa: BLE001 - any bug is the build's INTERNAL_ERROR, not the loop's end
             store.set_status(build, "INTERNAL_ERROR")
             build["statusDetail"] = f"internal error: {type(exc).__name__}: {exc}"
             log(build, build["statusDetail"], severity="ERROR")
@@ -523,10 +553,8 @@ def register(app: FastAPI, state: SandboxState) -> None:
         if build["status"] in TERMINAL or task is None:
             return public(build)
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), timeout=5)
-        except (asyncio.CancelledError, TimeoutError):
-            pass
         return public(build)
 
     @app.post("/v1/projects/{project}/builds/{build_id}:cancel")

@@ -93,7 +93,8 @@ def _in_use(store: Any, rev: Revision, quota_id: str) -> int:
 
 def _fits(store: Any, rev: Revision) -> bool:
     quota = _gpu_quota(rev)
-    assert quota is not None
+    if quota is None:
+        return True  # no GPU asked for: no GPU quota to fit in
     limit = store.quota_limit(rev.project, rev.region, quota[0])
     return _in_use(store, rev, quota[0]) + template_gpus(rev.template) <= limit
 

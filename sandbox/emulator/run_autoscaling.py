@@ -50,7 +50,11 @@ from sandbox.emulator.run_resources import Revision, container_name, write_revis
 from sandbox.emulator.run_templates import parse_cpu, startup_probe, template_limits
 from sandbox.engine.containers import Instance, stop_instance
 from sandbox.engine.daemon import docker
-from sandbox.engine.revision_instances import container_store, start_revision_container
+from sandbox.engine.revision_instances import (
+    container_store,
+    running_container_store,
+    start_revision_container,
+)
 
 NO_INSTANCE_MESSAGE = (
     "The request was aborted because there was no available instance. Additional "
@@ -136,8 +140,7 @@ async def done(state: SandboxState, rev: Revision) -> None:
 async def running_instance(state: SandboxState, rev: Revision) -> Instance | None:
     """The revision's container, started now if it was scaled to zero (a cold start, which the
     request waits for); None when it cannot serve: killed (an OOM) or it failed to start."""
-    containers = container_store(state)
-    assert containers is not None
+    containers = running_container_store(state)
     instance = containers.instances.get(rev.name)
     if instance is not None and not instance.stopping:
         return instance if instance.alive else None
@@ -160,8 +163,7 @@ async def running_instance(state: SandboxState, rev: Revision) -> Instance | Non
 def _idle_instances(state: SandboxState, now: float) -> list[tuple[str, Instance]]:
     """The containers to stop: idle past the scenario's setting (and at least one evaluation
     period), below their revision's minimum, or of a revision that is gone."""
-    containers = container_store(state)
-    assert containers is not None
+    containers = running_container_store(state)
     revisions = state.stores["run"].revisions
     scaler = _autoscaler(state)
     idle_s = max(state.scenario.serving.idle_instance_s, EVALUATION_PERIOD_S)
@@ -181,8 +183,7 @@ def _idle_instances(state: SandboxState, now: float) -> list[tuple[str, Instance
 async def _scale_to_zero(state: SandboxState, name: str, instance: Instance) -> None:
     """Take the instance out of service at once, then shut it down (up to the grace period)
     while a request may already start a new one: renamed, so the new one can take its name."""
-    containers = container_store(state)
-    assert containers is not None
+    containers = running_container_store(state)
     instance.stopping = True  # from now on a request waits for the transition, then starts one
     async with _autoscaler(state).load(name).transition:
         rename = ["rename", instance.container, f"stopping-{instance.container[:12]}"]
@@ -205,7 +206,7 @@ async def reap_forever(state: SandboxState, period_s: float = EVALUATION_PERIOD_
             for _name, instance in idle:
                 instance.stopping = True
             await asyncio.gather(*(_scale_to_zero(state, n, i) for n, i in idle))
-        except Exception:  # one bad evaluation (a docker error) must not end scaling
+        except Exception:  # noqa: BLE001 - one bad evaluation (docker or other) must not end scaling
             _log.exception("sandbox: the idle reaper's evaluation failed")
 
 

@@ -8,9 +8,9 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.emulator.cloud_run_gpu import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
 from sandbox.emulator.core import ApiError
 from sandbox.emulator.run_resources import GPU_LIMIT
-from shipyard.blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
 
 # Fields of a Service that the server owns: dropped from what the client sends.
 OUTPUT_ONLY = {
@@ -154,7 +154,7 @@ def camel(key: str) -> str:
 
 
 def check_gpu_template(template: dict, region: str) -> None:
-    """Cloud Run's GPU rules (blocks/gpu_regions.py, from the GPU docs), answered 400 like a
+    """Cloud Run's GPU rules (sandbox/emulator/cloud_run_gpu.py, from the GPU docs), answered 400 like a
     field error: a region that offers the accelerator, its minimum CPU and memory, CPU always
     allocated, and the accelerator node selector together with the GPU limit."""
     gpus = template_gpus(template)
@@ -207,7 +207,7 @@ class StartupProbe:
     Without `startupProbe` Cloud Run applies its default: "tcpSocket: port: CONTAINER_PORT,
     timeoutSeconds: 240, periodSeconds: 240, failureThreshold: 1" (cloud.google.com/run/docs/
     configuring/healthchecks, "The default TCP startup probe"). A configured probe waits
-    initialDelaySeconds + failureThreshold × periodSeconds (proto defaults: period 10 s,
+    initialDelaySeconds + failureThreshold * periodSeconds (proto defaults: period 10 s,
     threshold 3; google/cloud/run/v2/k8s.min.proto, Probe)."""
 
     window_s: float

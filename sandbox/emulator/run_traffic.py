@@ -50,9 +50,8 @@ class TrafficRules(RunIndex):
                     f"service.traffic[{i}]: a LATEST target must not name a revision "
                     f"(got '{rev}'); use TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION.",
                 )
-            if kind == REVISION:
-                if not rev:
-                    raise ApiError(400, f"service.traffic[{i}].revision: a revision is required.")
+            if kind == REVISION and not rev:
+                raise ApiError(400, f"service.traffic[{i}].revision: a revision is required.")
             percent = target.get("percent", 0)
             if not 0 <= percent <= 100:
                 raise ApiError(

@@ -81,7 +81,7 @@ def _pump(engine: Engine, container: str, stream: str, log: Log) -> threading.Th
     pipe = proc.stdout if stream == "stdout" else proc.stderr
 
     def run() -> None:
-        assert pipe is not None
+        assert pipe is not None  # noqa: S101 - Popen was given a PIPE for this stream
         for line in pipe:
             log("ERROR" if stream == "stderr" else "INFO", line.rstrip("\n"), stream)
         proc.wait()

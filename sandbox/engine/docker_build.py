@@ -83,7 +83,7 @@ async def _stream(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    assert proc.stdout is not None
+    assert proc.stdout is not None  # noqa: S101 - the process was started with stdout=PIPE
     lines: list[str] = []
     try:
         async for raw in proc.stdout:

@@ -78,6 +78,15 @@ def container_store(state: Any) -> ContainerStore | None:
     return store
 
 
+def running_container_store(state: Any) -> ContainerStore:
+    """The container store of a sandbox that runs revisions as containers (its callers are
+    reached only then: a sandbox without a Docker daemon never starts an instance)."""
+    store = container_store(state)
+    if store is None:
+        raise RuntimeError("the sandbox runs no containers (no Docker daemon): no instance")
+    return store
+
+
 async def start_revision_container(state: Any, rev: Revision, wanted: Callable[[], bool]) -> bool:
     """Start the revision's container; False when it exited or never listened on $PORT, or
     the start itself failed (a docker error: its line goes to the revision's log, so a caller
@@ -88,8 +97,7 @@ async def start_revision_container(state: Any, rev: Revision, wanted: Callable[[
     nothing of `state` but its Cloud Logging store (`write_log` takes a lock). A container that
     started for a revision no longer `wanted` (deleted, or the sandbox reset, meanwhile) is
     removed at once."""
-    store = container_store(state)
-    assert store is not None
+    store = running_container_store(state)
     try:
         arguments = _start_arguments(state, rev)
         instance = await asyncio.to_thread(start_instance, store.engine, **arguments)
@@ -98,7 +106,7 @@ async def start_revision_container(state: Any, rev: Revision, wanted: Callable[[
             return False
     except StartFailed:
         return False
-    except Exception as exc:  # noqa: BLE001 - see above
+    except Exception as exc:  # noqa: BLE001 - a failed start of any kind is False, logged
         write_revision_log(state, rev, "ERROR", f"sandbox: the container did not start: {exc!r}")
         return False
     store.instances[rev.name] = instance

@@ -147,11 +147,14 @@ def _tar_layer(rootfs: Path, out: Path) -> tuple[str, str, int]:
                 tar.add(entry, arcname=entry.name)
     diff = hashlib.sha256()
     blob = hashlib.sha256()
-    with open(raw, "rb") as src, open(out, "wb") as dst:
-        with gzip.GzipFile(fileobj=dst, mode="wb", compresslevel=1, mtime=0) as gz:
-            while chunk := src.read(1 << 20):
-                diff.update(chunk)
-                gz.write(chunk)
+    with (
+        open(raw, "rb") as src,
+        open(out, "wb") as dst,
+        gzip.GzipFile(fileobj=dst, mode="wb", compresslevel=1, mtime=0) as gz,
+    ):
+        while chunk := src.read(1 << 20):
+            diff.update(chunk)
+            gz.write(chunk)
     raw.unlink()
     with open(out, "rb") as f:
         while chunk := f.read(1 << 20):

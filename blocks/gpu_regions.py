@@ -1,5 +1,6 @@
 """Where Cloud Run offers GPUs and what a GPU revision needs: one list, read by the
-`ReleaseTarget` block (refused when saved or loaded) and by the sandbox (Google's 400).
+`ReleaseTarget` block (refused when saved or loaded). The sandbox holds Google's facts itself
+(sandbox/emulator/cloud_run_gpu.py); tests/configuration/test_sandbox_agrees.py checks they agree.
 
 From Cloud Run's GPU documentation (cloud.google.com/run/docs/configuring/services/gpu):
 an L4 instance needs at least 4 CPU and 16 GiB of memory, CPU always allocated

@@ -1,6 +1,7 @@
 """Dockerfiles as BuildKit's frontend reads them: the one parser of the pipeline (the cache
-tiers' stages and their text, flows/build/tier_fingerprint.py) and of the sandbox's Cloud Build
-executor (sandbox/buildkit/).
+tiers' stages and their text, flows/build/tier_fingerprint.py). The sandbox's Cloud Build
+executor reads Dockerfiles with its own reader (sandbox/buildkit/dockerfile.py): it checks this
+one, it does not share it.
 
 Supported: parser directives (`# syntax=`, `# escape=` with the default backslash only), comments,
 line continuations, global `ARG` before the first `FROM`, multi-stage builds (`FROM … AS name`,

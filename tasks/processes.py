@@ -1,7 +1,6 @@
 """The operating system's process table, thinly: whether a process id is alive on this host.
 
-Used by the release slot (is the recorded holder of a service's slot still running here?) and
-by the sandbox's process manager (are the processes it started still up?).
+Used by the release slot (is the recorded holder of a service's slot still running here?).
 """
 
 from __future__ import annotations

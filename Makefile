@@ -60,3 +60,18 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+# `make test` with every core kept busy by bench/burn.py (2 spinning processes per CPU, for at
+# most BURN_SECONDS): the suite must stay green on a loaded machine. The same pytest command as
+# `test`; the burner is stopped afterwards whatever happens (tests failed, Ctrl-C, TERM), and the
+# target exits with pytest's status.
+BURN_SECONDS ?= 3600
+.PHONY: test-under-load
+test-under-load: rootfs
+	@$(BIN)/python bench/burn.py --seconds $(BURN_SECONDS) --while-pid $$PPID & burner=$$!; \
+	trap 'kill $$burner 2>/dev/null' EXIT INT TERM HUP; \
+	start=$$(date +%s); \
+	$(BIN)/pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15; status=$$?; \
+	kill $$burner 2>/dev/null; wait $$burner; \
+	echo "test-under-load: pytest exit $$status in $$(( $$(date +%s) - start )) s, under the burner"; \
+	exit $$status

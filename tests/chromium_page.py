@@ -3,7 +3,11 @@ URL, record every network request the page makes, read element boxes, wait on DO
 click and type as a person does (real mouse and keyboard input events), take a screenshot.
 
 Launched as the env notes say for root: `--no-sandbox`, no GPU, no QUIC, no background
-networking (the machine's closed network refuses those connections), an empty profile."""
+networking (the machine's closed network refuses those connections), an empty profile.
+
+Every wait polls what the page shows, up to a deadline generous enough for a loaded machine (a
+suite beside other suites: pages render, and the UI refreshes its lists, many times slower); no
+wait is a fixed sleep, so a quick page costs nothing."""
 
 from __future__ import annotations
 
@@ -30,6 +34,10 @@ FLAGS = [
     "--hide-scrollbars",
     "--remote-debugging-port=0",
 ]
+# Deadlines (seconds) of the waits below: what the page does under load, not what it should do.
+START_S = 90  # the browser's DevTools endpoint and its first page
+ANSWER_S = 60  # one DevTools command's answer
+WAIT_S = 60  # a DOM condition (an element to click, a value typed in)
 
 
 def chromium_binary() -> str | None:
@@ -59,7 +67,7 @@ class Page:
         port = re.search(r":(\d+)/", browser_ws).group(1)  # type: ignore[union-attr]
         import httpx
 
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + START_S
         while True:
             targets = httpx.get(f"http://127.0.0.1:{port}/json/list").json()
             pages = [t for t in targets if t.get("type") == "page"]
@@ -72,7 +80,7 @@ class Page:
 
     def _devtools_url(self) -> str:
         assert self.proc.stderr is not None
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + START_S
         while time.monotonic() < deadline:
             line = self.proc.stderr.readline()
             found = re.search(r"DevTools listening on (ws://\S+)", line)
@@ -86,14 +94,14 @@ class Page:
         msg_id = next(self.ids)
         self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
         while True:
-            msg = json.loads(self.ws.recv(timeout=30))
+            msg = json.loads(self.ws.recv(timeout=ANSWER_S))
             if msg.get("id") == msg_id:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})
             self.events.append(msg)
 
-    def wait_event(self, method: str, timeout: float = 30) -> dict[str, Any]:
+    def wait_event(self, method: str, timeout: float = ANSWER_S) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         for msg in self.events:
             if msg.get("method") == method:
@@ -111,7 +119,7 @@ class Page:
         self.send("Page.navigate", url=path.resolve().as_uri())
         self.wait_event("Page.loadEventFired")
 
-    def goto(self, url: str, timeout: float = 60) -> None:
+    def goto(self, url: str, timeout: float = 120) -> None:
         """Navigate and wait for the load event (a single-page app renders after it: wait on
         the DOM with `wait_for`)."""
         self.send("Page.enable")
@@ -119,7 +127,7 @@ class Page:
         self.send("Page.navigate", url=url)
         self.wait_event("Page.loadEventFired", timeout=timeout)
 
-    def wait_for(self, expression: str, timeout: float = 30, what: str = "") -> Any:
+    def wait_for(self, expression: str, timeout: float = WAIT_S, what: str = "") -> Any:
         """Evaluate `expression` until it is truthy; its value. TimeoutError names `what` and
         the page's visible text when it never becomes true."""
         deadline = time.monotonic() + timeout
@@ -135,7 +143,7 @@ class Page:
                 )
             time.sleep(0.2)
 
-    def click(self, element: str, timeout: float = 30, what: str = "") -> None:
+    def click(self, element: str, timeout: float = WAIT_S, what: str = "") -> None:
         """Click the element a JS expression finds (waited for), with real mouse events at the
         centre of its box: pointerdown/mousedown/mouseup/click, as menus and forms expect.
 

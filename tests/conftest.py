@@ -11,8 +11,10 @@ import os
 import re
 import secrets
 import tempfile
+from pathlib import Path
 
 import pytest
+import secrets_scan_kit
 
 _HOME = tempfile.mkdtemp(prefix="shipyard-test-prefect-")
 os.environ.setdefault("PREFECT_HOME", _HOME)
@@ -46,13 +48,16 @@ class _GroupsApplied:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config, items):
-        if getattr(config.option, "loadgroup", False) and items:
-            if not all("@" in item.nodeid for item in items):
-                raise pytest.UsageError(
-                    "pytest-xdist did not apply the xdist_group markers (--dist loadgroup): "
-                    "tests/runtime would run on both workers; use a pytest that xdist supports "
-                    "(pyproject: pytest<9)"
-                )
+        if (
+            getattr(config.option, "loadgroup", False)
+            and items
+            and not all("@" in item.nodeid for item in items)
+        ):
+            raise pytest.UsageError(
+                "pytest-xdist did not apply the xdist_group markers (--dist loadgroup): "
+                "tests/runtime would run on both workers; use a pytest that xdist supports "
+                "(pyproject: pytest<9)"
+            )
 
 
 def pytest_configure(config):
@@ -68,18 +73,47 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_anywhere_at_the_end(prefect_server):
+    """The secrets scan (tests/secrets_scan_kit.py) of everything this session's Prefect server
+    and sandbox hold, once every test ran, for every secret a test registered: under `-n 2` each
+    xdist worker is a session with its own server, so each scans the runs it held, and a hit
+    fails the suite (an error at the teardown of the session's last test, naming the secret and
+    where it was found, never its value). Torn down before the server it reads."""
+    yield
+    hits = secrets_scan_kit.session_scan()
+    if hits:
+        pytest.fail(
+            "secrets scan at the end of the session (tests/secrets_scan_kit.py): a known "
+            "secret was found in " + str(len(hits)) + " place(s):\n  " + "\n  ".join(hits),
+            pytrace=False,
+        )
+
+
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory):
     """The sandbox (real registry + emulator) on free loopback ports, one per session.
 
     Sets SHIPYARD_GOOGLE_ENDPOINT / SHIPYARD_REGISTRY_URL so the code under test uses it.
     """
+    import httpx
+
+    from sandbox.admin import SandboxAdmin
     from sandbox.manager import start_sandbox
 
     info = start_sandbox(root=tmp_path_factory.mktemp("sandbox"))
+    secrets_scan_kit.remember_folder(Path(info.root))
     with info.env_applied():
         yield info
-    info.stop()
+    # What the last test left in Cloud Logging (a reset clears it), for the end-of-session scan.
+    admin = SandboxAdmin(info.emulator_url)
+    try:
+        secrets_scan_kit.remember_sandbox_logs(admin.logs())
+    except httpx.HTTPError:
+        pass  # an emulator that is gone holds no entries; its files are still scanned
+    finally:
+        admin.close()
+        info.stop()
 
 
 @pytest.fixture
@@ -121,7 +155,7 @@ def internal_token(prefect_server) -> str:
     """The token the canary sends: a Prefect Secret block, and the sandbox's Secret Manager."""
     from prefect.blocks.system import Secret
 
-    token = "tok-" + secrets.token_hex(12)
+    token = secrets_scan_kit.remember("internal token", "tok-" + secrets.token_hex(12))
     Secret(value=token).save(TOKEN_BLOCK, overwrite=True)
     return token
 

@@ -171,7 +171,7 @@ def test_invalid_requests_are_rejected_with_the_field(
     with pytest.raises(gexc.BadRequest, match="diskSizeGb 5000"):
         client.create_build(project_id=PROJECT, build=request)
     # A mistyped builds key is refused when the scenario loads (606e11e), naming the key.
-    with pytest.raises(ValueError, match="builds.fail_stepp"):
+    with pytest.raises(ValueError, match=r"builds\.fail_stepp"):
         sandbox_admin.reset(scenario_data={"builds": {"fail_stepp": "x"}})
     with pytest.raises(gexc.NotFound):
         client.get_build(project_id=PROJECT, id="no-such-build")

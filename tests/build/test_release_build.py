@@ -86,7 +86,7 @@ def test_a_rejected_build_request_surfaces_the_message(
     sandbox_admin.reset(
         scenario_data={"builds": {"reject_message": "invalid build: options.machineType quota"}}
     )
-    with pytest.raises(BuildFailedError, match="refused the build request.*machineType quota"):
+    with pytest.raises(BuildFailedError, match=r"refused the build request.*machineType quota"):
         build_release_image(
             "v3.0.0", app_repo.head(), base_image=base_image, settings_block=settings_block
         )

@@ -300,9 +300,11 @@ class FlakyProxy:
         until = self.not_before.get(key)
         if until is not None and now < until - 0.05:
             self.early.append(key)
-        elif self.throttled >= self.throttle_max or self.requests % self.throttle_every:
-            return False
-        elif not key.startswith(self.throttle_only):
+        elif (
+            self.throttled >= self.throttle_max
+            or self.requests % self.throttle_every
+            or not key.startswith(self.throttle_only)
+        ):
             return False
         else:
             self.throttled += 1

@@ -75,7 +75,7 @@ def test_malformed_references_say_what_and_how(text, names):
 
 def test_unsupported_media_types_are_named():
     schema1 = json.dumps({"schemaVersion": 1, "name": "x"}).encode()
-    with pytest.raises(UnsupportedMediaType, match="prettyjws.*schema 1"):
+    with pytest.raises(UnsupportedMediaType, match=r"prettyjws.*schema 1"):
         parse_manifest(
             schema1, "application/vnd.docker.distribution.manifest.v1+prettyjws", where="r/x:1"
         )

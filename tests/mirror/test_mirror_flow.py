@@ -17,6 +17,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler
 from prefect_docker import DockerRegistryCredentials
+from secrets_scan_kit import remember
 from typer.testing import CliRunner
 
 from shipyard.deployments.cli.mirror import register
@@ -193,6 +194,8 @@ def test_unknown_tag_without_a_pin_fails_plainly(src, dst):
 
 
 def test_credentials_from_blocks_and_no_secret_anywhere(src, start):
+    remember("mirror registry password", "Pw-d0nt-leak-42")
+    remember("wrong mirror registry password", "Wr0ng-d0nt-leak")
     private = start(htpasswd=("mirror-bot", "Pw-d0nt-leak-42"))
     run(
         DockerRegistryCredentials(

@@ -66,7 +66,7 @@ def test_rate_limited_source_is_waited_out_as_the_registry_asks(
             got = await d.get_manifest("base/cuda", index.digest)
         return index, plan, configs, stats, got
 
-    index, plan, configs, stats, got = run(scenario())
+    index, _plan, configs, stats, got = run(scenario())
     assert proxy.throttled == 3 and proxy.early == []
     assert got.digest == index.digest and len(configs) == 2 and stats.retries >= 3
 

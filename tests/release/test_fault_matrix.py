@@ -38,7 +38,7 @@ def test_matrix_has_at_least_thirty_cases_over_every_stage():
         "traffic",
         "build",
     }
-    assert SUITE <= {c.id for c in CASES}
+    assert {c.id for c in CASES} >= SUITE
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.id in SUITE], ids=lambda c: c.id)

@@ -59,8 +59,8 @@ def test_the_sandbox_refuses_a_gpu_template_like_google(sandbox_admin, cloud):
         gexc.BadRequest, match="'nvidia-l4' is not supported in region 'asia-east1'"
     ):
         create("asia-east1", _gpu_template(), "gpu-nowhere")
-    with pytest.raises(gexc.BadRequest, match="limits.cpu.*at least 4 CPU"):
+    with pytest.raises(gexc.BadRequest, match=r"limits\.cpu.*at least 4 CPU"):
         create("us-central1", _gpu_template(cpu="2"), "gpu-small")
-    with pytest.raises(gexc.BadRequest, match="limits.memory.*at least 16Gi"):
+    with pytest.raises(gexc.BadRequest, match=r"limits\.memory.*at least 16Gi"):
         create("us-central1", _gpu_template(memory="8Gi"), "gpu-tight")
     assert create("us-east4", _gpu_template(), "gpu-fits").result(timeout=30).uri

@@ -2,6 +2,11 @@
 `sandbox` extra into a fresh venv outside the checkout, imports every flow, finds its canary
 sample, and runs a dry-run release against the session's sandbox (started from the test venv).
 
+The wheel is one import namespace, `shipyard` (the top-level folders flows/, tasks/, blocks/,
+deployments/ are mapped under it): nothing else at its top level, `import flows` fails in its
+venv, and nothing of the checkout-only sandbox is in it, so `shipyard sandbox up` from the wheel
+says in one line that the sandbox comes with a checkout.
+
 The fresh venv is pinned to the test venv's versions and filled from uv's cache, so it costs
 seconds, not a download.
 """
@@ -13,6 +18,8 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -65,7 +72,23 @@ from shipyard.deployments.serve import PREFECT_YAML, read_specs
 
 assert PREFECT_YAML.resolve().is_relative_to(site), PREFECT_YAML  # not the checkout
 served = [spec.name for spec in read_specs(PREFECT_YAML)]
-report = {"flows": sorted(found), "sample": list(sample.size), "missing": missing, "served": served}
+# One namespace: the checkout's top-level names do not import here (`import flows` fails).
+importable = []
+for name in ('flows', 'tasks', 'blocks', 'deployments', 'sandbox', 'bench'):
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError:
+        continue
+    importable.append(name)
+top_level = (md.distribution("shipyard").read_text("top_level.txt") or "").split()
+report = {
+    "flows": sorted(found),
+    "sample": list(sample.size),
+    "missing": missing,
+    "served": served,
+    "importable": importable,
+    "top_level": top_level,
+}
 Path(sys.argv[1]).write_text(json.dumps(report))
 
 # Then the console script's own entry point, in this process (one interpreter start: a fresh
@@ -82,9 +105,16 @@ def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout:
     return proc
 
 
+@dataclass(frozen=True)
+class Installed:
+    wheel: Path  # the wheel file built from this tree
+    bin: Path  # bin/ of the fresh venv it is installed in
+
+
 @pytest.fixture(scope="session")
-def installed_wheel(tmp_path_factory) -> Path:
-    """bin/ of a fresh venv holding the wheel built from this tree, without the sandbox extra."""
+def installed_wheel(tmp_path_factory) -> Installed:
+    """The wheel built from this tree, and bin/ of a fresh venv holding it without the sandbox
+    extra."""
     uv = shutil.which("uv")
     assert uv, "uv is not on PATH: `make setup` installs it"
     work = tmp_path_factory.mktemp("wheel")
@@ -102,12 +132,23 @@ def installed_wheel(tmp_path_factory) -> Path:
     (work / "constraints.txt").write_text("\n".join(pins) + "\n")
     venv = work / "venv"
     _run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], cwd=work)
+    python = str(venv / "bin" / "python")
+    constraints = str(work / "constraints.txt")
     _run(
-        [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python")]
-        + ["--constraint", str(work / "constraints.txt"), str(wheel)],
+        [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            python,
+            "--constraint",
+            constraints,
+            str(wheel),
+        ],
         cwd=work,
     )
-    return venv / "bin"
+    return Installed(wheel=wheel, bin=venv / "bin")
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -134,7 +175,7 @@ def test_installed_wheel_imports_every_flow_and_dry_runs_a_release(
 
     out = _run(
         [
-            str(installed_wheel / "python"),
+            str(installed_wheel.bin / "python"),
             "-c",
             CHECK,
             str(report_path),
@@ -146,7 +187,7 @@ def test_installed_wheel_imports_every_flow_and_dry_runs_a_release(
         env=_env(tmp_path),
     )
 
-    assert (installed_wheel / "shipyard").is_file()  # the console script is installed
+    assert (installed_wheel.bin / "shipyard").is_file()  # the console script is installed
     report = json.loads(report_path.read_text())
     assert {"release", "prewarm-cache-tiers", "mirror_base_image", "build-release-image"} <= set(
         report["flows"]
@@ -154,6 +195,51 @@ def test_installed_wheel_imports_every_flow_and_dry_runs_a_release(
     assert report["sample"] == [384, 191]  # the packaged page, read without a checkout
     assert {"release", "prewarm-cache", "mirror-base"} <= set(report["served"])  # `shipyard serve`
     assert sorted(report["missing"]) == sorted(SANDBOX_ONLY)  # not runtime dependencies
+    assert report["top_level"] == ["shipyard"]  # the installed dist-info's top_level.txt
+    assert report["importable"] == []  # `import flows` (tasks, blocks, ...) fails
     data = json.loads(out.stdout)
     assert data["outcome"] == "planned" and data["dry_run"] is True
     assert data["plan"]["revision"] == f"{target.service}-v1-2-3"
+
+
+def test_the_wheel_is_one_namespace_without_the_sandbox(installed_wheel):
+    with zipfile.ZipFile(installed_wheel.wheel) as wheel:
+        names = wheel.namelist()
+        (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+        assert wheel.read(top_level).decode().split() == ["shipyard"]
+    packages = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
+    assert packages == {"shipyard"}
+    # Under shipyard/ only the four mapped packages (it has no __init__.py of its own).
+    assert {n.split("/")[1] for n in names if n.startswith("shipyard/")} == {
+        "flows",
+        "tasks",
+        "blocks",
+        "deployments",
+    }
+    # Nothing of the checkout-only sandbox (nor the benches): no such folder at any depth, no
+    # scenario file; the one YAML file is the served deployments' prefect.yaml.
+    folders = {part for n in names for part in n.split("/")[:-1]}
+    assert not {"sandbox", "bench", "scenarios"} & folders, sorted(folders)
+    data_files = [n for n in names if n.endswith((".yaml", ".yml", ".toml"))]
+    assert data_files == ["shipyard/deployments/prefect.yaml"], data_files
+
+
+def test_sandbox_up_from_the_wheel_says_it_comes_with_a_checkout(installed_wheel, tmp_path):
+    from shipyard.deployments.cli.sandbox import SANDBOX_NEEDS_CHECKOUT
+
+    proc = subprocess.run(
+        [str(installed_wheel.bin / "shipyard"), "sandbox", "up"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    expected = "error: " + SANDBOX_NEEDS_CHECKOUT.format(command="sandbox up")
+    assert lines == [expected], output

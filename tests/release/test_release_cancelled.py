@@ -6,9 +6,12 @@ Cancellation from the API (the UI's Cancel button) only reaches a run that somet
 supervises: the release is a deployment served by a runner (`release.serve`, in its own process
 with the sandbox's environment), as a user's worker would run it. The runner kills the run's
 process and runs the flow's `on_cancellation` hook (flows/release/hooks.py) before it marks the
-run Cancelled. Each case makes one step slow with a scenario the sandbox emulates (a queued
-build, a revision that never becomes Ready, slow pages, a traffic update that takes its time)
-and cancels when that step has started.
+run Cancelled. Each case holds one step with a scenario the sandbox emulates (a queued build,
+a service whose deploy operation never reports done, slow pages, a traffic update that takes its
+time), each far longer than the test may last, so that the step cannot end by itself before the
+cancel, whatever the machine's load; and it cancels only once it has seen the step start (its
+`started` event) and, where the sandbox shows it, the held state itself (the deploy's service
+created, the cutover's traffic moved): no race between the cancel and a timeout.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ from sandbox.release_invariants import (
 )
 from shipyard.flows.release.hooks import canary_verdict
 
-pytestmark = pytest.mark.slow
+# The module's first test also waits for the served runner to come up (and, first in a session,
+# for the session's server and sandbox): under load that alone can take minutes, which the
+# suite's 300 s per test would count against the test.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "registry.sandbox.local/pages/page-service"
@@ -52,31 +58,50 @@ release.serve(name=sys.argv[1], print_starting_message=False)
 """
 
 
+# Longer than a test may last (pytest's timeout: 300 s): a held step cannot end by itself.
+HOLD_MS = 3_600_000
+
+
 @dataclass(frozen=True)
 class Pause:
-    """Where a case cancels: the step, what makes it slow, the event that says it started."""
+    """Where a case cancels: the step, what holds it, the event that says it started and what
+    the sandbox shows once it is held."""
 
     step: str
     started: str  # the event (or "build-listed": the tag's build exists on Cloud Build)
     scenario: dict[str, Any] = field(default_factory=dict)
     target: dict[str, Any] = field(default_factory=dict)
     builds: bool = False  # no image: the release builds the tag
+    # What the traffic history shows once the step is held: "created" (the region's service
+    # exists), "gpu-serves" (the tag's GPU revision has the traffic), "" (nothing to see).
+    held: str = ""
 
 
 PAUSES = [
-    # The GPU revision never becomes Ready: the deploy step waits for it.
+    # Cloud Run's operations never report done: the deploy step's first call, creating the
+    # region's service with its CPU baseline (Google settles it at once: the baseline serves),
+    # waits on its operation; the run's timeouts are longer than the test.
     Pause(
         "deploy",
         "shipyard.deploy.started",
-        {"revision_faults": [{"fault": "never_ready"}]},
-        {"ready_timeout_s": 120},
+        {"operations": {"polls_before_done": 1_000_000}},
+        {"ready_timeout_s": HOLD_MS / 1000},
+        held="created",
     ),
-    # Each page takes a minute on the GPU revision: the canary's first request is in flight.
+    # Each page takes a minute on the GPU revision: the canary's first request is in flight,
+    # and the canary needs three of them.
     Pause("canary", "shipyard.canary.started", {"serving": {"gpu_ms": 60_000}}),
-    # The cutover's traffic update takes its time (Google routes traffic in seconds).
-    Pause("cutover", "shipyard.cutover.started", {"operations": {"traffic_update_ms": 15_000}}),
+    # The cutover's traffic update takes its time (Google routes traffic in seconds, here it
+    # reports the operation done after an hour); the traffic has moved already.
+    Pause(
+        "cutover",
+        "shipyard.cutover.started",
+        {"operations": {"traffic_update_ms": HOLD_MS}},
+        {"ready_timeout_s": HOLD_MS / 1000},
+        held="gpu-serves",
+    ),
     # The build waits in Cloud Build's queue.
-    Pause("build", "build-listed", {"builds": {"queue_ms": 120_000}}, builds=True),
+    Pause("build", "build-listed", {"builds": {"queue_ms": HOLD_MS}}, builds=True),
 ]
 
 
@@ -101,7 +126,7 @@ def served(sandbox, prefect_server, tmp_path_factory):
             stderr=subprocess.STDOUT,
         )
     try:
-        deployment_id = _wait(lambda: _deployment_id(), 240, "the served deployment", proc, log)
+        deployment_id = _wait(lambda: _deployment_id(), 480, "the served deployment", proc, log)
         yield SimpleNamespace(id=deployment_id, log=log, proc=proc)
     finally:
         proc.terminate()
@@ -143,11 +168,19 @@ def _tag_builds(git_tag: str) -> list:
     return list(client.list_builds(project_id=cloud.resolved_project(), filter=f'tags="{git_tag}"'))
 
 
-def _started(pause: Pause, service: str, git_tag: str, since: dt.datetime) -> bool:
+def _started(pause: Pause, service: str, git_tag: str, since: dt.datetime, admin) -> bool:
+    """The step has started and, where the sandbox shows it, is held."""
     if pause.started == "build-listed":
         return bool(_tag_builds(git_tag))
     events = _events(f"shipyard.cloud-run.service.{service}", since, pause.started, timeout=0)
-    return any(e.event == pause.started for e in events)
+    if not any(e.event == pause.started for e in events):
+        return False
+    history = admin.traffic_history(service)
+    if pause.held == "created":
+        return bool(history)
+    if pause.held == "gpu-serves":
+        return serving(history, EU) == {f"{service}-{git_tag.replace('.', '-')}": 100}
+    return True
 
 
 def _release_cancelled_when(served, target, git_tag: str, image: str, started, what: str):
@@ -199,7 +232,7 @@ def test_cancelled_at_each_step_leaves_the_last_good_release(
         target,
         git_tag,
         "" if pause.builds else f"{IMAGE}:{git_tag}",
-        lambda: _started(pause, target.service, git_tag, since),
+        lambda: _started(pause, target.service, git_tag, since, sandbox_admin),
         pause.step,
     )
     assert final.type == StateType.CANCELLED, (final.name, final.message)

@@ -25,7 +25,7 @@ def test_release_builds_in_the_target_cloud_blocks_project(
     target = make_target(base_image=pinned_base, build_settings_block=settings_block, cloud=cloud)
     target.save(target.service, overwrite=True)
 
-    with pytest.raises(ReleaseError, match="build of v11.0.0 failed"):
+    with pytest.raises(ReleaseError, match=r"build of v11\.0\.0 failed"):
         release_saved(target.service)
 
     assert sandbox_admin.calls()["build.create"] == 1

@@ -117,9 +117,11 @@ def test_one_release_per_service(stage, make_target, sandbox_admin):
     name = slot_name(target.service)
     ensure_slot(name)
 
-    with concurrency(name, occupy=1, strict=True):  # another release holds the service
-        with pytest.raises(ReleaseError, match="one release per service"):
-            release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
+    with (
+        concurrency(name, occupy=1, strict=True),  # another release holds the service
+        pytest.raises(ReleaseError, match="one release per service"),
+    ):
+        release("v1.0.0", target, image=f"{IMAGE}:v1.0.0")
 
     assert sandbox_admin.calls().get("run.get_service", 0) == 0  # it did not even look
     assert sandbox_admin.traffic_history(target.service) == []

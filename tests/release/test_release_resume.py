@@ -55,7 +55,7 @@ def test_public_service_is_refused_unless_the_target_says_so(stage, make_target,
     service.invoker_iam_disabled = True
     cr.update_service(services, service, timeout=30)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    with pytest.raises(ConfigurationError, match="invoker IAM disabled.*public=True"):
+    with pytest.raises(ConfigurationError, match=r"invoker IAM disabled.*public=True"):
         release("v1.1.0", private, image=f"{IMAGE}:v1.1.0")
     history = sandbox_admin.traffic_history(private.service)
     assert serving(history, "europe-west1") == {f"{private.service}-v1-0-0": 100}

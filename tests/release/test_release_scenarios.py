@@ -335,7 +335,7 @@ def test_build_failure_stops_before_any_deploy(
     repo.tag("v9.1.0")
     target = make_target(base_image=pinned_base, build_settings_block=settings_block)
 
-    with pytest.raises(ReleaseError, match="build of v9.1.0 failed.*No space left on device"):
+    with pytest.raises(ReleaseError, match=r"build of v9\.1\.0 failed.*No space left on device"):
         release("v9.1.0", target)
 
     calls = sandbox_admin.calls()

@@ -6,9 +6,10 @@ messages and parameters, every row of the test server's SQLite database (the fil
 the sandbox's Cloud Logging entries, and every log file of the sandbox, the registry and the
 receiver. Zero hits.
 
-In a full run this file comes after the demo and the failing scenarios of tests/release (files
-run in name order, and the internal token is the session's), so their logs, runs, events and
-database rows are in the scan too."""
+The scan itself is tests/secrets_scan_kit.py. Its secrets are registered for the scan that
+tests/conftest.py runs at the end of each session too: under `-n 2` each xdist worker has its own
+Prefect server and sandbox, so that scan, on every worker, is the one that sees every run of the
+suite (the internal token is each worker's session token)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from secrets_scan_kit import Haystacks, database_files, folder_files, prefect_texts, remember
 
 from sandbox.procs import free_port, spawn, stop_pid, wait_for_port
 
@@ -31,63 +33,13 @@ REPOSITORY = "acme/manga-translator"
 WEBHOOK_BLOCK = "shipyard-webhook-secret-scan"
 
 
-def _all_pages(read, limit: int = 200) -> list:
-    out, offset = [], 0
-    while True:
-        page = read(limit, offset)
-        out += page
-        if len(page) < limit:
-            return out
-        offset += limit
-
-
-def _prefect_texts(since: dt.datetime) -> dict[str, list[str]]:
-    """Everything the Prefect API holds that a secret could reach, as text per kind."""
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventOccurredFilter
-    from prefect.logging.handlers import APILogHandler
-
-    APILogHandler().flush()
-    with get_client(sync_client=True) as client:
-        logs = _all_pages(lambda n, o: client.read_logs(limit=n, offset=o))
-        artifacts = _all_pages(lambda n, o: client.read_artifacts(limit=n, offset=o))
-        flow_runs = _all_pages(lambda n, o: client.read_flow_runs(limit=n, offset=o))
-        task_runs = _all_pages(lambda n, o: client.read_task_runs(limit=n, offset=o))
-        page = client.read_events(EventFilter(occurred=EventOccurredFilter(since=since)), 50)
-        events = list(page.events)
-        while page.next_page:
-            page = client.read_events_page(page.next_page)
-            events += page.events
-        variables = client.read_variables()
-    return {
-        "logs": [log.message for log in logs],
-        "artifacts": [f"{a.key} {a.data} {a.description}" for a in artifacts],
-        "events": [e.model_dump_json() for e in events],
-        "flow runs": [
-            f"{r.name} {r.state.message if r.state else ''} {json.dumps(r.parameters, default=str)}"
-            for r in flow_runs
-        ],
-        "task runs": [f"{r.name} {r.state.message if r.state else ''}" for r in task_runs],
-        "variables": [f"{v.name} {json.dumps(v.value, default=str)}" for v in variables],
-    }
-
-
-def _database_files() -> list[Path]:
-    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
-
-    url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
-    assert url and url.startswith("sqlite"), f"the test server is not on SQLite: {url}"
-    db = Path(url.split(":///", 1)[1])
-    return [p for p in (db, Path(f"{db}-wal"), Path(f"{db}-journal")) if p.exists()]
-
-
 @pytest.fixture
 def webhook_receiver(sandbox, tmp_path):
     """`shipyard webhook serve` reading its secret from a Prefect Secret block."""
     from prefect.blocks.system import Secret
     from prefect.settings import PREFECT_API_URL
 
-    secret = "whsec-scan-" + secrets.token_urlsafe(18)
+    secret = remember("webhook secret", "whsec-scan-" + secrets.token_urlsafe(18))
     Secret(value=secret).save(WEBHOOK_BLOCK, overwrite=True)
     port = free_port()
     log = tmp_path / "receiver.log"
@@ -115,7 +67,7 @@ def _deliver(url: str, secret: str, tag: str) -> list[int]:
     body = json.dumps(
         {
             "ref": f"refs/tags/{tag}",
-            "after": hashlib.sha1(tag.encode()).hexdigest(),
+            "after": hashlib.sha1(tag.encode(), usedforsecurity=False).hexdigest(),
             "deleted": False,
             "repository": {"full_name": REPOSITORY},
         }
@@ -164,7 +116,8 @@ def _mirror_with_password(sandbox, tmp_path) -> tuple[list[str], Path]:
     from sandbox.seed import seed_cuda_image
     from shipyard.flows.mirror.flow import mirror_base_image
 
-    good, bad = "Reg-pw-" + secrets.token_hex(8), "Reg-wrong-" + secrets.token_hex(8)
+    good = remember("registry password", "Reg-pw-" + secrets.token_hex(8))
+    bad = remember("wrong registry password", "Reg-wrong-" + secrets.token_hex(8))
     private = start_registry(tmp_path / "private-registry", htpasswd=("scan-bot", good))
     try:
         for name, password in (("scan-dst-ok", good), ("scan-dst-bad", bad)):
@@ -232,29 +185,17 @@ def test_no_secret_in_any_log_artifact_event_state_row_or_file(
         "registry password": registry_passwords[0],
         "wrong registry password": registry_passwords[1],
     }
-    haystacks = _prefect_texts(since)
-    haystacks["results"] = [good.model_dump_json(), bad.model_dump_json()]
-    haystacks["cloud logging"] = [json.dumps(e) for e in sandbox_admin.logs()]
-    files = _database_files() + [receiver_log]
-    files += [p for p in Path(sandbox.root).rglob("*") if p.is_file() and p.suffix != ".db"]
-    files += [p for p in registry_root.rglob("*") if p.is_file() and p.name != "htpasswd"]
-    assert haystacks["logs"] and haystacks["events"] and haystacks["cloud logging"]
-    assert any("TransientAnswer" in m for m in haystacks["logs"])  # the retried 503
-    assert any("scan-dst-bad" in m for m in haystacks["logs"])  # the refused password
+    haystacks = Haystacks()
+    prefect_texts(haystacks, since)
+    haystacks.add("results", [("good", good.model_dump_json()), ("bad", bad.model_dump_json())])
+    haystacks.add("cloud logging", (("entry", json.dumps(e)) for e in sandbox_admin.logs()))
+    haystacks.files = [*database_files(), receiver_log, *folder_files(sandbox.root)]
+    haystacks.files += [p for p in registry_root.rglob("*") if p.is_file() and p.name != "htpasswd"]
+    assert haystacks.of("logs") and haystacks.of("events") and haystacks.of("cloud logging")
+    assert any("TransientAnswer" in m for m in haystacks.of("logs"))  # the retried 503
+    assert any("scan-dst-bad" in m for m in haystacks.of("logs"))  # the refused password
     assert "delivery" in receiver_log.read_text()
     # The scan reads real data: the service's name is in the database files.
-    assert any(target.service.encode() in p.read_bytes() for p in _database_files())
+    assert any(target.service.encode() in p.read_bytes() for p in database_files())
 
-    hits = [
-        f"{what} in {kind}"
-        for what, needle in needles.items()
-        for kind, texts in haystacks.items()
-        if any(needle in text for text in texts)
-    ]
-    hits += [
-        f"{what} in {path}"
-        for what, needle in needles.items()
-        for path in files
-        if needle.encode() in path.read_bytes()
-    ]
-    assert hits == []
+    assert haystacks.hits(needles) == []

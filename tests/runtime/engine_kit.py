@@ -52,8 +52,10 @@ def build_request(repo: GitRepo, base: str, tag: str) -> cb.Build:
         steps=[
             cb.BuildStep(
                 name="gcr.io/cloud-builders/docker",
-                args=["buildx", "create", "--name", "shipyard", "--driver", "docker-container"]
-                + ["--bootstrap", "--use"],
+                args=[
+                    *("buildx", "create", "--name", "shipyard", "--driver", "docker-container"),
+                    *("--bootstrap", "--use"),
+                ],
             ),
             cb.BuildStep(name="gcr.io/cloud-builders/docker", args=args),
         ],

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 from engine_kit import GitRepo
+from secrets_scan_kit import remember
 
 # The module's first test also pays for the tiers and the first release (its fixtures): ~2 min
 # on an idle 2-core machine, several times that under load; pytest-timeout counts setup too.
@@ -94,7 +95,7 @@ def rehearsal(engine_session, engine_upstream, tmp_path_factory):
 
     repo = GitRepo(tmp_path_factory.mktemp("rehearsal") / "page-service", _service_files())
     commit = repo.write({"README.md": "the page service, rehearsed\n"})
-    token = "tok-" + secrets.token_hex(12)
+    token = remember("rehearsal internal token", "tok-" + secrets.token_hex(12))
     Secret(value=token).save(TOKEN_BLOCK, overwrite=True)
     host = engine_session.registry_host
     with engine_session.env_applied():
@@ -128,7 +129,7 @@ def _docker_settings(engine_session) -> None:
             "docker_host": DockerHost(base_url=engine_session.docker_host),
             "docker_registry_credentials": DockerRegistryCredentials(
                 username="rehearsal",
-                password="pw-" + secrets.token_hex(8),
+                password=remember("docker registry password", "pw-" + secrets.token_hex(8)),
                 registry_url=engine_session.registry_host,
             ),
             "docker_network": "host",

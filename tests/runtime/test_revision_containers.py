@@ -19,7 +19,7 @@ from google.api_core import exceptions
 from google.cloud import run_v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
-from run_testkit import FAILED, FAST, READY, create, parent, template  # noqa: E402
+from run_testkit import FAILED, FAST, READY, create, parent, template
 
 SERVER = (
     "import http.server, os, signal, sys, time\n"

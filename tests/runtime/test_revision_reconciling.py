@@ -20,7 +20,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import duration_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
-from run_testkit import FAILED, FAST, READY, RECONCILING, parent, short, template  # noqa: E402
+from run_testkit import FAILED, FAST, READY, RECONCILING, parent, short, template
 
 NEVER_LISTENS = [
     "python3",

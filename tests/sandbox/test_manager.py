@@ -43,7 +43,7 @@ def test_bad_scenario_names_file_key_and_allowed(tmp_path):
 def test_bad_scenario_refused_before_anything_starts(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[apis.run]\nerror_rate = 2.0\n")
-    with pytest.raises(ScenarioError, match="apis.run.error_rate"):
+    with pytest.raises(ScenarioError, match=r"apis\.run\.error_rate"):
         start_sandbox(scenario=str(bad), root=tmp_path / "sb")
 
 

@@ -200,7 +200,7 @@ def test_invariant_checker_on_a_bad_and_a_real_history(sandbox_admin, cloud):
     assert history[0]["revisions"] == {"real-v1": True}
     assert traffic_violations(history) == []
     assert svc.traffic_statuses[1].tag == "canary"
-    assert READY == svc.terminal_condition.state
+    assert svc.terminal_condition.state == READY
 
 
 def test_gpu_deploy_over_quota_fails_where_the_scenario_says(sandbox_admin, cloud):

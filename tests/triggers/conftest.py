@@ -12,6 +12,7 @@ runs a release.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from secrets_scan_kit import remember
 from trigger_hooks import (
     BASE_MIRROR,
     REPO_ROOT,
@@ -41,7 +43,7 @@ def api_url(prefect_server) -> str:
 
 @pytest.fixture(scope="package")
 def webhook_secret() -> str:
-    return "whsec-" + secrets.token_urlsafe(24)
+    return remember("webhook secret", "whsec-" + secrets.token_urlsafe(24))
 
 
 async def _prepare_server(webhook_secret: str) -> None:
@@ -52,10 +54,8 @@ async def _prepare_server(webhook_secret: str) -> None:
     from prefect.variables import Variable
 
     async with get_client() as client:
-        try:
+        with contextlib.suppress(ObjectAlreadyExists):
             await client.create_work_pool(WorkPoolCreate(name=WORK_POOL, type="process"))
-        except ObjectAlreadyExists:
-            pass
     await Variable.aset("shipyard_base_mirror", BASE_MIRROR, overwrite=True)
     await Secret(value=webhook_secret).asave(SECRET_BLOCK, overwrite=True)
 

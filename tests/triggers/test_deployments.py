@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import re
 
@@ -107,7 +108,7 @@ def test_prewarm_next_runs_fall_on_mondays_0200_utc(deployed):
     for when in times:
         assert when > now
         assert (when.weekday(), when.hour, when.minute, when.second) == (0, 2, 0, 0), when
-    assert all(b - a == dt.timedelta(days=7) for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a == dt.timedelta(days=7) for a, b in itertools.pairwise(times))
     assert times[0] - now <= dt.timedelta(days=7)
 
 

@@ -43,7 +43,7 @@ def split_specs() -> tuple[list[DeploymentSpec], list[DeploymentSpec]]:
 
 
 def sha() -> str:
-    return hashlib.sha1(uuid.uuid4().bytes).hexdigest()
+    return hashlib.sha1(uuid.uuid4().bytes, usedforsecurity=False).hexdigest()
 
 
 PUSHED_AT = 1770888600

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def start_ui(api_url: str, log: Path) -> tuple[Any, str]:
 def wait_ui(proc: Any, base_url: str, timeout: float = 180) -> None:
     port = int(base_url.rsplit(":", 1)[1])
     wait_for_port("127.0.0.1", port, timeout, proc)
-    settings = httpx.get(f"{base_url}/ui-settings", timeout=10).json()
+    settings = httpx.get(f"{base_url}/ui-settings", timeout=60).json()
     assert settings["v2_base_url"], f"the UI app serves no v2 bundle: {settings}"
 
 
@@ -165,7 +166,56 @@ def fill(page: Any, name: str, text: str) -> None:
     page.click(field_input(name), what=f"the {name} field")
     page.evaluate(f"{field_input(name)}.select()")
     page.type_text(text)
-    page.wait_for(f"{field_input(name)}.value === {json.dumps(text)}", 10, f"{name} = {text}")
+    page.wait_for(f"{field_input(name)}.value === {json.dumps(text)}", what=f"{name} = {text}")
+
+
+RUN_LINK = "document.querySelector(\"a[href*='/runs/flow-run/']\")"
+_RUN_ID = re.compile(r"/runs/flow-run/([0-9a-f-]{36})")
+
+
+def wait_created_run(page: Any, deployment_id: Any, timeout: float = 300) -> str:
+    """The id of the flow run the form's Submit created: the first of the API's runs of the
+    deployment (each test serves its own) or a run link on the page. The UI lists a new run only
+    when it refreshes the deployment's page, which a loaded machine can delay by minutes; the
+    API has the run as soon as the UI created it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    only_ours = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_flow_runs(deployment_filter=only_ours, limit=5)
+            if runs:
+                return str(min(runs, key=lambda r: r.created or r.expected_start_time).id)
+            href = page.evaluate(f"{RUN_LINK} && {RUN_LINK}.getAttribute('href')")
+            found = _RUN_ID.search(href or "")
+            if found:
+                return found.group(1)
+            if time.monotonic() > deadline:
+                text = page.evaluate("document.body ? document.body.innerText : ''") or ""
+                raise TimeoutError(
+                    f"no run of the deployment within {timeout:.0f} s after Submit (API and "
+                    f"page); the page shows: {text[:1500]!r}"
+                )
+            time.sleep(0.5)
+
+
+def wait_run_final(run_id: Any, timeout: float) -> str:
+    """The name of the flow run's state once it is final (polled through the API)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(run_id).state
+            if state is not None and state.is_final():
+                return str(state.name)
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"run {run_id} not final within {timeout:.0f} s: {state and state.name}"
+                )
+            time.sleep(0.5)
 
 
 def state_badge(name: str) -> str:

@@ -19,7 +19,7 @@ def assert_one_line(output: str, *needles: str) -> None:
         assert needle in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("tag", ["!!!", "not a tag!!", "v1.2.3\n", "v１.2.3"])
+@pytest.mark.parametrize("tag", ["!!!", "not a tag!!", "v1.2.3\n", "v１.2.3"])  # noqa: RUF001 - look-alike digits are the input under test
 def test_a_bad_tag_is_one_line_naming_the_pattern(monkeypatch, capsys, tag):
     code, output = run_cli(monkeypatch, capsys, "release", tag, "--dry-run")
     assert code == 2

@@ -15,7 +15,6 @@ Screenshots go to the test's tmp dir; with SHIPYARD_SCREENSHOTS_DIR set (README'
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -30,17 +29,20 @@ from prefect_ui_kit import (
     start_ui,
     state_badge,
     stop_group,
+    wait_created_run,
     wait_deployment,
+    wait_run_final,
     wait_ui,
 )
 
 # Under a loaded machine (other suites beside this one) a flow run's process takes a minute to
-# start; the suite's 300 s per test would cut the wait short.
-pytestmark = [pytest.mark.slow, pytest.mark.ui, pytest.mark.timeout(600)]
+# start, and the UI app, the served deployment and the browser take minutes to come up; the
+# suite's 300 s per test would cut the waits short. Every wait is on what the page (or the API)
+# shows, with a deadline: none costs more than the machine needs.
+pytestmark = [pytest.mark.slow, pytest.mark.ui, pytest.mark.timeout(900)]
 
 IMAGE = "registry.sandbox.local/pages/page-service"
 TAG = "v21.0.0"
-RUN_LINK = "document.querySelector(\"a[href*='/runs/flow-run/']\")"
 
 
 def test_rolled_back_release_from_the_ui_form(stage, make_target, sandbox, tmp_path):
@@ -70,19 +72,26 @@ def test_rolled_back_release_from_the_ui_form(stage, make_target, sandbox, tmp_p
 
         # The deployment's page -> Run -> Custom run: the form, filled as a person does.
         page.goto(f"{ui_url}/v2/deployments/deployment/{deployment.id}")
-        page.click(by_text("Run"), 60, "the deployment's Run button")
-        page.click(by_text("Custom run"), what="Custom run in the Run menu")
+        page.click(by_text("Run"), 120, "the deployment's Run button")
+        page.click(by_text("Custom run"), 120, "Custom run in the Run menu")
         fill(page, "git_tag", TAG)
         fill(page, "target", block)
         fill(page, "image", f"{IMAGE}:{TAG}")
         page.screenshot(shots / "1-custom-run-form.png")
         page.click(by_text("Submit"), what="the form's Submit button")
 
-        # The UI creates the run and lists it on the deployment's page; follow it.
-        href = page.wait_for(f"{RUN_LINK} && {RUN_LINK}.getAttribute('href')", 60, "the new run")
-        run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", href).group(1)  # type: ignore[union-attr]
+        # The UI creates the run (and lists it on the deployment's page when it refreshes it);
+        # follow it.
+        run_id = wait_created_run(page, deployment.id)
         page.goto(f"{ui_url}/v2/runs/flow-run/{run_id}")
-        page.wait_for(f"!!{state_badge('RolledBack')}", 300, "the RolledBack state badge")
+        # The run page shows the run's state as the UI polls it; the API says when it is final
+        # (a loaded machine makes both slow: the page is loaded again once the run has ended).
+        ended = wait_run_final(uuid.UUID(run_id), 420)
+        if not page.evaluate(f"!!{state_badge('RolledBack')}"):
+            page.goto(f"{ui_url}/v2/runs/flow-run/{run_id}")
+        page.wait_for(
+            f"!!{state_badge('RolledBack')}", 120, f"the RolledBack state badge (API: {ended})"
+        )
 
         # Not a Completed run: the badge has the failed colour, and the API agrees.
         badge_class = page.evaluate(f"{state_badge('RolledBack')}.className")
@@ -92,11 +101,11 @@ def test_rolled_back_release_from_the_ui_form(stage, make_target, sandbox, tmp_p
         assert state is not None and state.is_failed() and state.name == "RolledBack"
 
         # The reason and what serves, on the run page (Details: State Message).
-        page.click(by_text("Details"), what="the run's Details tab")
+        page.click(by_text("Details"), 120, "the run's Details tab")
         message = page.wait_for(
             "(() => { const t = document.body.innerText; const i = t.indexOf('State Message');"
             " return i >= 0 && t.includes('ROLLED BACK', i) ? t.slice(i) : null; })()",
-            30,
+            120,
             "the state message",
         )
         assert f"release {TAG} ROLLED BACK" in message

@@ -156,8 +156,8 @@ def test_redelivery_same_id_is_409(app):
 BAD_TAGS = {
     "shell metacharacters": "v1.0.0;curl${IFS}x|sh",
     "command substitution": "v1.0.$(id)",
-    "full-width digits": "v１.２.３",
-    "arabic-indic digits": "v١.٢.٣",
+    "full-width digits": "v１.２.３",  # noqa: RUF001 - look-alike digits are the input under test
+    "arabic-indic digits": "v١.٢.٣",  # noqa: RUF001 - look-alike digits are the input under test
     "right-to-left override": "v1.0.0\u202e",
     "trailing newline": "v1.0.0\n",
     "forged log line": "v1.0.0\n2026-01-01 shipyard.webhook delivery x -> 202 accepted",

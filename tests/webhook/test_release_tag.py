@@ -19,8 +19,8 @@ from shipyard.blocks.release_tag import (
 
 GOOD = ["v1.0.0", "v10.20.30", "v0.0.1"]
 BAD = [
-    "v８.４.０",  # full-width digits
-    "v٨.٤.٠",  # Arabic-Indic digits
+    "v８.４.０",  # noqa: RUF001 - full-width digits: look-alike digits are the input under test
+    "v٨.٤.٠",  # noqa: RUF001 - Arabic-Indic digits: look-alike digits are the input under test
     "v1.0.0\n",  # `$` would match before the newline
     "v1.0.0\r",
     "\nv1.0.0",
@@ -58,7 +58,7 @@ def test_length_limit_is_checked_before_the_pattern():
 def test_custom_pattern_is_ascii_and_whole_string():
     pattern = compile_tag_pattern(r"release-\d+")
     assert validate_release_tag("release-12", pattern=pattern) == "release-12"
-    for tag in ["release-１２", "release-12\n", "xrelease-12", "release-12x"]:
+    for tag in ["release-１２", "release-12\n", "xrelease-12", "release-12x"]:  # noqa: RUF001 - look-alike digits are the input under test
         with pytest.raises(ValueError):
             validate_release_tag(tag, pattern=pattern)
     with pytest.raises(ValueError, match="tag pattern '\\(' is not a valid regular expression"):
@@ -83,7 +83,7 @@ def _signed(secret: str, tag: str) -> tuple[bytes, dict[str, str]]:
     }
 
 
-@pytest.mark.parametrize("tag", ["v８.４.０", "v1.0.0\n", "v٨.٤.٠"])
+@pytest.mark.parametrize("tag", ["v８.４.０", "v1.0.0\n", "v٨.٤.٠"])  # noqa: RUF001 - look-alike digits are the input under test
 def test_receiver_answers_422_to_look_alike_tags(tag, monkeypatch):
     from shipyard.deployments.webhook.receiver import WebhookSettings, create_app
 

@@ -175,7 +175,7 @@ def ensure_block(cls: type[Block], name: str, desired: Block, owned: list[str], 
 
     label = f"{cls.get_block_type_name()} block {name!r}{': ' + what if what else ''}"
     try:
-        existing = cast(Block, cls.load(name))  # Block.load is sync here: no running loop
+        existing = cast("Block", cls.load(name))  # Block.load is sync here: no running loop
     except (ValueError, ObjectNotFound):
         desired.save(name, overwrite=False)
         return Done(label, "created")

@@ -193,7 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _errors_and_revision(request: Request, call_next):
         try:
             response = await call_next(request)
-        except Exception as exc:  # what uvicorn would print for an unhandled error
+        except Exception as exc:  # noqa: BLE001 - any unhandled error: logged as uvicorn would, 500
             log(
                 "ERROR",
                 "Exception in ASGI application\n"

@@ -16,7 +16,7 @@ so a re-run that finds the revision serving knows why it serves (and reports its
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -52,7 +52,7 @@ def _target_of(parameters: dict[str, Any]) -> ReleaseTarget | None:
         if isinstance(target, ReleaseTarget):
             return target
         if isinstance(target, str):
-            return ReleaseTarget.load(target)  # type: ignore[return-value]
+            return cast(ReleaseTarget, ReleaseTarget.load(target))  # Block.load is typed as Block
         if isinstance(target, dict):
             return ReleaseTarget.model_validate(target)
     except Exception as exc:  # noqa: BLE001 - a hook must not raise; it reports
@@ -102,12 +102,12 @@ def cleanup(target: ReleaseTarget, git_tag: str) -> list[str]:
         try:
             if steps.run(f"clear:{region}", clear_failed_step, ctx, region, ctx.gpu_revision):
                 done.append(f"cleared the canary tag of {ctx.gpu_revision} in {region}")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - keep cleaning the other regions
             done.append(f"{region}: could not clear the canary tag: {exc}")
         try:
             if steps.run(f"untag-baseline:{region}", untag_step, ctx, region, BASELINE_TAG):
                 done.append(f"took the {BASELINE_TAG} tag off in {region}")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - keep cleaning the other regions
             done.append(f"{region}: could not take the {BASELINE_TAG} tag off: {exc}")
     return done
 

@@ -169,6 +169,28 @@ def fill(page: Any, name: str, text: str) -> None:
     page.wait_for(f"{field_input(name)}.value === {json.dumps(text)}", what=f"{name} = {text}")
 
 
+def submit_run_form(page: Any, tries: int = 3, settle_s: float = 30.0) -> None:
+    """Click the form's Submit until the UI sends its create-run request
+    (`POST /api/deployments/{id}/create_flow_run`), seen in the browser's own network log.
+
+    Under load a click can be lost without a trace: the field that still has the focus blurs on
+    mousedown, the form re-lays itself out, and the mouseup lands elsewhere, so no click event
+    fires (seen in `make test-under-load`: the form still on screen 300 s later, no request).
+    The focus is taken off first; a click is repeated only when no request left the page, so a
+    slow click is never sent twice."""
+    page.send("Network.enable")  # from here on, every request the page sends is logged
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    for attempt in range(1, tries + 1):
+        page.click(by_text("Submit"), what=f"the form's Submit button (click {attempt})")
+        deadline = time.monotonic() + settle_s
+        while time.monotonic() < deadline:
+            page.evaluate("0")  # reads the events the browser sent meanwhile
+            if any("/create_flow_run" in url for url in page.requests()):
+                return
+            time.sleep(0.5)
+    raise TimeoutError(f"the form's Submit sent no create_flow_run request after {tries} clicks")
+
+
 RUN_LINK = "document.querySelector(\"a[href*='/runs/flow-run/']\")"
 _RUN_ID = re.compile(r"/runs/flow-run/([0-9a-f-]{36})")
 

@@ -29,6 +29,7 @@ from prefect_ui_kit import (
     start_ui,
     state_badge,
     stop_group,
+    submit_run_form,
     wait_created_run,
     wait_deployment,
     wait_run_final,
@@ -78,7 +79,7 @@ def test_rolled_back_release_from_the_ui_form(stage, make_target, sandbox, tmp_p
         fill(page, "target", block)
         fill(page, "image", f"{IMAGE}:{TAG}")
         page.screenshot(shots / "1-custom-run-form.png")
-        page.click(by_text("Submit"), what="the form's Submit button")
+        submit_run_form(page)
 
         # The UI creates the run (and lists it on the deployment's page when it refreshes it);
         # follow it.

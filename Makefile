@@ -29,19 +29,18 @@ $(BIN)/shipyard: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install -q uv
 	@[ -x $(BIN)/python ] || uv venv -q --python $(PY) $(VENV)
 	uv pip install -q --python $(BIN)/python -e '.[dev,sandbox]' 'prefect==$(PREFECT_FLOOR)'
-	@$(MAKE) -s links
 	@touch $(BIN)/shipyard
 
 # The checkout under the names the wheel installs it at, for this venv's Python and for mypy:
 # .venv/src/shipyard/{flows,tasks,blocks,deployments} -> the top-level folders, and the
 # checkout-only packages `sandbox` and `bench` (not in the wheel), on sys.path by a .pth file.
-links:
+links: $(BIN)/shipyard
 	@mkdir -p $(VENV)/src/shipyard
 	@for p in flows tasks blocks deployments; do ln -sfn $(CURDIR)/$$p $(VENV)/src/shipyard/$$p; done
 	@for p in sandbox bench; do ln -sfn $(CURDIR)/$$p $(VENV)/src/$$p; done
 	@echo $(CURDIR)/$(VENV)/src > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/shipyard-checkout.pth"
 
-setup: system-packages $(BIN)/shipyard
+setup: system-packages $(BIN)/shipyard links
 
 rootfs: setup
 	@$(BIN)/python -m sandbox.engine.rootfs || echo "no base root filesystem: the sandbox runs in-process"

@@ -123,7 +123,7 @@ def add_tag(repository: str, facts: il.ImageFacts, tag: str) -> bool:
 
 
 @dataclass(frozen=True)
-class ReleaseTarget:
+class BuildTarget:
     """The blocks and the commit the release image is built from, and where it goes."""
 
     settings: BuildSettings
@@ -169,14 +169,14 @@ def _target(
     tiers_block: str | None,
     cloud_block: str | None,
     cloud: GoogleCloud | None,
-) -> ReleaseTarget:
+) -> BuildTarget:
     """The blocks (or their defaults), the repositories, the Docker tag and the commit's sha."""
     settings, tiers, cloud = load_blocks(settings_block, tiers_block, cloud_block, cloud)
     repo = settings.resolved_image_repository()
     cache_repo = tiers.cache_repository or repo
     tag = docker_tag(git_tag)
     git_url = settings.resolved_git_url()
-    return ReleaseTarget(
+    return BuildTarget(
         settings=settings,
         tiers=tiers,
         cloud=cloud,
@@ -189,7 +189,7 @@ def _target(
     )
 
 
-def _reuse(target: ReleaseTarget, previous_image: str | None) -> ReleaseImage | None:
+def _reuse(target: BuildTarget, previous_image: str | None) -> ReleaseImage | None:
     """The image already built for the commit (the git tag added to it), or None: build it."""
     repo, commit, commit_tag = target.repository, target.commit, target.commit_tag
     existing = read_image(repo, commit_tag)
@@ -222,7 +222,7 @@ def _last_build(variable: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _release_spec(target: ReleaseTarget, base: str) -> BuildSpec:
+def _release_spec(target: BuildTarget, base: str) -> BuildSpec:
     """The release build: every tier and the builder cache as `cache-from`, the builder cache
     alone as `cache-to`, both tags, the OCI labels."""
     tiers, cache_repo = target.tiers, target.cache_repository
@@ -243,7 +243,7 @@ def _release_spec(target: ReleaseTarget, base: str) -> BuildSpec:
     )
 
 
-def _build(target: ReleaseTarget, spec: BuildSpec, use_storage_source: bool) -> Built:
+def _build(target: BuildTarget, spec: BuildSpec, use_storage_source: bool) -> Built:
     """Run the build (or follow the one still running for the commit) and read what it pushed."""
     repo, commit_tag = target.repository, target.commit_tag
     run = run_build(
@@ -293,7 +293,7 @@ def _pull(settings: BuildSettings, facts: il.ImageFacts, previous_ref: str | Non
 
 
 def _built_result(
-    target: ReleaseTarget,
+    target: BuildTarget,
     built: Built,
     pull: PullEstimate,
     previous_ref: str | None,

@@ -178,13 +178,10 @@ def stage(sandbox_admin, internal_token):
 @pytest.fixture
 def make_target(request, sandbox):
     """make_target(**overrides): a ReleaseTarget for this test's own service name."""
-    from shipyard.blocks.release_target import (
-        CanaryPolicy,
-        QuotaPolicy,
-        ReleaseTarget,
-        RevisionSpec,
-        SecretEnv,
-    )
+    from shipyard.blocks.canary_policy import CanaryPolicy
+    from shipyard.blocks.quota_policy import QuotaPolicy
+    from shipyard.blocks.release_target import ReleaseTarget
+    from shipyard.blocks.revision_templates import RevisionSpec, SecretEnv
 
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
     service = ("pg-" + name.removeprefix("test-"))[:40].rstrip("-")

@@ -130,14 +130,10 @@ def sandbox_target(
     """The seed-003 target with waits tuned for a local cloud (polls in ms, no log lag); the
     internal token is the Prefect Secret block `token_block` and the Secret Manager entry of the
     same name."""
-    from shipyard.blocks.release_target import (
-        CanaryPolicy,
-        GpuTemplate,
-        QuotaPolicy,
-        ReleaseTarget,
-        SecretEnv,
-        default_cpu_template,
-    )
+    from shipyard.blocks.canary_policy import CanaryPolicy
+    from shipyard.blocks.quota_policy import QuotaPolicy
+    from shipyard.blocks.release_target import ReleaseTarget
+    from shipyard.blocks.revision_templates import GpuTemplate, SecretEnv, default_cpu_template
 
     secret_env = {"INTERNAL_TOKEN": SecretEnv(secret=token_block)}
     cpu = default_cpu_template().model_copy(update={"secret_env": secret_env})

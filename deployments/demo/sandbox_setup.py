@@ -129,8 +129,9 @@ def default_git_url() -> str:
 def block_types() -> list[type[Block]]:
     from shipyard.blocks.build_settings import BuildSettings
     from shipyard.blocks.cache_tiers import CacheTiers
+    from shipyard.blocks.canary_policy import CanaryPolicy
     from shipyard.blocks.cloud import GoogleCloud
-    from shipyard.blocks.release_target import CanaryPolicy, ReleaseTarget
+    from shipyard.blocks.release_target import ReleaseTarget
 
     return [GoogleCloud, CanaryPolicy, ReleaseTarget, BuildSettings, CacheTiers]
 

@@ -35,12 +35,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 from pydantic import BaseModel, SecretStr
 
-from shipyard.blocks.release_target import (
-    CanaryPolicy,
-    ReleaseTarget,
-    cpu_template_fingerprint,
-    sanitize_name,
-)
+from shipyard.blocks.canary_policy import CanaryPolicy
+from shipyard.blocks.names import sanitize_name
+from shipyard.blocks.release_target import ReleaseTarget, cpu_template_fingerprint
 from shipyard.flows.deploy.region_deploy import deploy_revision
 from shipyard.flows.deploy.templates import cpu_template
 from shipyard.flows.deploy.traffic_split import BASELINE_TAG, pinned_traffic

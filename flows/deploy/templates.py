@@ -6,7 +6,7 @@ import re
 
 from google.cloud import run_v2
 
-from shipyard.blocks.release_target import RevisionSpec
+from shipyard.blocks.revision_templates import RevisionSpec
 from shipyard.flows.release.context import RunContext
 from shipyard.tasks import cloud_run as cr
 

@@ -20,7 +20,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from pydantic import BaseModel
 
-from shipyard.blocks.release_target import ReleaseTarget, sanitize_name
+from shipyard.blocks.names import sanitize_name
+from shipyard.blocks.release_target import ReleaseTarget
 from shipyard.flows.deploy.region_deploy import deploy_revision, revision_ready, written_service
 from shipyard.flows.deploy.templates import cpu_template
 from shipyard.flows.deploy.traffic_split import BASELINE_TAG, CANARY_TAG, PRIOR_TAG, pinned_traffic

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from shipyard.blocks.release_target import ReleaseTarget, revision_name
+from shipyard.blocks.names import revision_name
+from shipyard.blocks.release_target import ReleaseTarget
 from shipyard.tasks import cloud_run as cr
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger
 
 if TYPE_CHECKING:
-    from shipyard.blocks.release_target import CanaryPolicy
+    from shipyard.blocks.canary_policy import CanaryPolicy
     from shipyard.flows.canary.stage import CanaryReport
     from shipyard.tasks.quotas import PreferenceState, RegionQuota
 

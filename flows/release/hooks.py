@@ -22,7 +22,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
-from shipyard.blocks.release_target import ReleaseTarget, sanitize_name
+from shipyard.blocks.names import sanitize_name
+from shipyard.blocks.release_target import ReleaseTarget
 
 logger = logging.getLogger("shipyard.release")
 

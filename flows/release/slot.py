@@ -36,7 +36,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import Crashed
 from prefect.variables import Variable
 
-from shipyard.blocks.release_target import sanitize_name
+from shipyard.blocks.names import sanitize_name
 from shipyard.tasks.errors import PermanentError
 from shipyard.tasks.processes import pid_alive
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import shipyard.blocks.release_target
-from shipyard.blocks.release_target import LEGACY_SAMPLE_IMAGE, CanaryPolicy
+from shipyard.blocks.canary_policy import LEGACY_SAMPLE_IMAGE, CanaryPolicy
 from shipyard.tasks.canary_probe import load_sample
 
 PACKAGE_DIR = Path(shipyard.blocks.release_target.__file__).resolve().parent

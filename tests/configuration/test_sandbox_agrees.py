@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sandbox.emulator import cloud_run_gpu
 from sandbox.release_invariants import release_revision_name
 from shipyard.blocks import gpu_regions
-from shipyard.blocks.release_target import revision_name
+from shipyard.blocks.names import revision_name
 
 
 def test_the_emulator_enforces_the_gpu_facts_the_pipeline_plans_with():

@@ -9,7 +9,8 @@ from google.cloud import run_v2
 from pydantic import ValidationError
 
 from shipyard.blocks.gpu_regions import gpu_regions
-from shipyard.blocks.release_target import ReleaseTarget, RevisionSpec
+from shipyard.blocks.release_target import ReleaseTarget
+from shipyard.blocks.revision_templates import RevisionSpec
 
 
 @pytest.mark.parametrize(

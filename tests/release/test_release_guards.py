@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from sandbox.release_invariants import invariant_violations, serving, stale_canary_tags
-from shipyard.blocks.release_target import revision_name
+from shipyard.blocks.names import revision_name
 from shipyard.flows.release.flow import ReleaseError, ensure_slot, release, slot_name
 from shipyard.tasks.deploy_errors import ConfigurationError
 

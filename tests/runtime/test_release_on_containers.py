@@ -164,7 +164,7 @@ def cloud_admin(engine_sandbox):
 
 
 def _target(rehearsal: Rehearsal, variant: Variant, canary: dict | None = None, **gpu):
-    from shipyard.blocks.release_target import SecretEnv
+    from shipyard.blocks.revision_templates import SecretEnv
     from shipyard.deployments.demo.run import sandbox_target
 
     target = sandbox_target(

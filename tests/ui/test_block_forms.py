@@ -22,8 +22,9 @@ from prefect.client.schemas.actions import BlockDocumentCreate
 
 from shipyard.blocks.build_settings import BuildSettings
 from shipyard.blocks.cache_tiers import CacheTiers
+from shipyard.blocks.canary_policy import CanaryPolicy
 from shipyard.blocks.cloud import GoogleCloud
-from shipyard.blocks.release_target import CanaryPolicy, ReleaseTarget
+from shipyard.blocks.release_target import ReleaseTarget
 
 BLOCK_TYPES: list[type[Block]] = [
     ReleaseTarget,

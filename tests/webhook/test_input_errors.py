@@ -30,7 +30,7 @@ def test_image_references_refused_naming_the_part(ref, words):
 def test_cpu_quantity_refused_naming_the_field(cpu):
     from pydantic import ValidationError
 
-    from shipyard.blocks.release_target import RevisionSpec
+    from shipyard.blocks.revision_templates import RevisionSpec
 
     with pytest.raises(ValidationError) as caught:
         RevisionSpec(cpu=cpu)

@@ -8,6 +8,11 @@ image that silently ran on CPU), `undefined symbol`, Cloud Run's OOM lines (`Mem
 must decode as an image of the input's size. An OOM answers 503 (transient, retried), so the
 log check is what fails a canary whose retry got past an OOM.
 
+The request speaks the service's protocol (CanaryPolicy.body: raw, multipart or JSON) and each
+sample (CanaryPolicy.samples: from the released commit, the worker or the block) is judged by
+its own expected answer (flows/canary/checks.py); a failed check says what was sent and what
+came back, and a failed canary cites the first error lines of the revision's own logs.
+
 The CPU baseline latency comes from the last recorded release (a Prefect Variable per
 service); when none is recorded it is measured once on a CPU baseline revision of the region
 (tagged `baseline` for the measurement only) and recorded with the release.
@@ -22,15 +27,11 @@ block and only ever placed in the request header.
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import time
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-import httpx
-import pandas as pd
-from prefect import task
-from prefect.blocks.system import Secret
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 from pydantic import BaseModel, SecretStr
@@ -38,21 +39,35 @@ from pydantic import BaseModel, SecretStr
 from shipyard.blocks.canary_policy import CanaryPolicy
 from shipyard.blocks.names import sanitize_name
 from shipyard.blocks.release_target import ReleaseTarget, cpu_template_fingerprint
+from shipyard.flows.canary.checks import redact
+from shipyard.flows.canary.probing import (
+    CanaryRun,
+    check_health,
+    invoker_token,
+    load_token,
+    probe_runs,
+)
+from shipyard.flows.canary.samples import Resolved, resolve_samples
+from shipyard.flows.canary.verdict import (
+    error_lines_reason,
+    figures_and_reasons,
+    filter_reason,
+    run_reasons,
+)
 from shipyard.flows.deploy.region_deploy import deploy_revision
 from shipyard.flows.deploy.templates import cpu_template
 from shipyard.flows.deploy.traffic_split import BASELINE_TAG, pinned_traffic
-from shipyard.flows.observe.progress import Progress
 from shipyard.flows.release.context import RunContext
 from shipyard.flows.release.steps import StepLog, note_attempt
 from shipyard.tasks import cloud_run as cr
-from shipyard.tasks.canary_probe import ProbeResult, SampleImage, health, load_sample, probe
+from shipyard.tasks.canary_logs import first_error_lines
 from shipyard.tasks.cloud_logging import find_revision_entries
 from shipyard.tasks.deploy_errors import ConfigurationError
-from shipyard.tasks.errors import TransientError
 from shipyard.tasks.reports import publish_table
 
 RUN_COLUMNS = [
     "run",
+    "sample",
     "status",
     "ms",
     "remote_ms",
@@ -65,19 +80,6 @@ RUN_COLUMNS = [
 
 
 BaselineSource = Literal["recorded", "measured", "unavailable", "skipped"]
-
-
-class CanaryRun(BaseModel):
-    run: int
-    status: int | None = None
-    ms: float | None = None
-    remote_ms: float | None = None
-    fallback_used: str | None = None
-    image: str = ""
-    attempts: int = 1
-    answered_503: int = 0  # of the run's attempts (requests), how many the service answered 503
-    error: str | None = None
-    headers: dict[str, str] = {}
 
 
 class CanaryReport(BaseModel):
@@ -96,17 +98,14 @@ class CanaryReport(BaseModel):
     requests: int = 0  # page requests sent, retries included
     remote_503_rate: float | None = None  # fraction of `requests` answered 503
     log_hits: list[str] = []
+    samples: list[str] = []
+    # A failed canary's first error lines of the revision's logs, and the query that found them
+    # (what a user types in the Logs Explorer).
+    error_lines: list[str] = []
+    error_log_query: str = ""
     window_start: str = ""
     window_end: str = ""
     judged_at: str = ""
-
-
-class TransientAnswer(TransientError):
-    """A retryable answer; carries the probe (never the request headers)."""
-
-    def __init__(self, result: ProbeResult):
-        super().__init__(f"{result.url}: {result.status or result.error}")
-        self.result = result
 
 
 # ---------------------------------------------------------------- release record
@@ -120,158 +119,6 @@ def release_variable(service: str) -> str:
 def recorded_release(service: str) -> dict[str, Any] | None:
     value = Variable.get(release_variable(service), default=None)
     return value if isinstance(value, dict) else None
-
-
-# ---------------------------------------------------------------- probing
-
-# The statuses of the current canary run's attempts (each retry is a request of its own): the
-# step task appends, `_probe_runs` reads. A context variable of the flow's thread; Prefect runs
-# the task's attempts in that context (or a copy of it, which shares the list).
-_ANSWERS: contextvars.ContextVar[list[int | None] | None] = contextvars.ContextVar(
-    "shipyard_canary_answers", default=None
-)
-
-
-def load_token(policy: CanaryPolicy) -> SecretStr | None:
-    if not policy.token_secret:
-        return None
-    try:
-        value = cast("Secret[str]", Secret.load(policy.token_secret)).get()
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"CanaryPolicy.token_secret={policy.token_secret!r}: no Prefect Secret block of that "
-            "name could be loaded; create it (prefect.blocks.system.Secret(value=...).save(name)) "
-            "or set token_secret=None for a service without an internal token"
-        ) from exc
-    return SecretStr(str(value))
-
-
-def _headers(policy: CanaryPolicy, token: SecretStr | None, bearer: str | None) -> dict[str, str]:
-    headers = {}
-    if token is not None:
-        headers[policy.auth_header] = token.get_secret_value()
-    if bearer:
-        headers["authorization"] = f"Bearer {bearer}"
-    return headers
-
-
-def invoker_token(ctx: RunContext, audience: str) -> str | None:
-    """An ID token for a private Cloud Run URL, from the target's `GoogleCloud` block (the same
-    credentials as every client); None for a public service."""
-    if ctx.target.public:
-        return None
-    return ctx.cloud.id_token(audience)
-
-
-@task(name="canary-request", cache_policy=NO_CACHE, persist_result=False)
-def request_step(
-    url: str,
-    sample: SampleImage,
-    policy: CanaryPolicy,
-    token: SecretStr | None,
-    bearer: str | None,
-) -> ProbeResult:
-    note_attempt()
-    with httpx.Client(follow_redirects=False) as client:
-        result = probe(
-            client,
-            url.rstrip("/") + policy.path,
-            sample,
-            method=policy.method,
-            headers=_headers(policy, token, bearer),
-            timeout=policy.request_timeout_s,
-            decode_image=policy.check_image,
-            keep_headers=[h.lower() for h in policy.required_headers],
-        )
-    answers = _ANSWERS.get()
-    if answers is not None:
-        answers.append(result.status)
-    if result.error is not None or result.status in policy.retry_statuses:
-        raise TransientAnswer(result)
-    return result
-
-
-@task(name="canary-health", cache_policy=NO_CACHE, persist_result=False)
-def health_step(url: str, policy: CanaryPolicy, bearer: str | None) -> int | None:
-    """GET the health path; a transient answer is retried, anything else returned."""
-    note_attempt()
-    headers = {"authorization": f"Bearer {bearer}"} if bearer else {}
-    with httpx.Client(follow_redirects=False) as client:
-        status, _ = health(
-            client, url.rstrip("/") + (policy.health_path or "/"), headers, policy.request_timeout_s
-        )
-    if status is None or status in policy.retry_statuses:
-        raise TransientError(f"health of {url}: {status or 'unreachable'}")
-    return status
-
-
-def check_health(
-    steps: StepLog, name: str, url: str, policy: CanaryPolicy, bearer: str | None
-) -> str | None:
-    """None when healthy (or no health path), else the reason."""
-    if not policy.health_path:
-        return None
-    delays = [policy.retry_delay_s * 2**i for i in range(policy.retries)]
-    try:
-        status = steps.run_with(name, policy.retries, delays, health_step, url, policy, bearer)
-    except TransientError as exc:
-        return f"GET {policy.health_path}: {exc}"
-    if status != 200:
-        return f"GET {policy.health_path}: status {status}, expected 200"
-    return None
-
-
-def _probe_runs(
-    steps: StepLog,
-    name: str,
-    url: str,
-    sample: SampleImage,
-    policy: CanaryPolicy,
-    token: SecretStr | None,
-    bearer: str | None,
-    runs: int,
-) -> list[CanaryRun]:
-    out = []
-    delays = [policy.retry_delay_s * 2**i for i in range(policy.retries)]
-    progress = Progress(f"canary-{httpx.URL(url).host}", f"Canary: {runs} runs")
-    for i in range(1, runs + 1):
-        step = f"{name}-{i}" if runs > 1 else name
-        answers: list[int | None] = []
-        token_var = _ANSWERS.set(answers)
-        try:
-            result = steps.run_with(
-                step, policy.retries, delays, request_step, url, sample, policy, token, bearer
-            )
-        except TransientAnswer as exc:
-            result = exc.result
-        finally:
-            _ANSWERS.reset(token_var)
-        attempts = steps.steps[-1].attempts
-        run = _as_run(i, result, sample, attempts)
-        run.answered_503 = answers.count(503)
-        out.append(run)
-        progress.update(i, runs, f"Canary: run {i} of {runs}, status {result.status}")
-    return out
-
-
-def _as_run(i: int, result: ProbeResult, sample: SampleImage, attempts: int) -> CanaryRun:
-    remote = result.headers.get("x-remote-elapsed-ms")
-    if result.image_size is not None:
-        w, h = result.image_size
-        image = f"{w}x{h}" + ("" if result.image_size == sample.size else " (size differs)")
-    else:
-        image = result.image_error or ""
-    return CanaryRun(
-        run=i,
-        status=result.status,
-        ms=round(result.elapsed_ms, 1),
-        remote_ms=float(remote) if remote and remote.replace(".", "", 1).isdigit() else None,
-        fallback_used=result.headers.get("x-fallback-used"),
-        image=image,
-        attempts=attempts,
-        error=result.error,
-        headers=result.headers,
-    )
 
 
 # ---------------------------------------------------------------- logs
@@ -370,7 +217,7 @@ def baseline_latency(
     ctx: RunContext,
     steps: StepLog,
     region: str,
-    sample: SampleImage,
+    sample: Resolved,
     token: SecretStr | None,
 ) -> tuple[float | None, BaselineSource]:
     """(ms, 'recorded' | 'measured' | 'unavailable' | 'skipped')."""
@@ -383,11 +230,11 @@ def baseline_latency(
     bearer = invoker_token(ctx, url)
     try:
         check_health(steps, "cpu-baseline-health", url, ctx.target.canary, bearer)
-        runs = _probe_runs(
+        runs = probe_runs(
             steps,
             "cpu-baseline-run",
             url,
-            sample,
+            [sample],
             ctx.target.canary,
             token,
             bearer,
@@ -396,7 +243,7 @@ def baseline_latency(
     finally:
         if tag:
             steps.run("cpu-baseline-untag", untag_step, ctx, region, tag)
-    ok = [r.ms for r in runs if r.status == ctx.target.canary.expected_status and r.ms]
+    ok = [r.ms for r in runs if r.status == r.expected_status and r.ms]
     return (min(ok), "measured") if ok else (None, "unavailable")
 
 
@@ -413,45 +260,59 @@ def remote_503_rate(runs: list[CanaryRun]) -> tuple[int, float | None]:
 def judge(
     policy: CanaryPolicy,
     runs: list[CanaryRun],
-    sample: SampleImage,
+    samples: list[Resolved],
     baseline_ms: float | None,
     log_hits: list[str],
 ) -> tuple[list[str], dict[str, float | None]]:
-    reasons: list[str] = []
-    for r in runs:
-        if r.status != policy.expected_status:
-            what = f"status {r.status}" if r.status is not None else (r.error or "no answer")
-            reasons.append(f"run {r.run}: {what}, expected {policy.expected_status}")
-            continue
-        for header, want in policy.required_headers.items():
-            got = r.headers.get(header.lower())
-            if got != want:
-                reasons.append(f"run {r.run}: {header}: {got!r}, expected {want!r}")
-        if policy.check_image and not r.image.startswith(f"{sample.size[0]}x{sample.size[1]}"):
-            reasons.append(
-                f"run {r.run}: response image {r.image or '?'} is not a "
-                f"{sample.size[0]}x{sample.size[1]} image like the input"
-            )
-        elif policy.check_image and "differs" in r.image:
-            reasons.append(f"run {r.run}: response image {r.image}")
-    times = pd.Series([r.ms for r in runs if r.status == policy.expected_status and r.ms])
-    figures: dict[str, float | None] = {"p50_ms": None, "p95_ms": None, "speedup": None}
-    if not times.empty:
-        figures["p50_ms"] = round(float(times.median()), 1)
-        p95 = figures["p95_ms"] = round(float(times.quantile(0.95)), 1)
-        if p95 > policy.p95_limit_ms:
-            reasons.append(f"p95 {p95:.0f} ms > limit {policy.p95_limit_ms:.0f} ms")
-        if baseline_ms:
-            speedup = 1 - float(times.median()) / baseline_ms
-            figures["speedup"] = round(speedup, 3)
-            if policy.min_speedup is not None and speedup < policy.min_speedup:
-                reasons.append(
-                    f"speed-up {speedup:.0%} over the CPU baseline ({baseline_ms:.0f} ms) "
-                    f"< {policy.min_speedup:.0%}"
-                )
-    for hit in log_hits:
-        reasons.append(f"log: {hit}")
+    """The reasons a canary fails (none: it passed) and its latency figures."""
+    reasons = run_reasons(runs, named=bool(policy.samples))
+    more, figures = figures_and_reasons(policy, runs, baseline_ms, samples[0].label)
+    reasons += more
+    reasons += [f"log: {hit}" for hit in log_hits]
     return reasons, figures
+
+
+# How far back a failed canary reads its revision's error lines: the revision's start-up
+# (before the canary window) is where a missing module or a bad model path shows.
+ERROR_LOOKBACK = dt.timedelta(hours=1)
+
+
+def revision_error_lines(
+    ctx: RunContext,
+    steps: StepLog,
+    region: str,
+    revision: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    token: SecretStr | None,
+) -> tuple[list[str], int, str]:
+    """(first error lines, entries found, the Logging filter a user types) of the revision
+    up to `end`."""
+    limit = ctx.target.canary.error_log_lines
+    if not limit:
+        return [], 0, ""
+    try:
+        found = steps.run(
+            "canary-error-logs",
+            first_error_lines,
+            ctx.cloud,
+            service=ctx.target.service,
+            revision=revision,
+            region=region,
+            start=start - ERROR_LOOKBACK,
+            end=end,
+            limit=limit,
+        )
+    except Exception as exc:  # noqa: BLE001 - the lines explain a verdict, they never change it
+        get_run_logger().warning(
+            "the canary of %s failed; its error lines could not be read from Cloud Logging "
+            "(%s): see the revision's logs",
+            revision,
+            type(exc).__name__,
+        )
+        return [], 0, ""
+    secrets = (token.get_secret_value(),) if token is not None else ()
+    return [redact(line, secrets) for line in found.lines], found.found, found.where
 
 
 def run_canary(
@@ -461,25 +322,35 @@ def run_canary(
     revision: str,
     tag_url: str,
 ) -> CanaryReport:
-    """Probe the tag URL `runs` times, read the revision's logs for the window, judge."""
+    """Send each sample `runs` times to the tag URL, read the revision's logs, judge."""
     policy = ctx.target.canary
-    try:
-        sample = load_sample(policy.sample_path(), policy.content_type)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigurationError(str(exc)) from None
+    samples = resolve_samples(policy, steps, ctx.target.build_settings_block, ctx.git_tag)
     token = load_token(policy)
     bearer = invoker_token(ctx, tag_url)
-    baseline_ms, source = baseline_latency(ctx, steps, region, sample, token)
+    baseline_ms, source = baseline_latency(ctx, steps, region, samples[0], token)
     start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     unhealthy = check_health(steps, "canary-health", tag_url, policy, bearer)
-    runs = _probe_runs_full(steps, tag_url, sample, policy, token, bearer)
+    runs = probe_runs(steps, "canary-run", tag_url, samples, policy, token, bearer, policy.runs)
     end = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
     if policy.log_settle_s:
         time.sleep(policy.log_settle_s)  # log ingestion lag on Google; 0 in the sandbox
     hits = revision_log_hits(ctx, steps, region, revision, start, end)
-    reasons, figures = judge(policy, runs, sample, baseline_ms, hits)
+    reasons, figures = judge(policy, runs, samples, baseline_ms, hits)
     if unhealthy:
         reasons.insert(0, unhealthy)
+    error_lines: list[str] = []
+    query = ""
+    if reasons:
+        error_lines, found, query = revision_error_lines(
+            ctx, steps, region, revision, start, end, token
+        )
+        why = error_lines_reason(revision, error_lines, found, " ".join(hits))
+        if why:
+            # The why first (after a failed health check): the ledger and the state message
+            # keep only the first few hundred characters of the reasons. The filter, long and
+            # the same for every run, last.
+            reasons.insert(1 if unhealthy else 0, why)
+            reasons.append(filter_reason(query))
     requests, rate_503 = remote_503_rate(runs)
     report = CanaryReport(
         passed=not reasons,
@@ -494,30 +365,26 @@ def run_canary(
         requests=requests,
         remote_503_rate=rate_503,
         log_hits=hits,
+        samples=[s.label for s in samples],
+        error_lines=error_lines,
+        error_log_query=query,
         window_start=start.isoformat(),
         window_end=end.isoformat(),
         judged_at=dt.datetime.now(dt.UTC).isoformat(),
         **figures,
     )
     verdict = "PASSED" if report.passed else "FAILED: " + "; ".join(reasons)
+    names = ", ".join(report.samples)
     publish_table(
-        [r.model_dump(exclude={"headers"}) for r in runs],
+        [
+            r.model_dump(exclude={"headers", "expected_status", "problems", "exchange"})
+            for r in runs
+        ],
         key=f"canary-{ctx.target.service}",
         description=(
-            f"Canary of {revision} in {region} ({policy.runs} runs of {sample.name}, "
+            f"Canary of {revision} in {region} ({policy.runs} runs of {names}, "
             f"p95 {report.p95_ms} ms, CPU baseline {baseline_ms} ms ({source})): {verdict}"
         ),
         columns=RUN_COLUMNS,
     )
     return report
-
-
-def _probe_runs_full(
-    steps: StepLog,
-    url: str,
-    sample: SampleImage,
-    policy: CanaryPolicy,
-    token: SecretStr | None,
-    bearer: str | None,
-) -> list[CanaryRun]:
-    return _probe_runs(steps, "canary-run", url, sample, policy, token, bearer, policy.runs)

@@ -70,13 +70,16 @@ def canary_line(report: CanaryReport, policy: CanaryPolicy) -> str:
     speedup = f"{report.speedup:.0%}" if report.speedup is not None else "-"
     minimum = f"{policy.min_speedup:.0%}" if policy.min_speedup is not None else "not checked"
     headers = ", ".join(f"{k}: {v}" for k, v in policy.required_headers.items()) or "none"
+    limit = f"{policy.p95_limit_ms:g} ms" if policy.p95_limit_ms is not None else "not checked"
+    samples = len(report.samples) or 1
     verdict = "PASSED" if report.passed else "FAILED"
     line = (
         f"canary of {report.revision} in {report.region}: {verdict}; {len(report.runs)} of "
-        f"{policy.runs} runs, HTTP {policy.expected_status} expected, required headers "
-        f"{headers}; p95 {report.p95_ms} ms (limit {policy.p95_limit_ms:g} ms); speed-up "
-        f"{speedup} over CPU baseline {report.baseline_ms} ms ({report.baseline_source}; "
-        f"minimum {minimum}); fallback used: {report.fallback_used}"
+        f"{policy.runs * samples} runs ({policy.method} {policy.path}, {policy.body.kind} body, "
+        f"{samples} sample{'s' if samples != 1 else ''}), HTTP {policy.expected_status} "
+        f"expected, required headers {headers}; p95 {report.p95_ms} ms (limit {limit}); "
+        f"speed-up {speedup} over CPU baseline {report.baseline_ms} ms "
+        f"({report.baseline_source}; minimum {minimum}); fallback used: {report.fallback_used}"
     )
     if report.reasons:
         line += "; reasons: " + "; ".join(report.reasons)

@@ -19,6 +19,7 @@ from pathlib import Path
 from shipyard.tasks.errors import PermanentError, TransientError
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
+_SHORT_SHA = re.compile(r"^[0-9a-f]{7,64}$")
 # scheme://userinfo@ : the userinfo (user, user:password, a token) of any URL in a text
 _URL_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
 
@@ -50,20 +51,74 @@ def _git(*args: str, cwd: Path | None = None, timeout: float = 120) -> str:
     return proc.stdout
 
 
+def _ls_remote(url: str, *patterns: str, tags: bool = False) -> dict[str, str]:
+    """{ref name: sha} of `git ls-remote [--tags] URL PATTERN...` (a peeled tag: `NAME^{}`)."""
+    out = _git("ls-remote", *(["--tags"] if tags else []), url, *patterns, timeout=60)
+    rows = (line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+    return {name.strip(): sha.strip() for sha, name in rows}
+
+
 def resolve_revision(url: str, ref: str) -> str:
-    """A full commit sha for `ref` (a sha, a tag — annotated tags peeled — or a branch)."""
+    """A full commit sha for `ref`: a tag (annotated tags peeled to their commit, `^{commit}`),
+    a branch, or a full sha. A full sha that is an annotated tag's own object (what GitHub's
+    push delivery sends as `after` for such a tag) is peeled to the commit as well: images are
+    keyed by the commit, never by a tag object."""
     if _SHA.match(ref):
+        refs = _ls_remote(url, tags=True)
+        for name, sha in refs.items():
+            if sha == ref and not name.endswith("^{}") and f"{name}^{{}}" in refs:
+                return refs[f"{name}^{{}}"]
         return ref
-    out = _git("ls-remote", url, ref, f"{ref}^{{}}", f"refs/tags/{ref}^{{}}")
-    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
-    peeled = [sha for sha, name in rows if name.endswith("^{}")]
+    refs = _ls_remote(url, ref, f"{ref}^{{}}", f"refs/tags/{ref}^{{}}")
+    peeled = [sha for name, sha in refs.items() if name.endswith("^{}")]
     if peeled:
         return peeled[0]
-    if rows:
-        return rows[0][0]
+    if refs:
+        return next(iter(refs.values()))
     raise GitError(
         f"git ref {ref!r} was not found in {public_url(url)}: give an existing tag, branch or a "
         "full commit sha"
+    )
+
+
+class TagMismatchError(GitError):
+    """The release tag does not exist, or points at another commit than the one given."""
+
+
+def tag_target(url: str, tag: str) -> tuple[str, str] | None:
+    """(the sha `refs/tags/TAG` names, the commit it points at) or None when there is no such
+    tag. For a lightweight tag both are the commit; for an annotated one the first is the tag
+    object and the second its commit (`git ls-remote` shows it as `refs/tags/TAG^{}`)."""
+    ref = f"refs/tags/{tag}"
+    refs = _ls_remote(url, ref, f"{ref}^{{}}")
+    own = refs.get(ref)  # ls-remote matches patterns by their tail: take the exact name only
+    if own is None:
+        return None
+    return own, refs.get(f"{ref}^{{}}", own)
+
+
+def verify_tag(url: str, tag: str, commit: str | None = None) -> str:
+    """The commit `tag` points at in the repository at `url`, after checking that the tag
+    exists and that `commit` (when given: a sha, at least 7 hex digits, or a ref) is that
+    commit or the annotated tag's own object. Raises TagMismatchError naming the tag, the
+    commit it points at and the commit given: a release must never build a commit under a tag
+    that does not point at it."""
+    found = tag_target(url, tag)
+    if found is None:
+        raise TagMismatchError(
+            f"git tag {tag!r} does not exist in {public_url(url)}"
+            + (f" (the commit given is {commit})" if commit else "")
+            + ": push the tag first, or release a tag the repository has"
+        )
+    own, target = found
+    if not commit or commit == tag:
+        return target
+    given = commit if _SHORT_SHA.match(commit) else resolve_revision(url, commit)
+    if any(sha.startswith(given) for sha in (own, target)):
+        return target
+    raise TagMismatchError(
+        f"git tag {tag!r} points at commit {target} in {public_url(url)}, not at the commit "
+        f"given ({commit}): release the tag's own commit (leave commit empty) or move the tag"
     )
 
 

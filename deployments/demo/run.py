@@ -149,7 +149,8 @@ def sandbox_target(
         retries=3,
         retry_delay_s=0.1,
         poll_interval_s=0.05,
-        ready_timeout_s=60,
+        # No ready_timeout_s here: the block's own (Cloud Run's startup probe may take minutes;
+        # a revision Ready after a shorter local cap was rolled back, issue 21).
     )
     fields.update(overrides)
     return ReleaseTarget(**fields)
@@ -303,7 +304,12 @@ def run_demo(
             cloud = stack.enter_context(local_cloud(engine=engine, state=state, prefect=prefect))
             say(f"✓ prefect api ({prefect.started_s:.1f} s, in the background): {prefect.url}")
             stage(cloud, scenario)
-            settings_block, base_repository = save_build_blocks(cloud, f"file://{root}")
+            # The release builds a tag only at the commit it points at: build from a shared
+            # bare clone of this checkout with git_tag at HEAD (the checkout stays untouched).
+            source = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "source.git"
+            _git(root, "clone", "-q", "--bare", "--shared", str(root), str(source))
+            _git(source, "tag", "-f", git_tag, commit)
+            settings_block, base_repository = save_build_blocks(cloud, f"file://{source}")
             info["detail"] = f"registry {cloud.info.registry_host}, scenario {scenario}"
         stages["prefect_start_s"] = prefect.started_s
         stages["prefect_wait_s"] = prefect.waited_s  # of sandbox_up_s: the rest ran beside

@@ -106,8 +106,12 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     `timeout_s`: a sender that stalls gets 408 and frees its connection."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit() or len(declared) > 12:
-            raise Reject(400, f"Content-Length header {shown(declared)} is not a byte count")
+        if not declared.isdigit() or len(declared) > 12:  # its value is not echoed
+            raise Reject(
+                400,
+                f"Content-Length header is not a byte count ({len(declared)} characters, not "
+                "1 to 12 digits): send the body's length in bytes, or no Content-Length",
+            )
         if int(declared) > limit:
             raise Reject(413, f"body of {int(declared)} bytes is above the {limit}-byte limit")
     chunks: list[bytes] = []
@@ -126,6 +130,15 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     except ClientDisconnect:
         raise Reject(499, f"sender disconnected after {received} bytes") from None
     return b"".join(chunks)
+
+
+def unsupported_media_type(content_type: str | None) -> Reject:
+    """415, naming the header but not its value (answers never echo a header)."""
+    what = "missing" if not content_type else "neither application/json nor form-encoded"
+    return Reject(
+        415,
+        f"Content-Type header is {what}: set the webhook's content type to application/json",
+    )
 
 
 def media_type(value: str | None) -> str:
@@ -150,11 +163,7 @@ def decode_payload(body: bytes, content_type: str | None) -> dict[str, Any]:
             )
         text = fields["payload"][0]
     elif kind != "application/json":
-        raise Reject(
-            415,
-            f"content type {shown(content_type or '(none)')} is not accepted: set the "
-            "webhook's content type to application/json",
-        )
+        raise unsupported_media_type(content_type)
     try:
         payload = json.loads(text)
     except RecursionError:  # deeply nested arrays/objects: permanent, not a server fault
@@ -169,11 +178,11 @@ def decode_payload(body: bytes, content_type: str | None) -> dict[str, Any]:
 def delivery_id(value: str | None, header: str) -> str:
     if not value:
         raise Reject(400, f"{header} header missing")
-    if not _DELIVERY_ID.match(value):
+    if not _DELIVERY_ID.match(value):  # its value is not echoed: it is the sender's
         raise Reject(
             400,
-            f"{header} header {shown(value)} is not a delivery id (letters, digits, . _ : -; "
-            f"at most {MAX_DELIVERY_ID} characters)",
+            f"{header} header is not a delivery id ({len(value)} characters; letters, digits, "
+            f". _ : - only, at most {MAX_DELIVERY_ID})",
         )
     return value
 
@@ -215,6 +224,28 @@ def commit_of(value: Any) -> str | None:
     return value
 
 
+def tag_commit(payload: dict[str, Any]) -> str | None:
+    """The commit a GitHub tag push points at: `head_commit.id`, else `after`.
+
+    For an annotated tag `after` is the sha of the tag object, not of a commit; GitHub's docs
+    for the push event: "head_commit: For pushes where `after` is or points to a commit object,
+    an expanded representation of that commit. For pushes where `after` refers to an annotated
+    tag object, an expanded representation of the commit pointed to by the annotated tag."
+    (docs.github.com/en/webhooks/webhook-events-and-payloads#push, added by github/docs
+    962a67f "document the undocumented pieces of the push webhook", 2021-10-01; the same day's
+    changelog "The push webhook payload provides a consistent head_commit on tag creation").
+    Others met it in real deliveries: openSUSE/open-build-service#13500 ("`:after` ... contains
+    the sha of the tag itself ... the commit sha the tag is refering to ... is part of
+    `:head_commit => :id`"), buildbuddy-io/buildbuddy#12752. Without `head_commit`, `after` is
+    passed on and the release peels it (tasks/git_source.py `verify_tag`)."""
+    head = payload.get("head_commit")
+    if isinstance(head, dict):
+        commit = commit_of(head.get("id"))
+        if commit is not None:
+            return commit
+    return commit_of(payload.get("after"))
+
+
 def pushed_at(payload: dict[str, Any]) -> str | None:
     """When GitHub received the push: `repository.pushed_at`, which a `push` delivery sends as
     Unix seconds (other events send ISO 8601; GitHub keeps the difference on purpose:
@@ -242,9 +273,14 @@ def parse_github(event: str, delivery: str, payload: dict[str, Any]) -> TagPush 
         tag = ref.removeprefix("refs/tags/")
         if payload.get("deleted") is True:
             return Ignored("tag deleted", "github", delivery, repository, tag)
-        commit = commit_of(payload.get("after"))
         return TagPush(
-            "github", delivery, repository, tag, commit, ref, tagged_at=pushed_at(payload)
+            "github",
+            delivery,
+            repository,
+            tag,
+            tag_commit(payload),
+            ref,
+            tagged_at=pushed_at(payload),
         )
     if event == "create":
         ref = _str_field(payload, "ref", limit=MAX_REF)

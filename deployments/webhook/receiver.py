@@ -26,7 +26,8 @@ Answers (JSON bodies; never an echo of a header or of the secret):
     413  a body above the limit (1 MiB): by Content-Length and by the bytes actually streamed
     415  a content type other than application/json or GitHub's form encoding
     422  a tag that is not a release tag (blocks/release_tag.py), a too-long field
-    503  the secret is not configured, or the journal cannot be written
+    503  the secret is not configured, the journal cannot be written, or more than
+         `max_connections` requests at once (connections.py: stalled senders do not count)
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from shipyard.blocks.release_tag import TAG_PATTERN_ENV, shown, validate_release_tag
+from shipyard.deployments.webhook.connections import InFlightLimit, protocol_class
 from shipyard.deployments.webhook.dispatch import Dispatcher, clean_forever
 from shipyard.deployments.webhook.journal import Journal
 from shipyard.deployments.webhook.parse import (
@@ -59,6 +60,7 @@ from shipyard.deployments.webhook.parse import (
     parse_github,
     parse_gitlab,
     read_body,
+    unsupported_media_type,
 )
 from shipyard.deployments.webhook.settings import REPOS_ENV, WebhookSettings
 from shipyard.deployments.webhook.signature import SecretSource, authenticate
@@ -104,11 +106,7 @@ class Receiver:
         headers = request.headers
         content_type = headers.get("content-type")
         if media_type(content_type) not in _MEDIA:
-            raise Reject(
-                415,
-                f"content type {shown(content_type or '(none)')} is not accepted: set the "
-                "webhook's content type to application/json",
-            )
+            raise unsupported_media_type(content_type)
         body = await read_body(request, self.settings.max_body, self.settings.body_timeout_s)
         provider = await authenticate(headers, body, self.secret)
         payload = decode_payload(body, content_type)
@@ -219,7 +217,7 @@ def create_app(settings: WebhookSettings | None = None) -> Starlette:
         backlog = counts.get("pending", 0) + counts.get("emit", 0)
         return JSONResponse({"status": "ok", "backlog": backlog, "journal": counts})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/webhook", webhook, methods=["POST"]),
             Route("/", webhook, methods=["POST"]),
@@ -227,66 +225,25 @@ def create_app(settings: WebhookSettings | None = None) -> Starlette:
         ],
         lifespan=lifespan,
     )
-
-
-class BoundedH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with a deadline for the request line and headers.
-
-    uvicorn bounds an idle kept-alive connection, but not one that connects and then sends
-    its headers slowly (or never): each such sender would hold a connection forever. The
-    body has its own deadline (`body_timeout_s`, in the app)."""
-
-    header_timeout_s = 10.0
-
-    _header_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self._arm()
-
-    def _arm(self) -> None:
-        self._waiting_for = self.cycle
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._expire)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        timer = getattr(self, "_header_timer", None)
-        if timer is not None and self.cycle is not self._waiting_for:
-            timer.cancel()
-            self._header_timer = None
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()
-
-    def _expire(self) -> None:
-        self._header_timer = None
-        if self.cycle is self._waiting_for and not self.transport.is_closing():
-            logger.info(
-                "connection closed: no request headers within %.0f s", self.header_timeout_s
-            )
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        timer = getattr(self, "_header_timer", None)
-        if timer is not None:
-            timer.cancel()
-        super().connection_lost(exc)
+    app.add_middleware(InFlightLimit, limit=receiver.settings.max_connections)
+    return app
 
 
 def serve(settings: WebhookSettings, host: str, port: int, log_level: str = "info") -> None:
-    """Run the receiver under uvicorn with bounded connections and header/body deadlines."""
+    """Run the receiver under uvicorn with bounded connections and header/body deadlines
+    (deployments/webhook/connections.py): connections still sending their headers are capped
+    per client and in all, the oldest shed first, and do not count toward the 503 limit."""
     import uvicorn
 
-    BoundedH11Protocol.header_timeout_s = settings.header_timeout_s
     config = uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
         log_level=log_level,
-        http=BoundedH11Protocol,
-        limit_concurrency=settings.max_connections,
+        http=protocol_class(
+            settings.header_timeout_s, settings.max_pending_per_client, settings.max_pending
+        ),
+        limit_concurrency=None,  # counts stalled connections too: InFlightLimit instead
         timeout_keep_alive=5,
         access_log=False,  # one line per delivery is ours, with the header escaped
     )

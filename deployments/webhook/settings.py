@@ -91,8 +91,14 @@ class WebhookSettings:
     journal: str | None = None  # path of the journal; default $SHIPYARD_HOME/webhook/journal.db
     max_body: int = DEFAULT_MAX_BODY
     body_timeout_s: float = 10.0  # the whole body must arrive within this
-    header_timeout_s: float = 10.0  # a connection must send its request line and headers
-    max_connections: int = 100  # more at once are answered 503 by uvicorn
+    # Connections (connections.py): the request line and headers must arrive within
+    # header_timeout_s; connections still sending them are capped per client address and in
+    # all (a new one over a cap sheds the oldest); requests whose headers arrived are capped
+    # at max_connections (more at once are answered 503).
+    header_timeout_s: float = 5.0
+    max_pending_per_client: int = 32
+    max_pending: int = 512
+    max_connections: int = 100
     secret_ttl_s: float = 60.0
     # Dispatch: retries of Prefect calls (exponential backoff up to retry_max_s, forever).
     retry_first_s: float = 0.5

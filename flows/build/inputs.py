@@ -3,6 +3,7 @@ and what the registry already holds.
 
 `resolve_base_image`: the `BASE_IMAGE` build arg, by digest: an explicit parameter, else the pin
 the mirror flow recorded for the base repository (`shipyard.flows.mirror.flow.read_base_pin`).
+`tag_commit`: the commit a release builds, checked against its tag.
 `read_image`: an image's facts (digest, labels, layers), or None: the build's reuse check, the
 prewarm's fingerprint check, and what a build pushed.
 """
@@ -53,6 +54,22 @@ def load_blocks(
 def checkout_task(url: str, revision: str) -> tuple[str, str]:
     root, commit = gitsrc.checkout(url, revision)
     return str(root), commit
+
+
+@task(
+    name="verify-tag",
+    retries=2,
+    retry_condition_fn=retry_condition_fn,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def tag_commit(settings_block: str | None, git_tag: str, commit: str | None) -> str:
+    """The commit a release of `git_tag` builds: the one the tag points at in the build's git
+    source (an annotated tag peeled, `^{commit}`), after checking that the commit given (a
+    webhook's, a caller's) is that commit or the tag's own object; TagMismatchError (permanent)
+    naming the tag, the commit it points at and the commit given otherwise."""
+    settings = cast(BuildSettings, BuildSettings.load(settings_block)) if settings_block else None
+    return gitsrc.verify_tag((settings or BuildSettings()).resolved_git_url(), git_tag, commit)
 
 
 @task(name="resolve-base-image", cache_policy=NO_CACHE, persist_result=False)

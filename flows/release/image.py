@@ -11,11 +11,13 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.flow_engine import FlowRunTimeoutError
 
 from shipyard.flows.release.context import RunContext
 from shipyard.flows.release.slot import ReleaseError
 from shipyard.flows.release.steps import note_attempt
 from shipyard.tasks.deploy_errors import ConfigurationError
+from shipyard.tasks.errors import PermanentError
 from shipyard.tasks.git_source import redact_credentials
 
 
@@ -37,19 +39,26 @@ def build_image(
     ctx: RunContext, git_tag: str, commit: str | None, pin: dict[str, Any] | None
 ) -> Any:
     """Adapter over flows/build/flow.py's `build_release_image` (a subflow: it reuses an image that
-    already holds the commit, so a re-run does not build twice). `commit` defaults to the git
-    tag, which the build resolves to a sha. A build failure stops the release before any deploy.
+    already holds the commit, so a re-run does not build twice). The commit built is the one the
+    git tag points at in the build's git source (annotated tags peeled): a `commit` given (the
+    webhook's, a caller's) must be that commit or the tag's own object, else the release stops
+    naming both. A build failure stops the release before any deploy.
     """
     try:
         from shipyard.flows.build.flow import build_release_image
+        from shipyard.flows.build.inputs import tag_commit
     except ImportError as exc:
         raise ReleaseError(
             "no image given and no build available (flows/build/flow.py): pass image=..."
         ) from exc
+    try:  # the tag must exist and point at the commit: never build one under another's tag
+        sha = tag_commit(ctx.target.build_settings_block, git_tag, commit)
+    except (PermanentError, ValueError) as exc:  # no such tag, another commit; no git source
+        raise ReleaseError(redact_credentials(str(exc))) from exc
     params = inspect.signature(build_release_image).parameters
     offered: dict[str, Any] = {
         "git_tag": git_tag,
-        "commit": commit or git_tag,
+        "commit": sha,
         "base_image": (pin or {}).get("image"),
         "settings_block": ctx.target.build_settings_block,
         "tiers_block": ctx.target.build_tiers_block,
@@ -58,6 +67,8 @@ def build_image(
     kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
     try:
         built = build_release_image(**kwargs)
+    except FlowRunTimeoutError:
+        raise  # a timeout (the release's, caught first by the build's own): the release's undo
     except Exception as exc:
         detail = redact_credentials(f"{type(exc).__name__}: {exc}")  # a git URL's user:token@
         raise ReleaseError(f"build of {git_tag} failed: {detail}") from exc

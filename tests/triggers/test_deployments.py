@@ -86,7 +86,7 @@ def test_prewarm_next_runs_fall_on_mondays_0200_utc(deployed):
     assert schedule.schedule.cron == "0 2 * * 1"
     assert schedule.schedule.timezone == "UTC"
     assert schedule.active
-    assert prewarm.parameters == {"force": False}
+    assert prewarm.parameters == {"force": False, "target": "default"}  # setup's target
     assert "force" in prewarm.parameter_openapi_schema["properties"]
 
     async def scheduled():

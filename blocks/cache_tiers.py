@@ -19,10 +19,13 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 
 
 class CacheTier(BaseModel):
-    name: str = Field(description="Tier name; the cache image tag is cache-<name>.")
-    target: str = Field(description="Dockerfile stage built for this tier (--target).")
+    name: str = Field(title="Name", description="Tier name; the cache image tag is cache-<name>.")
+    target: str = Field(
+        title="Dockerfile stage", description="Dockerfile stage built for this tier (--target)."
+    )
     files: list[str] = Field(
         default=[],
+        title="Deciding files",
         description="Files (relative to the build context) whose content decides the tier.",
     )
 
@@ -70,22 +73,36 @@ class CacheTiers(Block):
     )
 
     dockerfile: str = Field(
-        default="Dockerfile", description="Dockerfile path, relative to the build context."
+        default="Dockerfile",
+        title="Dockerfile",
+        description="Dockerfile path, relative to the build context.",
     )
     tiers: list[CacheTier] = Field(
         # A plain default (copied per instance by pydantic) so the UI's form shows the tiers.
         default=DEFAULT_TIERS,
-        description="Tiers from the bottom up; each builds on the ones before it.",
+        title="Tiers",
+        description="Tiers from the bottom up; each builds on the ones before it. `shipyard "
+        "init` proposes those the repository's files call for (no node tier without "
+        "package.json).",
     )
     cache_repository: str | None = Field(
         default=None,
+        title="Cache repository",
         description="Repository of the cache images, e.g. europe-docker.pkg.dev/P/app/page-service "
         "(default: the image repository of the build settings).",
     )
     quarterly_tags_to_keep: int = Field(
-        default=4, ge=1, le=40, description="Quarterly tags kept per tier (the newest ones)."
+        default=4,
+        ge=1,
+        le=40,
+        title="Quarterly tags kept",
+        description="Quarterly tags kept per tier (the newest ones).",
     )
-    builder_cache_tag: str = Field(default="cache-builder")
+    builder_cache_tag: str = Field(
+        default="cache-builder",
+        title="Builder cache tag",
+        description="Tag of the release build's own cache (the only cache it exports).",
+    )
 
     @field_validator("tiers")
     @classmethod

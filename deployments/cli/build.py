@@ -12,6 +12,19 @@ def register(app: typer.Typer) -> None:
     app.command("build")(build)
 
 
+DEFAULT_TARGET = "default"  # the ReleaseTarget block `shipyard setup` makes
+
+
+def _block_exists(name: str) -> bool:
+    from shipyard.blocks.release_target import ReleaseTarget
+
+    try:
+        ReleaseTarget.load(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _fail(exc: Exception) -> None:
     typer.secho(f"failed: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
@@ -23,14 +36,37 @@ def prewarm(
     base_image: str = typer.Option(
         None, help="REPOSITORY@sha256:… (default: the mirror's recorded pin)."
     ),
+    target: str = typer.Option(
+        None,
+        "--target",
+        help="ReleaseTarget block whose build settings, cache tiers and cloud to use (default: "
+        f"`{DEFAULT_TARGET}`, the one `shipyard setup` / `shipyard init` make, when it exists; "
+        "else the environment's defaults).",
+    ),
+    settings_block: str = typer.Option(
+        None, "--settings-block", help="BuildSettings block (default: the target's)."
+    ),
+    tiers_block: str = typer.Option(
+        None, "--tiers-block", help="CacheTiers block (default: the target's)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Build the cache tiers (cache-base, cache-python, cache-node) whose inputs changed."""
+    """Build the cache tiers whose inputs changed (the target's CacheTiers block: those
+    `shipyard init` found in the repository, e.g. cache-base, cache-python)."""
     from shipyard.flows.build.prewarm import prewarm_cache_tiers
     from shipyard.tasks.errors import PermanentError
 
+    if target is None and _block_exists(DEFAULT_TARGET):
+        target = DEFAULT_TARGET
     try:
-        result = prewarm_cache_tiers(force=force, revision=revision, base_image=base_image)
+        result = prewarm_cache_tiers(
+            force=force,
+            revision=revision,
+            base_image=base_image,
+            settings_block=settings_block,
+            tiers_block=tiers_block,
+            target=target,
+        )
     except (PermanentError, ValueError) as exc:
         _fail(exc)
     if as_json:

@@ -24,6 +24,7 @@ app = typer.Typer(
 _COMMAND_MODULES = [
     "shipyard.deployments.cli.sandbox",
     "shipyard.deployments.cli.setup",
+    "shipyard.deployments.cli.init",
     "shipyard.deployments.cli.mirror",
     "shipyard.deployments.cli.build",
     "shipyard.deployments.cli.triggers",

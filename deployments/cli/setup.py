@@ -24,13 +24,29 @@ def setup_command(
         None,
         "--source-dir",
         help="Build context inside that repository, '.' for its root (default: the sample "
-        "service, examples/page-service).",
+        "service, examples/page-service). Its files decide the cache tiers (no node tier "
+        "without package.json) and its folder names the service.",
+    ),
+    git_token_secret: str = typer.Option(
+        None,
+        "--git-token-secret",
+        help="Prefect Secret block holding the git token of a private repository (a URL with "
+        "user:token@ is refused). With SHIPYARD_GIT_TOKEN set, setup stores the token there.",
+    ),
+    service: str = typer.Option(
+        None,
+        "--service",
+        help="Cloud Run service name (default: after the repository: the build context's "
+        "folder, or the repository's name when it is the root).",
     ),
 ) -> None:
     """Prepare the running sandbox for releases from the Prefect UI: register the block types;
-    create the `default` release target, the `sandbox` cloud and build settings blocks, the
+    create the `default` release target (its service named after the repository), the `sandbox`
+    cloud, build settings and cache tiers blocks (the tiers the repository's files call for), the
     `shipyard-internal-token` Secret (and its sandbox Secret Manager entry); seed and mirror the
-    upstream CUDA image; create the work pool and variables. Idempotent: says what it did."""
+    upstream CUDA image; create the work pool and variables. Idempotent: says what it did. In
+    your own service's repository, `shipyard init` does this and checks (or writes) its
+    Dockerfile."""
     import logging
 
     import prefect.main  # noqa: F401 - configures Prefect's logging now: the level below sticks
@@ -48,6 +64,8 @@ def setup_command(
         done = run_setup(
             git_url,
             source_dir=source_dir,
+            git_token_secret=git_token_secret,
+            service=service,
             say=lambda d: console.print(
                 f"[{colours[d.action]}]{escape(d.line())}[/]", soft_wrap=True
             ),

@@ -6,23 +6,27 @@ command against the running sandbox (`shipyard sandbox up`) and the configured P
 1. register Shipyard's block types (what `prefect block register -m blocks.…` does);
 2. the `sandbox` GoogleCloud block (the emulator's endpoint), the `shipyard-internal-token`
    Prefect Secret and the sandbox Secret Manager entry of the same name and value;
-3. the `sandbox` BuildSettings block (sandbox registry repositories, the git URL builds fetch);
+3. the `sandbox` BuildSettings block (sandbox registry repositories, the git URL builds fetch,
+   its token's Secret block), and the `sandbox` CacheTiers block: the tiers the repository's
+   files call for (deployments/cli/repo_scan.py: no `node` tier without a package.json);
 4. the upstream `nvidia/cuda` image seeded into the sandbox registry ("Docker Hub"), mirrored
    into `base-images/cuda` with its pin recorded (the mirror flow);
-5. the `default` ReleaseTarget (referencing the blocks above, waits tuned for a local cloud),
+5. the `default` ReleaseTarget, its service named after the repository (the build context's
+   folder, or `--service`), referencing the blocks above, polls tuned for a local cloud,
    the `shipyard-process` work pool and the `shipyard_base_mirror` variable.
 
 Each step says `created`, `already there` or `updated`; a second run changes nothing. Blocks a
 user edited keep their edits: only the fields setup owns (the endpoint, the repositories, the
-git URL, the target's cloud and build settings) are put back.
+git URL and its secret's name, the tiers, the target's service, cloud, build blocks and, from
+`init --sample`, its canary) are put back.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from shipyard.deployments.cli.errors import SANDBOX_FIX, UsageError, one_line
 
@@ -32,17 +36,25 @@ if TYPE_CHECKING:
     from sandbox.admin import SandboxAdmin
     from sandbox.manager import SandboxInfo
     from sandbox.oci import SandboxRegistry
+    from shipyard.blocks.cache_tiers import CacheTier
 
 Action = Literal["created", "already there", "updated"]
 
 TARGET_BLOCK = "default"
 CLOUD_BLOCK = "sandbox"
 BUILD_BLOCK = "sandbox"
+TIERS_BLOCK = "sandbox"
+GIT_TOKEN_ENV = "SHIPYARD_GIT_TOKEN"  # noqa: S105 - the variable's name, not a token
 TOKEN_BLOCK = "shipyard-internal-token"  # noqa: S105 - a block *name*, not a secret
 WORK_POOL = "shipyard-process"
 BASE_MIRROR_VARIABLE = "shipyard_base_mirror"
 BASE_REPOSITORY = "base-images/cuda"
-IMAGE_REPOSITORY = "shipyard/page-service"
+GIT_URL_CREDENTIALS = (
+    "--git-url carries credentials (user:token@): setup would store and print them in plain "
+    "text. Give the URL without them and the token through a Secret block: "
+    "SHIPYARD_GIT_TOKEN=... shipyard setup --git-url https://HOST/ORG/REPO.git "
+    "--git-token-secret NAME (setup saves the token in the Secret block NAME, never printing it)"
+)
 PREFECT_FIX = (
     "start `prefect server start` and `export PREFECT_API_URL=http://127.0.0.1:4200/api` "
     "(the server's address)"
@@ -290,19 +302,125 @@ def ensure_variable(name: str, value: str) -> Done:
 # ---------------------------------------------------------------- the whole
 
 
+@dataclass
+class ServicePlan:
+    """The service setup (or init) makes the blocks for: named after its repository, with the
+    cache tiers its files call for and, from `init --sample`, its canary request."""
+
+    service: str
+    source_dir: str
+    tiers: list[CacheTier]
+    image_path: str = ""  # repository path in the registry; default shipyard/<service>
+    canary: dict[str, Any] = field(default_factory=dict)  # CanaryPolicy fields to set
+    found: list[str] = field(default_factory=list)  # the files that decided the tiers
+
+    @property
+    def image_repository(self) -> str:
+        return self.image_path or f"shipyard/{self.service}"
+
+
+def plan_from_git(git_url: str, source_dir: str, service: str | None = None) -> ServicePlan:
+    """Read the repository's HEAD (the build context `source_dir`) and propose its plan."""
+    import shutil
+
+    from shipyard.deployments.cli.repo_scan import (
+        RELEASE_STAGE,
+        check_dockerfile,
+        propose_tiers,
+        scan,
+        service_name,
+    )
+    from shipyard.tasks.git_source import GitError, checkout
+
+    try:
+        root, _ = checkout(git_url, "HEAD")
+    except GitError as exc:
+        raise UsageError(
+            f"--git-url: cannot read the repository ({one_line(exc)}): give a URL git can fetch"
+        ) from None
+    try:
+        context = root / source_dir
+        if not context.is_dir():
+            raise UsageError(
+                f"--source-dir {source_dir!r} is not a folder of the repository's HEAD: give the "
+                "build context's path inside it ('.' for its root)"
+            )
+        found = scan(context)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    where = f"{source_dir!r} of the repository's HEAD"
+    if found.dockerfile is None:
+        raise UsageError(
+            f"no Dockerfile in {where}: run `shipyard init` in that folder (it writes one and "
+            "makes these blocks), then commit it"
+        )
+    check = check_dockerfile(found.dockerfile, propose_tiers(found), RELEASE_STAGE)
+    if check.problems or not check.tiers:
+        raise UsageError(
+            f"the Dockerfile in {where} cannot be released by Shipyard: "
+            + "; ".join(check.problems or ["no `base` stage: name it `FROM ${BASE_IMAGE} AS base`"])
+        )
+    return ServicePlan(
+        service=service or service_name(git_url, source_dir),
+        source_dir=source_dir,
+        tiers=check.tiers,
+        found=found.found(),
+    )
+
+
+def ensure_git_token(secret_name: str) -> Done:
+    """The git token's Secret block: created or updated from SHIPYARD_GIT_TOKEN when that is
+    set (its value never printed), else it must exist already."""
+    import os
+
+    from prefect.blocks.system import Secret
+    from pydantic import SecretStr
+
+    what = f"Secret block {secret_name!r} (git token)"
+    token = os.environ.get(GIT_TOKEN_ENV, "").strip()
+    try:
+        current: str | None = str(cast(Secret[str], Secret.load(secret_name)).get())
+    except ValueError:
+        current = None
+    if not token:
+        if current is None:
+            raise UsageError(
+                f"--git-token-secret {secret_name!r}: no Secret block of that name; set "
+                f"{GIT_TOKEN_ENV} to the token for this run (setup stores it there), or create it "
+                "with `prefect block create secret`"
+            )
+        return Done(what, "already there")
+    if current is not None and secrets.compare_digest(current, token):
+        return Done(what, "already there")
+    Secret(value=SecretStr(token)).save(secret_name, overwrite=True)
+    return Done(what, "created" if current is None else "updated", f"from {GIT_TOKEN_ENV}")
+
+
 def run_setup(
-    git_url: str | None = None, say: Say | None = None, source_dir: str | None = None
+    git_url: str | None = None,
+    say: Say | None = None,
+    source_dir: str | None = None,
+    plan: ServicePlan | None = None,
+    git_token_secret: str | None = None,
+    service: str | None = None,
 ) -> list[Done]:
-    """Set the sandbox up for releases from the Prefect UI; returns what each step did."""
+    """Set the sandbox up for releases from the Prefect UI; returns what each step did.
+    `plan`: the service's (from `shipyard init`); else read from the repository's HEAD."""
     from sandbox.admin import SandboxAdmin
-    from shipyard.blocks.build_settings import BuildSettings
+    from shipyard.blocks.build_settings import BuildSettings, url_has_credentials
+    from shipyard.blocks.cache_tiers import CacheTiers
+    from shipyard.blocks.canary_policy import CanaryPolicy
     from shipyard.blocks.cloud import GoogleCloud
     from shipyard.blocks.release_target import ReleaseTarget
-    from shipyard.deployments.demo.run import DEMO_SERVICE, sandbox_target
+    from shipyard.deployments.demo.run import sandbox_target
 
+    if git_url and url_has_credentials(git_url):  # before anything is made or printed
+        raise UsageError(GIT_URL_CREDENTIALS)
     prefect_api_url()
     info = running_sandbox()
     git_url = git_url or default_git_url()
+    if url_has_credentials(git_url):
+        raise UsageError(GIT_URL_CREDENTIALS.replace("--git-url", "SHIPYARD_GIT_URL"))
     done: list[Done] = []
 
     def record(item: Done) -> None:
@@ -312,6 +430,21 @@ def run_setup(
 
     for cls in block_types():
         record(register_block_type(cls))
+    if git_token_secret:
+        record(ensure_git_token(git_token_secret))
+    settings = BuildSettings(
+        base_repository=f"{info.registry_host}/{BASE_REPOSITORY}",
+        git_url=git_url,
+        git_credentials_secret=git_token_secret,
+        poll_s=0.05,
+        timeout_s=600,
+    )
+    if plan is None:
+        plan = plan_from_git(
+            settings.resolved_git_url(), source_dir or settings.source_dir, service
+        )
+    settings.source_dir = plan.source_dir
+    settings.image_repository = f"{info.registry_host}/{plan.image_repository}"
     record(
         ensure_block(
             GoogleCloud,
@@ -327,30 +460,38 @@ def run_setup(
             record(item)
     finally:
         admin.close()
-    base = f"{info.registry_host}/{BASE_REPOSITORY}"
-    settings = BuildSettings(
-        image_repository=f"{info.registry_host}/{IMAGE_REPOSITORY}",
-        base_repository=base,
-        git_url=git_url,
-        poll_s=0.05,
-        timeout_s=600,
-    )
-    owned = ["image_repository", "base_repository", "git_url"]
-    if source_dir is not None:  # your own repository: its build context
-        settings.source_dir = source_dir
-        owned.append("source_dir")
-    record(ensure_block(BuildSettings, BUILD_BLOCK, settings, owned, f"builds {git_url}"))
+    base = settings.resolved_base_repository()
+    owned = [
+        "image_repository",
+        "base_repository",
+        "git_url",
+        "git_credentials_secret",
+        "source_dir",
+    ]
+    what = f"builds {git_url} ({plan.source_dir}) into {settings.image_repository}"
+    record(ensure_block(BuildSettings, BUILD_BLOCK, settings, owned, what))
+    tiers = CacheTiers(tiers=plan.tiers)
+    what = "tiers " + ", ".join(t.name for t in plan.tiers)
+    what += f" (from {', '.join(plan.found)})" if plan.found else ""
+    record(ensure_block(CacheTiers, TIERS_BLOCK, tiers, ["tiers"], what))
     seeded, upstream = seed_upstream(info)
     record(seeded)
     record(mirror_base(info, upstream, base))
     target = sandbox_target(
-        service=DEMO_SERVICE,
+        service=plan.service,
         token_block=TOKEN_BLOCK,
         cloud=GoogleCloud.load(CLOUD_BLOCK),
         build_settings_block=BUILD_BLOCK,
+        build_tiers_block=TIERS_BLOCK,
     )
-    owned = ["cloud", "build_settings_block"]
-    what = f"service {DEMO_SERVICE}, cloud {CLOUD_BLOCK!r}, build settings {BUILD_BLOCK!r}"
+    owned = ["service", "cloud", "build_settings_block", "build_tiers_block"]
+    if plan.canary:
+        target.canary = CanaryPolicy(**{**target.canary.model_dump(), **plan.canary})
+        owned.append("canary")
+    what = (
+        f"service {plan.service}, cloud {CLOUD_BLOCK!r}, build settings {BUILD_BLOCK!r}, "
+        f"cache tiers {TIERS_BLOCK!r}"
+    )
     record(ensure_block(ReleaseTarget, TARGET_BLOCK, target, owned, what))
     record(ensure_work_pool())
     record(ensure_variable(BASE_MIRROR_VARIABLE, base))

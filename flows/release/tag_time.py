@@ -10,7 +10,6 @@ time of such a release is counted from its start, which is shorter than the trut
 from __future__ import annotations
 
 import datetime as dt
-import os
 from typing import Literal, cast
 
 from prefect import task
@@ -54,8 +53,11 @@ def tag_time_step(settings_block: str | None, git_tag: str) -> str | None:
     """The tag's date in the build's git source (None: no git source is configured)."""
     note_attempt()
     settings = cast(BuildSettings, BuildSettings.load(settings_block)) if settings_block else None
-    url = (settings or BuildSettings()).git_url or os.environ.get("SHIPYARD_GIT_URL")
-    return git.tag_time(url, git_tag).isoformat() if url else None
+    settings = settings or BuildSettings()
+    if not settings.public_git_url():
+        return None
+    # The URL with its token (git_credentials_secret) only here, for git: its errors are redacted.
+    return git.tag_time(settings.resolved_git_url(), git_tag).isoformat()
 
 
 def tag_time(

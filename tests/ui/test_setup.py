@@ -17,6 +17,7 @@ from shipyard.deployments.demo.sandbox_setup import (
     BUILD_BLOCK,
     CLOUD_BLOCK,
     TARGET_BLOCK,
+    TIERS_BLOCK,
     TOKEN_BLOCK,
 )
 
@@ -66,6 +67,7 @@ async def _documents() -> dict[str, Any]:
             ("shipyard-release-target", TARGET_BLOCK),
             ("shipyard-google-cloud", CLOUD_BLOCK),
             ("shipyard-build-settings", BUILD_BLOCK),
+            ("shipyard-cache-tiers", TIERS_BLOCK),
             ("secret", TOKEN_BLOCK),
         ]:
             doc = await client.read_block_document_by_name(name, slug, include_secrets=True)
@@ -98,6 +100,12 @@ def test_setup_then_a_deployment_run_releases_and_a_second_setup_changes_nothing
     ):
         assert any(needle in line for line in lines), (needle, output)
     assert "Traceback" not in output
+    # Named after the repository's build context, not the demo; the block's own Ready wait.
+    from shipyard.blocks.release_target import ReleaseTarget
+
+    target = ReleaseTarget.load(TARGET_BLOCK)
+    assert target.service == "page-service"
+    assert target.ready_timeout_s == ReleaseTarget.model_fields["ready_timeout_s"].default
 
     before = asyncio.run(_documents())
     code, output = run_cli(monkeypatch, capsys, "setup", "--git-url", app_repo)

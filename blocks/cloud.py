@@ -27,6 +27,8 @@ from prefect.blocks.core import Block
 from prefect_gcp import GcpCredentials
 from pydantic import Field, PrivateAttr
 
+from shipyard.tasks import deadlines as call_deadlines
+
 if TYPE_CHECKING:
     from google.cloud import logging_v2
 
@@ -57,6 +59,14 @@ class GoogleCloud(Block):
         description="Send every API call here with anonymous credentials (the sandbox), "
         "e.g. http://127.0.0.1:8123. Empty: Google (an unsaved block without credentials "
         "takes SHIPYARD_GOOGLE_ENDPOINT).",
+    )
+
+    call_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds one Google API request may take (Cloud Run, Cloud Build, Cloud "
+        "Quotas, Cloud Logging, each long-running operation poll) before it is given up as a "
+        "transient error. Empty: 30 s for reads and polls, 60 s for writes.",
     )
 
     # Set by the saved block this one is stored in (a nested block saved inline has no document
@@ -162,6 +172,12 @@ class GoogleCloud(Block):
         token = google.oauth2.id_token.fetch_id_token(request, audience)  # type: ignore[no-untyped-call]  # google-auth: unannotated
         return str(token)
 
+    def deadlines(self) -> call_deadlines.Deadlines:
+        """The deadlines of this block's clients (tasks/deadlines.py, `call_timeout_s`)."""
+        if self.call_timeout_s is None:
+            return call_deadlines.DEFAULT
+        return call_deadlines.DEFAULT.google(self.call_timeout_s)
+
     def _gapic_kwargs(self) -> dict[str, Any]:
         endpoint = self.resolved_endpoint()
         kwargs: dict[str, Any] = {"transport": "rest", "credentials": self.credentials()}
@@ -169,17 +185,24 @@ class GoogleCloud(Block):
             kwargs["client_options"] = ClientOptions(api_endpoint=endpoint)
         return kwargs
 
+    # Each client carries its deadlines (tasks/deadlines.py `of`): the tasks that call it pass
+    # them as `timeout=` on every call.
+
     def services_client(self) -> run_v2.ServicesClient:
-        return run_v2.ServicesClient(**self._gapic_kwargs())
+        client = run_v2.ServicesClient(**self._gapic_kwargs())
+        return call_deadlines.attach(client, self.deadlines())
 
     def revisions_client(self) -> run_v2.RevisionsClient:
-        return run_v2.RevisionsClient(**self._gapic_kwargs())
+        client = run_v2.RevisionsClient(**self._gapic_kwargs())
+        return call_deadlines.attach(client, self.deadlines())
 
     def builds_client(self) -> cloudbuild_v1.CloudBuildClient:
-        return cloudbuild_v1.CloudBuildClient(**self._gapic_kwargs())
+        client = cloudbuild_v1.CloudBuildClient(**self._gapic_kwargs())
+        return call_deadlines.attach(client, self.deadlines())
 
     def quotas_client(self) -> cloudquotas_v1.CloudQuotasClient:
-        return cloudquotas_v1.CloudQuotasClient(**self._gapic_kwargs())
+        client = cloudquotas_v1.CloudQuotasClient(**self._gapic_kwargs())
+        return call_deadlines.attach(client, self.deadlines())
 
     def logging_client(self) -> logging_v2.Client:
         """google-cloud-logging's Client over HTTP (its GAPIC client has no REST transport)."""
@@ -187,12 +210,18 @@ class GoogleCloud(Block):
 
         endpoint = self.resolved_endpoint()
         options = ClientOptions(api_endpoint=endpoint) if endpoint else None
-        return logging_v2.Client(  # type: ignore[no-untyped-call]  # google-cloud-logging: unannotated
+        credentials = self.credentials()
+        # The library sends every request with its own 60 s timeout and has no per-call
+        # setting: a session that caps each request at the Logging deadline.
+        session = call_deadlines.capped_session(credentials, self.deadlines().logging_s)
+        client: logging_v2.Client = logging_v2.Client(  # type: ignore[no-untyped-call]  # google-cloud-logging: unannotated
             project=self.resolved_project(),
-            credentials=self.credentials(),
+            credentials=credentials,
+            _http=session,
             _use_grpc=False,
             client_options=options,
         )
+        return call_deadlines.attach(client, self.deadlines())
 
 
 def default_cloud() -> GoogleCloud:

@@ -2,7 +2,8 @@
 
 Plain typed functions over the official `cloudbuild_v1.CloudBuildClient` (REST) and
 google-cloud-logging's client; they know nothing of releases or cache tiers. Built-in client
-retries are off (`retry=None`): the caller's policy (tasks/errors.py) decides.
+retries are off (`retry=None`): the caller's policy (tasks/errors.py) decides. Every call has a
+deadline (`timeout=`, tasks/deadlines.py: the client's, or what a wait has left).
 
 Following a build polls `get_build` with the waiter (tasks/waiting.py), from `poll_s` with its
 backoff up to `max_poll_s` (google-api-core's default LRO polling starts at 1 s and grows to
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 from google.cloud.devtools import cloudbuild_v1
 
+from shipyard.tasks import deadlines
 from shipyard.tasks.cloud_logging import LoggingClient
 from shipyard.tasks.errors import WaitExpired
 from shipyard.tasks.waiting import Deadline, NotYet, wait_for
@@ -31,6 +33,7 @@ __all__ = [
     "find_ongoing",
     "find_submitted",
     "get_build",
+    "ongoing_builds",
     "submit_build",
     "wait_build",
 ]
@@ -56,7 +59,9 @@ def submit_build(
     client: cloudbuild_v1.CloudBuildClient, project: str, build: cloudbuild_v1.Build
 ) -> cloudbuild_v1.Build:
     """Create the build; returns the Build from the operation's metadata (id, status QUEUED)."""
-    operation = client.create_build(project_id=project, build=build, retry=None)
+    operation = client.create_build(
+        project_id=project, build=build, retry=None, timeout=deadlines.of(client).google_write_s
+    )
     submitted: cloudbuild_v1.Build = operation.metadata.build
     return submitted
 
@@ -71,6 +76,7 @@ def find_submitted(
             project_id=project, filter=f'tags="{submission_tag}"', page_size=5
         ),
         retry=None,
+        timeout=deadlines.of(client).google_read_s,
     )
     for build in builds:
         return build
@@ -91,6 +97,7 @@ def find_ongoing(
             project_id=project, filter=f'tags="{tag}"', page_size=50
         ),
         retry=None,
+        timeout=deadlines.of(client).google_read_s,
     )
     for build in builds:
         if build.status.name in ONGOING:
@@ -98,16 +105,43 @@ def find_ongoing(
     return None
 
 
+def ongoing_builds(
+    client: cloudbuild_v1.CloudBuildClient, project: str, tag: str, *, timeout: float | None = None
+) -> list[cloudbuild_v1.Build]:
+    """Every build under the build tag `tag` that has not ended yet (what an interrupted run
+    leaves running: flows/observe/undo_hooks.py cancels them)."""
+    builds = client.list_builds(
+        request=cloudbuild_v1.ListBuildsRequest(
+            project_id=project, filter=f'tags="{tag}"', page_size=50
+        ),
+        retry=None,
+        timeout=timeout or deadlines.of(client).google_read_s,
+    )
+    return [build for build in builds if build.status.name in ONGOING]
+
+
 def get_build(
-    client: cloudbuild_v1.CloudBuildClient, project: str, build_id: str
+    client: cloudbuild_v1.CloudBuildClient,
+    project: str,
+    build_id: str,
+    *,
+    timeout: float | None = None,
 ) -> cloudbuild_v1.Build:
-    return client.get_build(project_id=project, id=build_id, retry=None)
+    """The build; `timeout`: seconds for the call (default: the client's read deadline)."""
+    return client.get_build(
+        project_id=project,
+        id=build_id,
+        retry=None,
+        timeout=timeout or deadlines.of(client).google_read_s,
+    )
 
 
 def cancel_build(
     client: cloudbuild_v1.CloudBuildClient, project: str, build_id: str
 ) -> cloudbuild_v1.Build:
-    return client.cancel_build(project_id=project, id=build_id, retry=None)
+    return client.cancel_build(
+        project_id=project, id=build_id, retry=None, timeout=deadlines.of(client).google_write_s
+    )
 
 
 def wait_build(
@@ -123,7 +157,11 @@ def wait_build(
 ) -> cloudbuild_v1.Build:
     """Poll until the build is terminal (the waiter: API errors go to the caller); `on_change`
     sees each new status. `get` overrides the read (e.g. a retried one)."""
-    read = get or (lambda bid: get_build(client, project, bid))
+    deadline = Deadline(timeout_s)
+    per_call_s = deadlines.of(client).google_read_s
+    read = get or (
+        lambda bid: get_build(client, project, bid, timeout=deadlines.within(per_call_s, deadline))
+    )
     last: list[object] = [None]
 
     def check() -> cloudbuild_v1.Build:
@@ -142,7 +180,7 @@ def wait_build(
             what=f"build {build_id}",
             first_delay_s=poll_s,
             max_delay_s=max_poll_s,
-            deadline=Deadline(timeout_s),
+            deadline=deadline,
         )
     except WaitExpired as exc:
         status = getattr(last[0], "name", last[0])

@@ -10,6 +10,8 @@ with a fixed insertId and timestamp so that Logging drops a duplicate if a retri
 landed. Values under secret-looking keys (token, password, secret, authorization, api key) are
 redacted before anything leaves the process.
 `find_revision_entries` is a Prefect task (read-only, retried on transient errors).
+Deadlines: the library has no per-call timeout (it sends 60 s on every request); the GoogleCloud
+block's client caps each request at tasks/deadlines.py's `logging_s` (`capped_session`).
 """
 
 from __future__ import annotations

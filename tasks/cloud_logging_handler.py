@@ -8,7 +8,10 @@ answer (429 rate limit, 503, 5xx, a dropped connection) is sent again with backo
 landed. What could not be sent (buffer full, a permanent error, retries exhausted) is counted
 in `stats` and said once, on stderr, when the handler closes.
 
-It knows nothing of releases: labels come from a `labels` callable given by the caller.
+It knows nothing of releases: labels come from a `labels` callable given by the caller. Each
+send has the client's deadline (the GoogleCloud block's client: tasks/deadlines.py `logging_s`
+per request), so a stalled Logging endpoint costs a batch `attempts` deadlines, never the
+thread.
 """
 
 from __future__ import annotations

@@ -5,10 +5,15 @@ callers pass the clients, names and templates, and decide what an error means. T
 errors are raised as the client raises them (google.api_core exceptions) for the caller's retry
 policy; built-in client retries are switched off (`retry=None`) so one policy applies.
 
+Every call has a deadline (tasks/deadlines.py: `timeout=`, the request's socket timeout over
+REST); without one the client waits forever on a server that accepted and never answers.
+
 Long-running operations are waited for with google-api-core's own poller
 (`operation.result(polling=...)`), and a revision's Ready condition with the waiter
 (tasks/waiting.py), both from `poll_s` with the one backoff rule (the default polling starts at
-1 s and grows to 20 s, too coarse to report a Ready condition promptly). A wait that runs out
+1 s and grows to 20 s, too coarse to report a Ready condition promptly). The timeout is the
+whole wait's: each poll gets at most what is left of it, and a transient error of a poll is
+polled again within it (the step's retry would start a whole new wait). A wait that runs out
 raises ReadyTimeout: a verdict, never retried.
 """
 
@@ -21,12 +26,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
+from google.api_core import operation as gop
 from google.api_core.future.polling import DEFAULT_POLLING
 from google.api_core.retry import Retry
 from google.cloud import run_v2
+from google.longrunning import operations_pb2
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from shipyard.tasks.errors import PermanentError, WaitExpired
+from shipyard.tasks import deadlines
+from shipyard.tasks.errors import PermanentError, WaitExpired, is_transient
 from shipyard.tasks.waiting import MULTIPLIER, Deadline, NotYet, wait_for
 
 __all__ = [
@@ -112,23 +120,42 @@ def short_name(name: str) -> str:
 # ---------------------------------------------------------------- reading
 
 
-def get_service(client: run_v2.ServicesClient, name: str) -> run_v2.Service | None:
-    """The service, or None when it does not exist."""
+def get_service(
+    client: run_v2.ServicesClient, name: str, *, timeout: float | None = None
+) -> run_v2.Service | None:
+    """The service, or None when it does not exist. `timeout`: seconds for the call (default:
+    the client's read deadline, tasks/deadlines.py)."""
     try:
-        return client.get_service(name=name, retry=None)
+        return client.get_service(
+            name=name, retry=None, timeout=timeout or deadlines.of(client).google_read_s
+        )
     except gexc.NotFound:
         return None
 
 
-def get_revision(client: run_v2.RevisionsClient, name: str) -> run_v2.Revision | None:
+def get_revision(
+    client: run_v2.RevisionsClient, name: str, *, timeout: float | None = None
+) -> run_v2.Revision | None:
+    """The revision, or None when it does not exist (`timeout` as for `get_service`)."""
     try:
-        return client.get_revision(name=name, retry=None)
+        return client.get_revision(
+            name=name, retry=None, timeout=timeout or deadlines.of(client).google_read_s
+        )
     except gexc.NotFound:
         return None
 
 
-def list_revisions(client: run_v2.RevisionsClient, service_name: str) -> list[run_v2.Revision]:
-    return list(client.list_revisions(parent=service_name, retry=None))
+def list_revisions(
+    client: run_v2.RevisionsClient, service_name: str, *, timeout: float | None = None
+) -> list[run_v2.Revision]:
+    """Every revision of the service; `timeout` per page request (as for `get_service`)."""
+    return list(
+        client.list_revisions(
+            parent=service_name,
+            retry=None,
+            timeout=timeout or deadlines.of(client).google_read_s,
+        )
+    )
 
 
 def ready_state(resource: run_v2.Revision | run_v2.Service) -> tuple[str, str]:
@@ -222,17 +249,74 @@ class Operation(Protocol):
     def result(self, timeout: Any = ..., retry: Any = None, polling: Any = None) -> Any: ...
 
 
+class OperationsSource(Protocol):
+    """A client that reads long-running operations (the GAPIC clients' `get_operation`)."""
+
+    def get_operation(
+        self, request: Any = None, *, retry: Any = ..., timeout: Any = ..., metadata: Any = ...
+    ) -> operations_pb2.Operation: ...
+
+
+class _DeadlinedOperations:
+    """What google-api-core's Operation polls with (`get_operation(name, metadata=, retry=)`),
+    each poll with a deadline: the operation future from the client has none (its
+    `get_operation` is called with `timeout=None`: a stalled poll blocks forever). A transient
+    error of a poll is polled again within the wait's deadline."""
+
+    def __init__(self, client: OperationsSource, deadline: Deadline) -> None:
+        self.client = client
+        self.deadline = deadline
+        self.per_call_s = deadlines.of(client).operation_poll_s
+
+    def get_operation(self, name: str, metadata: Any = None, retry: Any = None) -> Any:
+        del metadata, retry  # the client's own routing header; retries: the waiter below
+        request = operations_pb2.GetOperationRequest(name=name)
+
+        def once() -> operations_pb2.Operation:
+            timeout = deadlines.within(self.per_call_s, self.deadline)
+            return self.client.get_operation(request=request, retry=None, timeout=timeout)
+
+        return wait_for(
+            once,
+            what=f"operation {short_name(name)}",
+            first_delay_s=0.05,
+            max_delay_s=2.0,
+            deadline=self.deadline,
+            retry_on=is_transient,
+        )
+
+    def cancel_operation(self, name: str, metadata: Any = None) -> None:
+        raise NotImplementedError("Shipyard never cancels a Cloud Run operation")
+
+
 def wait_operation(
-    operation: Operation, *, timeout: float, poll_s: float = 0.05, max_poll_s: float = 5.0
+    operation: Operation,
+    *,
+    timeout: float,
+    poll_s: float = 0.05,
+    max_poll_s: float = 5.0,
+    client: OperationsSource | None = None,
+    result_type: Any = run_v2.Service,
 ) -> Any:
     """Wait for a google.api_core Operation (`operation.result(polling=...)`); return its
     result (the operation's response type) or raise its error; ReadyTimeout when it is not
-    done within `timeout`."""
+    done within `timeout`. With `client` (what made the operation), every poll is made through
+    it with a deadline, and `result_type` is the operation's response type (every Cloud Run
+    service operation answers with a Service)."""
+    deadline = Deadline(timeout)
+    if client is not None:
+        operation = gop.from_gapic(  # type: ignore[no-untyped-call]  # api-core: unannotated
+            operation.operation,
+            _DeadlinedOperations(client, deadline),
+            result_type,
+            metadata_type=result_type,
+        )
     try:
         return operation.result(polling=polling(timeout, poll_s, max_poll_s))
-    except FutureTimeout as exc:
+    except (FutureTimeout, WaitExpired) as exc:
         raise ReadyTimeout(
             f"operation {operation.operation.name} not done after {timeout:.0f} s"
+            + (f" ({exc})" if isinstance(exc, WaitExpired) else "")
         ) from exc
 
 
@@ -252,8 +336,11 @@ def create_service(
         service=service,
         service_id=service_id,
         retry=None,
+        timeout=deadlines.of(client).google_write_s,
     )
-    created: run_v2.Service = wait_operation(operation, timeout=timeout, poll_s=poll_s)
+    created: run_v2.Service = wait_operation(
+        operation, timeout=timeout, poll_s=poll_s, client=client
+    )
     return created
 
 
@@ -263,10 +350,12 @@ def delete_service(
     """Delete a service (and with it its revisions) and wait for the operation; a service
     already gone is fine (a retried call)."""
     try:
-        operation = client.delete_service(name=name, retry=None)
+        operation = client.delete_service(
+            name=name, retry=None, timeout=deadlines.of(client).google_write_s
+        )
     except gexc.NotFound:
         return
-    wait_operation(operation, timeout=timeout, poll_s=poll_s)
+    wait_operation(operation, timeout=timeout, poll_s=poll_s, client=client)
 
 
 def update_service(
@@ -281,9 +370,13 @@ def update_service(
     request = run_v2.UpdateServiceRequest(service=service)
     if update_mask:
         request.update_mask = field_mask_pb2.FieldMask(paths=update_mask)
-    operation = client.update_service(request=request, retry=None)
+    operation = client.update_service(
+        request=request, retry=None, timeout=deadlines.of(client).google_write_s
+    )
     try:
-        updated: run_v2.Service = wait_operation(operation, timeout=timeout, poll_s=poll_s)
+        updated: run_v2.Service = wait_operation(
+            operation, timeout=timeout, poll_s=poll_s, client=client
+        )
     except gexc.GoogleAPICallError as exc:
         missing = missing_revision(exc)
         if missing is None:
@@ -389,15 +482,23 @@ def wait_revision_ready(
     max_poll_s: float = 5.0,
 ) -> run_v2.Revision:
     """Poll a revision until its Ready condition succeeds (returned) or fails (RevisionFailed),
-    with the waiter (on "not ready yet" only: API errors go to the caller).
+    with the waiter. `timeout` is the whole wait's: each read gets at most what is left of it,
+    and a transient error of a read is read again within it (raised to the caller, a step that
+    retries, it would start a whole new `timeout`); other API errors go to the caller.
 
     A revision that does not exist yet is waited for as well: Cloud Run creates it shortly
     after the service update that names it.
     """
     last = ["not created yet"]
+    deadline = Deadline(timeout)
+    per_call_s = deadlines.of(client).google_read_s
+
+    def noted(exc: Exception) -> None:
+        if not isinstance(exc, NotYet):  # a transient error read again: the last thing seen
+            last[0] = f"{type(exc).__name__}: {exc}"[:200]
 
     def check() -> run_v2.Revision:
-        revision = get_revision(client, name)
+        revision = get_revision(client, name, timeout=deadlines.within(per_call_s, deadline))
         if revision is None:
             raise NotYet(last[0])
         state, message = ready_state(revision)
@@ -415,7 +516,9 @@ def wait_revision_ready(
             what=f"revision {short_name(name)}",
             first_delay_s=poll_s,
             max_delay_s=max_poll_s,
-            deadline=Deadline(timeout),
+            deadline=deadline,
+            retry_on=is_transient,
+            on_retry=noted,
         )
     except WaitExpired as exc:
         raise ReadyTimeout(

@@ -13,7 +13,7 @@ import re
 from google.api_core import exceptions as gexc
 
 from shipyard.tasks import cloud_run as cr
-from shipyard.tasks.errors import PermanentError, is_quota_error, is_transient
+from shipyard.tasks.errors import PermanentError, is_interrupt, is_quota_error, is_transient
 
 
 class QuotaDenied(PermanentError):
@@ -96,7 +96,11 @@ def classify(
     """Quota first (a 429 RESOURCE_EXHAUSTED can be a quota refusal, not a rate limit),
     then failed/timed-out revisions (`ImageFault` when the container is to blame: `reasons`
     are the failed revisions' Ready condition reasons, when the caller read them), then
-    transient (returned as is, for the step's retry), else a configuration error."""
+    transient (returned as is, for the step's retry), else a configuration error. An interrupt
+    (KeyboardInterrupt, SystemExit, CancelledError, Prefect's TerminationSignal) is returned as
+    is: it is no verdict on the deploy, and must reach the flow's hooks untouched."""
+    if is_interrupt(exc):
+        return exc
     message = error_message(exc)
     if isinstance(exc, QuotaDenied | DeployFailed | ConfigurationError):
         return exc

@@ -12,7 +12,9 @@ Three things a build needs from it:
 - `push`: `docker push` of one reference with the registry credentials given; returns the
   pushed manifest digest.
 
-Messages name the daemon by its URL and never carry a credential.
+Messages name the daemon by its URL and never carry a credential. Every call has a deadline: the
+client's own timeout (prefect-docker's `DockerHost.timeout`, docker-py's 60 s by default), and a
+build's stream tasks/deadlines.py's `docker_build_silence_s` between two reads.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 import docker
 from docker.utils import tar as docker_tar
 
+from shipyard.tasks import deadlines
 from shipyard.tasks.buildkit_trace import TRACE_ID, PlainPrinter
 from shipyard.tasks.errors import PermanentError, TransientError
 
@@ -195,7 +198,9 @@ def build(
             data=body,
             headers={"Content-Type": "application/x-tar"},
             stream=True,
-            timeout=None,
+            # A build streams for as long as it builds: not the client's per-call timeout, but
+            # a silence this long (between two reads) means the daemon stalled.
+            timeout=deadlines.of(client).docker_build_silence_s,
         )
 
     response = _call(client, "build", post)

@@ -3,12 +3,17 @@
 Transient: what google-api-core's own predicate `google.api_core.retry.if_transient_error`
 retries (500 INTERNAL, 429 TOO_MANY_REQUESTS, 503 UNAVAILABLE, requests' ConnectionError and
 ChunkedEncodingError, google.auth's TransportError), plus what a REST client meets on a bad
-network day and that predicate leaves out: 502, 504 / DEADLINE_EXCEEDED, UNKNOWN, requests'
-ReadTimeout / Timeout, httpx transport errors, socket resets and timeouts.
+network day and that predicate leaves out: 502, 504 / DEADLINE_EXCEEDED, UNKNOWN, 408 Request
+Timeout, ABORTED (a concurrent change, e.g. an etag that no longer matches: the caller's retry
+reads again), requests' ReadTimeout / Timeout, httpx transport errors, socket resets and
+timeouts. A server error (5xx but 501) is transient whatever its text says: "quota exceeded"
+in a 503 is the server's own trouble, not the project's allocation.
 
 Permanent: bad input, bad config, other 4xx, an allocation quota that is exhausted, and a wait
 that ran out of time (`WaitExpired`: a revision that never became Ready, a build that never
-finished — a verdict, not a network hiccup).
+finished — a verdict, not a network hiccup). Interrupts (KeyboardInterrupt, SystemExit,
+asyncio.CancelledError, Prefect's TerminationSignal: BaseException, not Exception) are neither:
+they are never classified, never retried, never rewrapped (`is_interrupt`).
 
 Quota vs rate limit: Google says which in the `google.rpc.ErrorInfo` of the error's details
 (`reason` RESOURCE_QUOTA_EXCEEDED vs RATE_LIMIT_EXCEEDED, googleapis/googleapis
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -32,6 +38,7 @@ __all__ = [
     "TransientError",
     "WaitExpired",
     "error_reason",
+    "is_interrupt",
     "is_quota_error",
     "is_transient",
     "quota_kind",
@@ -84,21 +91,74 @@ def _google_predicates() -> tuple[Callable[[Exception], bool], tuple[type, ...]]
     return if_transient_error, extra
 
 
+def is_interrupt(exc: BaseException) -> bool:
+    """An interrupt, not an error: Ctrl-C, `sys.exit`, a cancelled coroutine, Prefect's
+    TerminationSignal (SIGTERM to a flow run). Everything that is not an `Exception`."""
+    return not isinstance(exc, Exception)
+
+
+# HTTP statuses worth another try whatever the text: 408 Request Timeout (the server gave up
+# waiting for the request), 429 (a rate limit unless ErrorInfo or text say allocation quota),
+# and 5xx but 501 Not Implemented.
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status an error carries (httpx, requests, google-api-core), else None."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code
+    if "requests" in sys.modules or "google.api_core" in sys.modules:  # else: not theirs
+        import requests
+        from google.api_core import exceptions as gexc
+
+        if isinstance(exc, requests.HTTPError) and exc.response is not None:
+            return exc.response.status_code
+        if isinstance(exc, gexc.GoogleAPICallError) and isinstance(exc.code, int):
+            return exc.code
+    return None
+
+
+def _server_error(code: int | None) -> bool:
+    return code is not None and code >= 500 and code != 501
+
+
+# The gRPC status an error over REST names in its body ("status": "ABORTED"): google-api-core
+# maps the HTTP 409 to `Conflict` whether the body says ABORTED or ALREADY_EXISTS.
+def _rest_status(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    try:
+        body = response.json() if response is not None and hasattr(response, "json") else None
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    status = error.get("status") if isinstance(error, dict) else None
+    return status if isinstance(status, str) else None
+
+
+def _aborted(exc: BaseException) -> bool:
+    """ABORTED: a concurrent change won (AIP-154, aip.dev/154: a request whose etag no longer
+    matches is refused with ABORTED; over REST an HTTP 409 whose body's status is ABORTED)."""
+    from google.api_core import exceptions as gexc
+
+    if isinstance(exc, gexc.Aborted):
+        return True
+    return isinstance(exc, gexc.Conflict) and _rest_status(exc) == "ABORTED"
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same call later can succeed."""
-    if isinstance(exc, PermanentError):
-        return False
+    if not isinstance(exc, Exception) or isinstance(exc, PermanentError):
+        return False  # an interrupt (is_interrupt), or a verdict
     if isinstance(exc, TransientError):
         return True
+    code = _status(exc)
+    if _server_error(code) or code == 408:
+        return True  # before the quota text: a 503 saying "quota exceeded" is still a 503
     if isinstance(exc, httpx.HTTPStatusError):
-        code = exc.response.status_code
-        return code == 429 or code >= 500
+        return code == 429
     if isinstance(exc, httpx.TransportError):
         return not isinstance(exc, _PERMANENT_TRANSPORT)
     if quota_kind(exc) == "quota":
         return False  # a 429 RESOURCE_EXHAUSTED for an allocation quota: next region, not later
     google_transient, extra = _google_predicates()
-    if isinstance(exc, Exception) and (google_transient(exc) or isinstance(exc, extra)):
+    if google_transient(exc) or isinstance(exc, extra) or _aborted(exc):
         return True
     return isinstance(exc, ConnectionError | TimeoutError)
 
@@ -133,9 +193,18 @@ def error_reason(exc: BaseException) -> str | None:
 # Fallback when no ErrorInfo came: an allocation quota (GPUs, CPU, memory per region) is
 # exhausted. Rate quotas ("Quota exceeded for quota metric 'Read requests' and limit
 # '... per minute'") are not. Seed 003's GPU refusals are the first two phrases.
+# Cloud Run's older refusal of a region's CPU / memory allocation, a 400 INVALID_ARGUMENT
+# without ErrorInfo: "spec.template.spec.containers.resources.limits.cpu: Invalid value
+# specified for cpu. For the specified value, maxScale may not exceed 10.\nConsider running your
+# workload in a region with greater capacity, ... or requesting an increase in quota for this
+# region" (firebase/firebase-tools#5867, googlecodelabs/feedback#1210, the memory variant), and
+# its newer wording "Max instances must be set to 200 or fewer to set the requested total CPU."
+# (jspsych/datapipe#238; with "Quota violated: CpuAllocPerProjectRegion requested: ...",
+# googlecodelabs/feedback#1856): another region may have the capacity.
 _QUOTA_MESSAGE = re.compile(
     r"quota exceeded|exceeded (?:its |the |your )?quota|do not have (?:enough )?quota"
-    r"|insufficient quota|quota violated|allowable count of GPUs",
+    r"|insufficient quota|quota violated|allowable count of GPUs"
+    r"|maxScale may not exceed \d+|Max instances must be set to \d+ or fewer",
     re.IGNORECASE,
 )
 _RATE_MESSAGE = re.compile(r"per (?:minute|second|100 seconds|hour)|rate limit", re.IGNORECASE)
@@ -144,9 +213,12 @@ _RATE_MESSAGE = re.compile(r"per (?:minute|second|100 seconds|hour)|rate limit",
 def quota_kind(error: BaseException | str) -> Literal["quota", "rate", None]:
     """'quota' (an allocation is used up), 'rate' (a rate limit) or None (neither).
 
-    The structured ErrorInfo reason decides first; the message text only when there is none.
+    The structured ErrorInfo reason decides first; the message text only when there is none. A
+    server error (5xx but 501) is neither, whatever its text: the server's trouble, retried.
     """
     if not isinstance(error, str):
+        if _server_error(_status(error)):
+            return None
         reason = error_reason(error)
         if reason in QUOTA_REASONS:
             return "quota"

@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
+from shipyard.tasks import deadlines
 from shipyard.tasks.errors import WaitExpired, is_transient, retry_condition_fn
 from shipyard.tasks.waiting import Deadline, NotYet, wait_for
 
@@ -175,13 +176,14 @@ def read_region_capacity(
     *,
     zonal_redundancy_disabled: bool,
     project: str | None = None,
-    timeout: float = 30.0,
+    timeout: float | None = None,
 ) -> dict[str, RegionQuota]:
     """The GPU, CPU and memory quota of every region, in one list round. The GPU quota is the
     one a deploy with that zonal-redundancy setting draws on."""
     if not regions:
         raise ValueError("regions: empty; pass at least one region, e.g. ['us-central1']")
     client, project = _client_project(source, project)
+    timeout = timeout or deadlines.of(client).google_read_s
     parent = f"projects/{project}/locations/global/services/{RUN_SERVICE}"
     infos = {
         info.quota_id: info
@@ -239,7 +241,7 @@ def file_quota_preference(
     justification: str = "",
     preference_id: str | None = None,
     project: str | None = None,
-    timeout: float = 30.0,
+    timeout: float | None = None,
 ) -> QuotaRequest:
     """File a quota preference once: an existing one (same deterministic id) is returned as is.
 
@@ -248,6 +250,7 @@ def file_quota_preference(
     Google for an increase.
     """
     client, project = _client_project(source, project)
+    timeout = timeout or deadlines.of(client).google_write_s
     pref_id = preference_id or preference_id_for(quota_id, region)
     parent = f"projects/{project}/locations/global"
     name = f"{parent}/quotaPreferences/{pref_id}"
@@ -356,13 +359,14 @@ def wait_quota_decision(
         source if isinstance(source, cloudquotas_v1.CloudQuotasClient) else source.quotas_client()
     )
     deadline = Deadline(budget_s)
+    per_call_s = deadlines.of(client).google_read_s
     polls = 0
     last: PreferenceState | None = None
 
     def poll() -> PreferenceState:
         nonlocal polls, last
         pref = client.get_quota_preference(
-            name=name, retry=None, timeout=max(1.0, min(30.0, deadline.remaining()))
+            name=name, retry=None, timeout=deadlines.within(per_call_s, deadline)
         )
         polls += 1
         last = _state(pref, polls)

@@ -34,7 +34,7 @@ from shipyard.tasks.registry.manifests import (
 )
 from shipyard.tasks.registry.references import ImageRef
 from shipyard.tasks.registry.retry import DEFAULT_RETRY_BUDGET, RetryBudget, parse_retry_after
-from shipyard.tasks.registry.transport import USER_AGENT, make_transport
+from shipyard.tasks.registry.transport import USER_AGENT, http_timeout, make_transport
 
 T = TypeVar("T")
 
@@ -59,7 +59,7 @@ class RegistryClient:
         max_attempts: int | None = None,
         backoff_base: float = 0.2,
         backoff_cap: float = 10.0,
-        timeout: float = 60.0,
+        timeout: float | None = None,
         max_connections: int = 16,
     ) -> None:
         self.registry = registry
@@ -77,7 +77,7 @@ class RegistryClient:
             auth=self.auth,
             follow_redirects=True,
             transport=make_transport(url, max_connections),
-            timeout=httpx.Timeout(timeout, connect=10.0),
+            timeout=http_timeout(timeout),  # tasks/deadlines.py
             headers={"User-Agent": USER_AGENT},
         )
 

@@ -1,4 +1,5 @@
-"""The HTTP transport: one TLS context per process, and reads of up to PIPE_CHUNK per call."""
+"""The HTTP transport: one TLS context per process, reads of up to PIPE_CHUNK per call, and the
+deadlines of every request (tasks/deadlines.py: connect, and each read / write / pool wait)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import httpcore
 import httpx
+
+from shipyard.tasks.deadlines import DEFAULT
 
 # Blob bytes are read in pieces of up to this size: fewer, larger reads and writes cost far less
 # Python per byte. Memory per blob in flight: PIPE_DEPTH queued + one held back + one being sent.
@@ -76,6 +79,14 @@ class _WideReadBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+def http_timeout(io_s: float | None = None) -> httpx.Timeout:
+    """A registry request's deadlines: `io_s` (default tasks/deadlines.py's `registry_io_s`) for
+    each read, write and pool wait, `registry_connect_s` to connect. A registry that accepts and
+    never answers fails the attempt within `io_s` (the client's retry budget decides the rest)."""
+    io = DEFAULT.registry_io_s if io_s is None else io_s
+    return httpx.Timeout(io, connect=min(io, DEFAULT.registry_connect_s))
 
 
 def make_transport(url: str, max_connections: int) -> httpx.AsyncHTTPTransport:

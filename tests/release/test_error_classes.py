@@ -5,13 +5,16 @@ HTTP against the emulator's injected faults and its ErrorInfo."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import json
 
 import google.auth.exceptions as gauth
 import httpx
 import pytest
 import requests
 from google.api_core import exceptions as gexc
+from prefect.exceptions import TerminationSignal
 
 from shipyard.flows.build.cloud_build_run import BuildFailedError
 from shipyard.tasks.cloud_build import BuildTimeout
@@ -30,6 +33,7 @@ from shipyard.tasks.errors import (
     is_quota_error,
     is_transient,
     quota_kind,
+    retry_condition_fn,
 )
 
 GPU_QUOTA = "Quota exceeded for total allowable count of GPUs per project per region"
@@ -49,6 +53,28 @@ def _httpx_status(code: int) -> httpx.HTTPStatusError:
 
 def _google(cls, message="m", info=None):
     return cls(message, details=[info] if info else [], error_info=info)
+
+
+def _rest(code: int, status: str, message: str = "m") -> gexc.GoogleAPICallError:
+    """An error as the REST transport raises it: google-api-core maps the HTTP status only
+    (409 -> Conflict, whether the body says ABORTED or ALREADY_EXISTS)."""
+    response = requests.Response()
+    response.status_code = code
+    body = {"error": {"code": code, "message": message, "status": status}}
+    response._content = json.dumps(body).encode()
+    response.request = requests.Request("PATCH", "https://run.googleapis.com/v2/x").prepare()
+    return gexc.from_http_response(response)
+
+
+# Google's own words (tasks/errors.py cites where they were seen).
+MAX_SCALE = (
+    "spec.template.spec.containers.resources.limits.cpu: Invalid value specified for cpu. For "
+    "the specified value, maxScale may not exceed 10.\nConsider running your workload in a "
+    "region with greater capacity, decreasing your requested cpu-per-instance, or requesting an "
+    "increase in quota for this region if you are seeing sustained usage near this limit, see "
+    "https://cloud.google.com/run/quotas."
+)
+MAX_INSTANCES = "Max instances must be set to 200 or fewer to set the requested total CPU."
 
 
 TABLE = [
@@ -73,7 +99,15 @@ TABLE = [
     (gexc.NotFound("404"), False),
     (gexc.Conflict("409"), False),
     (gexc.AlreadyExists("exists"), False),
-    (gexc.Aborted("etag"), False),
+    (gexc.Aborted("etag"), True),  # a concurrent change: the step reads again and retries
+    (_rest(409, "ABORTED", "etag mismatch"), True),  # the same over REST: a Conflict
+    (_rest(409, "ALREADY_EXISTS"), False),
+    (gexc.from_http_status(408, "request timeout"), True),
+    (_httpx_status(408), True),
+    (gexc.ServiceUnavailable("Quota exceeded: the backend is overloaded"), True),  # a 503
+    (_google(gexc.ServiceUnavailable, "quota exceeded", QUOTA_INFO), True),
+    (_rest(503, "UNAVAILABLE", "quota exceeded, try again"), True),
+    (gexc.InvalidArgument(MAX_SCALE), False),
     (gexc.FailedPrecondition("not ready"), False),
     (gexc.Cancelled("cancelled"), False),
     # the REST transport (requests, urllib3 wrapped by requests) and google.auth
@@ -138,6 +172,7 @@ def test_every_google_api_call_error_class_is_classified_by_its_code():
         "UNKNOWN",
         "INTERNAL",
         "RESOURCE_EXHAUSTED",
+        "ABORTED",  # a concurrent change (AIP-154: a stale etag is refused with ABORTED)
     }
     seen = 0
     for _, cls in inspect.getmembers(gexc, inspect.isclass):
@@ -168,6 +203,64 @@ def test_reason_decides_before_the_text():
     assert is_quota_error("You do not have quota for using GPUs without zonal redundancy.")
     assert quota_kind("Quota exceeded for quota metric 'Read requests' per minute") == "rate"
     assert quota_kind("Container failed to start") is None
+
+
+def test_a_server_error_is_transient_whatever_its_text_says():
+    """A 503 whose text reads "quota exceeded" is the server's trouble: retried, not a quota
+    refusal that sends the release to the next region (before: QuotaDenied)."""
+    for exc in (
+        gexc.ServiceUnavailable("Quota exceeded for total allowable count of GPUs"),
+        _rest(503, "UNAVAILABLE", "quota exceeded"),
+        gexc.BadGateway("quota exceeded"),
+    ):
+        assert quota_kind(exc) is None and is_transient(exc), exc
+        assert classify(exc, "europe-west1", "r") is exc  # for the step's retry
+    # The text of a revision's Ready condition still decides (no status there).
+    assert is_quota_error(GPU_QUOTA)
+
+
+def test_google_older_quota_refusal_moves_to_the_next_region():
+    """Google's refusal 7: "maxScale may not exceed N" (a 400 INVALID_ARGUMENT with no
+    ErrorInfo) is the region's CPU / memory allocation, not the template's fault."""
+    for text in (MAX_SCALE, MAX_INSTANCES):
+        refused = _rest(400, "INVALID_ARGUMENT", text)
+        assert isinstance(refused, gexc.BadRequest)
+        assert quota_kind(refused) == "quota" and not is_transient(refused)
+        verdict = classify(refused, "europe-west1", "r")
+        assert isinstance(verdict, QuotaDenied), verdict
+        assert "maxScale may not exceed 10" in verdict.message or "Max instances" in text
+    assert type(classify(gexc.InvalidArgument("bad memory"), "x", "r")) is ConfigurationError
+
+
+def test_etag_conflicts_and_request_timeouts_are_retried():
+    """408 and ABORTED (a stale etag, over REST a 409 whose body says ABORTED) are retried; a
+    409 ALREADY_EXISTS is not (before: neither 408 nor ABORTED was)."""
+    assert is_transient(_rest(409, "ABORTED", "etag mismatch"))
+    assert not is_transient(_rest(409, "ALREADY_EXISTS", "exists"))
+    assert is_transient(_rest(408, "", "Request Timeout"))
+    aborted = _rest(409, "ABORTED", "etag mismatch")
+    assert classify(aborted, "europe-west1", "r") is aborted
+
+
+INTERRUPTS = [
+    KeyboardInterrupt(),
+    SystemExit(1),
+    asyncio.CancelledError(),
+    TerminationSignal(15),  # what Prefect raises in a flow run that gets SIGTERM
+]
+
+
+@pytest.mark.parametrize("interrupt", INTERRUPTS, ids=lambda e: type(e).__name__)
+def test_interrupts_are_never_classified(interrupt):
+    """An interrupt is no verdict on a deploy: classify hands it back untouched (before:
+    ConfigurationError "Cloud Run refused the deploy in europe-west1:  | cause: ...")."""
+    assert classify(interrupt, "europe-west1", "r") is interrupt
+    assert not is_transient(interrupt)
+
+    class State:
+        data = interrupt
+
+    assert retry_condition_fn(None, None, State()) is False
 
 
 def test_a_ready_timeout_is_a_failed_deploy_not_a_retry():

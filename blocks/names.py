@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import re
 
+# The tags a release puts on revisions (flows/deploy/traffic_split.py: CANARY_TAG, PRIOR_TAG,
+# BASELINE_TAG; tests/release/test_gpu_requirements.py checks they are these). Blocks import no
+# flows: the names are repeated here for the service-name rule below.
+RELEASE_TAGS = ("canary", "prior", "baseline")
+# A tag URL is `{tag}---{service}-{hash}-{region}.a.run.app`; Google refuses a tag whose length
+# with the service name's is over 46: "spec.traffic.tag: traffic tag '…' and service name '…'
+# together are too long. Combined traffic tag and service name cannot exceed 46 characters."
+# (PolicyEngine/policyengine-api#3729, solana-foundation/tokens#89.)
+TAG_AND_SERVICE_MAX = 46
+
 
 def _slug(text: str) -> str:
     name = re.sub(r"[^a-z0-9-]+", "-", text.lower())
@@ -40,3 +50,17 @@ def revision_name(service: str, git_tag: str, suffix: str = "") -> str:
             f"service={service!r} is too long to name revisions: keep it under {63 - 10} characters"
         )
     return sanitize_name(f"{service}-{tag[:room]}-{digest}{tail}", 63)
+
+
+def tag_url_problem(service: str) -> str | None:
+    """Why `service` cannot carry the release's revision tags on Cloud Run, or None."""
+    longest = max(RELEASE_TAGS, key=len)
+    room = TAG_AND_SERVICE_MAX - len(longest)
+    if len(service) <= room:
+        return None
+    return (
+        f"service={service!r} is {len(service)} characters: Cloud Run refuses a revision tag "
+        f"whose length with the service name's is over {TAG_AND_SERVICE_MAX} (the tag URL), and "
+        f"the release tags revisions {', '.join(repr(t) for t in RELEASE_TAGS)}; use a service "
+        f"name of at most {room} characters"
+    )

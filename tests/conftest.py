@@ -184,7 +184,8 @@ def make_target(request, sandbox):
     from shipyard.blocks.revision_templates import RevisionSpec, SecretEnv
 
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
-    service = ("pg-" + name.removeprefix("test-"))[:40].rstrip("-")
+    # At most 38: with the release's longest tag, "baseline", Cloud Run's 46 (blocks/names.py).
+    service = ("pg-" + name.removeprefix("test-"))[:38].rstrip("-")
 
     def _make(**overrides) -> ReleaseTarget:
         secret_env = {"INTERNAL_TOKEN": SecretEnv(secret=TOKEN_BLOCK)}

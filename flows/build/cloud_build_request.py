@@ -15,8 +15,14 @@ from typing import Any
 from google.cloud.devtools import cloudbuild_v1
 
 from shipyard.blocks.build_settings import BuildSettings
+from shipyard.tasks.errors import PermanentError
 
 DOCKER_BUILDER = "gcr.io/cloud-builders/docker"
+# Cloud Build refuses any other tag: 'invalid build: invalid build tag "ccm/v32.2.0": must match
+# format "^[\w][\w.-]{0,127}$"' (INVALID_ARGUMENT; kubernetes/cloud-provider-gcp#810,
+# googleforgames/global-multiplayer-demo#184). Go's \w is ASCII, hence re.ASCII.
+BUILD_TAG_FORMAT = r"^[\w][\w.-]{0,127}$"
+_BUILD_TAG = re.compile(BUILD_TAG_FORMAT, re.ASCII)
 REVISION_LABEL = "org.opencontainers.image.revision"
 
 
@@ -76,8 +82,27 @@ def build_request(
             logging=cloudbuild_v1.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY,
         ),
         timeout={"seconds": settings.timeout_s},
-        tags=[re.sub(r"[^a-zA-Z0-9_.-]", "_", t)[:128] for t in build_tags],
+        tags=[build_tag(t) for t in build_tags],
     )
+
+
+class BuildTagError(PermanentError, ValueError):
+    """A build tag Cloud Build would refuse: named before the build is submitted."""
+
+
+def build_tag(text: str) -> str:
+    """`text` as a Cloud Build tag: characters Cloud Build refuses ('/', '+', ...) become '_'
+    (a git tag `release/v1` is tagged `release_v1`), cut at 128. What still does not match
+    Cloud Build's format (empty, or starting with '.' or '-') is refused here, before any call."""
+    tag = re.sub(r"[^a-zA-Z0-9_.-]", "_", text)[:128]
+    if not _BUILD_TAG.match(tag):
+        raise BuildTagError(
+            f"build_tags: {text!r} cannot be a Cloud Build tag: Cloud Build tags must match "
+            f"{BUILD_TAG_FORMAT} (start with a letter, digit or '_'; then letters, digits, "
+            "'_', '.' or '-'; at most 128). Fix: use a git tag (or tier name) that starts with "
+            "a letter or digit, e.g. 'v1.2.3'"
+        )
+    return tag
 
 
 def git_source(settings: BuildSettings, revision: str) -> dict[str, Any]:

@@ -18,9 +18,8 @@ runs, with its real output), else by the in-process stand-in (sandbox/buildkit/)
 step. Every log line goes to the Cloud Logging store: resource type "build", labels build_id and
 project_id, log `projects/{p}/logs/cloudbuild`, entry label `build_step` ("Step #1").
 
-Validation at create (answered 400 INVALID_ARGUMENT like Google): at least one step with a name,
-a source (gitSource url or storageSource), `options.diskSizeGb` ≤ 4000, timeout ≤ 24 h; scenario
-`builds.reject_message` rejects every create with that message. Counted as `build.create`.
+What a create may carry and what it is refused for (400 INVALID_ARGUMENT like Google) is
+build_request.py. Counted as `build.create`.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import functools
 import json
 import shutil
 import tempfile
@@ -42,11 +40,16 @@ from fastapi import FastAPI, Request
 
 from sandbox.build_scenario import BuildScenario, parse_build_scenario
 from sandbox.buildkit import Builder, BuildFailed, BuildPolicy, parse_buildx_build
+from sandbox.emulator.build_request import (
+    DEFAULT_TIMEOUT_S,
+    build_timeout_s,
+    normalise,
+    validate,
+)
 from sandbox.emulator.core import (
     ApiError,
     Operation,
     SandboxState,
-    duration_s,
     now_rfc3339,
     paged,
 )
@@ -58,9 +61,6 @@ BUILD_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.Build"
 METADATA_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.BuildOperationMetadata"
 TERMINAL = {"SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
 DOCKER_BUILDER = "gcr.io/cloud-builders/docker"
-MAX_DISK_GB = 4000
-MAX_TIMEOUT_S = 24 * 3600
-DEFAULT_TIMEOUT_S = 600
 # How Cloud Build ends the operation of a build that did not succeed (google.rpc code, message).
 OPERATION_ERRORS = {
     "FAILURE": (2, "Build failed; check build logs for details"),
@@ -132,131 +132,6 @@ def public(build: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _duration_s(value: Any, default: int) -> float:
-    return duration_s(value, default, "invalid build: timeout")
-
-
-# Build fields a request may carry (the Build proto); anything else is refused as Google does.
-BUILD_FIELDS = frozenset(
-    [
-        "name",
-        "id",
-        "projectId",
-        "status",
-        "statusDetail",
-        "source",
-        "steps",
-        "results",
-        "createTime",
-        "startTime",
-        "finishTime",
-        "timeout",
-        "images",
-        "queueTtl",
-        "artifacts",
-        "logsBucket",
-        "sourceProvenance",
-        "buildTriggerId",
-        "options",
-        "logUrl",
-        "substitutions",
-        "tags",
-        "secrets",
-        "timing",
-        "approval",
-        "serviceAccount",
-        "availableSecrets",
-        "warnings",
-        "gitConfig",
-        "failureInfo",
-        "dependencies",
-    ]
-)
-
-
-# Enums arrive as integers (the clients send `enum-encoding=int`): answer with names. The
-# numbers are the proto's (google/devtools/cloudbuild/v1/cloudbuild.proto: E2_HIGHCPU_8 = 5,
-# E2_MEDIUM = 7, E2_STANDARD_2 = 11, CLOUD_LOGGING_ONLY = 5, NONE = 4), not positions: taken
-# from the installed client's enum classes, imported on the first build request (the import
-# costs seconds, so not at emulator start-up).
-@functools.cache
-def enum_names() -> dict[str, dict[int, str]]:
-    """options field -> {proto number: name}, from google.cloud.devtools.cloudbuild_v1."""
-    from google.cloud.devtools.cloudbuild_v1.types import BuildOptions
-
-    return {
-        key: {member.value: name for name, member in enum.__members__.items()}
-        for key, enum in (
-            ("machineType", BuildOptions.MachineType),
-            ("logging", BuildOptions.LoggingMode),
-        )
-    }
-
-
-def _normalise(body: dict[str, Any]) -> dict[str, Any]:
-    """Refuse unknown fields; enum integers become names; output-only fields are dropped."""
-    unknown = sorted(set(body) - BUILD_FIELDS)
-    if unknown:
-        raise ApiError(
-            400,
-            f"Invalid JSON payload received. Unknown name \"{unknown[0]}\" at 'build': "
-            "Cannot find field.",
-        )
-    build = {
-        k: v
-        for k, v in body.items()
-        if k not in ("id", "status", "results", "createTime", "startTime", "finishTime", "timing")
-    }
-    options = dict(build.get("options") or {})
-    for key, names in enum_names().items():
-        value = options.get(key)
-        if isinstance(value, int):
-            if value not in names:
-                raise ApiError(400, f"Invalid value at 'build.options.{key}' ({value})")
-            options[key] = names[value]
-        if options.get(key) in ("UNSPECIFIED", "LOGGING_UNSPECIFIED", 0):
-            options.pop(key, None)
-    if options:
-        build["options"] = options
-    if not isinstance(build.get("steps", []), list):
-        raise ApiError(400, "Invalid value at 'build.steps': expected a list")
-    build["steps"] = [
-        {k: v for k, v in step.items() if k not in ("status", "timing", "pullTiming")}
-        for step in build.get("steps") or []
-        if isinstance(step, dict)
-    ]
-    return build
-
-
-def _validate(build: dict[str, Any], scenario: BuildScenario) -> None:
-    if scenario.reject_message:
-        raise ApiError(400, scenario.reject_message)
-    steps = build.get("steps") or []
-    if not steps:
-        raise ApiError(400, "invalid build: steps: at least one build step is required")
-    for i, step in enumerate(steps):
-        if not step.get("name"):
-            raise ApiError(
-                400, f"invalid build: steps[{i}].name: a build step needs a builder image"
-            )
-    source = build.get("source") or {}
-    git = source.get("gitSource") or {}
-    if not (git.get("url") or source.get("storageSource")):
-        raise ApiError(
-            400,
-            "invalid build: source: give source.gitSource {url, revision, dir} or "
-            "source.storageSource {bucket, object}",
-        )
-    disk = int((build.get("options") or {}).get("diskSizeGb") or 0)
-    if disk > MAX_DISK_GB:
-        raise ApiError(
-            400,
-            f"invalid build: options.diskSizeGb {disk} is over the maximum of {MAX_DISK_GB} GB",
-        )
-    if _duration_s(build.get("timeout"), DEFAULT_TIMEOUT_S) > MAX_TIMEOUT_S:
-        raise ApiError(400, f"invalid build: timeout {build['timeout']} is over 24 hours")
-
-
 def register(app: FastAPI, state: SandboxState) -> None:
     """Add Cloud Build v1: builds (create/get/list/cancel) as long-running operations."""
     store = BuildStore()
@@ -317,9 +192,9 @@ def register(app: FastAPI, state: SandboxState) -> None:
             body = json.loads(raw or b"{}")
         except ValueError:
             raise ApiError(400, "Invalid JSON payload received.") from None
-        build = _normalise(body)
+        build = normalise(body)
         policy = scenario()
-        _validate(build, policy)
+        validate(build, policy)
         build_id = str(uuid.uuid4())
         build.update(
             id=build_id,
@@ -350,7 +225,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
             await asyncio.sleep(policy.queue_ms / 1000)
             store.set_status(build, "WORKING")
             build["startTime"] = now_rfc3339()
-            timeout = _duration_s(build.get("timeout"), DEFAULT_TIMEOUT_S)
+            timeout = build_timeout_s(build.get("timeout"), DEFAULT_TIMEOUT_S)
             async with asyncio.timeout(timeout):
                 await run_build(build, workspace, policy)
             store.set_status(build, "SUCCESS")

@@ -15,6 +15,10 @@ from __future__ import annotations
 CLOUD_RUN_GPU_REGIONS: dict[str, tuple[str, ...]] = {
     "nvidia-l4": ("asia-southeast1", "europe-west1", "europe-west4", "us-central1", "us-east4"),
 }
+# One GPU per instance: the GPU page configures `--gpu=1` with `nvidia-l4`; the Cloud Run
+# example in huggingface/Google-Cloud-Containers#82 says "`--gpu` and `--gpu-type`: The number
+# of GPUs and the GPU type to use. Needs to be set to 1 and `nvidia-l4`".
+GPU_MAX_PER_INSTANCE = 1
 GPU_MIN_CPU: dict[str, float] = {"nvidia-l4": 4.0}
 GPU_MIN_MEMORY_GIB: dict[str, float] = {"nvidia-l4": 16.0}
 

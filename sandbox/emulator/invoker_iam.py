@@ -3,7 +3,8 @@ request without a valid ID token with Google's 403 page, before any instance see
 
 The emulator mints its own ID tokens (`GET /_sandbox/id-token?audience=URL`, what the
 `GoogleCloud` block asks for in the sandbox) and accepts only those: HMAC-signed with a
-per-process key, audience = a URL of the service (its own or a tag's), not expired.
+per-process key, audience = exactly a URL of the service (its own or a tag's) or one of its
+custom audiences, not expired.
 """
 
 from __future__ import annotations
@@ -65,16 +66,31 @@ def audience_of(token: str) -> str | None:
     return aud if isinstance(aud, str) else None
 
 
-def invoker_allowed(service_spec: dict, service_host: str, authorization: str) -> bool:
+def invoker_allowed(service_spec: dict, audiences: set[str], authorization: str) -> bool:
     """Whether a request reaches the service: public (invokerIamDisabled), or a bearer ID
-    token minted here whose audience is a URL of this service."""
+    token minted here whose audience is one of the service's URLs (`audiences`: its own and its
+    tags', as the caller knows them) or one of its `customAudiences`, matched exactly.
+
+    "Clients that call an Identity and Access Management-protected Cloud Run service must
+    provide a valid ID token that includes an audience (aud) claim matching the receiving
+    service's *.run.app URL. For clients that don't know this URL, you can use a custom audience
+    value." (cloud.google.com/run/docs/configuring/custom-audiences). Matching, not containing:
+    the audience "limits the risk of a replay attack, where an intercepted token intended for
+    use with one service is replayed against a different service" (same page), so a token for
+    `my-pages-…` does not open `pages-…`. Google's own sample gives the URL with a trailing
+    slash ("Example `audience` value (Cloud Run): https://my-cloud-run-service.run.app/",
+    cloudrun-service-to-service-auth): one trailing slash is the same URL."""
     if service_spec.get("invokerIamDisabled"):
         return True
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return False
     audience = audience_of(token.strip())
-    return audience is not None and service_host in audience
+    if audience is None:
+        return False
+    accepted = {a.rstrip("/") for a in audiences}
+    accepted.update(str(a) for a in service_spec.get("customAudiences") or [])
+    return audience in accepted or (audience.endswith("/") and audience[:-1] in accepted)
 
 
 def register(app: FastAPI) -> None:

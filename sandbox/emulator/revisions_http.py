@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from sandbox.emulator import gpu_instances, run_autoscaling
 from sandbox.emulator.core import SandboxState
 from sandbox.emulator.invoker_iam import FORBIDDEN_PAGE, invoker_allowed
-from sandbox.emulator.run_resources import Revision, write_revision_log
+from sandbox.emulator.run_resources import Revision, Service, write_revision_log
 from sandbox.emulator.run_revisions import oom_killed
 from sandbox.emulator.run_store import RunStore
 from sandbox.engine.revision_instances import container_store
@@ -119,7 +119,9 @@ def register(app: FastAPI, state: SandboxState, store: RunStore) -> None:
         if routed is None:
             return HTMLResponse(NOT_FOUND_PAGE, status_code=404)
         svc, rev = routed
-        if not invoker_allowed(svc.spec, svc.host(), request.headers.get("authorization", "")):
+        if not invoker_allowed(
+            svc.spec, _audiences(store, svc), request.headers.get("authorization", "")
+        ):
             return HTMLResponse(FORBIDDEN_PAGE.format(path="/" + path), status_code=403)
         started = time.perf_counter()
         refused = None
@@ -137,6 +139,13 @@ def register(app: FastAPI, state: SandboxState, store: RunStore) -> None:
             seconds = time.perf_counter() - started
             _request_log(state, rev, request, response, seconds, text=refused)
         return response
+
+
+def _audiences(store: RunStore, svc: Service) -> set[str]:
+    """The service's URLs an ID token may name: its own and each tag's, as the emulator serves
+    them and as Google would print them (https://{host})."""
+    tags = [""] + [s["tag"] for s in svc.statuses if s.get("tag")]
+    return {url for tag in tags for url in (store.uri(svc, tag), f"https://{svc.host(tag)}")}
 
 
 async def _admitted(

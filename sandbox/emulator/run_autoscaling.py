@@ -138,14 +138,24 @@ async def done(state: SandboxState, rev: Revision) -> None:
 
 
 async def running_instance(state: SandboxState, rev: Revision) -> Instance | None:
-    """The revision's container, started now if it was scaled to zero (a cold start, which the
-    request waits for); None when it cannot serve: killed (an OOM) or it failed to start."""
+    """The revision's container, started now if it was scaled to zero or killed (a cold start,
+    which the request waits for); None when it failed to start.
+
+    A container the kernel killed (an OOM; its "Memory limit of … exceeded" and "Container
+    terminated on signal 9." lines are in the revision's log already) is removed and the request
+    starts a new one, as Cloud Run does: "Cloud Run instances that exceed their allowed memory
+    limit are terminated" (cloud.google.com/run/docs/configuring/services/memory-limits), "the
+    requests that instance was handling fail with a 500 or 503 while a new one starts"
+    (encore.dev/articles/cloud-run-memory-limit-exceeded); the revision keeps serving."""
     containers = running_container_store(state)
     instance = containers.instances.get(rev.name)
-    if instance is not None and not instance.stopping:
-        return instance if instance.alive else None
+    if instance is not None and not instance.stopping and instance.alive:
+        return instance
     async with _autoscaler(state).load(rev.name).transition:
         instance = containers.instances.get(rev.name)
+        if instance is not None and not instance.stopping and not instance.alive:
+            await _remove_killed(state, rev, instance)
+            instance = None
         if instance is None or instance.stopping:  # nobody started it while this one waited
             state.calls["run.cold_start"] += 1
             # The start runs in a thread; the instance is registered back on the loop.
@@ -160,6 +170,19 @@ async def running_instance(state: SandboxState, rev: Revision) -> Instance | Non
     return instance if instance is not None and instance.alive else None
 
 
+async def _remove_killed(state: SandboxState, rev: Revision, instance: Instance) -> None:
+    """Take a killed container out before its replacement starts (under the revision's
+    transition lock): removed first, so the new container can take its name."""
+    containers = running_container_store(state)
+    del containers.instances[rev.name]
+    instance.stopping = True
+    client = state.stores["run"].instances.pop(rev.name, None)  # its connection, to a dead port
+    if client is not None:
+        await client.aclose()
+    await asyncio.to_thread(stop_instance, containers.engine, instance)
+    state.calls["run.instance_replaced"] += 1
+
+
 def _idle_instances(state: SandboxState, now: float) -> list[tuple[str, Instance]]:
     """The containers to stop: idle past the scenario's setting (and at least one evaluation
     period), below their revision's minimum, or of a revision that is gone."""
@@ -169,7 +192,7 @@ def _idle_instances(state: SandboxState, now: float) -> list[tuple[str, Instance
     idle_s = max(state.scenario.serving.idle_instance_s, EVALUATION_PERIOD_S)
     out = []
     for name, instance in list(containers.instances.items()):
-        if not instance.alive or instance.stopping:  # a killed one stays: its requests get 503
+        if not instance.alive or instance.stopping:  # a killed one: the next request replaces it
             continue
         rev = revisions.get(name)
         load = scaler.load(name)  # first seen now: the idle clock starts

@@ -36,7 +36,7 @@ from sandbox.emulator.run_templates import (
     OUTPUT_ONLY,
     camel,
     canonical_service,
-    check_gpu_template,
+    check_template,
 )
 from sandbox.scenario import DeployError
 
@@ -142,7 +142,7 @@ class RunStore(RevisionLifecycle):
                 "service.template.containers: at least one container is required "
                 "(set template.containers[0].image).",
             )
-        check_gpu_template(template, region)
+        check_template(template, region)
         changed = existing is None or template != existing.spec.get("template", {})
         new_rev_name = ""
         if changed:

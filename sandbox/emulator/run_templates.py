@@ -8,8 +8,14 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.emulator.cloud_run_gpu import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
+from sandbox.emulator.cloud_run_gpu import (
+    GPU_MAX_PER_INSTANCE,
+    GPU_MIN_CPU,
+    GPU_MIN_MEMORY_GIB,
+    gpu_regions,
+)
 from sandbox.emulator.core import ApiError
+from sandbox.emulator.run_limits import check_cpu_memory, check_reserved_env
 from sandbox.emulator.run_resources import GPU_LIMIT
 
 # Fields of a Service that the server owns: dropped from what the client sends.
@@ -153,6 +159,15 @@ def camel(key: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+def check_template(template: dict, region: str) -> None:
+    """Everything Cloud Run refuses in a template at once (400): the GPU rules, then CPU with
+    memory and reserved env names (run_limits.py)."""
+    check_gpu_template(template, region)
+    limits = template_limits(template)
+    check_cpu_memory(template, parse_cpu(limits.get("cpu")), parse_memory_gib(limits.get("memory")))
+    check_reserved_env(template)
+
+
 def check_gpu_template(template: dict, region: str) -> None:
     """Cloud Run's GPU rules (sandbox/emulator/cloud_run_gpu.py, from the GPU docs), answered 400 like a
     field error: a region that offers the accelerator, its minimum CPU and memory, CPU always
@@ -167,6 +182,15 @@ def check_gpu_template(template: dict, region: str) -> None:
             "spec.template.spec.nodeSelector: a GPU revision sets both the accelerator node "
             f"selector and the '{GPU_LIMIT}' limit (got accelerator {accelerator!r}, "
             f"{gpus} GPU).",
+        )
+    if gpus > GPU_MAX_PER_INSTANCE:
+        # One GPU per instance (cloud_run_gpu.py): a template asking for more is refused as a
+        # field error, before any quota is counted.
+        raise ApiError(
+            400,
+            f"spec.template.spec.containers[0].resources.limits.{GPU_LIMIT}: Invalid value "
+            f"specified for GPU: {gpus} requested, a Cloud Run instance has at most "
+            f"{GPU_MAX_PER_INSTANCE} GPU.",
         )
     if region not in gpu_regions(accelerator):
         raise ApiError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from sandbox.emulator.core import ApiError, now_rfc3339
+from sandbox.emulator.run_limits import check_tag
 from sandbox.emulator.run_resources import LATEST, REVISION, Revision, RunIndex, Service
 
 _TAG = re.compile(r"^[a-z]([-a-z0-9]{0,44}[a-z0-9])?$")
@@ -67,6 +68,7 @@ class TrafficRules(RunIndex):
                         f"service.traffic[{i}].tag: '{tag}' is not a valid tag: use lowercase "
                         "letters, digits and '-', starting with a letter (46 characters at most).",
                     )
+                check_tag(service.rsplit("/", 1)[-1], tag)
                 if tag in tags:
                     raise ApiError(
                         400, f"service.traffic[{i}].tag: tag '{tag}' is used more than once."

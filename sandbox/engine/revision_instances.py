@@ -10,7 +10,8 @@ or a deleted revision removes the containers.
 Two things differ from Google, both harsher, never kinder:
 - memory: each container gets the template's limit, at most $SHIPYARD_ENGINE_MEMORY_MIB (default
   1024 MiB): a 2-core machine shared by a team cannot give every L4 revision its 16 GiB. An OOM
-  kill is logged with the limit the container really had;
+  kill is logged with the limit the container really had (the next request replaces the killed
+  container, as Google starts a new instance: run_autoscaling.running_instance);
 - the scenario's revision faults (sandbox/scenario.py) reach the container as the env
   `PAGE_FAULTS` (merged with the template's own), the way a bad release's configuration would
   carry them; the sample service (examples/page-service) acts on it, the emulator never does.

@@ -68,6 +68,11 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+def _scope_repository(scope: str) -> str:
+    """`repository:base/cuda:pull,push` -> `repository:base/cuda` (type and name)."""
+    return scope.rpartition(":")[0] if scope.count(":") >= 2 else scope
+
+
 class RegistryAuth(httpx.Auth):
     """Answers 401 challenges: Basic with the credentials, or Bearer via the token realm.
 
@@ -75,12 +80,25 @@ class RegistryAuth(httpx.Auth):
     copy) and then sent up front on each request. A streamed request body cannot be replayed, so a
     401 on one is returned to the caller (the blob copy retries that blob; the next request fetches
     a fresh token).
+
+    Optional scopes (`add_scope(..., optional=True)`: a mount source's `pull`, only ever asked of
+    the registry that holds the source) ride along for cross-repository mounts. The token spec
+    says a token service grants what it can ("If the client only has a subset of the requested
+    access it must not be considered an error", distribution's docs/spec/auth/token.md), but
+    some refuse the whole request when one scope is denied (token services that handled one
+    scope only or failed the mount's two: cesanta/docker_auth#67, goharbor/harbor#2411, the
+    GitLab case in estesp/manifest-tool#53; docker itself falls back to a plain upload on that
+    auth failure, moby/moby#20387). When such a combined request is refused, the token is asked
+    again for this client's own scopes alone (`narrowed`), and the copy uploads instead of
+    mounting.
     """
 
     def __init__(self, registry: str, credentials: RegistryCredentials | None) -> None:
         self.registry = registry
         self.credentials = credentials
         self.scopes: list[str] = []
+        self.optional_scopes: list[str] = []  # dropped when a token service refuses them
+        self.narrowed = False  # a combined request was refused: own scopes only from now on
         self._basic = False
         self._bearer = False  # this registry has answered with a Bearer challenge
         self._token: str | None = None
@@ -98,9 +116,20 @@ class RegistryAuth(httpx.Auth):
         self._token = None
         return self._bearer
 
-    def add_scope(self, scope: str) -> None:
-        if scope not in self.scopes:
-            self.scopes.append(scope)
+    def add_scope(self, scope: str, optional: bool = False) -> None:
+        """Ask tokens for `scope`; an optional one is dropped if the token service refuses it."""
+        wanted = self.optional_scopes if optional else self.scopes
+        if scope not in self.scopes and scope not in wanted:
+            wanted.append(scope)
+
+    def _own_scopes(self, challenge_scopes: list[str]) -> list[str]:
+        """This client's required scopes, and the challenge's scopes on their repositories."""
+        own = list(self.scopes)
+        repos = {_scope_repository(s) for s in self.scopes}
+        for scope in challenge_scopes:
+            if scope not in own and (not self.scopes or _scope_repository(scope) in repos):
+                own.append(scope)
+        return own
 
     def _basic_header(self, credentials: RegistryCredentials) -> str:
         pair = f"{credentials.username}:{credentials.password.get_secret_value()}"
@@ -142,10 +171,41 @@ class RegistryAuth(httpx.Auth):
         # (distribution's token auth joins every access a request needs, e.g. a mount's
         # `repository:dst:pull,push repository:src:pull`); the token service wants each as its
         # own `scope` query parameter (docker token spec, "Requesting a Token").
-        scopes = list(self.scopes)
-        for scope in challenge.get("scope", "").split():
-            if scope not in scopes:
-                scopes.append(scope)
+        asked = challenge.get("scope", "").split()
+        own = self._own_scopes(asked)
+        scopes = list(own)
+        if not self.narrowed:
+            for scope in [*self.optional_scopes, *asked]:
+                if scope not in scopes:
+                    scopes.append(scope)
+        resp = await self._ask_token(challenge, scopes)
+        if resp.status_code in (401, 403) and scopes != own:
+            # A token service that refuses the whole request for one scope it denies: ask for
+            # this client's own scopes alone (a mount from elsewhere is then not tried).
+            self.narrowed = True
+            scopes = own
+            resp = await self._ask_token(challenge, scopes)
+        if resp.status_code in (401, 403):
+            raise RegistryAuthError(
+                f"the token service {httpx.URL(challenge['realm']).host} of registry "
+                f"{self.registry} refused a token for {' '.join(scopes) or 'the registry'} "
+                f"(HTTP {resp.status_code}) with {who(self.credentials)}. Fix: check the "
+                "username/password (or token) there."
+            )
+        if resp.status_code != 200:
+            raise RegistryRequestError(
+                f"the token service {httpx.URL(challenge['realm']).host} of registry "
+                f"{self.registry} answered HTTP {resp.status_code}"
+            )
+        body = resp.json()
+        token = body.get("token") or body.get("access_token")
+        if not token:
+            raise RegistryRequestError(f"the token service of {self.registry} returned no token")
+        return str(token)
+
+    async def _ask_token(self, challenge: dict[str, str], scopes: list[str]) -> httpx.Response:
+        """One token request (asked again while the service is busy or unreachable); its
+        answer, whatever the status."""
         query: list[tuple[str, str | int | float | bool | None]] = [("scope", s) for s in scopes]
         if challenge.get("service"):
             query.insert(0, ("service", challenge["service"]))
@@ -184,22 +244,7 @@ class RegistryAuth(httpx.Auth):
             ) from None
         except _TokenServiceBusy as busy:
             resp = busy.response  # still busy after every attempt: its answer is reported
-        if resp.status_code in (401, 403):
-            raise RegistryAuthError(
-                f"the token service {httpx.URL(realm).host} of registry {self.registry} refused "
-                f"a token for {' '.join(scopes) or 'the registry'} (HTTP {resp.status_code}) "
-                f"with {who(self.credentials)}. Fix: check the username/password (or token) there."
-            )
-        if resp.status_code != 200:
-            raise RegistryRequestError(
-                f"the token service {httpx.URL(realm).host} of registry {self.registry} "
-                f"answered HTTP {resp.status_code}"
-            )
-        body = resp.json()
-        token = body.get("token") or body.get("access_token")
-        if not token:
-            raise RegistryRequestError(f"the token service of {self.registry} returned no token")
-        return str(token)
+        return resp
 
     async def aclose(self) -> None:
         if self._http is not None:

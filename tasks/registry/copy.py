@@ -197,9 +197,9 @@ async def copy_blob(
         stats.blobs_skipped += 1
         _tick(progress, desc.size)
         return "skipped"
-    mount = (
-        (src_repo, desc.digest) if src.registry == dst.registry and src_repo != dst_repo else None
-    )
+    same_registry = src.registry == dst.registry and src_repo != dst_repo
+    # No mount once the destination's token service refused the source's scope (auth.narrowed).
+    mount = (src_repo, desc.digest) if same_registry and not dst.auth.narrowed else None
     clock = RetryBudget(dst.retry_budget, dst.backoff_base, dst.backoff_cap, dst.max_attempts)
     attempt = 0
     while True:
@@ -310,7 +310,9 @@ async def copy_image(
     src.want(src_repo, "pull")
     dst.want(dst_repo, "pull,push")
     if src.registry == dst.registry and src_repo != dst_repo:
-        dst.want(src_repo, "pull")
+        # For a mount, and only of the registry that holds the source: optional, a token
+        # service that refuses it gets the destination's scopes alone (tasks/registry/auth.py).
+        dst.auth.add_scope(f"repository:{src_repo}:pull", optional=True)
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def one(desc: Descriptor) -> None:

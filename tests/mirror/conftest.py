@@ -56,13 +56,24 @@ def flaky():
 @pytest.fixture(scope="module")
 def token_registry(tmp_path_factory):
     """A registry with `auth: token:` and the JWT token server that answers its challenge."""
+    yield from _token_registry(tmp_path_factory, strict=False)
+
+
+@pytest.fixture(scope="module")
+def strict_token_registry(tmp_path_factory):
+    """The same, with a token server that refuses a whole request when one scope is denied."""
+    yield from _token_registry(tmp_path_factory, strict=True)
+
+
+def _token_registry(tmp_path_factory, strict: bool):
     from sandbox.registry import start_registry as _start
 
-    root = tmp_path_factory.mktemp("token-registry")
+    root = tmp_path_factory.mktemp("strict-token-registry" if strict else "token-registry")
     tokens = TokenServer(
         root / "tokens",
         users={"mirror-bot": "s3cret-Token-pw", "push-bot": "push-Only-pw"},
         grants={"push-bot": ("mounted/",)},  # may push there, may not read anything else
+        strict=strict,
     )
     server = ThreadedServer(tokens)
     reg = _start(root / "registry", extra_auth=tokens.registry_auth(f"{server.url}/token"))

@@ -346,6 +346,11 @@ class TokenServer:
     name is there: repository prefixes they may touch); anonymous callers get a token with no
     access (the registry then refuses them); a wrong password gets 401. Each `scope` query
     parameter is one scope (docker token spec), as recorded in `issued`.
+
+    `strict`: a token service that refuses the whole request (401) when one requested scope is
+    denied, instead of granting the subset the spec asks for; what cesanta/docker_auth and
+    Harbor's token service did with a mount's two scopes (cesanta/docker_auth#67,
+    goharbor/harbor#2411, moby/moby#20387). Refusals are counted in `refused`.
     """
 
     root: Path
@@ -355,6 +360,8 @@ class TokenServer:
     issuer: str = "shipyard-test-token-issuer"
     issued: list[dict] = field(default_factory=list)
     refused: int = 0
+    strict: bool = False
+    denied: list[dict] = field(default_factory=list)  # strict refusals: user and scopes
 
     def __post_init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -418,6 +425,12 @@ class TokenServer:
             )
             access.append(
                 {"type": kind, "name": repo, "actions": actions.split(",") if allowed else []}
+            )
+        if self.strict and any(not a["actions"] for a in access):
+            self.refused += 1
+            self.denied.append({"user": user, "scopes": query.get("scope", [])})
+            return await self._reply(
+                send, 401, {"details": "requested access to the resource is denied"}
             )
         now = int(time.time())
         claims = {

@@ -248,6 +248,44 @@ def test_refused_mount_falls_back_to_an_upload_and_scopes_are_split(token_regist
     assert any("repository:upstream/cuda:pull" in scopes for scopes in asked)
 
 
+def test_a_token_service_refusing_one_scope_gets_the_destinations_scopes_alone(
+    strict_token_registry, src
+):
+    """A token service that refuses the whole request when one scope is denied (not the
+    subset the spec asks for: mirror_servers.TokenServer.strict). push-bot may push mounted/*
+    and read nothing else: the combined request (with the mount source's pull) is refused, the
+    token is asked again for the destination's scopes alone, and the blobs are uploaded. From
+    another registry, the destination is never asked for the source's scope."""
+    reg, tokens = strict_token_registry
+    owner = RegistryCredentials("mirror-bot", "s3cret-Token-pw")
+    pusher = RegistryCredentials("push-bot", "push-Only-pw", "DockerRegistryCredentials 'push'")
+
+    async def scenario():
+        async with client_for(reg.host, owner) as s:
+            s.want("upstream/cuda", "pull,push")
+            pushed = await push_image(s, "upstream/cuda", "strict")
+            plan = await plan_image(s, parse_reference(f"{reg.host}/upstream/cuda:strict"))
+            async with client_for(reg.host, pusher) as d:
+                same = await copy_image(s, plan, d, "mounted/cuda")
+                got = await d.get_manifest("mounted/cuda", pushed.digest)
+        async with client_for(src.host) as other:
+            far = await push_image(other, "nvidia/cuda", "strict", seed=7)
+            far_plan = await plan_image(other, parse_reference(far.ref))
+            async with client_for(reg.host, pusher) as d:
+                across = await copy_image(other, far_plan, d, "mounted/far")
+                far_got = await d.get_manifest("mounted/far", far.digest)
+        return pushed, same, got, far, across, far_got
+
+    pushed, same, got, far, across, far_got = run(scenario())
+    assert got.digest == pushed.digest and same.blobs_copied == 3 and same.blobs_mounted == 0
+    assert far_got.digest == far.digest and across.blobs_copied == 3
+    refused = [d["scopes"] for d in tokens.denied if d["user"] == "push-bot"]
+    assert refused and all("repository:upstream/cuda:pull" in scopes for scopes in refused)
+    granted = [t["scopes"] for t in tokens.issued if t["user"] == "push-bot"]
+    assert granted and all(s.startswith("repository:mounted/") for g in granted for s in g)
+    assert len(refused) == 1  # refused once: the client asks for its own scopes from then on
+
+
 def test_mount_denied_with_403_falls_back_to_an_upload(src, flaky):
     proxy = flaky(src.url, fail_every=0, deny_mounts=True)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 from google.cloud import run_v2
-from run_testkit import FAST, parent, template
+from run_testkit import FAST, parent, target, template
 
 
 def test_private_service_needs_an_id_token_public_one_does_not(sandbox_admin, cloud):
@@ -37,3 +37,34 @@ def test_private_service_needs_an_id_token_public_one_does_not(sandbox_admin, cl
         wrong = http.get(private.uri + "/health", headers={"authorization": f"Bearer {other}"})
         assert wrong.status_code == 403
         assert http.get(public.uri + "/health").status_code == 200
+
+
+def test_the_audience_is_matched_exactly_not_as_a_substring(sandbox_admin, cloud):
+    """6. A token for `my-pages` names a URL that contains `pages`' host: Google matches the
+    audience against the service's URLs, so it does not open `pages`. The service's own URL
+    (with or without a trailing slash) and its tags' URLs do."""
+    sandbox_admin.reset(scenario_data={})
+    services = cloud.services_client()
+
+    def private(service_id: str) -> run_v2.Service:
+        return services.create_service(
+            parent=parent(cloud), service=run_v2.Service(template=template()), service_id=service_id
+        ).result(polling=FAST)
+
+    pages, other = private("pages"), private("my-pages")
+    assert other.uri.endswith("my-" + pages.uri.rsplit("/", 1)[-1])  # the substring
+    pages.traffic = [target(pages.latest_ready_revision.rsplit("/", 1)[-1], 100, "canary")]
+    pages = services.update_service(service=pages).result(polling=FAST)
+    tag_uri = pages.traffic_statuses[0].uri
+
+    def status(url: str, audience: str) -> int:
+        bearer = {"authorization": f"Bearer {cloud.id_token(audience)}"}
+        return http.get(url + "/health", headers=bearer).status_code
+
+    with httpx.Client(timeout=20) as http:
+        assert status(pages.uri, other.uri) == 403
+        assert status(pages.uri, pages.uri + "/extra") == 403
+        assert status(pages.uri, pages.uri) == 200
+        assert status(pages.uri, pages.uri + "/") == 200
+        assert status(tag_uri, tag_uri) == 200
+        assert status(other.uri, other.uri) == 200

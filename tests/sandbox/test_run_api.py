@@ -123,7 +123,7 @@ def test_update_mask_allow_missing_and_int_enums(sandbox_admin, cloud):
     ("traffic", "message"),
     [
         ([("", 60, ""), ("split-v1", 30, "")], "add up to 100, got 90"),
-        ([("", 50, "x"), ("split-v1", 50, "x")], "tag 'x' is used more than once"),
+        ([("", 50, "dup"), ("split-v1", 50, "dup")], "tag 'dup' is used more than once"),
     ],
 )
 def test_bad_traffic_is_invalid_argument(sandbox_admin, cloud, traffic, message):

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from shipyard.blocks.canary_policy import CanaryPolicy
 from shipyard.blocks.cloud import GoogleCloud, default_cloud
 from shipyard.blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
+from shipyard.blocks.names import tag_url_problem
 from shipyard.blocks.quota_policy import QuotaPolicy
 from shipyard.blocks.revision_templates import CpuTemplate, GpuTemplate, as_template
 
@@ -43,69 +44,125 @@ class ReleaseTarget(Block):
         "templates, quota policy and canary policy."
     )
 
-    service: str = Field(default="manga-translator-compute", description="Cloud Run service name")
-    project: str | None = Field(default=None, description="default: the GoogleCloud block's")
-    cloud: GoogleCloud | None = Field(default=None, description="default: from the environment")
+    service: str = Field(
+        default="manga-translator-compute",
+        title="Service",
+        description="Cloud Run service name (lowercase letters, digits and '-')",
+    )
+    project: str | None = Field(
+        default=None,
+        title="Project",
+        description="Google Cloud project id; empty: the project of the cloud block",
+    )
+    cloud: GoogleCloud | None = Field(
+        default=None,
+        title="Cloud",
+        description="Shipyard Google Cloud block (credentials, endpoint); empty: from the "
+        "environment (Application Default Credentials, SHIPYARD_GOOGLE_ENDPOINT)",
+    )
     regions: list[str] = Field(
         default=["europe-west1", "us-central1"],
-        description="candidate regions in order; the first is the primary",
+        title="Regions",
+        description="Candidate regions in order; the first is the primary",
     )
-    gpu_type: str = "nvidia-l4"
+    gpu_type: str = Field(
+        default="nvidia-l4",
+        title="GPU type",
+        description="Cloud Run accelerator of the GPU revision, e.g. nvidia-l4",
+    )
     gpu_zonal_redundancy: bool = Field(
         default=False,
-        description="off: the revision uses the no-zonal-redundancy GPU quota (the spec known to work)",
+        title="GPU zonal redundancy",
+        description="Off: the revision uses the no-zonal-redundancy GPU quota (the spec known "
+        "to work)",
     )
     # Plain defaults (in the JSON schema) and a model per template: the UI's block form fills
     # a nested object from the schema's defaults and labels it with the model's title, so
     # both templates carry their own.
     gpu_template: GpuTemplate = Field(
         default=GpuTemplate(),
-        description="the GPU canary revision",
+        title="GPU template",
+        description="The GPU canary revision",
     )
     cpu_template: CpuTemplate = Field(
         default=CpuTemplate(),
-        description="the CPU revision that serves when no GPU can (gpu must stay 0)",
+        title="CPU baseline template",
+        description="The CPU revision that serves when no GPU can (gpu must stay 0)",
     )
     public: bool = Field(
         default=False,
-        description="allow unauthenticated invocations (default: the invoker stays private)",
+        title="Public",
+        description="Allow unauthenticated invocations (default: the invoker stays private)",
     )
-    quota: QuotaPolicy = Field(default=QuotaPolicy())
+    quota: QuotaPolicy = Field(
+        default=QuotaPolicy(),
+        title="Quota policy",
+        description="Whether to ask for GPU quota when no region has it, and how long to wait",
+    )
     canary: CanaryPolicy = Field(
         default_factory=CanaryPolicy,
-        description="a saved canary policy block; empty: the defaults of the canary policy",
+        title="Canary policy",
+        description="A saved canary policy block; empty: the defaults of the canary policy",
     )
     rollback_to_cpu: bool = Field(
         default=False,
-        description="on a failed canary, go to the CPU baseline even if a last good exists",
+        title="Roll back to CPU",
+        description="On a failed canary, go to the CPU baseline even if a last good exists",
     )
     build_settings_block: str | None = Field(
-        default=None, description="build settings block name for flows/build/flow.py (its default)"
+        default=None,
+        title="Build settings block",
+        description="Build settings block name for flows/build/flow.py (its default)",
     )
     build_tiers_block: str | None = Field(
-        default=None, description="cache tiers block name for flows/build/flow.py (its default)"
+        default=None,
+        title="Cache tiers block",
+        description="Cache tiers block name for flows/build/flow.py (its default)",
     )
     base_image: str | None = Field(
-        default=None, description="mirrored base image repository whose pin the build uses"
+        default=None,
+        title="Base image",
+        description="Mirrored base image repository whose pin the build uses",
     )
-    ready_timeout_s: float = Field(default=600.0, gt=0, description="wait for a revision's Ready")
+    ready_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        title="Ready timeout (s)",
+        description="Wait this long for a Cloud Run operation; a new revision is waited for at "
+        "least its startup probe (the template's startup_probe_s, else Cloud Run's 240 s) plus "
+        "60 s to pull and schedule",
+    )
     poll_interval_s: float = Field(
-        default=1.0, gt=0, description="first Ready/operation poll delay"
+        default=1.0,
+        gt=0,
+        title="Poll interval (s)",
+        description="First Ready/operation poll delay",
     )
     retries: int = Field(
-        default=3, ge=0, le=20, description="retries of a step on transient errors"
+        default=3,
+        ge=0,
+        le=20,
+        title="Retries",
+        description="Retries of a step on transient errors",
     )
     retry_delay_s: float = Field(
-        default=2.0, ge=0, description="first retry delay; doubles, +jitter"
+        default=2.0,
+        ge=0,
+        title="Retry delay (s)",
+        description="First retry delay; doubles, +jitter",
     )
     lock_timeout_s: float = Field(
-        default=30.0, ge=0, description="wait this long for another release of the service"
+        default=30.0,
+        ge=0,
+        title="Lock timeout (s)",
+        description="Wait this long for another release of the service",
     )
     slot_lease_s: float = Field(
         default=60.0,
         ge=60,
         le=3600,
-        description="lease of the service's release slot, renewed while the release lives; a "
+        title="Release slot lease (s)",
+        description="Lease of the service's release slot, renewed while the release lives; a "
         "crashed release elsewhere blocks the service at most this long (Prefect's minimum: 60)",
     )
 
@@ -144,6 +201,8 @@ class ReleaseTarget(Block):
                 f"service={value!r} is not a Cloud Run service name: lowercase letters, digits "
                 "and '-', starting with a letter, at most 49 characters"
             )
+        if (problem := tag_url_problem(value)) is not None:  # the release's tag URLs
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -82,15 +82,58 @@ class RegionScenario(_Strict):
     )
 
 
+# A start that fails to import a module, as Python prints it on stderr before the container
+# exits. Cloud Run writes each stderr line as its own entry of the `run.googleapis.com/stderr`
+# log WITHOUT a severity ("Logs written directly to stdout or stderr do not have an associated
+# log level", cloud.google.com/functions/docs/monitoring/logging; on Cloud Run services too:
+# "all logs default to the default severity since it's being gathered from stderr",
+# google/osv.dev#1305), so `severity>=ERROR` alone never finds a traceback; the platform then
+# logs the exit in `varlog/system` ("Container called exit(1).").
+EXIT_LINE = "Container called exit(1)."
+
+
+def missing_dependency_lines(module: str) -> list[str]:
+    """The stderr lines of a service whose entry point imports `module`, not installed."""
+    return [
+        "Traceback (most recent call last):",
+        '  File "/app/app/main.py", line 9, in <module>',
+        f"    import {module}",
+        f"ModuleNotFoundError: No module named '{module}'",
+    ]
+
+
+# Faults of a revision's start (the platform's, acted on by the emulator: run_revisions.py).
+STARTUP_FAULTS = ("missing_dependency", "slow_start")
+
+
 class RevisionFault(_Strict):
     """A fault shown by revisions that match."""
 
-    fault: Literal["silent_cpu_fallback", "oom", "http_503", "never_ready", "unicode_header"]
+    fault: Literal[
+        "silent_cpu_fallback",
+        "oom",
+        "http_503",
+        "never_ready",
+        "unicode_header",
+        "missing_dependency",
+        "slow_start",
+    ]
     accelerator: Literal["gpu", "cpu", "any"] = "gpu"
     region: str = "*"
     image_contains: str = ""
     requests: int = Field(
         default=0, ge=0, description="http_503, oom: the first N requests fail; 0 = all"
+    )
+    start_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="slow_start: the container listens on $PORT this long after it started; "
+        "beyond the revision's startup probe window Cloud Run fails the revision",
+    )
+    module: str = Field(
+        default="onnxruntime",
+        description="missing_dependency: the module the service fails to import (its traceback "
+        "goes to the revision's stderr log, then the container exits)",
     )
 
 

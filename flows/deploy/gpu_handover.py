@@ -16,6 +16,9 @@ the untested revision gets no traffic. After the verdict:
 - passed: the cutover gives the canary 100% (the CPU revision that served is its `prior`);
 - failed: the split from before the handover is restored (minus the failed revision), then
   the rollback step keeps the last good revision serving.
+The CPU revision chosen is a tested one when the service has one (`good_because`: it passed
+a canary or served before Shipyard); else the release's CPU baseline, and the handover's detail
+(a reason of the release) says that it never passed a canary.
 A release killed in between leaves the CPU revision serving: a Ready revision (invariant 3's
 CPU baseline); the next release converges from there.
 """
@@ -30,6 +33,7 @@ from pydantic import BaseModel
 from shipyard.flows.deploy.quota import read_region_quotas
 from shipyard.flows.deploy.region_deploy import deploy_revision
 from shipyard.flows.deploy.templates import cpu_template
+from shipyard.flows.deploy.traffic import good_because
 from shipyard.flows.deploy.traffic_split import BASELINE_TAG, CANARY_TAG, PRIOR_TAG, pinned_traffic
 from shipyard.flows.release.context import RunContext
 from shipyard.flows.release.steps import note_attempt
@@ -63,6 +67,9 @@ def _cpu_revision(ctx: RunContext, region: str, revisions: dict[str, run_v2.Revi
         for name, r in revisions.items()
         if not _gpus(r) and cr.ready_state(r)[0] == "succeeded"
     ]
+    tested = [name for name in ready if good_because(ctx, region, name)]
+    if tested:
+        return tested[0]  # last good means tested: a CPU revision that passed, or served before
     if ctx.cpu_revision in ready:
         return ctx.cpu_revision
     if ready:
@@ -114,9 +121,12 @@ def handover_step(ctx: RunContext, region: str, canary: str) -> Handover | None:
         split.append(cr.Traffic(cpu, moved))
     split.append(cr.Traffic(canary, 0, CANARY_TAG))
     cr.set_traffic(ctx.services, service, split, **ctx.wait)
+    untested = (
+        "" if good_because(ctx, region, cpu) else " (a CPU baseline that never passed a canary)"
+    )
     detail = (
         f"GPU quota {quota.gpu:g} in {region} cannot run {', '.join(holders)} ({held} GPU) and "
-        f"the canary's instance: {cpu} serves {moved}% during the canary"
+        f"the canary's instance: {cpu}{untested} serves {moved}% during the canary"
     )
     return Handover(
         region=region,

@@ -33,7 +33,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from shipyard.flows.deploy.templates import ROLE_LABEL, cpu_template, gpu_template
+from shipyard.flows.deploy.templates import (
+    ROLE_LABEL,
+    cpu_template,
+    gpu_template,
+    startup_verdict,
+)
 from shipyard.flows.deploy.traffic_split import CANARY_TAG, pinned_traffic
 from shipyard.flows.release.context import MAX_ATTEMPTS, RunContext, attempt_name
 from shipyard.flows.release.steps import note_attempt
@@ -76,9 +81,10 @@ def _ensure_service(ctx: RunContext, region: str) -> tuple[run_v2.Service, bool]
         labels={ROLE_LABEL: "inference"},
         invoker_iam_disabled=ctx.target.public,
     )
-    with suppress(gexc.AlreadyExists):  # a retried step: the first attempt created it
-        cr.create_service(ctx.services, ctx.project, region, body, ctx.target.service, **ctx.wait)
-    cr.wait_revision_ready(ctx.revisions, ctx.revision_path(region, ctx.cpu_revision), **ctx.wait)
+    with startup_verdict(ctx, region, ctx.cpu_revision) as wait:
+        with suppress(gexc.AlreadyExists):  # a retried step: the first attempt created it
+            cr.create_service(ctx.services, ctx.project, region, body, ctx.target.service, **wait)
+        cr.wait_revision_ready(ctx.revisions, ctx.revision_path(region, ctx.cpu_revision), **wait)
     return written_service(ctx, region), True
 
 
@@ -125,8 +131,10 @@ def deploy_revision(
             traffic=[t.to_proto() for t in traffic],
             invoker_iam_disabled=ctx.target.public,
         )
-        cr.update_service(ctx.services, body, **ctx.wait)
-    cr.wait_revision_ready(ctx.revisions, ctx.revision_path(region, revision), **ctx.wait)
+        with startup_verdict(ctx, region, revision) as wait:
+            cr.update_service(ctx.services, body, **wait)
+    with startup_verdict(ctx, region, revision) as wait:
+        cr.wait_revision_ready(ctx.revisions, ctx.revision_path(region, revision), **wait)
     service = written_service(ctx, region)
     if tag and cr.tag_uri(service, tag) is None:
         # Reused revision without its tag (a re-run after rollback): tag it again at 0%.
@@ -150,8 +158,8 @@ def deploy_gpu_step(ctx: RunContext, region: str) -> RevisionDeploy:
     note_attempt()
     try:
         return deploy_revision(ctx, region, gpu_template(ctx, region), CANARY_TAG)
-    except BaseException as exc:  # classified and re-raised
-        reasons = _failed_reasons(ctx, region) if isinstance(exc, Exception) else set()
+    except Exception as exc:  # classified and re-raised; interrupts pass through untouched
+        reasons = _failed_reasons(ctx, region)
         classified = classify(exc, region, ctx.gpu_revision_in(region), reasons)
         if classified is exc:
             raise

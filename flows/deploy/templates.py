@@ -1,14 +1,21 @@
-"""The release target's GPU and CPU revision specs as Cloud Run RevisionTemplates."""
+"""The release target's GPU and CPU revision specs as Cloud Run RevisionTemplates, and what a
+revision that did not start says (`startup_verdict`): the setting its wait followed, and the
+first error lines of the revision's own log."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
 from shipyard.blocks.revision_templates import RevisionSpec
-from shipyard.flows.release.context import RunContext
+from shipyard.flows.release.context import RunContext, Wait
 from shipyard.tasks import cloud_run as cr
+from shipyard.tasks.deploy_errors import error_message, is_image_fault, is_quota_message
+from shipyard.tasks.revision_logs import first_error_lines
 
 ROLE_LABEL = "shipyard-role"
 TAG_LABEL = "shipyard-release"
@@ -102,3 +109,42 @@ def cpu_template(ctx: RunContext) -> run_v2.RevisionTemplate:
         zonal_redundancy=True,
         labels=_labels(ctx, "cpu-baseline"),
     )
+
+
+def _told(ctx: RunContext, region: str, revision: str, message: str, *settings: str) -> str:
+    """The revision's own log lines first (what the user acts on), then Cloud Run's message,
+    the settings involved, and the filter that shows every error line of the revision."""
+    found = first_error_lines(
+        ctx.cloud, service=ctx.target.service, region=region, revision=revision, besides=message
+    )
+    parts = (found.cited(), message.rstrip(". "), *settings, found.where())
+    return "; ".join(p for p in parts if p)
+
+
+@contextmanager
+def startup_verdict(ctx: RunContext, region: str, revision: str) -> Iterator[Wait]:
+    """Wait for a new revision with `ctx.revision_wait` (yielded); when it does not start, the
+    error says why in the user's terms: the wait that ran out names the settings it followed
+    and their values, a failed start names the startup probe setting, and both cite the first
+    error lines of the revision's log (tasks/revision_logs.py). The error types stay what the
+    classification reads (tasks/deploy_errors.py): a quota refusal is never rewritten."""
+    try:
+        yield ctx.revision_wait(revision)
+    except cr.ReadyTimeout as exc:
+        told = _told(ctx, region, revision, str(exc), ctx.wait_setting(revision))
+        raise cr.ReadyTimeout(told) from exc
+    except cr.RevisionFailed as exc:
+        if is_quota_message(exc.message):
+            raise
+        extra = [ctx.probe_setting(revision)] if is_image_fault(exc.message, exc.reason) else []
+        told = _told(ctx, region, revision, exc.message, *extra)
+        raise cr.RevisionFailed(exc.revision, told, exc.reason) from exc
+    except gexc.GoogleAPICallError as exc:
+        # The service update's operation fails with the revision's message ("Revision '…' is
+        # not ready and cannot serve traffic. The user-provided container failed to start…"):
+        # a failed start, told as the revision's failure.
+        message = error_message(exc)
+        if is_quota_message(message) or not is_image_fault(message):
+            raise
+        told = _told(ctx, region, revision, message, ctx.probe_setting(revision))
+        raise cr.RevisionFailed(revision, told, "") from exc

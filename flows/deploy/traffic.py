@@ -4,7 +4,10 @@
   that served before keeps a `prior` tag for an instant rollback, the `canary` tag goes.
 - Rollback: 100% stays on (or returns to) the last good revision; the failed revision keeps
   0% and loses its tag. When no revision that can serve is left (or the target asks for it),
-  the CPU baseline template is applied, waited Ready, and gets 100%.
+  the CPU baseline template is applied, waited Ready, and gets 100%. Last good means tested
+  (`good_because`): a revision that passed a canary, or served before Shipyard touched the
+  service. The CPU baseline a first release started a new service with is neither: when it
+  is what keeps serving, the rollback says plainly that nothing good exists yet.
 - A GPU revision serving outside the primary region is published for consumers: a Prefect
   Variable with the serving URL and an event.
 
@@ -22,8 +25,9 @@ from pydantic import BaseModel
 
 from shipyard.blocks.names import sanitize_name
 from shipyard.blocks.release_target import ReleaseTarget
+from shipyard.flows.canary.stage import recorded_release
 from shipyard.flows.deploy.region_deploy import deploy_revision, revision_ready, written_service
-from shipyard.flows.deploy.templates import cpu_template
+from shipyard.flows.deploy.templates import TAG_LABEL, cpu_template
 from shipyard.flows.deploy.traffic_split import BASELINE_TAG, CANARY_TAG, PRIOR_TAG, pinned_traffic
 from shipyard.flows.observe.variables import set_variable
 from shipyard.flows.release.context import RunContext
@@ -41,6 +45,30 @@ class TrafficResult(BaseModel):
     prior: str | None = None
     applied_cpu_baseline: bool = False
     detail: str = ""
+    untested: bool = False  # what serves never passed a canary nor served before Shipyard
+
+
+def good_because(ctx: RunContext, region: str, revision: str | None) -> str | None:
+    """Why `revision` may be called good: it passed a canary (the release record lists the
+    revisions released: canary passed, then cut over), or it served before Shipyard touched
+    the service (it carries no `shipyard-release` label). None: untested (a CPU baseline that
+    Shipyard created for a new service or a fallback never had a canary)."""
+    if not revision:
+        return None
+    record = recorded_release(ctx.target.service) or {}
+    if revision in (record.get("tags") or {}):
+        return "passed its canary"
+    found = cr.get_revision(ctx.revisions, ctx.revision_path(region, revision))
+    if found is not None and TAG_LABEL not in found.labels:
+        return "served before Shipyard"
+    return None
+
+
+def nothing_good_yet(revision: str) -> str:
+    return (
+        f"nothing good exists yet: {revision} keeps serving, but it never passed a canary "
+        "(the CPU baseline Shipyard started the service with); no earlier revision to return to"
+    )
 
 
 def _ensure_image(ctx: RunContext, region: str) -> None:
@@ -129,8 +157,15 @@ def rollback_step(
         ):
             service = cr.set_traffic(ctx.services, service, keep, **ctx.wait)
         top = max(good, key=lambda t: t.percent)
+        because = good_because(ctx, region, top.revision)
         return TrafficResult(
-            region=region, revision=top.revision or "", url=service.uri, detail="kept last good"
+            region=region,
+            revision=top.revision or "",
+            url=service.uri,
+            detail=f"kept last good ({because})"
+            if because
+            else nothing_good_yet(top.revision or ""),
+            untested=because is None,
         )
     # No good revision left (or the policy asks): the CPU baseline, Ready, then 100%.
     baseline = ctx.cpu_revision

@@ -162,7 +162,7 @@ def roll_back_failed_deploy(
         region_now,
         revision,
         url,
-        reasons=(why,),
+        reasons=(why, *([outcome.detail] if outcome.untested else [])),
         image_failed=region if image else None,
     )
 
@@ -219,7 +219,10 @@ def canary_and_traffic(
             outcome.region,
             outcome.revision,
             outcome.url,
-            reasons=tuple(f"canary: {r}" for r in report.reasons),
+            reasons=(
+                *(f"canary: {r}" for r in report.reasons),
+                *([outcome.detail] if outcome.untested else []),
+            ),
         )
 
 

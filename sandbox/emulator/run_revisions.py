@@ -26,7 +26,14 @@ from sandbox.emulator.run_templates import (
 )
 from sandbox.emulator.run_traffic import TrafficRules
 from sandbox.engine.revision_instances import container_store, start_revision_container
-from sandbox.scenario import GPU_QUOTA_MESSAGE, GPU_ZONAL_MESSAGE, DeployError
+from sandbox.scenario import (
+    EXIT_LINE,
+    GPU_QUOTA_MESSAGE,
+    GPU_ZONAL_MESSAGE,
+    STARTUP_FAULTS,
+    DeployError,
+    missing_dependency_lines,
+)
 
 # Google's text (octo-sts/app#1005, transparency-dev/tesseract#413: PORT is the container port).
 NOT_READY_MESSAGE = (
@@ -160,7 +167,7 @@ class RevisionLifecycle(TrafficRules):
             not self.state.docker_host and any(f.fault == "never_ready" for f in faults)
         ):
             self._not_started(rev)
-        elif self.state.docker_host:
+        elif self.state.docker_host or any(f.fault in STARTUP_FAULTS for f in faults):
             # With a Docker daemon the container decides (a never_ready fault reaches it as
             # env): it reconciles until it listens on $PORT or its probe gives up
             # (`start_container`).
@@ -194,7 +201,10 @@ class RevisionLifecycle(TrafficRules):
 
         async def run() -> None:
             try:
-                started = await start_revision_container(self.state, rev, wanted)
+                if self.state.docker_host:
+                    started = await start_revision_container(self.state, rev, wanted)
+                else:
+                    started = await self._start_in_process(rev)
             finally:
                 self.starting.pop(rev.name, None)
             rev.reconciling = False
@@ -209,6 +219,22 @@ class RevisionLifecycle(TrafficRules):
         self.starting[rev.name] = asyncio.get_running_loop().create_task(
             run(), name=f"start-{rev.short}"
         )
+
+    async def _start_in_process(self, rev: Revision) -> bool:
+        """Without a Docker daemon, a startup fault (sandbox/scenario.py) as the container
+        would show it: a missing module's traceback on stderr then the exit; a slow start
+        listens after `start_s`, or not within the startup probe's window."""
+        window = startup_probe(rev.template).window_s
+        for fault in rev.faults:
+            if fault.fault == "missing_dependency":
+                for line in missing_dependency_lines(fault.module):
+                    write_revision_log(self.state, rev, "DEFAULT", line, stream="stderr")
+                write_revision_log(self.state, rev, "WARNING", EXIT_LINE, stream="varlog%2Fsystem")
+                return False
+            if fault.fault == "slow_start":
+                await asyncio.sleep(min(fault.start_s, window))
+                return fault.start_s <= window
+        return True
 
     def _resolve_env(self, project: str, template: dict) -> tuple[dict[str, str], str]:
         """The first container's env with secrets resolved from the scenario's `secrets`."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -44,6 +45,7 @@ from shipyard.flows.build.cloud_build_run import BuildRun
 from shipyard.flows.build.inputs import load_blocks, read_image, resolve_base_image
 from shipyard.flows.build.spec import BuildSpec
 from shipyard.flows.observe.stage_events import stage_hooks
+from shipyard.flows.observe.undo_hooks import cancel_builds_hook, combined, undo_hooks
 from shipyard.flows.observe.variables import set_variable
 from shipyard.tasks import git_source as git
 from shipyard.tasks import image_lookup as il
@@ -333,10 +335,24 @@ def _built_result(
 # ---------------------------------------------------------------- flow
 
 
+def _release_build_tag(parameters: dict[str, Any]) -> str | None:
+    """The build tag of the run's Cloud Build: its git tag as a Docker tag (`_build`)."""
+    git_tag = parameters.get("git_tag")
+    return docker_tag(git_tag) if isinstance(git_tag, str) and git_tag else None
+
+
+# Timed out, cancelled or crashed: its Cloud Build still running is cancelled (a Docker build
+# stops with its connection). A build that ended on Cloud Build needs nothing: its image is
+# reused by the next run, or nothing was pushed.
+cancel_release_build = cancel_builds_hook(
+    "build-release-image", _release_build_tag, since_start=False
+)
+
+
 @flow(
     timeout_seconds=2 * 3600,  # bounded: a stuck run ends TimedOut
     name="build-release-image",
-    **stage_hooks("build"),
+    **combined(stage_hooks("build"), undo_hooks(cancel_release_build)),
 )
 def build_release_image(
     git_tag: str,

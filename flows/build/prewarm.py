@@ -27,6 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -49,6 +50,7 @@ from shipyard.flows.build.tier_fingerprint import (
     tier_fingerprint,
 )
 from shipyard.flows.observe.stage_events import stage_hooks
+from shipyard.flows.observe.undo_hooks import cancel_builds_hook, combined, undo_hooks
 from shipyard.tasks import image_lookup as il
 from shipyard.tasks.buildkit_log import BuildLogReport
 from shipyard.tasks.dockerfile import DockerfileError
@@ -336,13 +338,48 @@ def _artifact(
     )
 
 
+def _blocks(
+    settings_block: str | None,
+    tiers_block: str | None,
+    cloud_block: str | None,
+    target: str | None,
+) -> tuple[BuildSettings, CacheTiers, GoogleCloud]:
+    """The blocks by name; those not named come from the release target `target`, if any."""
+    cloud = None
+    if target:
+        from shipyard.blocks.release_target import ReleaseTarget
+
+        try:
+            release_target = cast(ReleaseTarget, ReleaseTarget.load(target))
+        except ValueError:
+            raise PermanentError(
+                f"prewarm target={target!r}: no ReleaseTarget block of that name; run "
+                "`shipyard setup` (or `shipyard init` in the service's repository), or give "
+                "settings_block and tiers_block"
+            ) from None
+        settings_block = settings_block or release_target.build_settings_block
+        tiers_block = tiers_block or release_target.build_tiers_block
+        cloud = None if cloud_block else release_target.cloud
+    return load_blocks(settings_block, tiers_block, cloud_block, cloud)
+
+
 # ---------------------------------------------------------------- flow
 
 
 @flow(
     timeout_seconds=3 * 3600,  # bounded: a stuck run ends TimedOut
     name="prewarm-cache-tiers",
-    **stage_hooks("prewarm"),
+    # Timed out, cancelled or crashed: the tier's Cloud Build still running is cancelled (every
+    # tier's build carries the tag `shipyard-prewarm`, see _build_tier; only this run's, those
+    # created since it started). Tiers already pushed stay: each is a complete cache image.
+    **combined(
+        stage_hooks("prewarm"),
+        undo_hooks(
+            cancel_builds_hook(
+                "prewarm-cache-tiers", lambda _: "shipyard-prewarm", since_start=True
+            )
+        ),
+    ),
 )
 def prewarm_cache_tiers(
     force: bool = False,
@@ -352,14 +389,18 @@ def prewarm_cache_tiers(
     settings_block: str | None = None,
     tiers_block: str | None = None,
     cloud_block: str | None = None,
+    target: str | None = None,
 ) -> PrewarmResult:
     """Build the cache tiers that changed (all with `force`), tag the quarter, apply retention.
 
     `revision`: the git revision whose Dockerfile and files are prewarmed (default HEAD of the
     repository in the build settings). `base_image`: REPOSITORY@sha256:… (default: the mirror's
-    pin). `run_date`: decides the quarter tag (default: today, UTC).
+    pin). `run_date`: decides the quarter tag (default: today, UTC). `target`: a ReleaseTarget
+    block (`default` is the one `shipyard setup` / `shipyard init` make): its cloud, build
+    settings and cache tiers, the ones its releases build with; `settings_block`, `tiers_block`
+    and `cloud_block` override them one by one.
     """
-    settings, tiers, cloud = load_blocks(settings_block, tiers_block, cloud_block)
+    settings, tiers, cloud = _blocks(settings_block, tiers_block, cloud_block, target)
     when = run_date or dt.datetime.now(dt.UTC).date()
     quarter = quarter_of(when)
     git_url = settings.resolved_git_url()

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from shipyard.blocks.release_target import ReleaseTarget
 from shipyard.flows.canary.stage import recorded_release, release_variable
 from shipyard.flows.deploy.templates import ROLE_LABEL, TAG_LABEL
-from shipyard.flows.deploy.traffic import cutover_step
+from shipyard.flows.deploy.traffic import cutover_step, good_because
 from shipyard.flows.deploy.traffic_split import PRIOR_TAG, pinned_traffic
 from shipyard.flows.observe.stage_events import release_scope
 from shipyard.flows.release.context import RunContext
@@ -86,6 +86,14 @@ def choose_revision(ctx: RunContext, region: str, to: str, record: dict[str, Any
                 f"nothing to roll back to: no revision of {name} in {region} carries the "
                 f"`{PRIOR_TAG}` tag (a cutover sets it); name one with --to TAG|REVISION"
             )
+        if prior != recorded and good_because(ctx, region, prior) is None:
+            # Last good means tested: the `prior` of a first release is the CPU baseline
+            # Shipyard started the new service with, never canaried.
+            raise RollbackRefused(
+                f"nothing good to roll back to: {prior} (the `{PRIOR_TAG}` revision of {name} "
+                f"in {region}) never passed a canary nor served before Shipyard; name one with "
+                "--to TAG|REVISION if you want it anyway"
+            )
         chosen = by_name.get(prior)
     elif to in by_name:
         chosen = by_name[to]
@@ -140,6 +148,14 @@ def check_rollback(target: TargetParam, to: str = "") -> str:
     return choose_revision.fn(ctx, region, to, record).revision
 
 
+# No undo hook (flows/observe/undo_hooks.py): a rollback timed out, cancelled or crashed changes
+# traffic with one UpdateService call (the cutover step: 100% to the chosen Ready revision and the
+# `prior` tag in the same traffic list), which Cloud Run applies whole or not at all. Interrupted
+# before the call, the service is as it was; after it, the update completes on Google's side and
+# the chosen revision serves (it was Ready before anything changed): 100% is on a Ready revision
+# either way. Only the release record may lag: it is written after the update. The release slot
+# is let go on the way out (release_slot), or, for a killed process, freed by the next holder
+# (flows/release/slot.py).
 @flow(name="rollback", flow_run_name="rollback-{target}", log_prints=False, timeout_seconds=1800)
 def rollback(target: TargetParam = "default", to: str = "") -> RollbackResult:
     """Return 100% of the target service's traffic to an earlier Ready revision.

@@ -548,6 +548,12 @@ async def _publish(result: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- flow
 
 
+# No undo hook (flows/observe/undo_hooks.py): a mirror timed out, cancelled or crashed midway
+# has pushed blobs (and per-platform manifests) by digest only, which no tag names and nothing
+# reads; the destination tags move and the pin Variable is written only once the whole copy is
+# there (`_copy`, then `_record_pin`), so the build keeps using the previous pin. The next run
+# skips the blobs already there. It holds no lock or lease: its registry connections close with
+# the run (`async with` on the way out, or with the process).
 @flow(
     timeout_seconds=3600,  # bounded: a stuck run ends TimedOut
     name="mirror_base_image",

@@ -31,6 +31,7 @@ from prefect import flow
 
 from shipyard.blocks.release_tag import configured_tag_pattern, validate_release_tag
 from shipyard.blocks.release_target import ReleaseTarget
+from shipyard.flows.observe.undo_hooks import combined, undo_hooks
 from shipyard.flows.release.hooks import abort_cleanup
 from shipyard.flows.release.observe import observed_release, release_crashed
 from shipyard.flows.release.outcome import ReleaseRolledBack, final_state
@@ -86,8 +87,10 @@ def resolve_target(target: ReleaseTarget | str) -> ReleaseTarget:
     flow_run_name="release-{git_tag}",
     log_prints=False,
     timeout_seconds=RELEASE_TIMEOUT_S,
-    on_cancellation=[abort_cleanup],
-    on_crashed=[release_crashed, abort_cleanup],
+    # Timed out (on_failure, TimedOut only), cancelled or crashed: abort_cleanup cancels the
+    # tag's Cloud Build and takes the canary and baseline tags off; traffic stays on the last
+    # good revision. Ordinary failures (a rollback, a stopped release) cleaned up themselves.
+    **combined({"on_crashed": [release_crashed]}, undo_hooks(abort_cleanup)),
 )
 def release(
     git_tag: str,

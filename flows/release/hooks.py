@@ -1,10 +1,13 @@
-"""What a release leaves when it is cancelled or crashes, and the canary verdict it persists.
+"""What a release leaves when it times out, is cancelled or crashes, and the canary verdict it
+persists.
 
-`abort_cleanup` is the release flow's `on_cancellation` / `on_crashed` hook: it cancels the
-tag's Cloud Build if one still runs, takes the `canary` tag off the tag's revision wherever that
-revision has 0% (an untested revision never keeps a tag URL, nor gets traffic), takes off the
-`baseline` tag the canary puts on a CPU revision while it measures the CPU baseline (a run
-stopped during that measurement never reached its own untag), and leaves traffic where it is:
+`abort_cleanup` is the release flow's undo hook (flows/observe/undo_hooks.py): it runs when the
+release times out (`on_failure` with the state `TimedOut`: Prefect has no timeout hook), is
+cancelled or crashes. It cancels the tag's Cloud Build if one still runs, takes the `canary`
+tag off the tag's revision wherever that revision has 0% (an untested revision never keeps a
+tag URL, nor gets traffic), takes off the `baseline` tag the canary puts on a CPU revision
+while it measures the CPU baseline (a run stopped during that measurement never reached its
+own untag), and leaves traffic where it is:
 on the last good revision (or, after a cutover, on the revision whose canary passed). A kill -9
 runs no hook; the next release of the service frees the dead run's slot
 (flows/release/slot.py) and converges (its steps are idempotent).
@@ -24,6 +27,7 @@ from prefect.variables import Variable
 
 from shipyard.blocks.names import sanitize_name
 from shipyard.blocks.release_target import ReleaseTarget
+from shipyard.flows.observe.undo_hooks import run_parameters
 
 logger = logging.getLogger("shipyard.release")
 
@@ -114,8 +118,8 @@ def cleanup(target: ReleaseTarget, git_tag: str) -> list[str]:
 
 
 def abort_cleanup(flow: Any, flow_run: Any, state: Any) -> None:
-    """on_cancellation / on_crashed: leave the service as the last good release left it."""
-    parameters = dict(getattr(flow_run, "parameters", None) or {})
+    """Timed out, cancelled or crashed: leave the service as the last good release left it."""
+    parameters = run_parameters(flow_run)
     target = _target_of(parameters)
     git_tag = parameters.get("git_tag")
     if target is None or not git_tag or parameters.get("dry_run"):

@@ -11,13 +11,21 @@ blocks), and `max_builds` bounds the builds submitted. bench/faults.py runs ever
 SIGKILL cases, which need a process to kill, and the webhook cases of bench/webhook_faults.py);
 tests/release/test_fault_matrix.py runs the marked group in the suite. Used by tests and the
 bench only: flows never import it.
+
+After every case the release record and the ledger are compared with the truth (`records`:
+the image the tag's revision runs, the commit built, the tag's time, the CPU baseline the canary
+measured; bench/fault_records.py) and no flow run of the case may be left Running or Pending
+(`left_running`). The SIGKILL cases are bench/fault_kills.py.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from bench.fault_records import Truth, record_problems, runs_left_running
 
 IMAGE = "registry.sandbox.local/faults/page-service"
 EU, US = "europe-west1", "us-central1"
@@ -264,6 +272,8 @@ class CaseResult:
     duplicates: list[str]
     slot_held: bool
     detail: str = ""
+    records: list[str] = field(default_factory=list)  # record / ledger mismatches with the truth
+    left_running: list[str] = field(default_factory=list)  # flow runs still Running / Pending
 
 
 def slot_held(service: str) -> bool:
@@ -313,6 +323,7 @@ def run_case(
     from sandbox.release_invariants import all_violations
     from shipyard.flows.release.flow import run_release
 
+    started = dt.datetime.now(dt.UTC)
     stage(case.base, **case.scenario)
     fields = target_overrides(case)
     image: str | None = f"{IMAGE}:v1.0.0"
@@ -348,6 +359,23 @@ def run_case(
     if case.max_builds is not None and builds > case.max_builds:
         duplicates.append(f"{builds} Cloud Builds submitted, at most {case.max_builds} expected")
     held = slot_held(service)
+    records: list[str] = []
+    if results and got in ("released", "rolled_back", "cpu_fallback"):
+        result = results[0]
+        records = record_problems(
+            Truth(
+                service=service,
+                git_tag="v1.0.0",
+                outcome=got,
+                revision=result.revision,
+                region=result.region,
+                commit=result.build.commit if result.build else "",
+                tagged_at=result.tag_time.at if result.tag_time else None,
+                tagged_at_source=result.tag_time.source if result.tag_time else "release-start",
+                cpu_baseline_ms=result.canary.baseline_ms if result.canary else None,
+            )
+        )
+    left = runs_left_running(started)
     passed = (
         got == case.expect
         and region_ok
@@ -355,5 +383,9 @@ def run_case(
         and not violations
         and not duplicates
         and not held
+        and not records
+        and not left
     )
-    return CaseResult(case.id, case.expect, got, passed, violations, duplicates, held, detail)
+    return CaseResult(
+        case.id, case.expect, got, passed, violations, duplicates, held, detail, records, left
+    )

@@ -4,8 +4,13 @@ cloud (real Prefect server, sandbox).
 
 JSON (--json): cases, passed, invariant_violations, releases_lost (a case whose release ended in
 no known state: neither its expected outcome nor a clear error), duplicate_revisions,
-slots_left_held, seconds, and per case: id, expect, got, passed, detail.
-Goal (issue 15): all cases passed, 0 violations, 0 lost, 0 duplicates, 0 slots left held.
+slots_left_held, records_wrong (release record or ledger fields that differ from the truth:
+commit, image, tag time, CPU baseline), runs_left_running (flow runs of a case, parents or
+subflows, still Running or Pending when it ended), seconds, and per case: id, expect, got,
+passed, detail. Goal (issues 15, 24): all cases passed and every count 0.
+
+It starts its own Prefect server (a temporary home, a free loopback port) and talks to no other:
+with PREFECT_API_URL set it refuses, exit 2, one line; a profile's setting is never read.
 """
 
 from __future__ import annotations
@@ -14,16 +19,16 @@ import argparse
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-KNOWN = {"released", "rolled_back", "cpu_fallback", "error"}
+KNOWN = {"released", "rolled_back", "cpu_fallback", "error", "swept"}
 ROOT = Path(__file__).resolve().parent.parent
 _GIT = ["git", "-c", "user.email=bench@shipyard.invalid", "-c", "user.name=shipyard bench"]
 
@@ -34,6 +39,7 @@ def build_blocks_factory(cloud, workdir: Path):
     BuildSettings block with its own image repository (so every case builds)."""
     from prefect.variables import Variable
 
+    from bench.fault_kills import TAG, TAGGED_AT
     from sandbox.seed import seed_cuda_image
     from shipyard.blocks.build_settings import BuildSettings
     from shipyard.flows.mirror.flow import pin_variable_name
@@ -46,6 +52,12 @@ def build_blocks_factory(cloud, workdir: Path):
     )
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "app"]):
         subprocess.run([*_GIT, "-C", str(repo), *args], check=True)
+    # v1.0.0 tagged at a known time: the records must carry it (bench/fault_records.py: Truth)
+    subprocess.run(
+        [*_GIT, "-C", str(repo), "tag", "-a", TAG, "-m", f"release {TAG}"],
+        check=True,
+        env={**os.environ, "GIT_COMMITTER_DATE": TAGGED_AT},
+    )
     commit = subprocess.run(
         ["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -72,92 +84,65 @@ def build_blocks_factory(cloud, workdir: Path):
     return build_blocks
 
 
-def _kill_cases(cloud, make_target, build_blocks) -> list[dict]:
-    """Kill the release process at a step, run the release again, check it converged."""
-    from prefect.settings import PREFECT_API_URL
-
-    from bench.fault_matrix import IMAGE, duplicate_revisions, slot_held
-    from sandbox.release_invariants import all_violations
+def _kill_cases(cloud, make_target, build_blocks, only: str) -> list[dict]:
+    """bench/fault_kills.py's KILL_CASES: each release killed (SIGKILL) at its point, then run
+    again or swept; checked for invariants, duplicates, the slot, the record, runs left."""
+    from bench.fault_kills import KILL_CASES, run_kill_case
     from shipyard.deployments.demo.run import stage
-    from shipyard.flows.release.flow import run_release
 
-    def canary_tag(admin, service):
-        history = admin.traffic_history(service)
-        return any(t.get("tag") == "canary" for e in history for t in e["traffic"])
+    def _stage(base: str = "healthy", **overrides):
+        return stage(cloud, base, **overrides)
 
-    steps = [
-        (
-            "kill:quota polling",
-            "default",
-            {},
-            lambda a, s: a.calls().get("quotas.create_preference", 0) >= 1,
-        ),
-        (
-            "kill:deploy",
-            "healthy",
-            {"operations": {"polls_before_done": 20}},
-            lambda a, s: a.calls().get("run.service_created", 0) >= 1,
-        ),
-        ("kill:canary", "healthy", {"serving": {"gpu_ms": 400, "cpu_ms": 4000}}, canary_tag),
-        (
-            "kill:build",
-            "healthy",
-            {"builds": {"queue_ms": 3000, "step_delay_ms": 500}},
-            lambda a, s: a.calls().get("build.create", 0) >= 1,
-        ),
-    ]
     out = []
-    for i, (name, base, overrides, ready) in enumerate(steps):
-        stage(cloud, base, **overrides)
-        service = f"bench-kill-{i}"
-        builds = name == "kill:build"  # no image: the release builds, and is killed meanwhile
-        extra, commit = build_blocks(service, 600) if builds else ({}, None)
-        image = None if builds else f"{IMAGE}:v1.0.0"
-        target = make_target(service=service, lock_timeout_s=1, **extra)
-        target.save(f"bench-kill-{i}", overwrite=True)
-        code = textwrap.dedent(
-            f"""
-            from shipyard.flows.release.flow import release
-            release("v1.0.0", "bench-kill-{i}", image={image!r}, commit={commit!r})
-            """
-        )
-        env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()))
-        child = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 180
-        while (
-            time.monotonic() < deadline and child.poll() is None and not ready(cloud.admin, service)
-        ):
-            time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-        prefs_before = cloud.admin.calls().get("quotas.create_preference", 0)
-        try:
-            result = run_release("v1.0.0", target, image=image or "", commit=commit or "")
-            got, results = result.outcome, [result]
-        except Exception as exc:  # noqa: BLE001 - any failure is this case's outcome, recorded
-            got, results = f"error: {exc}"[:200], []
-        history = cloud.admin.traffic_history(service)
-        violations = all_violations(history, results)
-        duplicates = duplicate_revisions(history, cloud.admin.calls())
-        if base == "default" and cloud.admin.calls().get("quotas.create_preference", 0) > 2:
-            duplicates.append("a quota preference filed twice")
-        if builds and cloud.admin.calls().get("build.create", 0) != 1:
-            duplicates.append(f"{cloud.admin.calls().get('build.create', 0)} builds, not 1")
-        held = slot_held(service)
-        passed = got == "released" and not violations and not duplicates and not held
-        out.append(
-            {
-                "id": name,
-                "expect": "released",
-                "got": got,
-                "passed": passed,
-                "violations": violations,
-                "duplicates": duplicates,
-                "slot_held": held,
-                "detail": f"preferences filed before the re-run: {prefs_before}",
-            }
-        )
+    for i, case in enumerate(KILL_CASES):
+        if only in case.id:
+            outcome = run_kill_case(
+                case, _stage, make_target, cloud.admin, f"bench-kill-{i}", build_blocks
+            )
+            out.append(asdict(outcome))
     return out
+
+
+def foreign_api() -> str | None:
+    """Why this bench must not run here (one line), or None: it starts its own Prefect server,
+    in its own home, and never talks to another one (a real server's runs are not its to make)."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return (
+            f"bench/faults.py refuses to use PREFECT_API_URL={url}: it starts and uses only its "
+            "own Prefect server; run it without PREFECT_API_URL (env -u PREFECT_API_URL ...)"
+        )
+    return None
+
+
+def isolate_prefect_home(workdir: Path) -> None:
+    """Before Prefect is imported: a home and profiles file of the bench's own, so no profile,
+    home or database of the user's is read (a profile's PREFECT_API_URL included)."""
+    home = workdir / "prefect-home"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_PROFILES_PATH"] = str(home / "profiles.toml")
+    os.environ.pop("PREFECT_PROFILE", None)
+    # The sweep after a "nobody re-runs" case runs its steps outside any flow run.
+    os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
+
+
+@contextmanager
+def own_prefect_server(startup_timeout: float) -> Iterator[str]:
+    """A Prefect server this process starts on a free loopback port, and the API URL; refuses
+    (RuntimeError) when the settings still point at another server."""
+    import prefect.settings as ps
+
+    from shipyard.deployments.demo.prefect_server import prefect_server
+
+    configured = ps.get_current_settings().api.url
+    if configured:
+        raise RuntimeError(f"a Prefect API is configured ({configured}): refusing to use it")
+    with prefect_server(startup_timeout) as server:
+        url = server.wait()
+        if not url.startswith("http://127.0.0.1:") or ps.PREFECT_API_URL.value() != url:
+            raise RuntimeError(f"not the bench's own Prefect server: {url}")
+        yield url
 
 
 def main() -> int:
@@ -167,17 +152,25 @@ def main() -> int:
     parser.add_argument("--no-webhook", action="store_true", help="skip the webhook cases")
     parser.add_argument("--only", default="", help="run the cases whose id contains this")
     args = parser.parse_args()
+    refused = foreign_api()
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="shipyard-bench-faults-"))
+    isolate_prefect_home(workdir)
     logging.getLogger("prefect").setLevel(logging.CRITICAL)
 
     from bench.fault_matrix import CASES, run_case
     from bench.figures import print_figures
     from bench.webhook_faults import webhook_cases
-    from shipyard.deployments.demo.run import local_cloud, prefect_api, sandbox_target, stage
+    from shipyard.deployments.demo.run import local_cloud, sandbox_target, stage
 
     started = time.perf_counter()
     rows: list[dict] = []
-    workdir = Path(tempfile.mkdtemp(prefix="shipyard-bench-faults-"))
-    with prefect_api(startup_timeout=300) as api_url, local_cloud(startup_timeout=180) as cloud:
+    with (
+        own_prefect_server(startup_timeout=300) as api_url,
+        local_cloud(startup_timeout=180) as cloud,
+    ):
         build_blocks = build_blocks_factory(cloud, workdir)
 
         def _stage(base: str = "healthy", **overrides):
@@ -193,8 +186,8 @@ def main() -> int:
                 service = f"bench-fault-{i}"
                 outcome = run_case(case, _stage, _target, cloud.admin, service, build_blocks)
                 rows.append(asdict(outcome))
-        if not args.no_kill and (not args.only or args.only in "kill:"):
-            rows += _kill_cases(cloud, _target, build_blocks)
+        if not args.no_kill:
+            rows += _kill_cases(cloud, _target, build_blocks, args.only)
         if not args.no_webhook and (not args.only or args.only in "webhook:"):
             rows += webhook_cases(workdir / "webhook", api_url)
 
@@ -210,14 +203,30 @@ def main() -> int:
         + sum(r.get("lost", 0) for r in rows),
         "duplicate_revisions": sum(len(r["duplicates"]) for r in rows),
         "slots_left_held": sum(bool(r["slot_held"]) for r in rows),
+        "records_wrong": sum(len(r.get("records", [])) for r in rows),
+        "runs_left_running": sum(len(r.get("left_running", [])) for r in rows),
         "seconds": round(time.perf_counter() - started, 1),
-        "results": [{k: r[k] for k in ("id", "expect", "got", "passed", "detail")} for r in rows],
+        "results": [
+            {
+                **{k: r[k] for k in ("id", "expect", "got", "passed", "detail")},
+                "records": r.get("records", []),
+                "left_running": r.get("left_running", []),
+            }
+            for r in rows
+        ],
     }
     if not args.json:
         for r in rows:
             print(
                 f"{'ok ' if r['passed'] else 'FAIL'} {r['id']:45s} {r['got']:12s} {r['detail'][:80]}"
             )
+            for problem in [
+                *r["violations"],
+                *r["duplicates"],
+                *r.get("records", []),
+                *r.get("left_running", []),
+            ]:
+                print(f"     {problem}")
     print_figures(figures, args.json, keys=[k for k in figures if k != "results"])
     return 0 if figures["passed"] == figures["cases"] else 1
 

@@ -61,14 +61,25 @@ class LedgerEntry(BaseModel):
     remote_503_rate: float | None = None
     rollback_reason: str = ""
     flow_run_id: str | None = None
+    # The run killed past its cutover (no row of its own) whose release this row records: a
+    # re-run that found the tag serving completes it (flows/release/record.py). Such a row is the
+    # change, not a no-op, and carries the killed run's image, build and tag time.
+    completes_run: str | None = None
 
 
 def ledger_key(service: str) -> str:
     return artifact_key(PREFIX, service)
 
 
-def entry_of(result: Any, *, failed: bool, finished_at: dt.datetime | None = None) -> LedgerEntry:
-    """The ledger entry of a ReleaseResult (flows/release/result.py)."""
+def entry_of(
+    result: Any,
+    *,
+    failed: bool,
+    finished_at: dt.datetime | None = None,
+    completes: str | None = None,
+) -> LedgerEntry:
+    """The ledger entry of a ReleaseResult (flows/release/result.py); `completes`: the killed
+    run whose release this run completed (its row counts as the change)."""
     stage_seconds: dict[str, float] = {}
     retries = 0
     for step in result.steps:
@@ -89,7 +100,7 @@ def entry_of(result: Any, *, failed: bool, finished_at: dt.datetime | None = Non
         git_tag=result.git_tag,
         commit=build.commit if build else "",
         outcome=outcome,
-        noop=result.noop,
+        noop=result.noop and completes is None,
         region=result.region,
         revision=result.revision,
         image=result.image,
@@ -111,6 +122,7 @@ def entry_of(result: Any, *, failed: bool, finished_at: dt.datetime | None = Non
         remote_503_rate=canary.remote_503_rate if canary else None,
         rollback_reason=reason,
         flow_run_id=result.flow_run_id,
+        completes_run=completes,
     )
 
 
@@ -123,13 +135,13 @@ def write_entry(entry: LedgerEntry) -> None:
     )
 
 
-def record_release(result: Any, failed: bool) -> None:
+def record_release(result: Any, failed: bool, completes: str | None = None) -> None:
     """Ledger entry of a finished release (not of a dry run). A failed release's entry must not
     hide the release's own error: then a ledger error is only logged."""
     if result.dry_run:
         return
     try:
-        write_entry(entry_of(result, failed=failed))
+        write_entry(entry_of(result, failed=failed, completes=completes))
     except Exception as exc:  # re-raised below unless the release failed
         if not failed:
             raise

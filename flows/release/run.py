@@ -42,7 +42,11 @@ from shipyard.flows.release.deploy_stages import (
     remove_refused_services,
 )
 from shipyard.flows.release.outcome import STATE_NAMES, outcome_message
-from shipyard.flows.release.record import update_release_record
+from shipyard.flows.release.record import (
+    remember_attempt,
+    resumed_release,
+    update_release_record,
+)
 from shipyard.flows.release.result import ReleaseResult
 from shipyard.flows.release.stages import (
     already_serving,
@@ -123,11 +127,15 @@ def _stages(
     if dry_run:
         yield plan(ctx, steps, found)
         return
-    yield TagTimed(tag_time(steps, ctx.target, ctx.git_tag, tagged_at, opening.started_at))
+    timed = TagTimed(tag_time(steps, ctx.target, ctx.git_tag, tagged_at, opening.started_at))
+    yield timed
+    # Before the build and any deploy: a re-run after a kill records from it (record.py).
+    remember_attempt(assemble(opening, [timed]), ctx.image, None)
     image = ensure_image(ctx, steps, commit)
     if image is not None:
         ctx.image = image.image  # what the deploy, canary and traffic steps deploy
         yield image
+        remember_attempt(assemble(opening, [timed]), ctx.image, image.build)
     attempts, skip = next_attempts(ctx.gpu_revision, found.existing)
     ctx.attempts.update(attempts)
     deployed = yield from deploy(ctx, steps, found.existing, skip)
@@ -170,7 +178,9 @@ def _finish(
     failed = error is not None
     seconds = round(time.perf_counter() - started, 3)
     result = assemble(opening, trail, steps.steps, seconds, error)
+    completes = None  # the killed run of the tag whose release this run completes
     if not result.dry_run and not failed:
+        result, completes = resumed_release(result)
         update_release_record(ctx.target, result, canary_baseline_ms(trail))
         emit_event(
             event=f"shipyard.release.{result.outcome.replace('_', '-')}",
@@ -187,7 +197,7 @@ def _finish(
                 "noop": result.noop,
             },
         )
-    record_release(result, failed)  # the service's ledger (shipyard report)
+    record_release(result, failed, completes)  # the service's ledger (shipyard report)
     try:
         publish_markdown(
             summary_markdown(result, failed),

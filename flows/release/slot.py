@@ -14,6 +14,15 @@ Freeing means releasing the dead holder's own lease (recorded with it), never ze
 count: the release decrements the count and revokes the lease, so when that lease would have run
 out later the repossessor finds nothing to free, and the slot the next (live) release took meanwhile
 stays held. A holder recorded without its lease id is left to its lease running out.
+
+A dead holder leaves more than its slot: its flow run and its subflow runs (the build) still
+Running, and the tag's untested GPU revision with the `canary` tag. Freeing it (the next
+release's slot check) therefore also marks that whole run tree Crashed and takes the dead run's
+`canary` (where its revision has 0%) and `baseline` tags off. When nobody releases the service
+again, `sweep(service)` does the same and also cancels the dead run's Cloud Build (a re-run of
+the same tag adopts a build still running, so the slot check leaves it): bench/faults.py runs it
+after its "nobody re-runs" kill cases; an operator runs it the same way, from Python:
+`from shipyard.flows.release.slot import sweep; sweep("SERVICE")`.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from uuid import UUID
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 from prefect.concurrency.context import ConcurrencyContext
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
@@ -88,31 +98,102 @@ def holder_status(service: str) -> tuple[dict[str, Any] | None, str]:
     return holder, "alive"
 
 
-def free_dead_holder(service: str) -> str | None:
-    """Free the slot of a provably dead holder (mark its run Crashed, release its lease); the
+def free_dead_holder(service: str, *, cancel_builds: bool = False) -> str | None:
+    """Free the slot of a provably dead holder: mark its run and its subflow runs Crashed, take
+    its tags off (and with `cancel_builds` cancel its Cloud Build), release its lease. The
     reason, or None (no dead holder, or one whose lease id is unknown: its lease runs out)."""
     holder, status = holder_status(service)
     if holder is None or not status.startswith("dead") or not holder.get("lease_id"):
         return None
     run_id = holder.get("flow_run_id")
+    crashed: list[str] = []
+    parameters: dict[str, Any] = {}
     with get_client(sync_client=True) as client:
         if run_id:
-            try:
-                run = client.read_flow_run(run_id)
-                if run.state is None or not run.state.is_final():
-                    client.set_flow_run_state(
-                        run_id,
-                        Crashed(message=f"release process died ({status}); slot freed"),
-                        force=True,
-                    )
-            except ObjectNotFound:
-                pass
+            with suppress(ObjectNotFound):
+                parameters = dict(client.read_flow_run(run_id).parameters or {})
+            crashed = crash_run_tree(
+                client, UUID(str(run_id)), f"release process died ({status}); slot freed"
+            )
         # Its own lease: decremented once and revoked, so its expiry later frees nothing (a lease
         # already run out is a no-op here). Zeroing the count instead would let that expiry free
         # the slot of the release that takes it next.
         client.release_concurrency_slots_with_lease(UUID(str(holder["lease_id"])))
     Variable.unset(holder_variable(service))
-    return f"the slot of flow run {run_id} was freed: {status}"
+    cleaned = clean_after_dead_run(parameters, cancel_builds=cancel_builds)
+    done = f"the slot of flow run {run_id} was freed: {status}"
+    if crashed:
+        done += f"; marked Crashed: {len(crashed)} flow run(s) ({', '.join(crashed)})"
+    return "; ".join([done, *cleaned])
+
+
+def sweep(service: str) -> list[str]:
+    """What a dead release of `service` left when nobody releases the service again: its slot,
+    its run tree still Running, its Cloud Build, its `canary` / `baseline` tags (see the module
+    docstring). What was done; empty when the holder is alive or nothing is held."""
+    freed = free_dead_holder(service, cancel_builds=True)
+    return [freed] if freed else []
+
+
+def crash_run_tree(client: Any, run_id: UUID, message: str) -> list[str]:
+    """Mark the flow run and its subflow runs, depth first, Crashed where not final already
+    (a SIGKILL ends them all at once: none reports its own end). The ids marked."""
+    marked: list[str] = []
+    try:
+        run = client.read_flow_run(run_id)
+    except ObjectNotFound:
+        return marked
+    children = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
+        ),
+        limit=200,
+    )
+    for child in children:
+        if child.id != run_id:
+            marked += crash_run_tree(client, child.id, message)
+    if run.state is None or not run.state.is_final():
+        client.set_flow_run_state(run_id, Crashed(message=message), force=True)
+        marked.append(str(run_id))
+    return marked
+
+
+def clean_after_dead_run(parameters: dict[str, Any], *, cancel_builds: bool) -> list[str]:
+    """The dead run's `canary` tag (where its revision has 0%) and `baseline` tag taken off, its
+    Cloud Build cancelled with `cancel_builds`: what its on_crashed hook would have done, had a
+    SIGKILL let it run (flows/release/hooks.py). Never raises: lines saying what was done."""
+    from shipyard.flows.release import hooks
+
+    git_tag = parameters.get("git_tag")
+    target = hooks._target_of(parameters)
+    if target is None or not git_tag or parameters.get("dry_run"):
+        return []
+    if cancel_builds:
+        return hooks.cleanup(target, str(git_tag))
+    done: list[str] = []
+    try:
+        done = _clear_tags(target, str(git_tag))
+    except Exception as exc:  # noqa: BLE001 - the next release's own steps converge anyway
+        done.append(f"could not take the dead run's tags off: {exc}")
+    return done
+
+
+def _clear_tags(target: Any, git_tag: str) -> list[str]:
+    from shipyard.flows.canary.stage import untag_step
+    from shipyard.flows.deploy.region_deploy import clear_failed_step
+    from shipyard.flows.deploy.traffic_split import BASELINE_TAG
+    from shipyard.flows.release.context import RunContext
+    from shipyard.flows.release.steps import StepLog
+
+    ctx = RunContext(target, git_tag, None)
+    steps = StepLog(target.retries, target.retry_delays())
+    done = []
+    for region in target.regions:
+        if steps.run(f"clear:{region}", clear_failed_step, ctx, region, ctx.gpu_revision):
+            done.append(f"cleared the canary tag of {ctx.gpu_revision} in {region}")
+        if steps.run(f"untag-baseline:{region}", untag_step, ctx, region, BASELINE_TAG):
+            done.append(f"took the {BASELINE_TAG} tag off in {region}")
+    return done
 
 
 def _lease_ids() -> list[UUID]:

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 ENDPOINT_ENV = "SHIPYARD_GOOGLE_ENDPOINT"
 PROJECT_ENV = "SHIPYARD_GCP_PROJECT"
 SANDBOX_PROJECT = "shipyard-sandbox"
+# The GoogleCloud block `shipyard setup` saves (deployments/demo/sandbox_setup.py CLOUD_BLOCK): a
+# ReleaseTarget whose `cloud` is empty uses it when the environment names no project or endpoint.
+SETUP_CLOUD_BLOCK = "sandbox"
 
 
 class GoogleCloud(Block):
@@ -49,13 +52,17 @@ class GoogleCloud(Block):
 
     project: str | None = Field(
         default=None,
+        title="Project",
         description="Project id. Default: the GcpCredentials project, else SHIPYARD_GCP_PROJECT.",
     )
     gcp_credentials: GcpCredentials | None = Field(
-        default=None, description="prefect-gcp credentials (service account) for Google."
+        default=None,
+        title="GCP credentials",
+        description="prefect-gcp credentials (service account) for Google.",
     )
     endpoint: str | None = Field(
         default=None,
+        title="Endpoint",
         description="Send every API call here with anonymous credentials (the sandbox), "
         "e.g. http://127.0.0.1:8123. Empty: Google (an unsaved block without credentials "
         "takes SHIPYARD_GOOGLE_ENDPOINT).",
@@ -64,6 +71,7 @@ class GoogleCloud(Block):
     call_timeout_s: float | None = Field(
         default=None,
         gt=0,
+        title="Call timeout (s)",
         description="Seconds one Google API request may take (Cloud Run, Cloud Build, Cloud "
         "Quotas, Cloud Logging, each long-running operation poll) before it is given up as a "
         "transient error. Empty: 30 s for reads and polls, 60 s for writes.",
@@ -89,6 +97,7 @@ class GoogleCloud(Block):
 
     pipeline_logs: bool | None = Field(
         default=None,
+        title="Pipeline logs",
         description="Send the pipeline's own log lines to Cloud Logging (log `shipyard`, labels "
         "service, git tag, stage, region, revision, flow run id). Default: on with the sandbox "
         "endpoint, off on Google (set true to opt in).",
@@ -119,7 +128,8 @@ class GoogleCloud(Block):
             return SANDBOX_PROJECT
         raise ValueError(
             "GoogleCloud.project is not set: give the block a project, a GcpCredentials block "
-            f"with a project, or set {PROJECT_ENV}"
+            f"with a project, or set {PROJECT_ENV} (Google); on the sandbox choose the "
+            f"{SETUP_CLOUD_BLOCK!r} block that `shipyard setup` saves"
         )
 
     def credentials(self) -> Credentials:
@@ -227,3 +237,9 @@ class GoogleCloud(Block):
 def default_cloud() -> GoogleCloud:
     """The configuration when no block is named: environment only."""
     return GoogleCloud()
+
+
+def environment_names_google() -> bool:
+    """Whether the environment says where Google is (a project or an endpoint), so that a target
+    without a `cloud` block can use `default_cloud()`."""
+    return bool(os.environ.get(PROJECT_ENV) or os.environ.get(ENDPOINT_ENV))

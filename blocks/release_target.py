@@ -11,12 +11,20 @@ block (endpoint switch) is the only place that does.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from prefect.blocks.core import Block
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from shipyard.blocks.canary_policy import CanaryPolicy
-from shipyard.blocks.cloud import GoogleCloud, default_cloud
+from shipyard.blocks.cloud import (
+    ENDPOINT_ENV,
+    PROJECT_ENV,
+    SETUP_CLOUD_BLOCK,
+    GoogleCloud,
+    default_cloud,
+    environment_names_google,
+)
 from shipyard.blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_regions
 from shipyard.blocks.names import tag_url_problem
 from shipyard.blocks.quota_policy import QuotaPolicy
@@ -29,6 +37,24 @@ GPU_QUOTA_IDS = {
 }
 CPU_QUOTA_ID = "CpuAllocPerProjectRegion"
 MEMORY_QUOTA_ID = "MemAllocPerProjectRegion"
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import BlockDocument
+
+# The blocks `shipyard setup` saves (deployments/demo/sandbox_setup.py BUILD_BLOCK, TIERS_BLOCK):
+# what the UI's block form proposes for a new target (blocks import no deployments).
+SETUP_BUILD_BLOCK = "sandbox"
+SETUP_TIERS_BLOCK = "sandbox"
+# field -> (block type slug, block type name, setup's block) of a block a target names
+_NAMED_BLOCKS = {
+    "build_settings_block": (
+        "shipyard-build-settings",
+        "Shipyard Build Settings",
+        SETUP_BUILD_BLOCK,
+    ),
+    "build_tiers_block": ("shipyard-cache-tiers", "Shipyard Cache Tiers", SETUP_TIERS_BLOCK),
+}
 
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]$")
 _SERVICE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
@@ -57,8 +83,10 @@ class ReleaseTarget(Block):
     cloud: GoogleCloud | None = Field(
         default=None,
         title="Cloud",
-        description="Shipyard Google Cloud block (credentials, endpoint); empty: from the "
-        "environment (Application Default Credentials, SHIPYARD_GOOGLE_ENDPOINT)",
+        description="Shipyard Google Cloud block (project, credentials, endpoint; on the "
+        f"sandbox: {SETUP_CLOUD_BLOCK!r}, saved by `shipyard setup`); empty: the environment "
+        f"when it names a project or endpoint ({PROJECT_ENV}, {ENDPOINT_ENV}), else the "
+        f"{SETUP_CLOUD_BLOCK!r} block",
     )
     regions: list[str] = Field(
         default=["europe-west1", "us-central1"],
@@ -109,15 +137,23 @@ class ReleaseTarget(Block):
         title="Roll back to CPU",
         description="On a failed canary, go to the CPU baseline even if a last good exists",
     )
+    # The form proposes setup's blocks (the schema's default); a target built in Python without
+    # them keeps None, the environment's settings, as before. A name whose block does not exist
+    # is refused when the target is loaded (`_check_pieces`).
     build_settings_block: str | None = Field(
         default=None,
+        json_schema_extra={"default": SETUP_BUILD_BLOCK},
         title="Build settings block",
-        description="Build settings block name for flows/build/flow.py (its default)",
+        description="Name of the Shipyard Build Settings block the release builds with "
+        f"(registry, git source; {SETUP_BUILD_BLOCK!r}: the one `shipyard setup` saves); empty: "
+        "the environment's settings",
     )
     build_tiers_block: str | None = Field(
         default=None,
+        json_schema_extra={"default": SETUP_TIERS_BLOCK},
         title="Cache tiers block",
-        description="Cache tiers block name for flows/build/flow.py (its default)",
+        description="Name of the Shipyard Cache Tiers block the build uses as cache "
+        f"({SETUP_TIERS_BLOCK!r}: the one `shipyard setup` saves); empty: the default tiers",
     )
     base_image: str | None = Field(
         default=None,
@@ -249,6 +285,45 @@ class ReleaseTarget(Block):
                 "set gpu_template.cpu_throttling=False"
             )
 
+    # ---------------------------------------------------------------- loading
+
+    @classmethod
+    def _load_from_block_document(
+        cls, block_document: BlockDocument, validate: bool = True
+    ) -> ReleaseTarget:
+        """Prefect's load (sync and async), then the pieces the target names are checked."""
+        target = super()._load_from_block_document(block_document, validate=validate)
+        target._check_pieces(block_document.name or "")
+        return target
+
+    def _check_pieces(self, name: str) -> None:
+        """Refuse a loaded target that names a block that does not exist, naming the field and
+        the block to choose; an empty `cloud` becomes setup's GoogleCloud block when the
+        environment does not say where Google is (a sync client: works under `aload` too)."""
+        from prefect.client.orchestration import get_client
+
+        where = f"Shipyard Release Target {name!r}"
+        with get_client(sync_client=True) as client:
+            for field, (slug, type_name, setup_block) in _NAMED_BLOCKS.items():
+                block = getattr(self, field)
+                if block and _block_document(client, block, slug) is None:
+                    raise ValueError(
+                        f"{where}: {field}={block!r} names no {type_name} block: choose an "
+                        f"existing {type_name} block in {field} (on the sandbox `shipyard setup` "
+                        f"saves {setup_block!r}), or empty it to use the environment's"
+                    )
+            if self.cloud is not None or self.project or environment_names_google():
+                return
+            document = _block_document(client, SETUP_CLOUD_BLOCK, "shipyard-google-cloud")
+        if document is None:
+            raise ValueError(
+                f"{where}: cloud is empty and no Shipyard Google Cloud block "
+                f"{SETUP_CLOUD_BLOCK!r} exists: choose a Shipyard Google Cloud block in cloud "
+                f"(on the sandbox: run `shipyard setup`, which saves {SETUP_CLOUD_BLOCK!r}; on "
+                f"Google: a block with your project and credentials)"
+            )
+        self.cloud = GoogleCloud._load_from_block_document(document)
+
     # ---------------------------------------------------------------- derived
 
     @property
@@ -271,6 +346,15 @@ class ReleaseTarget(Block):
     def retry_delays(self) -> list[float]:
         """Prefect retry_delay_seconds: exponential from retry_delay_s (jitter added by Prefect)."""
         return [self.retry_delay_s * 2**attempt for attempt in range(self.retries)]
+
+
+def _block_document(client: SyncPrefectClient, name: str, slug: str) -> BlockDocument | None:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_block_document_by_name(name, slug, include_secrets=True)
+    except ObjectNotFound:
+        return None
 
 
 def cpu_template_fingerprint(target: ReleaseTarget) -> str:

@@ -10,9 +10,6 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-# The revision templates' default Secret Manager entry for the service's internal token.
-TEMPLATE_TOKEN_SECRET = "manga-internal-token"  # noqa: S105 - an entry's name, not a secret
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -58,7 +55,8 @@ class SecretEnv(_Model):
 
     secret: str = Field(
         title="Secret",
-        description="Secret Manager secret name, e.g. manga-internal-token",
+        description="Secret Manager secret name, e.g. shipyard-internal-token (what `shipyard "
+        "setup` creates)",
     )
     version: str = Field(
         default="latest",
@@ -144,10 +142,13 @@ class RevisionSpec(_Model):
     )
     secret_env: dict[str, SecretEnv] = Field(
         # A plain default (not default_factory): the UI's block form only shows and saves
-        # defaults written in the JSON schema. Pydantic copies mutable defaults per instance.
-        default={"MANGA_INTERNAL_API_TOKEN": SecretEnv(secret=TEMPLATE_TOKEN_SECRET)},
+        # defaults written in the JSON schema. Empty: a default naming a secret that `shipyard
+        # setup` never creates failed every revision of a target made in the UI (issue 21).
+        default={},
         title="Secret environment",
-        description="env name -> Secret Manager reference (tokens never go into images)",
+        description="env name -> Secret Manager reference (tokens never go into images), e.g. "
+        "INTERNAL_TOKEN -> shipyard-internal-token (the secret `shipyard setup` creates); "
+        "empty: none",
     )
     service_account: str | None = Field(
         default=None,

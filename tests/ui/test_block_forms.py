@@ -7,6 +7,10 @@ empty; a property without a default is left empty. (Prefect UI schema forms:
 `getSchemaDefaultValues` / `getSchemaPropertyDefaultValue` in prefect-ui-library.) So a field
 whose default comes from `default_factory` is not in the form at all, and two fields referencing
 the same model show that model's defaults, not the field's.
+
+A Release Target's form names the blocks `shipyard setup` saves (build settings, cache tiers), and
+a loaded target whose named block does not exist is refused (tests/ui/test_target_form.py): the
+release target's case runs with those blocks present, as after setup.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from prefect.client.schemas.actions import BlockDocumentCreate
 from shipyard.blocks.build_settings import BuildSettings
 from shipyard.blocks.cache_tiers import CacheTiers
 from shipyard.blocks.canary_policy import CanaryPolicy
-from shipyard.blocks.cloud import GoogleCloud
-from shipyard.blocks.release_target import ReleaseTarget
+from shipyard.blocks.cloud import PROJECT_ENV, GoogleCloud
+from shipyard.blocks.release_target import SETUP_BUILD_BLOCK, SETUP_TIERS_BLOCK, ReleaseTarget
 
 BLOCK_TYPES: list[type[Block]] = [
     ReleaseTarget,
@@ -90,11 +94,30 @@ def _plain_defaults(block_cls: type[Block]) -> dict[str, Any]:
     }
 
 
+def _setup_blocks_while(body: Any) -> Any:
+    """Run `body()` with setup's build settings and cache tiers blocks present (those missing
+    are saved for the call and deleted after it)."""
+    made = []
+    for cls, block in ((BuildSettings, SETUP_BUILD_BLOCK), (CacheTiers, SETUP_TIERS_BLOCK)):
+        try:
+            cls.load(block)
+        except ValueError:
+            cls().save(block)
+            made.append((cls, block))
+    try:
+        return body()
+    finally:
+        for cls, block in made:
+            cls.delete(block)
+
+
 @pytest.mark.parametrize("block_cls", BLOCK_TYPES, ids=lambda c: c.__name__)
-def test_a_block_made_with_the_ui_forms_defaults_loads_with_every_default(block_cls):
+def test_a_block_made_with_the_ui_forms_defaults_loads_with_every_default(block_cls, monkeypatch):
+    # An environment that names a project: a target with no cloud block uses it, not setup's.
+    monkeypatch.setenv(PROJECT_ENV, "ui-form-project")
     name = f"ui-{uuid.uuid4().hex[:8]}"
     data = asyncio.run(_save_as_the_ui(block_cls, name))
-    loaded = block_cls.load(name)
+    loaded = _setup_blocks_while(lambda: block_cls.load(name))
     assert isinstance(loaded, block_cls)
     # Every default the Python class has is shown (and saved) by the form, none lost.
     for field, value in _plain_defaults(block_cls).items():

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from cli_kit import run_cli
 
-from shipyard.blocks.cloud import ENDPOINT_ENV, PROJECT_ENV
+from shipyard.blocks.cloud import ENDPOINT_ENV, PROJECT_ENV, GoogleCloud
 from shipyard.blocks.release_target import ReleaseTarget
 
 
@@ -37,7 +37,9 @@ def test_no_project_nor_sandbox_says_sandbox_up(monkeypatch, capsys):
     monkeypatch.delenv(ENDPOINT_ENV, raising=False)
     monkeypatch.delenv(PROJECT_ENV, raising=False)
     name = f"noproject-{uuid.uuid4().hex[:6]}"
-    ReleaseTarget().save(name)
+    # A cloud block without a project (an empty one is setup's `sandbox` block, or refused at
+    # load: tests/ui/test_target_form.py).
+    ReleaseTarget(cloud=GoogleCloud()).save(name)
     code, output = run_cli(monkeypatch, capsys, "release", "v1.0.0", "--target", name)
     assert code == 2
     assert_one_line(output, "GoogleCloud.project is not set", "shipyard sandbox up")

@@ -17,30 +17,51 @@ the untested revision gets no traffic. After the verdict:
 - failed: the split from before the handover is restored (minus the failed revision), then
   the rollback step keeps the last good revision serving.
 The CPU revision chosen is a tested one when the service has one (`good_because`: it passed
-a canary or served before Shipyard); else the release's CPU baseline, and the handover's detail
-(a reason of the release) says that it never passed a canary.
-A release killed in between leaves the CPU revision serving: a Ready revision (invariant 3's
-CPU baseline); the next release converges from there.
+a canary or its answer check, or served before Shipyard); else the release's CPU baseline,
+which must first pass the canary policy's answer checks through its `baseline` tag URL
+(flows/canary/cpu_check.py; the pass is recorded, so it counts as tested from then on). When
+it fails them no traffic moves: the serving GPU revision keeps the users, the canary revision
+loses its tag, and the release stops before the GPU canary with the reason and the fixes
+(more GPU quota in the region, or a CPU template that answers).
+A release killed in between leaves the CPU revision serving: a Ready revision that passed its
+check (invariant 3's CPU baseline); the next release converges from there.
 """
 
 from __future__ import annotations
+
+from collections.abc import Generator
 
 from google.cloud import run_v2
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from shipyard.flows.canary.cpu_check import check_cpu_revision
 from shipyard.flows.deploy.quota import read_region_quotas
-from shipyard.flows.deploy.region_deploy import deploy_revision
+from shipyard.flows.deploy.region_deploy import clear_failed_step, deploy_revision
 from shipyard.flows.deploy.templates import cpu_template
 from shipyard.flows.deploy.traffic import good_because
 from shipyard.flows.deploy.traffic_split import BASELINE_TAG, CANARY_TAG, PRIOR_TAG, pinned_traffic
 from shipyard.flows.release.context import RunContext
-from shipyard.flows.release.steps import note_attempt
+from shipyard.flows.release.decided import Decision, Ended, Reason
+from shipyard.flows.release.steps import StepLog, note_attempt
 from shipyard.tasks import cloud_run as cr
 
 GPU_LIMIT = "nvidia.com/gpu"
 _OWN_TAGS = {PRIOR_TAG, BASELINE_TAG}
+
+
+class Plan(BaseModel):
+    """Why the canary needs a handover, and the Ready CPU revision that would serve."""
+
+    region: str
+    quota: float  # the region's GPU quota
+    holders: list[str]  # GPU revisions that may hold an instance
+    held: int  # their GPUs
+    needed: int  # their GPUs and the canary's
+    cpu_revision: str
+    serving: str  # the revision with the most traffic now
+    url: str  # the service URL
 
 
 class Handover(BaseModel):
@@ -60,8 +81,8 @@ def _gpus(revision: run_v2.Revision | None) -> int:
 
 
 def _cpu_revision(ctx: RunContext, region: str, revisions: dict[str, run_v2.Revision]) -> str:
-    """A Ready CPU revision of the service: the release's CPU baseline if there, else the
-    newest one; deployed (at 0%, waited Ready) when the service has none."""
+    """A Ready CPU revision of the service: a tested one if there, else the release's CPU
+    baseline, else the newest one; deployed (at 0%, waited Ready) when the service has none."""
     ready = [
         name
         for name, r in revisions.items()
@@ -77,10 +98,11 @@ def _cpu_revision(ctx: RunContext, region: str, revisions: dict[str, run_v2.Revi
     return deploy_revision(ctx, region, cpu_template(ctx), tag=None).revision
 
 
-@task(name="gpu-handover", cache_policy=NO_CACHE, persist_result=False)
-def handover_step(ctx: RunContext, region: str, canary: str) -> Handover | None:
-    """Before the canary of `canary`: hand the traffic of GPU revisions that would leave no
-    GPU for it to a Ready CPU revision. None when the quota holds them all (or is unknown)."""
+@task(name="gpu-handover-plan", cache_policy=NO_CACHE, persist_result=False)
+def plan_step(ctx: RunContext, region: str, canary: str) -> Plan | None:
+    """Before the canary of `canary`: do the GPU revisions that may hold an instance leave a
+    GPU for it? None when they do (or the quota is unknown); else the plan, with the Ready
+    CPU revision that would serve meanwhile."""
     note_attempt()
     t = ctx.target
     quota = read_region_quotas(
@@ -103,8 +125,28 @@ def handover_step(ctx: RunContext, region: str, canary: str) -> Handover | None:
     held = sum(_gpus(revisions[r]) for r in holders)
     if not holders or held + t.gpu_template.gpu <= quota.gpu:
         return None
-    cpu = _cpu_revision(ctx, region, revisions)
-    service = cr.get_service(ctx.services, ctx.service_name(region)) or service
+    serving = max(current, key=lambda x: x.percent)
+    return Plan(
+        region=region,
+        quota=quota.gpu,
+        holders=holders,
+        held=held,
+        needed=held + t.gpu_template.gpu,
+        cpu_revision=_cpu_revision(ctx, region, revisions),
+        serving=serving.revision or "",
+        url=service.uri,
+    )
+
+
+@task(name="gpu-handover", cache_policy=NO_CACHE, persist_result=False)
+def handover_step(ctx: RunContext, plan: Plan, canary: str, checked: str = "") -> Handover:
+    """Hand the traffic of the plan's GPU revisions to its CPU revision (tested: it passed a
+    canary or its answer check, or served before Shipyard); they lose Shipyard's tags."""
+    note_attempt()
+    region, cpu, holders = plan.region, plan.cpu_revision, plan.holders
+    service = cr.get_service(ctx.services, ctx.service_name(region))
+    if service is None:
+        raise RuntimeError(f"service {ctx.target.service} vanished from {region}")
     current = pinned_traffic(service)
     moved = sum(x.percent for x in current if x.revision in holders)
     split: list[cr.Traffic] = []
@@ -121,12 +163,10 @@ def handover_step(ctx: RunContext, region: str, canary: str) -> Handover | None:
         split.append(cr.Traffic(cpu, moved))
     split.append(cr.Traffic(canary, 0, CANARY_TAG))
     cr.set_traffic(ctx.services, service, split, **ctx.wait)
-    untested = (
-        "" if good_because(ctx, region, cpu) else " (a CPU baseline that never passed a canary)"
-    )
+    because = checked or good_because(ctx, region, cpu) or "untested"
     detail = (
-        f"GPU quota {quota.gpu:g} in {region} cannot run {', '.join(holders)} ({held} GPU) and "
-        f"the canary's instance: {cpu}{untested} serves {moved}% during the canary"
+        f"GPU quota {plan.quota:g} in {region} cannot run {', '.join(holders)} ({plan.held} GPU) "
+        f"and the canary's instance: {cpu} ({because}) serves {moved}% during the canary"
     )
     return Handover(
         region=region,
@@ -134,6 +174,50 @@ def handover_step(ctx: RunContext, region: str, canary: str) -> Handover | None:
         before=[(x.revision or "", x.percent, x.tag or "") for x in current],
         freed=holders,
         detail=detail,
+    )
+
+
+def hand_over(
+    ctx: RunContext, steps: StepLog, region: str, canary: str
+) -> Generator[Decision, None, Handover | Ended | None]:
+    """The handover before the canary of `canary` (see the module docstring): None when none
+    is needed, the Handover when the CPU revision serves, Ended when the CPU revision failed
+    its answer check (nothing moved, the canary revision lost its tag, the release stops)."""
+    plan = steps.run(f"gpu-handover-plan:{region}", plan_step, ctx, region, canary)
+    if plan is None:
+        return None
+    checked = ""
+    if not good_because(ctx, region, plan.cpu_revision):
+        try:
+            check = check_cpu_revision(ctx, steps, region, plan.cpu_revision)
+        except BaseException:
+            # Not judged: nothing moved; no stale canary tag either.
+            steps.run(f"clear:{region}", clear_failed_step, ctx, region, canary)
+            raise
+        if not check.passed:
+            steps.note(f"gpu-handover-plan:{region}", check.said())
+            steps.run(f"clear:{region}", clear_failed_step, ctx, region, canary)
+            why = refusal(ctx, plan, check.said(), canary)
+            return Ended("rolled_back", region, plan.serving, plan.url, reasons=(why,))
+        yield Reason(check.said())
+        checked = "passed its answer check just now"
+    handover = steps.run(f"gpu-handover:{region}", handover_step, ctx, plan, canary, checked)
+    steps.note(f"gpu-handover:{region}", handover.detail)
+    yield Reason(handover.detail)
+    return handover
+
+
+def refusal(ctx: RunContext, plan: Plan, failed: str, canary: str) -> str:
+    """Why the release stopped before the GPU canary, what serves, and the fixes."""
+    region = plan.region
+    return (
+        f"GPU hand-over refused in {region}, no traffic moved: {failed}. {plan.serving} keeps "
+        f"the users and the canary of {canary} did not run (GPU quota {plan.quota:g} in "
+        f"{region} cannot run {', '.join(plan.holders)} and the canary's instance side by "
+        f"side, and an untested CPU revision never takes users). Fix: raise the GPU quota "
+        f"{ctx.target.gpu_quota_id()} in {region} to {plan.needed} (Cloud Quotas, or "
+        f"QuotaPolicy.request), or fix the CPU template (ReleaseTarget.cpu_template) so that "
+        "its revision answers the canary's samples; then release again"
     )
 
 

@@ -50,14 +50,17 @@ class TrafficResult(BaseModel):
 
 def good_because(ctx: RunContext, region: str, revision: str | None) -> str | None:
     """Why `revision` may be called good: it passed a canary (the release record lists the
-    revisions released: canary passed, then cut over), or it served before Shipyard touched
-    the service (it carries no `shipyard-release` label). None: untested (a CPU baseline that
-    Shipyard created for a new service or a fallback never had a canary)."""
+    revisions released: canary passed, then cut over) or, a CPU revision, the canary's answer
+    checks before a GPU hand-over gave it users (the record's `checked`), or it served before
+    Shipyard touched the service (it carries no `shipyard-release` label). None: untested (a CPU
+    baseline that Shipyard created for a new service or a fallback never had a canary)."""
     if not revision:
         return None
     record = recorded_release(ctx.target.service) or {}
     if revision in (record.get("tags") or {}):
         return "passed its canary"
+    if revision in (record.get("checked") or {}):  # flows/canary/cpu_check.py
+        return "passed its answer check before the GPU hand-over"
     found = cr.get_revision(ctx.revisions, ctx.revision_path(region, revision))
     if found is not None and TAG_LABEL not in found.labels:
         return "served before Shipyard"

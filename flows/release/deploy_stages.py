@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator, Mapping
 
 from shipyard.flows.canary.stage import recorded_release, run_canary
-from shipyard.flows.deploy.gpu_handover import Handover, handover_step, restore_step
+from shipyard.flows.deploy.gpu_handover import Handover, hand_over, restore_step
 from shipyard.flows.deploy.region_choice import decide_regions, quota_preferences_step
 from shipyard.flows.deploy.region_deploy import (
     ExistingRevision,
@@ -183,10 +183,10 @@ def canary_and_traffic(
     if not deployed.tag_uri:
         raise ConfigurationError(f"Cloud Run published no canary URL in {region}")
     # The GPU quota counts running instances: free the serving GPU revision's if needed.
-    handover = steps.run(f"gpu-handover:{region}", handover_step, ctx, region, deployed.revision)
-    if handover is not None:
-        steps.note(f"gpu-handover:{region}", handover.detail)
-        yield Reason(handover.detail)
+    handover = yield from hand_over(ctx, steps, region, deployed.revision)
+    if isinstance(handover, Ended):  # the CPU revision failed its check: nothing moved
+        yield handover
+        return
     try:
         with stage("canary", region=region, revision=deployed.revision, image=ctx.image) as ev:
             report = run_canary(ctx, steps, region, deployed.revision, deployed.tag_uri)

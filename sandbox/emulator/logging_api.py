@@ -228,3 +228,28 @@ def _received(entry: dict, now: dt.datetime) -> bool:
     logs, has its receiveTimestamp in the future until then)."""
     stamp = entry.get("receiveTimestamp", "")
     return not stamp or dt.datetime.fromisoformat(stamp) <= now
+
+
+def container_line(text: str) -> tuple[str, str | None, dict[str, Any] | None]:
+    """(severity, textPayload, jsonPayload) of one line a revision's container wrote on stdout
+    or stderr, as Cloud Run's logging agent stores it.
+
+    A plain line has no severity, on stderr too: "Logs written directly to stdout or stderr"
+    do "not have an associated log level" and the line "is stored in the textPayload field"
+    (cloud.google.com/functions/1stgendocs/monitoring/logging, "Writing runtime logs"; Cloud
+    Run services: "all logs default to the default severity since it's being gathered from
+    stderr", google/osv.dev#1305). A line that is one JSON object is a structured log:
+    "Structured logging can be used to set severity levels", e.g. `{"message": "This has ERROR
+    severity", "severity": "error"}` (the same page; cloud.google.com/run/docs/logging,
+    "Writing structured logs"): its `severity` becomes the entry's, the rest its jsonPayload.
+    """
+    stripped = text.strip()
+    if stripped.startswith("{") and stripped.endswith("}"):
+        try:
+            found = json.loads(stripped)
+        except ValueError:
+            found = None
+        if isinstance(found, dict):
+            severity = str(found.pop("severity", "DEFAULT")).upper()
+            return (severity if severity in SEVERITIES else "DEFAULT"), None, found
+    return "DEFAULT", text, None

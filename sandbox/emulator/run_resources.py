@@ -230,9 +230,15 @@ def revision_resource(rev: Revision) -> dict:
 
 
 def write_revision_log(
-    state: SandboxState, rev: Revision, severity: str, text: str, stream: str | None = None
+    state: SandboxState,
+    rev: Revision,
+    severity: str,
+    text: str | None,
+    stream: str | None = None,
+    json_payload: dict | None = None,
 ) -> dict:
-    """A line of the revision's stdout/stderr (or `requests` log) in the Cloud Logging store."""
+    """A line of the revision's stdout/stderr (or `requests` log) in the Cloud Logging store;
+    `json_payload`: a structured line (sandbox/emulator/logging_api.py: container_line)."""
     if stream is None:
         stream = "stderr" if severity in ("ERROR", "CRITICAL", "ALERT", "EMERGENCY") else "stdout"
     return state.write_log(
@@ -240,6 +246,7 @@ def write_revision_log(
         severity=severity,
         resource=revision_resource(rev),
         log_name=f"projects/{rev.project}/logs/run.googleapis.com%2F{stream}",
+        json_payload=json_payload,
     )
 
 

@@ -24,10 +24,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from sandbox.emulator.logging_api import container_line
 from sandbox.emulator.run_resources import Revision, write_revision_log
 from sandbox.emulator.run_templates import parse_memory_gib, startup_probe, template_limits
 from sandbox.engine.containers import Instance, StartFailed, start_instance, stop_instance
 from sandbox.engine.daemon import Engine
+from sandbox.scenario import RevisionFault
 
 MEMORY_CAP_ENV = "SHIPYARD_ENGINE_MEMORY_MIB"
 DEFAULT_MEMORY_CAP_MIB = 1024
@@ -40,7 +42,16 @@ def memory_cap_mib() -> int:
 def faults_env(rev: Revision) -> str:
     """`PAGE_FAULTS` for the container: the template's own, then the scenario's faults."""
     own = [f for f in rev.env.get("PAGE_FAULTS", "").split(",") if f.strip()]
-    return ",".join([*own, *(f"{f.fault}:{f.requests}" for f in rev.faults)])
+    return ",".join([*own, *(f"{f.fault}:{_argument(f)}" for f in rev.faults)])
+
+
+def _argument(fault: RevisionFault) -> str:
+    """A fault's argument in `PAGE_FAULTS`: the module, the seconds, or the request count."""
+    if fault.fault == "missing_dependency":
+        return str(fault.module)
+    if fault.fault == "slow_start":
+        return f"{fault.start_s:g}"
+    return str(fault.requests)
 
 
 class ContainerStore:
@@ -139,6 +150,10 @@ def _start_arguments(state: Any, rev: Revision) -> dict[str, Any]:
     env.setdefault("PAGE_SIMULATED_CPU_MS", str(serving.cpu_ms))
 
     def log(severity: str, text: str, stream: str) -> None:
+        if stream in ("stdout", "stderr"):  # the container's own line, as Cloud Run stores it
+            severity, line, payload = container_line(text)
+            write_revision_log(state, rev, severity, line, stream=stream, json_payload=payload)
+            return
         write_revision_log(state, rev, severity, text, stream=stream)
 
     return {

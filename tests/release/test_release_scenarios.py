@@ -431,6 +431,9 @@ def test_gpu_quota_of_one_still_releases_over_a_warm_previous_gpu_revision(
     bad = run_release("v17.1.0", target, image=f"{IMAGE}:v17.1.0")  # its canary fails
 
     assert bad.outcome == "rolled_back" and bad.revision == first.revision
+    # The CPU revision got users only after it passed the canary's answer checks.
+    cpu = f"{target.service}-v17-0-0-cpu"
+    assert any(f"{cpu} passed the canary's answer checks" in r for r in bad.reasons), bad.reasons
     assert any("fallback" in r for r in bad.reasons)  # judged, not starved of a GPU
     assert not any("status 503" in r for r in bad.reasons), bad.reasons
     history = assert_invariants(sandbox_admin, target, first, bad)
@@ -443,13 +446,15 @@ def test_gpu_quota_of_one_still_releases_over_a_warm_previous_gpu_revision(
     assert all(s.attempts == 1 for s in second.steps if s.name.startswith("canary-run"))
     handed = f"GPU quota 1 in europe-west1 cannot run {first.revision}"
     assert any(handed in r for r in second.reasons), second.reasons
+    # Checked once, recorded: the next hand-over trusts it without checking again.
+    assert any(f"{cpu} (passed its answer check" in r for r in second.reasons), second.reasons
+    assert not any(s.name.startswith("cpu-baseline-check") for s in second.steps)
     history = assert_invariants(sandbox_admin, target, first, bad, second)
     assert serving(history, "europe-west1") == {second.revision: 100}
     # During the canary a CPU revision served: never the untested one, never nothing.
     during = [h for h in history if any(t["tag"] == "canary" for t in h["traffic"])]
     assert any(
-        {t["revision"]: t["percent"] for t in h["traffic"] if t["percent"]}
-        == {f"{target.service}-v17-0-0-cpu": 100}
+        {t["revision"]: t["percent"] for t in h["traffic"] if t["percent"]} == {cpu: 100}
         for h in during
     )
     assert sandbox_admin.calls().get("run.instance_quota_exceeded", 0) == 0

@@ -20,12 +20,20 @@ Faults (drills of the failures seen in the field, set by `Settings.faults`, in a
 - `unicode_header`: a non-ASCII response header makes the request fail (UnicodeEncodeError, 500)
 - `crash_at_start`: the model runtime fails to load at start-up and the process exits with 1
 - `never_ready`: loading the model never ends, so the server never listens on $PORT
+- `missing_dependency:MODULE`: the entry point imports MODULE, which the image lacks: the
+  ModuleNotFoundError's traceback goes to stderr and the process exits with 1 (default module
+  `onnxruntime`)
+- `slow_start:N`: loading the model takes N seconds (a float) before the server listens on $PORT
+
+`missing_dependency` and `slow_start` act in a container only (the Shipyard sandbox's in-process
+emulator plays them itself, as the platform would show them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib
 import io
 import json
 import os
@@ -49,7 +57,10 @@ FAULTS = (
     "unicode_header",
     "crash_at_start",
     "never_ready",
+    "missing_dependency",
+    "slow_start",
 )
+DEFAULT_MISSING_MODULE = "onnxruntime"
 CGROUP_MEMORY_LIMITS = (  # cgroup v2, then v1: what the container's memory limit is
     Path("/sys/fs/cgroup/memory.max"),
     Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
@@ -77,15 +88,25 @@ def detect_cuda() -> bool:
         return Path("/dev/nvidiactl").exists() or Path("/dev/nvidia0").exists()
 
 
-def _parse_faults(text: str) -> dict[str, int]:
-    """ "http_503:3,oom" -> {"http_503": 3, "oom": 0}."""
-    faults: dict[str, int] = {}
+def _parse_faults(text: str) -> dict[str, str]:
+    """ "http_503:3,oom,missing_dependency:torch" -> {"http_503": "3", "oom": "",
+    "missing_dependency": "torch"}: each fault with its argument (count, module or seconds)."""
+    faults: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, count = item.partition(":")
+        name, _, argument = item.partition(":")
         if name not in FAULTS:
             raise ValueError(f"PAGE_FAULTS: unknown fault {name!r}; allowed: {', '.join(FAULTS)}")
-        faults[name] = int(count or 0)
+        faults[name] = argument.strip()
     return faults
+
+
+def _number(name: str, argument: str, kind: type[int] | type[float]) -> float:
+    try:
+        return kind(argument or 0)
+    except ValueError:
+        raise ValueError(
+            f"PAGE_FAULTS: {name}:{argument!r} needs a number ({kind.__name__}), e.g. {name}:3"
+        ) from None
 
 
 @dataclass
@@ -100,10 +121,15 @@ class Settings:
     revision: str = ""
     faults: dict[str, int] = field(default_factory=dict)  # fault -> requests (http_503)
     log: LogFn = stdout_log
+    missing_module: str | None = None  # missing_dependency: imported at start, not installed
+    start_delay_s: float = 0.0  # slow_start: model loading before the server listens
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
+        given = _parse_faults(env.get("PAGE_FAULTS", ""))
+        module = given.pop("missing_dependency", None)
+        delay = given.pop("slow_start", None)
         return cls(
             internal_token=env.get("INTERNAL_TOKEN") or None,
             device=env.get("PAGE_DEVICE", "auto"),
@@ -111,7 +137,9 @@ class Settings:
             cpu_ms=int(env.get("PAGE_SIMULATED_CPU_MS", "0")),
             service=env.get("K_SERVICE", ""),
             revision=env.get("K_REVISION", ""),
-            faults=_parse_faults(env.get("PAGE_FAULTS", "")),
+            faults={name: int(_number(name, arg, int)) for name, arg in given.items()},
+            missing_module=(module or DEFAULT_MISSING_MODULE) if module is not None else None,
+            start_delay_s=_number("slow_start", delay, float) if delay else 0.0,
         )
 
 
@@ -158,6 +186,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """One instance of the service; start-up (device detection) happens here."""
     settings = settings or Settings.from_env()
     log = settings.log
+    if settings.missing_module:
+        # As an entry point importing a module the image lacks: the ModuleNotFoundError's
+        # traceback on stderr, the process exits with 1 (uvicorn loads the app before listening).
+        importlib.import_module(settings.missing_module)
+    if settings.start_delay_s:
+        log("INFO", f"loading the page model ({settings.start_delay_s:g} s) before listening")
+        time.sleep(settings.start_delay_s)  # the server listens on $PORT only after this
     if "crash_at_start" in settings.faults:
         log(
             "ERROR",

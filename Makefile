@@ -7,7 +7,8 @@ BIN     := $(VENV)/bin
 APT_PKGS := docker-registry skopeo git chromium docker.io mmdebstrap debootstrap
 # pyproject asks prefect>=3.8.8,<4; the venv (so CI) installs the lower bound of that range.
 PREFECT_FLOOR := 3.8.8
-# The base root filesystem (Debian bookworm + python3, sandbox/engine/rootfs.py) is built once per
+# The base root filesystem (Debian bookworm minbase, no Python, sandbox/engine/rootfs.py; its cache
+# key changes with what goes in, so an old one is rebuilt, ~50-70 s) is built once per
 # machine at this stable path, before the tests, so that neither a fresh test home nor the demo
 # pays for debootstrap again.
 export SHIPYARD_ROOTFS_CACHE ?= $(HOME)/.cache/shipyard/rootfs

@@ -3,8 +3,8 @@
 There is no internet here, so `nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04` is an image whose
 config reads like NVIDIA's (env `CUDA_VERSION`, `NV_CUDNN_VERSION`, label
 `com.nvidia.cudnn.version`) over either the base root filesystem built from Debian packages
-(sandbox/engine/rootfs.py: a real filesystem with python3, so builds and containers run on it)
-or, without a container engine, one small synthetic layer. The mirror flow reads exactly those
+(sandbox/engine/rootfs.py: a real filesystem, without python3 like the real runtime image, so
+builds and containers run on it) or, without a container engine, one small synthetic layer. The mirror flow reads exactly those
 fields from the config, so it cannot tell the difference.
 
 One piece of code for the demo (`shipyard demo` seeds the upstream, then mirrors it) and for the
@@ -28,6 +28,30 @@ UPSTREAM_TAG = "12.1.1-cudnn8-runtime-ubuntu22.04"
 CUDA_VERSION = "12.1.1"
 CUDNN_VERSION = "8.9.0.131"
 
+# What the stand-in cannot match, said once before each sandbox build that runs for real
+# (sandbox/engine/docker_build.py) so that a rehearsal that passes here is not read as proof for
+# these two points.
+STAND_IN_DIFFERENCE = (
+    f"the sandbox's {UPSTREAM_REPOSITORY}:{UPSTREAM_TAG} is a stand-in: Debian 12 (bookworm), "
+    "where NVIDIA's image is Ubuntu 22.04. Like the real one it has no python3 and declares "
+    "NVIDIA's CUDA environment and library paths, but a python3 installed with apt here is "
+    "3.11 with PEP 668's EXTERNALLY-MANAGED marker (pip needs --break-system-packages or "
+    "PIP_BREAK_SYSTEM_PACKAGES=1), where Ubuntu 22.04's is 3.10 without one: wheels that need "
+    "Python >= 3.11 install here and fail at pip install on Cloud Build"
+)
+
+# The environment of nvidia/cuda's base and runtime Dockerfiles for CUDA 12.x on Ubuntu 22.04
+# (gitlab.com/nvidia/container-images/cuda dist/12.x/ubuntu2204/{base,runtime}/Dockerfile, as
+# mirrored in wordslab-org/wordslab doc/infra/containers/nvidia-cuda-base-install.sh):
+# `ENV PATH /usr/local/nvidia/bin:/usr/local/cuda/bin:${PATH}`, `ENV LD_LIBRARY_PATH
+# /usr/local/nvidia/lib:/usr/local/nvidia/lib64`, `ENV NVIDIA_VISIBLE_DEVICES all`,
+# `ENV NVIDIA_DRIVER_CAPABILITIES compute,utility`, `ENV NVARCH x86_64`.
+NVIDIA_PATH = (
+    "/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:"
+    "/usr/bin:/sbin:/bin"
+)
+NVIDIA_LD_LIBRARY_PATH = "/usr/local/nvidia/lib:/usr/local/nvidia/lib64"
+
 
 @dataclass(frozen=True)
 class SeededImage:
@@ -46,9 +70,15 @@ def nvidia_config(
     entrypoint: bool = True,
 ) -> dict[str, Any]:
     """An image config shaped like nvidia/cuda's (cudnn=None: a CUDA image without cuDNN)."""
+    major_minor = "-".join(cuda.split(".")[:2])
     env = [
-        "PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/bin:/bin",
+        f"PATH={NVIDIA_PATH}",
+        "NVARCH=x86_64" if arch == "amd64" else "NVARCH=sbsa",
+        f"NV_CUDA_COMPAT_PACKAGE=cuda-compat-{major_minor}",
         f"CUDA_VERSION={cuda}",
+        f"LD_LIBRARY_PATH={NVIDIA_LD_LIBRARY_PATH}",
+        "NVIDIA_VISIBLE_DEVICES=all",
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
     ]
     labels = {"maintainer": "NVIDIA CORPORATION <cudatools@nvidia.com>"}
     config: dict[str, Any] = {"Env": env, "Labels": labels}
@@ -56,6 +86,7 @@ def nvidia_config(
         config["Entrypoint"] = ["/opt/nvidia/nvidia_entrypoint.sh"]
     if cudnn:
         env.append(f"NV_CUDNN_VERSION={cudnn}")
+        env.append(f"NV_CUDNN_PACKAGE_NAME=libcudnn{cudnn.split('.')[0]}")
         labels["com.nvidia.cudnn.version"] = cudnn
     return {
         "architecture": arch,

@@ -116,6 +116,12 @@ def run_docker_build(settings: BuildSettings, spec: BuildSpec, commit: str, what
     logger = get_run_logger()
     started = time.monotonic()
     check_disk(settings, spec.base_image)
+    logger.info(
+        "%s: the local Docker backend keeps the daemon's build cache: a CACHED step may come from "
+        "an earlier build on this machine, which a fresh Cloud Build VM never has (there only "
+        "--cache-from in the registry counts)",
+        what,
+    )
     result = build_task(settings, spec, commit)
     report = parse_buildkit_log(result.lines)
     tail = [line for line in result.lines if line.strip()][-15:]

@@ -13,6 +13,16 @@ for the local engine. The translation, in one place:
 | `--provenance=false` | nothing (20.10 writes no attestations) |
 | `--push` | `docker push` of every `--tag` (and of the cache refs) after the build |
 | Cloud Build's worker network | `--network host` (the daemon runs with `--bridge=none`): RUN reaches the package registries this host reaches |
+| a fresh VM per build: no local build cache | before each build, under one lock per daemon: `docker builder prune --all --force` and the `--cache-from` names untagged locally, so the only cache left is `--cache-from` in the registry |
+
+A fresh VM, because a `CACHED` step must mean on Google what it meant here: the daemon's BuildKit
+would otherwise hit its own cache of earlier builds (which a Cloud Build VM never has), and its
+`--cache-from R` looks for R among the daemon's local images before the registry (moby's
+builder-next/adapters/localinlinecache: `tryImportLocal`, then the registry importer). So the
+build cache is emptied and every `--cache-from` name is untagged locally first (other local
+images feed no cache: their layers only spare downloads); builds on one daemon run one at a time, so one build's reset never lands in another's
+middle. Layers a running revision container uses stay (an untag never deletes them); the
+daemon's local Docker backend keeps its own cache between its builds and says so.
 
 Every line of BuildKit's plain progress goes through `emit` as it comes, so Cloud Logging shows
 `CACHED` vs real step output, and a failing RUN fails with its real output.
@@ -23,11 +33,18 @@ from __future__ import annotations
 import asyncio
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from sandbox.buildkit import BuildFailed, BuildOutput, BuildxArgs
 from sandbox.engine.daemon import DOCKER_CLI, Engine
+from sandbox.seed import STAND_IN_DIFFERENCE
+
+# One build at a time per daemon (see "a fresh VM" in the module's docstring); keyed by event
+# loop too, as an asyncio.Lock belongs to the loop it is first used in.
+_VM_LOCKS: dict[tuple[str, int], asyncio.Lock] = {}
+RESET_TIMEOUT_S = 120.0
 
 SYNTAX_DIRECTIVE = re.compile(r"^#\s*syntax\s*=.*$", re.IGNORECASE | re.MULTILINE)
 VERTEX_NAME = re.compile(r"^#(\d+) (\[[^\]]+\] .*)$")
@@ -112,10 +129,72 @@ def _steps(lines: list[str]) -> list[tuple[str, str]]:
     ]
 
 
+async def _quiet(engine: Engine, *args: str) -> tuple[int, str]:
+    """A docker CLI call whose output only matters when it fails."""
+    proc = await asyncio.create_subprocess_exec(
+        DOCKER_CLI,
+        *args,
+        env=engine.env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), RESET_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return -1, f"docker {args[0]} did not finish within {RESET_TIMEOUT_S:.0f} s"
+    return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+def local_names(buildx: BuildxArgs) -> list[str]:
+    """The build's `--cache-from` names, which the daemon would read from its local images
+    before the registry. Other local images feed no cache (BuildKit matches cache keys only in
+    its build cache and in the imported caches), and their layers spare a re-download."""
+    names = [_registry_ref(ref) if "=" in ref else ref for ref in buildx.cache_from]
+    out = set()
+    for name in names:
+        if name and "@" not in name:  # a digest names no tag to remove
+            out.add(name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest")
+    return sorted(out)
+
+
+async def fresh_vm(engine: Engine, buildx: BuildxArgs, emit: Callable[[str], None]) -> None:
+    """Leave the daemon's cache as a new Cloud Build VM finds it: no build cache, and no
+    `--cache-from` name local (an image still used by a container only loses the name)."""
+    started = time.monotonic()
+    code, out = await _quiet(engine, "builder", "prune", "--all", "--force")
+    if code != 0:
+        raise BuildFailed("[internal] fresh build VM", f"docker builder prune failed: {out}")
+    local = await _quiet(engine, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
+    present = set(local[1].splitlines()) if local[0] == 0 else set()
+    stale = [name for name in local_names(buildx) if name in present]
+    if stale:
+        code, out = await _quiet(engine, "image", "rm", "--no-prune", *stale)
+        if code != 0:
+            raise BuildFailed("[internal] fresh build VM", f"docker image rm failed: {out}")
+    emit(
+        f"shipyard sandbox: a fresh build VM (build cache emptied, {len(stale)} local "
+        f"--cache-from name(s) removed, in {time.monotonic() - started:.1f} s): CACHED steps come "
+        "only from --cache-from in the registry, as on Cloud Build"
+    )
+
+
 async def engine_build(
     engine: Engine, cwd: Path, buildx: BuildxArgs, emit: Callable[[str], None]
 ) -> BuildOutput:
-    """Build and push on the engine. Raises BuildFailed naming the failing step."""
+    """Build and push on the engine as on a fresh Cloud Build VM (see the module's docstring).
+    Raises BuildFailed naming the failing step."""
+    lock = _VM_LOCKS.setdefault((engine.host, id(asyncio.get_running_loop())), asyncio.Lock())
+    async with lock:
+        emit(f"NOTE: {STAND_IN_DIFFERENCE}")
+        await fresh_vm(engine, buildx, emit)
+        return await _build_and_push(engine, cwd, buildx, emit)
+
+
+async def _build_and_push(
+    engine: Engine, cwd: Path, buildx: BuildxArgs, emit: Callable[[str], None]
+) -> BuildOutput:
     context = (cwd / buildx.context).resolve()
     source = (cwd / buildx.dockerfile) if buildx.dockerfile else context / "Dockerfile"
     if not source.is_file():

@@ -1,11 +1,16 @@
-"""The base root filesystem: Debian bookworm (minbase) with python3.
+"""The base root filesystem: Debian bookworm (minbase) with the CA certificates, no Python.
 
 Bootstrapped with `mmdebstrap` where it is installed (apt's parallel downloads and one
 unpacking pass: about a third faster than debootstrap here, 67 s against ~105 s at load ~5),
 else `debootstrap --variant=minbase`; both give the same package set from the same mirror.
 
 It stands in for `nvidia/cuda:…-runtime-ubuntu22.04`'s filesystem (no Docker Hub here); the
-seed (sandbox/seed.py) pushes it with NVIDIA's config. Built once and cached as a gzip layer
+seed (sandbox/seed.py) pushes it with NVIDIA's config. Where a Dockerfile can notice, it keeps the
+real base's contract: no python3 (the CUDA runtime image has none: a Dockerfile installs it), the
+CA certificates and a working apt, and the library paths NVIDIA's Dockerfile declares
+(/etc/ld.so.conf.d/nvidia.conf, see NVIDIA_LD_CONF). What it cannot match (Debian 12 against
+Ubuntu 22.04, so the python3 apt brings is 3.11 with a PEP 668 marker instead of 3.10 without)
+is `STAND_IN_DIFFERENCE` in sandbox/seed.py, which the sandbox's builds print before building. Built once and cached as a gzip layer
 under $SHIPYARD_HOME/rootfs (or $SHIPYARD_ROOTFS_CACHE: tests and CI point it at a stable
 path so a fresh test home does not bootstrap again). What the host knows about reaching the
 package registries is handed in, never written into this repository: the Debian mirror comes
@@ -30,7 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUITE = "bookworm"
-PACKAGES = ("python3", "ca-certificates")
+# No python3: nvidia/cuda's runtime images have none (a Dockerfile that needs it installs it).
+PACKAGES = ("ca-certificates",)
+# NVIDIA's base Dockerfile ("Required for nvidia-docker v1"): gitlab.com/nvidia/container-images/
+# cuda dist/12.x/ubuntu2204/base/Dockerfile, `echo "/usr/local/nvidia/lib" >> /etc/ld.so.conf.d/
+# nvidia.conf` and the same for lib64 (mirrored in wordslab-org/wordslab
+# doc/infra/containers/nvidia-cuda-base-install.sh).
+NVIDIA_LD_CONF = "/usr/local/nvidia/lib\n/usr/local/nvidia/lib64\n"
+# Bumped whenever what goes into the layer changes, so a machine's cached layer is rebuilt.
+LAYER_VERSION = 2
 CACHE_ENV = "SHIPYARD_ROOTFS_CACHE"
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
@@ -120,7 +133,7 @@ def bootstrap_command(target: Path, mirror: str) -> list[str]:
 
 def cache_key() -> str:
     host_cas = sorted(p.name for p in HOST_CA_DIR.glob("*.crt")) if HOST_CA_DIR.is_dir() else []
-    text = json.dumps({"suite": SUITE, "packages": PACKAGES, "cas": host_cas, "v": 1})
+    text = json.dumps({"suite": SUITE, "packages": PACKAGES, "cas": host_cas, "v": LAYER_VERSION})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -196,6 +209,9 @@ def ensure_rootfs() -> RootfsLayer:
                 for cert in HOST_CA_DIR.glob("*.crt"):
                     shutil.copy2(cert, dest / cert.name)
                 _run(["chroot", str(target), "update-ca-certificates"], log)
+            ld_conf = target / "etc/ld.so.conf.d/nvidia.conf"
+            ld_conf.parent.mkdir(parents=True, exist_ok=True)
+            ld_conf.write_text(NVIDIA_LD_CONF)
             # Leave no apt lists or caches in the layer (the base tier runs apt-get update).
             for junk in ("var/lib/apt/lists", "var/cache/apt/archives"):
                 for item in (target / junk).glob("*"):

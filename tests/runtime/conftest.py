@@ -9,6 +9,8 @@ bootstraps it). The whole group is marked `runtime` and `slow`, and `make test` 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,36 @@ def engine_upstream(engine_session):
 
 
 @pytest.fixture(scope="session")
-def engine_base(engine_upstream) -> str:
-    """The upstream CUDA image, by digest."""
+def engine_cuda(engine_upstream) -> str:
+    """The upstream CUDA image, by digest: no python3, as NVIDIA's runtime image."""
     return f"{engine_upstream.repository}@{engine_upstream.digest}"
+
+
+@pytest.fixture(scope="session")
+def engine_base(engine_session, engine_cuda) -> str:
+    """The upstream CUDA image plus python3, by digest: the base the toy services run on. The
+    upstream has no Python (as NVIDIA's); a service installs it in its Dockerfile, so this is
+    built once per session, as such a Dockerfile would, and pushed."""
+    from sandbox.engine.daemon import DOCKER_CLI, Engine, docker
+
+    engine = Engine(engine_session.docker_host)
+    tag = f"{engine_session.registry_host}/runtime/python-base:session"
+    dockerfile = (
+        f"FROM {engine_cuda}\nRUN apt-get update && apt-get install -y --no-install-recommends "
+        "python3 && rm -rf /var/lib/apt/lists/*\n"
+    )
+    built = subprocess.run(
+        [DOCKER_CLI, "build", "--network=host", "--tag", tag, "-"],
+        input=dockerfile,
+        env=engine.env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    pushed = docker(engine, "push", tag, timeout=300)
+    assert pushed.returncode == 0, pushed.stdout[-2000:] + pushed.stderr[-2000:]
+    digest = re.search(r"digest: (sha256:[0-9a-f]{64})", pushed.stdout)
+    assert digest, pushed.stdout
+    return f"{tag.rsplit(':', 1)[0]}@{digest.group(1)}"

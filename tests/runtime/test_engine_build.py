@@ -11,7 +11,7 @@ from google.cloud.devtools import cloudbuild_v1 as cb
 
 
 def test_a_run_step_runs_and_the_pushed_image_is_the_built_filesystem(
-    engine_sandbox, engine_base, tmp_path
+    engine_sandbox, engine_cuda, tmp_path
 ):
     from shipyard.blocks.cloud import GoogleCloud
 
@@ -20,11 +20,11 @@ def test_a_run_step_runs_and_the_pushed_image_is_the_built_filesystem(
         tmp_path / "repo",
         {
             "Dockerfile": "# syntax=docker/dockerfile:1\nARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
-            f"RUN python3 -c \"print('ran-' + '{marker}')\" | tee /built.txt\n",
+            f"RUN echo ran-$(echo {marker}) | tee /built.txt\n",
         },
     )
     tag = f"{engine_sandbox.registry_host}/runtime/ok:{marker[:8]}"
-    build, log = cloud_build(GoogleCloud(), repo, engine_base, tag)
+    build, log = cloud_build(GoogleCloud(), repo, engine_cuda, tag)
     assert build.status == cb.Build.Status.SUCCESS, build.status_detail
     assert f"ran-{marker}" in log  # the RUN's own output, not a record of it
     digest = build.results.images[0].digest
@@ -37,7 +37,7 @@ def test_a_run_step_runs_and_the_pushed_image_is_the_built_filesystem(
 
 
 def test_a_failing_run_fails_the_build_with_the_steps_real_output(
-    engine_sandbox, engine_base, tmp_path
+    engine_sandbox, engine_cuda, tmp_path
 ):
     from shipyard.blocks.cloud import GoogleCloud
 
@@ -46,11 +46,11 @@ def test_a_failing_run_fails_the_build_with_the_steps_real_output(
         tmp_path / "repo",
         {
             "Dockerfile": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
-            f"RUN python3 -c \"import sys; print('broken-' + '{marker}'); sys.exit(3)\"\n",
+            f"RUN echo broken-$(echo {marker}) && exit 3\n",
         },
     )
     tag = f"{engine_sandbox.registry_host}/runtime/broken:{marker[:8]}"
-    build, log = cloud_build(GoogleCloud(), repo, engine_base, tag)
+    build, log = cloud_build(GoogleCloud(), repo, engine_cuda, tag)
     assert build.status == cb.Build.Status.FAILURE
     assert "step exited with non-zero status" in build.status_detail
     assert f"broken-{marker}" in log

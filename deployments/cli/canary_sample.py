@@ -4,14 +4,16 @@ fields of the canary policy (blocks/canary_policy.py) that differ from its defau
 The sample's bytes go into the policy itself (`samples[0].data_base64`), so every worker has
 them whatever its working directory or checkout; a sample above `MAX_SAMPLE_BYTES` is refused
 with the fix (a smaller one). A team's own service answers its own way: the page service's
-checks (an image back, `x-fallback-used: 0`, a speed-up over a CPU baseline) are turned off;
-what is checked is the status (`--expect-status`, default 200) and, when given, the answer's
-media type.
+checks (an image back, `x-fallback-used: 0`, a speed-up over a CPU baseline) and its `GET
+/health` first are turned off (`--health-path` sets the service's own); what is checked is the
+status (`--expect-status`, default 200) and, when given, the answer's media type and JSON fields
+(`--expect-json digit=7`: a dotted path, and a JSON value or else a string).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import mimetypes
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ def canary_fields(
     form: str | None,
     expect_status: int = 200,
     expect_content_type: str | None = None,
+    expect_json: list[str] | None = None,
+    health_path: str | None = None,
 ) -> dict[str, Any]:
     """The CanaryPolicy fields for one example request (JSON values, ready for the block)."""
     from shipyard.deployments.cli.errors import UsageError
@@ -68,7 +72,33 @@ def canary_fields(
     }
     if expect_content_type:
         fields["expected_content_type"] = expect_content_type
+    # A team's service has its own health path, or none: the page service's /health would 404.
+    fields["health_path"] = health_path
+    if health_path is not None and not health_path.startswith("/"):
+        raise UsageError(f"--health-path {health_path!r}: give a path starting with '/'")
+    if expect_json:
+        fields["json_equals"] = json_expectations(expect_json)
     return fields
+
+
+def json_expectations(items: list[str]) -> dict[str, Any]:
+    """`--expect-json FIELD=VALUE` (repeatable) as CanaryPolicy.json_equals: VALUE read as JSON
+    (`digit=7` -> 7, `ok=true` -> True, `label="7"` -> "7"), else taken as a string."""
+    from shipyard.deployments.cli.errors import UsageError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        field, sep, text = item.partition("=")
+        if not sep or not field.strip():
+            raise UsageError(
+                f"--expect-json {item!r}: give FIELD=VALUE, the answer's JSON field (a dotted "
+                "path) and the value it must hold, e.g. --expect-json digit=7"
+            )
+        try:
+            out[field.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[field.strip()] = text
+    return out
 
 
 def describe(fields: dict[str, Any]) -> str:
@@ -81,4 +111,5 @@ def describe(fields: dict[str, Any]) -> str:
         f"POST {fields['path']} with {sample['name']} ({size} B, {how}), expect "
         f"{fields['expected_status']}"
         + (f" {fields['expected_content_type']}" if "expected_content_type" in fields else "")
+        + "".join(f", {k} = {json.dumps(v)}" for k, v in fields.get("json_equals", {}).items())
     )

@@ -82,6 +82,17 @@ def init_command(
         "--expect-content-type",
         help="The media type the canary's answer must have, e.g. application/json.",
     ),
+    expect_json: list[str] = typer.Option(
+        None,
+        "--expect-json",
+        help="A JSON field the canary's answer must hold, FIELD=VALUE (VALUE read as JSON, "
+        "else a string), e.g. digit=7; repeatable.",
+    ),
+    health_path: str = typer.Option(
+        None,
+        "--health-path",
+        help="GET this path before the sample, e.g. /healthz (default: none).",
+    ),
     cmd: str = typer.Option(
         None,
         "--cmd",
@@ -106,8 +117,10 @@ def init_command(
         fail(GIT_URL_CREDENTIALS.replace("shipyard setup", "shipyard init"))
     try:
         canary = (
-            canary_fields(sample, path, form, expect_status, expect_content_type)
-            if sample or path or form
+            canary_fields(
+                sample, path, form, expect_status, expect_content_type, expect_json, health_path
+            )
+            if sample or path or form or expect_json or health_path
             else {}
         )
         plan, git_url, written = prepare(

@@ -82,8 +82,13 @@ def _pump(engine: Engine, container: str, stream: str, log: Log) -> threading.Th
 
     def run() -> None:
         assert pipe is not None  # noqa: S101 - Popen was given a PIPE for this stream
+        # A plain text line has no severity on Cloud Run, stdout or stderr alike: "Logs written
+        # directly to stdout or stderr" have no "associated log level" (cloud.google.com/
+        # functions/1stgendocs/monitoring/logging; Cloud Run's container logs, the same
+        # agent). Calling every stderr line ERROR made a Python service's INFO lines (logging
+        # writes to stderr) look like the error a failed canary cites.
         for line in pipe:
-            log("ERROR" if stream == "stderr" else "INFO", line.rstrip("\n"), stream)
+            log("DEFAULT", line.rstrip("\n"), stream)
         proc.wait()
 
     thread = threading.Thread(target=run, name=f"logs-{container[:12]}-{stream}", daemon=True)

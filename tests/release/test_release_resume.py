@@ -132,7 +132,10 @@ def test_killed_mid_canary_then_rerun_converges_and_frees_the_slot(
     # CPU page of 2 s of wall time (a sleep in the page service: load does not shorten it),
     # so the kill, a poll after the tag, lands in the canary however loaded the machine is.
     stage(serving={"gpu_ms": 100, "cpu_ms": 2000})
-    target = make_target(lock_timeout_s=1)
+    # The wait for the slot stays under the dead holder's 60 s lease, so a release can only get
+    # it by the dead holder being freed; 1 s was too short to acquire even a free slot from a
+    # loaded Prefect server (SQLite), which failed once under load.
+    target = make_target(lock_timeout_s=20)
     block = f"kill-{target.service}"[:60]
     target.save(block, overwrite=True)
     revision = f"{target.service}-v3-0-0"
@@ -164,7 +167,7 @@ def test_killed_mid_canary_then_rerun_converges_and_frees_the_slot(
             == 1
         )  # the dead run still holds the slot
 
-    again = release("v3.0.0", target, image=f"{IMAGE}:v3.0.0")  # lock_timeout_s=1: no 60 s wait
+    again = release("v3.0.0", target, image=f"{IMAGE}:v3.0.0")  # freed at once: no 60 s lease wait
 
     assert again.outcome == "released" and again.revision == revision
     with get_client(sync_client=True) as client:

@@ -39,6 +39,10 @@ class GitRepo:
             ["git", "-C", str(self.root), "rev-parse", "HEAD"], text=True
         ).strip()
 
+    def tag(self, name: str, commit: str) -> None:
+        """Point the (lightweight) tag `name` at `commit`: a release checks that its tag does."""
+        subprocess.run([*_GIT, "-C", str(self.root), "tag", "-f", name, commit], check=True)
+
 
 PROJECT = "shipyard-sandbox"
 

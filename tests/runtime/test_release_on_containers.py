@@ -191,6 +191,7 @@ def _release(rehearsal: Rehearsal, variant: Variant, patch: int, canary: dict | 
     from shipyard.flows.release.flow import run_release
 
     target = _target(rehearsal, variant, canary, **gpu)
+    rehearsal.repo.tag(variant.tag(patch), variant.commit)  # as a team pushes its release tag
     return run_release(variant.tag(patch), target, commit=variant.commit)
 
 

@@ -169,26 +169,68 @@ def fill(page: Any, name: str, text: str) -> None:
     page.wait_for(f"{field_input(name)}.value === {json.dumps(text)}", what=f"{name} = {text}")
 
 
-def submit_run_form(page: Any, tries: int = 3, settle_s: float = 30.0) -> None:
-    """Click the form's Submit until the UI sends its create-run request
-    (`POST /api/deployments/{id}/create_flow_run`), seen in the browser's own network log.
+def _create_run_answer(events: list[dict[str, Any]]) -> str | None:
+    """What became of the last create-run request among `events`: None (none sent), "sent"
+    (no answer yet), "ok", or "failed: why" (an HTTP error or a network failure)."""
+    sent = [
+        m["params"]["requestId"]
+        for m in events
+        if m.get("method") == "Network.requestWillBeSent"
+        and "/create_flow_run" in m["params"]["request"]["url"]
+    ]
+    if not sent:
+        return None
+    for m in events:
+        params = m.get("params", {})
+        if params.get("requestId") != sent[-1]:
+            continue
+        if m.get("method") == "Network.responseReceived":
+            status = int(params["response"]["status"])
+            return "ok" if status < 400 else f"failed: HTTP {status}"
+        if m.get("method") == "Network.loadingFailed":
+            return f"failed: {params.get('errorText')}"
+    return "sent"
+
+
+def submit_run_form(
+    page: Any, tries: int = 3, settle_s: float = 30.0, answer_s: float = 240.0
+) -> None:
+    """Click the form's Submit until the UI's create-run request
+    (`POST /api/deployments/{id}/create_flow_run`), seen in the browser's own network log,
+    is answered with success.
 
     Under load a click can be lost without a trace: the field that still has the focus blurs on
     mousedown, the form re-lays itself out, and the mouseup lands elsewhere, so no click event
     fires (seen in `make test-under-load`: the form still on screen 300 s later, no request).
-    The focus is taken off first; a click is repeated only when no request left the page, so a
-    slow click is never sent twice."""
+    The focus is taken off first; a click is repeated only when no request left the page, or
+    when the request failed (an HTTP error or a dropped connection from a loaded server: the
+    UI then stays on the form), so a slow click is never sent twice. Only requests sent after
+    this call count."""
     page.send("Network.enable")  # from here on, every request the page sends is logged
     page.evaluate("document.activeElement && document.activeElement.blur()")
+    first = len(page.events)
+    answers: list[str] = []
     for attempt in range(1, tries + 1):
+        mark = len(page.events)
         page.click(by_text("Submit"), what=f"the form's Submit button (click {attempt})")
         deadline = time.monotonic() + settle_s
-        while time.monotonic() < deadline:
+        answer = None
+        while time.monotonic() < deadline or answer == "sent":
             page.evaluate("0")  # reads the events the browser sent meanwhile
-            if any("/create_flow_run" in url for url in page.requests()):
+            answer = _create_run_answer(page.events[mark:])
+            if answer == "ok":
                 return
+            if answer and answer.startswith("failed"):
+                break
+            if answer == "sent" and time.monotonic() > deadline + answer_s:
+                return  # sent, never answered here: the API is asked for the run next
             time.sleep(0.5)
-    raise TimeoutError(f"the form's Submit sent no create_flow_run request after {tries} clicks")
+        answers.append(answer or "no request")
+    sent = _create_run_answer(page.events[first:])
+    raise TimeoutError(
+        f"the form's Submit created no run after {tries} clicks: {', '.join(answers)}"
+        f" (last request: {sent})"
+    )
 
 
 RUN_LINK = "document.querySelector(\"a[href*='/runs/flow-run/']\")"

@@ -4,11 +4,11 @@ writes), so that `shipyard setup` / `init` find it."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
 from service_repo_kit import ServiceRepo
+from setup_blocks_kit import setup_blocks_kept
 
 
 @pytest.fixture
@@ -31,28 +31,6 @@ def sandbox_home(sandbox, sandbox_admin, tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(autouse=True)
 def setup_blocks_restored(prefect_server):
-    """`init` rewrites the blocks `setup` makes (target `default`, build settings and tiers
-    `sandbox`) on this worker's Prefect server; put them back afterwards, so a later test of the
-    same worker that relies on `setup`'s page-service target does not meet this test's service."""
-    from prefect.exceptions import ObjectNotFound
-
-    from shipyard.blocks.build_settings import BuildSettings
-    from shipyard.blocks.cache_tiers import CacheTiers
-    from shipyard.blocks.release_target import ReleaseTarget
-    from shipyard.deployments.demo.sandbox_setup import BUILD_BLOCK, TARGET_BLOCK, TIERS_BLOCK
-
-    kinds = ((ReleaseTarget, TARGET_BLOCK), (BuildSettings, BUILD_BLOCK), (CacheTiers, TIERS_BLOCK))
-    before = {}
-    for kind, name in kinds:
-        try:
-            before[name] = kind.load(name)
-        except (ValueError, ObjectNotFound):
-            before[name] = None
-    yield
-    for kind, name in kinds:
-        saved = before[name]
-        if saved is not None:
-            saved.save(name, overwrite=True)
-            continue
-        with contextlib.suppress(ValueError, ObjectNotFound):
-            kind.delete(name)
+    """`init` rewrites the blocks `setup` makes: put them back after each test."""
+    with setup_blocks_kept():
+        yield

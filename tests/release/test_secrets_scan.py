@@ -92,7 +92,10 @@ def _deliver(url: str, secret: str, tag: str) -> list[int]:
         "X-Gitlab-Event-UUID": str(uuid.uuid4()),
         "X-Gitlab-Token": secret + "-near-miss",
     }
-    statuses = [send(github(secret)), send(github(secret[:-1] + "x")), send(gitlab)]
+    # The forged key differs from the secret in its last character (a secret that happens to
+    # end in "x" made the "forged" signature valid: a replay, 409, instead of 401).
+    forged = secret[:-1] + ("y" if secret.endswith("x") else "x")
+    statuses = [send(github(secret)), send(github(forged)), send(gitlab)]
     return statuses
 
 

@@ -30,10 +30,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from setup_blocks_kit import setup_blocks_kept
 
 from bench.rehearse import (
     EXPECTED_DIGIT,
@@ -66,7 +68,9 @@ class Rehearsal:
 
 
 @pytest.fixture(scope="module")
-def rehearsal(engine_session, engine_upstream, tmp_path_factory) -> Rehearsal:
+def rehearsal(
+    engine_session, engine_upstream, tmp_path_factory, prefect_server
+) -> Iterator[Rehearsal]:
     """`shipyard init` in the service's repository, prewarm, v1.0.0 released: the last good
     revision the breakages fall back to."""
     from prefect.settings import get_current_settings
@@ -88,15 +92,17 @@ def rehearsal(engine_session, engine_upstream, tmp_path_factory) -> Rehearsal:
         admin.close()
     repo = ServiceRepo(work / "digit-service")
     cli = Cli(env, repo.root)
-    init = cli.run("init", *INIT_ARGS)
-    prewarm = cli.json("prewarm")
-    assert [(t["tier"], t["action"]) for t in prewarm["tiers"]] == [
-        ("base", "built"),
-        ("python", "built"),
-    ], prewarm
-    repo.tag("v1.0.0")
-    first = cli.release("v1.0.0")
-    return Rehearsal(repo, cli, "digit-service", first, init.stdout)
+    # init rewrites setup's blocks on this worker's server: they are put back afterwards.
+    with setup_blocks_kept():
+        init = cli.run("init", *INIT_ARGS)
+        prewarm = cli.json("prewarm")
+        assert [(t["tier"], t["action"]) for t in prewarm["tiers"]] == [
+            ("base", "built"),
+            ("python", "built"),
+        ], prewarm
+        repo.tag("v1.0.0")
+        first = cli.release("v1.0.0")
+        yield Rehearsal(repo, cli, "digit-service", first, init.stdout)
 
 
 def _service_path() -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ from prefect.tasks import exponential_backoff
 from shipyard.tasks.cloud_logging import Logging, LoggingSource, quote, revision_filter
 from shipyard.tasks.errors import retry_condition_fn
 
-__all__ = ["ErrorLines", "error_line", "error_query", "first_error_lines"]
+__all__ = ["ErrorLines", "error_line", "error_lines_in", "error_query", "first_error_lines"]
 
 STDERR_LOG = "run.googleapis.com%2Fstderr"
 REQUEST_LOG = "run.googleapis.com%2Frequests"
@@ -116,6 +116,17 @@ def error_line(text: str, severity: str) -> str:
     return f"{lines[0][:LINE_CHARS]} … {last}"
 
 
+def error_lines_in(client: Any, query: str, scan: int) -> Iterator[str]:
+    """The line to cite of each entry `query` finds that names an error (`error_line`), oldest
+    first, of at most `scan` entries: what the canary and the deploy step both read."""
+    for entry in client.list_entries(
+        filter_=query, order_by="timestamp asc", page_size=min(scan, 1000), max_results=scan
+    ):
+        line = error_line(_text(entry.payload), str(entry.severity or "DEFAULT"))
+        if line:
+            yield line
+
+
 @task(
     name="logging.canary_error_lines",
     retries=3,
@@ -141,12 +152,7 @@ def first_error_lines(
     query = error_query(service=service, revision=revision, region=region, start=start, end=end)
     lines: list[str] = []
     found = 0
-    for entry in client.list_entries(
-        filter_=query, order_by="timestamp asc", page_size=min(scan, 1000), max_results=scan
-    ):
-        line = error_line(_text(entry.payload), str(entry.severity or "DEFAULT"))
-        if not line:
-            continue
+    for line in error_lines_in(client, query, scan):
         found += 1
         if line not in lines and len(lines) < limit:
             lines.append(line)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shipyard.tasks.canary_logs import error_line, error_query
+from shipyard.tasks.canary_logs import error_lines_in, error_query
 from shipyard.tasks.cloud_logging import Logging, LoggingSource
 from shipyard.tasks.errors import is_transient
 from shipyard.tasks.waiting import Deadline, wait_for
@@ -62,13 +62,8 @@ def first_error_lines(
     def read() -> list[str]:
         client = source.logging_client() if isinstance(source, LoggingSource) else source
         lines: list[str] = []
-        for entry in client.list_entries(
-            filter_=query, order_by="timestamp asc", page_size=min(scan, 1000), max_results=scan
-        ):
-            payload = entry.payload
-            text = payload if isinstance(payload, str) else str((payload or {}).get("message", ""))
-            line = error_line(text, str(entry.severity or "DEFAULT"))
-            if line and line not in lines and line not in besides:
+        for line in error_lines_in(client, query, scan):
+            if line not in lines and line not in besides:
                 lines.append(line)
             if len(lines) >= limit:
                 break

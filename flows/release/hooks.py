@@ -83,9 +83,9 @@ def cancel_tag_builds_step(ctx: Any, git_tag: str) -> list[str]:
     return done
 
 
-def cleanup(target: ReleaseTarget, git_tag: str) -> list[str]:
-    """Cancel the tag's running build, clear the tag's canary where it has 0% and the CPU
-    baseline's measurement tag. What was done.
+def cleanup(target: ReleaseTarget, git_tag: str, *, cancel_builds: bool = True) -> list[str]:
+    """Cancel the tag's running build (unless not `cancel_builds`), clear the tag's canary where
+    it has 0% and the CPU baseline's measurement tag. What was done.
 
     Each Google call is a step task run with the target's retries on transient errors (the
     release's one retry mechanism), outside any flow run when a runner calls the hook."""
@@ -99,8 +99,11 @@ def cleanup(target: ReleaseTarget, git_tag: str) -> list[str]:
     ctx = RunContext(target, git_tag, None)
     steps = StepLog(target.retries, target.retry_delays())
     try:
-        cancelled: list[str] = steps.run("cancel-tag-builds", cancel_tag_builds_step, ctx, git_tag)
-        done += cancelled
+        if cancel_builds:
+            cancelled: list[str] = steps.run(
+                "cancel-tag-builds", cancel_tag_builds_step, ctx, git_tag
+            )
+            done += cancelled
     except Exception as exc:  # noqa: BLE001 - keep cleaning the traffic
         done.append(f"could not cancel the build: {exc}")
     for region in target.regions:

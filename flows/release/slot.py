@@ -161,39 +161,15 @@ def crash_run_tree(client: Any, run_id: UUID, message: str) -> list[str]:
 def clean_after_dead_run(parameters: dict[str, Any], *, cancel_builds: bool) -> list[str]:
     """The dead run's `canary` tag (where its revision has 0%) and `baseline` tag taken off, its
     Cloud Build cancelled with `cancel_builds`: what its on_crashed hook would have done, had a
-    SIGKILL let it run (flows/release/hooks.py). Never raises: lines saying what was done."""
+    SIGKILL let it run (flows/release/hooks.py `cleanup`). Never raises: lines saying what was
+    done."""
     from shipyard.flows.release import hooks
 
     git_tag = parameters.get("git_tag")
     target = hooks._target_of(parameters)
     if target is None or not git_tag or parameters.get("dry_run"):
         return []
-    if cancel_builds:
-        return hooks.cleanup(target, str(git_tag))
-    done: list[str] = []
-    try:
-        done = _clear_tags(target, str(git_tag))
-    except Exception as exc:  # noqa: BLE001 - the next release's own steps converge anyway
-        done.append(f"could not take the dead run's tags off: {exc}")
-    return done
-
-
-def _clear_tags(target: Any, git_tag: str) -> list[str]:
-    from shipyard.flows.canary.stage import untag_step
-    from shipyard.flows.deploy.region_deploy import clear_failed_step
-    from shipyard.flows.deploy.traffic_split import BASELINE_TAG
-    from shipyard.flows.release.context import RunContext
-    from shipyard.flows.release.steps import StepLog
-
-    ctx = RunContext(target, git_tag, None)
-    steps = StepLog(target.retries, target.retry_delays())
-    done = []
-    for region in target.regions:
-        if steps.run(f"clear:{region}", clear_failed_step, ctx, region, ctx.gpu_revision):
-            done.append(f"cleared the canary tag of {ctx.gpu_revision} in {region}")
-        if steps.run(f"untag-baseline:{region}", untag_step, ctx, region, BASELINE_TAG):
-            done.append(f"took the {BASELINE_TAG} tag off in {region}")
-    return done
+    return hooks.cleanup(target, str(git_tag), cancel_builds=cancel_builds)
 
 
 def _lease_ids() -> list[UUID]:

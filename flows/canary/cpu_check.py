@@ -23,9 +23,14 @@ from prefect.cache_policies import NO_CACHE
 
 from shipyard.flows.canary.probing import check_health, invoker_token, load_token, probe_runs
 from shipyard.flows.canary.samples import resolve_samples
-from shipyard.flows.canary.stage import recorded_release, release_variable, untag_step
+from shipyard.flows.canary.stage import (
+    recorded_release,
+    release_variable,
+    tag_baseline,
+    untag_step,
+)
 from shipyard.flows.canary.verdict import run_reasons
-from shipyard.flows.deploy.traffic_split import BASELINE_TAG, pinned_traffic
+from shipyard.flows.deploy.traffic_split import BASELINE_TAG
 from shipyard.flows.observe.variables import set_variable
 from shipyard.flows.release.context import RunContext
 from shipyard.flows.release.steps import StepLog, note_attempt
@@ -70,10 +75,7 @@ def tag_step(ctx: RunContext, region: str, revision: str) -> str:
     service = cr.get_service(ctx.services, ctx.service_name(region))
     if service is None:
         raise ConfigurationError(f"no service {ctx.target.service} in {region} to check")
-    traffic = [t for t in pinned_traffic(service) if t.tag != BASELINE_TAG]
-    traffic.append(cr.Traffic(revision=revision, percent=0, tag=BASELINE_TAG))
-    service = cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
-    url = cr.tag_uri(service, BASELINE_TAG)
+    url = cr.tag_uri(tag_baseline(ctx, service, revision), BASELINE_TAG)
     if not url:
         raise ConfigurationError(
             f"Cloud Run published no `{BASELINE_TAG}` tag URL for {revision} in {region}"

@@ -31,6 +31,7 @@ import datetime as dt
 import time
 from typing import Any, Literal
 
+from google.cloud import run_v2
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
@@ -161,6 +162,14 @@ def revision_log_hits(
 # ---------------------------------------------------------------- baseline
 
 
+def tag_baseline(ctx: RunContext, service: run_v2.Service, revision: str) -> run_v2.Service:
+    """`revision` given the `baseline` tag at 0% (the rest of the traffic unchanged): the
+    service as Cloud Run wrote it."""
+    traffic = [t for t in pinned_traffic(service) if t.tag != BASELINE_TAG]
+    traffic.append(cr.Traffic(revision=revision, percent=0, tag=BASELINE_TAG))
+    return cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+
+
 @task(name="cpu-baseline-url", cache_policy=NO_CACHE, persist_result=False)
 def baseline_url_step(ctx: RunContext, region: str) -> tuple[str, str | None]:
     """A URL reaching a Ready CPU revision of the region -> (url, tag to remove after)."""
@@ -180,9 +189,7 @@ def baseline_url_step(ctx: RunContext, region: str) -> tuple[str, str | None]:
         return service.uri, None  # the service URL reaches only CPU revisions
     if names:
         chosen = ctx.cpu_revision if ctx.cpu_revision in names else sorted(names)[-1]
-        traffic = [t for t in pinned_traffic(service) if t.tag != BASELINE_TAG]
-        traffic.append(cr.Traffic(revision=chosen, percent=0, tag=BASELINE_TAG))
-        service = cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+        service = tag_baseline(ctx, service, chosen)
         return cr.tag_uri(service, BASELINE_TAG) or service.uri, BASELINE_TAG
     deployed = deploy_revision(ctx, region, cpu_template(ctx), BASELINE_TAG)
     return deployed.tag_uri or deployed.service_uri, BASELINE_TAG

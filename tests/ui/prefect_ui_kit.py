@@ -169,6 +169,27 @@ def fill(page: Any, name: str, text: str) -> None:
     page.wait_for(f"{field_input(name)}.value === {json.dumps(text)}", what=f"{name} = {text}")
 
 
+def click_until_sent(
+    page: Any, element: str, url_part: str, what: str, tries: int = 3, settle_s: float = 30.0
+) -> None:
+    """Click `element` until the page sends a request whose URL holds `url_part` (seen in the
+    browser's network log after the click): a click lost under load (see `submit_run_form`) is
+    repeated, one that sent its request is not."""
+    page.send("Network.enable")
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    for attempt in range(1, tries + 1):
+        mark = len(page.events)
+        page.click(element, what=f"{what} (click {attempt})")
+        deadline = time.monotonic() + settle_s
+        while time.monotonic() < deadline:
+            page.evaluate("0")  # reads the events the browser sent meanwhile
+            sent = [m for m in page.events[mark:] if m.get("method") == "Network.requestWillBeSent"]
+            if any(url_part in m["params"]["request"]["url"] for m in sent):
+                return
+            time.sleep(0.5)
+    raise TimeoutError(f"{what}: no request to {url_part} after {tries} clicks")
+
+
 def _create_run_answer(events: list[dict[str, Any]]) -> str | None:
     """What became of the last create-run request among `events`: None (none sent), "sent"
     (no answer yet), "ok", or "failed: why" (an HTTP error or a network failure)."""

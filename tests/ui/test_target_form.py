@@ -26,6 +26,7 @@ from chromium_page import Page, chromium_binary
 from cli_kit import run_cli
 from prefect_ui_kit import (
     by_text,
+    click_until_sent,
     fill,
     release_only_yaml,
     start_ui,
@@ -209,7 +210,7 @@ def test_a_target_made_in_the_ui_form_with_its_defaults_releases(
         page.wait_for(f"{name_input}.value === {block!r}", what="the block's name typed")
         page.evaluate("document.activeElement && document.activeElement.blur()")
         page.screenshot(shots / "1-block-form.png")
-        page.click(by_text("Save"), 120, "the block form's Save button")
+        click_until_sent(page, by_text("Save"), "/block_documents", "the block form's Save button")
         page.wait_for("location.pathname.includes('/blocks/block/')", 120, "the saved block page")
 
         with get_client(sync_client=True) as client:

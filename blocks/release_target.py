@@ -29,6 +29,7 @@ from shipyard.blocks.gpu_regions import GPU_MIN_CPU, GPU_MIN_MEMORY_GIB, gpu_reg
 from shipyard.blocks.names import tag_url_problem
 from shipyard.blocks.quota_policy import QuotaPolicy
 from shipyard.blocks.revision_templates import CpuTemplate, GpuTemplate, as_template
+from shipyard.blocks.rollout_policy import RolloutPolicy
 
 GPU_QUOTA_IDS = {
     # (gpu type, zonal redundancy) -> Cloud Quotas quota id on run.googleapis.com
@@ -132,6 +133,12 @@ class ReleaseTarget(Block):
         title="Canary policy",
         description="A saved canary policy block; empty: the defaults of the canary policy",
     )
+    rollout: RolloutPolicy = Field(
+        default_factory=RolloutPolicy,
+        title="Rollout policy",
+        description="Traffic steps after the 0% canary, the judge, the load generator and the "
+        "approval gate; no steps: 100% at once after the canary",
+    )
     rollback_to_cpu: bool = Field(
         default=False,
         title="Roll back to CPU",
@@ -207,12 +214,13 @@ class ReleaseTarget(Block):
     def _template_model(cls, value: object) -> object:
         return as_template(value)
 
-    @field_validator("quota", "canary", mode="before")
+    @field_validator("quota", "canary", "rollout", mode="before")
     @classmethod
     def _empty_policy(cls, value: object, info: ValidationInfo) -> object:
         # The UI sends null for a policy left empty: that means the defaults.
         if value is None:
-            return QuotaPolicy() if info.field_name == "quota" else CanaryPolicy()
+            defaults = {"quota": QuotaPolicy, "canary": CanaryPolicy, "rollout": RolloutPolicy}
+            return defaults[info.field_name or "quota"]()
         return value
 
     @field_validator("regions")

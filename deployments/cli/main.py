@@ -29,7 +29,10 @@ _COMMAND_MODULES = [
     "shipyard.deployments.cli.build",
     "shipyard.deployments.cli.triggers",
     "shipyard.deployments.cli.release",
+    "shipyard.deployments.cli.status",
     "shipyard.deployments.cli.rollback",
+    "shipyard.deployments.cli.rollout",
+    "shipyard.deployments.cli.sweep",
     "shipyard.deployments.cli.report",
 ]
 

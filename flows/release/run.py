@@ -25,6 +25,7 @@ from shipyard.blocks.release_target import ReleaseTarget
 from shipyard.flows.deploy.exposure import check_exposure_step
 from shipyard.flows.deploy.region_deploy import ExistingRevision, RevisionDeploy
 from shipyard.flows.observe.ledger import record_release
+from shipyard.flows.observe.status import publish_status
 from shipyard.flows.release.context import RunContext
 from shipyard.flows.release.decided import (
     Decision,
@@ -198,6 +199,10 @@ def _finish(
             },
         )
     record_release(result, failed, completes)  # the service's ledger (shipyard report)
+    if not result.dry_run:
+        publish_status(
+            ctx.target, f"release {result.git_tag}: {'failed' if failed else result.outcome}"
+        )
     try:
         publish_markdown(
             summary_markdown(result, failed),

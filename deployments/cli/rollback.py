@@ -54,6 +54,9 @@ def rollback_command(
         help="Release tag or revision name to return to (default: the last good revision, which "
         "served before the current release).",
     ),
+    comment: str = typer.Option(
+        "", "--comment", "-m", help="Why: written to the rollback's summary and the ledger."
+    ),
 ) -> None:
     """Return 100% of a service's traffic to the last good revision (which served before the
     current release), or to a given release tag or revision (refused unless it is Ready)."""
@@ -66,7 +69,7 @@ def rollback_command(
     except (UsageError, RollbackRefused) as exc:
         fail(str(exc))
     try:
-        result = rollback(target, to)
+        result = rollback(target, to, comment=comment)
     except RollbackRefused as exc:
         fail(str(exc))
     if result.noop:

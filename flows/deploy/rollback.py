@@ -10,6 +10,12 @@ revision, the revision that served before keeps the `prior` tag, other tags kept
 service's release slot, as a `rollback` step (its `shipyard.rollback.*` stage events), then the
 release record Variable says what serves now and what it rolled back from. A revision that does
 not exist or is not Ready is refused before anything changes (invariant 1).
+
+What it leaves for people (flows/deploy/rollback_report.py): the `rollback-<service>` summary
+artifact (what served, what serves now, why, by whom), a `rolled_back_by_hand` ledger row, a new
+version of the `release-<service>` summary saying the release was rolled back by hand, and the
+service's status (flows/observe/status.py). It is the `rollback` deployment of prefect.yaml too:
+the UI's run form takes the same `target` / `to` and gets the same refusals as the CLI.
 """
 
 from __future__ import annotations
@@ -20,21 +26,25 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.variables import Variable
 from pydantic import BaseModel
 
 from shipyard.blocks.release_target import ReleaseTarget
 from shipyard.flows.canary.stage import recorded_release, release_variable
+from shipyard.flows.deploy.rollback_report import requested_by, rollback_reported
 from shipyard.flows.deploy.templates import ROLE_LABEL, TAG_LABEL
 from shipyard.flows.deploy.traffic import cutover_step, good_because
 from shipyard.flows.deploy.traffic_split import PRIOR_TAG, pinned_traffic
 from shipyard.flows.observe.stage_events import release_scope
+from shipyard.flows.observe.status import publish_status
 from shipyard.flows.release.context import RunContext
 from shipyard.flows.release.params import TargetParam
 from shipyard.flows.release.slot import release_slot
 from shipyard.flows.release.steps import StepLog
 from shipyard.tasks import cloud_run as cr
 from shipyard.tasks.errors import PermanentError
+from shipyard.tasks.reports import publish_markdown
 
 
 class RollbackRefused(PermanentError):
@@ -109,10 +119,11 @@ def choose_revision(ctx: RunContext, region: str, to: str, record: dict[str, Any
             )
         )
         if not tagged:
-            known = sorted({r.labels.get(TAG_LABEL, "") for r in revisions} - {""})
+            known = released_tags_there(revisions, record)
             raise RollbackRefused(
                 f"--to {to!r}: no revision of {name} in {region} is named so or was released "
-                f"from that tag; released tags there: {', '.join(known) or 'none'}"
+                f"from that tag; release tags there: {', '.join(known) or 'none'} "
+                "(give one of them, or a revision name)"
             )
         chosen, git_tag = tagged[0], to
     if chosen is None:
@@ -129,6 +140,20 @@ def choose_revision(ctx: RunContext, region: str, to: str, record: dict[str, Any
     image = chosen.containers[0].image if chosen.containers else None
     noop = [(t.revision, t.percent) for t in serving] == [(revision, 100)]
     return _Choice(revision=revision, git_tag=git_tag, image=image, previous=previous, noop=noop)
+
+
+def released_tags_there(revisions: list[Any], record: dict[str, Any]) -> list[str]:
+    """The release tags of the service's revisions, as git names them (`v1.4.0`): the release
+    record's tag of each revision, else the tag the revision's label keeps (sanitized, `v1-4-0`,
+    for a revision the record no longer lists); newest first."""
+    tags = record.get("tags") or {}
+    newest = sorted(
+        (r for r in revisions if r.labels.get(TAG_LABEL)),
+        key=lambda r: -r.create_time.timestamp() if r.create_time else 0,
+    )
+    named = (tags.get(cr.short_name(r.name)) or r.labels[TAG_LABEL] for r in newest)
+    by_label = {_tag_label(t): t for t in tags.values()}
+    return list(dict.fromkeys(by_label.get(t, t) for t in named))
 
 
 def _where(target: TargetParam) -> tuple[ReleaseTarget, dict[str, Any], str]:
@@ -157,16 +182,23 @@ def check_rollback(target: TargetParam, to: str = "") -> str:
 # is let go on the way out (release_slot), or, for a killed process, freed by the next holder
 # (flows/release/slot.py).
 @flow(name="rollback", flow_run_name="rollback-{target}", log_prints=False, timeout_seconds=1800)
-def rollback(target: TargetParam = "default", to: str = "") -> RollbackResult:
+def rollback(
+    target: TargetParam = "default", to: str = "", comment: str = "", by: str = ""
+) -> RollbackResult:
     """Return 100% of the target service's traffic to an earlier Ready revision.
 
     Args:
         target: Name of the Shipyard Release Target block whose service to roll back.
-        to: Release tag or revision name to return to (empty: the last good revision, which
-            served before the current release).
+        to: Release tag (e.g. v1.4.0) or revision name to return to (empty: the last good
+            revision, which served before the current release).
+        comment: Why, for the summary and the ledger (e.g. "p95 doubled after v1.5.0").
+        by: Who asks (empty: the Prefect user where Prefect knows one, "Prefect UI / API"
+            for a run of the deployment, else the local account).
     """
+    started_at = dt.datetime.now(dt.UTC)
     resolved, record, region = _where(target)
     logger = get_run_logger()
+    who = requested_by(by)
     with (
         release_scope(service=resolved.service, region=region),
         release_slot(resolved.service, resolved.lock_timeout_s, resolved.slot_lease_s),
@@ -199,8 +231,24 @@ def rollback(target: TargetParam = "default", to: str = "") -> RollbackResult:
         url=url,
         noop=choice.noop,
     )
-    if not choice.noop:
-        _record(result, record)
+    if choice.noop:
+        publish_markdown(
+            f"# Rollback of `{result.service}`: nothing moved\n\n`{result.revision}` already "
+            f"serves 100% in `{region}` (asked by {who}).",
+            key=f"rollback-{result.service}",
+            description=f"Rollback of {result.service}: {result.revision} already serves",
+        )
+        return result
+    _record(result, record)
+    ctx_run = FlowRunContext.get()
+    run_id = str(ctx_run.flow_run.id) if ctx_run is not None and ctx_run.flow_run else None
+    rollback_reported(
+        result, record, by=who, comment=comment, started_at=started_at, flow_run_id=run_id
+    )
+    publish_status(
+        resolved,
+        f"rollback by hand to {result.git_tag or result.revision} by {who}",
+    )
     return result
 
 

@@ -2,8 +2,23 @@
 stable key per service (`ledger-SERVICE`), so the Prefect UI shows the service's release
 history as the versions of that artifact, and `shipyard report` reads them back.
 
-A ledger entry is written for every release that was not a dry run, failed ones included
-(outcome `failed`): the change failure rate needs them.
+A ledger entry is written for every release that was not a dry run, failed ones included: the
+change failure rate needs them, and so does telling the change's failures from the rest.
+
+Outcomes (`OUTCOMES`, one per row):
+- `released`: the new revision serves 100% (`noop`: the tag already served);
+- `rolled_back`: the release's canary (or a rollout step, or the GPU deploy) failed it, traffic
+  stayed on / went back to the last good revision;
+- `cpu_fallback`: no region had a GPU, a CPU baseline revision serves;
+- `rolled_back_by_hand`: a person ran `rollback` (flows/deploy/rollback.py);
+- `cancelled`: a person cancelled the release run (flows/release/cancelled.py);
+- `failed_infrastructure`: the release could not reach what it runs on (Google or the sandbox,
+  the registry, the Prefect API): a transport error or a transient error whose retries ran out,
+  as tasks/errors.py classifies them; nothing is known of the change;
+- `failed`: the change itself failed (a build failure, an image fault, a bad configuration).
+
+`CHANGE_FAILURES` are the outcomes DORA's change failure rate counts: a failure of the change.
+Rows written before the split stay as they were (an old `failed` stays `failed`).
 """
 
 from __future__ import annotations
@@ -21,9 +36,34 @@ from prefect.client.schemas.sorting import ArtifactSort
 from pydantic import BaseModel
 
 from shipyard.flows.observe.stage_events import stage_of_step
+from shipyard.flows.rollout.journal import compact_steps
+from shipyard.tasks.errors import is_transient
 from shipyard.tasks.reports import artifact_key
 
-__all__ = ["LedgerEntry", "entry_of", "ledger_key", "read_ledger", "record_release", "write_entry"]
+__all__ = [
+    "CHANGE_FAILURES",
+    "OUTCOMES",
+    "LedgerEntry",
+    "entry_of",
+    "failure_outcome",
+    "ledger_key",
+    "read_ledger",
+    "record_release",
+    "write_entry",
+]
+
+OUTCOMES = (
+    "released",
+    "rolled_back",
+    "cpu_fallback",
+    "rolled_back_by_hand",
+    "cancelled",
+    "failed_infrastructure",
+    "failed",
+)
+# The failures of the change (DORA's change failure rate): what the change did, not what a person
+# chose (a hand rollback, a cancel) nor what the infrastructure did (unreachable, out of retries).
+CHANGE_FAILURES = frozenset({"rolled_back", "failed"})
 
 PREFIX = "ledger"
 PAGE = 200  # the API's largest page
@@ -35,7 +75,7 @@ class LedgerEntry(BaseModel):
     service: str
     git_tag: str
     commit: str = ""
-    outcome: str  # released | rolled_back | cpu_fallback | failed
+    outcome: str  # one of OUTCOMES (see the module docstring)
     noop: bool = False
     region: str | None = None
     revision: str | None = None
@@ -65,6 +105,35 @@ class LedgerEntry(BaseModel):
     # re-run that found the tag serving completes it (flows/release/record.py). Such a row is the
     # change, not a no-op, and carries the killed run's image, build and tag time.
     completes_run: str | None = None
+    # The rollout's steps after the canary, "10:pass,50:approved by ana,50:pass,100:pass"
+    # (flows/rollout/journal.py compact_steps; empty: one cutover).
+    steps: str = ""
+    # Who chose the outcome: the person behind a hand rollback or a cancel ("" for a release).
+    by: str = ""
+
+
+def failure_outcome(error: BaseException | None) -> str:
+    """`failed_infrastructure` when the release stopped because something it runs on could not
+    be reached: the error, or an error it was raised from, is transient by tasks/errors.py (a
+    transport error, a 5xx, a rate limit whose retries ran out); `failed` otherwise (the change
+    or its configuration: a verdict, a 4xx, a build failure). An interrupt is not the change's
+    either: Ctrl-C is `cancelled`, a terminated process `failed_infrastructure`."""
+    if isinstance(error, KeyboardInterrupt):
+        return "cancelled"  # Ctrl-C: a person stopped it
+    if error is not None and not isinstance(error, Exception):
+        return "failed_infrastructure"  # the process was stopped (SIGTERM, a drained node)
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen and len(seen) < 20:
+        seen.add(id(current))
+        if is_transient(current):
+            return "failed_infrastructure"
+        # google-api-core's RetryError keeps the last error as `cause`.
+        cause = current.__cause__ or getattr(current, "cause", None)
+        if cause is None and not current.__suppress_context__:
+            cause = current.__context__
+        current = cause if isinstance(cause, BaseException) else None
+    return "failed"
 
 
 def ledger_key(service: str) -> str:
@@ -77,9 +146,13 @@ def entry_of(
     failed: bool,
     finished_at: dt.datetime | None = None,
     completes: str | None = None,
+    error: BaseException | None = None,
+    commit: str = "",
 ) -> LedgerEntry:
     """The ledger entry of a ReleaseResult (flows/release/result.py); `completes`: the killed
-    run whose release this run completed (its row counts as the change)."""
+    run whose release this run completed (its row counts as the change); `error`: what stopped
+    a failed release (it decides `failed` or `failed_infrastructure`); `commit`: the commit
+    released when no build says it (an image given with its commit, a killed run's)."""
     stage_seconds: dict[str, float] = {}
     retries = 0
     for step in result.steps:
@@ -90,15 +163,15 @@ def entry_of(
     build, canary = result.build, result.canary
     # The first canary request meets a cold instance: its step time is the cold-start figure.
     first = next((s for s in result.steps if s.name in ("canary-run-1", "canary-run")), None)
-    outcome = "failed" if failed else result.outcome
+    outcome = failure_outcome(error) if failed else result.outcome
     tagged = result.tag_time
     reason = ""
-    if outcome in ("rolled_back", "failed", "cpu_fallback"):
+    if outcome in ("rolled_back", "failed", "failed_infrastructure", "cpu_fallback"):
         reason = "; ".join(result.reasons)[:500]
     return LedgerEntry(
         service=result.service,
         git_tag=result.git_tag,
-        commit=build.commit if build else "",
+        commit=(build.commit if build else "") or commit,
         outcome=outcome,
         noop=result.noop and completes is None,
         region=result.region,
@@ -123,6 +196,7 @@ def entry_of(
         rollback_reason=reason,
         flow_run_id=result.flow_run_id,
         completes_run=completes,
+        steps=compact_steps(getattr(result, "rollout_steps", [])),
     )
 
 
@@ -135,17 +209,27 @@ def write_entry(entry: LedgerEntry) -> None:
     )
 
 
-def record_release(result: Any, failed: bool, completes: str | None = None) -> None:
+def record_release(
+    result: Any,
+    failed: bool,
+    completes: str | None = None,
+    *,
+    error: BaseException | None = None,
+    commit: str = "",
+) -> LedgerEntry | None:
     """Ledger entry of a finished release (not of a dry run). A failed release's entry must not
     hide the release's own error: then a ledger error is only logged."""
     if result.dry_run:
-        return
+        return None
     try:
-        write_entry(entry_of(result, failed=failed, completes=completes))
+        entry = entry_of(result, failed=failed, completes=completes, error=error, commit=commit)
+        write_entry(entry)
     except Exception as exc:  # re-raised below unless the release failed
         if not failed:
             raise
         logging.getLogger("shipyard.ledger").warning("ledger entry not written: %s", exc)
+        return None
+    return entry
 
 
 def read_ledger(service: str | None = None, since: dt.datetime | None = None) -> list[LedgerEntry]:

@@ -30,11 +30,12 @@ from shipyard.flows.release.tag_time import TagTime
 
 
 def update_release_record(
-    target: ReleaseTarget, result: ReleaseResult, baseline_ms: float | None
+    target: ReleaseTarget, result: ReleaseResult, baseline_ms: float | None, commit: str = ""
 ) -> None:
     """Write the service's release record (the Variable `recorded_release` reads) after a run
     that changed something: what serves, the CPU baseline the next canary compares against,
-    the tags released and the last good revision."""
+    the tags released and the last good revision (`commit`: the commit released when no build
+    says it: given with the image, or remembered by a killed run of the tag)."""
     previous = recorded_release(result.service) or {}
     measured = result.canary is not None and result.canary.baseline_source == "measured"
     # A no-op re-run measured nothing: the verdict its killed predecessor persisted did.
@@ -53,7 +54,9 @@ def update_release_record(
         "revision": result.revision,
         "url": result.url,
         "image": result.image,
-        "commit": result.build.commit if result.build else previous_commit(previous, result),
+        "commit": (result.build.commit if result.build else "")
+        or commit
+        or previous_commit(previous, result),
         "tagged_at": result.tag_time.at if result.tag_time else None,
         "cpu_baseline_ms": baseline,
         "cpu_baseline_at": baseline_at,
@@ -95,8 +98,19 @@ def remembered_attempt(service: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def attempted_commit(service: str, git_tag: str) -> str:
+    """The commit an earlier run of `git_tag` remembered (given to it with its image), else ""."""
+    attempt = remembered_attempt(service)
+    if attempt is None or attempt.get("git_tag") != git_tag:
+        return ""
+    return str(attempt.get("commit") or "")
+
+
 def remember_attempt(
-    result_so_far: ReleaseResult, image: str | None, build: BuildFigures | None
+    result_so_far: ReleaseResult,
+    image: str | None,
+    build: BuildFigures | None,
+    commit: str | None = None,
 ) -> None:
     """What this run releases, once its tag's time and then its image are known, before it
     deploys anything: a re-run after a kill completes its record and ledger row from it (see the
@@ -112,6 +126,7 @@ def remember_attempt(
         if earlier.get("tag_time"):
             tag_time = better_tag_time(tag_time, TagTime.model_validate(earlier["tag_time"]))
         run_id = earlier.get("flow_run_id") or run_id
+        commit = commit or earlier.get("commit")
     set_variable(
         attempt_variable(result_so_far.service),
         {
@@ -120,6 +135,7 @@ def remember_attempt(
             "build": build.model_dump(mode="json") if build else None,
             "tag_time": tag_time.model_dump() if tag_time else None,
             "flow_run_id": run_id,
+            "commit": commit or (build.commit if build else None),
         },
     )
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from prefect import get_run_logger
 from prefect.events import emit_event
+from prefect.exceptions import Pause
 
 from shipyard.blocks.release_target import ReleaseTarget
 from shipyard.flows.deploy.exposure import check_exposure_step
@@ -44,6 +45,7 @@ from shipyard.flows.release.deploy_stages import (
 )
 from shipyard.flows.release.outcome import STATE_NAMES, outcome_message
 from shipyard.flows.release.record import (
+    attempted_commit,
     remember_attempt,
     resumed_release,
     update_release_record,
@@ -96,9 +98,11 @@ class Release:
                 ):
                     trail.append(decided)
         except BaseException as exc:
-            _finish(ctx, steps, opening, trail, started, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, Pause):  # suspended at a rollout gate: its re-run finishes it
+                raise
+            _finish(ctx, steps, opening, trail, started, error=exc, commit=self.commit)
             raise
-        result = _finish(ctx, steps, opening, trail, started, error=None)
+        result = _finish(ctx, steps, opening, trail, started, error=None, commit=self.commit)
         if result.outcome in STATE_NAMES:
             logger.warning("%s", outcome_message(result))
         else:
@@ -131,12 +135,12 @@ def _stages(
     timed = TagTimed(tag_time(steps, ctx.target, ctx.git_tag, tagged_at, opening.started_at))
     yield timed
     # Before the build and any deploy: a re-run after a kill records from it (record.py).
-    remember_attempt(assemble(opening, [timed]), ctx.image, None)
+    remember_attempt(assemble(opening, [timed]), ctx.image, None, commit)
     image = ensure_image(ctx, steps, commit)
     if image is not None:
         ctx.image = image.image  # what the deploy, canary and traffic steps deploy
         yield image
-        remember_attempt(assemble(opening, [timed]), ctx.image, image.build)
+        remember_attempt(assemble(opening, [timed]), ctx.image, image.build, commit)
     attempts, skip = next_attempts(ctx.gpu_revision, found.existing)
     ctx.attempts.update(attempts)
     deployed = yield from deploy(ctx, steps, found.existing, skip)
@@ -165,6 +169,19 @@ def _noop(
         yield noop_plan(ctx, found)
 
 
+def cancel_requested(error: BaseException) -> bool:
+    """The run is being stopped for a cancel: the interrupt Prefect's runner sends after telling
+    the run's process, over its control channel, that the intent is "cancel" (Prefect 3.8.8,
+    prefect/flow_engine.py `_termination_intent`)."""
+    if isinstance(error, Exception):
+        return False
+    try:
+        from prefect._internal.control_listener import get_intent
+    except ImportError:  # another Prefect: the hook still records the cancel after this row
+        return False
+    return get_intent() == "cancel"
+
+
 def _finish(
     ctx: RunContext,
     steps: StepLog,
@@ -172,17 +189,23 @@ def _finish(
     trail: list[Decision],
     started: float,
     *,
-    error: str | None,
+    error: BaseException | None,
+    commit: str | None,
 ) -> ReleaseResult:
-    """The result of the decisions taken (`error`: the run failed); the record, the event,
-    the ledger and the summary artifact."""
+    """The result of the decisions taken (`error`: what stopped the run); the record, the event,
+    the ledger and the summary artifact. `commit`: the one given to the run (empty: the build's,
+    or what a killed run of the tag remembered)."""
     failed = error is not None
     seconds = round(time.perf_counter() - started, 3)
-    result = assemble(opening, trail, steps.steps, seconds, error)
+    why = f"{type(error).__name__}: {error}" if error is not None else None
+    result = assemble(opening, trail, steps.steps, seconds, why)
     completes = None  # the killed run of the tag whose release this run completes
+    commit = commit or ""
     if not result.dry_run and not failed:
         result, completes = resumed_release(result)
-        update_release_record(ctx.target, result, canary_baseline_ms(trail))
+        if completes and not commit:
+            commit = attempted_commit(result.service, result.git_tag)
+        update_release_record(ctx.target, result, canary_baseline_ms(trail), commit)
         emit_event(
             event=f"shipyard.release.{result.outcome.replace('_', '-')}",
             resource={
@@ -198,17 +221,29 @@ def _finish(
                 "noop": result.noop,
             },
         )
-    record_release(result, failed, completes)  # the service's ledger (shipyard report)
+    if error is not None and cancel_requested(error):
+        # Prefect's runner stops the process for a cancel, then runs the cancellation hook,
+        # which records the run as `cancelled` (flows/release/cancelled.py): no `failed` here.
+        return result
+    # The service's ledger (shipyard report): a failed run is `failed` (the change) or
+    # `failed_infrastructure` (Google, the sandbox or Prefect could not be reached).
+    entry = record_release(result, failed, completes, error=error, commit=commit)
+    outcome = entry.outcome if entry is not None else ("failed" if failed else result.outcome)
     if not result.dry_run:
-        publish_status(
-            ctx.target, f"release {result.git_tag}: {'failed' if failed else result.outcome}"
+        publish_status(ctx.target, f"release {result.git_tag}: {outcome}")
+    summary = summary_markdown(result, failed)
+    if outcome == "failed_infrastructure":
+        summary = summary.replace(
+            "**FAILED**",
+            "**FAILED (infrastructure: Google, the sandbox or Prefect unreachable; "
+            "not a failure of the change)**",
+            1,
         )
     try:
         publish_markdown(
-            summary_markdown(result, failed),
+            summary,
             key=f"release-{result.service}",
-            description=f"Release {result.git_tag} of {result.service}: "
-            + ("failed" if failed else result.outcome),
+            description=f"Release {result.git_tag} of {result.service}: {outcome}",
         )
     except Exception:
         if not failed:  # a report must not hide the release's own error: raised only without one

@@ -1,6 +1,7 @@
 """A release cancelled through the Prefect API at each step leaves the service as the last good
 release left it: no running Cloud Build, no `canary` tag, 100% on a Ready last-good revision,
-the release slot free, and the invariants over the whole traffic history.
+the release slot free, and the invariants over the whole traffic history; and the cancel is recorded as one (a `cancelled`
+ledger row, a state message and a summary that say what serves).
 
 Cancellation from the API (the UI's Cancel button) only reaches a run that something
 supervises: the release is a deployment served by a runner (`release.serve`, in its own process
@@ -29,7 +30,9 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.states import Cancelling
 from test_release_guards import _events
 
@@ -209,6 +212,39 @@ def _release_cancelled_when(served, target, git_tag: str, image: str, started, w
         )
 
 
+def _recorded_as_cancelled(service: str, git_tag: str, final) -> str:
+    """The cancel is recorded as one (flows/release/cancelled.py): the run's last state is
+    Cancelled with a message that says what serves, the ledger's row is `cancelled` (no `failed`
+    row from the stopped process), the release summary says CANCELLED. The message."""
+    from shipyard.flows.observe.ledger import CHANGE_FAILURES, read_ledger
+    from shipyard.tasks.reports import artifact_key
+
+    run_id = final.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        state = _wait(
+            lambda: (
+                (s := client.read_flow_run(run_id).state) is not None
+                and "CANCELLED by hand" in (s.message or "")
+                and s
+            ),
+            60,
+            "the cancelled run's state message",
+        )
+        summary = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[artifact_key("release", service)])
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )[0]
+    assert state.type == StateType.CANCELLED
+    rows = [r for r in read_ledger(service) if r.flow_run_id == str(run_id)]
+    assert [(r.outcome, r.git_tag) for r in rows] == [("cancelled", git_tag)], rows
+    assert rows[0].outcome not in CHANGE_FAILURES
+    assert "**CANCELLED**" in str(summary.data)
+    return state.message
+
+
 @pytest.mark.parametrize("pause", PAUSES, ids=lambda p: p.step)
 def test_cancelled_at_each_step_leaves_the_last_good_release(
     pause, served, stage, make_target, sandbox_admin, request
@@ -236,6 +272,7 @@ def test_cancelled_at_each_step_leaves_the_last_good_release(
         pause.step,
     )
     assert final.type == StateType.CANCELLED, (final.name, final.message)
+    message = _recorded_as_cancelled(target.service, git_tag, final)
 
     # No build of the tag still runs; the queued one was cancelled.
     builds = _tag_builds(git_tag)
@@ -262,10 +299,12 @@ def test_cancelled_at_each_step_leaves_the_last_good_release(
     assert invariant_violations(history, passed) == []
     if pause.step == "build":
         assert history == []  # nothing was deployed
+        assert "nothing serves" in message, message
     else:
         last_good = {gpu, cpu} if pause.step == "cutover" else {cpu}
         now = serving(history, EU)
         assert list(now.values()) == [100] and set(now) <= last_good, now
+        assert f"{next(iter(now))} serves 100% in {EU}" in message, message
 
     # The slot is free for the next release of the service.
     assert _wait(lambda: not slot_held(target.service), 30, "the release slot to be freed")

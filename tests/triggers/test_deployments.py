@@ -26,6 +26,9 @@ def test_every_deployment_has_its_flow_module():
         "release",
         "prewarm-cache",
         "mirror-base",
+        "rollback",
+        "promote",
+        "abort",
     }
     assert not missing, "prefect.yaml points at flow modules that do not exist yet: " + ", ".join(
         f"{s.name} -> {s.entrypoint}" for s in missing
@@ -126,6 +129,27 @@ def test_mirror_deployment(deployed):
     assert schedule.parameters == {"accept_drift": False}
 
 
+def test_rollback_promote_and_abort_deployments(deployed):
+    """Day two from the UI: each is a run form with the CLI's parameters and a description a
+    person understands; promote / abort once their flows exist (flows/rollout/control.py)."""
+    rollback = deployed["rollback"]
+    assert rollback.entrypoint == "shipyard.flows.deploy.rollback.rollback"
+    assert rollback.parameters == {"target": "default", "to": ""}
+    properties = rollback.parameter_openapi_schema["properties"]
+    assert {"target", "to", "comment", "by"} <= set(properties)
+    assert "release tag" in properties["to"]["description"].lower()
+    assert not rollback.parameter_openapi_schema.get("required")  # runnable as the form opens
+    assert "last good revision" in rollback.description
+    assert rollback.global_concurrency_limit.limit == 1 and rollback.schedules == []
+    for name in ("promote", "abort"):
+        if name not in deployed:
+            continue  # test_every_deployment_has_its_flow_module names it
+        command = deployed[name]
+        assert command.entrypoint == f"shipyard.flows.rollout.control.{name}"
+        assert command.parameters == {"target": "default", "comment": "", "by": ""}
+        assert {"target", "comment", "by"} <= set(command.parameter_openapi_schema["properties"])
+
+
 def test_a_second_release_waits_for_the_first(deployed):
     """The server's deployment concurrency rule: the second run is put back to Scheduled
     (AwaitingConcurrencySlot), not cancelled; it gets its turn once the first ends."""
@@ -192,4 +216,7 @@ def test_specs_read_in_file_order():
         "release",
         "prewarm-cache",
         "mirror-base",
+        "rollback",
+        "promote",
+        "abort",
     ]

@@ -176,6 +176,10 @@ def start_sandbox(
         str(port),
         "--registry-url",
         registry_url,
+        # What must outlive `down` / `up` (the Secret Manager entries `shipyard setup` added):
+        # under the root, like the registry's data.
+        "--state-dir",
+        str(root / "emulator-state"),
     ]
     if scenario:
         args += ["--scenario", scenario]

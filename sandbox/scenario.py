@@ -104,6 +104,10 @@ def missing_dependency_lines(module: str) -> list[str]:
 
 # Faults of a revision's start (the platform's, acted on by the emulator: run_revisions.py).
 STARTUP_FAULTS = ("missing_dependency", "slow_start")
+# Faults that show only under load, acted on where the emulator routes a request to the
+# revision (sandbox/emulator/load_faults.py), the same for in-process and container revisions;
+# the page service never hears of them.
+LOAD_FAULTS = ("errors_under_load", "slow_under_load")
 
 
 class RevisionFault(_Strict):
@@ -117,6 +121,8 @@ class RevisionFault(_Strict):
         "unicode_header",
         "missing_dependency",
         "slow_start",
+        "errors_under_load",
+        "slow_under_load",
     ]
     accelerator: Literal["gpu", "cpu", "any"] = "gpu"
     region: str = "*"
@@ -134,6 +140,25 @@ class RevisionFault(_Strict):
         default="onnxruntime",
         description="missing_dependency: the module the service fails to import (its traceback "
         "goes to the revision's stderr log, then the container exits)",
+    )
+    after_requests: int = Field(
+        default=10,
+        ge=0,
+        description="errors_under_load, slow_under_load: the revision's first N requests are "
+        "healthy (a 0% canary's few probes pass); the fault shows from request N+1 on",
+    )
+    rate: float = Field(
+        default=0.05,
+        gt=0.0,
+        le=1.0,
+        description="errors_under_load: the share of requests past `after_requests` that get a "
+        "500, deterministically every round(1/rate)-th one (0.05: the 20th, 40th, ...)",
+    )
+    factor: float = Field(
+        default=2.0,
+        ge=1.0,
+        description="slow_under_load: each answer past `after_requests` takes this many times "
+        "as long as the revision took (2.0: p95 doubles)",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from sandbox.emulator import build, logging_api, quotas, run
 from sandbox.emulator.core import ApiError, SandboxState, error_response, rate_error_info
+from sandbox.emulator.secret_store import SecretFile
 from sandbox.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 
 # Which emulated API a request belongs to, by path (for latency and transient faults).
@@ -97,7 +99,10 @@ def create_app(
     scenario: Scenario | None = None,
     registry_url: str | None = None,
     docker_host: str | None = None,
+    state_dir: Path | None = None,
 ) -> FastAPI:
+    """The emulator. `state_dir`: where what must outlive a restart is kept (the Secret Manager
+    entries, secret_store.py); None keeps everything in memory."""
     app = FastAPI(
         title="Shipyard sandbox: Google Cloud API emulator", docs_url=None, redoc_url=None
     )
@@ -105,6 +110,9 @@ def create_app(
         scenario=scenario or Scenario(), registry_url=registry_url, docker_host=docker_host
     )
     app.state.sandbox = state
+    secret_file = SecretFile(state_dir) if state_dir is not None else None
+    if secret_file is not None:
+        state.added_secrets.update(secret_file.load())
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -136,11 +144,11 @@ def create_app(
     for module in API_MODULES:
         module.register(app, state)
 
-    _register_admin(app, state)
+    _register_admin(app, state, secret_file)
     return app
 
 
-def _register_admin(app: FastAPI, state: SandboxState) -> None:
+def _register_admin(app: FastAPI, state: SandboxState, secret_file: SecretFile | None) -> None:
     """/_sandbox/*: never faulted; lets the CLI, tests and benches inspect and steer the sandbox."""
 
     @app.get("/_sandbox/health")
@@ -175,6 +183,8 @@ def _register_admin(app: FastAPI, state: SandboxState) -> None:
         if not isinstance(value, str) or not value:
             raise ApiError(400, 'body must be {"value": "<non-empty string>"}')
         state.added_secrets[name] = value
+        if secret_file is not None:  # kept across `sandbox down` / `up`
+            secret_file.save(state.added_secrets)
         return {"name": name, "sha256": _digest(value)}
 
     @app.get("/_sandbox/secrets/{name}")

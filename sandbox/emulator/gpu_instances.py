@@ -18,7 +18,8 @@ Who holds an instance here:
 - a revision with `scaling.minInstanceCount` >= 1 while it is addressable: "Minimum instances
   are started only if the revision is addressable ... if it receives a percentage of the
   traffic [or] was assigned a revision tag" (cloud.google.com/run/docs/configuring/min-instances);
-  minimums start in creation order while the quota lasts;
+  or with a share of the service's `scaling.minInstanceCount` (service_min_shares); minimums
+  start in creation order while the quota lasts;
 - a revision with a request in flight;
 - an addressable revision for `serving.idle_instance_s` after its last request (Google keeps an
   idle instance up to 15 minutes; the scenario's default 0 lets only minimums and requests in
@@ -52,8 +53,43 @@ def _gpu_quota(rev: Revision) -> tuple[str, str] | None:
     return _QUOTAS[bool(rev.template.get("gpuZonalRedundancyDisabled"))]
 
 
-def min_instances(rev: Revision) -> int:
-    return int(rev.template.get("scaling", {}).get("minInstanceCount", 0) or 0)
+def gpu_revision(rev: Revision) -> bool:
+    """Whether the revision's instances count against a GPU quota."""
+    return _gpu_quota(rev) is not None
+
+
+def min_instances(store: Any, rev: Revision) -> int:
+    """The instances Cloud Run keeps started for the revision: its own
+    `template.scaling.minInstanceCount`, or its share of the service's
+    `scaling.minInstanceCount`, whichever is larger (service_min_shares)."""
+    own = int(rev.template.get("scaling", {}).get("minInstanceCount", 0) or 0)
+    svc = store.services.get(rev.service)
+    share = service_min_shares(svc).get(rev.name, 0) if svc is not None else 0
+    return max(own, share)
+
+
+def service_min_shares(svc: Any) -> dict[str, int]:
+    """The service-level minimum (`Service.scaling.minInstanceCount`) split over the revisions
+    that serve traffic (full revision name -> instances).
+
+    Google: "total min instances for the service. This number of instances is divided among
+    all revisions with specified traffic based on the percent of traffic they are receiving"
+    (google/cloud/run/v2/vendor_settings.proto, ServiceScaling); "Tagged revisions are started,
+    but do not count toward the service-level minimum instances if they are not part of a
+    traffic split" (cloud.google.com/run/docs/configuring/min-instances). How a share is rounded
+    is not written down; here each revision with a percentage gets ceil(minimum x percent /
+    100), so every revision that serves keeps at least one instance warm and the service at
+    least its minimum: 1 over 90/10 warms both (an abort's stable revision at 10 % is warm
+    before it takes the traffic back), 4 over 90/10 gives 4 and 1. Each share still needs its
+    GPU within the region's quota (`refresh`: minimums start in creation order)."""
+    total = int((svc.spec.get("scaling") or {}).get("minInstanceCount", 0) or 0)
+    if total <= 0:
+        return {}
+    percents: dict[str, int] = {}
+    for status in svc.statuses:
+        if status["percent"] > 0:
+            percents[status["revision"]] = percents.get(status["revision"], 0) + status["percent"]
+    return {name: -(-total * percent // 100) for name, percent in percents.items()}
 
 
 def addressable(store: Any, rev: Revision) -> bool:
@@ -72,7 +108,7 @@ def _holds(store: Any, rev: Revision, now: float) -> bool:
     if not rev.ready or not addressable(store, rev):
         return False
     idle_s = store.state.scenario.serving.idle_instance_s
-    return min_instances(rev) >= 1 or now - rev.last_used < idle_s
+    return min_instances(store, rev) >= 1 or now - rev.last_used < idle_s
 
 
 def _region_gpu_revisions(store: Any, project: str, region: str) -> list[Revision]:
@@ -108,7 +144,7 @@ def refresh(store: Any, project: str, region: str) -> None:
         if rev.instance and not _holds(store, rev, now):
             rev.instance = False
     for rev in revisions:  # creation order
-        wants = rev.ready and min_instances(rev) >= 1 and addressable(store, rev)
+        wants = rev.ready and min_instances(store, rev) >= 1 and addressable(store, rev)
         if wants and not rev.instance and _fits(store, rev):
             rev.instance, rev.last_used = True, now
 

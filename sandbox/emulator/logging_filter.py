@@ -20,6 +20,8 @@ refused with FilterError naming the part and what is supported.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import operator
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -161,6 +163,32 @@ def _lookup(entry: Entry, path: list[str]) -> Any:
     return value
 
 
+def _getter(path: list[str]) -> Callable[[Entry], Any]:
+    """`_lookup` of one path, unrolled for the usual depths (resource.labels.KEY is 3): a
+    filter runs it for every entry of the store."""
+    if len(path) == 1:
+        (key,) = path
+        return lambda e: e.get(key)
+    if len(path) == 2:
+        first, second = path
+
+        def two(e: Entry) -> Any:
+            value = e.get(first)
+            return value.get(second) if isinstance(value, dict) else None
+
+        return two
+    if len(path) == 3:
+        first, second, third = path
+
+        def three(e: Entry) -> Any:
+            value = e.get(first)
+            value = value.get(second) if isinstance(value, dict) else None
+            return value.get(third) if isinstance(value, dict) else None
+
+        return three
+    return lambda e: _lookup(e, path)
+
+
 def _strings(value: Any) -> Iterator[str]:
     """Every string (and number, as text) inside a JSON value."""
     if isinstance(value, dict):
@@ -177,14 +205,19 @@ def _strings(value: Any) -> Iterator[str]:
 
 def parse_time(text: str, where: str = "timestamp") -> dt.datetime:
     try:
-        value = dt.datetime.fromisoformat(text.strip())
+        return _instant(text)
     except ValueError:
         raise FilterError(
             f'{where}: {text!r} is not an RFC 3339 time, e.g. "2025-01-31T12:00:00Z"'
         ) from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _instant(text: str) -> dt.datetime:
+    """An RFC 3339 time as an aware datetime (UTC when it names no zone). Cached: a list of a
+    step's window compares the same entries' timestamps on every page (logging_api.py)."""
+    value = dt.datetime.fromisoformat(text.strip())
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def severity_rank(value: Any, pos: int | None = None) -> int:
@@ -199,6 +232,16 @@ def severity_rank(value: Any, pos: int | None = None) -> int:
             f"severity {value!r}{where} is not a severity; use one of {', '.join(SEVERITIES)}"
         )
     return SEVERITIES[text]
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 def _compare(op: str, left: Any, right: Any) -> bool:
@@ -217,15 +260,16 @@ def _compare(op: str, left: Any, right: Any) -> bool:
 
 def _comparison(path: list[str], op: str, value: str, quoted: bool, pos: int) -> Predicate:
     root = path[0]
+    get = _getter(path)
     if op == ":" and value == "*" and not quoted:
-        return lambda e: _lookup(e, path) is not None
+        return lambda e: get(e) is not None
     if op in ("=~", "!~"):
         try:
             rx = re.compile(value)
         except re.error as exc:
             raise FilterError(f"regular expression {value!r} at position {pos}: {exc}") from None
         want = op == "=~"
-        return lambda e: any(rx.search(s) for s in _strings(_lookup(e, path))) == want
+        return lambda e: any(rx.search(s) for s in _strings(get(e))) == want
     if root == "severity":
         if op == ":":
             op = "="
@@ -236,25 +280,30 @@ def _comparison(path: list[str], op: str, value: str, quoted: bool, pos: int) ->
             raise FilterError(f"{root}:... at position {pos}: use = < <= > >= with a time")
         when = parse_time(value, root)
 
+        compare = _COMPARE[op]
+
         def by_time(e: Entry) -> bool:
             raw = e.get(root)
-            return raw is not None and _compare(op, parse_time(raw, root), when)
+            return raw is not None and compare(parse_time(raw, root), when)
 
         return by_time
     needle = value.lower()
     if op == ":":
-        return lambda e: any(needle in s.lower() for s in _strings(_lookup(e, path)))
+        return lambda e: any(needle in s.lower() for s in _strings(get(e)))
     if op in ("=", "!="):
         # `!=` matches entries without the field too (Logging: NOT field = value).
         def by_equal(e: Entry) -> bool:
-            found = [s.lower() for s in _strings(_lookup(e, path))]
+            raw = get(e)
+            if isinstance(raw, str):  # the common case (labels, logName, resource.type): fast
+                return (raw.lower() == needle) == (op == "=")
+            found = [s.lower() for s in _strings(raw)]
             hit = needle in found
             return hit if op == "=" else not hit
 
         return by_equal
 
     def by_order(e: Entry) -> bool:
-        raw = _lookup(e, path)
+        raw = get(e)
         if raw is None or isinstance(raw, dict | list):
             return False
         try:
@@ -309,7 +358,16 @@ class _Parser:
         while (t := self.peek()) is not None and t.kind == "OR":
             self.take()
             parts.append(self.and_expr())
-        return parts[0] if len(parts) == 1 else (lambda e: any(p(e) for p in parts))
+        if len(parts) == 1:
+            return parts[0]
+
+        def disjunction(e: Entry) -> bool:
+            for part in parts:  # noqa: SIM110 - any(genexpr) costs a generator per entry
+                if part(e):
+                    return True
+            return False
+
+        return disjunction
 
     def and_expr(self) -> Predicate:
         parts = [self.unary()]
@@ -317,7 +375,16 @@ class _Parser:
             if t.kind == "AND":
                 self.take()
             parts.append(self.unary())
-        return parts[0] if len(parts) == 1 else (lambda e: all(p(e) for p in parts))
+        if len(parts) == 1:
+            return parts[0]
+
+        def conjunction(e: Entry) -> bool:
+            for part in parts:  # noqa: SIM110 - all(genexpr) costs a generator per entry
+                if not part(e):
+                    return False
+            return True
+
+        return conjunction
 
     def unary(self) -> Predicate:
         t = self.peek()

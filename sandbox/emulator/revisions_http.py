@@ -16,6 +16,7 @@ and a request beyond what its instances may take at once waits, then gets Google
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 import time
@@ -26,13 +27,14 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
-from sandbox.emulator import gpu_instances, run_autoscaling
+from sandbox.emulator import gpu_instances, load_faults, run_autoscaling
 from sandbox.emulator.core import SandboxState
 from sandbox.emulator.invoker_iam import FORBIDDEN_PAGE, invoker_allowed
 from sandbox.emulator.run_resources import Revision, Service, write_revision_log
 from sandbox.emulator.run_revisions import oom_killed
 from sandbox.emulator.run_store import RunStore
 from sandbox.engine.revision_instances import container_store
+from sandbox.scenario import LOAD_FAULTS
 
 PAGE_APP = Path(__file__).resolve().parents[2] / "examples" / "page-service" / "app" / "main.py"
 _HOP_HEADERS = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive"}
@@ -95,9 +97,12 @@ async def _instance(
             cpu_ms=serving.cpu_ms,
             service=rev.service.rsplit("/", 1)[-1],
             revision=rev.short,
-            # never_ready and oom are the platform's (run_revisions), not the app's
+            # never_ready and oom are the platform's (run_revisions), the load faults the
+            # router's (load_faults.py), not the app's
             faults={
-                f.fault: f.requests for f in rev.faults if f.fault not in ("never_ready", "oom")
+                f.fault: f.requests
+                for f in rev.faults
+                if f.fault not in ("never_ready", "oom", *LOAD_FAULTS)
             },
             log=log,
         )
@@ -157,39 +162,49 @@ async def _admitted(
         # No GPU instance can start within the region's quota (gpu_instances.py).
         return PlainTextResponse(refused, status_code=503), refused
     try:
+        number = load_faults.routed(rev)
+        if load_faults.fails(rev, number):  # errors_under_load (load_faults.py)
+            state.calls["run.load_fault.error"] += 1
+            return PlainTextResponse(load_faults.INTERNAL_ERROR_BODY, status_code=500), None
         # In-process only: a container runs out of memory for real (sandbox/engine).
         in_process = container_store(state) is None
         if request.method == "POST" and in_process and oom_killed(state, rev):
             store.instances.pop(rev.name, None)  # the container was terminated
             return HTMLResponse(UNAVAILABLE_PAGE, status_code=503), None
-        return await _forward(state, store, rev, host, path, request), None
+        response, took = await _forward(state, store, rev, host, path, request)
+        factor = load_faults.slowdown(rev, number)  # slow_under_load (load_faults.py)
+        if factor > 1.0:
+            state.calls["run.load_fault.slowed"] += 1
+            await asyncio.sleep((factor - 1.0) * took)
+        return response, None
     finally:
         gpu_instances.done(rev)
 
 
 async def _forward(
     state: SandboxState, store: RunStore, rev: Revision, host: str, path: str, request: Request
-) -> Response:
+) -> tuple[Response, float]:
+    """The instance's answer, and how long the instance took to give it (seconds; a cold
+    start not included)."""
     client = await _instance(state, store, rev)
     if client is None:
-        return HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
+        return HTMLResponse(UNAVAILABLE_PAGE, status_code=503), 0.0
     headers = [(k, v) for k, v in request.headers.raw if k.lower() not in (b"host", *_HOP_HEADERS)]
     headers.append((b"host", host.encode()))
+    body = await request.body()
+    started = time.perf_counter()
     try:
         upstream = await client.request(
-            request.method,
-            "/" + path,
-            params=request.url.query,
-            headers=headers,
-            content=await request.body(),
+            request.method, "/" + path, params=request.url.query, headers=headers, content=body
         )
     except httpx.TransportError:  # the container died under the request (an OOM kill)
-        return HTMLResponse(UNAVAILABLE_PAGE, status_code=503)
+        return HTMLResponse(UNAVAILABLE_PAGE, status_code=503), time.perf_counter() - started
+    took = time.perf_counter() - started
     response = Response(content=upstream.content, status_code=upstream.status_code)
     response.raw_headers = [
         (k, v) for k, v in upstream.headers.raw if k.lower() not in _HOP_HEADERS
     ] + [(b"content-length", str(len(upstream.content)).encode())]
-    return response
+    return response, took
 
 
 def _request_log(

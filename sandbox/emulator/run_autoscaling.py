@@ -10,8 +10,9 @@ Google's behaviour, and where it is written:
   `serving.idle_instance_s`, the setting that also says how long an idle GPU instance holds
   the region's GPU quota (gpu_instances.py). "The Cloud Run autoscaler evaluates these every 5
   seconds" (same page): an instance that served a request since the last evaluation was in
-  use, so it stays at least that long. A revision with `scaling.minInstanceCount` >= 1 keeps
-  its instance.
+  use, so it stays at least that long. A revision with a minimum (its own
+  `scaling.minInstanceCount`, or its share of the service's: gpu_instances.min_instances) keeps
+  its instance, and gets one started when it has none (warm_minimums).
 - Shutting an instance down: SIGTERM, SIGKILL 10 s later (container contract, Instance
   shutdown). Google writes no line of its own for it (teams look for their own SIGTERM
   handler's line: argotorg/sourcify#1877), so neither does the sandbox.
@@ -45,7 +46,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from sandbox.emulator.core import SandboxState
-from sandbox.emulator.gpu_instances import min_instances
+from sandbox.emulator.gpu_instances import gpu_revision, min_instances
 from sandbox.emulator.run_resources import Revision, container_name, write_revision_log
 from sandbox.emulator.run_templates import parse_cpu, startup_probe, template_limits
 from sandbox.engine.containers import Instance, stop_instance
@@ -83,6 +84,7 @@ class Autoscaler:
 
     def __init__(self) -> None:
         self.loads: dict[str, Load] = {}
+        self.warming: set[asyncio.Task] = set()  # minimums starting (kept referenced)
 
     def load(self, revision: str) -> Load:
         return self.loads.setdefault(revision, Load())
@@ -137,7 +139,9 @@ async def done(state: SandboxState, rev: Revision) -> None:
         load.changed.notify()
 
 
-async def running_instance(state: SandboxState, rev: Revision) -> Instance | None:
+async def running_instance(
+    state: SandboxState, rev: Revision, why: str = "cold_start"
+) -> Instance | None:
     """The revision's container, started now if it was scaled to zero or killed (a cold start,
     which the request waits for); None when it failed to start.
 
@@ -157,7 +161,7 @@ async def running_instance(state: SandboxState, rev: Revision) -> Instance | Non
             await _remove_killed(state, rev, instance)
             instance = None
         if instance is None or instance.stopping:  # nobody started it while this one waited
-            state.calls["run.cold_start"] += 1
+            state.calls[f"run.{why}"] += 1  # cold_start, or min_instance_start (warm_minimums)
             # The start runs in a thread; the instance is registered back on the loop.
             started = await start_revision_container(
                 state, rev, lambda: state.stores["run"].revisions.get(rev.name) is rev
@@ -183,11 +187,51 @@ async def _remove_killed(state: SandboxState, rev: Revision, instance: Instance)
     state.calls["run.instance_replaced"] += 1
 
 
+def warm_minimums(state: SandboxState, store: Any, revisions: list[Revision]) -> list[asyncio.Task]:
+    """Start, in the background, the container of each Ready revision that has a minimum (its
+    own, or its share of the service's: gpu_instances.min_instances) and no container running;
+    returns the starts under way (none without a Docker daemon or outside the event loop).
+
+    How an abort warms the stable revision before it shifts traffic back: raising the service's
+    `scaling.minInstanceCount` starts an instance "without needing to deploy a new revision"
+    (cloud.google.com/run/docs/configuring/min-instances), and Cloud Run waits for them before a
+    traffic migration: revisionReason MIN_INSTANCES_WARMING, "A revision with
+    min_instance_count > 0 was created and is waiting for enough instances to begin a traffic
+    migration" (google/cloud/run/v2/condition.proto). The engine runs one container per
+    revision: a minimum of N keeps that one container started. A GPU revision's minimum starts
+    only when the region's GPU quota holds it (gpu_instances.refresh ran before)."""
+    containers = container_store(state)
+    if containers is None:
+        return []
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return []
+    scaler = _autoscaler(state)
+    started = []
+    for rev in revisions:
+        if not rev.ready or min_instances(store, rev) < 1:
+            continue
+        if gpu_revision(rev) and not rev.instance:  # no GPU within the quota for it
+            continue
+        instance = containers.instances.get(rev.name)
+        if instance is not None and instance.alive and not instance.stopping:
+            continue
+        task = loop.create_task(
+            running_instance(state, rev, why="min_instance_start"), name=f"warm-{rev.short}"
+        )
+        scaler.warming.add(task)
+        task.add_done_callback(scaler.warming.discard)
+        started.append(task)
+    return started
+
+
 def _idle_instances(state: SandboxState, now: float) -> list[tuple[str, Instance]]:
     """The containers to stop: idle past the scenario's setting (and at least one evaluation
     period), below their revision's minimum, or of a revision that is gone."""
     containers = running_container_store(state)
-    revisions = state.stores["run"].revisions
+    run = state.stores["run"]
+    revisions = run.revisions
     scaler = _autoscaler(state)
     idle_s = max(state.scenario.serving.idle_instance_s, EVALUATION_PERIOD_S)
     out = []
@@ -196,7 +240,7 @@ def _idle_instances(state: SandboxState, now: float) -> list[tuple[str, Instance
             continue
         rev = revisions.get(name)
         load = scaler.load(name)  # first seen now: the idle clock starts
-        if rev is not None and (min_instances(rev) >= 1 or load.in_flight):
+        if rev is not None and (min_instances(run, rev) >= 1 or load.in_flight):
             continue
         if rev is None or now - load.last_used >= idle_s:
             out.append((name, instance))

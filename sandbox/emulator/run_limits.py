@@ -107,3 +107,30 @@ def check_tag(service_short: str, tag: str) -> None:
             f"are too long. Combined traffic tag and service name cannot exceed "
             f"{TAG_AND_SERVICE_MAX} characters.",
         )
+
+
+def check_service_scaling(spec: dict) -> None:
+    """The service-level scaling (google/cloud/run/v2/vendor_settings.proto ServiceScaling:
+    "total min instances for the service", "total max instances for the service"): counts of
+    instances, so not negative, and a minimum above the maximum cannot be kept. Google's wording
+    of these refusals is not quoted in public: the texts are the sandbox's own."""
+    scaling = spec.get("scaling") or {}
+    if not isinstance(scaling, dict):
+        raise ApiError(400, "service.scaling: expected an object such as {'minInstanceCount': 1}.")
+    counts = {}
+    for key in ("minInstanceCount", "maxInstanceCount", "manualInstanceCount"):
+        value = scaling.get(key, 0) or 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ApiError(
+                400,
+                f"service.scaling.{key}: {value!r} is not a count of instances; give a whole "
+                "number >= 0.",
+            )
+        counts[key] = value
+    low, high = counts["minInstanceCount"], counts["maxInstanceCount"]
+    if high and low > high:
+        raise ApiError(
+            400,
+            f"service.scaling.minInstanceCount: {low} is more than maxInstanceCount {high}; "
+            "lower the minimum or raise the maximum.",
+        )

@@ -49,6 +49,7 @@ class Revision:
     faults: list[RevisionFault] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # resolved, secrets included: never rendered
     page_requests: int = 0  # requests that reached an instance (counts `oom` faults)
+    routed_requests: int = 0  # requests its instances admitted (counts load faults)
     # GPU instance accounting against the region's quota (sandbox/emulator/gpu_instances.py)
     instance: bool = False
     in_flight: int = 0

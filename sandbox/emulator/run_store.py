@@ -23,13 +23,15 @@ run_revisions.RevisionLifecycle._deploy_failure), `deploy_error` (where: api | o
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import re
 import uuid
 from typing import Any
 
-from sandbox.emulator import gpu_instances
+from sandbox.emulator import gpu_instances, run_autoscaling
 from sandbox.emulator.core import ApiError, now_rfc3339, quota_error_info
+from sandbox.emulator.run_limits import check_service_scaling
 from sandbox.emulator.run_resources import LATEST, Reconcile, Revision, Service
 from sandbox.emulator.run_revisions import RevisionLifecycle
 from sandbox.emulator.run_templates import (
@@ -143,6 +145,7 @@ class RunStore(RevisionLifecycle):
                 "(set template.containers[0].image).",
             )
         check_template(template, region)
+        check_service_scaling(spec)
         changed = existing is None or template != existing.spec.get("template", {})
         new_rev_name = ""
         if changed:
@@ -230,6 +233,21 @@ class RunStore(RevisionLifecycle):
             svc.failure = None
         self.record(svc, "create" if outcome.creating else "update", note=_note(op_error))
         gpu_instances.refresh(self, svc.project, svc.region)  # minimums follow the traffic
+        warming = run_autoscaling.warm_minimums(self.state, self, self.service_revisions(svc.name))
+        if warming and op_error is None:
+            # Done once the minimums it asks for are started (MIN_INSTANCES_WARMING,
+            # run_autoscaling.warm_minimums): after it, a traffic shift finds them warm.
+            outcome.decided = False
+            pending = set(warming)
+
+            def started(task: asyncio.Task) -> None:
+                pending.discard(task)
+                if not pending:
+                    outcome.decide(None)
+
+            for task in warming:
+                task.add_done_callback(started)
+            return
         outcome.decide(op_error)
 
     def _revision_decided(self, rev: Revision) -> None:

@@ -111,9 +111,20 @@ class TrafficRules(RunIndex):
                     status="INTERNAL",
                 )
             if not rev.ready and (percent > 0 or tag):
+                # Google's refusal, as the operation's error: "Error code 9, message: Revision
+                # 'ci-static-ct-00001-6hx' is not ready and cannot serve traffic. The
+                # user-provided container failed to start ..." (transparency-dev/tesseract#413;
+                # code 9 = FAILED_PRECONDITION; gcloud prints the same text for `run services
+                # update`); the requested split stays in `traffic` while `trafficStatuses` keep
+                # what served ("a failed Cloud Run update-traffic operation left spec.traffic at
+                # 90/10 even though status.traffic safely kept 100% on the old revision",
+                # Lore-Hex/quill-router#781). A revision still starting is not Ready either:
+                # refused the same way, except the service's latest one, whose start an update
+                # waits for before it settles (RunStore.apply).
+                detail = f" {rev.message}" if rev.message else ""
                 return [], ApiError(
                     400,
-                    f"Revision '{rev.short}' is not ready and cannot serve traffic. {rev.message}",
+                    f"Revision '{rev.short}' is not ready and cannot serve traffic.{detail}",
                     status="FAILED_PRECONDITION",
                 )
             statuses.append(

@@ -14,7 +14,8 @@ Two things differ from Google, both harsher, never kinder:
   container, as Google starts a new instance: run_autoscaling.running_instance);
 - the scenario's revision faults (sandbox/scenario.py) reach the container as the env
   `PAGE_FAULTS` (merged with the template's own), the way a bad release's configuration would
-  carry them; the sample service (examples/page-service) acts on it, the emulator never does.
+  carry them; the sample service (examples/page-service) acts on it, the emulator never does
+  (except the faults that show only under load: the router's, sandbox/emulator/load_faults.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sandbox.emulator.run_resources import Revision, write_revision_log
 from sandbox.emulator.run_templates import parse_memory_gib, startup_probe, template_limits
 from sandbox.engine.containers import Instance, StartFailed, start_instance, stop_instance
 from sandbox.engine.daemon import Engine
-from sandbox.scenario import RevisionFault
+from sandbox.scenario import LOAD_FAULTS, RevisionFault
 
 MEMORY_CAP_ENV = "SHIPYARD_ENGINE_MEMORY_MIB"
 DEFAULT_MEMORY_CAP_MIB = 1024
@@ -42,7 +43,9 @@ def memory_cap_mib() -> int:
 def faults_env(rev: Revision) -> str:
     """`PAGE_FAULTS` for the container: the template's own, then the scenario's faults."""
     own = [f for f in rev.env.get("PAGE_FAULTS", "").split(",") if f.strip()]
-    return ",".join([*own, *(f"{f.fault}:{_argument(f)}" for f in rev.faults)])
+    # The load faults are the router's (sandbox/emulator/load_faults.py), not the app's.
+    app_faults = [f for f in rev.faults if f.fault not in LOAD_FAULTS]
+    return ",".join([*own, *(f"{f.fault}:{_argument(f)}" for f in app_faults)])
 
 
 def _argument(fault: RevisionFault) -> str:

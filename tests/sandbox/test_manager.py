@@ -50,3 +50,78 @@ def test_bad_scenario_refused_before_anything_starts(tmp_path):
 def test_shipped_scenarios_parse():
     assert load_scenario("default").region("us-central1").preference.decision == "grant"
     assert parse_scenario({}).region("anywhere").gpu == 1
+    from sandbox.scenario import SCENARIO_DIR
+
+    for path in SCENARIO_DIR.glob("*.yaml"):
+        assert load_scenario(path).description, f"{path.name}: give it a description"
+    faults = {
+        name: [
+            (f.fault, f.accelerator, f.image_contains) for f in load_scenario(name).revision_faults
+        ]
+        for name in ("canary-fails", "progressive-errors", "progressive-slow")
+    }
+    assert faults == {
+        "canary-fails": [("http_503", "gpu", ":v2")],
+        "progressive-errors": [("errors_under_load", "gpu", ":v2")],
+        "progressive-slow": [("slow_under_load", "gpu", ":v2")],
+    }
+
+
+def test_down_then_up_keeps_the_secret_manager_entries(tmp_path):
+    """Issue 23: `shipyard setup` puts the internal token in the sandbox's Secret Manager; after
+    `sandbox down` and `up` (the same root) a revision still resolves it, as a release's
+    revision does (env valueSource.secretKeyRef), and it is on disk encrypted only."""
+    import secrets
+
+    import secrets_scan_kit
+    from google.cloud import run_v2
+    from run_testkit import READY, create, page_png, template
+
+    from sandbox.admin import SandboxAdmin
+    from shipyard.blocks.cloud import GoogleCloud
+
+    token = secrets_scan_kit.remember(
+        "sandbox secret manager token", "tok-" + secrets.token_hex(12)
+    )
+    root = tmp_path / "sb"
+    secrets_scan_kit.remember_folder(root)
+    registry = "http://127.0.0.1:9"  # the emulator only records it: no registry needed here
+    info = start_sandbox(root=root, registry_url=registry)
+    try:
+        admin = SandboxAdmin(info.emulator_url)
+        digest = admin.put_secret("shipyard-internal-token", token)
+        admin.close()
+    finally:
+        info.stop()
+    assert not any(token.encode() in p.read_bytes() for p in root.rglob("*") if p.is_file())
+
+    info = start_sandbox(root=root, registry_url=registry)  # as `sandbox up` after `down`
+    try:
+        admin = SandboxAdmin(info.emulator_url)
+        assert admin.secret_digest("shipyard-internal-token") == digest
+        admin.close()
+        with info.env_applied():
+            cloud = GoogleCloud()
+            tpl = template()
+            tpl.containers[0].env = [
+                run_v2.EnvVar(
+                    name="INTERNAL_TOKEN",
+                    value_source=run_v2.EnvVarSource(
+                        secret_key_ref=run_v2.SecretKeySelector(
+                            secret=f"projects/{cloud.resolved_project()}/secrets/"
+                            "shipyard-internal-token",
+                            version="latest",
+                        )
+                    ),
+                )
+            ]
+            svc = create(cloud, "after-restart", tpl)
+        assert svc.terminal_condition.state == READY
+        page = {"content": page_png(), "headers": {"content-type": "image/png"}}
+        url = svc.uri + "/internal/translate/page"
+        with httpx.Client(timeout=30) as http:
+            assert http.post(url, **page).status_code == 401
+            page["headers"]["x-internal-token"] = token
+            assert http.post(url, **page).status_code == 200
+    finally:
+        info.stop()

@@ -170,8 +170,13 @@ def wait_build(
             last[0] = build.status
             if on_change is not None:
                 on_change(build)
-        if build.status not in TERMINAL:
-            raise NotYet(build.status.name)
+        if build.status not in TERMINAL:  # the waiter's 15 s heartbeat line says this
+            done = sum(1 for s in build.steps if s.status == Status.SUCCESS)
+            now = next((s.id or s.name for s in build.steps if s.status == Status.WORKING), "")
+            raise NotYet(
+                f"{build.status.name}, {done} of {len(build.steps)} steps done"
+                + (f", now: {now}" if now else "")
+            )
         return build
 
     try:

@@ -20,6 +20,7 @@ raises ReadyTimeout: a verdict, never retried.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from google.api_core import operation as gop
+from google.api_core.client_options import ClientOptions
 from google.api_core.future.polling import DEFAULT_POLLING
 from google.api_core.retry import Retry
 from google.cloud import run_v2
@@ -35,12 +37,13 @@ from google.protobuf import duration_pb2, field_mask_pb2
 
 from shipyard.tasks import deadlines
 from shipyard.tasks.errors import PermanentError, WaitExpired, is_transient
-from shipyard.tasks.waiting import MULTIPLIER, Deadline, NotYet, wait_for
+from shipyard.tasks.waiting import HEARTBEAT_S, MULTIPLIER, Deadline, Heartbeat, NotYet, wait_for
 
 __all__ = [
     "MissingRevision",
     "ReadyTimeout",
     "RevisionFailed",
+    "RevisionNotReady",
     "Traffic",
     "create_service",
     "delete_service",
@@ -49,6 +52,7 @@ __all__ = [
     "list_revisions",
     "missing_revision",
     "ready_state",
+    "refuse_unready",
     "replaced",
     "revision_path",
     "service_path",
@@ -267,10 +271,14 @@ class _DeadlinedOperations:
         self.client = client
         self.deadline = deadline
         self.per_call_s = deadlines.of(client).operation_poll_s
+        self.heartbeat: Heartbeat | None = None
 
     def get_operation(self, name: str, metadata: Any = None, retry: Any = None) -> Any:
         del metadata, retry  # the client's own routing header; retries: the waiter below
         request = operations_pb2.GetOperationRequest(name=name)
+        if self.heartbeat is None:  # api-core's polling loop is silent: a line every 15 s
+            self.heartbeat = Heartbeat(f"operation {short_name(name)}", HEARTBEAT_S, self.deadline)
+        self.heartbeat.beat()
 
         def once() -> operations_pb2.Operation:
             timeout = deadlines.within(self.per_call_s, self.deadline)
@@ -392,13 +400,73 @@ def set_traffic(
     *,
     timeout: float = 600,
     poll_s: float = 0.05,
+    revisions: run_v2.RevisionsClient | None = None,
 ) -> run_v2.Service:
-    """Replace the service's traffic split, leaving its template as it is."""
+    """Replace the service's traffic split, leaving its template as it is.
+
+    Every revision the split gives traffic (percent > 0) is read right before the update and
+    must be Ready (`refuse_unready`): the one place every traffic update of Shipyard passes, so
+    no step can hand users to a revision that failed or still starts, whatever it computed.
+    `revisions`: the client to read them with (default: one made like `client`)."""
     total = sum(t.percent for t in traffic)
     if total != 100:
         raise ValueError(f"traffic percentages add up to {total}, not 100: {traffic}")
+    refuse_unready(revisions or revisions_client_like(client), service.name, traffic)
     updated = replaced(service, traffic=[t.to_proto() for t in traffic])
     return update_service(client, updated, timeout=timeout, poll_s=poll_s)
+
+
+class RevisionNotReady(PermanentError):
+    """A traffic update would give traffic to a revision that is not Ready: refused before it
+    is sent. Cloud Run refuses it too ("Revision '…' is not ready and cannot serve traffic.",
+    FAILED_PRECONDITION); refusing first says which revision, why, and what serves instead."""
+
+    def __init__(self, service: str, revision: str, percent: int, state: str, message: str):
+        super().__init__(
+            f"refused to give {percent}% of {short_name(service)}'s traffic to revision "
+            f"{revision!r}: it is not Ready ({state}: {message or 'no message'}). Fix: route the "
+            "traffic to a Ready revision (gcloud run revisions list shows them), or deploy the "
+            "revision again under a new name"
+        )
+        self.revision = revision
+        self.message = message
+
+
+def refuse_unready(
+    client: run_v2.RevisionsClient, service_name: str, traffic: Iterable[Traffic]
+) -> None:
+    """Raise RevisionNotReady when a target with percent > 0 names a revision that is not
+    Ready (missing ones are left to Cloud Run's own refusal: `MissingRevision`). LATEST is
+    Cloud Run's latest *Ready* revision: nothing to check."""
+    for t in traffic:
+        if t.percent <= 0 or t.latest or not t.revision:
+            continue
+        found = get_revision(client, f"{service_name}/revisions/{t.revision}")
+        if found is None:
+            continue
+        state, message = ready_state(found)
+        if state != "succeeded":
+            raise RevisionNotReady(service_name, t.revision, t.percent, state, message)
+
+
+_REVISIONS_LIKE: weakref.WeakKeyDictionary[run_v2.ServicesClient, run_v2.RevisionsClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def revisions_client_like(client: run_v2.ServicesClient) -> run_v2.RevisionsClient:
+    """A RevisionsClient with the services client's endpoint, credentials, transport and
+    deadlines (made once per services client)."""
+    made = _REVISIONS_LIKE.get(client)
+    if made is None:
+        made = run_v2.RevisionsClient(
+            credentials=client.transport._credentials,  # the same identity as the caller's
+            transport="rest",
+            client_options=ClientOptions(api_endpoint=client.api_endpoint),
+        )
+        deadlines.attach(made, deadlines.of(client))
+        _REVISIONS_LIKE[client] = made
+    return made
 
 
 def replaced(service: run_v2.Service, **changes: Any) -> run_v2.Service:

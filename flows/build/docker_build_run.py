@@ -26,6 +26,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from shipyard.blocks.build_settings import BuildSettings
+from shipyard.flows.build.build_ticker import BuildTicker
 from shipyard.flows.build.cloud_build_run import RETRIED_READ, BuildFailedError, BuildRun
 from shipyard.flows.build.spec import BuildSpec
 from shipyard.tasks import docker_daemon as dd
@@ -90,8 +91,11 @@ def build_task(settings: BuildSettings, spec: BuildSpec, commit: str) -> dd.Buil
     root, _ = git.checkout(settings.resolved_git_url(), commit)
     try:
         context = Path(root) / settings.source_dir / spec.context
-        with settings.docker_client_host().get_client() as client:
-            return dd.build(client, context, request, lambda line: logger.debug("%s", line))
+        with (
+            settings.docker_client_host().get_client() as client,
+            BuildTicker(logger, "docker-build") as ticker,
+        ):
+            return dd.build(client, context, request, ticker.line)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

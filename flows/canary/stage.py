@@ -155,8 +155,10 @@ def revision_log_hits(
     hits = []
     for match in matches:
         line = match.text.strip().splitlines()[0][:160] if match.text.strip() else ""
-        hits.append(f"{match.signature} ({match.severity}): {line}")
-    return hits
+        # The line itself says what happened (the signature is a piece of it): said once,
+        # and each distinct line once however many canary runs met it.
+        hits.append(f"revision log {match.severity}: {line or match.signature}")
+    return list(dict.fromkeys(hits))
 
 
 # ---------------------------------------------------------------- baseline
@@ -275,7 +277,7 @@ def judge(
     reasons = run_reasons(runs, named=bool(policy.samples))
     more, figures = figures_and_reasons(policy, runs, baseline_ms, samples[0].label)
     reasons += more
-    reasons += [f"log: {hit}" for hit in log_hits]
+    reasons += log_hits
     return reasons, figures
 
 

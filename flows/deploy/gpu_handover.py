@@ -162,7 +162,7 @@ def handover_step(ctx: RunContext, plan: Plan, canary: str, checked: str = "") -
     elif moved:
         split.append(cr.Traffic(cpu, moved))
     split.append(cr.Traffic(canary, 0, CANARY_TAG))
-    cr.set_traffic(ctx.services, service, split, **ctx.wait)
+    cr.set_traffic(ctx.services, service, split, revisions=ctx.revisions, **ctx.wait)
     because = checked or good_because(ctx, region, cpu) or "untested"
     detail = (
         f"GPU quota {plan.quota:g} in {region} cannot run {', '.join(holders)} ({plan.held} GPU) "
@@ -240,5 +240,5 @@ def restore_step(ctx: RunContext, handover: Handover, failed: str) -> bool:
             return False
     if split == pinned_traffic(service):
         return False
-    cr.set_traffic(ctx.services, service, split, **ctx.wait)
+    cr.set_traffic(ctx.services, service, split, revisions=ctx.revisions, **ctx.wait)
     return True

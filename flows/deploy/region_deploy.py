@@ -37,6 +37,7 @@ from shipyard.flows.deploy.templates import (
     ROLE_LABEL,
     cpu_template,
     gpu_template,
+    is_missing_secret,
     startup_verdict,
 )
 from shipyard.flows.deploy.traffic_split import CANARY_TAG, pinned_traffic
@@ -69,23 +70,128 @@ class RevisionDeploy:
 
 
 def _ensure_service(ctx: RunContext, region: str) -> tuple[run_v2.Service, bool]:
-    """The region's service; created with the CPU baseline at 100% (and Ready) if missing."""
+    """The region's service; created with the CPU baseline at 100% (and Ready) if missing.
+
+    A service that exists but serves no Ready revision (a create whose only revision failed,
+    left by an older release) is recovered the same way: a new attempt of the CPU baseline at
+    100% (nothing serves, so no user moves off a Ready revision). A create whose CPU baseline
+    fails leaves no service behind (`_drop_unserving_service`): a service whose traffic names a
+    failed revision wedges every later release."""
     name = ctx.service_name(region)
     service = cr.get_service(ctx.services, name)
-    if service is not None:
+    if service is not None and _serves_ready(ctx, region, service):
         return service, False
+    revision = fresh_cpu_baseline(ctx, region)
     template = cpu_template(ctx)
-    body = run_v2.Service(
-        template=template,
-        traffic=[cr.Traffic(ctx.cpu_revision, 100).to_proto()],
-        labels={ROLE_LABEL: "inference"},
-        invoker_iam_disabled=ctx.target.public,
+    try:
+        with startup_verdict(ctx, region, revision) as wait:
+            if service is None:
+                body = run_v2.Service(
+                    template=template,
+                    traffic=[cr.Traffic(revision, 100).to_proto()],
+                    labels={ROLE_LABEL: "inference"},
+                    invoker_iam_disabled=ctx.target.public,
+                )
+                with suppress(gexc.AlreadyExists):  # a retried step: the first one created it
+                    cr.create_service(
+                        ctx.services, ctx.project, region, body, ctx.target.service, **wait
+                    )
+            else:
+                get_run_logger().warning(
+                    "%s in %s serves no Ready revision (%s): recovering with the CPU baseline "
+                    "%s at 100%%",
+                    ctx.target.service,
+                    region,
+                    _serving_names(service) or "no traffic",
+                    revision,
+                )
+                tags = [  # other people's tags on Ready revisions stay
+                    t
+                    for t in cr.traffic_of(service)
+                    if t.tag and t.revision and revision_ready(ctx, region, t.revision)
+                ]
+                traffic = [cr.Traffic(revision, 100)] + [
+                    cr.Traffic(t.revision, 0, t.tag) for t in tags
+                ]
+                body = cr.replaced(
+                    service,
+                    template=template,
+                    traffic=[t.to_proto() for t in traffic],
+                    invoker_iam_disabled=ctx.target.public,
+                )
+                cr.update_service(ctx.services, body, **wait)
+            cr.wait_revision_ready(ctx.revisions, ctx.revision_path(region, revision), **wait)
+    except (cr.RevisionFailed, cr.ReadyTimeout, gexc.GoogleAPICallError):
+        if service is None:
+            _drop_unserving_service(ctx, region)
+        raise
+    return written_service(ctx, region), service is None
+
+
+def _serving_names(service: run_v2.Service) -> str:
+    return ", ".join(f"{t.revision}={t.percent}%" for t in pinned_traffic(service) if t.percent)
+
+
+def _serves_ready(ctx: RunContext, region: str, service: run_v2.Service) -> bool:
+    """Some traffic of the service is on a Ready revision."""
+    return any(
+        t.percent and revision_ready(ctx, region, t.revision) for t in pinned_traffic(service)
     )
-    with startup_verdict(ctx, region, ctx.cpu_revision) as wait:
-        with suppress(gexc.AlreadyExists):  # a retried step: the first attempt created it
-            cr.create_service(ctx.services, ctx.project, region, body, ctx.target.service, **wait)
-        cr.wait_revision_ready(ctx.revisions, ctx.revision_path(region, ctx.cpu_revision), **wait)
-    return written_service(ctx, region), True
+
+
+def _drop_unserving_service(ctx: RunContext, region: str) -> None:
+    """The service this run just created, whose CPU baseline failed: deleted when it serves no
+    Ready revision and holds only this tag's revisions (Cloud Run keeps a failed create's
+    service, with its traffic on the failed revision). Best-effort: the deploy's own error is
+    what the release reports."""
+    logger = get_run_logger()
+    name = ctx.service_name(region)
+    try:
+        service = cr.get_service(ctx.services, name)
+        if service is None or _serves_ready(ctx, region, service):
+            return
+        revisions = [cr.short_name(r.name) for r in cr.list_revisions(ctx.revisions, name)]
+        if not created_for_tag(ctx, revisions):
+            return
+        cr.delete_service(ctx.services, name, **ctx.wait)
+        logger.warning(
+            "deleted %s in %s: created by this release, its CPU baseline %s failed, it served "
+            "nothing (a service whose traffic names a failed revision blocks later releases)",
+            ctx.target.service,
+            region,
+            ctx.cpu_revision,
+        )
+    except Exception as exc:  # noqa: BLE001 - the deploy's error is raised by the caller
+        logger.warning("could not delete %s in %s: %s", ctx.target.service, region, exc)
+
+
+def fresh_cpu_baseline(ctx: RunContext, region: str) -> str:
+    """The CPU baseline's name for this run in `region`, kept in `ctx.cpu_revision`: the
+    tag's latest attempt there when it did not fail, else the next attempt's name (`-r2`, ...):
+    a revision that failed is never deployed again nor given traffic (re-applying a template
+    under a failed revision's name creates nothing; Cloud Run refuses traffic to it)."""
+    latest: run_v2.Revision | None = None
+    attempt = 0
+    while attempt < MAX_ATTEMPTS:
+        candidate = attempt_name(ctx.cpu_baseline, attempt + 1)
+        found = cr.get_revision(ctx.revisions, ctx.revision_path(region, candidate))
+        if found is None:
+            break
+        latest, attempt = found, attempt + 1
+    if latest is None:
+        name = ctx.cpu_baseline
+    elif cr.ready_state(latest)[0] == "failed":
+        if attempt >= MAX_ATTEMPTS:
+            raise ConfigurationError(
+                f"the CPU baseline of {ctx.git_tag} failed {attempt} times in {region} "
+                f"(last: {cr.ready_state(latest)[1]}); fix ReleaseTarget.cpu_template, then "
+                "release a new tag"
+            )
+        name = attempt_name(ctx.cpu_baseline, attempt + 1)
+    else:
+        name = attempt_name(ctx.cpu_baseline, attempt)
+    ctx.cpu_revision = name
+    return name
 
 
 def written_service(ctx: RunContext, region: str) -> run_v2.Service:
@@ -107,8 +213,12 @@ def deploy_revision(
     Idempotent: if the service already names this revision, nothing is re-deployed; a Ready
     revision of that name is reused (and re-tagged if needed).
     """
-    revision = template.revision
+    cpu_baseline = template.revision == ctx.cpu_revision
     service, created = _ensure_service(ctx, region)
+    if cpu_baseline:  # a failed CPU baseline is never reused: its next attempt instead
+        fresh_cpu_baseline(ctx, region)
+        template = cpu_template(ctx)
+    revision = template.revision
     existing = cr.get_revision(ctx.revisions, ctx.revision_path(region, revision))
     reused = existing is not None
     if existing is not None:
@@ -125,6 +235,7 @@ def deploy_revision(
                 "cannot add a 0% revision beside nothing"
             )
         traffic.append(cr.Traffic(revision=revision, percent=0, tag=tag))
+        cr.refuse_unready(ctx.revisions, service.name, traffic)  # users only on Ready ones
         body = cr.replaced(  # every other field of the service as it is (ingress, IAM, ...)
             service,
             template=template,
@@ -141,7 +252,9 @@ def deploy_revision(
         traffic = [t for t in pinned_traffic(service) if t.tag != tag and t.revision]
         traffic = [t for t in traffic if not (t.revision == revision and t.percent == 0)]
         traffic.append(cr.Traffic(revision=revision, percent=0, tag=tag))
-        service = cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+        service = cr.set_traffic(
+            ctx.services, service, traffic, revisions=ctx.revisions, **ctx.wait
+        )
     return RevisionDeploy(
         region=region,
         revision=revision,
@@ -159,6 +272,10 @@ def deploy_gpu_step(ctx: RunContext, region: str) -> RevisionDeploy:
     try:
         return deploy_revision(ctx, region, gpu_template(ctx, region), CANARY_TAG)
     except Exception as exc:  # classified and re-raised; interrupts pass through untouched
+        if isinstance(exc, cr.RevisionFailed) and is_missing_secret(exc.message):
+            # State the blocks rely on is gone (templates.missing_secret_fix says what and how
+            # to restore it): the same in every region, and no rollback can fix it.
+            raise ConfigurationError(f"{region}: {exc.message}") from exc
         reasons = _failed_reasons(ctx, region)
         classified = classify(exc, region, ctx.gpu_revision_in(region), reasons)
         if classified is exc:
@@ -201,7 +318,7 @@ def clear_failed_step(ctx: RunContext, region: str, revision: str) -> bool:
     if not all(revision_ready(ctx, region, t.revision) for t in traffic):
         return False  # Cloud Run refuses a split naming a revision that is not Ready
     try:
-        cr.set_traffic(ctx.services, service, traffic, **ctx.wait)
+        cr.set_traffic(ctx.services, service, traffic, revisions=ctx.revisions, **ctx.wait)
     except gexc.FailedPrecondition as exc:
         # Refused as a whole ("Revision '...' is not ready and cannot serve traffic."): what
         # serves is unchanged, the rollback step decides; a cleanup never fails the release.
@@ -220,8 +337,10 @@ def revision_ready(ctx: RunContext, region: str, revision: str | None) -> bool:
 
 def created_for_tag(ctx: RunContext, revisions: list[str]) -> bool:
     """Every revision is this tag's (its CPU baseline or one of its GPU attempts)."""
-    own = {ctx.cpu_revision} | {
-        attempt_name(ctx.gpu_revision, n) for n in range(1, MAX_ATTEMPTS + 1)
+    own = {
+        attempt_name(base, n)
+        for base in (ctx.cpu_baseline, ctx.gpu_revision)
+        for n in range(1, MAX_ATTEMPTS + 1)
     }
     return bool(revisions) and set(revisions) <= own
 

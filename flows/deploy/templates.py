@@ -137,6 +137,7 @@ def startup_verdict(ctx: RunContext, region: str, revision: str) -> Iterator[Wai
         if is_quota_message(exc.message):
             raise
         extra = [ctx.probe_setting(revision)] if is_image_fault(exc.message, exc.reason) else []
+        extra += [fix] if (fix := missing_secret_fix(ctx, revision, exc.message)) else []
         told = _told(ctx, region, revision, exc.message, *extra)
         raise cr.RevisionFailed(exc.revision, told, exc.reason) from exc
     except gexc.GoogleAPICallError as exc:
@@ -144,7 +145,43 @@ def startup_verdict(ctx: RunContext, region: str, revision: str) -> Iterator[Wai
         # not ready and cannot serve traffic. The user-provided container failed to start…"):
         # a failed start, told as the revision's failure.
         message = error_message(exc)
+        fix = missing_secret_fix(ctx, revision, message)
+        if fix and not is_quota_message(message):
+            told = _told(ctx, region, revision, message, fix)
+            raise cr.RevisionFailed(revision, told, MISSING_SECRET_REASON) from exc
         if is_quota_message(message) or not is_image_fault(message):
             raise
         told = _told(ctx, region, revision, message, ctx.probe_setting(revision))
         raise cr.RevisionFailed(revision, told, "") from exc
+
+
+# Cloud Run fails a revision whose secret_env names a Secret Manager secret (or version) that
+# does not exist: Condition.RevisionReason SECRETS_ACCESS_CHECK_FAILED (googleapis
+# google/cloud/run/v2/condition.proto), its message naming the secret's resource,
+# "…secretKeyRef: Secret projects/P/secrets/NAME/versions/latest was not found".
+MISSING_SECRET_REASON = "SECRETS_ACCESS_CHECK_FAILED"  # noqa: S105 - an enum name, no secret
+_MISSING_SECRET = re.compile(r"secrets/([A-Za-z0-9_-]+)/versions/\S+ (?:was )?not found", re.I)
+
+
+def is_missing_secret(message: str) -> bool:
+    return _MISSING_SECRET.search(message) is not None
+
+
+def missing_secret_fix(ctx: RunContext, revision: str, message: str) -> str | None:
+    """What is missing and how to restore it, when a revision failed for want of a secret (a
+    sandbox restart that lost Secret Manager, a secret deleted on Google); else None."""
+    match = _MISSING_SECRET.search(message)
+    if match is None:
+        return None
+    name = match.group(1)
+    field = ctx.template_field(revision)
+    spec: RevisionSpec = getattr(ctx.target, field)
+    names = [k for k, ref in spec.secret_env.items() if ref.secret.rsplit("/", 1)[-1] == name]
+    uses = f"{field}.secret_env {', '.join(names)}" if names else f"{field}.secret_env"
+    return (
+        f"missing: the Secret Manager secret {name!r} (ReleaseTarget.{uses} refers to it); no "
+        f"traffic went to {revision}. Restore it: `shipyard setup` re-creates the internal "
+        f"token's secret (a sandbox restart that lost it included); on Google: `gcloud secrets "
+        f"create {name} --data-file=-` (or `gcloud secrets versions add {name} "
+        "--data-file=-`) with its value; then release again"
+    )

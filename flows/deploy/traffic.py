@@ -175,7 +175,8 @@ def rollback_step(
     if not revision_ready(ctx, region, baseline):
         if not ctx.target.cpu_template.image:
             _ensure_image(ctx, region)
-        deploy_revision(ctx, region, cpu_template(ctx), tag=None)
+        # A failed baseline is not reused: deploy_revision names a new attempt.
+        baseline = deploy_revision(ctx, region, cpu_template(ctx), tag=None).revision
     service = written_service(ctx, region)
     traffic = [cr.Traffic(revision=baseline, percent=100)]
     traffic += [
@@ -208,7 +209,7 @@ def cpu_path_step(ctx: RunContext, region: str) -> TrafficResult:
                 region=region, revision=top.revision or "", url=service.uri, detail="kept serving"
             )
     # deploy_revision creates the service with the CPU baseline at 100% when it is missing.
-    deploy_revision(ctx, region, cpu_template(ctx), tag=None)
+    deploy_revision(ctx, region, cpu_template(ctx), tag=None)  # sets ctx.cpu_revision
     service = written_service(ctx, region)
     if [t.revision for t in pinned_traffic(service) if t.percent == 100] != [ctx.cpu_revision]:
         traffic = [cr.Traffic(revision=ctx.cpu_revision, percent=100)]

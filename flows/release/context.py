@@ -44,6 +44,9 @@ class RunContext:
         self.revisions = cloud.revisions_client()
         self.gpu_revision = revision_name(target.service, git_tag)
         self.cpu_revision = revision_name(target.service, git_tag, "cpu")
+        # The tag's own CPU baseline name; `cpu_revision` becomes a later attempt of it
+        # (`{name}-r2`, ...) where that one failed (flows/deploy/region_deploy.py).
+        self.cpu_baseline = self.cpu_revision
         # region -> the GPU revision name of this run's attempt there, when it is not the
         # first: Cloud Run refuses to delete a service's latest revision, and re-applying a
         # failed template under its own name creates nothing, so a new attempt needs a name.

@@ -23,6 +23,7 @@ the `ReleaseResult` for every outcome and raise only for a release that stopped.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from prefect import State
@@ -45,6 +46,26 @@ class ReleaseRolledBack(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled with the run's result
         return (type(self), (str(self), self.result))
+
+
+class _RolledBackIsNoCrash(logging.Filter):
+    """Drops Prefect's "Engine execution exited with unexpected exception" traceback for a
+    RolledBack run: a deployed run's engine (prefect/flow_engine.py `run_flow`, its
+    `error_logger`) raises the final state's exception to its caller and logs it with its
+    traceback on the run page. A rollback is an expected outcome, told by the state's message
+    and one WARNING line (flows/release/run.py), never as a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raised = record.exc_info[1] if record.exc_info else None
+        return not isinstance(raised, ReleaseRolledBack)
+
+
+def quiet_rolled_back() -> None:
+    """Install the filter on Prefect's flow-run logger (once; at import of this module, which
+    the release flow imports before any run)."""
+    logger = logging.getLogger("prefect.flow_runs")
+    if not any(isinstance(f, _RolledBackIsNoCrash) for f in logger.filters):
+        logger.addFilter(_RolledBackIsNoCrash())
 
 
 def release_result(state: State) -> ReleaseResult:
@@ -114,3 +135,6 @@ def how_to_return(result: ReleaseResult) -> list[str]:
             "(the revision that served before a cutover keeps the `prior` tag)"
         )
     return lines
+
+
+quiet_rolled_back()

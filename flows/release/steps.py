@@ -9,6 +9,7 @@ noted by the task itself (`note_attempt()`), so no API round trip is needed to l
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from prefect.tasks import Task
 from pydantic import BaseModel
 
 from shipyard.flows.observe.stage_events import retry_reporter, step_stage
-from shipyard.tasks.errors import retry_condition_fn
+from shipyard.tasks.errors import is_transient, retry_condition_fn
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -178,6 +179,50 @@ class StepLog:
             if step.name == name:
                 step.detail = detail
                 return
+
+
+class _RetrySummary(logging.Filter):
+    """A transient failure of a step's attempt reads as one line on the run page, without a
+    traceback: Prefect's task engine logs each failed attempt ("Task run failed with
+    exception: … - Retry 1/3 will start …") and the exhausted last one at ERROR with the whole
+    traceback, then "Finished in state Failed(…)" at ERROR. For an error `is_transient` calls
+    transient (a 503 answer, a reset connection) those are expected outcomes the step's caller
+    judges (the canary's verdict, the release's WARNING): one INFO line per attempt, no
+    traceback, and the attempt's final state at INFO."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exhausted: set[str] = set()  # task runs whose last attempt was summarised
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raised = record.exc_info[1] if record.exc_info else None
+        run_id = str(getattr(record, "task_run_id", "") or "")
+        if raised is not None and is_transient(raised):
+            text = record.getMessage().replace("Task run failed with exception: ", "attempt: ", 1)
+            record.msg, record.args = text.split("\n", 1)[0][:500], ()
+            record.exc_info, record.exc_text = None, None
+            _demote(record)
+            if "Retries are exhausted" in text and run_id:
+                self.exhausted.add(run_id)
+        elif run_id in self.exhausted and record.getMessage().startswith("Finished in state"):
+            self.exhausted.discard(run_id)
+            _demote(record)
+        return True
+
+
+def _demote(record: logging.LogRecord) -> None:
+    record.levelno, record.levelname = logging.INFO, "INFO"
+
+
+def summarise_retries() -> None:
+    """Install the filter on Prefect's task-run logger (once; at import of this module, which
+    every release step imports)."""
+    logger = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _RetrySummary) for f in logger.filters):
+        logger.addFilter(_RetrySummary())
+
+
+summarise_retries()
 
 
 def _short(exc: BaseException) -> str:

@@ -28,19 +28,32 @@ def release_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Release TAG: build, GPU deploy with region fallback, canary, cutover or rollback."""
-    from shipyard.deployments.cli.errors import UsageError, fail, preflight_release
-    from shipyard.flows.release.flow import run_release
-    from shipyard.tasks.errors import PermanentError
+    import sys
+
+    from shipyard.deployments.cli.errors import (
+        UsageError,
+        fail,
+        flow_output,
+        preflight_release,
+        release_failure,
+        verbose_requested,
+    )
 
     try:
-        preflight_release(tag, target)
+        block = preflight_release(tag, target)
     except UsageError as exc:
         fail(str(exc))
+    from shipyard.flows.release.flow import run_release  # after the checks: it imports a lot
+
+    # The run's log lines: progress on stdout (none with --json), its tracebacks only in the
+    # run's log on the server (and on stderr with --verbose); stderr: the one error line.
     try:
-        result = run_release(tag, target, dry_run=dry_run, image=image, commit=commit)
-    except PermanentError as exc:
-        console.print(f"[red]release failed:[/] {exc}")
-        raise typer.Exit(1) from None
+        with flow_output(verbose_requested(), None if as_json else sys.stdout):
+            result = run_release(tag, target, dry_run=dry_run, image=image, commit=commit)
+    except Exception as exc:  # whatever ended the run: one line naming the fix (re-raised with -v)
+        if verbose_requested():
+            raise
+        fail(release_failure(exc, block, tag), code=1)
     data = result.model_dump(mode="json")
     if as_json:
         typer.echo(json.dumps(data, indent=2))

@@ -61,25 +61,46 @@ def report(
 
 
 def render_table(data: dict[str, Any]) -> str:
+    """The figures and the releases as a person reads them: every duration in s / min / h /
+    days, rates in %, latencies in ms (`--format json` keeps the raw numbers)."""
     import pandas as pd
 
-    lines = []
-    figures = pd.DataFrame.from_dict(data["services"], orient="index")
-    lines.append(f"DORA figures, last {data['window_days']:g} days")
-    lines.append(figures.to_string() if not figures.empty else "(no releases)")
-    releases = pd.DataFrame(data["releases"])
-    if not releases.empty:
-        cols = [
-            "service",
-            "git_tag",
-            "outcome",
-            "region",
-            "seconds",
-            "retries",
-            "cache_hit_rate",
-            "canary_p95_ms",
-            "speedup",
-            "remote_503_rate",
+    from shipyard.deployments.report.figures import figure_lines, human_duration, outcome_label
+
+    lines = [f"DORA figures, last {data['window_days']:g} days"]
+    services = data["services"]
+    if services:
+        per = {name: figure_lines(figs) for name, figs in services.items()}
+        labels = [label for _, label, _ in next(iter(per.values()))]
+        table = pd.DataFrame({name: [v for _, _, v in rows] for name, rows in per.items()})
+        table.index = pd.Index(labels)
+        lines.append(table.to_string())
+        lines.append(data.get("lead_time_legend", ""))
+    else:
+        lines.append("(no releases)")
+    releases = data["releases"]
+    if releases:
+        rows = [
+            {
+                "service": r["service"],
+                "tag": r["git_tag"],
+                "outcome": outcome_label(r["outcome"], r.get("by"))
+                + (" (re-run)" if r.get("noop") else ""),
+                "region": r.get("region") or "-",
+                "took": human_duration(r.get("seconds")),
+                "lead time": "-"
+                if r.get("lead_time_s") is None
+                else f"{human_duration(r['lead_time_s'])} from {r.get('lead_time_source')}",
+                "steps": r.get("steps") or "-",
+                "retries": r.get("retries") or 0,
+                "cache hits": "-"
+                if r.get("cache_hit_rate") is None
+                else f"{100 * float(r['cache_hit_rate']):.0f} %",
+                "canary p95": "-"
+                if r.get("canary_p95_ms") is None
+                else f"{float(r['canary_p95_ms']):,.0f} ms",
+            }
+            for r in releases
         ]
-        lines += ["", "Releases", releases[cols].to_string(index=False)]
+        lines += ["", "Releases", pd.DataFrame(rows).to_string(index=False)]
     return "\n".join(lines)

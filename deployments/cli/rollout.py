@@ -34,9 +34,8 @@ def _who(by: str) -> str:
 
 
 def _run(command: str, name: str, comment: str, by: str) -> None:
-    from shipyard.deployments.cli.errors import UsageError, fail, one_line
+    from shipyard.deployments.cli.errors import UsageError, fail, one_line, require_prefect_api
     from shipyard.deployments.cli.rollback import find_target
-    from shipyard.deployments.cli.status import require_prefect_api
     from shipyard.flows.rollout.control import RolloutRefused, abort, check, promote
 
     require_prefect_api(command)

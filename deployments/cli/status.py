@@ -22,21 +22,6 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status_command)
 
 
-def require_prefect_api(command: str) -> None:
-    """Refuse (one line, exit 2) when no Prefect API is configured: Prefect would otherwise
-    start a temporary server on the same Prefect home (issue 23)."""
-    from prefect.settings import get_current_settings
-
-    from shipyard.deployments.cli.errors import fail
-
-    if not get_current_settings().api.url:
-        fail(
-            f"`shipyard {command}` needs the Prefect API, and PREFECT_API_URL is empty: start "
-            "`prefect server start` and `export PREFECT_API_URL=http://127.0.0.1:4200/api` "
-            "(the server's address)"
-        )
-
-
 def status_command(
     target: str = typer.Argument(
         "default", help="Release Target block name, or its Cloud Run service."
@@ -47,7 +32,13 @@ def status_command(
     its share, tags, git tag, image, GPU or CPU, Ready, canary passed, last good; and a rollout
     in progress. Read from Cloud Run (or the sandbox); changes nothing."""
     from shipyard.blocks.release_target import ReleaseTarget
-    from shipyard.deployments.cli.errors import SANDBOX_FIX, UsageError, fail, one_line
+    from shipyard.deployments.cli.errors import (
+        SANDBOX_FIX,
+        UsageError,
+        fail,
+        one_line,
+        require_prefect_api,
+    )
     from shipyard.deployments.cli.rollback import find_target
     from shipyard.flows.observe.status import service_status
 

@@ -43,7 +43,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy.stats import fisher_exact, mannwhitneyu
 
 from shipyard.blocks.rollout_policy import JudgePolicy
 
@@ -173,6 +172,9 @@ def judge(
             ),
             figures,
         )
+
+    # scipy loads in seconds: imported when a step is judged, not with every CLI command.
+    from scipy.stats import fisher_exact, mannwhitneyu
 
     fails: list[str] = []
     notes: list[str] = []  # significant differences inside their band

@@ -309,3 +309,57 @@ def state_badge(name: str) -> str:
         "Array.from(document.querySelectorAll('[data-slot=badge]'))"
         f".find(e => e.innerText.trim() === {json.dumps(name)})"
     )
+
+
+# ---------------------------------------------------------------- day two (several deployments)
+
+
+def served_yaml(path: Path, names: dict[str, str]) -> Path:
+    """prefect.yaml with only the deployments named in `names` (prefect.yaml's name -> the name
+    served here), without triggers or work pool: as `release_only_yaml`, for several."""
+    document = yaml.safe_load(PREFECT_YAML.read_text())
+    kept = []
+    for entry in document["deployments"]:
+        if entry["name"] in names:
+            entry = {k: v for k, v in entry.items() if k not in ("triggers", "work_pool")}
+            kept.append({**entry, "name": names[entry["name"]]})
+    missing = sorted(set(names) - {e["name"] for e in document["deployments"]})
+    assert not missing, f"prefect.yaml has no deployment {missing}"
+    document["deployments"] = kept
+    document.pop("definitions", None)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def start_serving_many(prefect_file: Path, names: list[str], api_url: str, log: Path) -> Any:
+    """`shipyard serve` of several deployments of `prefect_file` from one process (as
+    `start_serving`), INFO logs so that the log says how far a run got."""
+    shipyard = Path(sys.executable).with_name("shipyard")
+    flags = [part for name in names for part in ("--name", name)]
+    return spawn(
+        [str(shipyard), "serve", "--prefect-file", str(prefect_file), *flags],
+        log,
+        env={
+            "PREFECT_API_URL": api_url,
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        },
+    )
+
+
+# The run page's "Open menu" button (its label is screen-reader text): Copy to new run, Cancel,
+# Pause, Retry... (Prefect 3.8's UI v2, flow-run page).
+RUN_MENU = (
+    "Array.from(document.querySelectorAll('button'))"
+    ".find(b => b.textContent.trim() === 'Open menu')"
+)
+
+
+def body_text_with(*parts: str) -> str:
+    """A page expression: the page's text once it holds every one of `parts` (else null)."""
+    checks = " && ".join(f"t.includes({json.dumps(p)})" for p in parts)
+    return (
+        "(() => { const t = document.body ? document.body.innerText : '';"
+        f" return ({checks}) ? t : null; }})()"
+    )

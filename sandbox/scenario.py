@@ -127,6 +127,12 @@ class RevisionFault(_Strict):
     accelerator: Literal["gpu", "cpu", "any"] = "gpu"
     region: str = "*"
     image_contains: str = ""
+    revision_contains: str = Field(
+        default="",
+        description="match revisions whose name contains this (a release names its revisions "
+        "after the tag, e.g. '-v2-' for v2.x.y; a built release's image is a digest, so "
+        "image_contains cannot tell its tags apart)",
+    )
     requests: int = Field(
         default=0, ge=0, description="http_503, oom: the first N requests fail; 0 = all"
     )

@@ -137,6 +137,7 @@ class RevisionLifecycle(TrafficRules):
             if f.accelerator in ("any", device)
             and f.region in ("*", svc.region)
             and f.image_contains in images
+            and f.revision_contains in short
         ]
         env, missing_secret = self._resolve_env(svc.project, template)
         rev = Revision(

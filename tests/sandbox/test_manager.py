@@ -56,14 +56,15 @@ def test_shipped_scenarios_parse():
         assert load_scenario(path).description, f"{path.name}: give it a description"
     faults = {
         name: [
-            (f.fault, f.accelerator, f.image_contains) for f in load_scenario(name).revision_faults
+            (f.fault, f.accelerator, f.revision_contains)
+            for f in load_scenario(name).revision_faults
         ]
         for name in ("canary-fails", "progressive-errors", "progressive-slow")
     }
     assert faults == {
-        "canary-fails": [("http_503", "gpu", ":v2")],
-        "progressive-errors": [("errors_under_load", "gpu", ":v2")],
-        "progressive-slow": [("slow_under_load", "gpu", ":v2")],
+        "canary-fails": [("http_503", "gpu", "-v2-")],
+        "progressive-errors": [("errors_under_load", "gpu", "-v2-")],
+        "progressive-slow": [("slow_under_load", "gpu", "-v2-")],
     }
 
 

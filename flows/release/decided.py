@@ -24,6 +24,7 @@ from shipyard.flows.release.result import (
 )
 from shipyard.flows.release.steps import Step
 from shipyard.flows.release.tag_time import TagTime
+from shipyard.flows.rollout.journal import StepRecord
 from shipyard.tasks.quotas import PreferenceState
 
 
@@ -155,6 +156,13 @@ class CanaryJudged:
 
 
 @dataclass(frozen=True)
+class StepDecided:
+    """A rollout step's verdict or decision (flows/rollout/stage.py), in the order taken."""
+
+    record: StepRecord
+
+
+@dataclass(frozen=True)
 class Ended:
     """Where the release ends: what serves now (after a cutover, rollback or CPU fallback)."""
 
@@ -180,6 +188,7 @@ Decision = (
     | PreferencesFiled
     | Reason
     | CanaryJudged
+    | StepDecided
     | Ended
 )
 
@@ -251,6 +260,8 @@ def _fold(result: ReleaseResult, decided: Decision) -> None:
             result.reasons.append(decided.text)
         case CanaryJudged():
             result.canary = decided.canary
+        case StepDecided():
+            result.rollout_steps.append(decided.record)
         case Ended():
             result.region, result.revision, result.url = (
                 decided.region,

@@ -20,7 +20,12 @@ from shipyard.flows.deploy.region_deploy import (
     deploy_gpu_step,
     remove_refused_service_step,
 )
-from shipyard.flows.deploy.traffic import cpu_path_step, cutover_step, rollback_step
+from shipyard.flows.deploy.traffic import (
+    TrafficResult,
+    cpu_path_step,
+    cutover_step,
+    rollback_step,
+)
 from shipyard.flows.observe.stage_events import stage
 from shipyard.flows.release.context import RunContext
 from shipyard.flows.release.decided import (
@@ -42,6 +47,8 @@ from shipyard.flows.release.hooks import record_verdict
 from shipyard.flows.release.result import CanaryFigures
 from shipyard.flows.release.stages import publish_url, published_elsewhere
 from shipyard.flows.release.steps import StepLog
+from shipyard.flows.rollout.stage import canary_of, eligible, resumed_journal, run_rollout
+from shipyard.tasks import cloud_run as cr
 from shipyard.tasks.deploy_errors import (
     ConfigurationError,
     DeployFailed,
@@ -178,10 +185,33 @@ def cpu_path(ctx: RunContext, steps: StepLog) -> Ended:
 def canary_and_traffic(
     ctx: RunContext, steps: StepLog, deployed: RevisionDeploy
 ) -> Iterator[Decision]:
-    """GPU handover, canary on the tag URL, then the cutover, or the rollback."""
+    """GPU handover, canary on the tag URL, then the cutover (in steps when the target has
+    them and a tested revision serves: flows/rollout/stage.py), or the rollback."""
     region = deployed.region
     if not deployed.tag_uri:
         raise ConfigurationError(f"Cloud Run published no canary URL in {region}")
+    resumed = resumed_journal(ctx, deployed.revision)
+    if resumed is not None:
+        # Prefect re-ran this run after a suspension at a gate: the hand-over and the canary
+        # happened before it; their figures are in the journal, the steps replay from it.
+        figures = canary_of(resumed)
+        if figures is not None:
+            yield CanaryJudged(figures, resumed.baseline_ms)
+        service = cr.get_service(ctx.services, ctx.service_name(region))
+        released = yield from run_rollout(
+            ctx,
+            steps,
+            region=region,
+            new=deployed.revision,
+            stable=resumed.stable,
+            url=service.uri if service is not None else deployed.service_uri,
+            canary=figures or CanaryFigures(runs=0, passed=True),
+            baseline_ms=resumed.baseline_ms,
+            resumed=resumed,
+        )
+        if released is not None:
+            yield from _released(ctx, steps, region, released)
+        return
     # The GPU quota counts running instances: free the serving GPU revision's if needed.
     handover = yield from hand_over(ctx, steps, region, deployed.revision)
     if isinstance(handover, Ended):  # the CPU revision failed its check: nothing moved
@@ -202,13 +232,25 @@ def canary_and_traffic(
     if report.passed:
         # Persisted BEFORE the cutover: a re-run after a kill right here knows why it serves.
         record_verdict(ctx.target.service, deployed.revision, figures.model_dump())
+        plan = eligible(ctx, region, deployed.revision, handover is not None)
+        if plan.why:
+            yield Reason(plan.why)
+        if plan.stable is not None:
+            released = yield from run_rollout(
+                ctx,
+                steps,
+                region=region,
+                new=deployed.revision,
+                stable=plan.stable,
+                url=deployed.service_uri,
+                canary=figures,
+                baseline_ms=report.baseline_ms,
+            )
+            if released is not None:
+                yield from _released(ctx, steps, region, released)
+            return
         outcome = steps.run("cutover", cutover_step, ctx, region, deployed.revision)
-        outside = region != ctx.target.primary_region
-        yield Ended(
-            "released", outcome.region, outcome.revision, outcome.url, outside_primary=outside
-        )
-        if outside or published_elsewhere(ctx.target.service, outcome.url):
-            yield publish_url(ctx, steps, region, outcome.revision, outcome.url)
+        yield from _released(ctx, steps, region, outcome)
     else:
         steps.run(f"clear:{region}", clear_failed_step, ctx, region, deployed.revision)
         _restore(ctx, steps, handover, deployed.revision)
@@ -224,6 +266,17 @@ def canary_and_traffic(
                 *([outcome.detail] if outcome.untested else []),
             ),
         )
+
+
+def _released(
+    ctx: RunContext, steps: StepLog, region: str, outcome: TrafficResult
+) -> Iterator[Decision]:
+    """The cutover is done: the release ends released (and the URL is published when the
+    GPU serves outside the primary region or another URL was published)."""
+    outside = region != ctx.target.primary_region
+    yield Ended("released", outcome.region, outcome.revision, outcome.url, outside_primary=outside)
+    if outside or published_elsewhere(ctx.target.service, outcome.url):
+        yield publish_url(ctx, steps, region, outcome.revision, outcome.url)
 
 
 def _restore(ctx: RunContext, steps: StepLog, handover: Handover | None, failed: str) -> None:

@@ -47,6 +47,7 @@ from shipyard.flows.release.run import Release
 from shipyard.flows.release.slot import ReleaseError, ensure_slot, release_slot, slot_name
 from shipyard.flows.release.summary import summary_markdown
 from shipyard.flows.release.tag_time import parse_given
+from shipyard.flows.rollout.stage import refuse_if_waiting
 
 # A release that runs longer than this is stopped by Prefect (TimedOut): 3 h covers a cold
 # build of a CUDA image, the quota budget and the canary with room to spare.
@@ -124,6 +125,7 @@ def release(
                 dry_run=True
             )
         with release_slot(resolved.service, resolved.lock_timeout_s, resolved.slot_lease_s):
+            refuse_if_waiting(resolved, git_tag)  # a rollout suspended at a gate holds the service
             result = Release(resolved, git_tag, image or None, commit or None, tagged_at).run(
                 dry_run=False
             )

@@ -83,9 +83,18 @@ def cancel_tag_builds_step(ctx: Any, git_tag: str) -> list[str]:
     return done
 
 
-def cleanup(target: ReleaseTarget, git_tag: str, *, cancel_builds: bool = True) -> list[str]:
-    """Cancel the tag's running build (unless not `cancel_builds`), clear the tag's canary where
-    it has 0% and the CPU baseline's measurement tag. What was done.
+def cleanup(
+    target: ReleaseTarget,
+    git_tag: str,
+    *,
+    cancel_builds: bool = True,
+    ended_run: str | None = None,
+) -> list[str]:
+    """Cancel the tag's running build (unless not `cancel_builds`), undo the tag's rollout when
+    its run is over (`ended_run`: the run whose hook this is; else the journal's run must be in a
+    final state or gone: flows/rollout/abort.py, traffic back to the stable revision, warmed
+    first, the journal cleared), clear the tag's canary where it has 0% and the CPU baseline's
+    measurement tag. What was done.
 
     Each Google call is a step task run with the target's retries on transient errors (the
     release's one retry mechanism), outside any flow run when a runner calls the hook."""
@@ -106,6 +115,12 @@ def cleanup(target: ReleaseTarget, git_tag: str, *, cancel_builds: bool = True) 
             done += cancelled
     except Exception as exc:  # noqa: BLE001 - keep cleaning the traffic
         done.append(f"could not cancel the build: {exc}")
+    from shipyard.flows.rollout.abort import undo_rollout
+
+    try:
+        done += undo_rollout(target, git_tag, ended_run=ended_run)
+    except Exception as exc:  # noqa: BLE001 - keep cleaning the tags
+        done.append(f"could not undo the rollout: {exc}")
     for region in target.regions:
         try:
             if steps.run(f"clear:{region}", clear_failed_step, ctx, region, ctx.gpu_revision):
@@ -127,5 +142,10 @@ def abort_cleanup(flow: Any, flow_run: Any, state: Any) -> None:
     git_tag = parameters.get("git_tag")
     if target is None or not git_tag or parameters.get("dry_run"):
         return
-    for line in cleanup(target, str(git_tag)):
+    lines = cleanup(target, str(git_tag), ended_run=str(flow_run.id))
+    for line in lines:
         logger.warning("release %s of %s (%s): %s", git_tag, target.service, state.name, line)
+    if state.is_cancelling() or state.is_cancelled():  # a person's cancel: recorded as one
+        from shipyard.flows.release.cancelled import record_cancelled  # lazy: as `cleanup` does
+
+        record_cancelled(target, str(git_tag), flow_run, lines)

@@ -15,6 +15,7 @@ from shipyard.flows.canary.stage import CanaryReport
 from shipyard.flows.deploy.region_deploy import ExistingRevision
 from shipyard.flows.release.steps import Step
 from shipyard.flows.release.tag_time import TagTime
+from shipyard.flows.rollout.journal import StepRecord
 from shipyard.tasks.quotas import PreferenceState, RegionQuota
 
 Outcome = Literal["released", "rolled_back", "cpu_fallback", "planned"]
@@ -105,6 +106,9 @@ class ReleaseResult(BaseModel):
     plan: ReleasePlan | None = None
     serving_url_variable: str | None = None
     steps: list[Step] = []
+    # The rollout's steps after the 0 % canary, each verdict and decision in order (empty: one
+    # cutover). Named apart from `steps`, the release's own step rows.
+    rollout_steps: list[StepRecord] = []
     started_at: str = ""
     tag_time: TagTime | None = None  # where the lead time starts (flows/release/tag_time.py)
     seconds: float = 0.0

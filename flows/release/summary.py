@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from shipyard.flows.release.outcome import how_to_return
 from shipyard.flows.release.result import ReleaseResult
+from shipyard.flows.rollout.progress import STEP_COLUMNS, step_rows
 from shipyard.tasks.reports import markdown_table
 
 
@@ -44,6 +45,15 @@ def summary_markdown(result: ReleaseResult, failed: bool) -> str:
             f"{c.fallback_used}, speed-up {c.speedup if c.speedup is not None else '-'} over "
             f"CPU baseline {c.baseline_ms} ms ({c.baseline_source}): "
             + ("passed" if c.passed else "failed"),
+        ]
+    if result.rollout_steps:
+        lines += [
+            "",
+            "## Rollout steps",
+            "Each step judged against the stable revision over the same window "
+            "(flows/rollout/judge.py); gates and commands with who decided.",
+            "",
+            markdown_table(step_rows(result.rollout_steps), STEP_COLUMNS),
         ]
     if result.reasons:
         lines += ["", "## Reasons", *[f"- {r}" for r in result.reasons]]

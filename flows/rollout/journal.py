@@ -8,6 +8,7 @@ decision and removed when the rollout ends (released or rolled back).
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from prefect.variables import Variable
@@ -18,11 +19,23 @@ from shipyard.blocks.names import sanitize_name
 State = Literal["baking", "awaiting-approval", "ending"]
 
 
+Phase = Literal["quota", "gate", "bake", "decision"]
+
+
 class StepRecord(BaseModel):
-    """A step already taken: its share, the judge's verdict and figures, who decided a gate."""
+    """A step already taken: its share, the judge's verdict and figures, who decided a gate.
+
+    `phase` says which part of the step it records, so that a re-run (Prefect re-runs a resumed
+    deployment run from the start) replays what was decided and continues where it stopped:
+    `quota` (the step's GPU check came out short), `gate` (the approval before the step), `bake`
+    (the judge's verdict at the end of the bake), `decision` (a person's answer to an
+    inconclusive or quota-short step)."""
 
     percent: int
-    verdict: str  # pass | fail | inconclusive | approved | rejected | skipped
+    # pass | fail | inconclusive | approved | rejected | promoted | aborted | quota-short
+    verdict: str
+    phase: Phase = "bake"
+    bake_s: float = 0.0
     figures: dict[str, Any] = {}
     reasons: list[str] = []
     decided_by: str = ""
@@ -46,6 +59,27 @@ class RolloutJournal(BaseModel):
     baseline_ms: float | None = None
     gate_key: str | None = None  # the pause key of the gate awaiting approval
     expiry_run_id: str | None = None  # the scheduled run that ends an unanswered gate
+    # The service's `scaling` (run_v2.ServiceScaling as JSON) before the abort warmed the stable
+    # revision: what the abort restores, even when a later run (the sweep) finishes it.
+    scaling_before: str | None = None
+    step_started_at: str = ""  # when the current step's traffic changed (the judge's window)
+    waiting_since: str = ""  # when the gate awaiting approval began (the judge re-reads it)
+
+    def recorded(self, percent: int, phase: Phase) -> StepRecord | None:
+        """The last record of `percent`'s `phase` (a re-run replays it instead of redoing it)."""
+        return next(
+            (r for r in reversed(self.steps) if r.percent == percent and r.phase == phase), None
+        )
+
+
+def compact_steps(records: list[StepRecord]) -> str:
+    """'10:pass,50:approved by ana,50:pass,100:pass': verdicts and decisions (with who made
+    them) for the ledger; the quota phase shows as its decision."""
+    return ",".join(
+        f"{r.percent}:{r.verdict}"
+        + (f" by {r.decided_by}" if r.phase in ("gate", "decision") and r.decided_by else "")
+        for r in records
+    )
 
 
 def journal_variable(service: str) -> str:
@@ -62,8 +96,21 @@ def read(service: str) -> RolloutJournal | None:
         return None
 
 
+# Prefect Variables hold at most 5000 characters of JSON: figures are cut to what fits.
+MAX_CHARS = 5000
+
+
 def write(journal: RolloutJournal) -> None:
-    Variable.set(journal_variable(journal.service), journal.model_dump(mode="json"), overwrite=True)
+    """Store the journal; when its JSON would pass Prefect's limit, the oldest records lose
+    their figures and reasons first (the verdicts, which a re-run replays, stay)."""
+    body = journal.model_dump(mode="json")
+    for record in body["steps"]:
+        if len(json.dumps(body)) <= MAX_CHARS:
+            break
+        record["figures"], record["reasons"] = {}, [r[:120] for r in record["reasons"][:1]]
+    if len(json.dumps(body)) > MAX_CHARS:
+        body["canary"] = {k: body["canary"].get(k) for k in ("runs", "passed", "p95_ms")}
+    Variable.set(journal_variable(journal.service), body, overwrite=True)
 
 
 def clear(service: str) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from prefect.exceptions import Pause
+
 from shipyard.blocks.cloud import GoogleCloud
 from shipyard.flows.observe.stage_events import (
     current_scope,
@@ -66,6 +68,8 @@ def observed_release(target: Any, git_tag: str) -> Iterator[None]:
         emit_stage_event("release", "started")
         try:
             yield
+        except Pause:  # suspended at a rollout gate: not a failure, its re-run finishes it
+            raise
         except BaseException as exc:
             emit_stage_event("release", "failed", {"cause": short_cause(exc)})
             if scope.flow_run_id:

@@ -11,7 +11,7 @@ block (endpoint switch) is the only place that does.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prefect.blocks.core import Block
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -370,3 +370,15 @@ def cpu_template_fingerprint(target: ReleaseTarget) -> str:
     import hashlib
 
     return hashlib.sha256(target.cpu_template.model_dump_json().encode()).hexdigest()[:16]
+
+
+def as_release_target(target: object) -> ReleaseTarget:
+    """A ReleaseTarget from the block itself, its saved name, or its fields (a flow run's
+    parameters hold any of them). Raises ValueError for a name no block has."""
+    if isinstance(target, ReleaseTarget):
+        return target
+    if isinstance(target, str):
+        return cast(ReleaseTarget, ReleaseTarget.load(target))  # Block.load is typed as Block
+    if isinstance(target, dict):
+        return ReleaseTarget.model_validate(target)
+    raise TypeError(f"target: a ReleaseTarget, its block name or its fields, not {target!r}")

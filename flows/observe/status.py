@@ -33,7 +33,7 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel
 
-from shipyard.blocks.release_target import ReleaseTarget
+from shipyard.blocks.release_target import ReleaseTarget, as_release_target
 from shipyard.tasks import cloud_run as cr
 
 logger = logging.getLogger("shipyard.status")
@@ -157,13 +157,7 @@ def _hhmm(iso: str) -> str:
 
 def resolve_target(target: Any) -> ReleaseTarget:
     """A ReleaseTarget from a block, its name, or its fields."""
-    if isinstance(target, ReleaseTarget):
-        return target
-    if isinstance(target, str):
-        return cast(ReleaseTarget, ReleaseTarget.load(target))  # Block.load is typed as Block
-    if isinstance(target, dict):
-        return ReleaseTarget.model_validate(target)
-    raise TypeError(f"target: a ReleaseTarget, its block name or its fields, not {target!r}")
+    return as_release_target(target)
 
 
 def service_status(target: Any, reason: str = "") -> ServiceStatus:

@@ -19,14 +19,14 @@ so a re-run that finds the revision serving knows why it serves (and reports its
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.variables import Variable
 
 from shipyard.blocks.names import sanitize_name
-from shipyard.blocks.release_target import ReleaseTarget
+from shipyard.blocks.release_target import ReleaseTarget, as_release_target
 from shipyard.flows.observe.undo_hooks import run_parameters
 
 logger = logging.getLogger("shipyard.release")
@@ -54,12 +54,7 @@ def canary_verdict(service: str, revision: str) -> dict[str, Any] | None:
 def _target_of(parameters: dict[str, Any]) -> ReleaseTarget | None:
     target = parameters.get("target", "default")
     try:
-        if isinstance(target, ReleaseTarget):
-            return target
-        if isinstance(target, str):
-            return cast(ReleaseTarget, ReleaseTarget.load(target))  # Block.load is typed as Block
-        if isinstance(target, dict):
-            return ReleaseTarget.model_validate(target)
+        return as_release_target(target)
     except Exception as exc:  # noqa: BLE001 - a hook must not raise; it reports
         logger.warning("release cleanup: cannot load the target: %s", exc)
     return None

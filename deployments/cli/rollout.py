@@ -60,7 +60,7 @@ def promote_command(
     by: str = typer.Option("", "--by", help=_BY_HELP),
 ) -> None:
     """Take the rollout in progress on: approve the gate it waits at, or end its current bake
-    and go on to the next step."""
+    and cut over to 100% now (the remaining steps skipped)."""
     _run("promote", name, comment, by)
 
 

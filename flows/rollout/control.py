@@ -7,7 +7,10 @@ release run the journal names, by that run's Prefect state:
   promote, reject for abort — and the comment and approver, exactly as the Resume form would;
 - running (baking: the judge reading): the command is filed (flows/rollout/commands.py) and the
   release's bake loop takes it at its next analysis tick;
-- final (the release run is dead: crashed, killed, expired at its gate): abort moves traffic
+- final, or still Running but its process provably gone (a SIGKILL reports nothing: the
+  service's release-slot holder record names the run and its process is gone, flows/release/
+  slot.py; that run is swept first, its run tree marked Crashed and its slot freed): the
+  release run is dead (crashed, killed, expired at its gate), and abort moves traffic
   back to the stable revision itself (a Ready check first, under the service's release slot),
   takes the canary tag off the new revision and ends the journal; promote is refused (the
   judge's evidence died with the run: release the tag again);
@@ -94,6 +97,21 @@ def _release_run(run_id: str) -> FlowRun | None:
             return None
 
 
+def _process_gone(current: journals.RolloutJournal) -> bool:
+    """The journal's run still says Running but its process is provably gone (SIGKILL, a lost
+    machine: nothing reported its end): the release slot's holder record names that run and
+    flows/release/slot.py `holder_status` finds it dead. A command filed for it would never be
+    taken."""
+    from shipyard.flows.release.slot import holder_status
+
+    holder, status = holder_status(current.service)
+    return (
+        holder is not None
+        and holder.get("flow_run_id") == current.flow_run_id
+        and status.startswith("dead")
+    )
+
+
 def check(target: TargetParam, command: Command) -> Situation:
     """What `command` would do to the target's rollout, found without changing anything (the
     CLI refuses a mistake in one line and leaves no failed run behind); RolloutRefused."""
@@ -111,16 +129,22 @@ def check(target: TargetParam, command: Command) -> Situation:
     state = run.state if run is not None else None
     state_name = (state.name or state.type.value) if state is not None else "gone"
     run_name = run.name if run is not None else current.flow_run_id
+    gone = False
     if state is not None and state.is_paused():
         action: Action = "resume"
-    elif state is not None and not state.is_final():
+    elif state is not None and not state.is_final() and not (gone := _process_gone(current)):
         action = "request"
     elif command == "abort":
         action = "restore"
     else:
+        ended = (
+            f"died (its process is gone; it still says {state_name})"
+            if gone
+            else f"ended {state_name}"
+        )
         raise RolloutRefused(
-            f"the release run {run_name} of {current.git_tag} ({service}) ended {state_name} "
-            f"at {current.percent}% without finishing its rollout: nothing can promote it; "
+            f"the release run {run_name} of {current.git_tag} ({service}) {ended} at "
+            f"{current.percent}% without finishing its rollout: nothing can promote it; "
             f"`shipyard abort {resolved.service}` returns traffic to {current.stable}, or "
             f"`shipyard release {current.git_tag}` runs it again"
         )
@@ -131,20 +155,30 @@ def _restore(situation: Situation) -> str:
     """The release run is dead: the rollout is undone as the sweep undoes it (flows/rollout/
     abort.py `undo_rollout`: the stable revision warmed, then 100 % to it, the rollout's tags
     cleared, the service's scaling restored, the journal ended, the status published)."""
+    from shipyard.flows.release.slot import sweep
     from shipyard.flows.rollout.abort import undo_rollout
 
     journal = situation.journal
-    done = undo_rollout(situation.target, journal.git_tag, ended_run=journal.flow_run_id)
+    # A run killed outright still says Running and holds the service's slot: freed first (its
+    # run tree marked Crashed, its build cancelled, its rollout undone: flows/release/slot.py).
+    killed = _process_gone(journal)
+    freed = sweep(journal.service) if killed else []
+    done = freed + undo_rollout(situation.target, journal.git_tag, ended_run=journal.flow_run_id)
     if not done:
         raise RolloutRefused(
             f"the rollout of {journal.git_tag} ({journal.service}) ended meanwhile: nothing to "
             "abort"
         )
-    if any("could not move" in line for line in done):
-        raise PermanentError(f"abort of {journal.git_tag}: {done[0]}")
-    return f"the release run {situation.run_name} had ended {situation.run_state}; " + "; ".join(
-        done
+    failed = [line for line in done if "could not move" in line]
+    if failed:
+        raise PermanentError(f"abort of {journal.git_tag}: {failed[0]}")
+    ended = (
+        f"the release run {situation.run_name} still said {situation.run_state} but its "
+        "process is gone"
+        if killed
+        else f"the release run {situation.run_name} had ended {situation.run_state}"
     )
+    return f"{ended}; " + "; ".join(done)
 
 
 def _act(target: TargetParam, command: Command, comment: str, by: str) -> str:
@@ -250,7 +284,8 @@ def _record(
 
 @flow(name="promote", flow_run_name="promote-{target}", log_prints=False, timeout_seconds=600)
 def promote(target: TargetParam = "default", comment: str = "", by: str = "") -> str:
-    """Take the rollout in progress on: approve the gate it waits at, or end its bake and go on.
+    """Take the rollout in progress on: approve the gate it waits at (the release goes on past
+    that gate), or end its bake and cut over to 100 % now, skipping the remaining steps.
 
     Args:
         target: Name of the Shipyard Release Target block whose rollout to promote.

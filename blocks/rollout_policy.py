@@ -122,7 +122,7 @@ class RolloutPolicy(_Model):
     """Traffic in steps after the 0 % canary, each judged against the stable revision."""
 
     steps: list[RolloutStep] = Field(
-        default_factory=list,
+        default=[],  # not a factory: the UI form shows a default only from the schema
         title="Steps",
         description="Traffic steps after the 0% canary, e.g. 10, 50, 100 with a bake each; empty: "
         "100% at once after the canary. A last step below 100 is followed by 100. The first "

@@ -46,6 +46,7 @@ class TrafficResult(BaseModel):
     applied_cpu_baseline: bool = False
     detail: str = ""
     untested: bool = False  # what serves never passed a canary nor served before Shipyard
+    deleted: bool = False  # the service was gone: the deploy deleted the one it created
 
 
 def good_because(ctx: RunContext, region: str, revision: str | None) -> str | None:
@@ -133,7 +134,15 @@ def rollback_step(
     note_attempt()
     service = cr.get_service(ctx.services, ctx.service_name(region))
     if service is None:
-        raise RuntimeError(f"service {ctx.target.service} vanished from {region}")
+        # The deploy deleted the service it created: its first revision never started, so
+        # nothing ever served there (flows/deploy/region_deploy.py `_drop_unserving_service`).
+        return TrafficResult(
+            region=region,
+            revision="",
+            url="",
+            detail="the service this release created here was deleted (nothing served)",
+            deleted=True,
+        )
     drop = {failed} if failed else set()
     keep = pinned_traffic(service, drop=drop)
     serving = [t for t in keep if t.percent > 0]

@@ -74,7 +74,7 @@ def deploy(
         # The tag's image could not start before: the same image fails in every region.
         yield Tried(broken.region, "the tag's image could not start here before")
         fault = ImageFault(broken.region, broken.revision, broken.message)
-        return roll_back_failed_deploy(ctx, steps, broken.region, fault)
+        return (yield from roll_back_failed_deploy(ctx, steps, broken.region, fault))
     if resumable:
         region = resumable[0].region
         yield Tried(region, "resumed the tag's existing revision")
@@ -118,7 +118,7 @@ def deploy_somewhere(ctx: RunContext, steps: StepLog, skip: tuple[str, ...]) -> 
             except DeployFailed as exc:
                 # Not a quota problem: the image or the template. Clean up and stop.
                 yield Tried(region, f"failed: {exc.message}")
-                return roll_back_failed_deploy(ctx, steps, region, exc)
+                return (yield from roll_back_failed_deploy(ctx, steps, region, exc))
             if deployed is not None:
                 return deployed
         if requested or not ctx.target.quota.request:
@@ -141,7 +141,7 @@ def deploy_somewhere(ctx: RunContext, steps: StepLog, skip: tuple[str, ...]) -> 
 
 def roll_back_failed_deploy(
     ctx: RunContext, steps: StepLog, region: str, exc: DeployFailed
-) -> Ended:
+) -> Generator[Decision, None, Ended]:
     """Roll back in the region. An image that cannot start (ImageFault) is a verdict on
     the image: no other region and no CPU baseline of that image is tried; traffic stays
     on the last good revision, wherever it serves."""
@@ -149,6 +149,8 @@ def roll_back_failed_deploy(
     steps.run(f"clear:{region}", clear_failed_step, ctx, region, exc.revision)
     outcome = steps.run("rollback", rollback_step, ctx, region, exc.revision, image_failed=image)
     log_rollback(region, exc.revision, outcome.revision, outcome.detail)
+    if outcome.deleted:
+        yield Tried(region, f"failed: {exc.message}; {outcome.detail}")
     region_now: str | None
     revision: str | None
     url: str | None

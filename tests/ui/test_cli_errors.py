@@ -85,8 +85,13 @@ def mistakes(sandbox, prefect_server, tmp_path_factory) -> dict[str, tuple[Case,
     PREFECT_API_URL ran in."""
     from prefect.settings import PREFECT_API_URL
 
+    from sandbox.admin import SandboxAdmin
     from shipyard.blocks.build_settings import BuildSettings
 
+    # The session's sandbox as the last test on this worker left it may inject faults: healthy.
+    admin = SandboxAdmin(sandbox.emulator_url)
+    admin.reset(scenario="healthy")
+    admin.close()
     root = tmp_path_factory.mktemp("cli-errors")
     suffix = uuid.uuid4().hex[:6]
     settings = f"clierr-{suffix}"

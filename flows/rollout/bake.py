@@ -154,7 +154,11 @@ def bake(
                         policy.failure_limit,
                     )
                     return BakeEnd("judged", interim, seconds=elapsed)
-    final = judge_window(ctx, region, new, stable, since)
+        final = judge_window(ctx, region, new, stable, since)
+        if _thin(final, policy.min_samples) and ctx.target.rollout.load.enabled:
+            # The generator's own requests have not reached min_samples yet (it starts with the
+            # bake; a loaded worker starts it late): bake on, up to the bake's length again.
+            final = _bake_on(ctx, journal, since, max(bake_s, 2 * policy.analysis_interval_s))
     elapsed = time.monotonic() - started
     line = (
         f"step {percent}%: bake done ({elapsed:.0f} s), {figures_text(final.figures)}: "
@@ -163,3 +167,33 @@ def bake(
     logger.info("%s", line)
     board.tick(journal, line, bake_s, bake_s)
     return BakeEnd("judged", final, seconds=elapsed)
+
+
+def _thin(verdict: Judgement, min_samples: int) -> bool:
+    """Inconclusive for want of requests (not for an unreadable window)."""
+    figures = verdict.figures
+    counts = [figures.get("n_new"), figures.get("n_stable")]
+    return verdict.verdict == "inconclusive" and any(
+        isinstance(n, int | float) and n < min_samples for n in counts
+    )
+
+
+def _bake_on(
+    ctx: RunContext, journal: RolloutJournal, since: dt.datetime, longest_s: float
+) -> Judgement:
+    """Keep the share (and the load generator) while the window is too thin to judge, at most
+    `longest_s` more; the last verdict (inconclusive when still thin: said, never a pass)."""
+    policy = ctx.target.rollout.judge
+    logger = get_run_logger()
+    deadline = Deadline(longest_s)
+    logger.info(
+        "step %s%%: too few requests to judge yet (min_samples %d): the bake goes on, up to %.0f s",
+        journal.percent,
+        policy.min_samples,
+        longest_s,
+    )
+    verdict = judge_window(ctx, journal.region, journal.new, journal.stable, since)
+    while _thin(verdict, policy.min_samples) and not deadline.passed():
+        time.sleep(min(policy.analysis_interval_s, max(0.0, deadline.remaining())))
+        verdict = judge_window(ctx, journal.region, journal.new, journal.stable, since)
+    return verdict

@@ -49,23 +49,32 @@ def _release(target, tag: str):
     return run_release(tag, target, image=f"{IMAGE}:{tag}")
 
 
-def _step_events(service: str) -> list[dict]:
+def _step_events(service: str, want: int = 0, timeout: float = 60.0) -> list[dict]:
+    """The service's step events, polled until `want` arrived (events reach the database
+    asynchronously: the last one can lag the release's end on a loaded machine)."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-    with get_client(sync_client=True) as client:
-        page = client.request(
-            "POST",
-            "/events/filter",
-            json={
-                "filter": EventFilter(
-                    event=EventNameFilter(name=["shipyard.release.step"]),
-                    resource=EventResourceFilter(id=[f"shipyard.cloud-run.service.{service}"]),
-                ).model_dump(mode="json"),
-                "limit": 50,
-            },
-        ).json()
-    return [e["payload"] for e in page["events"]]
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.request(
+                "POST",
+                "/events/filter",
+                json={
+                    "filter": EventFilter(
+                        event=EventNameFilter(name=["shipyard.release.step"]),
+                        resource=EventResourceFilter(id=[f"shipyard.cloud-run.service.{service}"]),
+                    ).model_dump(mode="json"),
+                    "limit": 50,
+                },
+            ).json()
+        events = [e["payload"] for e in page["events"]]
+        if len(events) >= want or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
 
 
 def test_a_healthy_release_steps_10_50_100_with_a_pass_at_each(stage, make_target, sandbox_admin):
@@ -102,7 +111,7 @@ def test_a_healthy_release_steps_10_50_100_with_a_pass_at_each(stage, make_targe
     # Seen: the ledger's compact steps, the summary's table, one event per step.
     entry = [e for e in read_ledger(target.service) if e.git_tag == "v2.0.0"][-1]
     assert entry.steps == "10:pass,50:pass,100:pass"
-    events = _step_events(target.service)
+    events = _step_events(target.service, want=3)
     assert sorted(e["percent"] for e in events) == [10, 50, 100], events
     assert all(e["stable"] == first.revision for e in events)
     assert Variable.get(journal_variable(target.service), default=None) is None

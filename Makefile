@@ -49,8 +49,12 @@ rootfs: setup
 demo: rootfs
 	$(BIN)/shipyard demo
 
+# Three workers on two cores: most of the suite waits (runner processes, bakes, a browser, the
+# container engine), so a third worker overlaps those waits; tests/runtime stays on one worker.
+TEST_WORKERS ?= 3
+
 test: rootfs
-	$(BIN)/pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
@@ -71,7 +75,7 @@ test-under-load: rootfs
 	@$(BIN)/python bench/burn.py --seconds $(BURN_SECONDS) --while-pid $$PPID & burner=$$!; \
 	trap 'kill $$burner 2>/dev/null' EXIT INT TERM HUP; \
 	start=$$(date +%s); \
-	$(BIN)/pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15; status=$$?; \
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15; status=$$?; \
 	kill $$burner 2>/dev/null; wait $$burner; \
 	echo "test-under-load: pytest exit $$status in $$(( $$(date +%s) - start )) s, under the burner"; \
 	exit $$status

@@ -172,22 +172,52 @@ def fill(page: Any, name: str, text: str) -> None:
 def click_until_sent(
     page: Any, element: str, url_part: str, what: str, tries: int = 3, settle_s: float = 30.0
 ) -> None:
-    """Click `element` until the page sends a request whose URL holds `url_part` (seen in the
-    browser's network log after the click): a click lost under load (see `submit_run_form`) is
-    repeated, one that sent its request is not."""
+    """Click `element` until the page sends a POST whose URL holds `url_part` and it is answered
+    with success (both seen in the browser's network log after the click): a click lost under
+    load (see `submit_run_form`) is repeated, and so is one whose request failed (the test
+    server's SQLite answers "database is locked" under load); one that succeeded is not."""
     page.send("Network.enable")
     page.evaluate("document.activeElement && document.activeElement.blur()")
+    answer: str | None = None
     for attempt in range(1, tries + 1):
         mark = len(page.events)
         page.click(element, what=f"{what} (click {attempt})")
         deadline = time.monotonic() + settle_s
+        answer = None
         while time.monotonic() < deadline:
             page.evaluate("0")  # reads the events the browser sent meanwhile
-            sent = [m for m in page.events[mark:] if m.get("method") == "Network.requestWillBeSent"]
-            if any(url_part in m["params"]["request"]["url"] for m in sent):
+            answer = _post_answer(page.events[mark:], url_part)
+            if answer == "ok":
                 return
+            if answer is not None and answer.startswith("failed"):
+                break  # click again
             time.sleep(0.5)
-    raise TimeoutError(f"{what}: no request to {url_part} after {tries} clicks")
+    raise TimeoutError(f"{what}: no successful POST to {url_part} after {tries} clicks ({answer})")
+
+
+def _post_answer(events: list[dict[str, Any]], url_part: str) -> str | None:
+    """What became of the last POST to `url_part` among `events`: None (none sent), "sent",
+    "ok", or "failed: why"."""
+    sent = [
+        m["params"]["requestId"]
+        for m in events
+        if m.get("method") == "Network.requestWillBeSent"
+        and url_part in m["params"]["request"]["url"]
+        and "/filter" not in m["params"]["request"]["url"]  # Prefect's reads are POSTs too
+        and m["params"]["request"].get("method") == "POST"
+    ]
+    if not sent:
+        return None
+    for m in events:
+        params = m.get("params", {})
+        if params.get("requestId") != sent[-1]:
+            continue
+        if m.get("method") == "Network.responseReceived":
+            status = int(params["response"]["status"])
+            return "ok" if status < 400 else f"failed: HTTP {status}"
+        if m.get("method") == "Network.loadingFailed":
+            return f"failed: {params.get('errorText')}"
+    return "sent"
 
 
 def _create_run_answer(events: list[dict[str, Any]]) -> str | None:

@@ -186,7 +186,7 @@ def click_until_sent(
         answer = None
         while time.monotonic() < deadline:
             page.evaluate("0")  # reads the events the browser sent meanwhile
-            answer = _post_answer(page.events[mark:], url_part)
+            answer = post_answer(page.events[mark:], url_part)
             if answer == "ok":
                 return
             if answer is not None and answer.startswith("failed"):
@@ -195,7 +195,7 @@ def click_until_sent(
     raise TimeoutError(f"{what}: no successful POST to {url_part} after {tries} clicks ({answer})")
 
 
-def _post_answer(events: list[dict[str, Any]], url_part: str) -> str | None:
+def post_answer(events: list[dict[str, Any]], url_part: str) -> str | None:
     """What became of the last POST to `url_part` among `events`: None (none sent), "sent",
     "ok", or "failed: why"."""
     sent = [
@@ -223,24 +223,7 @@ def _post_answer(events: list[dict[str, Any]], url_part: str) -> str | None:
 def _create_run_answer(events: list[dict[str, Any]]) -> str | None:
     """What became of the last create-run request among `events`: None (none sent), "sent"
     (no answer yet), "ok", or "failed: why" (an HTTP error or a network failure)."""
-    sent = [
-        m["params"]["requestId"]
-        for m in events
-        if m.get("method") == "Network.requestWillBeSent"
-        and "/create_flow_run" in m["params"]["request"]["url"]
-    ]
-    if not sent:
-        return None
-    for m in events:
-        params = m.get("params", {})
-        if params.get("requestId") != sent[-1]:
-            continue
-        if m.get("method") == "Network.responseReceived":
-            status = int(params["response"]["status"])
-            return "ok" if status < 400 else f"failed: HTTP {status}"
-        if m.get("method") == "Network.loadingFailed":
-            return f"failed: {params.get('errorText')}"
-    return "sent"
+    return post_answer(events, "/create_flow_run")
 
 
 def submit_run_form(

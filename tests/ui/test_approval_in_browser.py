@@ -31,6 +31,7 @@ from chromium_page import Page, chromium_binary
 from prefect_ui_kit import (
     RUN_MENU,
     fill,
+    post_answer,
     release_only_yaml,
     start_serving,
     start_ui,
@@ -96,24 +97,7 @@ def _open_resume_form(page) -> str:
 def _resume_answer(events: list[dict]) -> str | None:
     """What became of the last resume request among `events` (the UI's
     `POST /api/flow_runs/{id}/resume`): None (none sent), "sent", "ok" or "failed: why"."""
-    sent = [
-        m["params"]["requestId"]
-        for m in events
-        if m.get("method") == "Network.requestWillBeSent"
-        and m["params"]["request"]["url"].endswith("/resume")
-    ]
-    if not sent:
-        return None
-    for m in events:
-        params = m.get("params", {})
-        if params.get("requestId") != sent[-1]:
-            continue
-        if m.get("method") == "Network.responseReceived":
-            status = int(params["response"]["status"])
-            return "ok" if status < 400 else f"failed: HTTP {status}"
-        if m.get("method") == "Network.loadingFailed":
-            return f"failed: {params.get('errorText')}"
-    return "sent"
+    return post_answer(events, "/resume")
 
 
 def _resumed(run_id) -> bool:

@@ -4,7 +4,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-APT_PKGS := docker-registry skopeo git chromium docker.io mmdebstrap debootstrap
+APT_PKGS := docker-registry skopeo git chromium docker.io mmdebstrap debootstrap postgresql
 # pyproject asks prefect>=3.8.8,<4; the venv (so CI) installs the lower bound of that range.
 PREFECT_FLOOR := 3.8.8
 # The base root filesystem (Debian bookworm minbase, no Python, sandbox/engine/rootfs.py; its cache
@@ -29,7 +29,7 @@ system-packages:
 $(BIN)/shipyard: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install -q uv
 	@[ -x $(BIN)/python ] || uv venv -q --python $(PY) $(VENV)
-	uv pip install -q --python $(BIN)/python -e '.[dev,sandbox]' 'prefect==$(PREFECT_FLOOR)'
+	uv pip install -q --python $(BIN)/python -e '.[dev,sandbox,postgres]' 'prefect==$(PREFECT_FLOOR)'
 	@touch $(BIN)/shipyard
 
 # The checkout under the names the wheel installs it at, for this venv's Python and for mypy:

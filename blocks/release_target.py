@@ -209,6 +209,32 @@ class ReleaseTarget(Block):
         "crashed release elsewhere blocks the service at most this long (Prefect's minimum: 60)",
     )
 
+    environment: str | None = Field(
+        default=None,
+        title="Environment",
+        description="The stage this target is, e.g. staging or production (empty: a target "
+        "outside any pipeline). One release per service per environment runs at a time.",
+    )
+    promotes_from: str | None = Field(
+        default=None,
+        title="Promotes from",
+        description="The ReleaseTarget block of the previous stage (e.g. digit-staging): this "
+        "target then takes only image digests that passed there (`shipyard promote-release`), "
+        "never a rebuild; empty: the first stage (releases build from the git tag)",
+    )
+    auto_promote: bool = Field(
+        default=False,
+        title="Promote automatically",
+        description="When a release passes in the previous stage (promotes_from), promote its "
+        "digest here at once (an automation on the release event); off: promote by hand",
+    )
+
+    @property
+    def scope(self) -> str:
+        """What one-at-a-time is keyed by: the service, and its environment when it has one
+        (staging and production releases of one service may run side by side)."""
+        return f"{self.service}-{self.environment}" if self.environment else self.service
+
     @field_validator("gpu_template", "cpu_template", mode="before")
     @classmethod
     def _template_model(cls, value: object) -> object:

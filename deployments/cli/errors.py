@@ -50,6 +50,8 @@ NEEDS_PREFECT_API = frozenset(
         "abort",
         "sweep",
         "report",
+        "promote-release",
+        "fleet",
         "prewarm",
         "build",
         "mirror",

@@ -44,6 +44,9 @@ _COMMAND_MODULES = [
     "shipyard.deployments.cli.rollback",
     "shipyard.deployments.cli.rollout",
     "shipyard.deployments.cli.sweep",
+    "shipyard.deployments.cli.promotion",
+    "shipyard.deployments.cli.fleet",
+    "shipyard.deployments.cli.stack",
     "shipyard.deployments.cli.report",
 ]
 

@@ -31,6 +31,10 @@ class SandboxAdmin:
         """Counters of notable calls (e.g. 'quotas.create_preference', 'build.create')."""
         return self._http.get("/_sandbox/calls").raise_for_status().json()
 
+    def release_builds(self) -> dict:
+        """Let builds held by the scenario (`builds.hold`) go on."""
+        return self._http.post("/_sandbox/builds/release").raise_for_status().json()
+
     def logs(self) -> list[dict]:
         return self._http.get("/_sandbox/logs").raise_for_status().json()["entries"]
 

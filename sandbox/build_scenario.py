@@ -7,6 +7,7 @@
       exit_code: 1
       step_delay_ms: 0               # each executed (not cached) step takes this long
       queue_ms: 0                    # how long a build stays QUEUED
+      hold: false                    # builds stay QUEUED until POST /_sandbox/builds/release
       log_delay_ms: 300              # a log line reaches Cloud Logging this much later
       reject_message: null           # create_build answers 400 INVALID_ARGUMENT with this
 
@@ -26,6 +27,9 @@ class BuildScenario(BaseModel):
     exit_code: int = Field(default=1, ge=1, le=255)
     step_delay_ms: int = Field(default=0, ge=0)
     queue_ms: int = Field(default=0, ge=0)
+    # Tests: keep a build running (QUEUED) until the test lets it go, e.g. until another run has
+    # looked at it (SandboxAdmin.release_builds); a reset holds again.
+    hold: bool = False
     # Build logs reach Cloud Logging late (seconds on Google): never at once in the sandbox.
     log_delay_ms: int = Field(default=300, ge=0)
     reject_message: str | None = None

@@ -19,7 +19,7 @@ step. Every log line goes to the Cloud Logging store: resource type "build", lab
 project_id, log `projects/{p}/logs/cloudbuild`, entry label `build_step` ("Step #1").
 
 What a create may carry and what it is refused for (400 INVALID_ARGUMENT like Google) is
-build_request.py. Counted as `build.create`.
+build_request.py. Counted as `build.create` (a list as `build.list`).
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ class BuildStore:
         self.builds: dict[str, dict[str, Any]] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self.history: dict[str, list[str]] = {}
+        # Scenario `builds.hold`: builds wait QUEUED until this is set (/_sandbox/builds/release).
+        self.released = asyncio.Event()
 
     def reset(self) -> None:
         for task in self.tasks.values():
@@ -92,6 +94,7 @@ class BuildStore:
         self.tasks.clear()
         self.builds.clear()
         self.history.clear()
+        self.released = asyncio.Event()
 
     def set_status(self, build: dict[str, Any], status: str) -> None:
         build["status"] = status
@@ -223,6 +226,8 @@ def register(app: FastAPI, state: SandboxState) -> None:
         started = time.monotonic()
         try:
             await asyncio.sleep(policy.queue_ms / 1000)
+            if policy.hold:
+                await store.released.wait()
             store.set_status(build, "WORKING")
             build["startTime"] = now_rfc3339()
             timeout = build_timeout_s(build.get("timeout"), DEFAULT_TIMEOUT_S)
@@ -441,6 +446,7 @@ def register(app: FastAPI, state: SandboxState) -> None:
         return await cancel(project, build_id)
 
     def list_for(project: str, request: Request) -> dict:
+        state.calls["build.list"] += 1
         params = request.query_params
         builds = [b for b in store.builds.values() if b["projectId"] == project]
         builds.sort(key=lambda b: b["createTime"], reverse=True)
@@ -457,6 +463,12 @@ def register(app: FastAPI, state: SandboxState) -> None:
             else:
                 builds = [b for b in builds if b.get(field) == value]
         return paged(builds, request, "builds", public, default_size=50)
+
+    @app.post("/_sandbox/builds/release")
+    async def release_builds() -> dict:
+        """Let the builds held by the scenario's `builds.hold` go on (and later ones run through)."""
+        store.released.set()
+        return {"held": sum(1 for b in store.builds.values() if b["status"] == "QUEUED")}
 
     @app.get("/v1/projects/{project}/builds")
     async def list_builds(project: str, request: Request) -> dict:

@@ -109,31 +109,68 @@ def test_a_rerun_while_the_killed_runs_build_still_runs_follows_it_instead_of_bu
     sandbox_admin, app_repo, settings_block, base_image
 ):
     """A release killed mid-build leaves its Cloud Build running; the re-run for the same commit
-    follows that build (found by its commit tag) and submits nothing."""
+    follows that build (found by its commit tag) and submits nothing.
+
+    The sandbox holds the build QUEUED (scenario `builds.hold`) until the re-run has looked for it
+    (its Cloud Build list call), then lets it go: the build cannot end before the re-run looks,
+    however loaded the machine (it used to, under load: the re-run then reused the pushed image,
+    build_id None, instead of following the build)."""
     import threading
-    import time
+    from typing import Any
 
-    sandbox_admin.reset(scenario_data={"builds": {"queue_ms": 3000}})
+    from shipyard.tasks.waiting import Deadline, NotYet, wait_for
+
+    sandbox_admin.reset(scenario_data={"builds": {"hold": True}})
     commit = app_repo.head()
-    first: dict[str, object] = {}
+    images: dict[str, Any] = {}
+    errors: list[BaseException] = []
 
-    def killed_run() -> None:  # stands for the run that died: its build goes on
-        first["image"] = build_release_image(
-            "v4.0.0", commit, base_image=base_image, settings_block=settings_block
+    def run(name: str) -> None:  # "killed" stands for the run that died: its build goes on
+        try:
+            images[name] = build_release_image(
+                "v4.0.0", commit, base_image=base_image, settings_block=settings_block
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread, re-raised there
+            errors.append(exc)
+
+    def counted(name: str, above: int) -> int:
+        now = sandbox_admin.calls().get(name, 0)
+        if now > above or errors:
+            return now
+        raise NotYet(f"{name}: {now}")
+
+    threads = {name: threading.Thread(target=run, args=(name,)) for name in ("killed", "rerun")}
+    try:
+        threads["killed"].start()
+        wait_for(
+            lambda: counted("build.create", 0),
+            what="the killed run's build submitted",
+            first_delay_s=0.05,
+            max_delay_s=0.5,
+            deadline=Deadline(120),
         )
-
-    thread = threading.Thread(target=killed_run)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while sandbox_admin.calls().get("build.create", 0) < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert sandbox_admin.calls().get("build.create", 0) == 1
-
-    rerun = build_release_image(
-        "v4.0.0", commit, base_image=base_image, settings_block=settings_block
-    )
-    thread.join(timeout=300)
+        looked_before = sandbox_admin.calls().get("build.list", 0)
+        threads["rerun"].start()
+        wait_for(
+            lambda: counted("build.list", looked_before),
+            what="the re-run's look for a running build",
+            first_delay_s=0.05,
+            max_delay_s=0.5,
+            deadline=Deadline(120),
+        )
+        assert not errors, errors
+        # The build is still held: the re-run cannot be done, it waits for that build.
+        assert threads["rerun"].is_alive()
+        assert sandbox_admin.release_builds()["held"] == 1
+    finally:
+        sandbox_admin.release_builds()  # never leave a thread following a held build
+        for thread in threads.values():
+            if thread.ident is not None:  # started
+                thread.join(timeout=300)
+    if errors:
+        raise errors[0]
 
     assert sandbox_admin.calls()["build.create"] == 1  # one build for the commit
-    assert first["image"].build_id == rerun.build_id  # type: ignore[attr-defined]
-    assert rerun.digest == first["image"].digest  # type: ignore[attr-defined]
+    assert images["rerun"].build_id is not None  # followed, not reused
+    assert images["killed"].build_id == images["rerun"].build_id
+    assert images["rerun"].digest == images["killed"].digest

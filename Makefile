@@ -17,7 +17,7 @@ export SHIPYARD_ROOTFS_CACHE ?= $(HOME)/.cache/shipyard/rootfs
 # emulator, CLI call) would then recompile all its imports, costing seconds each time.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup system-packages links rootfs demo test lint bench clean
+.PHONY: setup system-packages links rootfs demo stack test lint bench clean
 
 system-packages:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -48,6 +48,12 @@ rootfs: setup
 
 demo: rootfs
 	$(BIN)/shipyard demo
+
+# The local distributed stack: PostgreSQL (Debian's package, data kept in $SHIPYARD_HOME/stack),
+# a Prefect server on it, 3 process workers; prints the PREFECT_API_URL to export.
+# `shipyard stack status` / `shipyard stack down` (by PID). The demo keeps the embedded default.
+stack: setup
+	$(BIN)/shipyard stack up --database postgres --workers 3
 
 # Three workers on two cores: most of the suite waits (runner processes, bakes, a browser, the
 # container engine), so a third worker overlaps those waits; tests/runtime stays on one worker.

@@ -1,0 +1,133 @@
+"""The whole local stack in one context manager: PostgreSQL, the Prefect server on it, workers.
+
+Layout under `root` (the CLI's is $SHIPYARD_HOME/stack):
+
+    root/postgres/        PostgreSQL's data directory (kept: a later stack re-uses it)
+    root/postgres.log     its log
+    root/prefect/         the server's PREFECT_HOME: server.log, migrate.log, workers/NAME.log
+                          (and prefect.db with database="sqlite")
+
+`database="sqlite"` starts Prefect's embedded default instead (no PostgreSQL), for comparisons.
+Everything is stopped by PID on exit, last started first: workers, server, PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shipyard.deployments.stack.postgres import Postgres, start_postgres, stop_postgres
+from shipyard.deployments.stack.prefect_server import (
+    StackServer,
+    migrate,
+    start_server,
+    stop_server,
+)
+from shipyard.deployments.stack.processes import StackError
+from shipyard.deployments.stack.workers import start_workers, stop_workers
+
+__all__ = ["DATABASES", "Stack", "local_stack", "start_stack"]
+
+DATABASES = ("postgres", "sqlite")
+
+
+@dataclass
+class Stack:
+    """What `local_stack` started. `db_url` carries the database password (None on SQLite):
+    never log it. `timings`: seconds of each step (postgres, migrate, server, workers)."""
+
+    api_url: str
+    db_url: str | None
+    server: StackServer
+    postgres: Postgres | None
+    worker_pids: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # the dataclass's own would print db_url, password and all
+        return (
+            f"Stack(api_url={self.api_url!r}, server={self.server!r}, postgres={self.postgres!r}, "
+            f"worker_pids={self.worker_pids!r})"
+        )
+
+
+def start_stack(
+    root: Path,
+    stack: ExitStack,
+    database: str = "postgres",
+    workers: int = 0,
+    pool: str = "shipyard-process",
+    worker_type: str | None = "process",
+    env: dict[str, str] | None = None,
+    *,
+    durable: bool = True,
+    limit: int | None = None,
+    server_port: int | None = None,
+    postgres_port: int | None = None,
+    ui: bool = False,
+) -> Stack:
+    """Start the stack; each part's stop goes onto `stack` as soon as it runs (so a failure half
+    way stops what started). `local_stack` and `shipyard stack up` (which pops the stops off
+    `stack` once it has written its state file) share it."""
+    if database not in DATABASES:
+        raise StackError(f"--database {database!r}: use one of {', '.join(DATABASES)}")
+    timings: dict[str, float] = {}
+    pg: Postgres | None = None
+    db_url: str | None = None
+    if database == "postgres":
+        began = time.perf_counter()
+        pg = start_postgres(root, postgres_port, durable=durable)
+        stack.callback(stop_postgres, pg)
+        timings["postgres_s"] = round(time.perf_counter() - began, 2)
+        db_url = pg.url
+        timings["migrate_s"] = migrate(db_url, root / "prefect")
+    server = start_server(db_url, root / "prefect", server_port, ui=ui)
+    stack.callback(stop_server, server)
+    timings["server_s"] = server.started_s
+    began = time.perf_counter()
+    pids = start_workers(
+        pool,
+        workers,
+        home=root / "prefect",
+        env={**(env or {}), "PREFECT_API_URL": server.api_url},
+        worker_type=worker_type,
+        limit=limit,
+    )
+    stack.callback(stop_workers, pids)
+    if workers:
+        timings["workers_s"] = round(time.perf_counter() - began, 2)
+    return Stack(server.api_url, db_url, server, pg, pids, timings)
+
+
+@contextmanager
+def local_stack(
+    root: Path,
+    database: str = "postgres",
+    workers: int = 0,
+    pool: str = "shipyard-process",
+    worker_type: str = "process",
+    env: dict[str, str] | None = None,
+    *,
+    durable: bool = True,
+    limit: int | None = None,
+) -> Iterator[Stack]:
+    """PostgreSQL (or, with database="sqlite", none), a Prefect server on it and `workers`
+    workers of `worker_type` on `pool` (created if missing), all under `root`; all stopped by
+    PID on exit. `env` goes to the workers (and so to the runs a process worker starts).
+    `durable=False`: PostgreSQL without fsync (throw-away databases only, see start_postgres).
+    The caller's own Prefect settings are untouched: talk to `Stack.api_url` explicitly
+    (`prefect.settings.temporary_settings`, a subprocess's env)."""
+    with ExitStack() as stack:
+        yield start_stack(
+            root,
+            stack,
+            database,
+            workers,
+            pool,
+            worker_type,
+            env,
+            durable=durable,
+            limit=limit,
+        )

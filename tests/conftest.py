@@ -24,6 +24,12 @@ os.environ.setdefault("SHIPYARD_HOME", tempfile.mkdtemp(prefix="shipyard-test-ho
 
 
 _ENGINE_GROUP = "tests/runtime/"
+# The modules on the fleet's PostgreSQL stack (tests/fleet/stack_kit.py): one worker, so one
+# PostgreSQL + Prefect server (and one Docker daemon with the worker image) serves them all.
+_POSTGRES_GROUP = (
+    "tests/fleet/test_postgres_stack.py",
+    "tests/fleet/test_docker_pool_fleet.py",
+)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -36,8 +42,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         path = item.nodeid.split("::", 1)[0]
         group = "runtime" if path.startswith(_ENGINE_GROUP) else path
+        if path in _POSTGRES_GROUP:
+            group = "fleet-postgres"
         item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: not item.nodeid.startswith(_ENGINE_GROUP))
+    # The two long groups first (the engine's, then the PostgreSQL stack's), each on a worker.
+    items.sort(
+        key=lambda item: (
+            0
+            if item.nodeid.startswith(_ENGINE_GROUP)
+            else 1
+            if item.nodeid.split("::", 1)[0] in _POSTGRES_GROUP
+            else 2
+        )
+    )
 
 
 class _GroupsApplied:

@@ -59,6 +59,9 @@ _NAMED_BLOCKS = {
 
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]$")
 _SERVICE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
+# An environment names keys (the release slot `shipyard-release-<service>-<environment>`,
+# Variables, artifact keys) and a resource label: short, lowercase letters, digits and '-'.
+_ENVIRONMENT = re.compile(r"^[a-z]([-a-z0-9]{0,18}[a-z0-9])?$")
 
 
 class ReleaseTarget(Block):
@@ -263,6 +266,36 @@ class ReleaseTarget(Block):
             raise ValueError(f"regions: {value} lists a region twice; list each once, in order")
         return value
 
+    @field_validator("environment", "promotes_from", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # The UI sends "" for a text left empty: no environment, no previous stage.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, value: str | None) -> str | None:
+        if value is not None and not _ENVIRONMENT.match(value):
+            raise ValueError(
+                f"environment={value!r} is not an environment name: lowercase letters, digits "
+                "and '-', starting with a letter, at most 20 characters (e.g. staging, production)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _pipeline(self) -> ReleaseTarget:
+        if self.auto_promote and not self.promotes_from:
+            raise ValueError(
+                "auto_promote=True needs promotes_from: name the ReleaseTarget block of the "
+                "previous stage (e.g. digit-staging), or turn auto_promote off"
+            )
+        if self.promotes_from and not self.environment:
+            raise ValueError(
+                f"promotes_from={self.promotes_from!r} needs environment: name this stage "
+                "(e.g. production), the ledger tells the stages apart by it"
+            )
+        return self
+
     @field_validator("service")
     @classmethod
     def _service(cls, value: str) -> str:
@@ -337,6 +370,12 @@ class ReleaseTarget(Block):
         from prefect.client.orchestration import get_client
 
         where = f"Shipyard Release Target {name!r}"
+        if name and self.promotes_from == name:
+            raise ValueError(
+                f"{where}: promotes_from={name!r} names this target itself: name the "
+                "ReleaseTarget block of the previous stage (e.g. digit-staging), or empty it "
+                "for a first stage"
+            )
         with get_client(sync_client=True) as client:
             for field, (slug, type_name, setup_block) in _NAMED_BLOCKS.items():
                 block = getattr(self, field)

@@ -65,7 +65,12 @@ def render_table(data: dict[str, Any]) -> str:
     days, rates in %, latencies in ms (`--format json` keeps the raw numbers)."""
     import pandas as pd
 
-    from shipyard.deployments.report.figures import figure_lines, human_duration, outcome_label
+    from shipyard.deployments.report.figures import (
+        chain_lines,
+        figure_lines,
+        human_duration,
+        outcome_label,
+    )
 
     lines = [f"DORA figures, last {data['window_days']:g} days"]
     services = data["services"]
@@ -103,4 +108,5 @@ def render_table(data: dict[str, Any]) -> str:
             for r in releases
         ]
         lines += ["", "Releases", pd.DataFrame(rows).to_string(index=False)]
+    lines += chain_lines(data)  # the promotions, when there are any
     return "\n".join(lines)

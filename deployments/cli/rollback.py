@@ -13,7 +13,9 @@ def register(app: typer.Typer) -> None:
 
 
 def find_target(name: str) -> str:
-    """The ReleaseTarget block named `name`, else the one whose service is `name`; its name."""
+    """The ReleaseTarget block named `name`, else the one whose scope (ReleaseTarget.scope:
+    `service-environment`, or the service without an environment) or service is `name`; its
+    name."""
     from prefect.client.orchestration import get_client
 
     from shipyard.blocks.release_target import ReleaseTarget
@@ -32,13 +34,17 @@ def find_target(name: str) -> str:
     named = {d.name: d for d in documents if d.name}
     if name in named:
         return name
+    scoped = sorted(n for n, d in named.items() if _scope_of(d.data or {}) == name)
+    if len(scoped) == 1:
+        return scoped[0]
     serving = sorted(n for n, d in named.items() if (d.data or {}).get("service") == name)
     if len(serving) == 1:
         return serving[0]
     if serving:
+        scopes = ", ".join(f"{n} ({_scope_of(named[n].data or {})})" for n in serving)
         raise UsageError(
-            f"{name!r}: several Release Target blocks release that service ({', '.join(serving)}); "
-            "name the block instead"
+            f"{name!r}: several Release Target blocks release that service ({scopes}); "
+            "name the block (or its service-environment) instead"
         )
     raise UsageError(
         f"{name!r} is neither a Release Target block nor the service of one; blocks: "
@@ -46,8 +52,16 @@ def find_target(name: str) -> str:
     )
 
 
+def _scope_of(data: dict[str, object]) -> str:
+    """ReleaseTarget.scope from a block document's fields (no block load: no secrets read)."""
+    service, environment = data.get("service"), data.get("environment")
+    return f"{service}-{environment}" if environment else str(service or "")
+
+
 def rollback_command(
-    name: str = typer.Argument(..., help="Release Target block name, or its Cloud Run service."),
+    name: str = typer.Argument(
+        ..., help="Release Target block name, its Cloud Run service, or SERVICE-ENVIRONMENT."
+    ),
     to: str = typer.Option(
         "",
         "--to",

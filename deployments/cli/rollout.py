@@ -14,7 +14,7 @@ from rich.console import Console
 
 console = Console()
 
-_TARGET_HELP = "Release Target block name, or its Cloud Run service."
+_TARGET_HELP = "Release Target block name, its Cloud Run service, or SERVICE-ENVIRONMENT."
 _COMMENT_HELP = "Why (goes to the release's summary and the ledger)."
 _BY_HELP = "Who decides (the ledger records it); default: your login name."
 

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 
 def status_command(
     target: str = typer.Argument(
-        "default", help="Release Target block name, or its Cloud Run service."
+        "default", help="Release Target block name, its Cloud Run service, or SERVICE-ENVIRONMENT."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON (for scripts)."),
 ) -> None:
@@ -70,7 +70,8 @@ def show(status: ServiceStatus, console: Console) -> None:
     revision's name, the reasons for "good" left to the artifact and --json)."""
     from shipyard.flows.observe.status_page import table_rows
 
-    console.print(f"[bold]{escape(status.service)}[/]: {escape(status.headline())}", soft_wrap=True)
+    # The scope: the service, or SERVICE-ENVIRONMENT (staging and production apart).
+    console.print(f"[bold]{escape(status.scope)}[/]: {escape(status.headline())}", soft_wrap=True)
     columns = ["traffic", "tags", "git tag", "GPU/CPU", "Ready", "canary passed"]
     for region in status.regions:
         title = region.region + (f"  {region.url}" if region.url else "")

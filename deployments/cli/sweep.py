@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
 
 
 def sweep_command(
-    name: str = typer.Argument(..., help="Release Target block name, or its Cloud Run service."),
+    name: str = typer.Argument(
+        ..., help="Release Target block name, its Cloud Run service, or SERVICE-ENVIRONMENT."
+    ),
 ) -> None:
     """Clean up after a dead release of the service: its runs Crashed, tags off, build cancelled."""
     from prefect.exceptions import ObjectNotFound
@@ -42,18 +44,18 @@ def sweep_command(
         fail(str(exc))
     except (ValueError, ObjectNotFound) as exc:
         fail(f"{name!r}: the Release Target block does not load ({one_line(exc)})")
-    done = sweep(target.service)
+    done = sweep(target.scope)  # the service, or service-environment: what the slot is keyed by
     if not done:
-        holder, status = holder_status(target.service)
+        holder, status = holder_status(target.scope)
         why = (
             f"the release holding it (flow run {holder.get('flow_run_id')}) is {status}"
             if holder is not None
             else "no release holds it"
         )
-        console.print(f"nothing to sweep: {target.service}: {why}", soft_wrap=True)
+        console.print(f"nothing to sweep: {target.scope}: {why}", soft_wrap=True)
         return
     for line in done:
         for part in line.split("; "):
             console.print(f"- {part}", soft_wrap=True, markup=False)
     publish_status(target, "sweep: a dead release was cleaned up")
-    console.print(f"swept {target.service}; `shipyard status {block}` shows what serves")
+    console.print(f"swept {target.scope}; `shipyard status {block}` shows what serves")

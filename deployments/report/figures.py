@@ -103,6 +103,9 @@ COLUMNS = (
     "remote_503_rate",
     "rollback_reason",
     "steps",
+    "environment",
+    "promoted_from",
+    "digest",
 )
 # Where a lead time starts, in words (the ledger's `tagged_at_source`).
 LEAD_TIME_SOURCES = {
@@ -318,4 +321,58 @@ def report_data(
         "lead_time_legend": LEAD_TIME_LEGEND,
         "services": services,
         "releases": releases,
+        "chains": chain_rows(entries),
     }
+
+
+def _at(iso: str) -> str:
+    when = dt.datetime.fromisoformat(iso)
+    when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%m-%d %H:%M")
+
+
+def chain_rows(entries: Sequence[LedgerEntry]) -> list[dict[str, Any]]:
+    """One row per release built from its tag that went through a pipeline of environments:
+    each stage it passed with when (UTC), e.g. "staging 05-02 10:02 -> production 05-02 10:20",
+    and whether every stage released the same digest. A stage's release that promotes another
+    names it (`promoted_from`: "BLOCK/FLOW-RUN-ID"); oldest first."""
+    passed = [e for e in entries if e.outcome == "released" and not e.noop and e.environment]
+    by_source: dict[str, list[LedgerEntry]] = {}
+    for e in passed:
+        if e.promoted_from:
+            by_source.setdefault(e.promoted_from, []).append(e)
+    rows = []
+    for origin in passed:
+        if origin.promoted_from:
+            continue
+        chain, frontier = [origin], [origin]
+        while frontier:  # breadth first: a stage may promote to several next ones
+            here = frontier.pop(0)
+            nxt = by_source.get(f"{here.target}/{here.flow_run_id}", []) if here.target else []
+            chain += nxt
+            frontier += nxt
+        if len(chain) < 2:
+            continue
+        digests = {e.digest for e in chain}
+        rows.append(
+            {
+                "service": origin.service,
+                "git_tag": origin.git_tag,
+                "chain": " -> ".join(f"{e.environment} {_at(e.finished_at)}" for e in chain),
+                "digest": (origin.digest or "-")[:19],
+                "same_digest": len(digests) == 1 and None not in digests,
+            }
+        )
+    return rows
+
+
+def chain_lines(data: dict[str, Any]) -> list[str]:
+    """The chains as text lines for the table format (empty without any)."""
+    chains = data.get("chains") or []
+    if not chains:
+        return []
+    lines = ["", "Promotions (one digest through the environments)"]
+    for c in chains:
+        same = "same digest" if c["same_digest"] else "DIGEST DIFFERS"
+        lines.append(f"  {c['service']} {c['git_tag']}: {c['chain']} ({same} {c['digest']})")
+    return lines

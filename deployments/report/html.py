@@ -356,6 +356,19 @@ def _releases_table(releases: list[Row]) -> str:
     return f'<table id="releases">{head}{"".join(rows)}</table>'
 
 
+def _chains_table(chains: list[Row]) -> str:
+    """Each tag promoted through the environments, with when it passed each and its digest."""
+    if not chains:
+        return "<p>No promotions in the window.</p>"
+    head = "<tr><th>service</th><th>tag</th><th>stages (UTC)</th><th>digest</th></tr>"
+    rows = [
+        f"<tr><td>{_e(c['service'])}</td><td>{_e(c['git_tag'])}</td><td>{_e(c['chain'])}</td>"
+        f"<td>{_e(c['digest'])}{'' if c['same_digest'] else ' (differs!)'}</td></tr>"
+        for c in chains
+    ]
+    return f'<table id="chains">{head}{"".join(rows)}</table>'
+
+
 CSS = """
 body{font:14px system-ui,sans-serif;margin:16px;color:#222;background:#fff;max-width:1140px}
 h1{font-size:20px}h2{font-size:16px;margin:22px 0 6px}
@@ -395,6 +408,7 @@ def render_html(data: dict[str, Any]) -> str:
         f"<h2>Canary latency against the CPU baseline</h2>{canary}"
         f"<h2>Cache hit rate</h2>{cache_bars(releases)}"
         f"<h2>Outcome per release</h2>{outcomes(releases)}"
+        f"<h2>Promotions through the environments</h2>{_chains_table(data.get('chains') or [])}"
         f"<h2>Releases, newest first</h2>{_releases_table(releases)}"
         "</body></html>"
     )

@@ -101,19 +101,19 @@ def check_cpu_revision(ctx: RunContext, steps: StepLog, region: str, revision: s
         reasons.insert(0, unhealthy)
     check = CpuCheck(revision, url, [s.label for s in samples], reasons)
     if check.passed:
-        record_checked(ctx.target.service, revision, ctx.git_tag)
+        record_checked(ctx.target.scope, revision, ctx.git_tag)
     return check
 
 
-def record_checked(service: str, revision: str, git_tag: str) -> None:
-    """The release record says `revision` passed its answer check (the release of `git_tag`
-    checked it); the last 20 are kept."""
-    record = recorded_release(service) or {}
+def record_checked(scope: str, revision: str, git_tag: str) -> None:
+    """The release record (of `scope`: ReleaseTarget.scope) says `revision` passed its answer
+    check (the release of `git_tag` checked it); the last 20 are kept."""
+    record = recorded_release(scope) or {}
     checked = dict(record.get(CHECKED_KEY) or {})
     checked.pop(revision, None)
     checked[revision] = git_tag
     record[CHECKED_KEY] = dict(list(checked.items())[-_KEEP:])
-    set_variable(release_variable(service), record)
+    set_variable(release_variable(scope), record)
 
 
 def checked_revisions(record: dict[str, object]) -> dict[str, str]:

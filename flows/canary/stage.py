@@ -112,13 +112,14 @@ class CanaryReport(BaseModel):
 # ---------------------------------------------------------------- release record
 
 
-def release_variable(service: str) -> str:
-    """Prefect Variable with the last recorded release of a service (JSON)."""
-    return sanitize_name(f"shipyard-release-{service}", 255)
+def release_variable(scope: str) -> str:
+    """Prefect Variable with the last recorded release of a service (JSON), per
+    `ReleaseTarget.scope` (the service, or `service-environment`: each environment its own)."""
+    return sanitize_name(f"shipyard-release-{scope}", 255)
 
 
-def recorded_release(service: str) -> dict[str, Any] | None:
-    value = Variable.get(release_variable(service), default=None)
+def recorded_release(scope: str) -> dict[str, Any] | None:
+    value = Variable.get(release_variable(scope), default=None)
     return value if isinstance(value, dict) else None
 
 
@@ -232,7 +233,7 @@ def baseline_latency(
     """(ms, 'recorded' | 'measured' | 'unavailable' | 'skipped')."""
     if ctx.target.canary.min_speedup is None:
         return None, "skipped"  # no speed-up check: nothing to measure
-    record = recorded_release(ctx.target.service) or {}
+    record = recorded_release(ctx.target.scope) or {}
     if record.get("cpu_baseline_ms") and baseline_still_valid(ctx.target, record):
         return float(record["cpu_baseline_ms"]), "recorded"
     url, tag = steps.run("cpu-baseline", baseline_url_step, ctx, region)
@@ -389,7 +390,7 @@ def run_canary(
             r.model_dump(exclude={"headers", "expected_status", "problems", "exchange"})
             for r in runs
         ],
-        key=f"canary-{ctx.target.service}",
+        key=f"canary-{ctx.target.scope}",
         description=(
             f"Canary of {revision} in {region} ({policy.runs} runs of {names}, "
             f"p95 {report.p95_ms} ms, CPU baseline {baseline_ms} ms ({source})): {verdict}"

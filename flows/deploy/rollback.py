@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.variables import Variable
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from shipyard.blocks.release_target import ReleaseTarget
 from shipyard.flows.canary.stage import recorded_release, release_variable
@@ -36,6 +36,7 @@ from shipyard.flows.deploy.rollback_report import requested_by, rollback_reporte
 from shipyard.flows.deploy.templates import ROLE_LABEL, TAG_LABEL
 from shipyard.flows.deploy.traffic import cutover_step, good_because
 from shipyard.flows.deploy.traffic_split import PRIOR_TAG, pinned_traffic
+from shipyard.flows.observe.ledger import LedgerChain, ledger_chain
 from shipyard.flows.observe.stage_events import release_scope
 from shipyard.flows.observe.status import publish_status
 from shipyard.flows.release.context import RunContext
@@ -53,6 +54,9 @@ class RollbackRefused(PermanentError):
 
 class RollbackResult(BaseModel):
     service: str
+    # What the records are keyed by (ReleaseTarget.scope: the service, or service-environment);
+    # empty: the service.
+    scope: str = ""
     region: str
     revision: str
     previous: str | None = None
@@ -60,6 +64,12 @@ class RollbackResult(BaseModel):
     image: str | None = None
     url: str = ""
     noop: bool = False
+
+    @model_validator(mode="after")
+    def _scope_of_service(self) -> RollbackResult:
+        if not self.scope:
+            self.scope = self.service
+        return self
 
 
 class _Choice(BaseModel):
@@ -161,7 +171,7 @@ def _where(target: TargetParam) -> tuple[ReleaseTarget, dict[str, Any], str]:
     from shipyard.flows.release.flow import resolve_target
 
     resolved: ReleaseTarget = resolve_target(target)
-    record = recorded_release(resolved.service) or {}
+    record = recorded_release(resolved.scope) or {}
     return resolved, record, record.get("region") or resolved.primary_region
 
 
@@ -201,7 +211,7 @@ def rollback(
     who = requested_by(by)
     with (
         release_scope(service=resolved.service, region=region),
-        release_slot(resolved.service, resolved.lock_timeout_s, resolved.slot_lease_s),
+        release_slot(resolved.scope, resolved.lock_timeout_s, resolved.slot_lease_s),
     ):
         ctx = RunContext(resolved, record.get("git_tag") or "rollback", None)
         steps = StepLog(resolved.retries, resolved.retry_delays())
@@ -223,6 +233,7 @@ def rollback(
             )
     result = RollbackResult(
         service=resolved.service,
+        scope=resolved.scope,
         region=region,
         revision=choice.revision,
         previous=choice.previous,
@@ -235,16 +246,21 @@ def rollback(
         publish_markdown(
             f"# Rollback of `{result.service}`: nothing moved\n\n`{result.revision}` already "
             f"serves 100% in `{region}` (asked by {who}).",
-            key=f"rollback-{result.service}",
+            key=f"rollback-{result.scope}",
             description=f"Rollback of {result.service}: {result.revision} already serves",
         )
         return result
     _record(result, record)
     ctx_run = FlowRunContext.get()
     run_id = str(ctx_run.flow_run.id) if ctx_run is not None and ctx_run.flow_run else None
-    rollback_reported(
-        result, record, by=who, comment=comment, started_at=started_at, flow_run_id=run_id
+    # The row's environment: a promotion refuses a tag rolled back by hand in the stage before.
+    chain = LedgerChain(
+        environment=resolved.environment, target=resolved._block_document_name or ""
     )
+    with ledger_chain(chain):
+        rollback_reported(
+            result, record, by=who, comment=comment, started_at=started_at, flow_run_id=run_id
+        )
     publish_status(
         resolved,
         f"rollback by hand to {result.git_tag or result.revision} by {who}",
@@ -255,7 +271,7 @@ def rollback(
 def _record(result: RollbackResult, previous: dict[str, Any]) -> None:
     """The release record says what serves now, and what it rolled back from."""
     Variable.set(
-        release_variable(result.service),
+        release_variable(result.scope),
         {
             # What the earlier release attempted and measured belongs to that release.
             **{k: v for k, v in previous.items() if k not in ("attempted", "canary_p95_ms")},

@@ -1,11 +1,11 @@
 """What a hand rollback leaves for people and for the report: its own summary artifact
-(`rollback-<service>`: what served, what serves now, why, by whom), a ledger row
-(`rolled_back_by_hand`), and a new version of the release summary (`release-<service>`) that
+(`rollback-<scope>`, ReleaseTarget.scope: what served, what serves now, why, by whom), a ledger row
+(`rolled_back_by_hand`), and a new version of the release summary (`release-<scope>`) that
 says the release it showed was rolled back by hand, when and to what.
 
 The release summary of a service is one artifact key whose versions are its runs; a rollback
 adds a version that starts with the rollback and keeps the rolled-back release's page below it,
-so the Prefect UI's latest version of `release-<service>` never says a tag is released while
+so the Prefect UI's latest version of `release-<scope>` never says a tag is released while
 another one serves.
 """
 
@@ -60,9 +60,10 @@ def latest_markdown(key: str) -> str | None:
     return data if isinstance(data, str) else None
 
 
-def mark_release_summary(service: str, banner: list[str], description: str) -> None:
-    """A new version of `release-<service>`: `banner` first, then the page it replaces."""
-    key = f"release-{service}"
+def mark_release_summary(scope: str, banner: list[str], description: str) -> None:
+    """A new version of `release-<scope>` (ReleaseTarget.scope): `banner` first, then the page
+    it replaces."""
+    key = f"release-{scope}"
     earlier = latest_markdown(key)
     page = [*banner]
     if earlier:
@@ -86,6 +87,7 @@ def rollback_reported(
     was_tag = rolled_back.get("git_tag") or "-"
     to_tag = result.git_tag or "-"
     why = comment.strip() or "no reason given"
+    scope = getattr(result, "scope", "") or result.service  # the keys: ReleaseTarget.scope
     lines = [
         f"# Rollback of `{result.service}`: **ROLLED BACK BY HAND**",
         "",
@@ -97,12 +99,11 @@ def rollback_reported(
         f"- **by**: {by}",
         f"- **when**: {at}",
         f"- URL: {result.url or '-'}",
-        f"- to go forward again: release a tag, or `shipyard rollback {result.service} --to "
-        f"{was_tag}`",
+        f"- to go forward again: release a tag, or `shipyard rollback {scope} --to {was_tag}`",
     ]
     publish_markdown(
         "\n".join(lines),
-        key=f"rollback-{result.service}",
+        key=f"rollback-{scope}",
         description=f"Rollback of {result.service} by hand: {was_tag} -> {to_tag}",
     )
     entry = LedgerEntry(
@@ -125,7 +126,7 @@ def rollback_reported(
     )
     write_entry(entry)
     mark_release_summary(
-        result.service,
+        scope,
         [
             f"# Release {was_tag} of `{result.service}`: **ROLLED BACK BY HAND**",
             "",

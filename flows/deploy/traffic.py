@@ -57,7 +57,7 @@ def good_because(ctx: RunContext, region: str, revision: str | None) -> str | No
     baseline that Shipyard created for a new service or a fallback never had a canary)."""
     if not revision:
         return None
-    record = recorded_release(ctx.target.service) or {}
+    record = recorded_release(ctx.target.scope) or {}
     if revision in (record.get("tags") or {}):
         return "passed its canary"
     if revision in (record.get("checked") or {}):  # flows/canary/cpu_check.py
@@ -232,8 +232,10 @@ def cpu_path_step(ctx: RunContext, region: str) -> TrafficResult:
     )
 
 
-def serving_url_variable(service: str) -> str:
-    return sanitize_name(f"shipyard-serving-url-{service}", 255)
+def serving_url_variable(scope: str) -> str:
+    """Where a target's serving URL is published: per ReleaseTarget.scope (the service, or
+    `service-environment`: staging and production each publish their own)."""
+    return sanitize_name(f"shipyard-serving-url-{scope}", 255)
 
 
 @task(name="publish-serving-url", cache_policy=NO_CACHE, persist_result=False)
@@ -242,7 +244,7 @@ def publish_url_step(
 ) -> str:
     """The GPU serves outside the primary region: tell consumers where (Variable + event)."""
     note_attempt()
-    name = serving_url_variable(target.service)
+    name = serving_url_variable(target.scope)
     set_variable(name, url)
     emit_event(
         event="shipyard.release.serving-url.changed",

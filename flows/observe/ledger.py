@@ -23,29 +23,39 @@ Rows written before the split stay as they were (an old `failed` stays `failed`)
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel
 
 from shipyard.flows.observe.stage_events import stage_of_step
 from shipyard.flows.rollout.journal import compact_steps
 from shipyard.tasks.errors import is_transient
+from shipyard.tasks.image_lookup import LookupClient
+from shipyard.tasks.registry import parse_reference
 from shipyard.tasks.reports import artifact_key
 
 __all__ = [
     "CHANGE_FAILURES",
     "OUTCOMES",
+    "LedgerChain",
     "LedgerEntry",
     "entry_of",
     "failure_outcome",
+    "image_digest",
+    "ledger_chain",
     "ledger_key",
     "read_ledger",
     "record_release",
@@ -110,6 +120,70 @@ class LedgerEntry(BaseModel):
     steps: str = ""
     # Who chose the outcome: the person behind a hand rollback or a cancel ("" for a release).
     by: str = ""
+    # The pipeline of targets (flows/promotion/): the release's environment (ReleaseTarget.
+    # environment; None: outside any pipeline) and target block, the release of the stage before
+    # it that this one promoted ("digit-staging/<flow run id>"; "": built from the tag), and the
+    # image's digest ("sha256:..."; resolved from the registry when the image was given by tag).
+    environment: str | None = None
+    target: str = ""
+    promoted_from: str = ""
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerChain:
+    """Where a release stands in the pipeline of targets, for its ledger row: its environment,
+    its target block's name and the release it promotes ("block/flow-run-id", or "")."""
+
+    environment: str | None = None
+    target: str = ""
+    promoted_from: str = ""
+
+
+_CHAIN: contextvars.ContextVar[LedgerChain | None] = contextvars.ContextVar(
+    "shipyard_ledger_chain", default=None
+)
+
+
+@contextmanager
+def ledger_chain(chain: LedgerChain) -> Iterator[None]:
+    """The rows written inside (a release's) carry `chain` (flows/release/flow.py sets it)."""
+    token = _CHAIN.set(chain)
+    try:
+        yield
+    finally:
+        _CHAIN.reset(token)
+
+
+def image_digest(image: str | None, timeout: float = 10.0) -> str | None:
+    """The digest ("sha256:...") of an image reference: its own when pinned, else what the
+    registry answers for its tag (one attempt, within `timeout`; None when it cannot say)."""
+    if not image:
+        return None
+    try:
+        ref = parse_reference(image, field="image")
+    except ValueError:
+        return None
+    if ref.digest:
+        return ref.digest
+
+    async def ask() -> str | None:
+        client = LookupClient(
+            ref.registry, None, base_url=ref.base_url, max_attempts=1, timeout=timeout
+        )
+        async with client:
+            return await client.manifest_digest(ref.repository, ref.reference)
+
+    async def bounded() -> str | None:
+        return await asyncio.wait_for(ask(), timeout)
+
+    try:
+        return run_coro_as_sync(bounded())
+    except Exception as exc:  # noqa: BLE001 - the row is written without it; promotion refuses it
+        logging.getLogger("shipyard.ledger").warning(
+            "digest of %s not resolved: %s", image, type(exc).__name__
+        )
+        return None
 
 
 def failure_outcome(error: BaseException | None) -> str:
@@ -197,11 +271,32 @@ def entry_of(
         flow_run_id=result.flow_run_id,
         completes_run=completes,
         steps=compact_steps(getattr(result, "rollout_steps", [])),
+        **_chain_fields(result.image),
     )
 
 
+def _chain_fields(image: str | None) -> dict[str, Any]:
+    chain = _CHAIN.get() or LedgerChain()
+    digest = None
+    if image and "@sha256:" in image:
+        digest = image.rsplit("@", 1)[1]
+    return {
+        "environment": chain.environment,
+        "target": chain.target,
+        "promoted_from": chain.promoted_from,
+        "digest": digest,
+    }
+
+
 def write_entry(entry: LedgerEntry) -> None:
-    """Add the entry to the service's ledger (a new version of artifact `ledger-SERVICE`)."""
+    """Add the entry to the service's ledger (a new version of artifact `ledger-SERVICE`); an
+    entry written inside `ledger_chain` (a release, a hand rollback) without an environment gets
+    the chain's environment and target."""
+    chain = _CHAIN.get()
+    if chain is not None and entry.environment is None and chain.environment:
+        entry = entry.model_copy(
+            update={"environment": chain.environment, "target": entry.target or chain.target}
+        )
     create_table_artifact(
         table=[entry.model_dump(mode="json")],
         key=ledger_key(entry.service),
@@ -223,6 +318,8 @@ def record_release(
         return None
     try:
         entry = entry_of(result, failed=failed, completes=completes, error=error, commit=commit)
+        if entry.digest is None and entry.image:  # given by tag: the digest it meant then
+            entry.digest = image_digest(entry.image)
         write_entry(entry)
     except Exception as exc:  # re-raised below unless the release failed
         if not failed:

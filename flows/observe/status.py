@@ -6,7 +6,8 @@ refused update left behind), with its share, tags, image, git tag, GPU or CPU, R
 not), when it passed its canary, and whether it is good (flows/deploy/traffic.py `good_because`);
 plus the rollout in progress (flows/rollout/journal.py) and the `canary` tag at 0 % during a run.
 
-`publish_status(target, reason)` turns it into the `status-<service>` markdown artifact and the
+`publish_status(target, reason)` turns it into the `status-<scope>` markdown artifact (scope:
+ReleaseTarget.scope, the service or `service-environment`) and the
 "Serving now" section of the Prefect deployments' descriptions (flows/observe/status_page.py),
 and never raises: it is called at the end of every action that changes what serves (release,
 step, rollback, abort, cancel, sweep), where a failure to report must not change the action's
@@ -31,7 +32,7 @@ import logging
 import re
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from shipyard.blocks.release_target import ReleaseTarget, as_release_target
 from shipyard.tasks import cloud_run as cr
@@ -92,12 +93,20 @@ class RolloutStatus(BaseModel):
 
 class ServiceStatus(BaseModel):
     service: str
+    # What the artifact and the records read are keyed by (ReleaseTarget.scope); empty: service.
+    scope: str = ""
     project: str
     read_at: str
     regions: list[RegionStatus] = []
     absent: list[str] = []  # the target's regions where the service does not exist
     rollout: RolloutStatus | None = None
     reason: str = ""  # what changed it (publish_status's reason)
+
+    @model_validator(mode="after")
+    def _scope_of_service(self) -> ServiceStatus:
+        if not self.scope:
+            self.scope = self.service
+        return self
 
     def headline(self) -> str:
         """One line: what serves where, last good, when and why (the artifact's first line)."""
@@ -175,11 +184,12 @@ def _service_status(resolved: ReleaseTarget, reason: str) -> ServiceStatus:
     from shipyard.flows.release.context import RunContext
 
     ctx = RunContext(resolved, "status", None)
-    record = recorded_release(resolved.service) or {}
-    verdict = _verdict(resolved.service)
+    record = recorded_release(resolved.scope) or {}
+    verdict = _verdict(resolved.scope)
     journal = _journal(resolved)
     status = ServiceStatus(
         service=resolved.service,
+        scope=resolved.scope,
         project=ctx.project,
         read_at=dt.datetime.now(dt.UTC).isoformat(),
         reason=reason,
@@ -201,7 +211,11 @@ def _service_status(resolved: ReleaseTarget, reason: str) -> ServiceStatus:
             r.good_because == "passed its canary" and not r.canary_passed_at for r in read.revisions
         )
         if wants_ledger:
-            ledger_times = _released_at(resolved.service) if ledger_times is None else ledger_times
+            ledger_times = (
+                _released_at(resolved.service, resolved.environment)
+                if ledger_times is None
+                else ledger_times
+            )
             for row in read.revisions:
                 if row.good_because == "passed its canary" and not row.canary_passed_at:
                     row.canary_passed_at = ledger_times.get(row.revision)
@@ -291,7 +305,7 @@ def _last_good(region: RegionStatus, record: dict[str, Any], prior_tag: str) -> 
     return prior.revision if prior else None
 
 
-def _verdict(service: str) -> tuple[str, str] | None:
+def _verdict(scope: str) -> tuple[str, str] | None:
     """(revision, when its canary passed) from the verdict Variable; its `judged_at`, else when
     the Variable was last written (a verdict is written once, right after the canary passed)."""
     from prefect.client.orchestration import get_client
@@ -299,7 +313,7 @@ def _verdict(service: str) -> tuple[str, str] | None:
     from shipyard.flows.release.hooks import verdict_variable
 
     with get_client(sync_client=True) as client:
-        found = client.read_variable_by_name(verdict_variable(service))
+        found = client.read_variable_by_name(verdict_variable(scope))
     if found is None or not isinstance(found.value, dict):
         return None
     revision = found.value.get("revision")
@@ -313,7 +327,7 @@ def _verdict(service: str) -> tuple[str, str] | None:
 def _journal(target: ReleaseTarget) -> RolloutStatus | None:
     from shipyard.flows.rollout.journal import read
 
-    journal = read(target.service)
+    journal = read(target.scope)
     if journal is None:
         return None
     policy = getattr(target, "rollout", None)
@@ -330,12 +344,15 @@ def _journal(target: ReleaseTarget) -> RolloutStatus | None:
     )
 
 
-def _released_at(service: str) -> dict[str, str]:
-    """revision -> when the release that cut over to it ended (the ledger's last such row)."""
+def _released_at(service: str, environment: str | None = None) -> dict[str, str]:
+    """revision -> when the release that cut over to it ended (the ledger's last such row of
+    the target's environment: one ledger per service holds every environment's rows)."""
     from shipyard.flows.observe.ledger import read_ledger
 
     times: dict[str, str] = {}
     for entry in read_ledger(service):  # oldest first: the last write wins
+        if (getattr(entry, "environment", None) or None) != (environment or None):
+            continue  # another environment's release of the same revision name
         if entry.outcome == "released" and entry.revision and not entry.noop:
             times[entry.revision] = entry.finished_at
     return times

@@ -1,12 +1,12 @@
-"""Where the status is seen: the `status-<service>` markdown artifact, and the "Serving now"
+"""Where the status is seen: the `status-<scope>` markdown artifact, and the "Serving now"
 section of the Prefect deployments' descriptions (the first thing a person sees on a deployment's
 page: Prefect renders the description as Markdown above the runs).
 
 A deployment's description is the static text of prefect.yaml, then a rule, a `## Serving now`
-heading and one `### <service>` section per service, in name order. Publishing replaces only its
-own service's section and keeps the static text and the other services' sections. Deploying
-again (`prefect deploy`, `shipyard serve`) writes the static text alone: the sections come back
-with the next action that publishes.
+heading and one `### <scope>` section per service (per environment: ReleaseTarget.scope), in
+name order. Publishing replaces only its own section and keeps the static text and the other
+services' sections. Deploying again (`prefect deploy`, `shipyard serve`) writes the static text
+alone: the sections come back with the next action that publishes.
 
 Two services published at the same instant may race on one description (Prefect has no
 compare-and-set on deployments): the section lost is restored by that service's next publish.
@@ -41,8 +41,9 @@ COLUMNS = [
 ]
 
 
-def status_key(service: str) -> str:
-    return artifact_key("status", service)
+def status_key(scope: str) -> str:
+    """The status artifact's key of a ReleaseTarget.scope (the service without an environment)."""
+    return artifact_key("status", scope)
 
 
 def _time(iso: str | None) -> str:
@@ -104,7 +105,7 @@ def _cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def section_markdown(status: ServiceStatus, heading: str = "###") -> str:
     """The service's status as Markdown: the headline, then a table per region."""
-    lines = [f"{heading} {status.service}", "", f"**{status.headline()}**", ""]
+    lines = [f"{heading} {status.scope}", "", f"**{status.headline()}**", ""]
     for region in status.regions:
         where = f"{region.region}" + (f" ({region.url})" if region.url else "")
         lines.append(f"{heading}# {where}")
@@ -174,7 +175,7 @@ def update_deployments(status: ServiceStatus) -> list[str]:
             flow_filter=FlowFilter(name=FlowFilterName(any_=DEPLOYED_FLOWS))
         )
         for deployment in deployments:
-            text = with_section(deployment.description, status.service, section)
+            text = with_section(deployment.description, status.scope, section)
             if text != deployment.description:
                 client.update_deployment(deployment.id, DeploymentUpdate(description=text))
             done.append(deployment.name)
@@ -190,7 +191,7 @@ def publish(status: ServiceStatus) -> list[str]:
         warnings.filterwarnings("ignore", "Artifact creation outside", FutureWarning)
         publish_markdown(
             section_markdown(status, heading="#"),
-            key=status_key(status.service),
+            key=status_key(status.scope),
             description=status.headline()[:500],
         )
     return update_deployments(status)

@@ -81,7 +81,7 @@ def record_cancelled(target: Any, git_tag: str, flow_run: Any, cleanup: list[str
         message = f"release {git_tag} CANCELLED by hand after its cutover ({where})"
     run_id = str(flow_run.id)
     started = getattr(flow_run, "start_time", None) or getattr(flow_run, "created", None) or now
-    attempt = remembered_attempt(target.service) or {}
+    attempt = remembered_attempt(target.scope) or {}
     primary = serving[0] if serving else (None, None, 0)
     steps = [f"- {line}" for line in cleanup] or ["- nothing to clean up"]
     actions: list[tuple[str, Any]] = [
@@ -118,7 +118,7 @@ def record_cancelled(target: Any, git_tag: str, flow_run: Any, cleanup: list[str
                         *steps,
                     ]
                 ),
-                key=f"release-{target.service}",
+                key=f"release-{target.scope}",
                 description=f"Release {git_tag} of {target.service}: cancelled",
             ),
         ),

@@ -157,7 +157,7 @@ def roll_back_failed_deploy(
     if outcome.revision:
         region_now, revision, url = outcome.region, outcome.revision, outcome.url
     else:  # nothing served in that region: the last release's revision serves elsewhere
-        last = recorded_release(ctx.target.service) or {}
+        last = recorded_release(ctx.target.scope) or {}
         region_now, revision, url = last.get("region"), last.get("revision"), last.get("url")
     if image:
         why = (
@@ -233,7 +233,7 @@ def canary_and_traffic(
     log_canary(report, ctx.target.canary)
     if report.passed:
         # Persisted BEFORE the cutover: a re-run after a kill right here knows why it serves.
-        record_verdict(ctx.target.service, deployed.revision, figures.model_dump())
+        record_verdict(ctx.target.scope, deployed.revision, figures.model_dump())
         plan = eligible(ctx, region, deployed.revision, handover is not None)
         if plan.why:
             yield Reason(plan.why)
@@ -277,7 +277,7 @@ def _released(
     GPU serves outside the primary region or another URL was published)."""
     outside = region != ctx.target.primary_region
     yield Ended("released", outcome.region, outcome.revision, outcome.url, outside_primary=outside)
-    if outside or published_elsewhere(ctx.target.service, outcome.url):
+    if outside or published_elsewhere(ctx.target.scope, outcome.url):
         yield publish_url(ctx, steps, region, outcome.revision, outcome.url)
 
 

@@ -2,8 +2,9 @@
 
 `release(git_tag, target, dry_run=False)` is one Prefect flow; every step is a Prefect task
 inside it, retried on transient errors only (tasks/errors.py decides), timed, and its
-attempts counted into the typed `ReleaseResult`. Only one release of a service runs at a
-time: the flow holds the global concurrency slot `shipyard-release-{service}` (limit 1).
+attempts counted into the typed `ReleaseResult`. Only one release of a service (per environment)
+runs at a time: the flow holds the global concurrency slot `shipyard-release-{scope}` (limit 1;
+`ReleaseTarget.scope`: the service, or `service-environment`).
 
 Outcomes:
 - `released`: the GPU canary passed and has 100% (`noop=True` when the tag was already
@@ -31,7 +32,9 @@ from prefect import flow
 
 from shipyard.blocks.release_tag import configured_tag_pattern, validate_release_tag
 from shipyard.blocks.release_target import ReleaseTarget
+from shipyard.flows.observe.ledger import LedgerChain, ledger_chain
 from shipyard.flows.observe.undo_hooks import combined, undo_hooks
+from shipyard.flows.promotion.chain import announce_passed, check_promoted_from
 from shipyard.flows.release.hooks import abort_cleanup
 from shipyard.flows.release.observe import observed_release, release_crashed
 from shipyard.flows.release.outcome import ReleaseRolledBack, final_state
@@ -100,6 +103,7 @@ def release(
     image: OptionalText = "",
     commit: OptionalText = "",
     tagged_at: OptionalText = "",
+    promoted_from: OptionalText = "",
 ) -> ReleaseResult:
     """Release `git_tag` of the target service (see the module docstring for outcomes).
 
@@ -111,24 +115,37 @@ def release(
         commit: Commit to build (empty: the commit the tag points at).
         tagged_at: When the tag was pushed, ISO 8601 or Unix seconds (the webhook passes the
             push's time); empty: the tag's date in the git source, else the release's start.
+        promoted_from: The release of the previous stage this one promotes, as
+            "TARGET-BLOCK/FLOW-RUN-ID" (`shipyard promote-release` passes it with the image's
+            digest); empty: a release from the git tag. Recorded in the ledger (the chain).
     """
     try:
         validate_release_tag(git_tag, pattern=configured_tag_pattern())
         if tagged_at:
             parse_given(tagged_at)
+        check_promoted_from(promoted_from)
     except ValueError as exc:
         raise ReleaseError(str(exc)) from None
     resolved = resolve_target(target)
-    with observed_release(resolved, git_tag):  # scope, release events, Cloud Logging
+    chain = LedgerChain(
+        environment=resolved.environment,
+        target=target if isinstance(target, str) else (resolved._block_document_name or ""),
+        promoted_from=promoted_from,
+    )
+    with (
+        observed_release(resolved, git_tag),  # scope, release events, Cloud Logging
+        ledger_chain(chain),  # the ledger row's environment, target and promoted_from
+    ):
         if dry_run:
             return Release(resolved, git_tag, image or None, commit or None, tagged_at).run(
                 dry_run=True
             )
-        with release_slot(resolved.service, resolved.lock_timeout_s, resolved.slot_lease_s):
+        with release_slot(resolved.scope, resolved.lock_timeout_s, resolved.slot_lease_s):
             refuse_if_waiting(resolved, git_tag)  # a rollout suspended at a gate holds the service
             result = Release(resolved, git_tag, image or None, commit or None, tagged_at).run(
                 dry_run=False
             )
+        announce_passed(chain.target, resolved.environment, result)  # the next stage may promote
     # A rollback ends the run Failed-type `RolledBack` (a call raises ReleaseRolledBack, which
     # carries the result), a CPU fallback Completed-type `CPUFallback`; both name the reason.
     state = final_state(result)
@@ -142,12 +159,19 @@ def run_release(
     image: OptionalText = "",
     commit: OptionalText = "",
     tagged_at: OptionalText = "",
+    promoted_from: OptionalText = "",
 ) -> ReleaseResult:
     """Run the release flow and return its `ReleaseResult` for every outcome, a rollback's
     included; only a release that stopped (tag, configuration, build) raises."""
     try:
         return release(
-            git_tag, target, dry_run=dry_run, image=image, commit=commit, tagged_at=tagged_at
+            git_tag,
+            target,
+            dry_run=dry_run,
+            image=image,
+            commit=commit,
+            tagged_at=tagged_at,
+            promoted_from=promoted_from,
         )
     except ReleaseRolledBack as rolled_back:
         return rolled_back.result

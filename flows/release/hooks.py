@@ -12,7 +12,8 @@ on the last good revision (or, after a cutover, on the revision whose canary pas
 runs no hook; the next release of the service frees the dead run's slot
 (flows/release/slot.py) and converges (its steps are idempotent).
 
-The canary verdict is written to the Variable `shipyard-verdict-{service}` before the cutover,
+The canary verdict is written to the Variable `shipyard-verdict-{scope}` (ReleaseTarget.scope:
+the service, or `service-environment`) before the cutover,
 so a re-run that finds the revision serving knows why it serves (and reports its figures).
 """
 
@@ -32,19 +33,17 @@ from shipyard.flows.observe.undo_hooks import run_parameters
 logger = logging.getLogger("shipyard.release")
 
 
-def verdict_variable(service: str) -> str:
-    return sanitize_name(f"shipyard-verdict-{service}", 255)
+def verdict_variable(scope: str) -> str:
+    return sanitize_name(f"shipyard-verdict-{scope}", 255)
 
 
-def record_verdict(service: str, revision: str, figures: dict[str, Any]) -> None:
-    Variable.set(
-        verdict_variable(service), {"revision": revision, "canary": figures}, overwrite=True
-    )
+def record_verdict(scope: str, revision: str, figures: dict[str, Any]) -> None:
+    Variable.set(verdict_variable(scope), {"revision": revision, "canary": figures}, overwrite=True)
 
 
-def canary_verdict(service: str, revision: str) -> dict[str, Any] | None:
+def canary_verdict(scope: str, revision: str) -> dict[str, Any] | None:
     """The persisted canary figures of `revision`, if its canary passed and was recorded."""
-    saved = Variable.get(verdict_variable(service), default=None)
+    saved = Variable.get(verdict_variable(scope), default=None)
     if isinstance(saved, dict) and saved.get("revision") == revision:
         figures = saved.get("canary")
         return figures if isinstance(figures, dict) else None

@@ -7,10 +7,11 @@ revision: what `shipyard rollback` returns to and what a re-run of the same tag 
 A run killed past its cutover (SIGKILL: no hook runs) leaves the tag serving and nothing
 recorded; its re-run is a no-op that built nothing and measured nothing. So that the record and
 the ledger still say what was released, a run remembers its attempt (the Variable
-`shipyard-attempt-{service}`: the tag's time, then the image and the build's figures and commit)
-before it builds and deploys; `resumed_release` completes a later run of the same tag from
-it (and names the killed run), and `update_release_record` forgets it once recorded. The CPU
-baseline comes from the canary verdict the killed run persisted before its cutover.
+`shipyard-attempt-{scope}`, per ReleaseTarget.scope: the tag's time, then the image and the
+build's figures and commit) before it builds and deploys; `resumed_release` completes a later
+run of the same tag from it (and names the killed run), and `update_release_record` forgets it
+once recorded. The CPU baseline comes from the canary verdict the killed run persisted before its
+cutover.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def update_release_record(
     that changed something: what serves, the CPU baseline the next canary compares against,
     the tags released and the last good revision (`commit`: the commit released when no build
     says it: given with the image, or remembered by a killed run of the tag)."""
-    previous = recorded_release(result.service) or {}
+    previous = recorded_release(target.scope) or {}
     measured = result.canary is not None and result.canary.baseline_source == "measured"
     # A no-op re-run measured nothing: the verdict its killed predecessor persisted did.
     judged = result.canary.baseline_ms if result.canary is not None and measured else None
@@ -77,10 +78,10 @@ def update_release_record(
         same = previous.get("revision") == result.revision
         record["commit"] = previous.get("commit", "") if same else ""
         record["tagged_at"] = previous.get("tagged_at") if same else None
-    set_variable(release_variable(result.service), record)
-    attempt = remembered_attempt(result.service)
+    set_variable(release_variable(target.scope), record)
+    attempt = remembered_attempt(target.scope)
     if attempt is not None and attempt.get("git_tag") == result.git_tag:
-        Variable.unset(attempt_variable(result.service))
+        Variable.unset(attempt_variable(target.scope))
 
 
 def previous_commit(previous: dict[str, Any], result: ReleaseResult) -> str:
@@ -89,24 +90,26 @@ def previous_commit(previous: dict[str, Any], result: ReleaseResult) -> str:
     return str(previous.get("commit") or "") if same else ""
 
 
-def attempt_variable(service: str) -> str:
-    return sanitize_name(f"shipyard-attempt-{service}", 255)
+def attempt_variable(scope: str) -> str:
+    """The attempt a run of `scope` (ReleaseTarget.scope) remembers (see the module docstring)."""
+    return sanitize_name(f"shipyard-attempt-{scope}", 255)
 
 
-def remembered_attempt(service: str) -> dict[str, Any] | None:
-    value = Variable.get(attempt_variable(service), default=None)
+def remembered_attempt(scope: str) -> dict[str, Any] | None:
+    value = Variable.get(attempt_variable(scope), default=None)
     return value if isinstance(value, dict) else None
 
 
-def attempted_commit(service: str, git_tag: str) -> str:
+def attempted_commit(scope: str, git_tag: str) -> str:
     """The commit an earlier run of `git_tag` remembered (given to it with its image), else ""."""
-    attempt = remembered_attempt(service)
+    attempt = remembered_attempt(scope)
     if attempt is None or attempt.get("git_tag") != git_tag:
         return ""
     return str(attempt.get("commit") or "")
 
 
 def remember_attempt(
+    scope: str,
     result_so_far: ReleaseResult,
     image: str | None,
     build: BuildFigures | None,
@@ -117,7 +120,7 @@ def remember_attempt(
     module docstring). What an earlier run of the tag remembered is kept where it knew more: the
     better tag time, and its run id (the run whose release a later run completes)."""
     tag_time = result_so_far.tag_time
-    earlier = remembered_attempt(result_so_far.service)
+    earlier = remembered_attempt(scope)
     run_id = result_so_far.flow_run_id
     if earlier is not None and earlier.get("git_tag") == result_so_far.git_tag:
         image = image or earlier.get("image")
@@ -128,7 +131,7 @@ def remember_attempt(
         run_id = earlier.get("flow_run_id") or run_id
         commit = commit or earlier.get("commit")
     set_variable(
-        attempt_variable(result_so_far.service),
+        attempt_variable(scope),
         {
             "git_tag": result_so_far.git_tag,
             "image": image,
@@ -156,12 +159,13 @@ def better_tag_time(a: TagTime | None, b: TagTime | None) -> TagTime | None:
     return a
 
 
-def resumed_release(result: ReleaseResult) -> tuple[ReleaseResult, str | None]:
+def resumed_release(scope: str, result: ReleaseResult) -> tuple[ReleaseResult, str | None]:
     """`result` completed from the attempt an earlier (killed) run of the same tag remembered:
     the image and the build it knew and this run did not (a no-op), and the better tag time (a
     push time given to it, not to this run). Returns the result and the flow run id
-    of the earlier run when it was completed from it, else (result, None)."""
-    attempt = remembered_attempt(result.service)
+    of the earlier run when it was completed from it, else (result, None). `scope`: the
+    target's ReleaseTarget.scope (what the attempt is remembered under)."""
+    attempt = remembered_attempt(scope)
     if (
         attempt is None
         or attempt.get("git_tag") != result.git_tag

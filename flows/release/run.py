@@ -135,12 +135,14 @@ def _stages(
     timed = TagTimed(tag_time(steps, ctx.target, ctx.git_tag, tagged_at, opening.started_at))
     yield timed
     # Before the build and any deploy: a re-run after a kill records from it (record.py).
-    remember_attempt(assemble(opening, [timed]), ctx.image, None, commit)
+    remember_attempt(ctx.target.scope, assemble(opening, [timed]), ctx.image, None, commit)
     image = ensure_image(ctx, steps, commit)
     if image is not None:
         ctx.image = image.image  # what the deploy, canary and traffic steps deploy
         yield image
-        remember_attempt(assemble(opening, [timed]), ctx.image, image.build, commit)
+        remember_attempt(
+            ctx.target.scope, assemble(opening, [timed]), ctx.image, image.build, commit
+        )
     attempts, skip = next_attempts(ctx.gpu_revision, found.existing)
     ctx.attempts.update(attempts)
     deployed = yield from deploy(ctx, steps, found.existing, skip)
@@ -160,10 +162,8 @@ def _noop(
     noop = already_serving(ctx, serving, dry_run=dry_run)
     yield noop
     steps.skip("build", "the tag's revision already serves")
-    yield read_verdict(ctx.target.service, noop.revision)
-    if not dry_run and (
-        noop.outside_primary or published_elsewhere(ctx.target.service, serving.uri)
-    ):
+    yield read_verdict(ctx.target.scope, noop.revision)
+    if not dry_run and (noop.outside_primary or published_elsewhere(ctx.target.scope, serving.uri)):
         yield publish_url(ctx, steps, serving.region, noop.revision, serving.uri)
     if dry_run:
         yield noop_plan(ctx, found)
@@ -202,9 +202,9 @@ def _finish(
     completes = None  # the killed run of the tag whose release this run completes
     commit = commit or ""
     if not result.dry_run and not failed:
-        result, completes = resumed_release(result)
+        result, completes = resumed_release(ctx.target.scope, result)
         if completes and not commit:
-            commit = attempted_commit(result.service, result.git_tag)
+            commit = attempted_commit(ctx.target.scope, result.git_tag)
         update_release_record(ctx.target, result, canary_baseline_ms(trail), commit)
         emit_event(
             event=f"shipyard.release.{result.outcome.replace('_', '-')}",
@@ -242,7 +242,7 @@ def _finish(
     try:
         publish_markdown(
             summary,
-            key=f"release-{result.service}",
+            key=f"release-{ctx.target.scope}",
             description=f"Release {result.git_tag} of {result.service}: {outcome}",
         )
     except Exception:

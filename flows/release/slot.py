@@ -1,10 +1,13 @@
-"""One release per service at a time: the global concurrency limit `shipyard-release-{service}`
-(1 slot), held through a lease that the holder's client renews while it lives.
+"""One release per service (per environment) at a time: the global concurrency limit
+`shipyard-release-{scope}` (1 slot), held through a lease that the holder's client renews while it
+lives. The scope is `ReleaseTarget.scope`: the Cloud Run service name, or `{service}-{environment}`
+for a target with an environment, so that a staging and a production target of one service (same
+name, other project) never wait for each other; every function here takes that scope.
 
 A holder that dies (SIGKILL, a lost machine) stops renewing: Prefect's repossessor frees its
 slot when the lease runs out. The lease is `ReleaseTarget.slot_lease_s` (60 s, the least Prefect
 accepts) instead of Prefect's default 300 s. Faster still, the holder writes who it is (flow run,
-host, pid) into the Variable `shipyard-release-holder-{service}`; a release that finds the slot
+host, pid) into the Variable `shipyard-release-holder-{scope}`; a release that finds the slot
 taken by a holder that is provably dead (its process is gone from this host, or its flow run is
 already final) marks that run Crashed and frees the slot at once, and says so. The bound a dead
 holder can block a service is therefore: none on the same host, `slot_lease_s` + the
@@ -19,17 +22,17 @@ A dead holder leaves more than its slot: its flow run and its subflow runs (the 
 Running, and the tag's untested GPU revision with the `canary` tag. Freeing it (the next
 release's slot check) therefore also marks that whole run tree Crashed and takes the dead run's
 `canary` (where its revision has 0%) and `baseline` tags off. When nobody releases the service
-again, `sweep(service)` does the same and also cancels the dead run's Cloud Build (a re-run of
+again, `sweep(scope)` does the same and also cancels the dead run's Cloud Build (a re-run of
 the same tag adopts a build still running, so the slot check leaves it): bench/faults.py runs it
 after its "nobody re-runs" kill cases; an operator runs it the same way, from Python:
-`from shipyard.flows.release.slot import sweep; sweep("SERVICE")`.
+`from shipyard.flows.release.slot import sweep; sweep("SCOPE")` (the service name, or
+`SERVICE-ENVIRONMENT`: `shipyard sweep TARGET` finds it from the target block).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -48,7 +51,7 @@ from prefect.variables import Variable
 
 from shipyard.blocks.names import sanitize_name
 from shipyard.tasks.errors import PermanentError
-from shipyard.tasks.processes import pid_alive
+from shipyard.tasks.processes import pid_alive, process_host
 
 
 class ReleaseError(PermanentError):
@@ -59,12 +62,13 @@ class SlotTaken(ReleaseError):
     """Another release of the service holds its slot."""
 
 
-def slot_name(service: str) -> str:
-    return sanitize_name(f"shipyard-release-{service}", 255)
+def slot_name(scope: str) -> str:
+    """The release slot of a `ReleaseTarget.scope` (the service name without an environment)."""
+    return sanitize_name(f"shipyard-release-{scope}", 255)
 
 
-def holder_variable(service: str) -> str:
-    return sanitize_name(f"shipyard-release-holder-{service}", 255)
+def holder_variable(scope: str) -> str:
+    return sanitize_name(f"shipyard-release-holder-{scope}", 255)
 
 
 def ensure_slot(name: str) -> None:
@@ -79,9 +83,9 @@ def ensure_slot(name: str) -> None:
                 )
 
 
-def holder_status(service: str) -> tuple[dict[str, Any] | None, str]:
+def holder_status(scope: str) -> tuple[dict[str, Any] | None, str]:
     """(the recorded holder, 'alive' | 'dead: why' | 'unknown')."""
-    holder = Variable.get(holder_variable(service), default=None)
+    holder = Variable.get(holder_variable(scope), default=None)
     if not isinstance(holder, dict):
         return None, "unknown"
     run_id = holder.get("flow_run_id")
@@ -93,16 +97,16 @@ def holder_status(service: str) -> tuple[dict[str, Any] | None, str]:
                 return holder, "dead: its flow run no longer exists"
             if run.state is not None and run.state.is_final():
                 return holder, f"dead: its flow run is {run.state.name}"
-    if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", 0))):
+    if holder.get("host") == process_host() and not pid_alive(int(holder.get("pid", 0))):
         return holder, f"dead: process {holder.get('pid')} on this host is gone"
     return holder, "alive"
 
 
-def free_dead_holder(service: str, *, cancel_builds: bool = False) -> str | None:
+def free_dead_holder(scope: str, *, cancel_builds: bool = False) -> str | None:
     """Free the slot of a provably dead holder: mark its run and its subflow runs Crashed, take
     its tags off (and with `cancel_builds` cancel its Cloud Build), release its lease. The
     reason, or None (no dead holder, or one whose lease id is unknown: its lease runs out)."""
-    holder, status = holder_status(service)
+    holder, status = holder_status(scope)
     if holder is None or not status.startswith("dead") or not holder.get("lease_id"):
         return None
     run_id = holder.get("flow_run_id")
@@ -119,7 +123,7 @@ def free_dead_holder(service: str, *, cancel_builds: bool = False) -> str | None
         # already run out is a no-op here). Zeroing the count instead would let that expiry free
         # the slot of the release that takes it next.
         client.release_concurrency_slots_with_lease(UUID(str(holder["lease_id"])))
-    Variable.unset(holder_variable(service))
+    Variable.unset(holder_variable(scope))
     cleaned = clean_after_dead_run(parameters, cancel_builds=cancel_builds)
     done = f"the slot of flow run {run_id} was freed: {status}"
     if crashed:
@@ -127,11 +131,12 @@ def free_dead_holder(service: str, *, cancel_builds: bool = False) -> str | None
     return "; ".join([done, *cleaned])
 
 
-def sweep(service: str) -> list[str]:
-    """What a dead release of `service` left when nobody releases the service again: its slot,
-    its run tree still Running, its Cloud Build, its `canary` / `baseline` tags (see the module
-    docstring). What was done; empty when the holder is alive or nothing is held."""
-    freed = free_dead_holder(service, cancel_builds=True)
+def sweep(scope: str) -> list[str]:
+    """What a dead release of `scope` (a `ReleaseTarget.scope`: the service name, or
+    `service-environment`) left when nobody releases it again: its slot, its run tree still
+    Running, its Cloud Build, its `canary` / `baseline` tags (see the module docstring). What was
+    done; empty when the holder is alive or nothing is held."""
+    freed = free_dead_holder(scope, cancel_builds=True)
     return [freed] if freed else []
 
 
@@ -178,13 +183,13 @@ def _lease_ids() -> list[UUID]:
     return list(ctx.cleanup_lease_ids) if ctx is not None else []
 
 
-def _record_holder(service: str, lease_id: UUID | None) -> None:
+def _record_holder(scope: str, lease_id: UUID | None) -> None:
     run = FlowRunContext.get()
     Variable.set(
-        holder_variable(service),
+        holder_variable(scope),
         {
             "flow_run_id": str(run.flow_run.id) if run and run.flow_run else None,
-            "host": socket.gethostname(),
+            "host": process_host(),
             "pid": os.getpid(),
             "lease_id": str(lease_id) if lease_id else None,
             "since": dt.datetime.now(dt.UTC).isoformat(),
@@ -194,10 +199,12 @@ def _record_holder(service: str, lease_id: UUID | None) -> None:
 
 
 @contextmanager
-def release_slot(service: str, timeout_s: float, lease_s: float = 60.0) -> Iterator[None]:
-    name = slot_name(service)
+def release_slot(scope: str, timeout_s: float, lease_s: float = 60.0) -> Iterator[None]:
+    """Hold the release slot of `scope` (`ReleaseTarget.scope`) while the block runs; SlotTaken
+    after `timeout_s` when another release of the same scope holds it."""
+    name = slot_name(scope)
     ensure_slot(name)
-    freed = free_dead_holder(service)
+    freed = free_dead_holder(scope)
     if freed:
         get_run_logger().warning("release slot %s: %s", name, freed)
     acquired = False
@@ -207,15 +214,15 @@ def release_slot(service: str, timeout_s: float, lease_s: float = 60.0) -> Itera
             name, occupy=1, timeout_seconds=timeout_s, strict=True, lease_duration=lease_s
         ):
             acquired = True
-            _record_holder(service, next((i for i in _lease_ids() if i not in before), None))
+            _record_holder(scope, next((i for i in _lease_ids() if i not in before), None))
             try:
                 yield
             finally:
-                Variable.unset(holder_variable(service))
+                Variable.unset(holder_variable(scope))
     except TimeoutError as exc:
         if acquired:
             raise
-        holder, status = holder_status(service)
+        holder, status = holder_status(scope)
         who = (
             f"flow run {holder.get('flow_run_id')} (pid {holder.get('pid')} on "
             f"{holder.get('host')}, since {holder.get('since')}), {status}"
@@ -223,7 +230,7 @@ def release_slot(service: str, timeout_s: float, lease_s: float = 60.0) -> Itera
             else "a release whose holder is unknown"
         )
         raise SlotTaken(
-            f"service {service!r}: the release slot {name!r} is held by {who}; waited "
-            f"{timeout_s:.0f} s (ReleaseTarget.lock_timeout_s): one release per service at a "
-            f"time; retry when it ends; a dead holder's lease runs out within {lease_s:.0f} s"
+            f"{scope!r}: the release slot {name!r} is held by {who}; waited "
+            f"{timeout_s:.0f} s (ReleaseTarget.lock_timeout_s): one release per service and "
+            f"environment at a time; retry when it ends; a dead holder's lease runs out within {lease_s:.0f} s"
         ) from exc

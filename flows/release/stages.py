@@ -48,15 +48,16 @@ def already_serving(ctx: RunContext, serving: ExistingRevision, *, dry_run: bool
     )
 
 
-def read_verdict(service: str, revision: str) -> VerdictRead:
-    """The canary figures a run persisted before it cut over to `revision` (hooks.py)."""
-    verdict = canary_verdict(service, revision)
+def read_verdict(scope: str, revision: str) -> VerdictRead:
+    """The canary figures a run persisted before it cut over to `revision` (hooks.py), of
+    `scope` (ReleaseTarget.scope)."""
+    verdict = canary_verdict(scope, revision)
     return VerdictRead(CanaryFigures.model_validate(verdict) if verdict is not None else None)
 
 
-def published_elsewhere(service: str, url: str) -> bool:
-    """The service's published serving URL is another one than `url`."""
-    current = Variable.get(serving_url_variable(service), default=None)
+def published_elsewhere(scope: str, url: str) -> bool:
+    """The published serving URL of `scope` (ReleaseTarget.scope) is another one than `url`."""
+    current = Variable.get(serving_url_variable(scope), default=None)
     return current is not None and current != url
 
 

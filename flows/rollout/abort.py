@@ -63,7 +63,7 @@ def back_to_stable(
                 f"the service's scaling (min instances raised to warm {stable}) could not be "
                 f"restored: {type(exc).__name__}: {exc}; set it back by hand"
             )
-    journals.clear(journal.service)
+    journals.clear(journal.scope)
     return moved, notes
 
 
@@ -86,7 +86,7 @@ def undo_rollout(
     undone: traffic back to stable, warmed first; the journal cleared. What was done (nothing
     when no such rollout: none in progress, another tag's, or its run still alive or waiting at
     a gate)."""
-    found = journals.read(target.service)
+    found = journals.read(target.scope)
     if found is None or (git_tag is not None and found.git_tag != git_tag):
         return []
     if not (ended_run is not None and ended_run == found.flow_run_id) and not run_is_over(

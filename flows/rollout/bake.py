@@ -128,7 +128,7 @@ def bake(
     with _load(ctx, url):
         while not deadline.passed():
             time.sleep(min(policy.analysis_interval_s, max(0.0, deadline.remaining())))
-            given = commands.take(ctx.target.service, journal.flow_run_id)
+            given = commands.take(ctx.target.scope, journal.flow_run_id)
             if given is not None:
                 verdict = judge_window(ctx, region, new, stable, since)
                 return BakeEnd(

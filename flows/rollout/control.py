@@ -78,10 +78,10 @@ class Situation:
         return str(self.journal.flow_run_id)
 
 
-def _last_release(service: str) -> str:
+def _last_release(scope: str) -> str:
     from shipyard.flows.canary.stage import recorded_release
 
-    record = recorded_release(service)
+    record = recorded_release(scope)
     if not record:
         return "no release of it is recorded"
     serving = f"{record.get('revision') or '?'} serves in {record.get('region') or '?'}"
@@ -104,7 +104,7 @@ def _process_gone(current: journals.RolloutJournal) -> bool:
     taken."""
     from shipyard.flows.release.slot import holder_status
 
-    holder, status = holder_status(current.service)
+    holder, status = holder_status(current.scope)
     return (
         holder is not None
         and holder.get("flow_run_id") == current.flow_run_id
@@ -118,7 +118,7 @@ def check(target: TargetParam, command: Command) -> Situation:
     from shipyard.flows.release.flow import resolve_target
 
     resolved = resolve_target(target)
-    service = resolved.service
+    service = resolved.scope  # the service, or service-environment: what the journal is keyed by
     current = journals.read(service)
     if current is None or not current.flow_run_id:
         raise RolloutRefused(
@@ -145,7 +145,7 @@ def check(target: TargetParam, command: Command) -> Situation:
         raise RolloutRefused(
             f"the release run {run_name} of {current.git_tag} ({service}) {ended} at "
             f"{current.percent}% without finishing its rollout: nothing can promote it; "
-            f"`shipyard abort {resolved.service}` returns traffic to {current.stable}, or "
+            f"`shipyard abort {resolved.scope}` returns traffic to {current.stable}, or "
             f"`shipyard release {current.git_tag}` runs it again"
         )
     return Situation(resolved, current, run_name, state_name, action)
@@ -162,7 +162,7 @@ def _restore(situation: Situation) -> str:
     # A run killed outright still says Running and holds the service's slot: freed first (its
     # run tree marked Crashed, its build cancelled, its rollout undone: flows/release/slot.py).
     killed = _process_gone(journal)
-    freed = sweep(journal.service) if killed else []
+    freed = sweep(journal.scope) if killed else []
     done = freed + undo_rollout(situation.target, journal.git_tag, ended_run=journal.flow_run_id)
     if not done:
         raise RolloutRefused(
@@ -186,11 +186,12 @@ def _act(target: TargetParam, command: Command, comment: str, by: str) -> str:
 
     logger = get_run_logger()
     who = by.strip() or "anonymous (no name given)"
-    service = resolve_target(target).service
+    resolved = resolve_target(target)
+    service, scope = resolved.service, resolved.scope
     try:
         situation = check(target, command)
     except RolloutRefused as exc:
-        _record(service, None, command, who, comment, "refused", str(exc))
+        _record(service, None, command, who, comment, "refused", str(exc), scope=scope)
         raise
     journal = situation.journal
     if situation.action == "resume":
@@ -204,7 +205,7 @@ def _act(target: TargetParam, command: Command, comment: str, by: str) -> str:
                 f"the gate of release run {situation.run_name} ({journal.git_tag}) was answered "
                 f"meanwhile: nothing to {command}"
             )
-            _record(service, situation, command, who, comment, "refused", refused)
+            _record(service, situation, command, who, comment, "refused", refused, scope=scope)
             raise RolloutRefused(refused) from None
         answer = "approved" if command == "promote" else "rejected"
         what = (
@@ -213,7 +214,7 @@ def _act(target: TargetParam, command: Command, comment: str, by: str) -> str:
             + (f"past {journal.percent}%" if command == "promote" else f"back to {journal.stable}")
         )
     elif situation.action == "request":
-        commands.request(journal.service, command, who, comment)
+        commands.request(journal.scope, command, who, comment)
         what = (
             f"asked release run {situation.run_name} ({journal.git_tag}, at {journal.percent}%, "
             f"{situation.run_state}) to {command}: it acts at its next analysis tick"
@@ -221,7 +222,7 @@ def _act(target: TargetParam, command: Command, comment: str, by: str) -> str:
     else:
         what = _restore(situation)
     logger.info("%s: %s", command, what)
-    _record(service, situation, command, who, comment, situation.action, what)
+    _record(service, situation, command, who, comment, situation.action, what, scope=scope)
     return what
 
 
@@ -233,8 +234,11 @@ def _record(
     comment: str,
     action: str,
     what: str,
+    *,
+    scope: str = "",
 ) -> None:
-    """The run's summary artifact and the `shipyard.rollout.<command>` event."""
+    """The run's summary artifact (keyed by `scope`, ReleaseTarget.scope; empty: the service)
+    and the `shipyard.rollout.<command>` event."""
     journal = situation.journal if situation is not None else None
     lines = [
         f"# {command} {journal.git_tag if journal else ''}".rstrip(),
@@ -256,7 +260,7 @@ def _record(
         ]
     create_markdown_artifact(
         markdown="\n".join(lines) + "\n",
-        key=sanitize_name(f"rollout-{command}-{service or 'none'}", 60),
+        key=sanitize_name(f"rollout-{command}-{scope or service or 'none'}", 60),
         description=f"{command}: {what}"[:500],
     )
     context = FlowRunContext.get()
@@ -324,11 +328,20 @@ def abort(
         expiry_of, gate_key, policy.on_gate_timeout == "approve", float(policy.gate_timeout_s)
     )
     get_run_logger().warning("approval gate timeout: %s", what)
-    journal = journals.read(resolved.service)
+    journal = journals.read(resolved.scope)
     situation = None
     if journal is not None and journal.flow_run_id == expiry_of:
         situation = Situation(resolved, journal, expiry_of, journal.state, "resume")
-    _record(resolved.service, situation, "abort", gate.TIMEOUT_BY, "", "gate-timeout", what)
+    _record(
+        resolved.service,
+        situation,
+        "abort",
+        gate.TIMEOUT_BY,
+        "",
+        "gate-timeout",
+        what,
+        scope=resolved.scope,
+    )
     return what
 
 

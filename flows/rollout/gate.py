@@ -285,7 +285,9 @@ def ask(
     if fired:
         # A re-run after the resume: Prefect hands back the answer stored at this key.
         answer = suspend_flow_run(wait_for_input=form, timeout=prefect_timeout, key=key)
-        stored = journal.expiry_run_id or getattr(journals.read(service), "expiry_run_id", None)
+        stored = journal.expiry_run_id or getattr(
+            journals.read(journal.scope), "expiry_run_id", None
+        )
         timed_out = _drop_expiry(stored) and answer.approver == TIMEOUT_BY
         return _decision(answer, timed_out)
 

@@ -2,7 +2,8 @@
 re-runs it after a suspension (it skips the steps already judged), `promote` / `abort` (which run
 to resume or to command), the status and the sweep of a dead run.
 
-One Prefect Variable per service, `shipyard-rollout-<service>`, written at every step and
+One Prefect Variable per service and environment, `shipyard-rollout-<scope>` (the journal's
+`scope`: `ReleaseTarget.scope`, the service or `service-environment`), written at every step and
 decision and removed when the rollout ends (released or rolled back).
 """
 
@@ -12,7 +13,7 @@ import json
 from typing import Any, Literal
 
 from prefect.variables import Variable
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from shipyard.blocks.names import sanitize_name
 
@@ -46,6 +47,9 @@ class StepRecord(BaseModel):
 
 class RolloutJournal(BaseModel):
     service: str
+    # What the journal is keyed by (ReleaseTarget.scope); empty (a journal written before it
+    # existed, or made without one): the service.
+    scope: str = ""
     target: str  # the ReleaseTarget block's name ("" when the release was given the block)
     flow_run_id: str | None
     git_tag: str
@@ -65,6 +69,12 @@ class RolloutJournal(BaseModel):
     step_started_at: str = ""  # when the current step's traffic changed (the judge's window)
     waiting_since: str = ""  # when the gate awaiting approval began (the judge re-reads it)
 
+    @model_validator(mode="after")
+    def _scope_of_service(self) -> RolloutJournal:
+        if not self.scope:
+            self.scope = self.service
+        return self
+
     def recorded(self, percent: int, phase: Phase) -> StepRecord | None:
         """The last record of `percent`'s `phase` (a re-run replays it instead of redoing it)."""
         return next(
@@ -82,12 +92,13 @@ def compact_steps(records: list[StepRecord]) -> str:
     )
 
 
-def journal_variable(service: str) -> str:
-    return sanitize_name(f"shipyard-rollout-{service}", 255)
+def journal_variable(scope: str) -> str:
+    return sanitize_name(f"shipyard-rollout-{scope}", 255)
 
 
-def read(service: str) -> RolloutJournal | None:
-    value = Variable.get(journal_variable(service), default=None)
+def read(scope: str) -> RolloutJournal | None:
+    """The rollout in progress of `scope` (ReleaseTarget.scope), if any."""
+    value = Variable.get(journal_variable(scope), default=None)
     if not isinstance(value, dict):
         return None
     try:
@@ -110,8 +121,8 @@ def write(journal: RolloutJournal) -> None:
         record["figures"], record["reasons"] = {}, [r[:120] for r in record["reasons"][:1]]
     if len(json.dumps(body)) > MAX_CHARS:
         body["canary"] = {k: body["canary"].get(k) for k in ("runs", "passed", "p95_ms")}
-    Variable.set(journal_variable(journal.service), body, overwrite=True)
+    Variable.set(journal_variable(journal.scope), body, overwrite=True)
 
 
-def clear(service: str) -> None:
-    Variable.unset(journal_variable(service))
+def clear(scope: str) -> None:
+    Variable.unset(journal_variable(scope))

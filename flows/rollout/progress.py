@@ -1,5 +1,5 @@
 """What a person sees of a rollout while it runs: one `shipyard.release.step` event per step
-and decision, a progress bar over the whole rollout, and the markdown artifact `rollout-<service>`
+and decision, a progress bar over the whole rollout, and the markdown artifact `rollout-<scope>`
 (the step table and the current bake) updated at every analysis tick.
 
 Observability never fails the rollout: an event or artifact that cannot be written is logged.
@@ -57,10 +57,10 @@ class Board:
     """The rollout's progress bar and markdown artifact, and its events."""
 
     def __init__(self, journal: RolloutJournal, planned: list[int]):
-        self.service = journal.service
+        self.scope = journal.scope  # the artifact's key: one per service and environment
         self.planned = planned
         self.progress = Progress(
-            f"rollout-{journal.service}",
+            f"rollout-{journal.scope}",
             f"Rollout of {journal.git_tag} ({journal.new}) against {journal.stable}: "
             + " -> ".join(f"{p}%" for p in planned),
         )
@@ -109,7 +109,7 @@ class Board:
         try:
             publish_markdown(
                 markdown,
-                key=f"rollout-{self.service}",
+                key=f"rollout-{self.scope}",
                 description=f"Rollout of {journal.git_tag}: {line}"[:500],
             )
         except Exception as exc:  # noqa: BLE001 - observability never fails the rollout

@@ -79,7 +79,7 @@ def refuse_if_waiting(target: Any, git_tag: str) -> str | None:
     was undone, if anything."""
     from shipyard.flows.rollout.abort import undo_rollout
 
-    found = journals.read(target.service)
+    found = journals.read(target.scope)
     if found is None or found.flow_run_id == current_run_id():
         return None
     if run_is_over(found.flow_run_id):
@@ -88,7 +88,7 @@ def refuse_if_waiting(target: Any, git_tag: str) -> str | None:
             get_run_logger().warning("rollout left by an ended run: %s", line)
         return "; ".join(undone) or None
     raise RolloutWaiting(
-        f"service {target.service!r}: release {found.git_tag} (flow run {found.flow_run_id}) is "
+        f"{target.scope!r}: release {found.git_tag} (flow run {found.flow_run_id}) is "
         f"{'waiting for approval' if found.state == 'awaiting-approval' else found.state} at "
         f"{found.percent}% of traffic; promote it or abort it first (shipyard promote TARGET / "
         f"shipyard abort TARGET, or the Resume form on its run page), then release {git_tag}"
@@ -98,7 +98,7 @@ def refuse_if_waiting(target: Any, git_tag: str) -> str | None:
 def resumed_journal(ctx: RunContext, new: str) -> RolloutJournal | None:
     """The journal this very flow run wrote for `new` before Prefect re-ran it (a resumed
     suspension), or None."""
-    found = journals.read(ctx.target.service)
+    found = journals.read(ctx.target.scope)
     run_id = current_run_id()
     if (
         found is None
@@ -207,8 +207,8 @@ class _Run:
             "",
             f"- new `{j.new}` at {j.percent}%, stable `{j.stable}` in `{j.region}`",
             f"- next: {percent}%",
-            f"- the step table and each tick: artifact `rollout-{j.service}`; the release summary "
-            f"when it ends: `release-{j.service}`",
+            f"- the step table and each tick: artifact `rollout-{j.scope}`; the release summary "
+            f"when it ends: `release-{j.scope}`",
             "",
         ]
         if j.steps:
@@ -240,7 +240,7 @@ class _Run:
             key=f"step-{percent}-{key_part}",
             journal=self.j,
         )
-        fresh = journals.read(self.j.service)
+        fresh = journals.read(self.j.scope)
         if fresh is not None and fresh.flow_run_id == self.j.flow_run_id:
             self.j = fresh  # the gate wrote its key and expiry run into it
         self.j.state, self.j.waiting_since = "baking", ""
@@ -299,7 +299,7 @@ class _Run:
         j.percent = 100
         publish_status(ctx.target, "step 100%")
         yield self.record(100, "pass", "bake", decided_by=decided_by, comment=comment)
-        journals.clear(j.service)
+        journals.clear(j.scope)
         return outcome
 
     def move(self, percent: int) -> None:
@@ -496,6 +496,7 @@ def run_rollout(
     released; None when it yielded its own end (rolled back)."""
     found = resumed or RolloutJournal(
         service=ctx.target.service,
+        scope=ctx.target.scope,
         target=getattr(ctx.target, "_block_document_name", None) or "",
         flow_run_id=current_run_id(),
         git_tag=ctx.git_tag,
@@ -512,7 +513,7 @@ def run_rollout(
         # The rollout itself failed (a traffic update refused, Google unreachable ...): the
         # users go back to the stable revision before the error ends the release. Prefect's
         # Pause (a gate suspending the run) is not an Exception and leaves the share as it is.
-        if journals.read(ctx.target.service) is not None:
+        if journals.read(ctx.target.scope) is not None:
             try:
                 back_to_stable(ctx, steps, run.j, f"the rollout failed: {exc}")
             except Exception as undo:  # noqa: BLE001 - the rollout's own error is raised

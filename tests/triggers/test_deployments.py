@@ -29,6 +29,7 @@ def test_every_deployment_has_its_flow_module():
         "rollback",
         "promote",
         "abort",
+        "promote-release",
     }
     assert not missing, "prefect.yaml points at flow modules that do not exist yet: " + ", ".join(
         f"{s.name} -> {s.entrypoint}" for s in missing
@@ -219,4 +220,5 @@ def test_specs_read_in_file_order():
         "rollback",
         "promote",
         "abort",
+        "promote-release",
     ]

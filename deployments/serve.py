@@ -153,7 +153,7 @@ async def to_runner_deployment(
     parameters = await resolve_templates(spec.parameters)
     schedules = [schedule_of(s) for s in await resolve_templates(spec.schedules)]
     triggers: list[DeploymentTriggerTypes | TriggerTypes] = [*triggers_of(spec)]
-    return await flow.ato_deployment(
+    deployment = await flow.ato_deployment(
         name=spec.name,
         parameters=parameters,
         schedules=schedules,
@@ -163,6 +163,15 @@ async def to_runner_deployment(
         tags=spec.tags,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    # A served deployment is offered to no work pool. `ato_deployment` leaves the field unset,
+    # and RunnerDeployment's update sends only the fields set: a deployment that `prefect deploy`
+    # put in `shipyard-process` kept that pool after `shipyard serve`, so a worker could take its
+    # runs too. Set to None explicitly, the update carries `work_pool_name: null`, which the
+    # server reads as "clear the work queue" (prefect/server/models/deployments.py
+    # `update_deployment`: "work_pool_name was explicitly set to None - clear the work queue so
+    # runs are no longer routed to a work pool (e.g. switching to serve)").
+    deployment.work_pool_name = None
+    return deployment
 
 
 async def build_deployments(

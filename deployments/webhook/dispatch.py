@@ -15,6 +15,10 @@ busy SQLite server), it records `prefect.automation.action.failed` with the even
 `triggering-event`; a failed action created no run, so the event is emitted again (new id,
 same payload, `attempt` counted). Pending outcomes are journal rows, so a restarted
 receiver keeps watching them.
+
+`Routes` names, in the event's resource label `shipyard.deployment`, the release deployment that
+takes it: `release-<target>` when the fleet has one (`shipyard fleet deploy`), else `release`.
+Each release trigger matches only its own label, so one delivery makes exactly one run.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from typing import Any
 
 from shipyard.blocks.release_tag import shown
+from shipyard.deployments.fleet import RELEASE_DEPLOYMENT, full_name, release_deployment_name
 from shipyard.deployments.webhook.claims import Claims, claim_name
 from shipyard.deployments.webhook.journal import Journal, Row
 from shipyard.deployments.webhook.settings import WebhookSettings
@@ -50,6 +55,57 @@ def _permanent(exc: BaseException) -> bool:
     return isinstance(exc, Permanent)
 
 
+class Routes:
+    """target -> the release deployment that takes its deliveries, looked up through the Prefect
+    API and cached for `ttl_s` (a fleet deployed or removed is followed within that time).
+
+    Off the accept path: only the dispatcher asks, in the background. One lookup per target at
+    a time (the others wait for its answer), each within `timeout_s`. A lookup that fails keeps
+    the last answer while there is one; with none, it raises and the row is retried (never
+    routed to `release` by guess: if `release-<target>` exists, `release` would run the target
+    outside its queue)."""
+
+    def __init__(self, client: Any, ttl_s: float = 30.0, timeout_s: float = 5.0):
+        self.client = client
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._cache: dict[str, tuple[str, float]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def deployment_for(self, target: str) -> str:
+        cached = self._cache.get(target)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        async with self._locks.setdefault(target, asyncio.Lock()):
+            cached = self._cache.get(target)
+            if cached is not None and cached[1] > time.monotonic():
+                return cached[0]
+            try:
+                found = await self._lookup(target)
+            except Exception as exc:  # re-raised below when there is no last answer to keep
+                if cached is None:
+                    raise
+                logger.warning(
+                    "routing: cannot look up the deployment of target %s (%s); keeping %s",
+                    shown(target),
+                    type(exc).__name__,
+                    cached[0],
+                )
+                found = cached[0]
+            self._cache[target] = (found, time.monotonic() + self.ttl_s)
+            return found
+
+    async def _lookup(self, target: str) -> str:
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.client.read_deployment_by_name(full_name(target))
+        except ObjectNotFound:
+            return RELEASE_DEPLOYMENT
+        return release_deployment_name(target)
+
+
 class Dispatcher:
     """Drains the journal into Prefect; `wake()` after a new row for a prompt start."""
 
@@ -58,6 +114,7 @@ class Dispatcher:
         self.settings = settings
         self.client = client
         self.claims = Claims(client)
+        self.routes = Routes(client)
         self.redrive = Redrive(self)
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.dispatch_parallel)
@@ -154,8 +211,9 @@ class Dispatcher:
                     "this commit of the tag was released before: a re-release needs a new commit"
                 )
             await self.journal.call(self.journal.settle, row.seq, "emit")
-        await self.client.request("POST", "/events", json=[push.event()])
-        return "emitted", None
+        deployment = await self.routes.deployment_for(push.target)
+        await self.client.request("POST", "/events", json=[push.event(deployment)])
+        return "emitted", None if deployment == RELEASE_DEPLOYMENT else f"to {deployment}"
 
 
 class Redrive:

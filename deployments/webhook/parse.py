@@ -19,6 +19,8 @@ from urllib.parse import parse_qs
 from starlette.requests import ClientDisconnect, Request
 
 from shipyard.blocks.release_tag import shown
+from shipyard.deployments.fleet import RELEASE_DEPLOYMENT as ROUTE_DEFAULT
+from shipyard.deployments.fleet import ROUTE_LABEL
 
 EVENT_NAME = "shipyard.git.tag.pushed"
 # Fixed namespace: the same delivery always maps to the same Prefect event id.
@@ -60,8 +62,11 @@ class TagPush:
         key = f"{self.provider}:{self.delivery_id}" + (f":{self.attempt}" if self.attempt else "")
         return uuid.uuid5(EVENT_NAMESPACE, key)
 
-    def event(self) -> dict[str, Any]:
-        """The Prefect event, as `POST /api/events` takes it."""
+    def event(self, deployment: str = ROUTE_DEFAULT) -> dict[str, Any]:
+        """The Prefect event, as `POST /api/events` takes it. `deployment`: the release
+        deployment that should take it (`release-<target>` when the fleet has one, else
+        `release`), as the resource label the release triggers match on, so one delivery makes
+        one run (deployments/fleet.py)."""
         return {
             "id": str(self.event_id),
             "occurred": dt.datetime.now(dt.UTC).isoformat(),
@@ -70,6 +75,7 @@ class TagPush:
                 "prefect.resource.id": f"shipyard.repo.{self.repository.lower()}",
                 "prefect.resource.name": self.repository,
                 "shipyard.git.provider": self.provider,
+                ROUTE_LABEL: deployment,
             },
             "payload": {
                 "tag": self.tag,

@@ -11,12 +11,20 @@ a queue at most `concurrency_limit - (its Pending/Running/Cancelling runs)` runs
 waiting for its target stays plain `Scheduled`, holds no worker and no infrastructure, and is
 offered at the next poll after the slot frees. The work pool's `concurrency_limit` bounds the
 whole fleet the same way (the poll's `worker_limit`): it is sized to the GPU quota
-(`gpu_global_limit`). The release flow's own slot (flows/release/slot.py) stays the guard for
-runs that reach it another way (a manual run of `release`, two workers that poll at once).
+(`gpu_global_limit`). The queue's limit is not atomic across workers: two workers that poll
+at the same instant can each take a run of one queue (bench/scale.py saw it with three workers
+under load: two Pending runs of one target, and 19 Pending runs in a pool limited to 6). So each
+per-target deployment also keeps a deployment concurrency limit of 1 (ENQUEUE), checked by the
+server when a run goes Pending, before any infrastructure starts: the race's loser is turned
+back to Scheduled (due again after the server's slot wait: 2 s on `shipyard stack`, 30 s by
+Prefect's default); without a race it never fires. The release flow's own slot
+(flows/release/slot.py) stays the guard for runs that reach it another way (a manual run of
+`release`). The pool's limit has no such guard: the hard bound on runs at once is the workers'
+`--limit` times their number.
 
 The per-target deployments are built from prefect.yaml's `release` entry (deployments/serve.py):
-same entrypoint, description, tags, parameters with `target` fixed to the block, NO deployment
-concurrency limit, and a trigger that matches only the events the webhook routed to it (the
+same entrypoint, description, tags, parameters with `target` fixed to the block, the race guard
+above as its deployment concurrency limit, and a trigger that matches only the events the webhook routed to it (the
 event's resource label `shipyard.deployment: release-<target>`; deployments/webhook/dispatch.py).
 """
 
@@ -97,7 +105,12 @@ def target_spec(release: DeploymentSpec, target: str) -> DeploymentSpec:
         name=name,
         parameters={**release.parameters, "target": target},
         triggers=routed_triggers(release, name, target),
-        concurrency_limit=None,
+        # The guard for the one race the queue's limit leaves: two workers polling at the same
+        # instant each take a run of the queue (the poll's row locks skip each other's rows and
+        # each sees the slot free). The server's deployment limit is atomic: the loser goes back to
+        # Scheduled (AwaitingConcurrencySlot) before any infrastructure starts, instead of holding
+        # a worker and a container while the flow waits for its service's slot.
+        concurrency_limit={"limit": 1, "collision_strategy": "ENQUEUE"},
         description=description.strip(),
     )
 

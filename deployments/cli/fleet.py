@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
     "deploy",
     help=(
         "Create or update `release-<target>` for each TARGET in --pool, each in its own work "
-        "queue `release-<target>` (concurrency limit 1, no deployment limit), and set the pool's "
+        "queue `release-<target>` (concurrency limit 1; a deployment limit of 1 guards two "
+        "workers that poll at the same instant), and set the pool's "
         "concurrency limit (the global one). Idempotent: run it again after adding a target; "
         "existing deployments are updated in place. The generic `release` deployment stays; a "
         "tag push for a target that has its own deployment runs that one only (the webhook "

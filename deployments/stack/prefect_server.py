@@ -44,6 +44,7 @@ from shipyard.tasks.waiting import NotYet
 __all__ = ["StackServer", "migrate", "prefect_env", "start_server", "stop_server"]
 
 SERVER_LOG = "server.log"
+SLOT_WAIT_S = 2  # PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS (see start_server)
 MIGRATE_LOG = "migrate.log"
 STOP_GRACE_S = 10.0
 HEALTH_REQUEST_S = 2.0
@@ -142,7 +143,18 @@ def start_server(
         database = {
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"
         }
-    settings = database | {"PREFECT_SERVER_UI_ENABLED": str(ui).lower()} | (env or {})
+    settings = (
+        database
+        | {
+            "PREFECT_SERVER_UI_ENABLED": str(ui).lower(),
+            # A run turned away by a deployment's concurrency limit is due again after this
+            # (Prefect's default 30 s). The fleet's per-target deployments keep a limit of 1 only
+            # as the guard for two workers that poll the same queue at the same instant
+            # (deployments/fleet.py): the loser is due again 2 s later, not in a 30 s wave.
+            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": str(SLOT_WAIT_S),
+        }
+        | (env or {})
+    )
     log = home / SERVER_LOG
     url = f"http://127.0.0.1:{chosen}/api"
     launched = time.perf_counter()

@@ -122,7 +122,8 @@ def up(
         "process",
         "--type",
         help="The workers' type: process (each run in a subprocess of its worker) or docker "
-        "(each run in a container of the pool's image, Shipyard's worker image).",
+        "(each run in a container of Shipyard's worker image, built from "
+        "deployments/worker/Dockerfile on DOCKER_HOST's daemon, which the pool is set to).",
     ),
     limit: int = typer.Option(
         None, "--limit", help="At most this many runs at once per worker (default: no limit)."

@@ -185,7 +185,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return best
 
 
-def delivery(tag: str) -> tuple[bytes, dict[str, str]]:
+def delivery(tag: str, repository: str = REPOSITORY) -> tuple[bytes, dict[str, str]]:
     import hashlib
     import hmac
 
@@ -195,7 +195,7 @@ def delivery(tag: str) -> tuple[bytes, dict[str, str]]:
             "after": hashlib.sha1(tag.encode(), usedforsecurity=False).hexdigest(),
             "created": True,
             "deleted": False,
-            "repository": {"full_name": REPOSITORY},
+            "repository": {"full_name": repository},
         }
     ).encode()
     return body, {

@@ -66,6 +66,11 @@ MIN_CPU_FOR_MEMORY_GIB = ((24, 8.0), (16, 6.0), (8, 4.0), (4, 2.0))
 # starts the engine process that runs the release (prefect/cli/flow_run.py `execute`). Measured
 # in a fresh interpreter: the executor's imports, then the engine's (the release flow, and scipy,
 # which a rollout step's judge imports when it judges: flows/rollout/judge.py).
+# Measured with the bytecode already compiled, as in the worker image (uv --compile-bytecode,
+# deployments/worker/Dockerfile): a first import in a fresh venv also compiles every module and
+# peaks at ~550 MiB (seen on a fresh CI venv), which is not what a job's run costs. The
+# interpreter compiles (and writes) the .pyc files first, then measures in a second process.
+_COMPILE = "import prefect.cli.flow_run, shipyard.flows.release.flow, scipy.stats"
 _MEASURE = """
 import json, resource
 def mib():
@@ -230,7 +235,15 @@ def test_the_cloud_run_job_of_a_release_outlives_it_and_fits_it(prefect_server):
 
     # The executor and engine imports, measured meanwhile in a fresh interpreter.
     measuring = subprocess.Popen(
-        [sys.executable, "-c", _MEASURE], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [
+            sys.executable,
+            "-c",
+            f"{_COMPILE}\nimport subprocess, sys\n"
+            f"subprocess.run([sys.executable, '-c', {_MEASURE!r}], check=True, timeout=110)",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         # The worker's credentials, which the pool refers to.

@@ -281,7 +281,12 @@ def test_two_services_side_by_side_one_service_serialised(stage, make_target, tm
     logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in tmp_path.glob("worker-*.log"))
 
     for h in histories:
-        assert h.states[-1].type.value == "COMPLETED", (h.name, h.names, logs)
+        assert h.states[-1].type.value == "COMPLETED", (
+            h.name,
+            h.names,
+            (h.states[-1].message or "")[-1500:],
+            logs,
+        )
         # Waited as plain Scheduled. The one exception is the race the deployment's limit
         # guards (two workers polling one queue at the same instant): then the loser is turned
         # back once, as AwaitingConcurrencySlot, before any worker started it.

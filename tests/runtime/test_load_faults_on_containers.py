@@ -104,9 +104,11 @@ def test_load_faults_and_service_minimums_on_containers(engine_sandbox, engine_b
         current.scaling = run_v2.ServiceScaling(min_instance_count=1)
         current.traffic = [target("underload-a", 10), target("underload-b", 90)]
         done = services.update_service(service=current).result(polling=FAST)
-        # b, idle too, was scaled to zero meanwhile: both serve, both are warm.
+        # Both serve, both are warm: a (at zero) was started for the minimum; b, idle too, was
+        # started again only if its idle timeout had scaled it to zero by then (on a loaded
+        # machine it may still run: one start, not two).
         assert _running(engine_sandbox, "underload-a") and _running(engine_sandbox, "underload-b")
-        assert admin.calls()["run.min_instance_start"] == 2
+        assert admin.calls()["run.min_instance_start"] in (1, 2), admin.calls()
         assert "run.cold_start" not in admin.calls()
         assert done.scaling.min_instance_count == 1
         assert {short(s.revision): s.percent for s in done.traffic_statuses} == {

@@ -85,7 +85,13 @@ def test_a_healthy_release_steps_10_50_100_with_a_pass_at_each(stage, make_targe
 
     stage(**ROOM)
     # Bakes long enough for a loaded 2-core machine: the load generator's rate is a ceiling.
-    target = _target(make_target, [(10, 8.0), (50, 4.0)], judge={"min_samples": 10})
+    # A latency band of x3: both revisions are in-process here and share two busy cores, and
+    # the 10% step's few new requests once measured a healthy v2 at x2.04 (p=0.0045) in a CI
+    # run beside a bench. This test is about healthy steps passing; catching a 2x slower
+    # revision at the band x1.5 is test_faults_under_load_and_thin_traffic_roll_back_at_the_first_step.
+    target = _target(
+        make_target, [(10, 8.0), (50, 4.0)], judge={"min_samples": 10, "latency_ratio_band": 3.0}
+    )
     first = _release(target, "v1.0.0")
     assert first.outcome == "released", first.reasons
     assert first.rollout_steps == []  # nothing stable to compare with: one cutover

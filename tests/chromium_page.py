@@ -74,7 +74,10 @@ class Page:
             if pages or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None)
+        # No keepalive pings: on loopback they only add a way to fail (a Chromium busy on a
+        # loaded machine answered a ping late once, and the client closed the connection: 1011
+        # keepalive ping timeout). Each CDP call has its own deadline.
+        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, ping_interval=None)
         self.ids = itertools.count(1)
         self.events: list[dict[str, Any]] = []
 

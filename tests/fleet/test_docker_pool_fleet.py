@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from docker_pool_kit import CONTAINER_ID, CRASH_WINDOW_S, DockerPoolFleet, kill_worker_and_container
+from run_states import StateTimeline
 
 # The set-up (image build, PostgreSQL stack, workers) counts in the first test's time.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -38,27 +39,12 @@ FLOW_RUN_LABEL = (
 
 
 @dataclass
-class Run:
+class Run(StateTimeline):
     id: str
     target: str
     tag: str
     states: list[Any]  # Prefect states, oldest first
     infrastructure_pid: str | None
-
-    def first(self, kind: str) -> float:
-        return next(s.timestamp.timestamp() for s in self.states if s.type.value == kind)
-
-    @property
-    def started(self) -> float:
-        return self.first("RUNNING")
-
-    @property
-    def ended(self) -> float:
-        return self.states[-1].timestamp.timestamp()
-
-    @property
-    def names(self) -> list[str]:
-        return [s.name for s in self.states]
 
 
 def _save_targets(fleet: DockerPoolFleet, make_target, services: list[str]) -> list[str]:

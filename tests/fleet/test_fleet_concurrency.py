@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from cli_kit import run_cli
+from run_states import StateTimeline
 
 from shipyard.deployments.fleet import (
     FleetError,
@@ -170,25 +171,10 @@ def test_fleet_deploy_queues_limits_idempotence_and_refusals(
 
 
 @dataclass
-class RunHistory:
+class RunHistory(StateTimeline):
     name: str
     target: str
     states: list  # prefect State objects, oldest first
-
-    def first(self, kind: str) -> float:
-        return next(s.timestamp.timestamp() for s in self.states if s.type.value == kind)
-
-    @property
-    def started(self) -> float:
-        return self.first("RUNNING")
-
-    @property
-    def ended(self) -> float:
-        return self.states[-1].timestamp.timestamp()
-
-    @property
-    def names(self) -> list[str]:
-        return [s.name for s in self.states]
 
 
 def _start_workers(pool: str, count: int, logs: Path) -> list[int]:

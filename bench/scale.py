@@ -61,6 +61,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,7 @@ class FleetSize:
     timeout: float = 3600.0  # for each phase's runs to end
     stall: float = 180.0  # a phase stops waiting when nothing moved this long
     prefix: str = "scale"
+    warm: bool = True  # runs forked from the warm engine (deployments/stack/warm_engine.py)
 
 
 def _load() -> list[float]:
@@ -211,6 +213,13 @@ async def fleet_round(
     from prefect.client.orchestration import get_client
 
     from shipyard.deployments.demo.run import DEMO_IMAGE
+    from shipyard.deployments.stack.prefect_server import prefect_env
+    from shipyard.deployments.stack.warm import (
+        ENV_SOCKET,
+        start_warm_engine,
+        stop_warm_engine,
+        warm_command,
+    )
     from shipyard.deployments.stack.workers import start_workers, stop_workers
 
     names = target_names(size)
@@ -219,14 +228,29 @@ async def fleet_round(
     await asyncio.to_thread(save_targets, cloud, names, size.gpu_quota)
     saved_s = round(time.perf_counter() - began, 1)
     env = {**cloud.info.env(), "PREFECT_API_URL": api_url}
+    engine = None
+    if size.warm:  # started with the workers' environment, as `shipyard stack up` does
+        began = time.perf_counter()
+        engine = await asyncio.to_thread(start_warm_engine, workdir, prefect_env(workdir) | env)
+        warm_s = round(time.perf_counter() - began, 1)
+        env[ENV_SOCKET] = str(engine.socket)
     began = time.perf_counter()
     # Returns once every worker announced itself to the server.
     pids = await asyncio.to_thread(
-        start_workers, pool, size.workers, home=workdir, env=env, worker_type="process"
+        partial(
+            start_workers,
+            pool,
+            size.workers,
+            home=workdir,
+            env=env,
+            worker_type="process",
+            command=warm_command() if engine is not None else None,
+        )
     )
     online_s = round(time.perf_counter() - began, 1)
     roots = {
-        "workers_and_runs": pids,
+        # A warm run is the engine's child, not its worker's: both trees count.
+        "workers_and_runs": pids + ([engine.pid] if engine is not None else []),
         "sandbox": list(cloud.info.pids.values()),
         **(parts or {}),
     }
@@ -242,7 +266,10 @@ async def fleet_round(
             )
     finally:
         await asyncio.to_thread(stop_workers, pids)
+        if engine is not None:
+            await asyncio.to_thread(stop_warm_engine, engine)
     figures: dict[str, Any] = dict(releases)
+    figures["warm_engine"] = {"start_s": warm_s} if engine is not None else None
     figures["global_limit"] = pool_limit
     figures["workers_online_s"] = online_s
     figures["targets_saved_s"] = saved_s
@@ -303,6 +330,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=3600, help="per phase, for runs to end")
     parser.add_argument("--keep", action="store_true", help="keep the bench's directory")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="each run a fresh `python -m prefect.engine` (Prefect's own way) instead of a fork "
+        "of the warm engine: for comparison",
+    )
     return parser.parse_args(argv)
 
 
@@ -321,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         gpu_quota=args.gpu_quota,
         timeout=args.timeout,
+        warm=not args.cold,
     )
     root = Path(tempfile.mkdtemp(prefix="shipyard-bench-scale-"))
     databases = ["postgres", "sqlite"] if args.database == "both" else [args.database]

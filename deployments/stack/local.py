@@ -23,10 +23,18 @@ from shipyard.deployments.stack.postgres import Postgres, start_postgres, stop_p
 from shipyard.deployments.stack.prefect_server import (
     StackServer,
     migrate,
+    prefect_env,
     start_server,
     stop_server,
 )
 from shipyard.deployments.stack.processes import StackError
+from shipyard.deployments.stack.warm import (
+    ENV_SOCKET,
+    WarmEngine,
+    start_warm_engine,
+    stop_warm_engine,
+    warm_command,
+)
 from shipyard.deployments.stack.workers import start_workers, stop_workers
 
 __all__ = ["DATABASES", "Stack", "local_stack", "start_stack"]
@@ -46,6 +54,7 @@ class Stack:
     postgres: Postgres | None
     worker_pids: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    warm_engine: WarmEngine | None = None
 
     def __repr__(self) -> str:  # the dataclass's own would print db_url, password and all
         return (
@@ -68,10 +77,12 @@ def start_stack(
     server_port: int | None = None,
     postgres_port: int | None = None,
     ui: bool = False,
+    warm: bool = True,
 ) -> Stack:
     """Start the stack; each part's stop goes onto `stack` as soon as it runs (so a failure half
     way stops what started). `local_stack` and `shipyard stack up` (which pops the stops off
-    `stack` once it has written its state file) share it."""
+    `stack` once it has written its state file) share it. `warm`: process workers' runs are
+    forked from a warm engine (deployments/stack/warm_engine.py) instead of a fresh Python each."""
     if database not in DATABASES:
         raise StackError(f"--database {database!r}: use one of {', '.join(DATABASES)}")
     timings: dict[str, float] = {}
@@ -91,19 +102,28 @@ def start_stack(
         began = time.perf_counter()
         _docker_pool(pool, server.api_url, env)
         timings["worker_image_s"] = round(time.perf_counter() - began, 2)
+    worker_env = {**(env or {}), "PREFECT_API_URL": server.api_url}
+    engine: WarmEngine | None = None
+    if warm and workers and (worker_type or "process") == "process":
+        began = time.perf_counter()
+        engine = start_warm_engine(root / "prefect", prefect_env(root / "prefect") | worker_env)
+        stack.callback(stop_warm_engine, engine)  # after the workers (LIFO): their runs first
+        timings["warm_engine_s"] = round(time.perf_counter() - began, 2)
+        worker_env[ENV_SOCKET] = str(engine.socket)
     began = time.perf_counter()
     pids = start_workers(
         pool,
         workers,
         home=root / "prefect",
-        env={**(env or {}), "PREFECT_API_URL": server.api_url},
+        env=worker_env,
         worker_type=worker_type,
         limit=limit,
+        command=warm_command() if engine is not None else None,
     )
     stack.callback(stop_workers, pids)
     if workers:
         timings["workers_s"] = round(time.perf_counter() - began, 2)
-    return Stack(server.api_url, db_url, server, pg, pids, timings)
+    return Stack(server.api_url, db_url, server, pg, pids, timings, engine)
 
 
 @contextmanager
@@ -117,11 +137,13 @@ def local_stack(
     *,
     durable: bool = True,
     limit: int | None = None,
+    warm: bool = True,
 ) -> Iterator[Stack]:
     """PostgreSQL (or, with database="sqlite", none), a Prefect server on it and `workers`
     workers of `worker_type` on `pool` (created if missing), all under `root`; all stopped by
     PID on exit. `env` goes to the workers (and so to the runs a process worker starts).
     `durable=False`: PostgreSQL without fsync (throw-away databases only, see start_postgres).
+    `warm=False`: each process-worker run a fresh Python (Prefect's own way), for comparisons.
     The caller's own Prefect settings are untouched: talk to `Stack.api_url` explicitly
     (`prefect.settings.temporary_settings`, a subprocess's env)."""
     with ExitStack() as stack:
@@ -135,6 +157,7 @@ def local_stack(
             env,
             durable=durable,
             limit=limit,
+            warm=warm,
         )
 
 

@@ -20,12 +20,14 @@ heartbeat lists it under the pool): a run created afterwards is picked up by the
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import os
 import signal
 import uuid
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -56,11 +58,15 @@ def _api_url(env: dict[str, str] | None) -> str:
     return str(url)
 
 
-def ensure_pool(api_url: str, pool: str, worker_type: str | None) -> str:
+def ensure_pool(
+    api_url: str, pool: str, worker_type: str | None, command: str | None = None
+) -> str:
     """The pool's type; the pool is created (type `worker_type`, default process, with that
-    worker's default base job template) when it is missing."""
+    worker's default base job template) when it is missing. `command`: a process pool's default
+    flow-run command (the warm engine's client, deployments/stack/warm.py), set on the pool
+    whether it is new or not."""
     from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.workers.base import BaseWorker
 
@@ -75,6 +81,12 @@ def ensure_pool(api_url: str, pool: str, worker_type: str | None) -> str:
                 f"{existing}, or another --pool (created as {worker_type})"
             )
         if existing:
+            if command and existing == "process":
+                current = client.read_work_pool(pool).base_job_template
+                if _with_command(current, command) != current:
+                    client.update_work_pool(
+                        pool, WorkPoolUpdate(base_job_template=_with_command(current, command))
+                    )
             return existing
         kind = worker_type or "process"
         worker_class = BaseWorker.get_worker_class_from_type(kind)
@@ -84,6 +96,8 @@ def ensure_pool(api_url: str, pool: str, worker_type: str | None) -> str:
                 f"{', '.join(WORKER_TYPES)}"
             )
         template = worker_class.get_default_base_job_template()
+        if command and kind == "process":
+            template = _with_command(template, command)
         try:
             client.create_work_pool(
                 WorkPoolCreate(name=pool, type=kind, base_job_template=template)
@@ -91,6 +105,14 @@ def ensure_pool(api_url: str, pool: str, worker_type: str | None) -> str:
         except ObjectAlreadyExists:  # created meanwhile by someone else: theirs stands
             return str(client.read_work_pool(pool).type)
         return kind
+
+
+def _with_command(template: dict[str, Any], command: str) -> dict[str, Any]:
+    """A process pool's base job template whose `command` variable defaults to `command`."""
+    out = copy.deepcopy(template)
+    props = out.setdefault("variables", {}).setdefault("properties", {})
+    props.setdefault("command", {"type": "string", "title": "Command"})["default"] = command
+    return out
 
 
 def worker_names(pool: str, count: int) -> list[str]:
@@ -110,6 +132,7 @@ def start_workers(
     query_seconds: float = 2.0,
     prefetch_seconds: float = PREFETCH_SECONDS,
     timeout: float = START_TIMEOUT_S,
+    command: str | None = None,
 ) -> list[int]:
     """Start `count` workers polling `pool` (created if missing, see `ensure_pool`) on the
     Prefect API in `env["PREFECT_API_URL"]` (else the configured one); returns their PIDs once
@@ -117,7 +140,8 @@ def start_workers(
 
     `env`: more environment for the workers and the flow runs they start (a process worker's
     runs inherit it: SHIPYARD_* settings, PREFECT_LOGGING_*). `limit`: at most that many runs at
-    once per worker (`--limit`). Raises StackError with the log's tail when a worker exits or
+    once per worker (`--limit`). `command`: the process pool's flow-run command (see
+    `ensure_pool`). Raises StackError with the log's tail when a worker exits or
     does not show up in time (the workers started are stopped first).
     """
     if count < 0:
@@ -127,7 +151,7 @@ def start_workers(
     if count == 0:
         return []
     url = _api_url(env)
-    ensure_pool(url, pool, worker_type)
+    ensure_pool(url, pool, worker_type, command)
     logs = home / "workers"
     settings = {
         "PREFECT_API_URL": url,

@@ -122,9 +122,9 @@ def serve(path: Path) -> Job:
                         os.read(wake_r, 512)
                     _reap(by_pid, selector)
                 else:  # a client's connection: readable means closed (clients send no more)
-                    conn = key.fileobj
-                    assert isinstance(conn, socket.socket)  # noqa: S101 (registered as one)
-                    _client_gone(conn, key.data, by_pid, selector)
+                    client = key.fileobj
+                    assert isinstance(client, socket.socket)  # noqa: S101 (registered as one)
+                    _client_gone(client, key.data, by_pid, selector)
     finally:
         with contextlib.suppress(FileNotFoundError):
             if os.getpid() == _ENGINE_PID[0]:

@@ -65,8 +65,8 @@ def main(args: list[str] | None = None) -> NoReturn:
             _cold(args)
         if "pid" in reply:
             child.append(int(reply["pid"]))
-            for signum in pending:
-                _kill(child[0], signum)
+            for queued in pending:
+                _kill(child[0], queued)
         elif "exit" in reply:
             sys.exit(int(reply["exit"]))
         elif "signal" in reply:

@@ -146,6 +146,7 @@ async def release_phase(
     size: FleetSize,
     image_repo: str,
     parts: dict[str, list[int]],
+    global_limit: int | None = None,
 ) -> dict[str, Any]:
     """Every service's tags created at once through its deployment; waited for; figures."""
     import httpx
@@ -188,7 +189,8 @@ async def release_phase(
         stall=size.stall,
         label="releases",
     )
-    figures = phase_figures(await run_times(client, runs, service_of), expect, started)
+    times = await run_times(client, runs, service_of)
+    figures = phase_figures(times, expect, started, global_limit)
     figures["cpu"] = meter.stop(figures["completed"], figures["wall_s"])
     figures["create_s"] = round(created_s, 2)
     # Runs the server refused to create (counted in not_completed): the first reasons.
@@ -220,7 +222,7 @@ async def fleet_round(
         stop_warm_engine,
         warm_command,
     )
-    from shipyard.deployments.stack.workers import start_workers, stop_workers
+    from shipyard.deployments.stack.workers import ensure_pool, start_workers, stop_workers
 
     names = target_names(size)
     # Blocks saved and workers started off the event loop (sync APIs that detect a running loop).
@@ -234,6 +236,15 @@ async def fleet_round(
         engine = await asyncio.to_thread(start_warm_engine, workdir, prefect_env(workdir) | env)
         warm_s = round(time.perf_counter() - began, 1)
         env[ENV_SOCKET] = str(engine.socket)
+    command = warm_command() if engine is not None else None
+    # The pool (its command), then the fleet on it: its limit sizes the workers' own limits.
+    await asyncio.to_thread(ensure_pool, api_url, pool, "process", command)
+    async with get_client() as client:
+        service_of = await fleet_deployments(client, names, pool, f"{DEMO_IMAGE}:prebuilt")
+        pool_limit = (await client.read_work_pool(pool)).concurrency_limit
+    # Two workers polling at once can each take the pool's last slot (its limit is not atomic
+    # across workers); --limit ceil(limit / workers) each makes the limit a hard bound.
+    per_worker = -(-pool_limit // size.workers) if pool_limit and size.workers else None
     began = time.perf_counter()
     # Returns once every worker announced itself to the server.
     pids = await asyncio.to_thread(
@@ -244,7 +255,8 @@ async def fleet_round(
             home=workdir,
             env=env,
             worker_type="process",
-            command=warm_command() if engine is not None else None,
+            command=command,
+            limit=per_worker,
         )
     )
     online_s = round(time.perf_counter() - began, 1)
@@ -256,11 +268,9 @@ async def fleet_round(
     }
     try:
         async with get_client() as client:
-            service_of = await fleet_deployments(client, names, pool, f"{DEMO_IMAGE}:prebuilt")
-            pool_limit = (await client.read_work_pool(pool)).concurrency_limit
-            releases = await release_phase(client, service_of, size, DEMO_IMAGE, roots)
+            releases = await release_phase(client, service_of, size, DEMO_IMAGE, roots, pool_limit)
             burst = (
-                await burst_phase(client, service_of, size, api_url, workdir, roots)
+                await burst_phase(client, service_of, size, api_url, workdir, roots, pool_limit)
                 if size.deliveries
                 else None
             )
@@ -271,6 +281,7 @@ async def fleet_round(
     figures: dict[str, Any] = dict(releases)
     figures["warm_engine"] = {"start_s": warm_s} if engine is not None else None
     figures["global_limit"] = pool_limit
+    figures["per_worker_limit"] = per_worker
     figures["workers_online_s"] = online_s
     figures["targets_saved_s"] = saved_s
     for key in ("lost", "twice", "webhook_p95_accept_ms"):

@@ -24,6 +24,7 @@ async def burst_phase(
     api_url: str,
     workdir: Path,
     parts: dict[str, list[int]],
+    global_limit: int | None = None,
 ) -> dict[str, Any]:
     """--deliveries signed tag pushes through the receiver, round robin over the services'
     repositories; lost / twice / accept latency, and the runs' own figures."""
@@ -82,7 +83,7 @@ async def burst_phase(
         )
         journal = await journal_counts(port)
         times = await run_times(client, runs, service_of)
-        figures = phase_figures(times, len(tags), started)
+        figures = phase_figures(times, len(tags), started, global_limit)
         figures["cpu"] = meter.stop(figures["completed"], figures["wall_s"])
     finally:
         stop_pid(receiver.pid)

@@ -135,6 +135,14 @@ def up(
         "free port; 0: any free port).",
     ),
     ui: bool = typer.Option(False, "--ui", help="Serve Prefect's UI too."),
+    warm: bool = typer.Option(
+        True,
+        "--warm/--cold",
+        help="Process workers: fork each flow run from a warm engine that has imported Prefect "
+        "and the flows once (about 4 CPU seconds less per run, and a run is Running within a "
+        "second of being taken), or --cold: a fresh `python -m prefect.engine` per run "
+        "(Prefect's own way). A run falls back to cold by itself when the engine is gone.",
+    ),
 ) -> None:
     """Start the stack and print the PREFECT_API_URL to export (see UP_HELP)."""
     from shipyard.deployments.stack.local import DATABASES, start_stack
@@ -173,6 +181,7 @@ def up(
                 limit=limit,
                 server_port=port or None,
                 ui=ui,
+                warm=warm,
             )
         except StackError as exc:
             fail(str(exc))
@@ -199,6 +208,11 @@ def _state(stack: Stack, database: str, pool: str, worker_type: str) -> StackSta
         parts.append(Part("postgres", pg.pid, pg.started, str(pg.log), f"127.0.0.1:{pg.port}"))
     server = stack.server
     parts.append(Part("server", server.pid, server.started, str(server.log), server.api_url))
+    if stack.warm_engine is not None:
+        engine = stack.warm_engine
+        parts.append(
+            Part("warm", engine.pid, engine.started, str(engine.log), f"unix:{engine.socket}")
+        )
     for i, pid in enumerate(stack.worker_pids, start=1):
         log = worker_log(pid, server.home)
         parts.append(Part(f"worker-{i}", pid, start_time(pid), str(log or ""), f"pool {pool}"))
@@ -216,7 +230,8 @@ def _state(stack: Stack, database: str, pool: str, worker_type: str) -> StackSta
 
 @stack_app.command("down")
 def down() -> None:
-    """Stop everything `stack up` started, by PID (workers, server, PostgreSQL); keep the data."""
+    """Stop everything `stack up` started, by PID (workers, warm engine, server, PostgreSQL);
+    keep the data."""
     from shipyard.deployments.stack.postgres import stop_postgres_pid
     from shipyard.deployments.stack.processes import alive, stop_pid
     from shipyard.deployments.stack.workers import stop_workers
@@ -231,10 +246,10 @@ def down() -> None:
     running = {p.name for p in workers if alive(p.pid, p.started)}
     stop_workers([p.pid for p in workers], started=[p.started for p in workers])
     stopped += [f"{p.name} ({p.pid})" for p in workers if p.name in running]
-    for part in reversed(state.parts):  # then the server, then PostgreSQL
+    for part in reversed(state.parts):  # then the warm engine, the server, PostgreSQL
         if part.name == "postgres":
             ran = stop_postgres_pid(part.pid, part.started)
-        elif part.name == "server":
+        elif part.name in ("server", "warm"):
             ran = stop_pid(part.pid, part.started)
         else:
             continue

@@ -198,25 +198,29 @@ def _cli(home: Path, *args: str, timeout: float = 240) -> subprocess.CompletedPr
 
 @pytest.mark.slow
 def test_stack_cli_up_status_down(stack_home):
-    """`shipyard stack up --database postgres --workers 1` starts PostgreSQL, the server and a
-    worker that outlive the command, prints the PREFECT_API_URL to export; `status` says all
-    run; a second `up` is refused; `down` stops every PID and `status` then says there is no
-    stack; the database password is in nothing it printed or wrote to its state file."""
+    """`shipyard stack up --database postgres --workers 1` starts PostgreSQL, the server, the
+    warm engine and a worker that outlive the command, prints the PREFECT_API_URL to export, and
+    points the process pool's command at the warm engine's client; `status` says all run; a
+    second `up` is refused; `down` stops every PID and `status` then says there is no stack; the
+    database password is in nothing it printed or wrote to its state file."""
     home = stack_home
     up = _cli(home, "stack", "up", "--database", "postgres", "--workers", "1", "--port", "0")
     assert up.returncode == 0, up.stdout + up.stderr
     state = home / "stack" / "stack.json"
     parts = {p["name"]: p for p in json.loads(state.read_text())["parts"]}
     try:
-        assert set(parts) == {"postgres", "server", "worker-1"}
+        assert set(parts) == {"postgres", "server", "warm", "worker-1"}
         api_url = json.loads(state.read_text())["api_url"]
+        pool = httpx.get(f"{api_url}/work_pools/shipyard-process", timeout=10).json()
+        command = pool["base_job_template"]["variables"]["properties"]["command"]["default"]
+        assert command.endswith("-m shipyard.deployments.stack.warm_run"), command
         assert f"export PREFECT_API_URL={api_url}" in up.stdout
         assert all(alive(p["pid"], p["started"]) for p in parts.values())
         assert httpx.get(f"{api_url}/health", timeout=10).status_code == 200
 
         status = _cli(home, "stack", "status", timeout=60)
         assert status.returncode == 0, status.stdout + status.stderr
-        assert status.stdout.count(" running ") == 3 and "answers" in status.stdout
+        assert status.stdout.count(" running ") == 4 and "answers" in status.stdout
 
         again = _cli(home, "stack", "up", timeout=60)
         assert again.returncode == 2 and "already runs" in again.stderr
@@ -228,7 +232,7 @@ def test_stack_cli_up_status_down(stack_home):
         down = _cli(home, "stack", "down", timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     assert not any(alive(p["pid"], p["started"]) for p in parts.values())
-    assert "postgres" in down.stdout and "worker-1" in down.stdout
+    assert all(f"{name} (" in down.stdout for name in ("postgres", "warm", "worker-1"))
     after = _cli(home, "stack", "status", timeout=60)
     assert after.returncode == 1 and "no stack" in after.stdout
     assert (home / "stack" / "postgres" / "PG_VERSION").exists()  # the data stays

@@ -69,6 +69,22 @@ def deploy_command(
     console.print(
         f"pool {pool}: `shipyard fleet show` shows its limit and the runs", soft_wrap=True
     )
+    limit = _pool_limit(pool)
+    if limit:
+        console.print(
+            f"pool {pool}: global limit {limit}. Two workers polling at the same instant can "
+            f"each take its last slot: give each of N workers `--limit ceil({limit}/N)` (3 "
+            f"workers: --limit {-(-limit // 3)}) to make it a hard bound.",
+            soft_wrap=True,
+        )
+
+
+def _pool_limit(pool: str) -> int | None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        limit: int | None = client.read_work_pool(pool).concurrency_limit
+        return limit
 
 
 def _limit(value: int | None) -> str:

@@ -1,12 +1,14 @@
 """Bench: a fleet on a distributed Prefect: releases/min, queue wait, one-at-a-time, webhook burst.
 
     .venv/bin/python bench/scale.py --json [--services 20] [--tags 3] [--deliveries 100]
-        [--workers 3] [--database postgres|sqlite|both]
+        [--workers 3] [--database postgres|sqlite|both] [--cold]
 
 What runs, for real, once per database (`both`, the default: PostgreSQL first, then Prefect's
 embedded SQLite, same code): the local stack of deployments/stack (PostgreSQL 15 from Debian's
 package and `prefect server start` on it, or the server on its embedded SQLite), --workers
-`prefect worker start` process workers on one pool (poll every 2 s), the sandbox (registry +
+`prefect worker start` process workers on one pool (poll every 2 s, each `--limit ceil(pool
+limit / workers)`: the pool's limit a hard bound), their flow runs forked from the warm engine
+(deployments/stack/warm_engine.py; `--cold`: a fresh Python per run, Prefect's way), the sandbox (registry +
 Google API emulator, in-process revisions answering at once), one ReleaseTarget block and service
 per --services, and the fleet of deployments/fleet.py: one `release-<target>` deployment per
 target, each in its own work queue with concurrency limit 1, the pool's limit the global one
@@ -23,11 +25,11 @@ parameter is one prebuilt image (no build per release): a release is deploy + ca
 
 Figures per database (JSON `postgres` / `sqlite`), the phase-1 ones at the top level of each:
 - releases_per_min: completed releases x 60 / (last release's end - the moment they were created);
-- p95_queue_wait_s: for each run, from the moment its service's queue slot was free and the run
-  was due, max(its expected start, the end of the previous run of that service), to its Running
-  (bench/scale_runs.py); it holds the worker's poll, the process start and the flow's imports,
-  and the wait for a global slot: with --gpu-quota below the services due at once, runs queue
-  for the pool's limit too, by design;
+- p95_queue_wait_s: for each run, from the moment it was due and its slots were free (its
+  service's: the end of that service's previous run; the pool's global one: the moment the slot
+  it took was freed) to its Running (bench/scale_runs.py): the worker's poll, the process start
+  and the flow's imports. p95_wait_incl_global_s also counts the wait for a global slot (with
+  --gpu-quota below the services due at once, runs queue for the GPU quota, by design);
 - max_concurrent_per_service: most runs of one service held at once, from the moment a worker
   took one (Pending) to its end (must be 1), the pairs in overlapping_runs; max_concurrent_all:
   all services (compare with global_limit);

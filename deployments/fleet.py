@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import difflib
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ ROUTE_LABEL = "shipyard.deployment"  # the event resource label the release trig
 TARGET_BLOCK_SLUG = "shipyard-release-target"
 QUEUE_LIMIT = 1  # one release per target (service, or service-environment) at a time
 DEFAULT_TIMEOUT_S = 120.0
+TARGETS_PAGE = 200  # block documents per read (the server's most: PREFECT_API_DEFAULT_LIMIT)
+TARGETS_SHOWN = 20  # known targets a refusal names; it says how many more
 
 
 class FleetError(ValueError):
@@ -127,11 +130,55 @@ def _release_spec() -> DeploymentSpec:
     )
 
 
-async def _known_targets(client: PrefectClient) -> list[str]:
-    documents = await client.read_block_documents_by_type(
-        TARGET_BLOCK_SLUG, limit=50, include_secrets=False
-    )
-    return sorted(d.name for d in documents if d.name and not d.is_anonymous)
+async def _known_targets(client: PrefectClient, page_size: int = TARGETS_PAGE) -> list[str]:
+    """Every named ReleaseTarget block, sorted, read page by page.
+
+    Through `POST /block_documents/filter` (offset, limit, sorted by name on the server), not
+    `read_block_documents_by_type`: Prefect 3.8's `GET /block_types/slug/{slug}/block_documents`
+    ignores offset and limit (it answers everything at once), so paging it would never end, and
+    a server that honoured a `limit` there would cut the list off. A page that brings nothing new
+    ends the reading too (a server ignoring `offset` would repeat the first page)."""
+    names: list[str] = []
+    seen: set[str] = set()
+    offset = 0
+    while True:
+        response = await client.request(
+            "POST",
+            "/block_documents/filter",
+            json={
+                "block_types": {"slug": {"any_": [TARGET_BLOCK_SLUG]}},
+                "block_documents": {"is_anonymous": {"eq_": False}},
+                "include_secrets": False,
+                "sort": "NAME_ASC",
+                "offset": offset,
+                "limit": page_size,
+            },
+        )
+        response.raise_for_status()
+        documents = response.json()
+        new = [str(d["name"]) for d in documents if d.get("name") and d["name"] not in seen]
+        names += new
+        seen.update(new)
+        if len(documents) < page_size or not new:
+            return sorted(names)
+        offset += len(documents)
+
+
+def known_targets_text(
+    known: Sequence[str], missing: Sequence[str], shown: int = TARGETS_SHOWN
+) -> str:
+    """The known targets for a refusal: at most `shown` names (the ones closest to a missing
+    name first, then the rest by name) and how many more there are."""
+    close: list[str] = []
+    for name in missing:
+        close += [
+            c for c in difflib.get_close_matches(name, known, n=3, cutoff=0.6) if c not in close
+        ]
+    ordered = close + [k for k in known if k not in close]
+    text = ", ".join(ordered[:shown]) or "none"
+    if len(ordered) > shown:
+        text += f" and {len(ordered) - shown} more (`prefect block ls` lists them all)"
+    return text
 
 
 async def _target_exists(client: PrefectClient, name: str) -> bool:
@@ -161,7 +208,7 @@ async def _check_targets(client: PrefectClient, targets: Sequence[str]) -> None:
         known = await _known_targets(client)
         raise FleetError(
             f"targets: no ReleaseTarget block named {', '.join(repr(t) for t in missing)}; "
-            f"known: {', '.join(known) or 'none'}. Save one first (`shipyard init`, or "
+            f"known: {known_targets_text(known, missing)}. Save one first (`shipyard init`, or "
             "ReleaseTarget(...).save(name)), or name an existing block"
         )
 

@@ -27,6 +27,21 @@ the same tag adopts a build still running, so the slot check leaves it): bench/f
 after its "nobody re-runs" kill cases; an operator runs it the same way, from Python:
 `from shipyard.flows.release.slot import sweep; sweep("SCOPE")` (the service name, or
 `SERVICE-ENVIRONMENT`: `shipyard sweep TARGET` finds it from the target block).
+
+A holder record that names the flow run now asking is that run's own: the slot is re-entered,
+never waited for, and the run is never taken for a dead holder (which would mark the asking run
+itself Crashed). Two cases. In the same process (a nested `release_slot`), the outer one holds
+the slot: the inner one goes through. From another process, it is an earlier incarnation of the
+same flow run: a release suspended at an approval gate (flows/rollout/gate.py) is run again from
+the start in a new process when resumed, while the suspended process may still be unwinding (the
+suspension sets the run's state before the process lets go of its slot; under load that took
+longer than `lock_timeout_s`) or may have ended without letting go (a killed container, a lost
+machine: its lease runs out only later). The new incarnation releases the earlier one's lease and
+takes a lease of its own at once. The earlier process letting go later frees nothing: its lease
+is already revoked (Prefect's decrement-with-lease of a revoked lease is a no-op), and it unsets
+the holder record only while the record still names its own lease. Another release finding the
+record of a run suspended at a gate whose process is gone frees that slot but leaves the run
+waiting for its answer: never marked Crashed, its tags left alone.
 """
 
 from __future__ import annotations
@@ -113,9 +128,23 @@ def free_dead_holder(scope: str, *, cancel_builds: bool = False) -> str | None:
     crashed: list[str] = []
     parameters: dict[str, Any] = {}
     with get_client(sync_client=True) as client:
+        run = None
         if run_id:
             with suppress(ObjectNotFound):
-                parameters = dict(client.read_flow_run(run_id).parameters or {})
+                run = client.read_flow_run(run_id)
+        if run is not None and _suspended(run.state):
+            # A release suspended at a gate holds no slot (its process lets go on the way out;
+            # the gate keeps the service meanwhile): this lease is what its process, killed while
+            # unwinding, left. Freed; the run is not dead: it waits for its answer, and Prefect
+            # runs it again in a new process when resumed.
+            client.release_concurrency_slots_with_lease(UUID(str(holder["lease_id"])))
+            Variable.unset(holder_variable(scope))
+            return (
+                f"the slot flow run {run_id} left held ({status}) was freed; that run is "
+                "suspended at a gate and keeps waiting for its answer"
+            )
+        if run_id:
+            parameters = dict(run.parameters or {}) if run is not None else {}
             crashed = crash_run_tree(
                 client, UUID(str(run_id)), f"release process died ({status}); slot freed"
             )
@@ -129,6 +158,12 @@ def free_dead_holder(scope: str, *, cancel_builds: bool = False) -> str | None:
     if crashed:
         done += f"; marked Crashed: {len(crashed)} flow run(s) ({', '.join(crashed)})"
     return "; ".join([done, *cleaned])
+
+
+def _suspended(state: Any) -> bool:
+    """A run suspended (Prefect's `Suspended`: Paused, rescheduled on resume), not paused in its
+    process (`pause_flow_run`, which keeps its process and its slot)."""
+    return bool(state is not None and state.is_paused() and state.state_details.pause_reschedule)
 
 
 def sweep(scope: str) -> list[str]:
@@ -183,6 +218,50 @@ def _lease_ids() -> list[UUID]:
     return list(ctx.cleanup_lease_ids) if ctx is not None else []
 
 
+def _current_run_id() -> str | None:
+    run = FlowRunContext.get()
+    return str(run.flow_run.id) if run and run.flow_run else None
+
+
+def _own_holder(scope: str) -> tuple[dict[str, Any], bool] | None:
+    """The holder record when it names the flow run now asking, with whether the slot is held
+    in this very process (a nested `release_slot`: the record's process is this one and its
+    lease is one this process holds); None when it names another run, or nobody."""
+    run_id = _current_run_id()
+    holder = Variable.get(holder_variable(scope), default=None)
+    if run_id is None or not isinstance(holder, dict) or holder.get("flow_run_id") != run_id:
+        return None
+    here = (
+        holder.get("host") == process_host()
+        and holder.get("pid") == os.getpid()
+        and str(holder.get("lease_id")) in {str(i) for i in _lease_ids()}
+    )
+    return holder, here
+
+
+def _take_over(scope: str, holder: dict[str, Any]) -> str:
+    """Release the lease of an earlier incarnation of this flow run (see the module docstring);
+    what was done."""
+    lease_id = holder.get("lease_id")
+    where = f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+    if not lease_id:  # recorded without its lease: nothing to release, its lease runs out
+        return f"an earlier incarnation of this flow run ({where}) held it; its lease id is unknown"
+    with get_client(sync_client=True) as client:
+        client.release_concurrency_slots_with_lease(UUID(str(lease_id)))
+    Variable.unset(holder_variable(scope))
+    return f"an earlier incarnation of this flow run ({where}) held it: its lease was released"
+
+
+def _forget_holder(scope: str, lease_id: UUID | None) -> None:
+    """Unset the holder record if it is still this holder's: an incarnation of the same run that
+    took the slot over meanwhile has written its own, which stays."""
+    holder = Variable.get(holder_variable(scope), default=None)
+    if not isinstance(holder, dict) or holder.get("lease_id") == (
+        str(lease_id) if lease_id else None
+    ):
+        Variable.unset(holder_variable(scope))
+
+
 def _record_holder(scope: str, lease_id: UUID | None) -> None:
     run = FlowRunContext.get()
     Variable.set(
@@ -204,9 +283,16 @@ def release_slot(scope: str, timeout_s: float, lease_s: float = 60.0) -> Iterato
     after `timeout_s` when another release of the same scope holds it."""
     name = slot_name(scope)
     ensure_slot(name)
-    freed = free_dead_holder(scope)
-    if freed:
-        get_run_logger().warning("release slot %s: %s", name, freed)
+    own = _own_holder(scope)
+    if own is not None and own[1]:
+        yield  # nested in this process: the outer `release_slot` holds the slot and lets it go
+        return
+    if own is not None:
+        get_run_logger().warning("release slot %s re-entered: %s", name, _take_over(scope, own[0]))
+    else:
+        freed = free_dead_holder(scope)
+        if freed:
+            get_run_logger().warning("release slot %s: %s", name, freed)
     acquired = False
     before = set(_lease_ids())
     try:
@@ -214,11 +300,12 @@ def release_slot(scope: str, timeout_s: float, lease_s: float = 60.0) -> Iterato
             name, occupy=1, timeout_seconds=timeout_s, strict=True, lease_duration=lease_s
         ):
             acquired = True
-            _record_holder(scope, next((i for i in _lease_ids() if i not in before), None))
+            lease_id = next((i for i in _lease_ids() if i not in before), None)
+            _record_holder(scope, lease_id)
             try:
                 yield
             finally:
-                Variable.unset(holder_variable(scope))
+                _forget_holder(scope, lease_id)
     except TimeoutError as exc:
         if acquired:
             raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +22,13 @@ from cli_kit import run_cli
 from run_states import StateTimeline
 
 from shipyard.deployments.fleet import (
+    TARGET_BLOCK_SLUG,
     FleetError,
+    _known_targets,
     adeploy_fleet,
     full_name,
     gpu_global_limit,
+    known_targets_text,
     queue_name,
     release_deployment_name,
 )
@@ -155,6 +158,20 @@ def test_fleet_deploy_queues_limits_idempotence_and_refusals(
         code, out = run_cli(monkeypatch, capsys, "fleet", "deploy", "nope-y", "--pool", pool)
         assert code == 2 and "nope-y" in out and "ReleaseTarget" in out, out
 
+        # The known targets are read page by page: pages of 2 find every named block once, the
+        # same as the one-shot read (Prefect 3.8's by-type endpoint answers all of them).
+        async def known_paged_and_all():
+            async with get_client() as client:
+                everything = await client.read_block_documents_by_type(
+                    TARGET_BLOCK_SLUG, include_secrets=False
+                )
+                paged = await _known_targets(client, page_size=2)
+            return paged, sorted(d.name for d in everything if d.name and not d.is_anonymous)
+
+        paged, everything = asyncio.run(known_paged_and_all())
+        assert paged == everything and {a, b, c} <= set(paged), (paged, everything)
+        assert len(everything) > 2  # more than one page was read
+
         # `shipyard fleet show`: each target's deployment, queue and limit, the pool's limit.
         code, out = run_cli(monkeypatch, capsys, "fleet", "show")
         assert code == 0, out
@@ -167,6 +184,18 @@ def test_fleet_deploy_queues_limits_idempotence_and_refusals(
         asyncio.run(_delete_deployments([full_name(a), full_name(b)]))
 
 
+def test_refusal_names_twenty_known_targets_closest_first():
+    known = sorted([f"target-{i:02d}" for i in range(50)] + ["digit-staging"])
+    text = known_targets_text(known, ["digit-stagin"])
+    shown, more = text.split(" and ")
+    names = shown.split(", ")
+    # At most 20 named: the closest to the missing name first, then the rest by name.
+    assert names == ["digit-staging"] + [f"target-{i:02d}" for i in range(19)], names
+    assert more.startswith("31 more"), more
+    assert known_targets_text(known[:3], ["x"]) == "digit-staging, target-00, target-01"
+    assert known_targets_text([], ["x"]) == "none"
+
+
 # ---------------------------------------------------------------- releases through workers
 
 
@@ -177,26 +206,36 @@ class RunHistory(StateTimeline):
     states: list  # prefect State objects, oldest first
 
 
-def _start_workers(pool: str, count: int, logs: Path) -> list[int]:
-    """`prefect worker start` processes on the pool, on this xdist worker's Prefect server, with
-    this process's environment (the sandbox's endpoints)."""
+def _start_workers(pool: str, count: int, home: Path) -> list[int]:
+    """`prefect worker start` processes on the pool (deployments/stack/workers.py), on this xdist
+    worker's Prefect server, with this process's environment for the flow runs they start: the
+    sandbox's endpoints and the SHIPYARD_* settings (start_workers keeps every non-PREFECT_
+    variable), and this session's PREFECT_* settings (its PREFECT_HOME; start_workers would drop
+    them), logging at INFO. Their logs in `home/workers/`. Polling every second, looking no
+    further ahead than now (a worker that took a run scheduled later would hold its queue's slot
+    early)."""
     from prefect.settings import PREFECT_API_URL
 
-    from sandbox.procs import spawn
+    from shipyard.deployments.stack.workers import start_workers
 
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    env = {
+    session = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("PREFECT_") and not k.startswith("PREFECT_WORKER_")
+    }
+    env = session | {
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "0",
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
-    pids = []
-    for i in range(count):
-        args = [prefect, "worker", "start", "--pool", pool, "--type", "process"]
-        args += ["--name", f"{pool}-w{i}"]
-        pids.append(spawn(args, logs / f"worker-{i}.log", env).pid)
-    return pids
+    return start_workers(
+        pool,
+        count,
+        home=home,
+        env=env,
+        worker_type="process",
+        query_seconds=1,
+        prefetch_seconds=0,
+    )
 
 
 async def _histories(run_ids: dict, timeout: float) -> list[RunHistory]:
@@ -236,7 +275,7 @@ def _overlaps(x: RunHistory, y: RunHistory) -> bool:
 def test_two_services_side_by_side_one_service_serialised(stage, make_target, tmp_path):
     from prefect.client.orchestration import get_client
 
-    from sandbox.procs import stop_pid
+    from shipyard.deployments.stack.workers import stop_workers
 
     # GPU quota for both services' revisions side by side in each region.
     stage(default_region={"gpu": 8, "gpu_no_zonal_redundancy": 8})
@@ -261,10 +300,11 @@ def test_two_services_side_by_side_one_service_serialised(stage, make_target, tm
     try:
         histories = asyncio.run(_histories(run_ids, timeout=240))
     finally:
-        for pid in pids:
-            stop_pid(pid, timeout=10)
+        stop_workers(pids)
         asyncio.run(_delete_deployments(names))
-    logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in tmp_path.glob("worker-*.log"))
+    logs = "\n".join(
+        p.read_text(errors="replace")[-3000:] for p in (tmp_path / "workers").glob("*.log")
+    )
 
     for h in histories:
         assert h.states[-1].type.value == "COMPLETED", (

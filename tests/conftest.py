@@ -29,6 +29,7 @@ _ENGINE_GROUP = "tests/runtime/"
 _POSTGRES_GROUP = (
     "tests/fleet/test_postgres_stack.py",
     "tests/fleet/test_docker_pool_fleet.py",
+    "tests/fleet/test_docker_pool_promotion.py",
 )
 
 

@@ -1,7 +1,8 @@
 """The Docker work pool on PostgreSQL that tests/fleet/conftest.py's `docker_pool_fleet` starts.
 
 One per session (xdist worker), built on first use by the tests that ask for it
-(tests/fleet/test_docker_pool_fleet.py; a promotion on the pool can use it too):
+(tests/fleet/test_docker_pool_fleet.py, test_docker_pool_promotion.py), and the helpers both
+use to deploy targets on the pool, create their runs and wait for them (at the end):
 
 - a Docker daemon of its own for the flow-run containers (sandbox/engine/daemon.py: the session's
   sandbox runs its revisions in-process, so this daemon runs nothing but flow runs), its data
@@ -20,17 +21,22 @@ talk to this stack inside `fleet.api()` (temporary settings). The sandbox is the
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from run_states import StateTimeline
 
 os.environ.setdefault("SHIPYARD_ROOTFS_CACHE", str(Path.home() / ".cache" / "shipyard" / "rootfs"))
 
@@ -229,3 +235,137 @@ def kill_worker_and_container(fleet: DockerPoolFleet, worker_pid: int, container
 
 
 CONTAINER_ID = re.compile(r"([0-9a-f]{64})$")
+
+
+# ---------------------------------------------------------------- runs on the pool
+# Shared by test_docker_pool_fleet.py and test_docker_pool_promotion.py.
+
+# The page service the fleet tests release by tag (`image=` parameter: no build).
+IMAGE = "registry.sandbox.local/pages/page-service"
+FLOW_RUN_LABEL = (
+    "io.prefect.flow-run-id"  # prefect-docker's container label (prefect.io/… made Docker-style)
+)
+
+
+@dataclass
+class Run(StateTimeline):
+    id: str
+    target: str
+    tag: str
+    states: list[Any]  # Prefect states, oldest first
+    infrastructure_pid: str | None
+
+
+def save_targets(fleet: DockerPoolFleet, make_target, services: list[str]) -> list[str]:
+    blocks = []
+    with fleet.api():
+        for service in services:
+            block = f"{service}-{uuid.uuid4().hex[:4]}"
+            make_target(service=service).save(block)
+            blocks.append(block)
+    return blocks
+
+
+def deploy(fleet: DockerPoolFleet, targets: list[str]) -> dict[str, str]:
+    """target -> deployment id of its `release-<target>` deployment on the Docker pool."""
+    from prefect.client.orchestration import get_client
+
+    from shipyard.deployments.fleet import adeploy_fleet
+
+    async def go() -> dict[str, str]:
+        names = await adeploy_fleet(targets, fleet.pool, global_limit=2)
+        async with get_client() as client:
+            return {
+                t: str((await client.read_deployment_by_name(n)).id)
+                for t, n in zip(targets, names, strict=True)
+            }
+
+    with fleet.api():
+        return asyncio.run(go())
+
+
+def create_runs(
+    fleet: DockerPoolFleet, wanted: list[tuple[str, str, str]], image: str = IMAGE
+) -> dict[str, tuple]:
+    """(target, deployment id, tag) -> flow runs created from the deployments, in that order,
+    each releasing `image:tag`."""
+    from prefect.client.orchestration import get_client
+
+    async def go() -> dict[str, tuple]:
+        out = {}
+        async with get_client() as client:
+            for target, deployment_id, tag in wanted:
+                run = await client.create_flow_run_from_deployment(
+                    deployment_id, parameters={"git_tag": tag, "image": f"{image}:{tag}"}
+                )
+                out[str(run.id)] = (target, tag)
+        return out
+
+    with fleet.api():
+        return asyncio.run(go())
+
+
+def wait_runs(
+    fleet: DockerPoolFleet, run_ids: dict[str, tuple], until: str = "final", timeout: float = 600
+) -> list[Run]:
+    """The runs once each is final (or of type `until`), with their state histories."""
+    from prefect.client.orchestration import get_client
+
+    from shipyard.tasks.waiting import Deadline, NotYet, await_for
+
+    async def go() -> list[Run]:
+        async with get_client() as client:
+
+            async def reached():
+                runs = [await client.read_flow_run(i) for i in run_ids]
+                if until == "final":
+                    waiting = [r.name for r in runs if not r.state or not r.state.is_final()]
+                else:
+                    waiting = [r.name for r in runs if not r.state or r.state.type.value != until]
+                if waiting:
+                    raise NotYet(waiting)
+                return runs
+
+            runs = await await_for(
+                reached,
+                what=f"the runs to be {until}",
+                first_delay_s=0.2,
+                max_delay_s=1.0,
+                deadline=Deadline(timeout),
+                heartbeat_s=None,
+            )
+            out = []
+            for run in runs:
+                states = sorted(
+                    await client.read_flow_run_states(run.id), key=lambda s: s.timestamp
+                )
+                target, tag = run_ids[str(run.id)]
+                out.append(Run(str(run.id), target, tag, states, run.infrastructure_pid))
+            return out
+
+    with fleet.api():
+        return asyncio.run(go())
+
+
+def containers_started(fleet: DockerPoolFleet, since: float) -> dict[str, str]:
+    """flow run id -> image of each container the daemon started since `since` (its events)."""
+    out = fleet.docker(
+        "events",
+        "--since",
+        f"{since:.0f}",
+        "--until",
+        f"{time.time():.0f}",
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=start",
+        "--format",
+        "{{json .Actor.Attributes}}",
+    )
+    assert out.returncode == 0, out.stderr
+    started = {}
+    for line in out.stdout.splitlines():
+        attributes = json.loads(line)
+        if FLOW_RUN_LABEL in attributes:
+            started[attributes[FLOW_RUN_LABEL]] = attributes.get("image", "")
+    return started

@@ -21,146 +21,26 @@ import asyncio
 import json
 import socket
 import time
-import uuid
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
-from docker_pool_kit import CONTAINER_ID, CRASH_WINDOW_S, DockerPoolFleet, kill_worker_and_container
-from run_states import StateTimeline
+from docker_pool_kit import (
+    CONTAINER_ID,
+    CRASH_WINDOW_S,
+    Run,
+    containers_started,
+    create_runs,
+    deploy,
+    kill_worker_and_container,
+    save_targets,
+    wait_runs,
+)
 
 # The set-up (image build, PostgreSQL stack, workers) counts in the first test's time.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-IMAGE = "registry.sandbox.local/pages/page-service"
-FLOW_RUN_LABEL = (
-    "io.prefect.flow-run-id"  # prefect-docker's container label (prefect.io/… made Docker-style)
-)
-
-
-@dataclass
-class Run(StateTimeline):
-    id: str
-    target: str
-    tag: str
-    states: list[Any]  # Prefect states, oldest first
-    infrastructure_pid: str | None
-
-
-def _save_targets(fleet: DockerPoolFleet, make_target, services: list[str]) -> list[str]:
-    blocks = []
-    with fleet.api():
-        for service in services:
-            block = f"{service}-{uuid.uuid4().hex[:4]}"
-            make_target(service=service).save(block)
-            blocks.append(block)
-    return blocks
-
-
-def _deploy(fleet: DockerPoolFleet, targets: list[str]) -> dict[str, str]:
-    """target -> deployment id of its `release-<target>` deployment on the Docker pool."""
-    from prefect.client.orchestration import get_client
-
-    from shipyard.deployments.fleet import adeploy_fleet
-
-    async def go() -> dict[str, str]:
-        names = await adeploy_fleet(targets, fleet.pool, global_limit=2)
-        async with get_client() as client:
-            return {
-                t: str((await client.read_deployment_by_name(n)).id)
-                for t, n in zip(targets, names, strict=True)
-            }
-
-    with fleet.api():
-        return asyncio.run(go())
-
-
-def _create_runs(fleet: DockerPoolFleet, wanted: list[tuple[str, str, str]]) -> dict[str, tuple]:
-    """(target, deployment id, tag) -> flow runs created from the deployments, in that order."""
-    from prefect.client.orchestration import get_client
-
-    async def go() -> dict[str, tuple]:
-        out = {}
-        async with get_client() as client:
-            for target, deployment_id, tag in wanted:
-                run = await client.create_flow_run_from_deployment(
-                    deployment_id, parameters={"git_tag": tag, "image": f"{IMAGE}:{tag}"}
-                )
-                out[str(run.id)] = (target, tag)
-        return out
-
-    with fleet.api():
-        return asyncio.run(go())
-
-
-def _wait_runs(
-    fleet: DockerPoolFleet, run_ids: dict[str, tuple], until: str = "final", timeout: float = 600
-) -> list[Run]:
-    """The runs once each is final (or of type `until`), with their state histories."""
-    from prefect.client.orchestration import get_client
-
-    from shipyard.tasks.waiting import Deadline, NotYet, await_for
-
-    async def go() -> list[Run]:
-        async with get_client() as client:
-
-            async def reached():
-                runs = [await client.read_flow_run(i) for i in run_ids]
-                if until == "final":
-                    waiting = [r.name for r in runs if not r.state or not r.state.is_final()]
-                else:
-                    waiting = [r.name for r in runs if not r.state or r.state.type.value != until]
-                if waiting:
-                    raise NotYet(waiting)
-                return runs
-
-            runs = await await_for(
-                reached,
-                what=f"the runs to be {until}",
-                first_delay_s=0.2,
-                max_delay_s=1.0,
-                deadline=Deadline(timeout),
-                heartbeat_s=None,
-            )
-            out = []
-            for run in runs:
-                states = sorted(
-                    await client.read_flow_run_states(run.id), key=lambda s: s.timestamp
-                )
-                target, tag = run_ids[str(run.id)]
-                out.append(Run(str(run.id), target, tag, states, run.infrastructure_pid))
-            return out
-
-    with fleet.api():
-        return asyncio.run(go())
-
 
 def _overlap(x: Run, y: Run) -> bool:
     return x.started < y.ended and y.started < x.ended
-
-
-def _containers_started(fleet: DockerPoolFleet, since: float) -> dict[str, str]:
-    """flow run id -> image of each container the daemon started since `since` (its events)."""
-    out = fleet.docker(
-        "events",
-        "--since",
-        f"{since:.0f}",
-        "--until",
-        f"{time.time():.0f}",
-        "--filter",
-        "type=container",
-        "--filter",
-        "event=start",
-        "--format",
-        "{{json .Actor.Attributes}}",
-    )
-    assert out.returncode == 0, out.stderr
-    started = {}
-    for line in out.stdout.splitlines():
-        attributes = json.loads(line)
-        if FLOW_RUN_LABEL in attributes:
-            started[attributes[FLOW_RUN_LABEL]] = attributes.get("image", "")
-    return started
 
 
 def test_the_worker_image_holds_the_wheel_not_a_checkout(docker_pool_fleet):
@@ -215,10 +95,10 @@ def test_services_side_by_side_tags_of_one_service_serialised(
     fleet = docker_pool_fleet
     # GPU quota for both services' revisions side by side in each region.
     stage(default_region={"gpu": 8, "gpu_no_zonal_redundancy": 8})
-    a, b = _save_targets(fleet, make_target, ["dp-side-a", "dp-side-b"])
-    deployments = _deploy(fleet, [a, b])
+    a, b = save_targets(fleet, make_target, ["dp-side-a", "dp-side-b"])
+    deployments = deploy(fleet, [a, b])
     since = time.time() - 1
-    run_ids = _create_runs(
+    run_ids = create_runs(
         fleet,
         [
             (a, deployments[a], "v1.0.0"),
@@ -226,7 +106,7 @@ def test_services_side_by_side_tags_of_one_service_serialised(
             (b, deployments[b], "v1.0.0"),
         ],
     )
-    runs = _wait_runs(fleet, run_ids)
+    runs = wait_runs(fleet, run_ids)
     for run in runs:
         print(
             run.target,
@@ -248,7 +128,7 @@ def test_services_side_by_side_tags_of_one_service_serialised(
         assert "SCHEDULED" not in kinds[taken:] and kinds[-2:] == ["RUNNING", "COMPLETED"]
 
     # Each run ran in a container of the worker image on the pool's daemon.
-    started = _containers_started(fleet, since)
+    started = containers_started(fleet, since)
     for run in runs:
         assert started.get(run.id) == fleet.image, (run.id, started)
         assert run.infrastructure_pid and CONTAINER_ID.search(run.infrastructure_pid), run
@@ -293,9 +173,9 @@ def test_a_killed_worker_crashes_its_run_and_the_next_release_converges(
         operations={"traffic_update_ms": 2000},
     )
     service = "dp-killed"
-    (target,) = _save_targets(fleet, make_target, [service])
-    deployments = _deploy(fleet, [target])
-    first = _create_runs(fleet, [(target, deployments[target], "v1.0.0")])
+    (target,) = save_targets(fleet, make_target, [service])
+    deployments = deploy(fleet, [target])
+    first = create_runs(fleet, [(target, deployments[target], "v1.0.0")])
     (run_id,) = first
 
     async def holding():
@@ -327,13 +207,13 @@ def test_a_killed_worker_crashes_its_run_and_the_next_release_converges(
 
     # Nobody reports the crash: Prefect's zombie automation marks the run Crashed when its
     # heartbeats stop.
-    (crashed,) = _wait_runs(fleet, first, until="CRASHED", timeout=300)
+    (crashed,) = wait_runs(fleet, first, until="CRASHED", timeout=300)
     crashed_after = crashed.ended - killed_at
     assert "heartbeat" in crashed.states[-1].message, crashed.states[-1]
 
     # The next release of the service (the same tag again) converges on the remaining worker.
-    second = _create_runs(fleet, [(target, deployments[target], "v1.0.0")])
-    (rerun,) = _wait_runs(fleet, second)
+    second = create_runs(fleet, [(target, deployments[target], "v1.0.0")])
+    (rerun,) = wait_runs(fleet, second)
     assert rerun.states[-1].type.value == "COMPLETED", (rerun.names, fleet.logs())
     with fleet.api():
         rows = read_ledger(service)

@@ -55,7 +55,15 @@ def main(args: list[str] | None = None) -> NoReturn:
     sock.settimeout(None)
     replies = sock.makefile("rb")
     while True:
-        reply = read_reply(replies)
+        try:
+            reply = read_reply(replies)
+        except (OSError, ValueError) as exc:  # reset, or not our protocol: as if it closed
+            _note(f"the warm engine at {path} answered {type(exc).__name__}: {exc}")
+            reply = None
+        if reply is None and not child:  # no process was forked for the run: run it here
+            _note(f"the warm engine at {path} closed before it started the run")
+            sock.close()
+            _cold(args)
         if reply is None:
             _note(f"the warm engine at {path} went away during the run; its process went with it")
             sys.exit(1)

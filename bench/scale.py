@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             "deliveries": size.deliveries,
             "workers": size.workers,
             "gpu_quota": size.gpu_quota,
+            "runs": "forked from the warm engine" if size.warm else "fresh Python (--cold)",
         },
         "load_avg_start": _load(),
         "cpus": os.cpu_count(),

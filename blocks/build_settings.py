@@ -27,6 +27,8 @@ from prefect.blocks.core import Block
 from prefect_docker import DockerHost, DockerRegistryCredentials
 from pydantic import ConfigDict, Field, field_validator
 
+from shipyard.blocks.schema_cache import CachedSchema
+
 MACHINE_TYPES = (
     "E2_HIGHCPU_8",
     "E2_HIGHCPU_32",
@@ -85,7 +87,7 @@ def with_credentials(url: str, token: str, secret_name: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
 
 
-class BuildSettings(Block):
+class BuildSettings(CachedSchema, Block):
     _block_type_name = "Shipyard Build Settings"
     _block_type_slug = "shipyard-build-settings"
     _description = (

@@ -15,6 +15,8 @@ import re
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, field_validator
 
+from shipyard.blocks.schema_cache import CachedSchema
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 
 
@@ -63,7 +65,7 @@ def parse_quarter_tag(tag: str) -> tuple[str, int, int] | None:
     return match["tier"], int(match["year"]), int(match["q"])
 
 
-class CacheTiers(Block):
+class CacheTiers(CachedSchema, Block):
     """Cache tiers of the release image's Dockerfile, prewarmed weekly."""
 
     _block_type_name = "Shipyard Cache Tiers"

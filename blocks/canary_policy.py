@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shipyard.blocks.schema_cache import CachedSchema
+
 # The canary's default sample page ships inside the package (package data), so an installed
 # worker has it; nothing is read from a checkout at run time.
 PACKAGED_SAMPLE_IMAGE = Path(__file__).resolve().parent / "samples" / "page.png"
@@ -236,7 +238,7 @@ class CanarySample(BaseModel):
 # ---------------------------------------------------------------- the policy
 
 
-class CanaryPolicy(Block):
+class CanaryPolicy(CachedSchema, Block):
     """How a canary revision is judged before it gets any traffic."""
 
     _block_type_name = "Shipyard Canary Policy"

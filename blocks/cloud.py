@@ -27,6 +27,7 @@ from prefect.blocks.core import Block
 from prefect_gcp import GcpCredentials
 from pydantic import Field, PrivateAttr
 
+from shipyard.blocks.schema_cache import CachedSchema
 from shipyard.tasks import deadlines as call_deadlines
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ SANDBOX_PROJECT = "shipyard-sandbox"
 SETUP_CLOUD_BLOCK = "sandbox"
 
 
-class GoogleCloud(Block):
+class GoogleCloud(CachedSchema, Block):
     """Where the Google APIs are and who Shipyard is when it calls them."""
 
     _block_type_name = "Shipyard Google Cloud"

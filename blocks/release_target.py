@@ -30,6 +30,7 @@ from shipyard.blocks.names import tag_url_problem
 from shipyard.blocks.quota_policy import QuotaPolicy
 from shipyard.blocks.revision_templates import CpuTemplate, GpuTemplate, as_template
 from shipyard.blocks.rollout_policy import RolloutPolicy
+from shipyard.blocks.schema_cache import CachedSchema
 
 GPU_QUOTA_IDS = {
     # (gpu type, zonal redundancy) -> Cloud Quotas quota id on run.googleapis.com
@@ -64,7 +65,7 @@ _SERVICE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
 _ENVIRONMENT = re.compile(r"^[a-z]([-a-z0-9]{0,18}[a-z0-9])?$")
 
 
-class ReleaseTarget(Block):
+class ReleaseTarget(CachedSchema, Block):
     """One service to release: project, candidate regions, templates, quota and canary policies."""
 
     _block_type_name = "Shipyard Release Target"

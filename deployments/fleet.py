@@ -211,6 +211,27 @@ async def _check_targets(client: PrefectClient, targets: Sequence[str]) -> None:
             f"known: {known_targets_text(known, missing)}. Save one first (`shipyard init`, or "
             "ReleaseTarget(...).save(name)), or name an existing block"
         )
+    await _check_scopes(targets)
+
+
+async def _check_scopes(targets: Sequence[str]) -> None:
+    """Two targets of one scope (the same service, and the same environment or none) would share
+    one release slot and overwrite each other's records (release record, serving URL, rollout
+    journal: all keyed by scope): refused, with both names and the fix."""
+    from shipyard.blocks.release_target import ReleaseTarget
+
+    by_scope: dict[str, str] = {}
+    for target in targets:
+        block: ReleaseTarget = await ReleaseTarget.aload(target)
+        other = by_scope.setdefault(block.scope, target)
+        if other != target:
+            where = f"environment {block.environment!r}" if block.environment else "no environment"
+            raise FleetError(
+                f"targets: {other!r} and {target!r} both release service {block.service!r} with "
+                f"{where}: they would share one release slot and one set of records (scope "
+                f"{block.scope!r}). Give each its own `environment` (e.g. production-eu and "
+                "production-us), or deploy one of them"
+            )
 
 
 async def _check_pool(client: PrefectClient, pool: str) -> None:

@@ -155,6 +155,13 @@ def test_fleet_deploy_queues_limits_idempotence_and_refusals(
             asyncio.run(adeploy_fleet([a], "no-such-pool", global_limit=1))
         with pytest.raises(FleetError, match=r"'.+' is given twice"):
             asyncio.run(adeploy_fleet([a, a], pool, global_limit=1))
+        # Another block of fleet-a's service with no environment: one scope, refused with both
+        # names and the fix.
+        twin = f"fleet-a-twin-{uuid.uuid4().hex[:4]}"
+        make_target(service="fleet-a", regions=["us-central1"]).save(twin)
+        scope = rf"'{a}' and '{twin}' both release service 'fleet-a' with no environment.*scope"
+        with pytest.raises(FleetError, match=scope):
+            asyncio.run(adeploy_fleet([a, twin], pool, global_limit=1))
         code, out = run_cli(monkeypatch, capsys, "fleet", "deploy", "nope-y", "--pool", pool)
         assert code == 2 and "nope-y" in out and "ReleaseTarget" in out, out
         # Through the CLI (idempotent): each deployment and queue, and how to make the pool's

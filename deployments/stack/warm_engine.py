@@ -63,6 +63,7 @@ FLOW_MODULES = (
     "shipyard.flows.build.prewarm",
 )
 REQUEST_TIMEOUT_S = 5.0
+ACCEPT_BACKOFF_S = 0.5
 REFUSED_DRAIN = 1 << 20
 PR_SET_PDEATHSIG = 1
 
@@ -112,7 +113,12 @@ def serve(path: Path) -> Job:
         while True:
             for key, _ in selector.select():
                 if key.data == "accept":
-                    conn, _addr = listener.accept()
+                    try:
+                        conn, _addr = listener.accept()
+                    except OSError as exc:  # out of descriptors, say: the runs going keep going
+                        print(f"warm engine: accept failed: {exc!r}", file=sys.stderr, flush=True)
+                        time.sleep(ACCEPT_BACKOFF_S)  # the client waits; its connect times out
+                        continue
                     job = _fork(conn, by_pid, selector)
                     if job is not None:  # this is the child now
                         for fd in (wake_r, wake_w):

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shlex
 import signal
 import socket
@@ -374,6 +375,33 @@ def test_the_engine_refuses_garbage_and_keeps_serving(warm, tmp_path):
     # Connected and closed at once, having sent nothing.
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(path))
+    # Out of descriptors (its limit lowered to what it holds): a connection it cannot accept is
+    # said in its log, and it keeps serving once descriptors are back.
+    pid, log = warm.engine.pid, warm.engine.log
+    said = log.read_text().count("accept failed")
+
+    def said_it() -> bool:
+        if log.read_text().count("accept failed") <= said:
+            raise NotYet("nothing said yet")
+        return True
+
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    held = len(os.listdir(f"/proc/{pid}/fd"))
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (held, limits[1]))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(path))  # queued by the kernel; accept() fails EMFILE
+            wait_for(
+                said_it,
+                what="the engine to say accept failed",
+                first_delay_s=0.1,
+                max_delay_s=0.5,
+                deadline=Deadline(30),
+                heartbeat_s=None,
+            )
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    assert start_time(pid) is not None
     # Still serving: a well-formed request is forked; its child refuses any command but
     # `-m prefect.engine` (on the stderr it was handed, exit 1) and the engine relays the exit.
     err = tmp_path / "child.err"

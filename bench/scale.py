@@ -6,8 +6,8 @@
 What runs, for real, once per database (`both`, the default: PostgreSQL first, then Prefect's
 embedded SQLite, same code): the local stack of deployments/stack (PostgreSQL 15 from Debian's
 package and `prefect server start` on it, or the server on its embedded SQLite), --workers
-`prefect worker start` process workers on one pool (poll every 2 s, each `--limit ceil(pool
-limit / workers)`: the pool's limit a hard bound), their flow runs forked from the warm engine
+`prefect worker start` process workers on one pool (poll every 2 s, their `--limit`s summing
+to the pool's limit: a hard bound), their flow runs forked from the warm engine
 (deployments/stack/warm_engine.py; `--cold`: a fresh Python per run, Prefect's way), the sandbox (registry +
 Google API emulator, in-process revisions answering at once), one ReleaseTarget block and service
 per --services, and the fleet of deployments/fleet.py: one `release-<target>` deployment per
@@ -88,7 +88,7 @@ class FleetSize:
     tags: int = 3
     deliveries: int = 100
     workers: int = 3
-    gpu_quota: int = 6
+    gpu_quota: int = 10
     parallel: int = 10  # deliveries in flight
     timeout: float = 3600.0  # for each phase's runs to end
     stall: float = 180.0  # a phase stops waiting when nothing moved this long
@@ -224,7 +224,12 @@ async def fleet_round(
         stop_warm_engine,
         warm_command,
     )
-    from shipyard.deployments.stack.workers import ensure_pool, start_workers, stop_workers
+    from shipyard.deployments.stack.workers import (
+        ensure_pool,
+        start_workers,
+        stop_workers,
+        worker_limits,
+    )
 
     names = target_names(size)
     # Blocks saved and workers started off the event loop (sync APIs that detect a running loop).
@@ -245,8 +250,8 @@ async def fleet_round(
         service_of = await fleet_deployments(client, names, pool, f"{DEMO_IMAGE}:prebuilt")
         pool_limit = (await client.read_work_pool(pool)).concurrency_limit
     # Two workers polling at once can each take the pool's last slot (its limit is not atomic
-    # across workers); --limit ceil(limit / workers) each makes the limit a hard bound.
-    per_worker = -(-pool_limit // size.workers) if pool_limit and size.workers else None
+    # across workers); per-worker --limits that sum to it make the limit a hard bound.
+    per_worker = worker_limits(pool_limit, size.workers) if pool_limit else None
     began = time.perf_counter()
     # Returns once every worker announced itself to the server.
     pids = await asyncio.to_thread(
@@ -338,7 +343,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gpu-quota",
         type=int,
-        default=6,
+        default=10,
         help="the sandbox region's L4 quota: the pool's global limit (gpu_global_limit)",
     )
     parser.add_argument("--timeout", type=float, default=3600, help="per phase, for runs to end")

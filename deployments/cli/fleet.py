@@ -69,12 +69,15 @@ def deploy_command(
     console.print(
         f"pool {pool}: `shipyard fleet show` shows its limit and the runs", soft_wrap=True
     )
+    from shipyard.deployments.stack.workers import worker_limits
+
     limit = _pool_limit(pool)
     if limit:
+        three = ", ".join(str(n) for n in worker_limits(limit, 3))
         console.print(
             f"pool {pool}: global limit {limit}. Two workers polling at the same instant can "
-            f"each take its last slot: give each of N workers `--limit ceil({limit}/N)` (3 "
-            f"workers: --limit {-(-limit // 3)}) to make it a hard bound.",
+            "each take its last slot: give your workers `--limit`s that sum to it to make it a "
+            f"hard bound (3 workers: --limit {three}).",
             soft_wrap=True,
         )
 

@@ -36,7 +36,14 @@ from shipyard.deployments.stack.prefect_server import prefect_env
 from shipyard.deployments.stack.processes import StackError, spawn, stop_pids, wait_until
 from shipyard.tasks.waiting import NotYet
 
-__all__ = ["ensure_pool", "start_workers", "stop_workers", "worker_log", "worker_names"]
+__all__ = [
+    "ensure_pool",
+    "start_workers",
+    "stop_workers",
+    "worker_limits",
+    "worker_log",
+    "worker_names",
+]
 
 WORKER_TYPES = ("process", "docker")
 PREFETCH_SECONDS = 2.0
@@ -115,6 +122,16 @@ def _with_command(template: dict[str, Any], command: str) -> dict[str, Any]:
     return out
 
 
+def worker_limits(total: int, workers: int) -> list[int]:
+    """Per-worker `--limit`s that sum to `total` (as even as possible, each at least 1): with
+    them a pool's concurrency limit of `total` is a hard bound. The pool's own limit is not
+    atomic across workers: two polling at the same instant can each take its last slot."""
+    if workers < 1:
+        return []
+    base, extra = divmod(max(total, workers), workers)
+    return [base + 1 if i < extra else base for i in range(workers)]
+
+
 def worker_names(pool: str, count: int) -> list[str]:
     """Names unique on the server (two stacks' workers on one pool never share a name)."""
     tag = uuid.uuid4().hex[:6]
@@ -128,7 +145,7 @@ def start_workers(
     home: Path,
     env: dict[str, str] | None = None,
     worker_type: str | None = None,
-    limit: int | None = None,
+    limit: int | list[int] | None = None,
     query_seconds: float = 2.0,
     prefetch_seconds: float = PREFETCH_SECONDS,
     timeout: float = START_TIMEOUT_S,
@@ -140,14 +157,18 @@ def start_workers(
 
     `env`: more environment for the workers and the flow runs they start (a process worker's
     runs inherit it: SHIPYARD_* settings, PREFECT_LOGGING_*). `limit`: at most that many runs at
-    once per worker (`--limit`). `command`: the process pool's flow-run command (see
+    once per worker (`--limit`); a list gives each worker its own (`worker_limits`). `command`: the process pool's flow-run command (see
     `ensure_pool`). Raises StackError with the log's tail when a worker exits or
     does not show up in time (the workers started are stopped first).
     """
     if count < 0:
         raise StackError(f"--workers {count}: a count of workers is 0 or more")
-    if limit is not None and limit < 1:
-        raise StackError(f"--limit {limit}: at least 1 run per worker (or no limit)")
+    limits = limit if isinstance(limit, list) else [limit] * count
+    if len(limits) != count:
+        raise StackError(f"limit: {len(limits)} limits for {count} workers: give one per worker")
+    for one in limits:
+        if one is not None and one < 1:
+            raise StackError(f"--limit {one}: at least 1 run per worker (or no limit)")
     if count == 0:
         return []
     url = _api_url(env)
@@ -163,13 +184,13 @@ def start_workers(
     names = worker_names(pool, count)
     procs = []
     try:
-        for name in names:
+        for name, one in zip(names, limits, strict=True):
             args = [prefect_command(), "worker", "start", "--pool", pool, "--name", name]
             args += ["--install-policy", "never", "--no-create-pool-if-not-found"]
             if worker_type:
                 args += ["--type", worker_type]
-            if limit is not None:
-                args += ["--limit", str(limit)]
+            if one is not None:
+                args += ["--limit", str(one)]
             procs.append(spawn(args, logs / f"{name}.log", base))
         for proc, name in zip(procs, names, strict=True):
             wait_until(

@@ -165,13 +165,13 @@ def test_fleet_deploy_queues_limits_idempotence_and_refusals(
         code, out = run_cli(monkeypatch, capsys, "fleet", "deploy", "nope-y", "--pool", pool)
         assert code == 2 and "nope-y" in out and "ReleaseTarget" in out, out
         # Through the CLI (idempotent): each deployment and queue, and how to make the pool's
-        # limit a hard bound (3 slots, 3 workers: --limit 1 each).
+        # limit a hard bound (3 slots, 3 workers: --limit 1 each, summing to 3).
         code, out = run_cli(
             monkeypatch, capsys, "fleet", "deploy", a, b, "--pool", pool, "--global-limit", "3"
         )
         assert code == 0, out
         assert f"release/release-{a}  queue release-{a} (limit 1)" in out, out
-        assert "global limit 3" in out and "3 workers: --limit 1" in out, out
+        assert "global limit 3" in out and "3 workers: --limit 1, 1, 1" in out, out
 
         # The known targets are read page by page: pages of 2 find every named block once, the
         # same as the one-shot read (Prefect 3.8's by-type endpoint answers all of them).

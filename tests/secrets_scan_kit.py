@@ -14,6 +14,7 @@ A hit names the secret (its kind, never its value) and where it was found.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -97,6 +98,34 @@ def _all_pages(read: Callable[[int, int], list[Any]], limit: int = 200) -> list[
         offset += limit
 
 
+def _await_events(since: Any, timeout: float = 60.0) -> None:
+    """The server persists events in batches, after it has answered: on a busy machine a scan
+    right after a run can find none yet. Wait (at most `timeout` s) until one since `since` is
+    readable; the scan then reads them all."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventOccurredFilter
+
+    from shipyard.tasks.errors import WaitExpired
+    from shipyard.tasks.waiting import Deadline, NotYet, wait_for
+
+    def some() -> bool:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(EventFilter(occurred=EventOccurredFilter(since=since)), 1)
+        if not page.events:
+            raise NotYet("no event persisted yet")
+        return True
+
+    with contextlib.suppress(WaitExpired):  # none at all: the caller's own check says so
+        wait_for(
+            some,
+            what="an event to be persisted",
+            first_delay_s=0.2,
+            max_delay_s=2.0,
+            deadline=Deadline(timeout),
+            heartbeat_s=None,
+        )
+
+
 def prefect_texts(haystacks: Haystacks, since: Any = None) -> None:
     """Everything this session's Prefect API holds that a secret could reach (events since
     `since`, default: all of them)."""
@@ -108,6 +137,7 @@ def prefect_texts(haystacks: Haystacks, since: Any = None) -> None:
 
     APILogHandler().flush()
     since = since or dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    _await_events(since)
     with get_client(sync_client=True) as client:
         logs = _all_pages(lambda n, o: client.read_logs(limit=n, offset=o))
         artifacts = _all_pages(lambda n, o: client.read_artifacts(limit=n, offset=o))

@@ -386,9 +386,12 @@ def test_the_engine_refuses_garbage_and_keeps_serving(warm, tmp_path):
         return True
 
     limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-    held = len(os.listdir(f"/proc/{pid}/fd"))
+    # The limit bounds descriptor *numbers*: set it to the lowest free one (the number a new
+    # descriptor would get), so the next accept() has none, whatever holes the table has.
+    held = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    lowest_free = min(set(range(len(held) + 1)) - held)
     try:
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (held, limits[1]))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, limits[1]))
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(str(path))  # queued by the kernel; accept() fails EMFILE
             wait_for(

@@ -9,12 +9,16 @@ through the Prefect API.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from sandbox.release_invariants import invariant_violations, stale_canary_tags
 from shipyard.flows.release.flow import release
+from shipyard.tasks.errors import WaitExpired
+from shipyard.tasks.waiting import Deadline, NotYet, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +43,34 @@ def test_region_reads_are_task_runs_and_prefect_retries_one_regions_error(
     assert sandbox_admin.calls().get("fault.run") == 1
     assert sandbox_admin.calls().get("fault.logging") == 1
 
+    wanted = {f"find-release:{EU}", f"find-release:{US}", "canary-logs"}
+
+    def recorded() -> list:
+        # Task runs are written by the server's task-run recorder from events, after the flow
+        # has ended: on a busy machine, a moment later.
+        with get_client(sync_client=True) as client:
+            found = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[result.flow_run_id]))
+            )
+        if not wanted <= {r.name for r in found}:
+            raise NotYet(sorted(r.name for r in found))
+        return found
+
+    with contextlib.suppress(WaitExpired):
+        wait_for(
+            recorded,
+            what="the task runs",
+            first_delay_s=0.2,
+            max_delay_s=2.0,
+            deadline=Deadline(60),
+            heartbeat_s=None,
+        )
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[result.flow_run_id]))
         )
         by_name = {r.name: r for r in runs}
-        assert {f"find-release:{EU}", f"find-release:{US}", "canary-logs"} <= set(by_name)
+        assert wanted <= set(by_name)
         assert "find-release" not in by_name  # no one task hiding the regions
         assert by_name[f"find-release:{EU}"].run_count == 1
         assert by_name[f"find-release:{US}"].run_count == 2

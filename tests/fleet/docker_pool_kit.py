@@ -73,9 +73,9 @@ class DockerPoolFleet:
 
     def api(self) -> AbstractContextManager[Any]:
         """Prefect settings pointing this process at the stack's server."""
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from api_switch_kit import pointed_at
 
-        return temporary_settings(updates={PREFECT_API_URL: self.api_url})
+        return pointed_at(self.api_url)
 
     def docker(self, *args: str, timeout: float = 60) -> Any:
         return fleet_docker(self.engine_host, *args, timeout=timeout)

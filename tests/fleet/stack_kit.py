@@ -11,8 +11,8 @@ gets the same stack (the stack is held here, not by the fixture, which pytest re
 importing module); to have one for the whole suite, the modules must share an xdist group.
 
 The session's own Prefect server (tests/conftest.py, `prefect_test_harness`, SQLite) stays the
-process-wide PREFECT_API_URL: talk to the stack with `on_stack(api_url)` (Prefect's
-`temporary_settings`, restored on exit) or hand `api_url` to a subprocess's environment
+process-wide PREFECT_API_URL: talk to the stack with `on_stack(api_url)` (tests/api_switch_kit.py:
+settings and Prefect's event and log senders restored on exit) or hand `api_url` to a subprocess's environment
 (workers: `start_workers(pool, n, home=..., env={"PREFECT_API_URL": api_url, ...})`).
 
 The database password is registered with the secrets scan (tests/secrets_scan_kit.py), and the
@@ -145,7 +145,7 @@ def postgres_prefect(
 @contextmanager
 def on_stack(api_url: str) -> Iterator[None]:
     """Prefect's client talks to `api_url` inside the block (the session's server after)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from api_switch_kit import pointed_at
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with pointed_at(api_url):
         yield

@@ -5,12 +5,7 @@ accepts and never answers, a write ends within those, with a transient error."""
 
 from __future__ import annotations
 
-from prefect.settings import (
-    PREFECT_API_REQUEST_TIMEOUT,
-    PREFECT_API_URL,
-    PREFECT_CLIENT_MAX_RETRIES,
-    temporary_settings,
-)
+from api_switch_kit import pointed_at
 from prefect.variables import Variable
 from stall_server import bound, ended
 
@@ -21,12 +16,8 @@ CALL_S = 0.5
 
 def test_a_prefect_api_write_ends_within_the_clients_timeout(stall):
     def write() -> None:
-        with temporary_settings(
-            {
-                PREFECT_API_URL: f"{stall.url}/api",
-                PREFECT_API_REQUEST_TIMEOUT: CALL_S,
-                PREFECT_CLIENT_MAX_RETRIES: 0,
-            }
+        with pointed_at(
+            f"{stall.url}/api", PREFECT_API_REQUEST_TIMEOUT=CALL_S, PREFECT_CLIENT_MAX_RETRIES=0
         ):
             Variable.set("shipyard-stall-probe", "x", overwrite=True)
 

@@ -147,12 +147,12 @@ def test_no_sandbox_is_one_line_naming_sandbox_up(tmp_path, monkeypatch, capsys)
 
 
 def test_no_prefect_api_is_one_line_naming_the_exports(monkeypatch, capsys):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from api_switch_kit import pointed_at
 
     from sandbox.procs import free_port
 
     dead = f"http://127.0.0.1:{free_port()}/api"
-    with temporary_settings(updates={PREFECT_API_URL: dead}):
+    with pointed_at(dead):
         code, output = run_cli(monkeypatch, capsys, "setup")
     assert code == 2, output
     errors = [line for line in output.splitlines() if line.startswith("error:")]

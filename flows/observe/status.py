@@ -101,6 +101,9 @@ class ServiceStatus(BaseModel):
     absent: list[str] = []  # the target's regions where the service does not exist
     rollout: RolloutStatus | None = None
     reason: str = ""  # what changed it (publish_status's reason)
+    # The ReleaseTarget block's name when known: a fleet's `release-<target>` deployment (its
+    # `target` parameter fixed to one block) shows that target's service only.
+    target: str = ""
 
     @model_validator(mode="after")
     def _scope_of_service(self) -> ServiceStatus:
@@ -176,7 +179,11 @@ def service_status(target: Any, reason: str = "") -> ServiceStatus:
 
     # One Prefect client for every read: each new one costs an SSL context (~90 ms).
     with SyncClientContext.get_or_create():
-        return _service_status(resolve_target(target), reason)
+        resolved = resolve_target(target)
+        status = _service_status(resolved, reason)
+    block = target if isinstance(target, str) else getattr(resolved, "_block_document_name", None)
+    status.target = block or ""
+    return status
 
 
 def _service_status(resolved: ReleaseTarget, reason: str) -> ServiceStatus:

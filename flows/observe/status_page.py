@@ -161,9 +161,19 @@ def section_of(description: str | None, service: str) -> str | None:
     return None
 
 
+def shows(deployment: Any, status: ServiceStatus) -> bool:
+    """Whether a deployment's page shows this service: a deployment whose `target` parameter is
+    fixed to another block (a fleet's `release-<target>`, deployments/fleet.py) does not. Every
+    release of a fleet of N targets would otherwise rewrite N descriptions, each holding N
+    sections: a cost per release that grows with the fleet (measured: the server's costliest
+    call in bench/scale.py). A status whose block is unknown goes everywhere, as before."""
+    fixed = (deployment.parameters or {}).get("target")
+    return not (fixed and status.target and fixed != status.target)
+
+
 def update_deployments(status: ServiceStatus) -> list[str]:
-    """Put the service's section in the description of every deployment of DEPLOYED_FLOWS;
-    the names of the deployments whose description holds it."""
+    """Put the service's section in the description of every deployment of DEPLOYED_FLOWS that
+    shows it (`shows`); the names of the deployments whose description holds it."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
@@ -175,6 +185,8 @@ def update_deployments(status: ServiceStatus) -> list[str]:
             flow_filter=FlowFilter(name=FlowFilterName(any_=DEPLOYED_FLOWS))
         )
         for deployment in deployments:
+            if not shows(deployment, status):
+                continue
             text = with_section(deployment.description, status.scope, section)
             if text != deployment.description:
                 client.update_deployment(deployment.id, DeploymentUpdate(description=text))

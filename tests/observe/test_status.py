@@ -176,3 +176,36 @@ def test_status_follows_releases_and_a_rollback(stage, make_target, monkeypatch,
     finally:
         with get_client(sync_client=True) as client:
             client.delete_deployment(deployment_id)
+
+
+def test_a_fleet_deployment_of_one_target_shows_only_its_own_service():
+    """A fleet's `release-<target>` deployment (its `target` fixed to one block) shows that
+    target's service only; the shared deployments show every service; a status whose block is
+    unknown still goes everywhere."""
+    from prefect.client.orchestration import get_client
+
+    suffix = uuid.uuid4().hex[:6]
+    mine, theirs = f"fleet-a-{suffix}", f"fleet-b-{suffix}"
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("release")
+        ids = {
+            name: client.create_deployment(
+                flow_id, name=name, description=STATIC, parameters=parameters
+            )
+            for name, parameters in (
+                (f"release-{mine}", {"target": mine}),
+                (f"release-{theirs}", {"target": theirs}),
+                (f"shared-{suffix}", {}),
+            )
+        }
+    service = f"svc-{suffix}"
+    status = ServiceStatus(service=service, target=mine, project="p", read_at="2026-01-01T00:00")
+    done = update_deployments(status)
+    assert f"release-{mine}" in done and f"shared-{suffix}" in done
+    assert f"release-{theirs}" not in done
+    assert section_of(_description(ids[f"release-{mine}"]), service) is not None
+    assert section_of(_description(ids[f"shared-{suffix}"]), service) is not None
+    assert section_of(_description(ids[f"release-{theirs}"]), service) is None
+
+    unknown = ServiceStatus(service=f"{service}-x", project="p", read_at="2026-01-01T00:00")
+    assert {f"release-{mine}", f"release-{theirs}"} <= set(update_deployments(unknown))

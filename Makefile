@@ -4,7 +4,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-APT_PKGS := docker-registry skopeo git chromium docker.io mmdebstrap debootstrap postgresql
+APT_PKGS := docker-registry skopeo git chromium docker.io mmdebstrap debootstrap postgresql redis-server
 # pyproject asks prefect>=3.8.8,<4; the venv (so CI) installs the lower bound of that range.
 PREFECT_FLOOR := 3.8.8
 # The base root filesystem (Debian bookworm minbase, no Python, sandbox/engine/rootfs.py; its cache

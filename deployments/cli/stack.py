@@ -143,14 +143,24 @@ def up(
         "second of being taken), or --cold: a fresh `python -m prefect.engine` per run "
         "(Prefect's own way). A run falls back to cold by itself when the engine is gone.",
     ),
+    messaging: str = typer.Option(
+        "memory",
+        "--messaging",
+        help="memory: one `prefect server start` (API and background services in one process, "
+        "Prefect's default); redis: the API and the background services in two processes with "
+        "Redis (Debian's redis-server) between them, as Prefect's guide to scaling a "
+        "self-hosted server does (needs --database postgres).",
+    ),
 ) -> None:
     """Start the stack and print the PREFECT_API_URL to export (see UP_HELP)."""
-    from shipyard.deployments.stack.local import DATABASES, start_stack
+    from shipyard.deployments.stack.local import DATABASES, MESSAGING, start_stack
     from shipyard.deployments.stack.processes import StackError, port_is_free
     from shipyard.deployments.stack.workers import WORKER_TYPES
 
     if database not in DATABASES:
         fail(f"--database {database!r}: use one of {', '.join(DATABASES)}")
+    if messaging not in MESSAGING:
+        fail(f"--messaging {messaging!r}: use one of {', '.join(MESSAGING)}")
     if worker_type not in WORKER_TYPES:
         fail(f"--type {worker_type!r}: use one of {', '.join(WORKER_TYPES)}")
     if workers < 0 or (limit is not None and limit < 1):
@@ -182,6 +192,7 @@ def up(
                 server_port=port or None,
                 ui=ui,
                 warm=warm,
+                messaging=messaging,
             )
         except StackError as exc:
             fail(str(exc))
@@ -206,8 +217,14 @@ def _state(stack: Stack, database: str, pool: str, worker_type: str) -> StackSta
     if stack.postgres is not None:
         pg = stack.postgres
         parts.append(Part("postgres", pg.pid, pg.started, str(pg.log), f"127.0.0.1:{pg.port}"))
+    if stack.redis is not None:
+        redis = stack.redis
+        parts.append(Part("redis", redis.pid, redis.started, str(redis.log), redis.url))
     server = stack.server
     parts.append(Part("server", server.pid, server.started, str(server.log), server.api_url))
+    if stack.services is not None:
+        services = stack.services
+        parts.append(Part("services", services.pid, services.started, str(services.log)))
     if stack.warm_engine is not None:
         engine = stack.warm_engine
         parts.append(
@@ -230,8 +247,8 @@ def _state(stack: Stack, database: str, pool: str, worker_type: str) -> StackSta
 
 @stack_app.command("down")
 def down() -> None:
-    """Stop everything `stack up` started, by PID (workers, warm engine, server, PostgreSQL);
-    keep the data."""
+    """Stop everything `stack up` started, by PID (workers, warm engine, services, server, Redis,
+    PostgreSQL); keep the data."""
     from shipyard.deployments.stack.postgres import stop_postgres_pid
     from shipyard.deployments.stack.processes import alive, stop_pid
     from shipyard.deployments.stack.workers import stop_workers
@@ -246,10 +263,10 @@ def down() -> None:
     running = {p.name for p in workers if alive(p.pid, p.started)}
     stop_workers([p.pid for p in workers], started=[p.started for p in workers])
     stopped += [f"{p.name} ({p.pid})" for p in workers if p.name in running]
-    for part in reversed(state.parts):  # then the warm engine, the server, PostgreSQL
+    for part in reversed(state.parts):  # then the warm engine, services, server, Redis, PostgreSQL
         if part.name == "postgres":
             ran = stop_postgres_pid(part.pid, part.started)
-        elif part.name in ("server", "warm"):
+        elif part.name in ("server", "warm", "services", "redis"):
             ran = stop_pid(part.pid, part.started)
         else:
             continue

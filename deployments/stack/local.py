@@ -6,9 +6,13 @@ Layout under `root` (the CLI's is $SHIPYARD_HOME/stack):
     root/postgres.log     its log
     root/prefect/         the server's PREFECT_HOME: server.log, migrate.log, workers/NAME.log
                           (and prefect.db with database="sqlite")
+    root/redis/, redis.log  with messaging="redis": Redis's directory (nothing saved) and log
+    root/services/        with messaging="redis": the background services' PREFECT_HOME and
+                          services.log
 
 `database="sqlite"` starts Prefect's embedded default instead (no PostgreSQL), for comparisons.
-Everything is stopped by PID on exit, last started first: workers, server, PostgreSQL.
+Everything is stopped by PID on exit, last started first: workers, services, server, Redis,
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,12 +26,22 @@ from pathlib import Path
 from shipyard.deployments.stack.postgres import Postgres, start_postgres, stop_postgres
 from shipyard.deployments.stack.prefect_server import (
     StackServer,
+    StackServices,
     migrate,
     prefect_env,
     start_server,
+    start_services,
     stop_server,
+    stop_services,
 )
 from shipyard.deployments.stack.processes import StackError
+from shipyard.deployments.stack.redis import (
+    Redis,
+    docket_url,
+    prefect_redis_settings,
+    start_redis,
+    stop_redis,
+)
 from shipyard.deployments.stack.warm import (
     ENV_SOCKET,
     WarmEngine,
@@ -37,9 +51,14 @@ from shipyard.deployments.stack.warm import (
 )
 from shipyard.deployments.stack.workers import start_workers, stop_workers
 
-__all__ = ["DATABASES", "Stack", "local_stack", "start_stack"]
+__all__ = ["DATABASES", "MESSAGING", "Stack", "local_stack", "start_stack"]
 
 DATABASES = ("postgres", "sqlite")
+# "memory": one `prefect server start` (API and background services in one process, events
+# through its in-memory broker: Prefect's default). "redis": the API and the services in two
+# processes with Redis between them, as Prefect's guide to scaling a self-hosted server does
+# (deployments/stack/redis.py; PostgreSQL only).
+MESSAGING = ("memory", "redis")
 WORKER_IMAGE_TAG = "shipyard-worker:local"  # `--type docker`: the image the pool's runs use
 
 
@@ -55,6 +74,8 @@ class Stack:
     worker_pids: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     warm_engine: WarmEngine | None = None
+    redis: Redis | None = None
+    services: StackServices | None = None
 
     def __repr__(self) -> str:  # the dataclass's own would print db_url, password and all
         return (
@@ -78,13 +99,23 @@ def start_stack(
     postgres_port: int | None = None,
     ui: bool = False,
     warm: bool = True,
+    messaging: str = "memory",
 ) -> Stack:
     """Start the stack; each part's stop goes onto `stack` as soon as it runs (so a failure half
     way stops what started). `local_stack` and `shipyard stack up` (which pops the stops off
     `stack` once it has written its state file) share it. `warm`: process workers' runs are
-    forked from a warm engine (deployments/stack/warm_engine.py) instead of a fresh Python each."""
+    forked from a warm engine (deployments/stack/warm_engine.py) instead of a fresh Python each.
+    `messaging="redis"`: the server's API and its background services in two processes with
+    Redis between them (MESSAGING)."""
     if database not in DATABASES:
         raise StackError(f"--database {database!r}: use one of {', '.join(DATABASES)}")
+    if messaging not in MESSAGING:
+        raise StackError(f"--messaging {messaging!r}: use one of {', '.join(MESSAGING)}")
+    if messaging == "redis" and database != "postgres":
+        raise StackError(
+            "--messaging redis needs --database postgres: Prefect's API and services in two "
+            "processes share one database, and SQLite is for one process"
+        )
     timings: dict[str, float] = {}
     pg: Postgres | None = None
     db_url: str | None = None
@@ -95,9 +126,25 @@ def start_stack(
         timings["postgres_s"] = round(time.perf_counter() - began, 2)
         db_url = pg.url
         timings["migrate_s"] = migrate(db_url, root / "prefect")
-    server = start_server(db_url, root / "prefect", server_port, ui=ui)
+    redis: Redis | None = None
+    services: StackServices | None = None
+    broker: dict[str, str] = {}
+    if messaging == "redis" and db_url is not None:
+        began = time.perf_counter()
+        redis = start_redis(root)
+        stack.callback(stop_redis, redis)
+        timings["redis_s"] = round(time.perf_counter() - began, 2)
+        broker = prefect_redis_settings(redis.url, docket_url(redis))
+    server = start_server(
+        db_url, root / "prefect", server_port, ui=ui, env=broker, services=redis is None
+    )
     stack.callback(stop_server, server)
     timings["server_s"] = server.started_s
+    if redis is not None and db_url is not None:
+        began = time.perf_counter()
+        services = start_services(db_url, root / "services", broker)
+        stack.callback(stop_services, services)
+        timings["services_s"] = round(time.perf_counter() - began, 2)
     if worker_type == "docker" and workers:
         began = time.perf_counter()
         _docker_pool(pool, server.api_url, env)
@@ -123,7 +170,7 @@ def start_stack(
     stack.callback(stop_workers, pids)
     if workers:
         timings["workers_s"] = round(time.perf_counter() - began, 2)
-    return Stack(server.api_url, db_url, server, pg, pids, timings, engine)
+    return Stack(server.api_url, db_url, server, pg, pids, timings, engine, redis, services)
 
 
 @contextmanager
@@ -138,12 +185,14 @@ def local_stack(
     durable: bool = True,
     limit: int | None = None,
     warm: bool = True,
+    messaging: str = "memory",
 ) -> Iterator[Stack]:
     """PostgreSQL (or, with database="sqlite", none), a Prefect server on it and `workers`
     workers of `worker_type` on `pool` (created if missing), all under `root`; all stopped by
     PID on exit. `env` goes to the workers (and so to the runs a process worker starts).
     `durable=False`: PostgreSQL without fsync (throw-away databases only, see start_postgres).
     `warm=False`: each process-worker run a fresh Python (Prefect's own way), for comparisons.
+    `messaging="redis"`: API and background services apart, Redis between them (MESSAGING).
     The caller's own Prefect settings are untouched: talk to `Stack.api_url` explicitly
     (`prefect.settings.temporary_settings`, a subprocess's env)."""
     with ExitStack() as stack:
@@ -158,6 +207,7 @@ def local_stack(
             durable=durable,
             limit=limit,
             warm=warm,
+            messaging=messaging,
         )
 
 

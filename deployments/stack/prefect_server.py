@@ -41,9 +41,19 @@ from shipyard.deployments.stack.processes import (
 )
 from shipyard.tasks.waiting import NotYet
 
-__all__ = ["StackServer", "migrate", "prefect_env", "start_server", "stop_server"]
+__all__ = [
+    "StackServer",
+    "StackServices",
+    "migrate",
+    "prefect_env",
+    "start_server",
+    "start_services",
+    "stop_server",
+    "stop_services",
+]
 
 SERVER_LOG = "server.log"
+SERVICES_LOG = "services.log"
 SLOT_WAIT_S = 2  # PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS (see start_server)
 MIGRATE_LOG = "migrate.log"
 STOP_GRACE_S = 10.0
@@ -123,28 +133,22 @@ def start_server(
     *,
     ui: bool = False,
     env: dict[str, str] | None = None,
+    services: bool = True,
 ) -> StackServer:
     """Start `prefect server start` on 127.0.0.1:`port` (None: any free port) with its home at
     `home`, on `db_url` (already migrated: see `migrate`) or, with None, on the embedded SQLite
     database `home/prefect.db` (migrated on start, as Prefect does by default). `env`: more
-    server settings (PREFECT_SERVER_*). Waits for `GET /api/health` at most `timeout` s.
+    server settings (PREFECT_SERVER_*). `services=False`: the API alone (`--no-services`), its
+    background services in a process of their own (`start_services`, Redis between them). Waits
+    for `GET /api/health` at most `timeout` s.
 
     Raises StackError: the port is taken, the server exited or did not answer in time (with its
     log's tail).
     """
     home.mkdir(parents=True, exist_ok=True)
     chosen = choose_port(port, "Prefect server")
-    if db_url:
-        database = {
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": db_url,
-            "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
-        }
-    else:
-        database = {
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"
-        }
     settings = (
-        database
+        _database_settings(db_url, home)
         | {
             "PREFECT_SERVER_UI_ENABLED": str(ui).lower(),
             # A run turned away by a deployment's concurrency limit is due again after this
@@ -158,11 +162,8 @@ def start_server(
     log = home / SERVER_LOG
     url = f"http://127.0.0.1:{chosen}/api"
     launched = time.perf_counter()
-    proc = spawn(
-        [prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(chosen)],
-        log,
-        prefect_env(home, **settings),
-    )
+    args = [prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(chosen)]
+    proc = spawn(args if services else [*args, "--no-services"], log, prefect_env(home, **settings))
     try:
         with httpx.Client(timeout=HEALTH_REQUEST_S) as client:
             wait_until(
@@ -187,6 +188,71 @@ def start_server(
         started_s=round(time.perf_counter() - launched, 2),
         database="postgresql" if db_url else "sqlite",
     )
+
+
+def _database_settings(db_url: str | None, home: Path) -> dict[str, str]:
+    if db_url:
+        return {
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": db_url,
+            "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
+        }
+    return {"PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
+
+
+@dataclass(frozen=True)
+class StackServices:
+    """A running `prefect server services start`: PID (and start time), PREFECT_HOME, log."""
+
+    pid: int
+    started: int | None
+    home: Path
+    log: Path
+
+
+def start_services(
+    db_url: str, home: Path, env: dict[str, str], timeout: float = 120
+) -> StackServices:
+    """Prefect's background services (`prefect server services start`: event persister, task-run
+    recorder, triggers, actions, scheduler...) in a process of their own, on the API's database
+    (`db_url`, migrated) and message broker (`env`: prefect_redis_settings). Their PREFECT_HOME
+    is `home` (its own: the command keeps a PID file there); returns once they said they start
+    (at most `timeout` s)."""
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / SERVICES_LOG
+    began = log.stat().st_size if log.exists() else 0
+    proc = spawn(
+        [prefect_command(), "server", "services", "start"],
+        log,
+        prefect_env(home, **(_database_settings(db_url, home) | env)),
+    )
+
+    def started() -> bool:
+        with open(log, "rb") as text:
+            text.seek(began)
+            if b"Starting services" not in text.read():
+                raise NotYet("they have not said they start")
+        return True
+
+    try:
+        wait_until(
+            started,
+            what=f"Prefect's background services (log {log})",
+            timeout=timeout,
+            proc=proc,
+            log=log,
+        )
+    except StackError as exc:
+        stop_pid(proc.pid, signals=((signal.SIGTERM, STOP_GRACE_S),))
+        raise StackError(_scrub(str(exc), db_url)) from None
+    except BaseException:
+        stop_pid(proc.pid, signals=((signal.SIGTERM, STOP_GRACE_S),))
+        raise
+    return StackServices(pid=proc.pid, started=start_time(proc.pid), home=home, log=log)
+
+
+def stop_services(services: StackServices, grace: float = STOP_GRACE_S) -> None:
+    """Stop them by PID: SIGTERM, SIGKILL after `grace`."""
+    stop_pid(services.pid, services.started, signals=((signal.SIGTERM, grace),))
 
 
 def _healthy(client: httpx.Client, url: str) -> bool:

@@ -94,6 +94,9 @@ class FleetSize:
     stall: float = 180.0  # a phase stops waiting when nothing moved this long
     prefix: str = "scale"
     warm: bool = True  # runs forked from the warm engine (deployments/stack/warm_engine.py)
+    messaging: str = (
+        "memory"  # on PostgreSQL: "redis" splits the server (deployments/stack/redis.py)
+    )
 
 
 def _load() -> list[float]:
@@ -309,13 +312,21 @@ def measure(database: str, size: FleetSize, root: Path) -> dict[str, Any]:
     load_start = _load()
     started = time.perf_counter()
     pool = f"{size.prefix}-{database}"
-    with local_stack(here / "stack", database=database, workers=0, pool=pool) as stack:
+    messaging = size.messaging if database == "postgres" else "memory"
+    with local_stack(
+        here / "stack", database=database, workers=0, pool=pool, messaging=messaging
+    ) as stack:
         stack_s = time.perf_counter() - started
         with temporary_settings({PREFECT_API_URL: stack.api_url}), local_cloud() as cloud:
             parts = {"prefect_server": [stack.server.pid]}
+            if stack.services is not None:
+                parts["prefect_services"] = [stack.services.pid]
+            if stack.redis is not None:
+                parts["redis"] = [stack.redis.pid]
             if stack.postgres is not None:
                 parts["postgres"] = [stack.postgres.pid]
             figures = asyncio.run(fleet_round(cloud, stack.api_url, size, here, pool, parts))
+    figures["messaging"] = messaging
     figures["stack_start_s"] = round(stack_s, 1)
     figures["wall_s_total"] = round(time.perf_counter() - started, 1)
     figures["load_avg_start"] = load_start
@@ -354,6 +365,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="each run a fresh `python -m prefect.engine` (Prefect's own way) instead of a fork "
         "of the warm engine: for comparison",
     )
+    parser.add_argument(
+        "--messaging",
+        choices=["memory", "redis"],
+        default="memory",
+        help="on PostgreSQL: one `prefect server start` (memory, Prefect's default) or its API "
+        "and background services in two processes with Redis between them (redis)",
+    )
     return parser.parse_args(argv)
 
 
@@ -373,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu_quota=args.gpu_quota,
         timeout=args.timeout,
         warm=not args.cold,
+        messaging=args.messaging,
     )
     root = Path(tempfile.mkdtemp(prefix="shipyard-bench-scale-"))
     databases = ["postgres", "sqlite"] if args.database == "both" else [args.database]

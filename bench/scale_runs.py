@@ -50,6 +50,7 @@ class RunTimes:
     running: float | None
     end: float | None
     message: str = ""
+    submitting: float | None = None  # the worker has built the job and starts the process
     due: float | None = None  # set by queue_waits
 
 
@@ -117,6 +118,7 @@ async def run_times(client: Any, runs: list[Any], service_of: dict[UUID, str]) -
         async with limit:
             states = await client.read_flow_run_states(run.id)
         pending = [s.timestamp for s in states if s.type.value == "PENDING"]
+        submitting = [s.timestamp for s in states if s.name == "Submitting"]
         state = run.state
         return RunTimes(
             service=service_of[run.deployment_id],
@@ -128,6 +130,7 @@ async def run_times(client: Any, runs: list[Any], service_of: dict[UUID, str]) -
             running=_ts(run.start_time),
             end=_ts(run.end_time) if state is not None and state.is_final() else None,
             message=(state.message or "")[:300] if state else "",
+            submitting=_ts(min(submitting)) if submitting else None,
         )
 
     return list(await asyncio.gather(*(one(r) for r in runs)))
@@ -258,6 +261,15 @@ def phase_figures(
         ),
         "median_pending_to_running_s": _median(
             [t.running - t.pending for t in times if t.running and t.pending]
+        ),
+        # ... of which the worker's part (the job built from the deployment, the run's labels:
+        # Pending -> Submitting) and the run process's (its start and the engine's setup until
+        # it proposes Running: Submitting -> Running).
+        "median_pending_to_submitting_s": _median(
+            [t.submitting - t.pending for t in times if t.submitting and t.pending]
+        ),
+        "median_submitting_to_running_s": _median(
+            [t.running - t.submitting for t in times if t.running and t.submitting]
         ),
         "median_running_to_end_s": _median(
             [t.end - t.running for t in times if t.end and t.running]

@@ -94,9 +94,9 @@ class FleetSize:
     stall: float = 180.0  # a phase stops waiting when nothing moved this long
     prefix: str = "scale"
     warm: bool = True  # runs forked from the warm engine (deployments/stack/warm_engine.py)
-    messaging: str = (
-        "memory"  # on PostgreSQL: "redis" splits the server (deployments/stack/redis.py)
-    )
+    # On PostgreSQL: "redis" splits the server (deployments/stack/redis.py).
+    messaging: str = "memory"
+    poll_s: float = 2.0  # the workers' PREFECT_WORKER_QUERY_SECONDS (the stack's default)
 
 
 def _load() -> list[float]:
@@ -267,6 +267,7 @@ async def fleet_round(
             worker_type="process",
             command=command,
             limit=per_worker,
+            query_seconds=size.poll_s,
         )
     )
     online_s = round(time.perf_counter() - began, 1)
@@ -314,7 +315,11 @@ def measure(database: str, size: FleetSize, root: Path) -> dict[str, Any]:
     pool = f"{size.prefix}-{database}"
     messaging = size.messaging if database == "postgres" else "memory"
     with local_stack(
-        here / "stack", database=database, workers=0, pool=pool, messaging=messaging
+        here / "stack",
+        database=database,
+        workers=0,
+        pool=pool,
+        messaging=messaging,
     ) as stack:
         stack_s = time.perf_counter() - started
         with temporary_settings({PREFECT_API_URL: stack.api_url}), local_cloud() as cloud:
@@ -372,6 +377,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on PostgreSQL: one `prefect server start` (memory, Prefect's default) or its API "
         "and background services in two processes with Redis between them (redis)",
     )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=2.0,
+        help="seconds between a worker's polls (PREFECT_WORKER_QUERY_SECONDS; the stack's 2)",
+    )
     return parser.parse_args(argv)
 
 
@@ -392,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
         warm=not args.cold,
         messaging=args.messaging,
+        poll_s=args.poll,
     )
     root = Path(tempfile.mkdtemp(prefix="shipyard-bench-scale-"))
     databases = ["postgres", "sqlite"] if args.database == "both" else [args.database]
@@ -404,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             "deliveries": size.deliveries,
             "workers": size.workers,
             "gpu_quota": size.gpu_quota,
+            "poll_s": size.poll_s,
             "runs": "forked from the warm engine" if size.warm else "fresh Python (--cold)",
         },
         "load_avg_start": _load(),

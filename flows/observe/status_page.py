@@ -24,6 +24,9 @@ from shipyard.tasks.reports import artifact_key, markdown_table, publish_markdow
 # The flows whose deployments' pages show what serves (`rollback`, `promote`, `abort` where
 # they are deployed).
 DEPLOYED_FLOWS = ["release", "rollback", "promote", "abort"]
+FLEET_RELEASE_PREFIX = (
+    "release-"  # deployments/fleet.py's release_deployment_name: release-<target>
+)
 SECTION_HEADING = "## Serving now"
 _RULE = f"\n\n---\n\n{SECTION_HEADING}\n"
 _SERVICE = re.compile(r"^### (\S+)[ \t]*$", re.MULTILINE)
@@ -162,13 +165,16 @@ def section_of(description: str | None, service: str) -> str | None:
 
 
 def shows(deployment: Any, status: ServiceStatus) -> bool:
-    """Whether a deployment's page shows this service: a deployment whose `target` parameter is
-    fixed to another block (a fleet's `release-<target>`, deployments/fleet.py) does not. Every
-    release of a fleet of N targets would otherwise rewrite N descriptions, each holding N
-    sections: a cost per release that grows with the fleet (measured: the server's costliest
-    call in bench/scale.py). A status whose block is unknown goes everywhere, as before."""
+    """Whether a deployment's page shows this service: a fleet's `release-<target>` deployment
+    (named so by deployments/fleet.py, its `target` parameter that block) shows its own target's
+    service only. Every release of a fleet of N targets would otherwise rewrite N descriptions,
+    each holding N sections: a cost per release that grows with the fleet (measured: the
+    server's costliest call in bench/scale.py). The shared deployments (prefect.yaml's, whose
+    `target` is only a default such as "default") show every service; a status whose block is
+    unknown goes everywhere."""
     fixed = (deployment.parameters or {}).get("target")
-    return not (fixed and status.target and fixed != status.target)
+    dedicated = bool(fixed) and deployment.name == f"{FLEET_RELEASE_PREFIX}{fixed}"
+    return not (dedicated and status.target and fixed != status.target)
 
 
 def update_deployments(status: ServiceStatus) -> list[str]:

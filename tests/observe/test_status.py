@@ -180,11 +180,17 @@ def test_status_follows_releases_and_a_rollback(stage, make_target, monkeypatch,
 
 def test_a_fleet_deployment_of_one_target_shows_only_its_own_service():
     """A fleet's `release-<target>` deployment (its `target` fixed to one block) shows that
-    target's service only; the shared deployments show every service; a status whose block is
-    unknown still goes everywhere."""
+    target's service only; the shared deployments show every service, also one whose `target`
+    parameter has a default (prefect.yaml's `target: default`); a status whose block is unknown
+    still goes everywhere."""
     from prefect.client.orchestration import get_client
 
+    from shipyard.deployments.fleet import release_deployment_name
+    from shipyard.flows.observe.status_page import FLEET_RELEASE_PREFIX
+
     suffix = uuid.uuid4().hex[:6]
+    # The fleet names its deployments as the status page recognises them.
+    assert release_deployment_name(suffix) == f"{FLEET_RELEASE_PREFIX}{suffix}"
     mine, theirs = f"fleet-a-{suffix}", f"fleet-b-{suffix}"
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name("release")
@@ -196,13 +202,15 @@ def test_a_fleet_deployment_of_one_target_shows_only_its_own_service():
                 (f"release-{mine}", {"target": mine}),
                 (f"release-{theirs}", {"target": theirs}),
                 (f"shared-{suffix}", {}),
+                # prefect.yaml's deployments: `target` is a default, not a dedication.
+                (f"rollback-{suffix}", {"target": theirs}),
             )
         }
     service = f"svc-{suffix}"
     status = ServiceStatus(service=service, target=mine, project="p", read_at="2026-01-01T00:00")
     done = update_deployments(status)
     assert f"release-{mine}" in done and f"shared-{suffix}" in done
-    assert f"release-{theirs}" not in done
+    assert f"release-{theirs}" not in done and f"rollback-{suffix}" in done
     assert section_of(_description(ids[f"release-{mine}"]), service) is not None
     assert section_of(_description(ids[f"shared-{suffix}"]), service) is not None
     assert section_of(_description(ids[f"release-{theirs}"]), service) is None

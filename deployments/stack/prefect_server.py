@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -164,21 +165,15 @@ def start_server(
     launched = time.perf_counter()
     args = [prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(chosen)]
     proc = spawn(args if services else [*args, "--no-services"], log, prefect_env(home, **settings))
-    try:
-        with httpx.Client(timeout=HEALTH_REQUEST_S) as client:
-            wait_until(
-                lambda: _healthy(client, url),
-                what=f"the Prefect server at {url} (log {log})",
-                timeout=timeout,
-                proc=proc,
-                log=log,
-            )
-    except StackError as exc:
-        stop_pid(proc.pid, signals=((signal.SIGTERM, STOP_GRACE_S),))
-        raise StackError(_scrub(str(exc), db_url)) from None
-    except BaseException:
-        stop_pid(proc.pid, signals=((signal.SIGTERM, STOP_GRACE_S),))
-        raise
+    with httpx.Client(timeout=HEALTH_REQUEST_S) as client:
+        _started_or_stopped(
+            proc,
+            lambda: _healthy(client, url),
+            f"the Prefect server at {url}",
+            log,
+            timeout,
+            db_url,
+        )
     return StackServer(
         api_url=url,
         pid=proc.pid,
@@ -233,21 +228,28 @@ def start_services(
                 raise NotYet("they have not said they start")
         return True
 
+    _started_or_stopped(proc, started, "Prefect's background services", log, timeout, db_url)
+    return StackServices(pid=proc.pid, started=start_time(proc.pid), home=home, log=log)
+
+
+def _started_or_stopped(
+    proc: subprocess.Popen[bytes],
+    probe: Callable[[], bool],
+    what: str,
+    log: Path,
+    timeout: float,
+    db_url: str | None,
+) -> None:
+    """Wait for `probe` (wait_until); a process that exits or outlasts `timeout` is stopped and
+    the StackError raised carries its log's tail scrubbed of the database password."""
     try:
-        wait_until(
-            started,
-            what=f"Prefect's background services (log {log})",
-            timeout=timeout,
-            proc=proc,
-            log=log,
-        )
+        wait_until(probe, what=f"{what} (log {log})", timeout=timeout, proc=proc, log=log)
     except StackError as exc:
         stop_pid(proc.pid, signals=((signal.SIGTERM, STOP_GRACE_S),))
         raise StackError(_scrub(str(exc), db_url)) from None
     except BaseException:
         stop_pid(proc.pid, signals=((signal.SIGTERM, STOP_GRACE_S),))
         raise
-    return StackServices(pid=proc.pid, started=start_time(proc.pid), home=home, log=log)
 
 
 def stop_services(services: StackServices, grace: float = STOP_GRACE_S) -> None:

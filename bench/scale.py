@@ -303,9 +303,8 @@ async def fleet_round(
 
 def measure(database: str, size: FleetSize, root: Path) -> dict[str, Any]:
     """One database: the local stack, a fresh sandbox, fleet_round; the stack's start timed."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from shipyard.deployments.demo.run import local_cloud
+    from shipyard.deployments.stack.api_switch import pointed_at
     from shipyard.deployments.stack.local import local_stack
 
     here = root / database
@@ -322,7 +321,7 @@ def measure(database: str, size: FleetSize, root: Path) -> dict[str, Any]:
         messaging=messaging,
     ) as stack:
         stack_s = time.perf_counter() - started
-        with temporary_settings({PREFECT_API_URL: stack.api_url}), local_cloud() as cloud:
+        with pointed_at(stack.api_url), local_cloud() as cloud:
             parts = {"prefect_server": [stack.server.pid]}
             if stack.services is not None:
                 parts["prefect_services"] = [stack.services.pid]

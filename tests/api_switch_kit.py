@@ -1,51 +1,9 @@
-"""Point this test process's Prefect client at another API for a block, without leaving
-Prefect's process-wide senders behind on it.
-
-Prefect's EventsWorker and APILogWorker are one instance each per process, started by the first
-event or log sent and kept after that: the instance started inside `temporary_settings` keeps
-the client it built there. Once that API is gone (a stopped fleet stack, a stall server, a dead
-port), every later event and API log of this process fails to send: "Service 'EventsWorker'
-failed to process item" in the log, and a release that ran fine has no events and no task runs
-on the session's server (task runs are recorded from their state events). CI hit exactly that
-on the xdist worker that had run the fleet's PostgreSQL tests first.
-
-`pointed_at(url)` drains both workers on the way in (what was queued goes to the API it was meant
-for) and on the way out (while `url` is still up): the next event after the block starts a fresh
-worker on the session's server.
-"""
+"""The tests' way to point this process at another Prefect API for a block: Shipyard's own
+(deployments/stack/api_switch.py, which says why Prefect's event and log senders are drained on
+the way in and out). Kept as a module of the suite so the tests import one name everywhere."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from shipyard.deployments.stack.api_switch import drain_api_senders, pointed_at
 
-DRAIN_S = 30.0
-
-
-def drain_api_senders() -> None:
-    """Send what Prefect's event and API-log workers hold, then stop them (the next event or
-    log starts new ones with the settings current then)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    EventsWorker.drain_all(timeout=DRAIN_S)
-    APILogWorker.drain_all(timeout=DRAIN_S)
-
-
-@contextmanager
-def pointed_at(api_url: str, **more: Any) -> Iterator[None]:
-    """Prefect's client talks to `api_url` inside the block (with any more settings given as
-    `more`, by Setting object name: `PREFECT_API_REQUEST_TIMEOUT=0.5`); the session's server
-    after it, events and API logs included."""
-    import prefect.settings as settings
-
-    updates = {settings.PREFECT_API_URL: api_url} | {
-        getattr(settings, name): value for name, value in more.items()
-    }
-    drain_api_senders()
-    with settings.temporary_settings(updates=updates):
-        try:
-            yield
-        finally:
-            drain_api_senders()
+__all__ = ["drain_api_senders", "pointed_at"]

@@ -194,7 +194,7 @@ def local_stack(
     `warm=False`: each process-worker run a fresh Python (Prefect's own way), for comparisons.
     `messaging="redis"`: API and background services apart, Redis between them (MESSAGING).
     The caller's own Prefect settings are untouched: talk to `Stack.api_url` explicitly
-    (`prefect.settings.temporary_settings`, a subprocess's env)."""
+    (deployments/stack/api_switch.py `pointed_at`, a subprocess's env)."""
     with ExitStack() as stack:
         yield start_stack(
             root,
@@ -217,8 +217,7 @@ def _docker_pool(pool: str, api_url: str, env: dict[str, str] | None) -> None:
     Prefect's zombie-run automation (deployments/stack/docker_pool.py)."""
     import os
 
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
+    from shipyard.deployments.stack.api_switch import pointed_at
     from shipyard.deployments.stack.docker_pool import ensure_crash_detection, ensure_docker_pool
     from shipyard.deployments.stack.worker_image import build_worker_image
 
@@ -226,6 +225,6 @@ def _docker_pool(pool: str, api_url: str, env: dict[str, str] | None) -> None:
         "DOCKER_HOST", "unix:///var/run/docker.sock"
     )
     image = build_worker_image(docker_host, WORKER_IMAGE_TAG)
-    with temporary_settings({PREFECT_API_URL: api_url}):
+    with pointed_at(api_url):
         ensure_docker_pool(pool, image)
         ensure_crash_detection()

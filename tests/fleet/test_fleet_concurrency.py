@@ -322,12 +322,14 @@ def test_two_services_side_by_side_one_service_serialised(stage, make_target, tm
     )
 
     for h in histories:
-        assert h.states[-1].type.value == "COMPLETED", (
-            h.name,
-            h.names,
-            (h.states[-1].message or "")[-1500:],
-            logs,
-        )
+        if h.states[-1].type.value != "COMPLETED":
+            # Said whole (an assertion's tuple is cut short by pytest: CI showed "Sl.....").
+            pytest.fail(
+                f"{h.name} ({h.target}) ended {h.names}: {(h.states[-1].message or '')[-1500:]}"
+                f"\nother runs: {[(x.name, x.target, x.names) for x in histories]}"
+                f"\nworkers' logs:\n{logs}",
+                pytrace=False,
+            )
         # Waited as plain Scheduled. The one exception is the race the deployment's limit
         # guards (two workers polling one queue at the same instant): then the loser is turned
         # back once, as AwaitingConcurrencySlot, before any worker started it.

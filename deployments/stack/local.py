@@ -35,13 +35,7 @@ from shipyard.deployments.stack.prefect_server import (
     stop_services,
 )
 from shipyard.deployments.stack.processes import StackError
-from shipyard.deployments.stack.redis import (
-    Redis,
-    docket_url,
-    prefect_redis_settings,
-    start_redis,
-    stop_redis,
-)
+from shipyard.deployments.stack.redis import Redis, prefect_redis_settings, start_redis, stop_redis
 from shipyard.deployments.stack.warm import (
     ENV_SOCKET,
     WarmEngine,
@@ -134,7 +128,7 @@ def start_stack(
         redis = start_redis(root)
         stack.callback(stop_redis, redis)
         timings["redis_s"] = round(time.perf_counter() - began, 2)
-        broker = prefect_redis_settings(redis.url, docket_url(redis))
+        broker = prefect_redis_settings(redis)
     server = start_server(
         db_url, root / "prefect", server_port, ui=ui, env=broker, services=redis is None
     )

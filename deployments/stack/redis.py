@@ -59,6 +59,11 @@ class Redis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/{MESSAGING_DB}"
 
+    @property
+    def docket_url(self) -> str:
+        """Docket's (the services' task queue) own database on the same Redis."""
+        return f"redis://127.0.0.1:{self.port}/{DOCKET_DB}"
+
 
 def redis_binary() -> str:
     """Debian's redis-server; a StackError naming the package when it is missing."""
@@ -114,22 +119,17 @@ def stop_redis(redis: Redis, grace: float = STOP_GRACE_S) -> None:
     stop_pid(redis.pid, redis.started, signals=((signal.SIGTERM, grace),))
 
 
-def prefect_redis_settings(redis_url: str, docket_url: str) -> dict[str, str]:
+def prefect_redis_settings(redis: Redis) -> dict[str, str]:
     """The settings that make a Prefect server's API and its services share events and work
-    through Redis (prefect-redis; Prefect's self-hosted scaling guide lists the same five)."""
+    through `redis` (prefect-redis; the same ones Prefect's self-hosted scaling guide lists)."""
     return {
         "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
         "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
         "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
-        "PREFECT_REDIS_MESSAGING_URL": redis_url,
-        "PREFECT_SERVER_DOCKET_URL": docket_url,
+        "PREFECT_REDIS_MESSAGING_URL": redis.url,
+        "PREFECT_SERVER_DOCKET_URL": redis.docket_url,
     }
-
-
-def docket_url(redis: Redis) -> str:
-    """Docket's (the services' task queue) own database on the same Redis."""
-    return f"redis://127.0.0.1:{redis.port}/{DOCKET_DB}"
 
 
 def _pong(port: int) -> bool:

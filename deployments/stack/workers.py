@@ -157,9 +157,10 @@ def start_workers(
 
     `env`: more environment for the workers and the flow runs they start (a process worker's
     runs inherit it: SHIPYARD_* settings, PREFECT_LOGGING_*). `limit`: at most that many runs at
-    once per worker (`--limit`); a list gives each worker its own (`worker_limits`). `command`: the process pool's flow-run command (see
-    `ensure_pool`). Raises StackError with the log's tail when a worker exits or
-    does not show up in time (the workers started are stopped first).
+    once per worker (`--limit`); a list gives each worker its own (`worker_limits`). `command`:
+    the process pool's flow-run command (see `ensure_pool`). Raises StackError with the log's
+    tail when a worker exits or does not show up in time (the workers started are stopped
+    first).
     """
     if count < 0:
         raise StackError(f"--workers {count}: a count of workers is 0 or more")

@@ -15,6 +15,9 @@ process-wide PREFECT_API_URL: talk to the stack with `on_stack(api_url)` (tests/
 settings and Prefect's event and log senders restored on exit) or hand `api_url` to a subprocess's environment
 (workers: `start_workers(pool, n, home=..., env={"PREFECT_API_URL": api_url, ...})`).
 
+`stack_home` (a fixture: register it as `stack_home = stack_kit.stack_home`) and `shipyard_cli`
+serve the tests that start a stack of their own through `shipyard stack up`, as a user does.
+
 The database password is registered with the secrets scan (tests/secrets_scan_kit.py), and the
 stack's Prefect home (server, migration and worker logs) is one of the folders it reads at the
 end of the session.
@@ -22,8 +25,11 @@ end of the session.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -149,3 +155,35 @@ def on_stack(api_url: str) -> Iterator[None]:
 
     with pointed_at(api_url):
         yield
+
+
+@pytest.fixture
+def stack_home() -> Iterator[Path]:
+    """A SHIPYARD_HOME of its own, short and not under /tmp/pytest-of-root (PostgreSQL's socket
+    path has a length limit, and its user must reach the directory: see session_stack)."""
+    home = Path(tempfile.mkdtemp(prefix="shipyard-stack-cli-"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def shipyard_cli(
+    home: Path, *args: str, timeout: float = 240, pythonpath: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`shipyard ARGS` as a user runs it, with SHIPYARD_HOME=`home` and no PREFECT_API_URL of
+    the session's; `pythonpath`: one more folder on the path of what it starts (a worker's runs
+    that import a test module)."""
+    shipyard = Path(sys.executable).with_name("shipyard")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
+    env["SHIPYARD_HOME"] = str(home)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(pythonpath), os.environ.get("PYTHONPATH")) if p
+        )
+    return subprocess.run(
+        [str(shipyard), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -12,13 +12,9 @@ import asyncio
 import json
 import os
 import pwd
-import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +29,8 @@ from shipyard.deployments.stack.processes import StackError, alive
 from shipyard.deployments.stack.workers import ensure_pool
 
 postgres_prefect = stack_kit.postgres_prefect  # the session's stack, as a fixture of this module
+stack_home = stack_kit.stack_home
+_cli = stack_kit.shipyard_cli
 
 
 @pytest.fixture
@@ -125,14 +123,6 @@ def test_postgres_stops_by_pid_and_keeps_its_data(stack):
     print(f"postgres restart {restart_s} s")
 
 
-@pytest.fixture
-def stack_home() -> Iterator[Path]:
-    """A SHIPYARD_HOME of its own (not under /tmp/pytest-of-root: see stack_kit.session_stack)."""
-    home = Path(tempfile.mkdtemp(prefix="shipyard-stack-cli-"))
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
-
-
 def test_postgres_errors_name_the_fix(stack, stack_home):
     """One line naming what is wrong and the fix: a port already taken, a second PostgreSQL on
     a data directory that has one running, a start that outlasts its timeout (with the log's
@@ -180,20 +170,6 @@ def test_postgres_user_reaches_a_private_directory(stack_home):
     grant_search(inner, uid)
     assert reaches()
     assert private.stat().st_mode & 0o007 == 0  # others still have nothing
-
-
-def _cli(home: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    shipyard = Path(sys.executable).with_name("shipyard")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
-    env["SHIPYARD_HOME"] = str(home)
-    return subprocess.run(
-        [str(shipyard), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.mark.slow

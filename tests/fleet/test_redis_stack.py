@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import stack_kit
 from api_switch_kit import pointed_at
 
 from shipyard.deployments.stack.processes import alive
@@ -37,26 +33,12 @@ RUN_TIMEOUT_S = 240.0  # a loaded machine stretches a run's start
 POLL: dict[str, Any] = {"first_delay_s": 0.2, "max_delay_s": 2.0, "heartbeat_s": None}
 
 
-@pytest.fixture
-def stack_home() -> Iterator[Path]:
-    """A SHIPYARD_HOME of its own (short: PostgreSQL's socket path has a length limit)."""
-    home = Path(tempfile.mkdtemp(prefix="shipyard-redis-"))
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
+stack_home = stack_kit.stack_home
 
 
 def _cli(home: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """`shipyard ARGS` as a user runs it, with tests/fleet on the path (the worker's runs
-    import split_flows)."""
-    shipyard = Path(sys.executable).with_name("shipyard")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
-    env["SHIPYARD_HOME"] = str(home)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(FLEET_DIR), os.environ.get("PYTHONPATH")) if p
-    )
-    return subprocess.run(
-        [str(shipyard), *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
+    """`shipyard ARGS` with tests/fleet on the path (the worker's runs import split_flows)."""
+    return stack_kit.shipyard_cli(home, *args, timeout=timeout, pythonpath=FLEET_DIR)
 
 
 def _cmdline(pid: int) -> list[str]:

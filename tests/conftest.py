@@ -30,6 +30,7 @@ _POSTGRES_GROUP = (
     "tests/fleet/test_postgres_stack.py",
     "tests/fleet/test_docker_pool_fleet.py",
     "tests/fleet/test_docker_pool_promotion.py",
+    "tests/fleet/test_fleet_concurrency.py",
 )
 
 

@@ -1,8 +1,11 @@
-"""A fleet on the session's Prefect server: per-target release deployments, each in its own work
-queue with a concurrency limit of 1, and the pool's limit (deployments/fleet.py).
+"""A fleet's per-target release deployments, each in its own work queue with a concurrency limit
+of 1, and the pool's limit (deployments/fleet.py).
 
 The slow test releases for real (in-process revisions, the `image=` parameter: no build) through
-the per-target deployments, picked up by two real `prefect worker start` process workers: two
+the per-target deployments on the session's PostgreSQL stack (tests/fleet/stack_kit.py: a fleet
+runs on PostgreSQL; on the session's SQLite server two workers and two releases at once ran into
+"database is locked" and 10 s read timeouts on a busy CI machine), picked up by two real
+`prefect worker start` process workers: two
 services overlap, two tags of one service never do, a run whose target is busy stays plain
 Scheduled (no worker takes it) until its queue's slot frees, and none is bounced to
 AwaitingConcurrencySlot but by the race guard (at most once, before any worker started it).
@@ -18,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import stack_kit
 from cli_kit import run_cli
+from docker_pool_kit import TOKEN_BLOCK
 from run_states import StateTimeline
+from stack_kit import on_stack
 
 from shipyard.deployments.fleet import (
     TARGET_BLOCK_SLUG,
@@ -35,6 +41,7 @@ from shipyard.deployments.fleet import (
 from shipyard.deployments.serve import PREFECT_YAML, read_specs
 
 IMAGE = "registry.sandbox.local/pages/page-service"
+postgres_prefect = stack_kit.postgres_prefect  # the session's stack, as a fixture of this module
 
 
 async def _new_pool() -> str:
@@ -221,16 +228,14 @@ class RunHistory(StateTimeline):
     states: list  # prefect State objects, oldest first
 
 
-def _start_workers(pool: str, count: int, home: Path) -> list[int]:
-    """`prefect worker start` processes on the pool (deployments/stack/workers.py), on this xdist
-    worker's Prefect server, with this process's environment for the flow runs they start: the
+def _start_workers(pool: str, count: int, home: Path, api_url: str) -> list[int]:
+    """`prefect worker start` processes on the pool (deployments/stack/workers.py), on the Prefect
+    server at `api_url`, with this process's environment for the flow runs they start: the
     sandbox's endpoints and the SHIPYARD_* settings (start_workers keeps every non-PREFECT_
     variable), and this session's PREFECT_* settings (its PREFECT_HOME; start_workers would drop
     them), logging at INFO. Their logs in `home/workers/`. Polling every second, looking no
     further ahead than now (a worker that took a run scheduled later would hold its queue's slot
     early)."""
-    from prefect.settings import PREFECT_API_URL
-
     from shipyard.deployments.stack.workers import start_workers
 
     session = {
@@ -239,7 +244,7 @@ def _start_workers(pool: str, count: int, home: Path) -> list[int]:
         if k.startswith("PREFECT_") and not k.startswith("PREFECT_WORKER_")
     }
     env = session | {
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_API_URL": api_url,
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
     return start_workers(
@@ -287,18 +292,19 @@ def _overlaps(x: RunHistory, y: RunHistory) -> bool:
 
 
 @pytest.mark.slow  # 4 real releases through 2 process workers (175 s at load average 17)
-def test_two_services_side_by_side_one_service_serialised(stage, make_target, tmp_path):
+def test_two_services_side_by_side_one_service_serialised(
+    postgres_prefect, internal_token, stage, make_target, tmp_path
+):
+    from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client
 
     from shipyard.deployments.stack.workers import stop_workers
 
+    api_url = postgres_prefect.api_url
     # GPU quota for both services' revisions side by side in each region.
     stage(default_region={"gpu": 8, "gpu_no_zonal_redundancy": 8})
-    targets = _save_targets(make_target, ["fleet-side-a", "fleet-side-b"])
-    pool = asyncio.run(_new_pool())
-    names = asyncio.run(adeploy_fleet(targets, pool, global_limit=2))
 
-    async def create_runs() -> dict:
+    async def create_runs(targets: list[str], names: list[str]) -> dict:
         run_ids = {}
         async with get_client() as client:
             for target, name in zip(targets, names, strict=True):
@@ -310,13 +316,21 @@ def test_two_services_side_by_side_one_service_serialised(stage, make_target, tm
                     run_ids[run.id] = target
         return run_ids
 
-    run_ids = asyncio.run(create_runs())  # all four Scheduled before any worker polls
-    pids = _start_workers(pool, 2, tmp_path)
-    try:
-        histories = asyncio.run(_histories(run_ids, timeout=240))
-    finally:
-        stop_workers(pids)
-        asyncio.run(_delete_deployments(names))
+    with on_stack(api_url):
+        # The canary's token, as the session's server holds it (tests/conftest.py).
+        Secret(value=internal_token).save(TOKEN_BLOCK, overwrite=True)
+        targets = _save_targets(make_target, ["fleet-side-a", "fleet-side-b"])
+        pool = asyncio.run(_new_pool())
+        names = asyncio.run(adeploy_fleet(targets, pool, global_limit=2))
+        run_ids = asyncio.run(create_runs(targets, names))  # all four Scheduled before any poll
+        try:
+            pids = _start_workers(pool, 2, tmp_path, api_url)
+            try:
+                histories = asyncio.run(_histories(run_ids, timeout=240))
+            finally:
+                stop_workers(pids)
+        finally:
+            asyncio.run(_delete_deployments(names))
     logs = "\n".join(
         p.read_text(errors="replace")[-3000:] for p in (tmp_path / "workers").glob("*.log")
     )

@@ -37,6 +37,10 @@ Figures per database (JSON `postgres` / `sqlite`), the phase-1 ones at the top l
 - webhook_p95_accept_ms: the receiver's answer time, p95 over the burst;
 - median_due_to_pending_s / median_pending_to_running_s / median_running_to_end_s: where a
   run's seconds go (worker poll and global limit / process start and imports / the release);
+  median_end_to_worker_done_s (release phase): from a run's final state to its worker's
+  `executed-flow-run` event, when the worker's own limit frees (bench/scale_runs.py);
+- sent_per_release (release phase): what one release sends the server, over the 5 completed
+  runs that ended first: task runs, log lines, events, artifacts, the most frequent events;
 - cpu: CPU seconds each part spent per release (run processes and workers, Prefect server,
   PostgreSQL, sandbox, receiver; bench/scale_cpu.py, from /proc: independent of other load) and
   cpu_bound_releases_per_min, the most this machine's cores could do at that cost;
@@ -70,7 +74,13 @@ from typing import Any
 from bench.scale_burst import burst_phase
 from bench.scale_cpu import CpuMeter
 from bench.scale_goals import GOALS, missed_goals, problems
-from bench.scale_runs import phase_figures, run_times, wait_until_ended
+from bench.scale_runs import (
+    end_to_worker_done,
+    phase_figures,
+    run_times,
+    traffic_per_release,
+    wait_until_ended,
+)
 
 __all__ = ["GOALS", "FleetSize", "fleet_round", "main", "missed_goals", "problems"]
 
@@ -197,6 +207,8 @@ async def release_phase(
     times = await run_times(client, runs, service_of)
     figures = phase_figures(times, expect, started, global_limit)
     figures["cpu"] = meter.stop(figures["completed"], figures["wall_s"])
+    figures["median_end_to_worker_done_s"] = await end_to_worker_done(client, runs)
+    figures["sent_per_release"] = await traffic_per_release(client, runs)
     figures["create_s"] = round(created_s, 2)
     # Runs the server refused to create (counted in not_completed): the first reasons.
     figures["create_refused"] = len(refused)

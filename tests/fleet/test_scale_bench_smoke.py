@@ -62,5 +62,13 @@ def test_scale_bench_code_path_holds_its_checks(sandbox, tmp_path):
         "median_running_to_end_s",
     ):
         assert figures[key] is not None and figures[key] >= 0, key
+    # What a release sent the server, read back: its task runs' state events among its events.
+    sent = figures["sent_per_release"]
+    assert sent["sampled_runs"] >= 1 and sent["task_runs"] >= 5, sent
+    assert sent["top_events"].get("prefect.task-run.Completed", 0) >= 5, sent
+    assert sent["events"] > sent["task_runs"] and sent["logs"] > 0, sent
+    # Each run's worker saw its process end after the run's final state.
+    assert figures["median_end_to_worker_done_s"] is not None, figures
+    assert figures["median_end_to_worker_done_s"] > 0, figures
     # missed_goals names only speed goals here: the one-at-a-time and exactly-once ones held.
     assert not [m for m in missed_goals(figures) if m.split()[0] in ("lost", "twice")]

@@ -277,15 +277,14 @@ def phase_figures(
     }
 
 
-async def _events(http: Any, event_filter: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+async def _events(client: Any, event_filter: Any) -> tuple[int, list[Any]]:
     """(total, every event) matching the filter, following the server's pages (50 at most)."""
-    page = (await http.post("/events/filter", json={"filter": event_filter, "limit": 50})).json()
-    total, events = int(page.get("total", 0)), []
-    while True:
-        events += page.get("events", [])
-        if not page.get("next_page"):
-            return total, events
-        page = (await http.get(page["next_page"])).json()
+    page = await client.read_events(filter=event_filter, limit=50)
+    total, events = page.total, list(page.events)
+    while page.next_page:
+        page = await client.read_events_page(page.next_page)
+        events += page.events
+    return total, events
 
 
 async def traffic_per_release(client: Any, runs: list[Any], sample: int = 5) -> dict[str, Any]:
@@ -294,39 +293,40 @@ async def traffic_per_release(client: Any, runs: list[Any], sample: int = 5) -> 
     its task runs, log lines, events (its own and those naming it) and artifacts, the most
     frequent events by name. It explains the server's CPU per release: every task run is three
     state events (Pending, Running, Completed), each kept as an event and as a task run state."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventOccurredFilter
+
     completed = [r for r in runs if r.state is not None and r.state.is_completed() and r.end_time]
     done = sorted(completed, key=lambda r: r.end_time)[:sample]
     if not done:
         return {}
     totals = {"task_runs": 0, "logs": 0, "events": 0, "artifacts": 0}
     names: dict[str, int] = {}
-    http = client._client  # the client's own httpx client: these counts have no wrapper
     for run in done:
+        # Counts have no wrapper in Prefect's client: its own httpx client asks for them.
         flow_runs = {"id": {"any_": [str(run.id)]}}
-        counted = await http.post("/task_runs/count", json={"flow_runs": flow_runs})
+        counted = await client._client.post("/task_runs/count", json={"flow_runs": flow_runs})
         totals["task_runs"] += int(counted.json())
-        counted = await http.post("/artifacts/count", json={"flow_runs": flow_runs})
+        counted = await client._client.post("/artifacts/count", json={"flow_runs": flow_runs})
         totals["artifacts"] += int(counted.json())
+        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
         offset = 0
         while True:
-            logs = {"flow_run_id": {"any_": [str(run.id)]}}
-            page = await http.post(
-                "/logs/filter", json={"logs": logs, "limit": 200, "offset": offset}
-            )
-            totals["logs"] += len(page.json())
-            if len(page.json()) < 200:
+            page = await client.read_logs(log_filter=log_filter, limit=200, offset=offset)
+            totals["logs"] += len(page)
+            if len(page) < 200:
                 break
             offset += 200
         total, events = await _events(
-            http,
-            {
-                "any_resource": {"id": [f"prefect.flow-run.{run.id}"]},
-                "occurred": {"since": run.created.isoformat()},
-            },
+            client,
+            EventFilter(
+                any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
+                occurred=EventOccurredFilter.model_validate({"since": run.created}),
+            ),
         )
         totals["events"] += total
         for event in events:
-            names[event["event"]] = names.get(event["event"], 0) + 1
+            names[event.event] = names.get(event.event, 0) + 1
     top = sorted(names.items(), key=lambda kv: -kv[1])[:8]
     return {k: round(v / len(done), 1) for k, v in totals.items()} | {
         "sampled_runs": len(done),
@@ -340,25 +340,30 @@ async def end_to_worker_done(client: Any, runs: list[Any]) -> float | None:
     share of the pool's, a slot a release frees is usable only then). It holds the end of the
     flow's engine (Prefect stops its heartbeat thread, which sleeps in 1 s steps), the process's
     exit (its last events and logs flushed) and the worker noticing."""
+    from prefect.events.filters import (
+        EventAnyResourceFilter,
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+    )
+
     ended = {f"prefect.flow-run.{r.id}": r for r in runs if r.end_time is not None}
     if not ended:
         return None
-    since = min(r.created for r in ended.values()).isoformat()
     _, events = await _events(
-        client._client,
-        {
-            "event": {"name": ["prefect.worker.executed-flow-run"]},
-            "any_resource": {"id": list(ended)},
-            "occurred": {"since": since},
-        },
+        client,
+        EventFilter(
+            event=EventNameFilter(name=["prefect.worker.executed-flow-run"]),
+            any_resource=EventAnyResourceFilter(id=list(ended)),
+            occurred=EventOccurredFilter.model_validate(
+                {"since": min(r.created for r in ended.values())}
+            ),
+        ),
     )
     lags = []
     for event in events:
-        ids = [event["resource"].get("prefect.resource.id")] + [
-            r.get("prefect.resource.id") for r in event.get("related", [])
-        ]
+        ids = [event.resource.id, *(r.id for r in event.related)]
         run = next((ended[i] for i in ids if i in ended), None)
         if run is not None:
-            occurred = dt.datetime.fromisoformat(event["occurred"]).timestamp()
-            lags.append(occurred - run.end_time.timestamp())
+            lags.append(event.occurred.timestamp() - run.end_time.timestamp())
     return round(statistics.median(lags), 2) if lags else None

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from run_states import StateTimeline
+from stack_kit import save_canary_token
 
 os.environ.setdefault("SHIPYARD_ROOTFS_CACHE", str(Path.home() / ".cache" / "shipyard" / "rootfs"))
 
@@ -46,12 +47,9 @@ WORKER_IMAGE = "shipyard-worker:fleet-test"
 # shorter than the production default (90 s) to keep the kill test short; every release of
 # these tests ends well within one heartbeat, so no live run can be taken for dead.
 CRASH_WINDOW_S = 45.0
-TOKEN_BLOCK = "shipyard-test-internal-token"
 # The flow-run daemon's data root, kept between sessions (see _engine_root).
 ENGINE_CACHE_ENV = "SHIPYARD_WORKER_ENGINE_CACHE"
-DEFAULT_ENGINE_CACHE = (
-    Path.home() / ".cache" / "shipyard" / "worker-engine"
-)  # tests/conftest.py: the canary's token block
+DEFAULT_ENGINE_CACHE = Path.home() / ".cache" / "shipyard" / "worker-engine"
 
 
 @dataclass
@@ -157,7 +155,6 @@ def start_docker_pool_fleet(
     the Prefect server whose API URL `prefect_api()` gives once it is up (tests/fleet/stack_kit.py's
     session stack: started in a thread meanwhile the image builds); each stop goes onto `stack`
     as soon as its part runs."""
-    from prefect.blocks.system import Secret
 
     from sandbox.engine.daemon import (
         release_mounts,
@@ -218,7 +215,7 @@ def start_docker_pool_fleet(
     with fleet.api():
         ensure_docker_pool(FLEET_POOL, WORKER_IMAGE, env=sandbox.env())
         ensure_crash_detection(within_s=CRASH_WINDOW_S)
-        Secret(value=internal_token).save(TOKEN_BLOCK, overwrite=True)
+        save_canary_token(internal_token)
     began = time.perf_counter()
     fleet.start_workers(2)
     stack.callback(lambda: stop_workers(list(fleet.worker_pids)))

@@ -49,7 +49,19 @@ from shipyard.deployments.stack.prefect_server import (
     stop_server,
 )
 
-__all__ = ["SessionStack", "StackUrls", "on_stack", "postgres_prefect", "session_stack"]
+__all__ = [
+    "TOKEN_BLOCK",
+    "SessionStack",
+    "StackUrls",
+    "on_stack",
+    "postgres_prefect",
+    "save_canary_token",
+    "session_stack",
+]
+
+# The canary's token block, by the name tests/conftest.py's `internal_token` gives it on the
+# session's own server (make_target's targets name it).
+TOKEN_BLOCK = "shipyard-test-internal-token"
 
 
 @dataclass
@@ -155,6 +167,14 @@ def on_stack(api_url: str) -> Iterator[None]:
 
     with pointed_at(api_url):
         yield
+
+
+def save_canary_token(internal_token: str) -> None:
+    """The canary's token as a Secret block on the server this process talks to (inside
+    `on_stack`): a release there of a target made by make_target reads it."""
+    from prefect.blocks.system import Secret
+
+    Secret(value=internal_token).save(TOKEN_BLOCK, overwrite=True)
 
 
 @pytest.fixture

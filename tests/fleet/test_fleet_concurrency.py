@@ -23,9 +23,8 @@ from pathlib import Path
 import pytest
 import stack_kit
 from cli_kit import run_cli
-from docker_pool_kit import TOKEN_BLOCK
 from run_states import StateTimeline
-from stack_kit import on_stack
+from stack_kit import on_stack, save_canary_token
 
 from shipyard.deployments.fleet import (
     TARGET_BLOCK_SLUG,
@@ -295,7 +294,6 @@ def _overlaps(x: RunHistory, y: RunHistory) -> bool:
 def test_two_services_side_by_side_one_service_serialised(
     postgres_prefect, internal_token, stage, make_target, tmp_path
 ):
-    from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client
 
     from shipyard.deployments.stack.workers import stop_workers
@@ -317,8 +315,7 @@ def test_two_services_side_by_side_one_service_serialised(
         return run_ids
 
     with on_stack(api_url):
-        # The canary's token, as the session's server holds it (tests/conftest.py).
-        Secret(value=internal_token).save(TOKEN_BLOCK, overwrite=True)
+        save_canary_token(internal_token)
         targets = _save_targets(make_target, ["fleet-side-a", "fleet-side-b"])
         pool = asyncio.run(_new_pool())
         names = asyncio.run(adeploy_fleet(targets, pool, global_limit=2))

@@ -24,9 +24,9 @@ from shipyard.tasks.reports import artifact_key, markdown_table, publish_markdow
 # The flows whose deployments' pages show what serves (`rollback`, `promote`, `abort` where
 # they are deployed).
 DEPLOYED_FLOWS = ["release", "rollback", "promote", "abort"]
-FLEET_RELEASE_PREFIX = (
-    "release-"  # deployments/fleet.py's release_deployment_name: release-<target>
-)
+# deployments/fleet.py's release_deployment_name: release-<target> (tests/observe/test_status.py
+# checks the two agree).
+FLEET_RELEASE_PREFIX = "release-"
 SECTION_HEADING = "## Serving now"
 _RULE = f"\n\n---\n\n{SECTION_HEADING}\n"
 _SERVICE = re.compile(r"^### (\S+)[ \t]*$", re.MULTILINE)
